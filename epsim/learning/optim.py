@@ -1,0 +1,40 @@
+"""SGD with momentum on normalised conductances, projected onto ``[Gmin, Gmax]``."""
+from __future__ import annotations
+
+import numpy as np
+
+
+class ProjectedSGD:
+    """Heavy-ball SGD: ``m <- mu*m + g``; ``p <- p - lr*m``; conductances clipped to range.
+
+    lr_w / lr_b: learning rates for conductances and biases (normalised units), scalars
+    or one value per layer. Parameters are updated in place in ``net.w`` / ``net.b``.
+    """
+
+    def __init__(self, net, lr_w, lr_b=None, momentum=0.9):
+        self.net = net
+        L = net.num_layers
+        self.lr_w = np.broadcast_to(np.asarray(lr_w, dtype=float), (L,)).copy()
+        self.lr_b = np.broadcast_to(np.asarray(lr_w if lr_b is None else lr_b, dtype=float), (L,)).copy()
+        self.momentum = float(momentum)
+        self.m_w = [np.zeros_like(w) for w in net.w]
+        self.m_b = [np.zeros_like(b) for b in net.b]
+
+    def step(self, grad_w, grad_b):
+        lo, hi = self.net.w_bounds
+        for l in range(self.net.num_layers):
+            self.m_w[l] *= self.momentum
+            self.m_w[l] += grad_w[l]
+            w = self.net.w[l]
+            w -= self.lr_w[l] * self.m_w[l]
+            np.clip(w, lo, hi, out=w)
+            self.m_b[l] *= self.momentum
+            self.m_b[l] += grad_b[l]
+            self.net.b[l] -= self.lr_b[l] * self.m_b[l]
+
+    def state(self) -> dict:
+        return {"m_w": [m.copy() for m in self.m_w], "m_b": [m.copy() for m in self.m_b]}
+
+    def load_state(self, state: dict):
+        self.m_w = [np.array(m, dtype=float) for m in state["m_w"]]
+        self.m_b = [np.array(m, dtype=float) for m in state["m_b"]]

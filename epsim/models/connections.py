@@ -1,0 +1,207 @@
+"""Resistive connections between two adjacent layers of a layered circuit.
+
+A connection is a set of conductances ``g[t]`` (one *tied* value per parameter index
+``t``) each placed between an input node ``i`` and an output node ``j``. In normalised
+units (conductance / g_unit) a connection provides the linear maps the solver needs:
+
+- ``drive_out(w, v_in)[b, j] = sum_i w_ij v_in[b, i]``   (current into j from the input side)
+- ``drive_in(w, v_out)[b, i] = sum_j w_ij v_out[b, j]``  (current into i from the output side)
+- ``degree_out(w)[j] = sum_i w_ij`` and ``degree_in(w)[i] = sum_j w_ij`` (self-conductances)
+- ``sq_drop_sum(v_in, v_out)[t] = sum_b sum_{(i,j) in t} (v_in[b,i] - v_out[b,j])**2``,
+  the local quantity of the EP learning rule (V^2), summed over the batch.
+
+All node arrays are flat, shape ``(batch, n_nodes)``, float64, in volts.
+"""
+from __future__ import annotations
+
+import math
+
+import numba as nb
+import numpy as np
+
+from ..errors import EpsimError
+
+
+class Dense:
+    """All-to-all crossbar: ``g`` has shape ``(n_in, n_out)``."""
+
+    kind = "dense"
+
+    def __init__(self, in_shape: tuple, out_shape: tuple):
+        self.in_shape = tuple(in_shape)
+        self.out_shape = tuple(out_shape)
+        self.n_in = int(np.prod(in_shape))
+        self.n_out = int(np.prod(out_shape))
+        self.param_shape = (self.n_in, self.n_out)
+
+    @property
+    def fan_in(self) -> int:
+        return self.n_in
+
+    def describe(self) -> dict:
+        return {"kind": self.kind, "in_shape": list(self.in_shape), "out_shape": list(self.out_shape)}
+
+    def drive_out(self, w, v_in):
+        return v_in @ w
+
+    def drive_in(self, w, v_out):
+        return v_out @ w.T
+
+    def degree_out(self, w):
+        return w.sum(axis=0)
+
+    def degree_in(self, w):
+        return w.sum(axis=1)
+
+    def sq_drop_sum(self, v_in, v_out):
+        # sum_b (a_i - b_j)^2 = sum_b a_i^2 + sum_b b_j^2 - 2 (a^T b)_ij : a low-rank product.
+        sq_in = np.einsum("bi,bi->i", v_in, v_in)
+        sq_out = np.einsum("bj,bj->j", v_out, v_out)
+        return sq_in[:, None] + sq_out[None, :] - 2.0 * (v_in.T @ v_out)
+
+    def pairs(self):
+        """(param_index, in_node, out_node) for every conductance; for export and tests."""
+        i, j = np.meshgrid(np.arange(self.n_in), np.arange(self.n_out), indexing="ij")
+        t = np.arange(self.n_in * self.n_out)
+        return t, i.ravel(), j.ravel()
+
+
+class Conv2d:
+    """Locally connected resistive layer with tied (weight-shared) conductances.
+
+    ``g`` has shape ``(c_out, c_in, k, k)``; output node ``(co, y, x)`` connects to input
+    node ``(ci, y*stride + dy, x*stride + dx)`` through ``g[co, ci, dy, dx]``. No padding
+    ("valid"): a padded border would be a conductance to ground, not a shared weight.
+    """
+
+    kind = "conv"
+
+    def __init__(self, in_shape: tuple, c_out: int, kernel: int, stride: int = 1):
+        if len(in_shape) != 3:
+            raise EpsimError(f"a conv layer needs a (C, H, W) input, got shape {tuple(in_shape)}")
+        c_in, h, w = in_shape
+        if kernel > h or kernel > w:
+            raise EpsimError(f"conv kernel {kernel} larger than its {h}x{w} input")
+        self.in_shape = tuple(int(s) for s in in_shape)
+        self.kernel = int(kernel)
+        self.stride = int(stride)
+        h_out = (h - kernel) // stride + 1
+        w_out = (w - kernel) // stride + 1
+        self.out_shape = (int(c_out), h_out, w_out)
+        self.n_in = int(np.prod(self.in_shape))
+        self.n_out = int(np.prod(self.out_shape))
+        self.param_shape = (int(c_out), c_in, self.kernel, self.kernel)
+
+    @property
+    def fan_in(self) -> int:
+        return self.in_shape[0] * self.kernel * self.kernel
+
+    def describe(self) -> dict:
+        return {"kind": self.kind, "in_shape": list(self.in_shape), "c_out": self.out_shape[0],
+                "kernel": self.kernel, "stride": self.stride}
+
+    def _4d(self, v, shape):
+        return np.ascontiguousarray(v).reshape((v.shape[0],) + shape)
+
+    def drive_out(self, w, v_in):
+        out = np.zeros((v_in.shape[0],) + self.out_shape)
+        _conv_forward(w, self._4d(v_in, self.in_shape), self.stride, out)
+        return out.reshape(v_in.shape[0], -1)
+
+    def drive_in(self, w, v_out):
+        out = np.zeros((v_out.shape[0],) + self.in_shape)
+        _conv_transpose(w, self._4d(v_out, self.out_shape), self.stride, out)
+        return out.reshape(v_out.shape[0], -1)
+
+    def degree_out(self, w):
+        return self.drive_out(w, np.ones((1, self.n_in)))[0]
+
+    def degree_in(self, w):
+        return self.drive_in(w, np.ones((1, self.n_out)))[0]
+
+    def sq_drop_sum(self, v_in, v_out):
+        per_sample = np.zeros((v_in.shape[0],) + self.param_shape)
+        _conv_sq_drop(self._4d(v_in, self.in_shape), self._4d(v_out, self.out_shape),
+                      self.stride, per_sample)
+        return per_sample.sum(axis=0)
+
+    def pairs(self):
+        co, ci, k, _ = self.param_shape
+        _, h_out, w_out = self.out_shape
+        _, h, w = self.in_shape
+        t_list, i_list, j_list = [], [], []
+        for a in range(co):
+            for y in range(h_out):
+                for x in range(w_out):
+                    j = (a * h_out + y) * w_out + x
+                    for c in range(ci):
+                        for dy in range(k):
+                            for dx in range(k):
+                                t_list.append(((a * ci + c) * k + dy) * k + dx)
+                                i_list.append((c * h + y * self.stride + dy) * w + x * self.stride + dx)
+                                j_list.append(j)
+        return np.array(t_list), np.array(i_list), np.array(j_list)
+
+
+@nb.njit(parallel=True, cache=True)
+def _conv_forward(w, v_in, stride, out):
+    co_n, ci_n, k, _ = w.shape
+    _, h_out, w_out = out.shape[1], out.shape[2], out.shape[3]
+    for b in nb.prange(v_in.shape[0]):
+        for co in range(co_n):
+            for y in range(h_out):
+                for x in range(w_out):
+                    acc = 0.0
+                    for ci in range(ci_n):
+                        for dy in range(k):
+                            for dx in range(k):
+                                acc += w[co, ci, dy, dx] * v_in[b, ci, y * stride + dy, x * stride + dx]
+                    out[b, co, y, x] = acc
+
+
+@nb.njit(parallel=True, cache=True)
+def _conv_transpose(w, v_out, stride, out):
+    co_n, ci_n, k, _ = w.shape
+    h_out, w_out = v_out.shape[2], v_out.shape[3]
+    for b in nb.prange(v_out.shape[0]):
+        for co in range(co_n):
+            for y in range(h_out):
+                for x in range(w_out):
+                    v = v_out[b, co, y, x]
+                    for ci in range(ci_n):
+                        for dy in range(k):
+                            for dx in range(k):
+                                out[b, ci, y * stride + dy, x * stride + dx] += w[co, ci, dy, dx] * v
+
+
+@nb.njit(parallel=True, cache=True)
+def _conv_sq_drop(v_in, v_out, stride, out):
+    co_n, ci_n, k = out.shape[1], out.shape[2], out.shape[3]
+    h_out, w_out = v_out.shape[2], v_out.shape[3]
+    for b in nb.prange(v_in.shape[0]):
+        for co in range(co_n):
+            for y in range(h_out):
+                for x in range(w_out):
+                    vo = v_out[b, co, y, x]
+                    for ci in range(ci_n):
+                        for dy in range(k):
+                            for dx in range(k):
+                                d = v_in[b, ci, y * stride + dy, x * stride + dx] - vo
+                                out[b, co, ci, dy, dx] += d * d
+
+
+def init_conductances(conn, rng: np.random.Generator, gain: float) -> np.ndarray:
+    """Uniform ``[0, 2*gain/sqrt(fan_in))`` normalised conductances (mean gain/sqrt(fan_in))."""
+    scale = 2.0 * gain / math.sqrt(conn.fan_in)
+    return rng.uniform(0.0, scale, size=conn.param_shape)
+
+
+CONNECTIONS = {"dense": Dense, "conv": Conv2d}
+
+
+def connection_from_description(d: dict):
+    if d["kind"] == "dense":
+        return Dense(tuple(d["in_shape"]), tuple(d["out_shape"]))
+    if d["kind"] == "conv":
+        return Conv2d(tuple(d["in_shape"]), d["c_out"], d["kernel"], d["stride"])
+    raise EpsimError(f"unknown connection kind {d['kind']!r}")

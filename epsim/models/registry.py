@@ -1,0 +1,34 @@
+"""Named circuit architectures, sized for the dataset they are trained on."""
+from __future__ import annotations
+
+from ..circuit.devices import DiodeModel
+from ..errors import EpsimError
+from .resistive import CircuitRanges, build_cnn, build_mlp
+
+CIRCUIT_MODELS = ("cnn", "mlp", "mlp-deep")
+
+
+def build_circuit_model(name: str, image_shape, num_classes: int, *, input_gain_V=16.0,
+                        diode: DiodeModel | None = None, ranges: CircuitRanges | None = None):
+    """Circuit network ``name`` for images of ``image_shape`` (C, H, W).
+
+    - ``cnn``: tied 3x3 conv with 16 channels (8 excitatory, 8 inhibitory; 32 on images
+      larger than 16x16, with a 2x2 stride-2 conv first to halve the resolution), then a
+      dense crossbar to the outputs.
+    - ``mlp``: one hidden layer (64 units on 8x8 images, 100 otherwise: DRN-XS on MNIST).
+    - ``mlp-deep``: two hidden layers of the same width.
+    """
+    kw = dict(input_gain_V=input_gain_V, diode=diode, ranges=ranges)
+    small = image_shape[1] * image_shape[2] <= 256
+    width = 64 if small else 100
+    if name == "cnn":
+        convs = ((16, 3, 1),) if small else ((32, 2, 2), (32, 3, 1))
+        net = build_cnn(image_shape, convs, (), num_classes, **kw)
+    elif name == "mlp":
+        net = build_mlp(image_shape, (width,), num_classes, **kw)
+    elif name == "mlp-deep":
+        net = build_mlp(image_shape, (width, width), num_classes, **kw)
+    else:
+        raise EpsimError(f"unknown circuit model {name!r}; choose from {', '.join(CIRCUIT_MODELS)}")
+    net.name = name
+    return net

@@ -1,0 +1,260 @@
+"""Layered resistive EP network: the circuit model (DESIGN §2.1).
+
+Circuit
+-------
+- Layer 0: input nodes held by ideal voltage sources at ``input_gain_V * (+x, -x)``
+  (both polarities, so positive conductances can produce signed effects).
+- Hidden layers: free nodes with clamp diodes to the 0 V rail. Excitatory units have a
+  diode from the rail to the node (``v >= 0``); inhibitory units a diode from the node to
+  the rail (``v <= 0``). Channels (CNN) or units (MLP) are split half/half.
+- Output layer: free, linear nodes (no diode).
+- Each pair of adjacent layers is joined by a crossbar of conductances ``G >= 0``
+  (dense or tied-convolutional, see :mod:`epsim.models.connections`).
+- Every non-input node has a bias current source ``I_bias`` (A) injecting into it
+  (tied per channel in conv layers).
+- Nudging: the ``+beta`` phase adds a conductance ``beta * g_unit`` from each output node
+  to a voltage source at the target voltage; ``-beta`` uses the negative conductance.
+
+Units
+-----
+Parameters are stored *normalised*: ``w = G / g_unit`` (dimensionless) and
+``b = I_bias / g_unit`` (V). Node voltages are in volts. Any current computed in
+normalised units is converted to amperes by multiplying by ``g_unit_S``. Dividing all
+conductances and currents by one constant leaves every node voltage unchanged, so this is
+exact. :attr:`ResistiveNetwork.g_S` and :attr:`ResistiveNetwork.i_bias_A` give SI values.
+
+Energy (co-content, normalised by ``g_unit``, units V^2)::
+
+    E(v) = sum_connections 1/2 sum w_ij (v_i - v_j)^2 - sum_k b_k v_k + diode terms
+    F(v) = E(v) + beta/2 * sum_o (v_o - y_o)^2
+
+KCL at every free node is dF/dv = 0 (with the diodes as constraints / co-contents).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..circuit.devices import DiodeModel
+from ..errors import EpsimError
+from .connections import Conv2d, Dense, connection_from_description, init_conductances
+
+
+@dataclass
+class CircuitRanges:
+    """Physical scale of the crossbar: conductance unit and programmable range, in siemens."""
+
+    g_unit_S: float = 1e-6
+    g_min_S: float = 0.0
+    g_max_S: float = 2e-5
+
+    def __post_init__(self):
+        if not (self.g_unit_S > 0 and 0 <= self.g_min_S < self.g_max_S):
+            raise EpsimError("need g_unit > 0 and 0 <= Gmin < Gmax (siemens)")
+
+
+class ResistiveNetwork:
+    """A layered resistive network; see the module docstring for the circuit.
+
+    Attributes:
+        image_shape: ``(C, H, W)`` of the images fed to it (pixels in [0, 1]).
+        layer_shapes: node shapes of layers ``0..L``; layer 0 is ``(2C, H, W)``.
+        connections: ``L`` connection objects (layer l-1 -> layer l).
+        w: ``L`` arrays of normalised conductances, ``connections[l].param_shape``.
+        b: ``L`` arrays of normalised bias currents (V) for layers ``1..L``: shape ``(C,)``
+           for a ``(C, H, W)`` layer (tied per channel), else the layer's node count.
+        rail_lo_V / rail_hi_V: ``L`` flat arrays per free layer; ``-inf``/``+inf`` = no diode.
+    """
+
+    def __init__(self, image_shape, connections, *, input_gain_V=1.0, diode=None,
+                 ranges=None, name="custom"):
+        self.image_shape = tuple(int(s) for s in image_shape)
+        self.connections = list(connections)
+        self.input_gain_V = float(input_gain_V)
+        self.diode = diode or DiodeModel()
+        self.ranges = ranges or CircuitRanges()
+        self.name = name
+        c, h, w = self.image_shape
+        shapes = [(2 * c, h, w)]
+        for conn in self.connections:
+            if int(np.prod(conn.in_shape)) != int(np.prod(shapes[-1])):
+                raise EpsimError(f"connection input {conn.in_shape} does not match layer {shapes[-1]}")
+            shapes.append(conn.out_shape)
+        self.layer_shapes = shapes
+        self.layer_sizes = [int(np.prod(s)) for s in shapes]
+        self.rail_lo_V, self.rail_hi_V = [], []
+        for l, shape in enumerate(shapes[1:], start=1):
+            lo, hi = self._rails(shape, is_output=(l == len(shapes) - 1))
+            self.rail_lo_V.append(lo)
+            self.rail_hi_V.append(hi)
+        self.w = [np.zeros(conn.param_shape) for conn in self.connections]
+        self.b = [np.zeros(self.bias_shape(l)) for l in range(1, len(shapes))]
+
+    # ---- structure -------------------------------------------------------------------
+    @property
+    def num_layers(self) -> int:
+        """Number of free layers L (hidden layers + output)."""
+        return len(self.connections)
+
+    @property
+    def num_outputs(self) -> int:
+        return self.layer_sizes[-1]
+
+    def bias_shape(self, l: int) -> tuple:
+        shape = self.layer_shapes[l]
+        return (shape[0],) if len(shape) == 3 else (int(np.prod(shape)),)
+
+    def bias_per_node(self, l: int) -> np.ndarray:
+        """Normalised bias current (V) of every node of layer ``l`` (>=1), flat."""
+        shape = self.layer_shapes[l]
+        bias = self.b[l - 1]
+        if len(shape) == 3:
+            return np.repeat(bias, shape[1] * shape[2])
+        return bias
+
+    @staticmethod
+    def _rails(shape, is_output):
+        n = int(np.prod(shape))
+        lo = np.full(n, -np.inf)
+        hi = np.full(n, np.inf)
+        if is_output:
+            return lo, hi
+        units = shape[0]
+        per_unit = n // units
+        excitatory = np.repeat(np.arange(units) < (units + 1) // 2, per_unit)
+        lo[excitatory] = 0.0
+        hi[~excitatory] = 0.0
+        return lo, hi
+
+    def describe(self) -> dict:
+        """JSON-able structure (no parameter values): enough to rebuild the network."""
+        return {
+            "name": self.name,
+            "image_shape": list(self.image_shape),
+            "connections": [c.describe() for c in self.connections],
+            "input_gain_V": self.input_gain_V,
+            "diode": self.diode.to_dict(),
+            "ranges": {"g_unit_S": self.ranges.g_unit_S, "g_min_S": self.ranges.g_min_S,
+                       "g_max_S": self.ranges.g_max_S},
+        }
+
+    @classmethod
+    def from_description(cls, d: dict) -> "ResistiveNetwork":
+        return cls(d["image_shape"], [connection_from_description(c) for c in d["connections"]],
+                   input_gain_V=d["input_gain_V"], diode=DiodeModel.from_dict(d["diode"]),
+                   ranges=CircuitRanges(**d["ranges"]), name=d["name"])
+
+    # ---- parameters ------------------------------------------------------------------
+    @property
+    def w_bounds(self) -> tuple:
+        """Normalised conductance range ``(Gmin, Gmax) / g_unit``."""
+        r = self.ranges
+        return r.g_min_S / r.g_unit_S, r.g_max_S / r.g_unit_S
+
+    @property
+    def g_S(self) -> list:
+        """Conductances in siemens, one array per connection."""
+        return [w * self.ranges.g_unit_S for w in self.w]
+
+    @property
+    def i_bias_A(self) -> list:
+        """Bias currents in amperes, one array per free layer."""
+        return [b * self.ranges.g_unit_S for b in self.b]
+
+    def init_params(self, rng: np.random.Generator, weight_gain: float = 1.0):
+        lo, hi = self.w_bounds
+        self.w = [np.clip(init_conductances(c, rng, weight_gain), lo, hi) for c in self.connections]
+        self.b = [np.zeros(self.bias_shape(l)) for l in range(1, self.num_layers + 1)]
+
+    def set_params_SI(self, g_S, i_bias_A):
+        """Load conductances (S) and bias currents (A), validating shapes and signs."""
+        if len(g_S) != len(self.w) or len(i_bias_A) != len(self.b):
+            raise EpsimError("parameter count does not match this model's layers")
+        new_w = []
+        for l, (g, ref) in enumerate(zip(g_S, self.w)):
+            g = np.asarray(g, dtype=np.float64)
+            if g.shape != ref.shape:
+                raise EpsimError(f"conductance array {l} has shape {g.shape}, model expects {ref.shape}")
+            if not np.all(np.isfinite(g)):
+                raise EpsimError(f"conductance array {l} holds NaN or inf values")
+            if np.any(g < 0):
+                raise EpsimError(f"conductance array {l} holds negative conductances (min {g.min():.3g} S)")
+            new_w.append(g / self.ranges.g_unit_S)
+        new_b = []
+        for l, (i_b, ref) in enumerate(zip(i_bias_A, self.b)):
+            i_b = np.asarray(i_b, dtype=np.float64)
+            if i_b.shape != ref.shape:
+                raise EpsimError(f"bias array {l} has shape {i_b.shape}, model expects {ref.shape}")
+            if not np.all(np.isfinite(i_b)):
+                raise EpsimError(f"bias array {l} holds NaN or inf values")
+            new_b.append(i_b / self.ranges.g_unit_S)
+        self.w, self.b = new_w, new_b
+
+    def num_params(self) -> int:
+        return int(sum(w.size for w in self.w) + sum(b.size for b in self.b))
+
+    # ---- inputs, energy --------------------------------------------------------------
+    def input_voltages(self, x: np.ndarray) -> np.ndarray:
+        """Input source voltages (V), shape ``(B, n_0)``, from images ``x`` (B, C, H, W) in [0, 1]."""
+        x = np.asarray(x, dtype=np.float64)
+        if x.ndim == 3:
+            x = x[None]
+        if x.shape[1:] != self.image_shape:
+            raise EpsimError(f"input images have shape {x.shape[1:]}, model expects {self.image_shape}")
+        if not np.all(np.isfinite(x)):
+            raise EpsimError("input contains NaN or inf values")
+        v = self.input_gain_V * np.concatenate([x, -x], axis=1)
+        return v.reshape(x.shape[0], -1)
+
+    def energy(self, v_input, v_free, beta=0.0, target_V=None) -> np.ndarray:
+        """Normalised total energy ``F`` (V^2) per sample for ideal diodes, shape ``(B,)``.
+
+        The ideal diodes enter as constraints (0 inside the feasible box), so this is the
+        resistive co-content minus the bias-source work, plus the nudging term.
+        """
+        layers = [v_input] + list(v_free)
+        e = np.zeros(v_input.shape[0])
+        for l, conn in enumerate(self.connections):
+            w = self.w[l]
+            vi, vo = layers[l], layers[l + 1]
+            e += 0.5 * (np.einsum("bi,i->b", vi * vi, conn.degree_in(w))
+                        + np.einsum("bj,j->b", vo * vo, conn.degree_out(w))
+                        - 2.0 * np.einsum("bj,bj->b", conn.drive_out(w, vi), vo))
+            e -= vo @ self.bias_per_node(l + 1)
+        if beta != 0.0:
+            e += 0.5 * beta * np.sum((layers[-1] - target_V) ** 2, axis=1)
+        return e
+
+
+def build_mlp(image_shape, hidden=(64,), num_classes=10, **kw) -> ResistiveNetwork:
+    """Dense resistive MLP: input(2*C*H*W) -> hidden... -> num_classes."""
+    c, h, w = image_shape
+    shapes = [(2 * c, h, w)] + [(int(n),) for n in hidden] + [(int(num_classes),)]
+    conns = [Dense(a, b) for a, b in zip(shapes[:-1], shapes[1:])]
+    return ResistiveNetwork(image_shape, conns, **kw)
+
+
+def build_cnn(image_shape, convs=((16, 3, 1),), hidden=(), num_classes=10, **kw) -> ResistiveNetwork:
+    """Resistive CNN: tied conv layers ``(channels, kernel, stride)``, then dense layers.
+
+    Pooling is done by strided convolutions (a resistive circuit has no max-pool).
+    """
+    c, h, w = image_shape
+    shape = (2 * c, h, w)
+    conns = []
+    for ch, k, s in convs:
+        conv = Conv2d(shape, ch, k, s)
+        conns.append(conv)
+        shape = conv.out_shape
+    for n in list(hidden) + [num_classes]:
+        conns.append(Dense(shape, (int(n),)))
+        shape = (int(n),)
+    return ResistiveNetwork(image_shape, conns, **kw)
+
+
+def one_hot_targets(labels: np.ndarray, num_classes: int, high_V: float = 1.0) -> np.ndarray:
+    """Target output voltages (V), shape ``(B, K)``: ``high_V`` on the label, 0 elsewhere."""
+    y = np.zeros((len(labels), num_classes))
+    y[np.arange(len(labels)), labels] = high_V
+    return y

@@ -1,0 +1,67 @@
+"""What every equilibrium solver returns: node voltages plus a convergence certificate."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..errors import ConvergenceError
+
+
+@dataclass
+class Certificate:
+    """Proof of (non-)convergence of a batch of DC solves.
+
+    residual_A: ``(B,)`` max KCL violation over the free nodes of each sample, in amperes
+                (for an ideal-diode clamped node: the part of the resistor current a
+                diode cannot carry, i.e. current of the wrong sign).
+    iterations: sweeps (or Newton steps) used.
+    tol_A:      the tolerance the solve was asked to reach.
+    """
+
+    residual_A: np.ndarray
+    iterations: int
+    tol_A: float
+    backend: str = "numba"
+
+    @property
+    def converged(self) -> np.ndarray:
+        """``(B,)`` bool: which samples met the tolerance."""
+        return self.residual_A <= self.tol_A
+
+    @property
+    def all_converged(self) -> bool:
+        return bool(np.all(self.converged))
+
+    @property
+    def max_residual_A(self) -> float:
+        return float(np.max(self.residual_A)) if self.residual_A.size else 0.0
+
+    def require(self, what: str = "equilibrium"):
+        """Raise :class:`ConvergenceError` unless every sample converged."""
+        if not self.all_converged:
+            bad = int(np.sum(~self.converged))
+            raise ConvergenceError(
+                f"{what}: {bad}/{self.residual_A.size} samples did not converge "
+                f"(max KCL residual {self.max_residual_A:.3g} A > tol {self.tol_A:.3g} A "
+                f"after {self.iterations} iterations); raise --max-iter or loosen --tol")
+
+
+@dataclass
+class Equilibrium:
+    """Steady state of a batch of circuits.
+
+    v_input: ``(B, n_0)`` input source voltages (V).
+    v_free:  list of ``(B, n_l)`` node voltages (V) of the free layers ``1..L``.
+    beta:    nudging strength the state was solved for (dimensionless, see the model).
+    """
+
+    v_input: np.ndarray
+    v_free: list
+    beta: float
+    certificate: Certificate
+    extras: dict = field(default_factory=dict)
+
+    @property
+    def v_output(self) -> np.ndarray:
+        return self.v_free[-1]

@@ -1,0 +1,87 @@
+"""python -m epsim.train: train an EP network compiled to a resistive circuit.
+
+With no options it trains the circuit CNN on scikit-learn's 8x8 digits (no download)
+with the numba nodal-analysis solver and prints the held-out test accuracy.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from .cli import run
+from .data import DATASETS, default_data_dir, load_dataset
+from .models.registry import CIRCUIT_MODELS
+from .solvers import BACKENDS
+from .training import TrainConfig, train
+
+
+def build_parser() -> argparse.ArgumentParser:
+    d = TrainConfig()
+    p = argparse.ArgumentParser(
+        prog="python -m epsim.train",
+        description="Train an Equilibrium-Propagation network built as a resistive-crossbar "
+                    "circuit (conductances, clamp diodes, sources) with centered EP and local "
+                    "conductance updates. Writes OUT/metrics.json and OUT/checkpoint.pt.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    g = p.add_argument_group("data")
+    g.add_argument("--dataset", default=d.dataset, choices=DATASETS, help="dataset to train on")
+    g.add_argument("--data-dir", default=None,
+                   help="folder with the dataset files (default: $EPSIM_DATA_DIR or ./data)")
+    g.add_argument("--download", action="store_true", help="download missing dataset files (checksummed)")
+    g.add_argument("--train-subset", type=int, default=None, metavar="N", help="train on N random training images")
+    g.add_argument("--test-subset", type=int, default=None, metavar="N", help="test on N random test images")
+    g = p.add_argument_group("model and solver")
+    g.add_argument("--model", default=d.model, choices=CIRCUIT_MODELS, help="circuit architecture")
+    g.add_argument("--backend", default=d.backend, choices=BACKENDS, help="equilibrium solver")
+    g.add_argument("--diode", default=d.diode, choices=("ideal", "shockley"), help="clamp diode model")
+    g.add_argument("--input-gain", type=float, default=d.input_gain_V, metavar="V",
+                   help="input source voltage for a pixel of value 1 (applied as +V and -V)")
+    g.add_argument("--g-max", type=float, default=d.g_max_S, metavar="S", help="largest conductance")
+    g.add_argument("--g-min", type=float, default=d.g_min_S, metavar="S", help="smallest conductance")
+    g.add_argument("--tol", type=float, default=d.tol_A, metavar="A", help="KCL residual tolerance")
+    g.add_argument("--max-iter", type=int, default=d.max_iter, help="max solver sweeps per phase")
+    g = p.add_argument_group("training")
+    g.add_argument("--epochs", type=int, default=d.epochs)
+    g.add_argument("--batch-size", type=int, default=d.batch_size)
+    g.add_argument("--lr", type=float, default=d.lr, help="learning rate of conductances (in units of g_unit)")
+    g.add_argument("--lr-bias", type=float, default=None, help="learning rate of bias currents (default: --lr)")
+    g.add_argument("--momentum", type=float, default=d.momentum)
+    g.add_argument("--beta", type=float, default=d.beta,
+                   help="nudging strength: nudge conductance beta*g_unit to the target, phases +beta and -beta")
+    g.add_argument("--seed", type=int, default=d.seed)
+    g = p.add_argument_group("output")
+    g.add_argument("--out", default=None, metavar="DIR", help="write metrics.json and checkpoint.pt here")
+    g.add_argument("--resume", action="store_true", help="continue the run saved in --out")
+    g.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return p
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    config = TrainConfig(
+        dataset=args.dataset, model=args.model, backend=args.backend, epochs=args.epochs,
+        batch_size=args.batch_size, lr=args.lr, lr_bias=args.lr_bias, momentum=args.momentum,
+        beta=args.beta, seed=args.seed, input_gain_V=args.input_gain, diode=args.diode,
+        g_min_S=args.g_min, g_max_S=args.g_max, tol_A=args.tol, max_iter=args.max_iter,
+        train_subset=args.train_subset, test_subset=args.test_subset)
+    config.validate()
+    if args.resume and args.out is None:
+        from .errors import EpsimError
+
+        raise EpsimError("--resume needs --out DIR (the folder of the run to continue)")
+    dataset = load_dataset(args.dataset, args.data_dir or default_data_dir(), download=args.download,
+                           train_subset=args.train_subset, test_subset=args.test_subset, seed=args.seed)
+    print(f"training circuit {args.model} on {dataset.name} ({len(dataset.y_train)} train / "
+          f"{len(dataset.y_test)} test) with backend {args.backend}, {args.epochs} epochs")
+    metrics = train(config, dataset, args.out, resume=args.resume, progress=not args.no_progress)
+    print(f"test accuracy: {metrics['test_accuracy']:.4f} ({metrics['n_test']} images), "
+          f"train accuracy: {metrics['train_accuracy']:.4f}, wall time {metrics['wall_seconds']:.1f} s")
+    if metrics.get("test_unconverged"):
+        print(f"warning: {metrics['test_unconverged']} test equilibria did not reach the tolerance",
+              file=sys.stderr)
+    if args.out:
+        print(f"wrote {args.out}/metrics.json and {args.out}/checkpoint.pt")
+
+
+if __name__ == "__main__":
+    sys.exit(run(main))

@@ -1,0 +1,270 @@
+"""Training loop for circuit models: batches, EP phases, updates, checkpoints, metrics.
+
+Determinism and resumption: the order of the training set in epoch ``e`` is the
+permutation drawn from ``seed`` and ``e``, and a checkpoint holds the parameters, the
+optimizer's momentum, the position (epoch, next batch) and the running sums of the
+epoch in progress. Resuming from any checkpoint therefore replays exactly the batches
+an uninterrupted run would have seen, with the same results.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import numpy as np
+
+from .checkpoint import load_checkpoint, save_checkpoint, write_json
+from .circuit.devices import DiodeModel
+from .errors import EpsimError
+from .learning.ep import centered_ep, free_phase
+from .learning.optim import ProjectedSGD
+from .models.registry import build_circuit_model
+from .models.resistive import CircuitRanges, ResistiveNetwork
+from .solvers import get_solver
+
+CHECKPOINT_NAME = "checkpoint.pt"
+METRICS_NAME = "metrics.json"
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines a circuit training run (units in the field names)."""
+
+    dataset: str = "digits"
+    model: str = "cnn"
+    backend: str = "numba"
+    epochs: int = 20
+    batch_size: int = 8
+    lr: float = 0.1
+    lr_bias: float | None = None
+    momentum: float = 0.9
+    beta: float = 0.5
+    seed: int = 0
+    input_gain_V: float = 16.0
+    target_high_V: float = 1.0
+    weight_gain: float = 1.0
+    diode: str = "ideal"
+    g_unit_S: float = 1e-6
+    g_min_S: float = 0.0
+    g_max_S: float = 2e-5
+    tol_A: float = 1e-9
+    max_iter: int = 1000
+    train_subset: int | None = None
+    test_subset: int | None = None
+    eval_batch_size: int = 500
+
+    def validate(self):
+        checks = [
+            (self.epochs >= 1, "--epochs must be at least 1"),
+            (self.batch_size >= 1, "--batch-size must be at least 1"),
+            (np.isfinite(self.lr) and self.lr > 0, "--lr must be a positive number"),
+            (self.lr_bias is None or (np.isfinite(self.lr_bias) and self.lr_bias >= 0),
+             "--lr-bias must be a non-negative number"),
+            (0 <= self.momentum < 1, "--momentum must be in [0, 1)"),
+            (np.isfinite(self.beta) and self.beta > 0, "--beta must be a positive number"),
+            (np.isfinite(self.input_gain_V) and self.input_gain_V > 0, "--input-gain must be positive (volts)"),
+            (self.tol_A > 0, "--tol must be positive (amperes)"),
+            (self.max_iter >= 1, "--max-iter must be at least 1"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise EpsimError(message)
+
+    def compatible_with(self, other: "TrainConfig") -> list:
+        """Names of fields that must match to resume a run but differ."""
+        free_to_change = {"epochs", "eval_batch_size", "max_iter"}
+        return [f.name for f in fields(self)
+                if f.name not in free_to_change and getattr(self, f.name) != getattr(other, f.name)]
+
+
+def build_network(config: TrainConfig, dataset) -> ResistiveNetwork:
+    diode = DiodeModel(kind=config.diode)
+    ranges = CircuitRanges(config.g_unit_S, config.g_min_S, config.g_max_S)
+    return build_circuit_model(config.model, dataset.image_shape, dataset.num_classes,
+                               input_gain_V=config.input_gain_V, diode=diode, ranges=ranges)
+
+
+def evaluate(net, solver, x, y, batch_size=500) -> dict:
+    """Free-phase accuracy on ``(x, y)`` with the training solver's exact settings."""
+    correct, unconverged, worst, loss = 0, 0, 0.0, 0.0
+    for i in range(0, len(y), batch_size):
+        eq = free_phase(net, solver, x[i:i + batch_size])
+        pred = np.argmax(eq.v_output, axis=1)
+        correct += int(np.sum(pred == y[i:i + batch_size]))
+        unconverged += int(np.sum(~eq.certificate.converged))
+        worst = max(worst, eq.certificate.max_residual_A)
+    n = max(len(y), 1)
+    return {"accuracy": correct / n, "unconverged": unconverged, "max_residual_A": worst, "n": len(y)}
+
+
+class _EpochTally:
+    """Running sums over the batches of one epoch (checkpointed with the run)."""
+
+    def __init__(self, d=None):
+        d = d or {}
+        self.n = int(d.get("n", 0))
+        self.correct = int(d.get("correct", 0))
+        self.loss_sum = float(d.get("loss_sum", 0.0))
+        self.unconverged = int(d.get("unconverged", 0))
+        self.max_residual_A = float(d.get("max_residual_A", 0.0))
+        self.iterations = int(d.get("iterations", 0))
+        self.batches = int(d.get("batches", 0))
+
+    def add(self, result, labels):
+        self.n += len(labels)
+        self.correct += int(np.sum(result.predictions == labels))
+        self.loss_sum += float(np.sum(result.loss))
+        self.unconverged += int(np.sum(~result.converged))
+        self.max_residual_A = max(self.max_residual_A, result.residual_A)
+        self.iterations += result.iterations
+        self.batches += 1
+
+    def as_dict(self):
+        return dict(vars(self))
+
+
+def train(config: TrainConfig, dataset, out_dir=None, *, resume=False, progress=True,
+          stop_after_batches=None, checkpoint_interval_s=60.0, log=print) -> dict:
+    """Train a circuit model with centered EP; return the metrics dict.
+
+    Args:
+        config: run settings. dataset: a :class:`epsim.data.Dataset`.
+        out_dir: folder for ``checkpoint.pt`` and ``metrics.json`` (None: keep in memory).
+        resume: continue the run saved in ``out_dir``.
+        stop_after_batches: stop (as if killed) after this many batches of this call,
+            leaving the last checkpoint behind; used to test resumption.
+        checkpoint_interval_s: wall time between mid-epoch checkpoints.
+    """
+    config.validate()
+    solver = get_solver(config.backend, tol_A=config.tol_A, max_iter=config.max_iter)
+    net = build_network(config, dataset)
+    rng = np.random.default_rng(config.seed)
+    net.init_params(rng, config.weight_gain)
+    opt = ProjectedSGD(net, config.lr, config.lr_bias, config.momentum)
+    start_epoch, start_batch, history, tally, wall_before = 0, 0, [], _EpochTally(), 0.0
+    out_dir = Path(out_dir) if out_dir is not None else None
+    ckpt_path = out_dir / CHECKPOINT_NAME if out_dir is not None else None
+    if ckpt_path is not None and ckpt_path.exists():
+        if not resume:
+            raise EpsimError(f"{out_dir} already holds a run; pass --resume to continue it "
+                             "or choose another --out")
+        state = load_checkpoint(ckpt_path)
+        restore_network(net, state, ckpt_path)
+        saved = TrainConfig(**state["config"])
+        diff = config.compatible_with(saved)
+        if diff:
+            raise EpsimError(f"cannot resume {ckpt_path}: options {', '.join(diff)} differ "
+                             "from the saved run")
+        opt.load_state(state["optimizer"])
+        start_epoch, start_batch = int(state["epoch"]), int(state["batch"])
+        history, tally = list(state["history"]), _EpochTally(state["tally"])
+        wall_before = float(state["wall_seconds"])
+        log(f"resuming {ckpt_path} at epoch {start_epoch + 1}, batch {start_batch}")
+    elif resume:
+        log("no checkpoint to resume from; starting a new run")
+
+    t_start = time.perf_counter()
+
+    def wall():
+        return wall_before + time.perf_counter() - t_start
+
+    def checkpoint(epoch, batch):
+        if ckpt_path is None:
+            return
+        save_checkpoint(ckpt_path, {
+            "kind": "circuit", "model": net.describe(), "config": asdict(config),
+            "g_S": net.g_S, "i_bias_A": net.i_bias_A, "optimizer": opt.state(),
+            "epoch": epoch, "batch": batch, "tally": tally.as_dict(), "history": history,
+            "wall_seconds": wall()})
+
+    n_train = len(dataset.y_train)
+    n_batches = (n_train + config.batch_size - 1) // config.batch_size
+    done_batches, last_ckpt = 0, time.perf_counter()
+    for epoch in range(start_epoch, config.epochs):
+        order = np.random.default_rng([config.seed, epoch]).permutation(n_train)
+        bar = _progress(range(start_batch, n_batches), n_batches, start_batch, epoch, config, progress)
+        for k in bar:
+            idx = order[k * config.batch_size:(k + 1) * config.batch_size]
+            labels = dataset.y_train[idx]
+            result = centered_ep(net, solver, dataset.x_train[idx], labels, config.beta,
+                                 target_high_V=config.target_high_V)
+            if result.converged.any():
+                opt.step(result.grad_w, result.grad_b)
+            tally.add(result, labels)
+            done_batches += 1
+            if hasattr(bar, "set_postfix"):
+                bar.set_postfix(loss=f"{tally.loss_sum / tally.n:.4f}", acc=f"{tally.correct / tally.n:.3f}",
+                                res=f"{tally.max_residual_A:.1e}A", refresh=False)
+            if stop_after_batches is not None and done_batches >= stop_after_batches:
+                checkpoint(epoch, k + 1)
+                return {"interrupted": True}
+            if time.perf_counter() - last_ckpt > checkpoint_interval_s:
+                checkpoint(epoch, k + 1)
+                last_ckpt = time.perf_counter()
+        start_batch = 0
+        test = evaluate(net, solver, dataset.x_test, dataset.y_test, config.eval_batch_size)
+        history.append({
+            "epoch": epoch + 1, "train_loss": tally.loss_sum / max(tally.n, 1),
+            "train_accuracy": tally.correct / max(tally.n, 1), "test_accuracy": test["accuracy"],
+            "train_unconverged": tally.unconverged, "test_unconverged": test["unconverged"],
+            "max_residual_A": max(tally.max_residual_A, test["max_residual_A"]),
+            "mean_iterations_per_batch": tally.iterations / max(tally.batches, 1),
+            "wall_seconds": wall()})
+        h = history[-1]
+        log(f"epoch {epoch + 1}/{config.epochs}: train loss {h['train_loss']:.4f} "
+            f"acc {h['train_accuracy']:.4f}, test acc {h['test_accuracy']:.4f}, "
+            f"max KCL residual {h['max_residual_A']:.2e} A"
+            + (f", UNCONVERGED train {h['train_unconverged']} test {h['test_unconverged']}"
+               if h["train_unconverged"] or h["test_unconverged"] else ""))
+        tally = _EpochTally()
+        checkpoint(epoch + 1, 0)
+        last_ckpt = time.perf_counter()
+    metrics = final_metrics(config, net, history, wall(), len(dataset.y_test))
+    if out_dir is not None:
+        write_json(out_dir / METRICS_NAME, metrics)
+    return metrics
+
+
+def final_metrics(config, net, history, wall_seconds, n_test) -> dict:
+    last = history[-1] if history else {}
+    return {
+        "test_accuracy": last.get("test_accuracy"), "train_accuracy": last.get("train_accuracy"),
+        "wall_seconds": wall_seconds, "backend": config.backend, "dataset": config.dataset,
+        "model": config.model, "epochs": config.epochs, "n_test": n_test,
+        "num_params": net.num_params(), "test_unconverged": last.get("test_unconverged"),
+        "max_residual_A": max((h["max_residual_A"] for h in history), default=None),
+        "config": asdict(config), "history": history,
+    }
+
+
+def restore_network(net: ResistiveNetwork, state: dict, path) -> None:
+    """Load a checkpoint's parameters into ``net`` after checking it is the same circuit."""
+    if state.get("kind") != "circuit":
+        raise EpsimError(f"{path} holds a {state.get('kind')!r} model, not a circuit model")
+    if state["model"]["connections"] != net.describe()["connections"]:
+        raise EpsimError(f"{path} is a checkpoint of a different model shape "
+                         f"({state['model']['name']}, {len(state['model']['connections'])} layers)")
+    try:
+        net.set_params_SI(state["g_S"], state["i_bias_A"])
+    except EpsimError as exc:
+        raise EpsimError(f"{path}: {exc}") from None
+
+
+def load_network(path) -> tuple:
+    """``(network, checkpoint dict)`` from a circuit checkpoint file."""
+    state = load_checkpoint(path)
+    if state.get("kind") != "circuit":
+        raise EpsimError(f"{path} holds a {state.get('kind')!r} model, not a circuit model")
+    net = ResistiveNetwork.from_description(state["model"])
+    restore_network(net, state, path)
+    return net, state
+
+
+def _progress(iterable, total, initial, epoch, config, enabled):
+    if not enabled:
+        return iterable
+    from tqdm import tqdm
+
+    return tqdm(iterable, total=total, initial=initial, desc=f"epoch {epoch + 1}/{config.epochs}",
+                leave=False, dynamic_ncols=True)
