@@ -24,6 +24,7 @@ from .models.resistive import CircuitRanges, ResistiveNetwork
 from .solvers import get_solver
 
 CHECKPOINT_NAME = "checkpoint.pt"
+LR_SCHEDULES = ("cosine", "constant")
 METRICS_NAME = "metrics.json"
 
 
@@ -39,9 +40,10 @@ class TrainConfig:
     lr: float = 0.1
     lr_bias: float | None = None
     momentum: float = 0.9
+    lr_schedule: str = "cosine"
     beta: float = 0.5
     seed: int = 0
-    input_gain_V: float = 16.0
+    input_gain_V: float | None = None  # None: the model's default
     target_high_V: float = 1.0
     weight_gain: float = 1.0
     diode: str = "ideal"
@@ -62,8 +64,10 @@ class TrainConfig:
             (self.lr_bias is None or (np.isfinite(self.lr_bias) and self.lr_bias >= 0),
              "--lr-bias must be a non-negative number"),
             (0 <= self.momentum < 1, "--momentum must be in [0, 1)"),
+            (self.lr_schedule in LR_SCHEDULES, f"--lr-schedule must be one of {', '.join(LR_SCHEDULES)}"),
             (np.isfinite(self.beta) and self.beta > 0, "--beta must be a positive number"),
-            (np.isfinite(self.input_gain_V) and self.input_gain_V > 0, "--input-gain must be positive (volts)"),
+            (self.input_gain_V is None or (np.isfinite(self.input_gain_V) and self.input_gain_V > 0),
+             "--input-gain must be positive (volts)"),
             (self.tol_A > 0, "--tol must be positive (amperes)"),
             (self.max_iter >= 1, "--max-iter must be at least 1"),
         ]
@@ -183,6 +187,7 @@ def train(config: TrainConfig, dataset, out_dir=None, *, resume=False, progress=
     done_batches, last_ckpt = 0, time.perf_counter()
     for epoch in range(start_epoch, config.epochs):
         order = np.random.default_rng([config.seed, epoch]).permutation(n_train)
+        opt.scale = lr_scale(config, epoch)
         bar = _progress(range(start_batch, n_batches), n_batches, start_batch, epoch, config, progress)
         for k in bar:
             idx = order[k * config.batch_size:(k + 1) * config.batch_size]
@@ -224,6 +229,13 @@ def train(config: TrainConfig, dataset, out_dir=None, *, resume=False, progress=
     if out_dir is not None:
         write_json(out_dir / METRICS_NAME, metrics)
     return metrics
+
+
+def lr_scale(config: TrainConfig, epoch: int) -> float:
+    """Learning-rate multiplier of ``epoch`` (0-based): cosine decay to 0 or constant."""
+    if config.lr_schedule == "constant":
+        return 1.0
+    return 0.5 * (1.0 + np.cos(np.pi * epoch / config.epochs))
 
 
 def final_metrics(config, net, history, wall_seconds, n_test) -> dict:

@@ -17,6 +17,7 @@ class ProjectedSGD:
         self.lr_w = np.broadcast_to(np.asarray(lr_w, dtype=float), (L,)).copy()
         self.lr_b = np.broadcast_to(np.asarray(lr_w if lr_b is None else lr_b, dtype=float), (L,)).copy()
         self.momentum = float(momentum)
+        self.scale = 1.0  # schedule multiplier applied to both learning rates
         self.m_w = [np.zeros_like(w) for w in net.w]
         self.m_b = [np.zeros_like(b) for b in net.b]
 
@@ -26,11 +27,11 @@ class ProjectedSGD:
             self.m_w[l] *= self.momentum
             self.m_w[l] += grad_w[l]
             w = self.net.w[l]
-            w -= self.lr_w[l] * self.m_w[l]
+            w -= self.scale * self.lr_w[l] * self.m_w[l]
             np.clip(w, lo, hi, out=w)
             self.m_b[l] *= self.momentum
             self.m_b[l] += grad_b[l]
-            self.net.b[l] -= self.lr_b[l] * self.m_b[l]
+            self.net.b[l] -= self.scale * self.lr_b[l] * self.m_b[l]
 
     def state(self) -> dict:
         return {"m_w": [m.copy() for m in self.m_w], "m_b": [m.copy() for m in self.m_b]}

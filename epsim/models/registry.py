@@ -6,9 +6,12 @@ from ..errors import EpsimError
 from .resistive import CircuitRanges, build_cnn, build_mlp
 
 CIRCUIT_MODELS = ("cnn", "mlp", "mlp-deep")
+# Node voltages of a resistive network are weighted averages of their neighbours', so the
+# signal shrinks with depth: deeper circuits need a larger input swing.
+DEFAULT_INPUT_GAIN_V = {"cnn": 16.0, "mlp": 16.0, "mlp-deep": 48.0}
 
 
-def build_circuit_model(name: str, image_shape, num_classes: int, *, input_gain_V=16.0,
+def build_circuit_model(name: str, image_shape, num_classes: int, *, input_gain_V=None,
                         diode: DiodeModel | None = None, ranges: CircuitRanges | None = None):
     """Circuit network ``name`` for images of ``image_shape`` (C, H, W).
 
@@ -17,7 +20,13 @@ def build_circuit_model(name: str, image_shape, num_classes: int, *, input_gain_
       dense crossbar to the outputs.
     - ``mlp``: one hidden layer (64 units on 8x8 images, 100 otherwise: DRN-XS on MNIST).
     - ``mlp-deep``: two hidden layers of the same width.
+
+    ``input_gain_V=None`` takes the model's default from :data:`DEFAULT_INPUT_GAIN_V`.
     """
+    if name not in CIRCUIT_MODELS:
+        raise EpsimError(f"unknown circuit model {name!r}; choose from {', '.join(CIRCUIT_MODELS)}")
+    if input_gain_V is None:
+        input_gain_V = DEFAULT_INPUT_GAIN_V[name]
     kw = dict(input_gain_V=input_gain_V, diode=diode, ranges=ranges)
     small = image_shape[1] * image_shape[2] <= 256
     width = 64 if small else 100
@@ -26,9 +35,7 @@ def build_circuit_model(name: str, image_shape, num_classes: int, *, input_gain_
         net = build_cnn(image_shape, convs, (), num_classes, **kw)
     elif name == "mlp":
         net = build_mlp(image_shape, (width,), num_classes, **kw)
-    elif name == "mlp-deep":
-        net = build_mlp(image_shape, (width, width), num_classes, **kw)
     else:
-        raise EpsimError(f"unknown circuit model {name!r}; choose from {', '.join(CIRCUIT_MODELS)}")
+        net = build_mlp(image_shape, (width, width), num_classes, **kw)
     net.name = name
     return net
