@@ -6,6 +6,7 @@ with the numba nodal-analysis solver and prints the held-out test accuracy.
 from __future__ import annotations
 
 import sys
+from argparse import ArgumentDefaultsHelpFormatter
 
 from .cli import ArgumentParser, run
 from .data import DATASETS, default_data_dir, load_dataset
@@ -22,7 +23,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train an Equilibrium-Propagation network built as a resistive-crossbar "
                     "circuit (conductances, clamp diodes, sources) with centered EP and local "
                     "conductance updates. Writes OUT/metrics.json and OUT/checkpoint.pt.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        formatter_class=ArgumentDefaultsHelpFormatter)
     g = p.add_argument_group("data")
     g.add_argument("--dataset", default=d.dataset, choices=DATASETS, help="dataset to train on")
     g.add_argument("--data-dir", default=None,
