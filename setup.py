@@ -23,6 +23,7 @@ setup(
         "scikit-learn>=1.2",
         "tqdm>=4.60",
         "torch==2.13.0",
+        "pillow>=9.1",  # CIFAR-10-C corruptions: frost textures, JPEG, pixelate
     ],
     extras_require={
         "dev": ["pytest>=7", "pytest-timeout"],
