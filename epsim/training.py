@@ -5,6 +5,11 @@ permutation drawn from ``seed`` and ``e``, and a checkpoint holds the parameters
 optimizer's momentum, the position (epoch, next batch) and the running sums of the
 epoch in progress. Resuming from any checkpoint therefore replays exactly the batches
 an uninterrupted run would have seen, with the same results.
+
+Checkpoint keys: ``kind`` ("circuit"), ``model`` (``ResistiveNetwork.describe()``, which
+holds ``g_unit_S``), ``w``/``b`` (normalised conductances ``G/g_unit`` and bias currents
+``I/g_unit`` in V, stored exactly as trained), ``optimizer``, ``config``, ``epoch``,
+``batch``, ``tally``, ``history``, ``wall_seconds``.
 """
 from __future__ import annotations
 
@@ -178,7 +183,7 @@ def train(config: TrainConfig, dataset, out_dir=None, *, resume=False, progress=
             return
         save_checkpoint(ckpt_path, {
             "kind": "circuit", "model": net.describe(), "config": asdict(config),
-            "g_S": net.g_S, "i_bias_A": net.i_bias_A, "optimizer": opt.state(),
+            "w": net.w, "b": net.b, "optimizer": opt.state(),
             "epoch": epoch, "batch": batch, "tally": tally.as_dict(), "history": history,
             "wall_seconds": wall()})
 
@@ -225,6 +230,8 @@ def train(config: TrainConfig, dataset, out_dir=None, *, resume=False, progress=
         tally = _EpochTally()
         checkpoint(epoch + 1, 0)
         last_ckpt = time.perf_counter()
+    if hasattr(solver, "summary"):
+        log(solver.summary())
     metrics = final_metrics(config, net, history, wall(), len(dataset.y_test))
     if out_dir is not None:
         write_json(out_dir / METRICS_NAME, metrics)
@@ -258,7 +265,7 @@ def restore_network(net: ResistiveNetwork, state: dict, path) -> None:
         raise EpsimError(f"{path} is a checkpoint of a different model shape "
                          f"({state['model']['name']}, {len(state['model']['connections'])} layers)")
     try:
-        net.set_params_SI(state["g_S"], state["i_bias_A"])
+        net.set_params(state["w"], state["b"])
     except EpsimError as exc:
         raise EpsimError(f"{path}: {exc}") from None
 

@@ -169,26 +169,33 @@ class ResistiveNetwork:
 
     def set_params_SI(self, g_S, i_bias_A):
         """Load conductances (S) and bias currents (A), validating shapes and signs."""
-        if len(g_S) != len(self.w) or len(i_bias_A) != len(self.b):
+        unit = self.ranges.g_unit_S
+        self.set_params([np.asarray(g, dtype=np.float64) / unit for g in g_S],
+                        [np.asarray(i, dtype=np.float64) / unit for i in i_bias_A])
+
+    def set_params(self, w, b):
+        """Load normalised conductances ``G/g_unit`` and biases ``I/g_unit`` (V), validated."""
+        if len(w) != len(self.w) or len(b) != len(self.b):
             raise EpsimError("parameter count does not match this model's layers")
         new_w = []
-        for l, (g, ref) in enumerate(zip(g_S, self.w)):
-            g = np.asarray(g, dtype=np.float64)
+        for l, (g, ref) in enumerate(zip(w, self.w)):
+            g = np.array(g, dtype=np.float64)
             if g.shape != ref.shape:
                 raise EpsimError(f"conductance array {l} has shape {g.shape}, model expects {ref.shape}")
             if not np.all(np.isfinite(g)):
                 raise EpsimError(f"conductance array {l} holds NaN or inf values")
             if np.any(g < 0):
-                raise EpsimError(f"conductance array {l} holds negative conductances (min {g.min():.3g} S)")
-            new_w.append(g / self.ranges.g_unit_S)
+                raise EpsimError(f"conductance array {l} holds negative conductances "
+                                 f"(min {g.min() * self.ranges.g_unit_S:.3g} S)")
+            new_w.append(g)
         new_b = []
-        for l, (i_b, ref) in enumerate(zip(i_bias_A, self.b)):
-            i_b = np.asarray(i_b, dtype=np.float64)
+        for l, (i_b, ref) in enumerate(zip(b, self.b)):
+            i_b = np.array(i_b, dtype=np.float64)
             if i_b.shape != ref.shape:
                 raise EpsimError(f"bias array {l} has shape {i_b.shape}, model expects {ref.shape}")
             if not np.all(np.isfinite(i_b)):
                 raise EpsimError(f"bias array {l} holds NaN or inf values")
-            new_b.append(i_b / self.ranges.g_unit_S)
+            new_b.append(i_b)
         self.w, self.b = new_w, new_b
 
     def num_params(self) -> int:

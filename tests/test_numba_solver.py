@@ -1,0 +1,136 @@
+"""numba block-coordinate solver: KCL certificates and agreement with independent solves."""
+import numpy as np
+import pytest
+
+from circuit_reference import solve_ideal, solve_shockley
+from epsim.circuit.devices import DiodeModel
+from epsim.errors import ConvergenceError, EpsimError
+from epsim.models.resistive import build_cnn, build_mlp, one_hot_targets
+from epsim.solvers.numba_solver import LayeredProblem, solve
+
+TIGHT_TOL_A = 1e-15
+
+
+def random_net(kind, diode="ideal", seed=0):
+    rng = np.random.default_rng(seed)
+    d = DiodeModel(kind=diode)
+    if kind == "mlp":
+        net = build_mlp((1, 4, 4), hidden=(12, 8), num_classes=5, input_gain_V=4.0, diode=d)
+    else:
+        net = build_cnn((1, 6, 6), convs=((4, 3, 1), (6, 2, 2)), hidden=(), num_classes=5,
+                        input_gain_V=4.0, diode=d)
+    net.init_params(rng, 1.0)
+    net.b = [rng.normal(0.0, 0.5, b.shape) for b in net.b]
+    return net
+
+
+def random_inputs(net, batch=5, seed=1):
+    rng = np.random.default_rng(seed)
+    x = rng.uniform(0, 1, (batch,) + net.image_shape)
+    y = rng.integers(0, net.num_outputs, batch)
+    return net.input_voltages(x), one_hot_targets(y, net.num_outputs)
+
+
+CASES = [(k, d) for k in ("mlp", "cnn") for d in ("ideal", "shockley")]
+
+
+@pytest.mark.parametrize("kind,diode", CASES)
+@pytest.mark.parametrize("beta", [0.0, 0.3, -0.3])
+def test_kcl_residual_certificate(kind, diode, beta):
+    net = random_net(kind, diode)
+    v_in, target = random_inputs(net)
+    eq = solve(LayeredProblem(net, v_in), beta, target, tol_A=TIGHT_TOL_A, max_iter=20000)
+    cert = eq.certificate
+    assert cert.all_converged
+    assert cert.max_residual_A <= 1e-9
+    # the certificate is the exact residual of the returned state
+    recomputed = LayeredProblem(net, v_in).residual_A(eq.v_free, beta, target)
+    np.testing.assert_allclose(cert.residual_A, recomputed)
+    # clamps hold: excitatory nodes >= 0 V, inhibitory <= 0 V (ideal), within a diode drop (Shockley)
+    slack = 0.0 if diode == "ideal" else 1.0
+    for v, lo, hi in zip(eq.v_free, net.rail_lo_V, net.rail_hi_V):
+        assert np.all(v >= lo - slack) and np.all(v <= hi + slack)
+
+
+@pytest.mark.parametrize("kind", ["mlp", "cnn"])
+@pytest.mark.parametrize("beta", [0.0, 0.3, -0.3])
+def test_ideal_diodes_match_bounded_least_squares(kind, beta):
+    net = random_net(kind, "ideal")
+    v_in, target = random_inputs(net)
+    eq = solve(LayeredProblem(net, v_in), beta, target, tol_A=TIGHT_TOL_A, max_iter=20000)
+    ref = solve_ideal(net, v_in, beta, target)
+    err = max(np.max(np.abs(a - b)) for a, b in zip(eq.v_free, ref))
+    assert err <= 1e-8
+    # some diodes must be active or the test would not exercise the clamps
+    clamped = sum(int(np.sum(v == 0.0)) for v in eq.v_free[:-1])
+    assert clamped > 0
+
+
+@pytest.mark.parametrize("kind", ["mlp", "cnn"])
+@pytest.mark.parametrize("beta", [0.0, 0.3, -0.3])
+def test_shockley_diodes_match_dense_newton(kind, beta):
+    net = random_net(kind, "shockley")
+    v_in, target = random_inputs(net)
+    eq = solve(LayeredProblem(net, v_in), beta, target, tol_A=TIGHT_TOL_A, max_iter=20000)
+    ref = solve_shockley(net, v_in, beta, target)
+    err = max(np.max(np.abs(a - b)) for a, b in zip(eq.v_free, ref))
+    assert err <= 1e-8
+    # forward-biased diodes exist (nodes beyond their rail), so the exponential branch is tested
+    beyond = sum(int(np.sum((v < lo) | (v > hi))) for v, lo, hi in
+                 zip(eq.v_free[:-1], net.rail_lo_V[:-1], net.rail_hi_V[:-1]))
+    assert beyond > 0
+
+
+def test_energy_decreases_monotonically_over_sweeps():
+    net = random_net("mlp", "ideal")
+    v_in, _ = random_inputs(net)
+    problem = LayeredProblem(net, v_in)
+    energies = [net.energy(v_in, problem.initial_state()).sum()]
+    state = None
+    for _ in range(6):
+        eq = solve(problem, 0.0, init=state, tol_A=0.0, max_iter=1)
+        state = eq.v_free
+        energies.append(net.energy(v_in, state).sum())
+    assert np.all(np.diff(energies) <= 1e-12)
+
+
+def test_unconverged_solve_is_reported_not_hidden():
+    net = random_net("mlp", "ideal")
+    v_in, _ = random_inputs(net)
+    eq = solve(LayeredProblem(net, v_in), 0.0, tol_A=TIGHT_TOL_A, max_iter=1)
+    assert not eq.certificate.all_converged
+    with pytest.raises(ConvergenceError, match="did not converge"):
+        eq.certificate.require()
+
+
+def test_negative_nudge_larger_than_output_conductance_is_refused():
+    net = random_net("mlp", "ideal")
+    v_in, target = random_inputs(net)
+    problem = LayeredProblem(net, v_in)
+    too_big = float(problem.degree[-1].min()) + 1.0
+    with pytest.raises(ConvergenceError, match="lower --beta"):
+        solve(problem, -too_big, target)
+
+
+def test_nan_and_inf_inputs_are_rejected():
+    net = random_net("mlp", "ideal")
+    x = np.full((2,) + net.image_shape, 0.5)
+    x[0, 0, 0, 0] = np.nan
+    with pytest.raises(EpsimError, match="NaN or inf"):
+        net.input_voltages(x)
+    x[0, 0, 0, 0] = np.inf
+    with pytest.raises(EpsimError, match="NaN or inf"):
+        net.input_voltages(x)
+
+
+def test_units_scale_out_exactly():
+    """Scaling g_unit (all conductances and bias currents alike) leaves voltages unchanged."""
+    net = random_net("cnn", "ideal")
+    v_in, target = random_inputs(net)
+    eq1 = solve(LayeredProblem(net, v_in), 0.3, target, tol_A=TIGHT_TOL_A, max_iter=20000)
+    g, i = net.g_S, net.i_bias_A
+    net.ranges.g_unit_S *= 1e3
+    net.set_params_SI([x * 1e3 for x in g], [x * 1e3 for x in i])
+    eq2 = solve(LayeredProblem(net, v_in), 0.3, target, tol_A=TIGHT_TOL_A * 1e3, max_iter=20000)
+    for a, b in zip(eq1.v_free, eq2.v_free):
+        np.testing.assert_allclose(a, b, atol=1e-12)

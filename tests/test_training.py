@@ -1,0 +1,182 @@
+"""Training loop: determinism, kill-and-resume, atomic checkpoints, user errors."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from epsim import checkpoint as ckpt_mod
+from epsim.checkpoint import load_checkpoint, save_checkpoint
+from epsim.data import load_dataset
+from epsim.errors import EpsimError
+from epsim.training import CHECKPOINT_NAME, TrainConfig, load_network, train
+
+REPO = Path(__file__).resolve().parents[1]
+SMALL = dict(train_subset=120, test_subset=60, epochs=2, batch_size=8)
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_dataset("digits", train_subset=SMALL["train_subset"], test_subset=SMALL["test_subset"])
+
+
+def config(**kw):
+    return TrainConfig(**{**SMALL, **kw})
+
+
+def params_of(out_dir):
+    net, state = load_network(out_dir / CHECKPOINT_NAME)
+    return net, state
+
+
+def test_training_learns_and_writes_metrics(tmp_path, digits):
+    metrics = train(config(epochs=3), digits, tmp_path, progress=False, log=lambda *_: None)
+    on_disk = json.loads((tmp_path / "metrics.json").read_text())
+    for key in ("test_accuracy", "train_accuracy", "wall_seconds", "backend", "dataset", "model",
+                "epochs", "history"):
+        assert key in on_disk
+    assert 0.0 <= on_disk["test_accuracy"] <= 1.0
+    assert len(on_disk["history"]) == 3
+    assert on_disk["test_accuracy"] > 0.5  # chance is 0.1
+    assert on_disk["history"][-1]["max_residual_A"] <= TrainConfig().tol_A
+    assert metrics["test_accuracy"] == on_disk["test_accuracy"]
+
+
+@pytest.mark.parametrize("stop_after", [3, 15, 20])
+def test_interrupted_run_resumes_to_identical_result(tmp_path, digits, stop_after):
+    full = train(config(), digits, tmp_path / "full", progress=False, log=lambda *_: None)
+    part = tmp_path / "part"
+    assert train(config(), digits, part, progress=False, stop_after_batches=stop_after,
+                 log=lambda *_: None) == {"interrupted": True}
+    resumed = train(config(), digits, part, resume=True, progress=False, log=lambda *_: None)
+    net_full, _ = params_of(tmp_path / "full")
+    net_part, _ = params_of(part)
+    for a, b in zip(net_full.w + net_full.b, net_part.w + net_part.b):
+        np.testing.assert_array_equal(a, b)
+    strip = lambda h: [{k: v for k, v in e.items() if k != "wall_seconds"} for e in h]
+    assert strip(full["history"]) == strip(resumed["history"])
+
+
+def test_killed_process_resumes_to_identical_result(tmp_path):
+    """SIGKILL a real training process at an arbitrary moment, then resume it."""
+    args = [sys.executable, "-m", "epsim.train", "--train-subset", "150", "--test-subset", "50",
+            "--epochs", "3", "--no-progress", "--checkpoint-interval", "0"]
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    subprocess.run(args + ["--out", str(tmp_path / "full")], check=True, env=env, capture_output=True)
+    proc = subprocess.Popen(args + ["--out", str(tmp_path / "part")], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not (tmp_path / "part" / CHECKPOINT_NAME).exists() and time.time() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.3)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done = subprocess.run(args + ["--out", str(tmp_path / "part"), "--resume"], env=env,
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    a = json.loads((tmp_path / "full" / "metrics.json").read_text())
+    b = json.loads((tmp_path / "part" / "metrics.json").read_text())
+    assert a["test_accuracy"] == b["test_accuracy"]
+    net_a, _ = params_of(tmp_path / "full")
+    net_b, _ = params_of(tmp_path / "part")
+    for x, y in zip(net_a.w, net_b.w):
+        np.testing.assert_array_equal(x, y)
+
+
+def test_crash_during_checkpoint_write_keeps_previous_file(tmp_path, monkeypatch):
+    path = tmp_path / "checkpoint.pt"
+    save_checkpoint(path, {"kind": "circuit", "value": np.arange(3.0)})
+    import torch
+
+    def torn_save(obj, fh):
+        fh.write(b"partial garbage")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", torn_save)
+    with pytest.raises(OSError):
+        save_checkpoint(path, {"kind": "circuit", "value": np.arange(5.0)})
+    monkeypatch.undo()
+    np.testing.assert_array_equal(load_checkpoint(path)["value"], np.arange(3.0))
+    assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.pt"]  # no temp file left
+
+
+def test_existing_run_is_not_overwritten(tmp_path, digits):
+    train(config(epochs=1), digits, tmp_path, progress=False, log=lambda *_: None)
+    with pytest.raises(EpsimError, match="--resume"):
+        train(config(epochs=1), digits, tmp_path, progress=False, log=lambda *_: None)
+
+
+def test_resume_with_a_different_model_is_refused(tmp_path, digits):
+    train(config(epochs=1), digits, tmp_path, progress=False, log=lambda *_: None)
+    with pytest.raises(EpsimError, match="different model shape"):
+        train(config(epochs=2, model="mlp"), digits, tmp_path, resume=True, progress=False,
+              log=lambda *_: None)
+
+
+def _doctor_checkpoint(path, edit):
+    state = load_checkpoint(path)
+    edit(state)
+    save_checkpoint(path, {k: v for k, v in state.items() if k not in ("format", "version")})
+
+
+def run_cli(*args, cwd=None):
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    return subprocess.run([sys.executable, "-m", "epsim.train", "--no-progress", *args],
+                          capture_output=True, text=True, env=env, cwd=cwd, timeout=300)
+
+
+def assert_one_line_error(result, pattern):
+    assert result.returncode != 0
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("error:") and pattern in lines[0], lines[0]
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("args,pattern", [
+    (["--backend", "nope"], "--backend"),
+    (["--model", "nope"], "--model"),
+    (["--dataset", "nope"], "--dataset"),
+    (["--dataset", "mnist", "--data-dir", "/nonexistent/dir"], "does not exist"),
+    (["--dataset", "mnist", "--data-dir", "."], "train-images-idx3-ubyte"),
+    (["--epochs", "0"], "--epochs"),
+    (["--beta", "nan"], "--beta"),
+    (["--resume"], "--out"),
+])
+def test_cli_user_errors_are_one_line(args, pattern, tmp_path):
+    assert_one_line_error(run_cli(*args, cwd=tmp_path), pattern)
+
+
+def test_cli_rejects_bad_checkpoints(tmp_path):
+    out = tmp_path / "run"
+    assert run_cli("--train-subset", "40", "--test-subset", "20", "--epochs", "1", "--out", str(out)).returncode == 0
+    ck = out / CHECKPOINT_NAME
+    # a checkpoint whose conductances went negative
+    _doctor_checkpoint(ck, lambda s: s["w"][0].__setitem__((0, 0, 0, 0), -1.0))
+    assert_one_line_error(run_cli("--train-subset", "40", "--test-subset", "20", "--epochs", "2",
+                                  "--out", str(out), "--resume"), "negative conductances")
+    # a checkpoint of a different model shape
+    _doctor_checkpoint(ck, lambda s: s["w"].__setitem__(0, np.abs(s["w"][0][:, :1])))
+    assert_one_line_error(run_cli("--train-subset", "40", "--test-subset", "20", "--epochs", "2",
+                                  "--out", str(out), "--resume"), "shape")
+    # a file that is not a checkpoint at all
+    ck.write_bytes(b"not a checkpoint")
+    assert_one_line_error(run_cli("--train-subset", "40", "--test-subset", "20", "--epochs", "2",
+                                  "--out", str(out), "--resume"), "cannot be read")
+    # a resume under a different model
+    out2 = tmp_path / "run2"
+    assert run_cli("--train-subset", "40", "--test-subset", "20", "--epochs", "1", "--out", str(out2)).returncode == 0
+    assert_one_line_error(run_cli("--train-subset", "40", "--test-subset", "20", "--epochs", "2",
+                                  "--model", "mlp", "--out", str(out2), "--resume"), "different model shape")
+
+
+def test_nonfinite_checkpoint_values_are_rejected(tmp_path, digits):
+    train(config(epochs=1), digits, tmp_path, progress=False, log=lambda *_: None)
+    _doctor_checkpoint(tmp_path / CHECKPOINT_NAME, lambda s: s["b"][0].__setitem__(0, np.nan))
+    with pytest.raises(EpsimError, match="NaN or inf"):
+        load_network(tmp_path / CHECKPOINT_NAME)
