@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from ..errors import EpsimError
 
-BACKENDS = ("numba",)
+BACKENDS = ("numba", "torch", "spice")
 
 
 def get_solver(name: str, **options):
@@ -12,4 +12,12 @@ def get_solver(name: str, **options):
         from .numba_solver import NumbaSolver
 
         return NumbaSolver(**options)
+    if name == "torch":
+        from .torch_solver import TorchCircuitSolver
+
+        return TorchCircuitSolver(**options)
+    if name == "spice":
+        from .spice_backend import SpiceSolver
+
+        return SpiceSolver(**options)
     raise EpsimError(f"unknown backend {name!r}; choose from {', '.join(BACKENDS)}")

@@ -1,0 +1,469 @@
+"""The circuit model's equations on torch: exact block coordinate descent, CPU or CUDA.
+
+Same circuit, same algorithm and same stopping rule as :mod:`epsim.solvers.numba_solver`,
+vectorised with torch ops instead of per-node loops:
+
+- dense crossbars: ``drive_out = v_in @ w``, ``drive_in = v_out @ w.T``;
+- tied conv crossbars (valid, stride ``s``): ``drive_out = conv2d(v_in, w, stride=s)``,
+  ``drive_in = conv_transpose2d(v_out, w, stride=s, output_padding=p)`` with
+  ``p = H_in - ((H_out - 1) * s + k)`` (the input rows/columns the last window does not
+  reach), so the transpose returns exactly the input grid;
+- self-conductances (degrees) are the drives of all-ones states.
+
+Given its neighbours, every node's KCL is the 1-D equation ``a v - c + i_diode(v) = 0``
+(normalised units: conductances ``/ g_unit``, currents ``/ g_unit``, voltages in V).
+Ideal diodes: ``v = clamp(c / a, lo, hi)``. Shockley diodes: a vectorised safeguarded
+(bracketed) Newton iteration, all nodes of a layer at once, to machine precision.
+A sweep solves the odd layers, then the even layers; before each sweep after the first,
+the odd layers' KCL residual (the whole state's, as the even layers were just solved) is
+checked and converged samples leave the working batch, exactly as in the numba solver.
+
+:class:`TorchCircuit` holds a network's parameters as tensors and the differentiable maps
+(``input_voltages``, ``sweep``, ``relax``...) that :mod:`epsim.learning.input_gradients`
+builds its BPTT and implicit gradients on. :class:`TorchCircuitSolver` is the ``torch``
+backend (``prepare`` / ``solve``, numpy in and out, like :class:`NumbaSolver`).
+The certificate is always computed in float64 on the returned state, with the numba
+solver's definition of the KCL residual, per sample, in amperes.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..errors import ConvergenceError, EpsimError
+from .base import Certificate, Equilibrium
+
+EXP_ARG_MAX = 300.0  # exp() argument cap, as in the numba solver
+NEWTON_MAX_ITER = 200
+BRACKET_MAX_DOUBLINGS = 200
+
+DTYPES = {"float64": torch.float64, "float32": torch.float32}
+
+
+def resolve_device(device="auto") -> torch.device:
+    """``'auto'`` -> CUDA when available else CPU; ``'cpu'``; ``'cuda'`` (error if absent)."""
+    if isinstance(device, torch.device):
+        device = str(device)
+    if device in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if str(device).startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise EpsimError("device 'cuda' asked for but torch sees no CUDA GPU; use --device cpu or auto")
+        return torch.device(device)
+    if device == "cpu":
+        return torch.device("cpu")
+    raise EpsimError(f"unknown device {device!r}; choose auto, cpu or cuda")
+
+
+def resolve_dtype(dtype="float64") -> torch.dtype:
+    """``'float64'`` / ``'float32'`` (or the torch dtypes themselves)."""
+    if isinstance(dtype, torch.dtype):
+        if dtype in DTYPES.values():
+            return dtype
+        raise EpsimError(f"unsupported dtype {dtype}; choose float64 or float32")
+    if dtype not in DTYPES:
+        raise EpsimError(f"unknown dtype {dtype!r}; choose float64 or float32")
+    return DTYPES[dtype]
+
+
+# ---- diodes ------------------------------------------------------------------------------
+def diode_current(v, lo, hi, is_n, nvt):
+    """Normalised current leaving nodes at ``v`` (B, n) through their clamp diodes, and d/dv.
+
+    ``lo``/``hi``: (n,) rails in V (``-inf``/``+inf``: no diode). ``is_n = Is / g_unit`` (V),
+    ``nvt = n Vt`` (V). Exponent arguments are capped at ``EXP_ARG_MAX`` like numba's.
+    """
+    has_hi = torch.isfinite(hi)
+    has_lo = torch.isfinite(lo)
+    hi0 = torch.where(has_hi, hi, torch.zeros_like(hi))
+    lo0 = torch.where(has_lo, lo, torch.zeros_like(lo))
+    e_hi = torch.exp(torch.clamp((v - hi0) / nvt, max=EXP_ARG_MAX))
+    e_lo = torch.exp(torch.clamp((lo0 - v) / nvt, max=EXP_ARG_MAX))
+    zero = torch.zeros((), dtype=v.dtype, device=v.device)
+    i = torch.where(has_hi, is_n * (e_hi - 1.0), zero) - torch.where(has_lo, is_n * (e_lo - 1.0), zero)
+    di = torch.where(has_hi, is_n * e_hi / nvt, zero) + torch.where(has_lo, is_n * e_lo / nvt, zero)
+    return i, di
+
+
+def shockley_root(a, c, lo, hi, is_n, nvt):
+    """Root of the strictly increasing ``f(v) = a v - c + i_diode(v)`` for every node.
+
+    a: (n,) self-conductance; c: (B, n) driving current (normalised); lo/hi: (n,) rails (V).
+    Returns v (B, n) in V. The start ``clamp(c/a, lo, hi)``, the bracket search (step ``nVt``
+    doubled until the sign changes) and the Newton step with bisection fallback follow
+    numba's ``_shockley_node``, vectorised with masks; stops at relative change
+    ``~ machine eps`` for every node. Not differentiable itself (see :class:`_ShockleyRoot`).
+    """
+    eps = 8.0 * torch.finfo(c.dtype).eps
+    lo_c = torch.where(torch.isfinite(lo), lo, torch.full_like(lo, -torch.finfo(c.dtype).max))
+    hi_c = torch.where(torch.isfinite(hi), hi, torch.full_like(hi, torch.finfo(c.dtype).max))
+    v = torch.minimum(torch.maximum(c / a, lo_c), hi_c)
+
+    def fun(x):
+        i, di = diode_current(x, lo, hi, is_n, nvt)
+        return a * x - c + i, a + di
+
+    f, _ = fun(v)
+    step = torch.full_like(v, nvt)
+    pos = f > 0
+    left = torch.where(pos, v - step, v)
+    right = torch.where(pos, v, v + step)
+    for _ in range(BRACKET_MAX_DOUBLINGS):
+        f_end, _ = fun(torch.where(pos, left, right))
+        bad = torch.where(pos, f_end > 0, f_end < 0)
+        if not bool(bad.any()):
+            break
+        step = torch.where(bad, 2.0 * step, step)
+        left = torch.where(bad & pos, v - step, left)
+        right = torch.where(bad & ~pos, v + step, right)
+    done = f == 0
+    for k in range(NEWTON_MAX_ITER):
+        f, df = fun(v)
+        right = torch.where(f > 0, v, right)
+        left = torch.where(f < 0, v, left)
+        v_new = v - f / df
+        v_new = torch.where((v_new > left) & (v_new < right), v_new, 0.5 * (left + right))
+        scale = eps * (1.0 + v.abs())
+        finished = (f == 0) | ((v_new - v).abs() <= scale) | (right - left <= scale)
+        v_new = torch.where(f == 0, v, v_new)
+        v = torch.where(done, v, v_new)
+        done = done | finished
+        if k % 4 == 3 and bool(done.all()):
+            break
+    return v
+
+
+class _ShockleyRoot(torch.autograd.Function):
+    """``v = shockley_root(a, c)`` with implicit derivatives ``dv/dc = 1/f'``, ``dv/da = -v/f'``."""
+
+    @staticmethod
+    def forward(ctx, a, c, lo, hi, is_n, nvt):
+        with torch.no_grad():
+            v = shockley_root(a, c, lo, hi, is_n, nvt)
+        ctx.save_for_backward(a, v, lo, hi)
+        ctx.is_n, ctx.nvt = is_n, nvt
+        return v
+
+    @staticmethod
+    def backward(ctx, grad_v):
+        a, v, lo, hi = ctx.saved_tensors
+        _, di = diode_current(v, lo, hi, ctx.is_n, ctx.nvt)
+        g = grad_v / (a + di)
+        grad_a = (-(g * v)).sum(dim=0) if ctx.needs_input_grad[0] else None
+        grad_c = g if ctx.needs_input_grad[1] else None
+        return grad_a, grad_c, None, None, None, None
+
+
+# ---- the circuit as tensors --------------------------------------------------------------
+class TorchCircuit:
+    """A :class:`ResistiveNetwork`'s parameters as torch tensors, and its equations.
+
+    Layers are numbered as in the model: 0 = input sources, 1..L = free layers; node
+    arrays are flat ``(B, n_l)`` tensors in volts. All currents are normalised
+    (amperes / ``g_unit_S``). The tensors are a snapshot: rebuild after the parameters
+    of ``net`` change.
+
+    Attributes:
+        w: L tensors, normalised conductances, ``connections[l].param_shape``.
+        bias: L tensors (n_l,), normalised bias current (V) per node of layer l+1.
+        lo, hi: L tensors (n_l,), clamp rails (V), ``-inf``/``+inf`` = no diode.
+        degree: L tensors (n_l,), total normalised conductance of each free node
+            (both adjacent crossbars, nudging excluded).
+    """
+
+    def __init__(self, net, device="auto", dtype="float64"):
+        self.net = net
+        self.device = resolve_device(device)
+        self.dtype = resolve_dtype(dtype)
+        t = self.tensor
+        self.L = net.num_layers
+        self.w = [t(w) for w in net.w]
+        self.bias = [t(net.bias_per_node(l)) for l in range(1, self.L + 1)]
+        self.lo = [t(x) for x in net.rail_lo_V]
+        self.hi = [t(x) for x in net.rail_hi_V]
+        self.g_unit_S = float(net.ranges.g_unit_S)
+        self.input_gain_V = float(net.input_gain_V)
+        self.shockley = net.diode.kind == "shockley"
+        self.is_n = float(net.diode.is_A / net.ranges.g_unit_S)
+        self.nvt = float(net.diode.n_vt_V)
+        self.degree = []
+        for l in range(1, self.L + 1):
+            n_in = net.layer_sizes[l - 1]
+            d = self.drive_out(l - 1, torch.ones(1, n_in, dtype=self.dtype, device=self.device))[0]
+            if l < self.L:
+                n_out = net.layer_sizes[l + 1]
+                d = d + self.drive_in(l, torch.ones(1, n_out, dtype=self.dtype, device=self.device))[0]
+            self.degree.append(d)
+
+    def tensor(self, x):
+        """``x`` (array or tensor) as a tensor of this circuit's dtype and device."""
+        return torch.as_tensor(np.asarray(x) if not torch.is_tensor(x) else x,
+                               dtype=self.dtype, device=self.device)
+
+    def with_dtype(self, dtype) -> "TorchCircuit":
+        """The same circuit in another dtype (itself when unchanged)."""
+        dtype = resolve_dtype(dtype)
+        return self if dtype == self.dtype else TorchCircuit(self.net, self.device, dtype)
+
+    # ---- crossbar maps (connection index k joins layer k to layer k+1) -----------------
+    def drive_out(self, k, v_in):
+        """(B, n_{k+1}) current ``sum_i w_ij v_in_i`` into layer k+1 from layer k (B, n_k)."""
+        conn, w = self.net.connections[k], self.w[k]
+        if conn.kind == "dense":
+            return v_in @ w
+        x = v_in.reshape((v_in.shape[0],) + conn.in_shape)
+        return F.conv2d(x, w, stride=conn.stride).reshape(v_in.shape[0], -1)
+
+    def drive_in(self, k, v_out):
+        """(B, n_k) current ``sum_j w_ij v_out_j`` into layer k from layer k+1 (B, n_{k+1})."""
+        conn, w = self.net.connections[k], self.w[k]
+        if conn.kind == "dense":
+            return v_out @ w.T
+        _, h, wd = conn.in_shape
+        _, ho, wo = conn.out_shape
+        s, kk = conn.stride, conn.kernel
+        pad = (h - ((ho - 1) * s + kk), wd - ((wo - 1) * s + kk))
+        y = v_out.reshape((v_out.shape[0],) + conn.out_shape)
+        return F.conv_transpose2d(y, w, stride=s, output_padding=pad).reshape(v_out.shape[0], -1)
+
+    # ---- inputs and node equations ------------------------------------------------------
+    def input_voltages(self, x):
+        """(B, n_0) input source voltages ``gain * (x, -x)`` (V) from images (B, C, H, W) in [0, 1].
+
+        Differentiable: keeps ``x``'s autograd graph (``x`` is cast to this circuit's dtype).
+        """
+        if not torch.is_tensor(x):
+            x = torch.as_tensor(np.asarray(x, dtype=np.float64))
+        if x.dim() == 3:
+            x = x[None]
+        if tuple(x.shape[1:]) != self.net.image_shape:
+            raise EpsimError(f"input images have shape {tuple(x.shape[1:])}, model expects {self.net.image_shape}")
+        x = x.to(device=self.device, dtype=self.dtype)
+        return (self.input_gain_V * torch.cat([x, -x], dim=1)).reshape(x.shape[0], -1)
+
+    def self_conductance(self, l, beta=0.0):
+        """(n_l,) total normalised conductance of layer l's nodes, nudging included."""
+        a = self.degree[l - 1]
+        if l == self.L and beta != 0.0:
+            a = a + beta
+            if bool((a <= 0).any()):
+                raise ConvergenceError(
+                    f"nudging beta={beta} makes an output node's conductance non-positive "
+                    f"(min output self-conductance {float(self.degree[-1].min()):.3g} g_unit): lower --beta")
+        return a
+
+    def drive(self, l, input_drive, v_free, beta=0.0, target_V=None):
+        """(B, n_l) normalised current driven into layer l by its neighbours and sources.
+
+        input_drive: (B, n_1) ``drive_out(0, v_input)`` (constant across sweeps and phases);
+        v_free: list of the L free layers' (B, n_l) voltages; target_V: (B, K) when nudged.
+        """
+        c = input_drive if l == 1 else self.drive_out(l - 1, v_free[l - 2])
+        c = c + self.bias[l - 1]
+        if l < self.L:
+            c = c + self.drive_in(l, v_free[l])
+        if l == self.L and beta != 0.0:
+            c = c + beta * target_V
+        return c
+
+    def relax(self, l, a, c):
+        """(B, n_l) exact solution of layer l's node equations given the drive ``c`` (B, n_l).
+
+        Differentiable in ``c`` (and ``a``): a clamp for ideal diodes (zero derivative at
+        clamped nodes), the implicit derivative of the root for Shockley diodes.
+        """
+        lo, hi = self.lo[l - 1], self.hi[l - 1]
+        if self.shockley:
+            if torch.is_grad_enabled() and (c.requires_grad or a.requires_grad):
+                return _ShockleyRoot.apply(a, c, lo, hi, self.is_n, self.nvt)
+            return shockley_root(a, c, lo, hi, self.is_n, self.nvt)
+        return torch.clamp(c / a, min=lo, max=hi)
+
+    def layer_residual(self, l, a, c, v):
+        """(B,) max KCL violation (normalised current) over layer l's nodes, numba's definition."""
+        r = a * v - c
+        lo, hi = self.lo[l - 1], self.hi[l - 1]
+        if self.shockley:
+            i, _ = diode_current(v, lo, hi, self.is_n, self.nvt)
+            node = (r + i).abs()
+        else:
+            lo0 = torch.where(torch.isfinite(lo), lo, torch.zeros_like(lo))
+            hi0 = torch.where(torch.isfinite(hi), hi, torch.zeros_like(hi))
+            below = torch.clamp(-r, min=0.0) + (lo0 - v) * a
+            above = torch.clamp(r, min=0.0) + (v - hi0) * a
+            node = torch.where(v <= lo, below, torch.where(v >= hi, above, r.abs()))
+        if node.shape[1] == 0:
+            return torch.zeros(v.shape[0], dtype=v.dtype, device=v.device)
+        return node.amax(dim=1)
+
+    def sweep(self, v_free, input_drive, a, beta=0.0, target_V=None):
+        """One odd-then-even block sweep; returns the new list of (B, n_l) states (functional).
+
+        a: list of the L self-conductances (:meth:`self_conductance`).
+        """
+        v = list(v_free)
+        for l in range(1, self.L + 1, 2):
+            v[l - 1] = self.relax(l, a[l - 1], self.drive(l, input_drive, v, beta, target_V))
+        for l in range(2, self.L + 1, 2):
+            v[l - 1] = self.relax(l, a[l - 1], self.drive(l, input_drive, v, beta, target_V))
+        return v
+
+    def residual(self, v_free, input_drive, beta=0.0, target_V=None):
+        """(B,) max KCL residual of a state over all free layers (normalised current)."""
+        res = None
+        for l in range(1, self.L + 1):
+            r = self.layer_residual(l, self.self_conductance(l, beta),
+                                    self.drive(l, input_drive, v_free, beta, target_V), v_free[l - 1])
+            res = r if res is None else torch.maximum(res, r)
+        return res
+
+    def zeros_state(self, batch):
+        """All free nodes at 0 V (inside every clamp): list of (batch, n_l) tensors."""
+        return [torch.zeros(batch, n, dtype=self.dtype, device=self.device)
+                for n in self.net.layer_sizes[1:]]
+
+    def input_source_currents(self, v_input, v_1):
+        """(B, n_0) normalised current delivered by each input source into the network.
+
+        ``I_i = sum_j w_ij (v_i - v_j)`` over the first crossbar: the current leaving the
+        source's terminal into node i (multiply by ``g_unit_S`` for amperes).
+        """
+        deg_in = self.drive_in(0, torch.ones(1, v_1.shape[1], dtype=self.dtype, device=self.device))[0]
+        return v_input * deg_in - self.drive_in(0, v_1)
+
+
+# ---- the solver backend ------------------------------------------------------------------
+class TorchProblem:
+    """A network and an input batch prepared on a device: shared by the three EP phases.
+
+    circuit: :class:`TorchCircuit` (working dtype); v_input: (B, n_0) numpy float64 (V);
+    v_input_t: the same as a tensor; input_drive: (B, n_1) tensor, first crossbar's drive.
+    """
+
+    def __init__(self, net, v_input, device="auto", dtype="float64"):
+        self.net = net
+        self.v_input = np.ascontiguousarray(v_input, dtype=np.float64)
+        if self.v_input.ndim != 2 or self.v_input.shape[1] != net.layer_sizes[0]:
+            raise EpsimError(f"input voltages have shape {self.v_input.shape}, "
+                             f"model expects (batch, {net.layer_sizes[0]})")
+        self.circuit = TorchCircuit(net, device, dtype)
+        self.v_input_t = self.circuit.tensor(self.v_input)
+        self.input_drive = self.circuit.drive_out(0, self.v_input_t)
+        self._c64 = None
+
+    @property
+    def batch(self) -> int:
+        return self.v_input.shape[0]
+
+    @property
+    def circuit64(self) -> TorchCircuit:
+        """The float64 circuit used for certificates (the working one when it is float64)."""
+        if self._c64 is None:
+            self._c64 = self.circuit.with_dtype(torch.float64)
+        return self._c64
+
+    def residual_A(self, v_free, beta=0.0, target_V=None) -> np.ndarray:
+        """(B,) exact max KCL residual in amperes of a numpy state, computed in float64."""
+        c = self.circuit64
+        v = [c.tensor(x) for x in v_free]
+        vin = c.tensor(self.v_input)
+        tgt = c.tensor(target_V) if beta != 0.0 else None
+        with torch.no_grad():
+            res = c.residual(v, c.drive_out(0, vin), beta, tgt)
+        return res.cpu().numpy() * self.net.ranges.g_unit_S
+
+
+class TorchCircuitSolver:
+    """The ``torch`` backend: the circuit's exact block coordinate descent on CPU or CUDA.
+
+    Options: ``tol_A`` (KCL tolerance, A), ``max_iter`` (sweeps), ``device``
+    (``'auto' | 'cpu' | 'cuda'``), ``dtype`` (``'float64'`` default, ``'float32'``).
+    ``prepare(net, v_input)`` -> :class:`TorchProblem`; ``solve(prepared, beta, target_V,
+    init)`` -> :class:`Equilibrium` with numpy float64 voltages and a float64 certificate.
+    """
+
+    name = "torch"
+
+    def __init__(self, tol_A=1e-9, max_iter=1000, device="auto", dtype="float64"):
+        self.tol_A = float(tol_A)
+        self.max_iter = int(max_iter)
+        if not (self.tol_A > 0 and self.max_iter >= 1):
+            raise EpsimError("torch solver needs tol_A > 0 and max_iter >= 1")
+        self.device = resolve_device(device)
+        self.dtype = resolve_dtype(dtype)
+
+    def prepare(self, net, v_input) -> TorchProblem:
+        return TorchProblem(net, v_input, self.device, self.dtype)
+
+    def solve(self, prepared: TorchProblem, beta=0.0, target_V=None, init=None) -> Equilibrium:
+        """Equilibrium of one phase (``beta`` = 0, +beta or -beta), see the numba solver.
+
+        target_V: (B, K) target output voltages (V), needed when ``beta != 0``;
+        init: list of (B, n_l) arrays or tensors to start from (copied), default 0 V.
+        """
+        if beta != 0.0 and target_V is None:
+            raise EpsimError("a nudged phase needs target voltages")
+        v, sweeps = solve_tensors(prepared.circuit, prepared.input_drive, beta,
+                                  None if target_V is None else prepared.circuit.tensor(target_V),
+                                  init, self.tol_A, self.max_iter)
+        v_np = [x.to(torch.float64).cpu().numpy() for x in v]
+        cert = Certificate(prepared.residual_A(v_np, beta, target_V), sweeps, self.tol_A, backend="torch")
+        return Equilibrium(prepared.v_input, v_np, beta, cert)
+
+
+def solve_tensors(circuit: TorchCircuit, input_drive, beta=0.0, target_V=None, init=None,
+                  tol_A=1e-9, max_iter=1000):
+    """Block coordinate descent on tensors, with numba's per-sample stopping rule.
+
+    input_drive: (B, n_1); target_V: (B, K) tensor or None; init: list of (B, n_l) or None.
+    Returns ``(v_free, sweeps)``: list of (B, n_l) tensors (working dtype) and the number of
+    sweeps. Converged samples are dropped from the working batch (no further updates).
+    No autograd (use :meth:`TorchCircuit.sweep` to differentiate through sweeps).
+    """
+    c = circuit
+    L = c.L
+    batch = input_drive.shape[0]
+    with torch.no_grad():
+        if init is not None:
+            if len(init) != L:
+                raise EpsimError(f"initial state has {len(init)} layers, model has {L}")
+            full = [c.tensor(x).clone() for x in init]
+        else:
+            full = c.zeros_state(batch)
+        a = [c.self_conductance(l, beta) for l in range(1, L + 1)]
+        tol_n = tol_A / c.g_unit_S
+        odd = list(range(1, L + 1, 2))
+        even = list(range(2, L + 1, 2))
+        idx = torch.arange(batch, device=c.device)
+        work = [x.clone() for x in full]
+        drive0, tgt = input_drive, target_V
+        sweeps = 0
+        for sweeps in range(1, max_iter + 1):
+            drives = {l: c.drive(l, drive0, work, beta, tgt) for l in odd}
+            if sweeps > 1:
+                res = None
+                for l in odd:
+                    r = c.layer_residual(l, a[l - 1], drives[l], work[l - 1])
+                    res = r if res is None else torch.maximum(res, r)
+                keep = res > tol_n
+                n_keep = int(keep.sum())
+                if n_keep < idx.shape[0]:
+                    for l in range(L):
+                        full[l][idx] = work[l]
+                    if n_keep == 0:
+                        idx = idx[:0]
+                        break
+                    idx = idx[keep]
+                    work = [x[keep] for x in work]
+                    drives = {l: d[keep] for l, d in drives.items()}
+                    drive0 = drive0[keep]
+                    tgt = tgt[keep] if tgt is not None else None
+            for l in odd:
+                work[l - 1] = c.relax(l, a[l - 1], drives[l])
+            for l in even:
+                work[l - 1] = c.relax(l, a[l - 1], c.drive(l, drive0, work, beta, tgt))
+        if idx.shape[0]:
+            for l in range(L):
+                full[l][idx] = work[l]
+    return full, sweeps
