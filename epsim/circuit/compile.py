@@ -1,0 +1,199 @@
+"""Compile a layered :class:`~epsim.models.resistive.ResistiveNetwork` into the circuit IR.
+
+One input sample and one phase give one circuit (:class:`~epsim.circuit.netlist.Netlist`).
+
+Node names (all lower case; ``PREFIX`` is empty unless several samples share a netlist)::
+
+    0                       ground: the 0 V rail of every clamp diode and source
+    in_c{c}_y{y}_x{x}       input layer (2C, H, W): channels c < C carry +gain*x, c >= C -gain*x
+    h{l}_c{c}_y{y}_x{x}     hidden layer l (1..L-1) of shape (C, H, W)
+    h{l}_u{k}               hidden layer l of shape (n,), unit k
+    out_{k}                 output node k (layer L, flattened)
+    tgt_{k}                 nudging target source of output k (nudged phases only)
+    rail{r}                 a clamp rail at a non-zero voltage (not used by the built-in models)
+
+Elements::
+
+    v{node}                 input source: node to ground at gain*(+x or -x) volts
+    r{l}_{e}                conductance e of connection l (layer l-1 -> l), in the order of
+                            ``net.connections[l-1].pairs()``; a zero conductance is an open
+                            circuit and is left out
+    dlo_{node} / dhi_{node} clamp diode keeping the node above its low rail (anode = rail,
+                            cathode = node: excitatory units) / below its high rail (anode =
+                            node, cathode = rail: inhibitory units)
+    ib_{node}               bias current source injecting I_bias into the node (left out if 0)
+    rnudge_{k}, vtgt_{k}    nudge: a resistor 1/(beta g_unit) from out_k to tgt_k, a source at
+                            the target voltage. The -beta phase needs a negative conductance: it
+                            is written as a negative resistor, which ngspice and the MNA solver
+                            accept in DC analysis (reciprocal, so the circuit keeps its energy).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ..circuit.devices import DiodeModel
+from ..errors import EpsimError
+from .netlist import GROUND, DiodeCard, Netlist
+
+PHASES = ("free", "plus", "minus")
+SHOCKLEY_MODEL = "dclamp"
+IDEAL_MODEL = "dideal"
+
+
+def phase_beta(phase: str, beta: float) -> float:
+    """Signed nudging strength of a named phase (``free``: 0, ``plus``: +beta, ``minus``: -beta)."""
+    if phase not in PHASES:
+        raise EpsimError(f"unknown phase {phase!r}; choose from {', '.join(PHASES)}")
+    return {"free": 0.0, "plus": float(beta), "minus": -float(beta)}[phase]
+
+
+def diode_card(diode: DiodeModel) -> DiodeCard:
+    """IR diode model of a network's clamp diodes."""
+    if diode.kind == "ideal":
+        return DiodeCard(IDEAL_MODEL, diode.is_A, diode.n, ideal=True)
+    return DiodeCard(SHOCKLEY_MODEL, float(diode.is_A), float(diode.n))
+
+
+def with_diode(net, kind: str):
+    """Copy of ``net`` (same parameters) whose clamp diodes are ``kind`` (ideal|shockley)."""
+    from ..models.resistive import ResistiveNetwork
+
+    d = net.describe()
+    d["diode"] = dict(d["diode"], kind=kind)
+    out = ResistiveNetwork.from_description(d)
+    out.w = [w.copy() for w in net.w]
+    out.b = [b.copy() for b in net.b]
+    return out
+
+
+def _grid_names(stem: str, shape) -> list:
+    if len(shape) == 3:
+        c, h, w = shape
+        return [f"{stem}_c{i}_y{y}_x{x}" for i in range(c) for y in range(h) for x in range(w)]
+    return [f"{stem}_u{k}" for k in range(int(np.prod(shape)))]
+
+
+def layer_node_names(net, prefix: str = "") -> list:
+    """Node names of layers ``0..L`` (lists of str, flat node order of each layer)."""
+    L = net.num_layers
+    names = [[prefix + n for n in _grid_names("in", net.layer_shapes[0])]]
+    for l in range(1, L):
+        names.append([prefix + n for n in _grid_names(f"h{l}", net.layer_shapes[l])])
+    names.append([f"{prefix}out_{k}" for k in range(net.layer_sizes[L])])
+    return names
+
+
+def describe_mapping(net) -> list:
+    """Header lines: how node names map to layers, channels and positions."""
+    lines = ["node names (ground 0 = the 0 V rail):"]
+    for l, shape in enumerate(net.layer_shapes):
+        what = "input" if l == 0 else ("output" if l == net.num_layers else "hidden")
+        if l == 0:
+            pattern = "in_c{c}_y{y}_x{x} (c < C: +gain*x, c >= C: -gain*x)"
+        elif l == net.num_layers:
+            pattern = "out_{k} (flattened)"
+        elif len(shape) == 3:
+            pattern = f"h{l}_c{{c}}_y{{y}}_x{{x}}"
+        else:
+            pattern = f"h{l}_u{{k}}"
+        extra = ""
+        if 0 < l < net.num_layers:
+            n_exc = int(np.sum(np.isfinite(net.rail_lo_V[l - 1])))
+            extra = f"; {n_exc} excitatory (v >= rail), {net.layer_sizes[l] - n_exc} inhibitory (v <= rail)"
+        lines.append(f"  layer {l} {what} {tuple(shape)}: {pattern}{extra}")
+    lines.append("  tgt_{k}: nudging target of out_{k}; r{l}_{e}: e-th conductance of "
+                 "connection l (layer l-1 -> l) in Connection.pairs() order")
+    return lines
+
+
+def compile_network(net, v_input, *, beta: float = 0.0, target_V=None, netlist: Netlist | None = None,
+                    prefix: str = "", notes: bool = True) -> Netlist:
+    """Circuit of ``net`` for one input sample and one phase.
+
+    Args:
+        net: the layered network (its diode model decides the clamp diode card).
+        v_input: ``(n_0,)`` input source voltages (V), a row of ``net.input_voltages(x)``.
+        beta: signed nudging strength (0: free phase).
+        target_V: ``(K,)`` target output voltages (V), needed when ``beta != 0``.
+        netlist: append to this circuit instead of a new one (several samples in one file).
+        prefix: prepended to every node and element name of this sample.
+        notes: add header notes (model, shapes, phase, node mapping) to the circuit.
+    """
+    v_input = np.asarray(v_input, dtype=np.float64).reshape(-1)
+    if v_input.size != net.layer_sizes[0]:
+        raise EpsimError(f"input has {v_input.size} source voltages, the network {net.layer_sizes[0]}")
+    if beta != 0.0:
+        if target_V is None:
+            raise EpsimError("a nudged phase needs target voltages")
+        target_V = np.asarray(target_V, dtype=np.float64).reshape(-1)
+        if target_V.size != net.num_outputs:
+            raise EpsimError(f"target has {target_V.size} voltages, the network {net.num_outputs} outputs")
+    card = diode_card(net.diode)
+    nl = netlist if netlist is not None else Netlist(title=f"epsim {net.name}", temp_K=net.diode.temp_K)
+    if nl.temp_K != net.diode.temp_K:
+        raise EpsimError("cannot add a network at another diode temperature to this circuit")
+    nl.add_model(card)
+    g_unit = net.ranges.g_unit_S
+    names = layer_node_names(net, prefix)
+    nl.add("V", ["v" + n for n in names[0]], names[0], [GROUND] * len(names[0]), v_input)
+    for l, conn in enumerate(net.connections, start=1):
+        t, i, j = conn.pairs()
+        g_S = net.w[l - 1].reshape(-1)[t] * g_unit
+        keep = np.nonzero(g_S)[0]
+        if np.any(g_S < 0):
+            raise EpsimError(f"connection {l} holds negative conductances")
+        node_in = np.array(nl.node_ids(names[l - 1]))
+        node_out = np.array(nl.node_ids(names[l]))
+        nl.add("R", [f"r{prefix}{l}_{e}" for e in keep], node_in[i[keep]], node_out[j[keep]],
+               1.0 / g_S[keep])
+        _add_clamps(nl, net, l, names[l], card.name)
+        bias_A = net.bias_per_node(l) * g_unit
+        nz = np.nonzero(bias_A)[0]
+        nl.add("I", [f"ib_{names[l][k]}" for k in nz], [GROUND] * nz.size,
+               [names[l][k] for k in nz], bias_A[nz])
+    if beta != 0.0:
+        out = names[-1]
+        tgt = [f"{prefix}tgt_{k}" for k in range(len(out))]
+        nl.add("V", [f"v{t}" for t in tgt], tgt, [GROUND] * len(tgt), target_V)
+        nl.add("R", [f"rnudge_{prefix}{k}" for k in range(len(out))], out, tgt,
+               np.full(len(out), 1.0 / (beta * g_unit)))
+    if notes:
+        nl.notes.extend(_notes(net, beta))
+    return nl
+
+
+def _add_clamps(nl, net, l, names, model):
+    if l == net.num_layers:
+        return
+    for side, rails in (("lo", net.rail_lo_V[l - 1]), ("hi", net.rail_hi_V[l - 1])):
+        has = np.nonzero(np.isfinite(rails))[0]
+        if not has.size:
+            continue
+        rail_nodes = [_rail_node(nl, float(r)) for r in rails[has]]
+        nodes = [names[k] for k in has]
+        anode, cathode = (rail_nodes, nodes) if side == "lo" else (nodes, rail_nodes)
+        nl.add("D", [f"d{side}_{n}" for n in nodes], anode, cathode, None, model=model)
+
+
+def _rail_node(nl, rail_V: float) -> str:
+    if rail_V == 0.0:
+        return GROUND
+    name = f"rail{rail_V!r}".replace("-", "m").replace(".", "p").replace("+", "")
+    if not nl.has_node(name):
+        nl.add("V", ["v" + name], [name], [GROUND], [rail_V])
+    return name
+
+
+def _notes(net, beta) -> list:
+    d = net.diode
+    diode = ("ideal (box constraint; SPICE gets the near-ideal library model)" if d.kind == "ideal"
+             else f"Shockley Is={d.is_A!r} A, n={d.n!r}, T={d.temp_K!r} K")
+    phase = "free" if beta == 0.0 else ("plus (+beta)" if beta > 0 else "minus (-beta)")
+    lines = [
+        f"model: {net.name}, layers {' -> '.join(str(tuple(s)) for s in net.layer_shapes)}",
+        "connections: " + ", ".join(c.kind for c in net.connections)
+        + f"; g_unit {net.ranges.g_unit_S!r} S; input gain {net.input_gain_V!r} V",
+        f"clamp diodes: {diode}",
+        f"phase: {phase}, signed beta = {beta!r} (nudge conductance beta*g_unit to tgt_k)",
+    ]
+    return lines + describe_mapping(net)

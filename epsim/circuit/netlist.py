@@ -1,0 +1,225 @@
+"""Circuit IR: named nodes and R, D, V, I elements with plain-float values, plus diode models.
+
+Conventions (SPICE):
+
+- node ``"0"`` is ground, index 0; every other node gets the next index when first named.
+- ``R name a b ohms``: a linear resistor; a negative value is a negative conductance
+  (still a reciprocal one-port: it is how the ``-beta`` nudge is built).
+- ``D name anode cathode model``: ``I = Is (exp(V/(n Vt)) - 1)``, ``V = v_anode - v_cathode``.
+- ``V name p m volts``: ``v_p - v_m = volts``; its branch current flows from ``p`` through
+  the source to ``m``.
+- ``I name p m amps``: ``amps`` flow from ``p`` through the source to ``m``, i.e. the source
+  draws current out of ``p`` and injects it into ``m``.
+
+Elements are stored kind by kind as arrays (names, node indices, values), so circuits of
+1e5 elements are built, written and solved without per-element Python objects.
+The junction temperature ``temp_K`` defines the thermal voltage ``k T / q`` with the same
+constants as :class:`epsim.circuit.devices.DiodeModel`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..errors import EpsimError
+from .devices import BOLTZMANN_J_PER_K, ELEMENTARY_CHARGE_C
+
+GROUND = "0"
+KINDS = ("R", "D", "V", "I")
+KIND_NAMES = {"R": "resistor", "D": "diode", "V": "voltage source", "I": "current source"}
+
+
+@dataclass(frozen=True)
+class DiodeCard:
+    """A diode ``.model``: Shockley parameters, or the layered model's ideal diode.
+
+    name:  model name as written in the netlist (lower case).
+    is_A:  saturation current (A); n: emission coefficient.
+    ideal: True for the layered model's ideal diode (a box constraint). SPICE has no such
+           device: the writer emits the near-ideal approximation of the component library
+           and the general MNA solver refuses it.
+    """
+
+    name: str
+    is_A: float = 1e-12
+    n: float = 1.0
+    ideal: bool = False
+
+    def __post_init__(self):
+        if not (np.isfinite(self.is_A) and self.is_A > 0 and np.isfinite(self.n) and self.n > 0):
+            raise EpsimError(f"diode model {self.name}: IS and N must be positive numbers")
+
+
+@dataclass
+class Elements:
+    """All elements of one kind: ``names`` (list of str), node indices ``a``/``b`` (int arrays;
+    R: the two ends, D: anode/cathode, V/I: plus/minus) and ``value`` (float array: ohms,
+    volts or amperes). Diodes carry ``model`` (int array indexing ``Netlist.models``)."""
+
+    names: list
+    a: np.ndarray
+    b: np.ndarray
+    value: np.ndarray
+    model: np.ndarray | None = None
+
+    def __len__(self):
+        return len(self.names)
+
+
+@dataclass
+class Netlist:
+    """A DC circuit: nodes, elements by kind, diode models, temperature and header notes."""
+
+    title: str = "epsim circuit"
+    temp_K: float = 300.15
+    notes: list = field(default_factory=list)
+
+    def __post_init__(self):
+        self.nodes = [GROUND]
+        self._node_index = {GROUND: 0}
+        self.models = []
+        self._model_index = {}
+        self._parts = {k: [] for k in KINDS}
+        self._cache = {}
+
+    # ---- nodes and models ------------------------------------------------------------
+    @property
+    def num_nodes(self) -> int:
+        """Number of nodes including ground."""
+        return len(self.nodes)
+
+    def node_ids(self, names) -> np.ndarray:
+        """Indices of node ``names`` (an iterable of str), creating the new ones."""
+        index = self._node_index
+        out = np.empty(len(names), dtype=np.int64)
+        for k, name in enumerate(names):
+            i = index.get(name)
+            if i is None:
+                i = index[name] = len(self.nodes)
+                self.nodes.append(name)
+            out[k] = i
+        return out
+
+    def has_node(self, name: str) -> bool:
+        return name in self._node_index
+
+    def node_index(self, name: str) -> int:
+        """Index of an existing node; EpsimError if the circuit has no such node."""
+        try:
+            return self._node_index[name]
+        except KeyError:
+            raise EpsimError(f"circuit {self.title!r} has no node {name!r}") from None
+
+    def add_model(self, card: DiodeCard) -> int:
+        """Register a diode model (a second card of the same name must be identical)."""
+        i = self._model_index.get(card.name)
+        if i is not None:
+            if self.models[i] != card:
+                raise EpsimError(f"diode model {card.name} defined twice with different parameters")
+            return i
+        self._model_index[card.name] = len(self.models)
+        self.models.append(card)
+        return len(self.models) - 1
+
+    def model_index(self, name: str) -> int:
+        try:
+            return self._model_index[name]
+        except KeyError:
+            raise EpsimError(f"no diode model named {name!r} in circuit {self.title!r}") from None
+
+    # ---- elements --------------------------------------------------------------------
+    def _nodes(self, nodes):
+        if isinstance(nodes, np.ndarray) and nodes.dtype.kind in "iu":
+            return nodes.astype(np.int64)
+        return self.node_ids(list(nodes))
+
+    def add(self, kind: str, names, a, b, value, model=None):
+        """Append elements of ``kind`` (R, D, V, I); ``a``/``b`` are node names or indices.
+
+        ``model`` (diodes only): one model name for all, or one per element.
+        """
+        if kind not in KINDS:
+            raise EpsimError(f"unsupported element kind {kind!r}; the IR holds R, D, V and I")
+        names = list(names)
+        a, b = self._nodes(a), self._nodes(b)
+        if kind == "D":
+            if isinstance(model, str):
+                model_ids = np.full(len(names), self.model_index(model), dtype=np.int64)
+            else:
+                model_ids = np.array([self.model_index(m) for m in model], dtype=np.int64)
+            value = np.ones(len(names))
+        else:
+            model_ids = None
+            value = np.asarray(value, dtype=np.float64).reshape(-1)
+            if value.size == 1 and len(names) != 1:
+                value = np.full(len(names), float(value[0]))
+        if not (len(names) == a.size == b.size == value.size):
+            raise EpsimError(f"{KIND_NAMES[kind]} arrays of different lengths")
+        if not np.all(np.isfinite(value)):
+            raise EpsimError(f"{KIND_NAMES[kind]} with a NaN or infinite value")
+        if kind == "R" and np.any(value == 0):
+            raise EpsimError("a resistor of 0 ohm (use a voltage source of 0 V for a short)")
+        self._parts[kind].append(Elements(names, a, b, value, model_ids))
+        self._cache.pop(kind, None)
+
+    def elements(self, kind: str) -> Elements:
+        """All elements of ``kind`` concatenated in insertion order."""
+        if kind not in self._cache:
+            parts = self._parts[kind]
+            names = [n for p in parts for n in p.names]
+            cat = (lambda xs, dt: np.concatenate(xs) if xs else np.zeros(0, dtype=dt))
+            model = cat([p.model for p in parts], np.int64) if kind == "D" else None
+            self._cache[kind] = Elements(names, cat([p.a for p in parts], np.int64),
+                                         cat([p.b for p in parts], np.int64),
+                                         cat([p.value for p in parts], np.float64), model)
+        return self._cache[kind]
+
+    @property
+    def resistors(self) -> Elements:
+        return self.elements("R")
+
+    @property
+    def diodes(self) -> Elements:
+        return self.elements("D")
+
+    @property
+    def vsources(self) -> Elements:
+        return self.elements("V")
+
+    @property
+    def isources(self) -> Elements:
+        return self.elements("I")
+
+    def num_elements(self) -> int:
+        return sum(len(self.elements(k)) for k in KINDS)
+
+    # ---- physics helpers -------------------------------------------------------------
+    @property
+    def vt_V(self) -> float:
+        """Thermal voltage k T / q (V) at ``temp_K``."""
+        return BOLTZMANN_J_PER_K * self.temp_K / ELEMENTARY_CHARGE_C
+
+    def check(self):
+        """Raise EpsimError for duplicate element names (SPICE names are case-insensitive)."""
+        seen = set()
+        for kind in KINDS:
+            for name in self.elements(kind).names:
+                key = name.lower()
+                if key in seen:
+                    raise EpsimError(f"element name {name!r} used twice in circuit {self.title!r}")
+                seen.add(key)
+
+    def merge(self, other: "Netlist") -> "Netlist":
+        """Add ``other``'s models and elements (by node name) to this circuit, in place."""
+        if other.temp_K != self.temp_K:
+            raise EpsimError("cannot merge circuits at different temperatures")
+        for card in other.models:
+            self.add_model(card)
+        for kind in KINDS:
+            e = other.elements(kind)
+            if len(e):
+                nodes = np.array(other.nodes, dtype=object)
+                model = [other.models[m].name for m in e.model] if kind == "D" else None
+                self.add(kind, e.names, list(nodes[e.a]), list(nodes[e.b]), e.value, model)
+        return self

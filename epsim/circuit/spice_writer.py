@@ -1,0 +1,202 @@
+"""Write the circuit IR as a standalone SPICE netlist (ngspice or Xyce dialect).
+
+A written file runs as is: ``ngspice -b FILE`` (prints the node voltages; add ``-r out.raw``
+for a binary raw file with every node at full precision) or ``Xyce FILE``. Library files
+are pulled in with ``.include`` paths relative to the netlist's folder, which both
+simulators resolve from the including file, so the run does not depend on the current
+directory. Values are plain Python floats written with ``repr`` (shortest exact round trip).
+
+Dialects:
+
+- ``ngspice``: ``.options`` for tight tolerances, ``.op``, ``.end``. No ``.control`` block:
+  under ``ngspice -b -r`` a control section would run the analysis a second time.
+- ``xyce``: ``.OPTIONS DEVICE``/``NONLIN`` cards and a one-point ``.DC`` sweep of the first
+  voltage source at its own value with ``.PRINT DC`` of every node voltage (Xyce prints
+  through ``.PRINT``; no ``.control``). Not run here: Xyce is not installed.
+
+Temperature: a simulator computes ``Vt = k T / q`` with its own constants (ngspice 39:
+CODATA 2014; Xyce: the SPICE3 values). The netlist's ``TEMP`` and ``TNOM`` (equal, so ``IS``
+is not temperature-scaled) are chosen so that the simulator's ``Vt`` equals epsim's
+(CODATA 2018) at the IR's ``temp_K``; the reader inverts this.
+
+Tolerances (ngspice): ``reltol=1e-9 vntol=1e-12 abstol=1e-15`` make ngspice iterate until
+node voltages move by less than ~1e-9 relative, and ``gmin=0`` removes the 1e-12 S that SPICE
+puts across every junction by default (not part of the circuit; it would shift clamped
+nodes by up to ~1e-7 V). With ngspice's defaults (reltol 1e-3) voltages can be off by 1e-4 V.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import EpsimError
+from .devices import BOLTZMANN_J_PER_K, ELEMENTARY_CHARGE_C
+from .netlist import KINDS, Netlist
+
+DIALECTS = ("ngspice", "xyce")
+KELVIN_AT_0C = 273.15
+EPSIM_K_OVER_Q = BOLTZMANN_J_PER_K / ELEMENTARY_CHARGE_C
+SIMULATOR_K_OVER_Q = {
+    "ngspice": 1.38064852e-23 / 1.6021766208e-19,
+    "xyce": 1.3806226e-23 / 1.6021918e-19,
+}
+NGSPICE_OPTIONS = {"reltol": 1e-9, "vntol": 1e-12, "abstol": 1e-15, "gmin": 0.0, "itl1": 500}
+XYCE_OPTIONS = {"DEVICE": {"GMIN": 0.0},
+                "NONLIN": {"RELTOL": 1e-9, "ABSTOL": 1e-15, "DELTAXTOL": 1e-12, "RHSTOL": 1e-15,
+                           "MAXSTEP": 500}}
+SECTION_TITLES = {"V": "voltage sources (inputs, nudging targets, rails)",
+                  "R": "resistors (crossbar conductances, nudging)",
+                  "D": "clamp diodes", "I": "bias current sources"}
+
+
+def library_dir() -> Path:
+    """The SPICE component library folder ``circuits/`` next to the package."""
+    return Path(__file__).resolve().parents[2] / "circuits"
+
+
+def simulator_temperature_C(temp_K: float, dialect: str) -> float:
+    """TEMP/TNOM (degrees C) giving the simulator the thermal voltage epsim has at ``temp_K``."""
+    _check_dialect(dialect)
+    t = temp_K * EPSIM_K_OVER_Q / SIMULATOR_K_OVER_Q[dialect] - KELVIN_AT_0C
+    return float(round(t, 12))
+
+
+def epsim_temperature_K(temp_C: float, dialect: str) -> float:
+    """Inverse of :func:`simulator_temperature_C`: epsim temperature (K) of a netlist's TEMP."""
+    _check_dialect(dialect)
+    return float((temp_C + KELVIN_AT_0C) * SIMULATOR_K_OVER_Q[dialect] / EPSIM_K_OVER_Q)
+
+
+def _check_dialect(dialect):
+    if dialect not in DIALECTS:
+        raise EpsimError(f"unknown SPICE dialect {dialect!r}; choose from {', '.join(DIALECTS)}")
+
+
+def fmt(x) -> str:
+    """A plain-float SPICE number (``repr`` of a Python float: exact, never a numpy repr)."""
+    return repr(float(x))
+
+
+def _library_cards(lib_dir):
+    """``{model name: (DiodeCard, file)}`` of every ``.lib`` file in the component library."""
+    from .spice_reader import read_library
+
+    cards = {}
+    if lib_dir is not None and Path(lib_dir).is_dir():
+        for path in sorted(Path(lib_dir).glob("*.lib")):
+            for card in read_library(path):
+                cards[card.name] = (card, path)
+    return cards
+
+
+def _model_lines(netlist, netlist_dir, lib_dir):
+    """``.include`` lines for library models, ``.model`` cards for the others."""
+    lib = _library_cards(lib_dir)
+    lines = []
+    for card in netlist.models:
+        found = lib.get(card.name)
+        if card.ideal:
+            if found is None:
+                raise EpsimError(f"ideal diodes need the near-ideal model {card.name!r} of the "
+                                 f"component library (circuits/ideal_diode.lib), not found in {lib_dir}")
+            lines.append(_include_line(found[1], netlist_dir))
+        elif found is not None and (found[0].is_A, found[0].n) == (card.is_A, card.n):
+            lines.append(_include_line(found[1], netlist_dir))
+        else:
+            lines.append(f".model {card.name} D(IS={fmt(card.is_A)} N={fmt(card.n)})")
+    return sorted(set(lines), key=lines.index)
+
+
+def _include_line(path, netlist_dir):
+    path = Path(path).resolve()
+    if netlist_dir is not None:
+        path = Path(os.path.relpath(path, Path(netlist_dir).resolve()))
+    return f".include {path.as_posix()}"
+
+
+def element_lines(netlist: Netlist, kind: str) -> list:
+    """SPICE lines of every element of ``kind``."""
+    e = netlist.elements(kind)
+    nodes = netlist.nodes
+    if kind == "D":
+        models = [m.name for m in netlist.models]
+        return [f"{n} {nodes[a]} {nodes[b]} {models[m]}"
+                for n, a, b, m in zip(e.names, e.a.tolist(), e.b.tolist(), e.model.tolist())]
+    return [f"{n} {nodes[a]} {nodes[b]} {v!r}"
+            for n, a, b, v in zip(e.names, e.a.tolist(), e.b.tolist(), e.value.tolist())]
+
+
+def format_netlist(netlist: Netlist, dialect: str = "ngspice", *, netlist_dir=None,
+                   lib_dir=None, header=()) -> str:
+    """The netlist text.
+
+    Args:
+        netlist: the circuit.
+        dialect: ``ngspice`` or ``xyce``.
+        netlist_dir: folder the file will be written to (``.include`` paths are made relative
+            to it); None writes absolute paths.
+        lib_dir: component library folder (default :func:`library_dir`).
+        header: extra comment lines for the header.
+    """
+    _check_dialect(dialect)
+    lib_dir = library_dir() if lib_dir is None else lib_dir
+    temp_C = simulator_temperature_C(netlist.temp_K, dialect)
+    out = [netlist.title.replace("\n", " "),
+           f"* written by epsim.circuit.spice_writer, dialect {dialect}; run: "
+           + ("ngspice -b -r OUT.raw THIS_FILE" if dialect == "ngspice" else "Xyce THIS_FILE")]
+    out += [f"* {line}" for line in list(header) + list(netlist.notes)]
+    out.append(f"* {netlist.num_nodes - 1} nodes, " + ", ".join(
+        f"{len(netlist.elements(k))} {k}" for k in KINDS))
+    out.append(f"* temperature {netlist.temp_K!r} K in epsim's constants = {temp_C!r} C in "
+               f"{dialect}'s (same thermal voltage kT/q)")
+    out += _model_lines(netlist, netlist_dir, lib_dir)
+    if dialect == "ngspice":
+        opts = " ".join(f"{k}={fmt(v) if isinstance(v, float) else v}" for k, v in NGSPICE_OPTIONS.items())
+        out.append(f".options temp={temp_C!r} tnom={temp_C!r} {opts}")
+    else:
+        dev = dict(XYCE_OPTIONS["DEVICE"], TEMP=temp_C, TNOM=temp_C)
+        out.append(".OPTIONS DEVICE " + " ".join(f"{k}={v!r}" for k, v in dev.items()))
+        out.append(".OPTIONS NONLIN " + " ".join(f"{k}={v!r}" for k, v in XYCE_OPTIONS["NONLIN"].items()))
+    for kind in ("V", "R", "D", "I"):
+        lines = element_lines(netlist, kind)
+        if lines:
+            out.append(f"* {SECTION_TITLES[kind]}")
+            out += lines
+    if dialect == "ngspice":
+        out.append(".op")
+    else:
+        out += _xyce_analysis(netlist)
+    out.append(".end")
+    return "\n".join(out) + "\n"
+
+
+def _xyce_analysis(netlist):
+    v = netlist.vsources
+    lines = []
+    if len(v):
+        name, value = v.names[0], fmt(v.value[0])
+    else:
+        name, value = "vxyce_sweep", "0.0"
+        lines.append(f"{name} xyce_sweep 0 0.0")
+    lines.append(f".DC {name} {value} {value} 1")
+    nodes = netlist.nodes[1:]
+    lines.append(".PRINT DC FORMAT=CSV")
+    lines += [f"+ V({n})" for n in nodes]
+    return lines
+
+
+def write_netlist(netlist: Netlist, path, dialect: str = "ngspice", *, lib_dir=None, header=()) -> Path:
+    """Write ``netlist`` to ``path`` (folders created) and return the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = format_netlist(netlist, dialect, netlist_dir=path.parent, lib_dir=lib_dir, header=header)
+    path.write_text(text)
+    return path
+
+
+def node_voltage_table(netlist: Netlist, voltages_V) -> dict:
+    """``{node name: volts}`` (ground left out) from ``(num_nodes,)`` voltages."""
+    v = np.asarray(voltages_V, dtype=np.float64)
+    return {n: float(x) for n, x in zip(netlist.nodes[1:], v[1:])}

@@ -1,0 +1,88 @@
+"""python -m epsim.export: write SPICE netlists of a trained (or the reference) circuit.
+
+Per test sample and phase: ``sample{k}_{phase}.cir`` (ngspice; ``.xyce.cir`` for Xyce) and
+``sample{k}_{phase}.op.json`` (the numba solver's node voltages and certificate). Samples
+are the first N test images of the dataset named in the checkpoint's config.
+``--reference`` exports the seeded reference circuit of ``netlists/`` instead.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from .cli import run
+from .errors import EpsimError
+
+PHASE_CHOICES = ("free", "plus", "minus", "all")
+DIALECT_CHOICES = ("ngspice", "xyce", "all")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m epsim.export",
+        description="Export a circuit model as standalone SPICE netlists (one per test sample "
+                    "and phase), each with NAME.op.json holding the numba solver's node voltages.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--checkpoint", metavar="PATH", help="checkpoint.pt written by epsim.train")
+    src.add_argument("--reference", action="store_true",
+                     help="the seeded reference circuit of netlists/ (no checkpoint needed)")
+    p.add_argument("--out", required=True, metavar="DIR", help="folder for the netlists")
+    p.add_argument("--samples", type=int, default=1, metavar="N", help="first N test images")
+    p.add_argument("--phase", default="free", choices=PHASE_CHOICES,
+                   help="free (beta=0), plus (+beta), minus (-beta) or all three")
+    p.add_argument("--dialect", default="ngspice", choices=DIALECT_CHOICES, help="SPICE dialect(s)")
+    p.add_argument("--diode", default=None, choices=("ideal", "shockley"),
+                   help="clamp diodes (default: the model's). SPICE has no ideal diode: ideal "
+                        "exports use the near-ideal library model circuits/ideal_diode.lib")
+    p.add_argument("--data-dir", default=None, help="dataset folder (digits needs none)")
+    p.add_argument("--tol", type=float, default=1e-15, metavar="A",
+                   help="KCL tolerance of the numba solve written to .op.json")
+    p.add_argument("--max-iter", type=int, default=100000, help="max numba sweeps per phase")
+    return p
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    if args.samples < 1:
+        raise EpsimError("--samples must be at least 1")
+    if not args.tol > 0:
+        raise EpsimError("--tol must be positive (amperes)")
+    from .circuit.compile import PHASES, with_diode
+    from .circuit.exporter import export_samples
+    from .data import default_data_dir, load_dataset
+
+    if args.reference:
+        from .circuit.reference import REFERENCE_BETA, REFERENCE_TARGET_HIGH_V, reference_network
+
+        net = reference_network()
+        dataset_name, beta, high_V = "digits", REFERENCE_BETA, REFERENCE_TARGET_HIGH_V
+        source = "reference circuit (epsim.circuit.reference, seeded, untrained)"
+    else:
+        from .training import load_network
+
+        net, state = load_network(args.checkpoint)
+        config = state.get("config", {})
+        dataset_name = config.get("dataset", "digits")
+        beta, high_V = float(config.get("beta", 0.5)), float(config.get("target_high_V", 1.0))
+        source = f"checkpoint {args.checkpoint}"
+    if args.diode is not None and args.diode != net.diode.kind:
+        net = with_diode(net, args.diode)
+    dataset = load_dataset(dataset_name, args.data_dir or default_data_dir())
+    n = min(args.samples, len(dataset.y_test))
+    phases = PHASES if args.phase == "all" else (args.phase,)
+    dialects = ("ngspice", "xyce") if args.dialect == "all" else (args.dialect,)
+    written = export_samples(net, dataset.x_test[:n], dataset.y_test[:n], args.out, beta=beta,
+                             target_high_V=high_V, phases=phases, dialects=dialects,
+                             tol_A=args.tol, max_iter=args.max_iter,
+                             header=[f"source: {source}, dataset {dataset_name}"])
+    print(f"wrote {len(written)} files for {n} samples x {len(phases)} phases "
+          f"({', '.join(dialects)}) to {args.out}")
+    if net.diode.kind == "ideal":
+        print("note: SPICE has no ideal diode; the netlists use the near-ideal model of "
+              "circuits/ideal_diode.lib (forward drop ~0.5 mV), .op.json holds the ideal solution",
+              file=sys.stderr)
+
+
+if __name__ == "__main__":
+    sys.exit(run(main))
