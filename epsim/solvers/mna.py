@@ -87,7 +87,7 @@ class _System:
         n_lin, n_d = lin_rows.size, d_rows.size
         lin_keep = full_pos[:n_lin] >= 0
         self.lin_data = np.bincount(full_pos[:n_lin][lin_keep], weights=lin_vals[lin_keep],
-                                    minlength=self.nnz)
+                                    minlength=self.nnz).astype(np.float64)
         self.diode_pos = full_pos[n_lin:n_lin + n_d]
         self.diag_pos = full_pos[n_lin + n_d:]
         self.lin_matrix = sp.csc_matrix((self.lin_data, self.indices, self.indptr), shape=(n, n))
@@ -132,11 +132,22 @@ class _System:
             f[:self.n_nodes] += gmin * x[:self.n_nodes]
         return f
 
+    def check_structure(self):
+        """EpsimError if the circuit is singular with every diode conducting (1 S): a node
+        with no DC path to ground or a loop of voltage sources."""
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", MatrixRankWarning)
+            try:
+                splu(self.matrix(np.ones(self.d_a.size), 0.0))
+            except (RuntimeError, MatrixRankWarning):
+                raise EpsimError("singular circuit matrix: a node has no DC path to ground "
+                                 "(floating) or voltage sources form a loop") from None
+
     def matrix(self, gd, gmin):
         data = self.lin_data.copy()
         g4 = np.concatenate([gd, gd, -gd, -gd])
         ok = self.diode_pos >= 0
-        data += np.bincount(self.diode_pos[ok], weights=g4[ok], minlength=self.nnz)
+        data += np.bincount(self.diode_pos[ok], weights=g4[ok], minlength=self.nnz).astype(np.float64)
         if gmin:
             data[self.diag_pos] += gmin
         return sp.csc_matrix((data, self.indices, self.indptr), shape=(self.n, self.n))
@@ -174,8 +185,7 @@ def _newton(sysm: _System, x, gmin, tol_A, vtol_V, max_iter):
             try:
                 lu = splu(sysm.matrix(g_d, gmin))
             except (RuntimeError, MatrixRankWarning):
-                raise EpsimError("singular circuit matrix: a node has no DC path to ground "
-                                 "(floating) or voltage sources form a loop") from None
+                return x, False, it, np.inf  # e.g. every diode at a node cut off to 0 S
         x_new = lu.solve(rhs)
         if not np.all(np.isfinite(x_new)):
             return x, False, it, np.inf
@@ -220,6 +230,8 @@ def solve_mna(netlist: Netlist, *, tol_A: float = 1e-12, vtol_V: float = 1e-12, 
             total += iters
             if not ok and gmin != 0.0 and not np.all(np.isfinite(x)):
                 break
+    if not ok:
+        sysm.check_structure()
     res = float(np.max(np.abs(sysm.residual(x)[:sysm.n_nodes]), initial=0.0)) if np.all(np.isfinite(x)) else np.inf
     ok = ok and res <= tol_A
     sol = MnaSolution(sysm.node_v(x), x[sysm.n_nodes:], res, total, stages, bool(ok), tol_A)
