@@ -184,3 +184,16 @@ def test_ideal_network_compiles_but_mna_refuses():
     nl = compile_network(net, np.zeros(net.layer_sizes[0]))
     with pytest.raises(EpsimError, match="Shockley"):
         solve_mna(nl)
+
+
+def test_committed_netlists_both_dialects_solve_to_their_op_json():
+    import json
+    from pathlib import Path
+
+    folder = Path(__file__).resolve().parents[1] / "netlists"
+    for phase in ("free", "plus", "minus"):
+        ref = json.loads((folder / f"sample0_{phase}.op.json").read_text())["node_voltages_V"]
+        for name in (f"sample0_{phase}.cir", f"sample0_{phase}.xyce.cir"):
+            nl = read_netlist(folder / name)
+            table = solve_mna(nl, tol_A=1e-15).table(nl)
+            assert max(abs(table[k] - v) for k, v in ref.items()) <= 1e-9, name

@@ -209,17 +209,3 @@ class Netlist:
                 if key in seen:
                     raise EpsimError(f"element name {name!r} used twice in circuit {self.title!r}")
                 seen.add(key)
-
-    def merge(self, other: "Netlist") -> "Netlist":
-        """Add ``other``'s models and elements (by node name) to this circuit, in place."""
-        if other.temp_K != self.temp_K:
-            raise EpsimError("cannot merge circuits at different temperatures")
-        for card in other.models:
-            self.add_model(card)
-        for kind in KINDS:
-            e = other.elements(kind)
-            if len(e):
-                nodes = np.array(other.nodes, dtype=object)
-                model = [other.models[m].name for m in e.model] if kind == "D" else None
-                self.add(kind, e.names, list(nodes[e.a]), list(nodes[e.b]), e.value, model)
-        return self

@@ -121,7 +121,7 @@ def _logical_lines(path: Path, has_title: bool):
         if has_title and number == 1:
             title = line.strip()
             continue
-        line = re.split(r";| \$ |\t\$ ", line, maxsplit=1)[0].rstrip()
+        line = re.split(r";|\s\$(?=\s|$)", line, maxsplit=1)[0].rstrip()
         stripped = line.strip()
         if not stripped or stripped.startswith("*"):
             continue

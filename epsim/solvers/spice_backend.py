@@ -213,7 +213,8 @@ class SpiceStats:
             numba_rate = self.numba_equilibria / max(self.numba_s, 1e-12)
             ratio = (self.spice_s / max(self.equilibria, 1)) / (self.numba_s / self.numba_equilibria)
             line += (f"; numba on the same circuits: {numba_rate:.1f}/s -> ngspice is {ratio:.0f}x "
-                     f"slower; max |V_spice - V_numba| = {self.max_abs_diff_V:.2e} V")
+                     f"slower; max |V_spice - V_numba| = {self.max_abs_diff_V:.2e} V "
+                     "(numba stops at the --tol KCL residual)")
         if self.failures:
             line += f"; {self.failures} ngspice failures"
         return line
