@@ -68,40 +68,60 @@ def resolve_dtype(dtype="float64") -> torch.dtype:
 
 
 # ---- diodes ------------------------------------------------------------------------------
-def diode_current(v, lo, hi, is_n, nvt):
+class Rails:
+    """Clamp rails of one layer's nodes, precomputed for vectorised diode currents.
+
+    lo, hi: (n,) rails in V (``-inf``/``+inf``: no diode); lo0/hi0: the same with missing
+    rails set to 0 V; has_lo/has_hi: (n,) 0/1 masks of the diodes present.
+    """
+
+    def __init__(self, lo, hi):
+        self.lo, self.hi = lo, hi
+        self.has_lo = torch.isfinite(lo).to(lo.dtype)
+        self.has_hi = torch.isfinite(hi).to(hi.dtype)
+        self.lo0 = torch.where(self.has_lo > 0, lo, torch.zeros_like(lo))
+        self.hi0 = torch.where(self.has_hi > 0, hi, torch.zeros_like(hi))
+        # lowest / highest representable start for clamp(c/a, lo, hi)
+        big = torch.finfo(lo.dtype).max
+        self.lo_c = torch.where(self.has_lo > 0, lo, torch.full_like(lo, -big))
+        self.hi_c = torch.where(self.has_hi > 0, hi, torch.full_like(hi, big))
+        # exp() argument cap: numba's 300 in float64, below overflow in float32
+        self.exp_cap = min(EXP_ARG_MAX, float(np.log(torch.finfo(lo.dtype).max)) - 4.0)
+
+
+def diode_current(v, rails: Rails, is_n, nvt):
     """Normalised current leaving nodes at ``v`` (B, n) through their clamp diodes, and d/dv.
 
-    ``lo``/``hi``: (n,) rails in V (``-inf``/``+inf``: no diode). ``is_n = Is / g_unit`` (V),
-    ``nvt = n Vt`` (V). Exponent arguments are capped at ``EXP_ARG_MAX`` like numba's.
+    ``is_n = Is / g_unit`` (V), ``nvt = n Vt`` (V). The hi-rail diode conducts from the node
+    to the rail (``Is (exp((v - hi)/nVt) - 1)``), the lo-rail diode from the rail to the
+    node. Exponent arguments are capped (``Rails.exp_cap``) like numba's.
     """
-    has_hi = torch.isfinite(hi)
-    has_lo = torch.isfinite(lo)
-    hi0 = torch.where(has_hi, hi, torch.zeros_like(hi))
-    lo0 = torch.where(has_lo, lo, torch.zeros_like(lo))
-    e_hi = torch.exp(torch.clamp((v - hi0) / nvt, max=EXP_ARG_MAX))
-    e_lo = torch.exp(torch.clamp((lo0 - v) / nvt, max=EXP_ARG_MAX))
-    zero = torch.zeros((), dtype=v.dtype, device=v.device)
-    i = torch.where(has_hi, is_n * (e_hi - 1.0), zero) - torch.where(has_lo, is_n * (e_lo - 1.0), zero)
-    di = torch.where(has_hi, is_n * e_hi / nvt, zero) + torch.where(has_lo, is_n * e_lo / nvt, zero)
+    e_hi = torch.exp(torch.clamp((v - rails.hi0) / nvt, max=rails.exp_cap)) * rails.has_hi
+    e_lo = torch.exp(torch.clamp((rails.lo0 - v) / nvt, max=rails.exp_cap)) * rails.has_lo
+    i = is_n * ((e_hi - rails.has_hi) - (e_lo - rails.has_lo))
+    di = (is_n / nvt) * (e_hi + e_lo)
     return i, di
 
 
-def shockley_root(a, c, lo, hi, is_n, nvt):
+def shockley_root(a, c, rails: Rails, is_n, nvt, v0=None):
     """Root of the strictly increasing ``f(v) = a v - c + i_diode(v)`` for every node.
 
-    a: (n,) self-conductance; c: (B, n) driving current (normalised); lo/hi: (n,) rails (V).
-    Returns v (B, n) in V. The start ``clamp(c/a, lo, hi)``, the bracket search (step ``nVt``
-    doubled until the sign changes) and the Newton step with bisection fallback follow
-    numba's ``_shockley_node``, vectorised with masks; stops at relative change
-    ``~ machine eps`` for every node. Not differentiable itself (see :class:`_ShockleyRoot`).
+    a: (n,) self-conductance; c: (B, n) driving current (normalised); rails: the layer's
+    :class:`Rails`; v0: optional (B, n) warm start (V), e.g. the previous sweep's voltages.
+    Returns v (B, n) in V. Start (``v0``, else ``clamp(c/a, lo, hi)`` as numba), bracket
+    search (step ``nVt`` doubled until ``f`` changes sign) and Newton steps with bisection
+    fallback follow numba's ``_shockley_node``, vectorised with masks, to a relative change
+    of ``8 eps`` for every node: the same root, whatever the start. Not differentiable
+    itself (see :class:`_ShockleyRoot`).
     """
     eps = 8.0 * torch.finfo(c.dtype).eps
-    lo_c = torch.where(torch.isfinite(lo), lo, torch.full_like(lo, -torch.finfo(c.dtype).max))
-    hi_c = torch.where(torch.isfinite(hi), hi, torch.full_like(hi, torch.finfo(c.dtype).max))
-    v = torch.minimum(torch.maximum(c / a, lo_c), hi_c)
+    if v0 is None:
+        v = torch.minimum(torch.maximum(c / a, rails.lo_c), rails.hi_c)
+    else:
+        v = v0.detach().clone()
 
     def fun(x):
-        i, di = diode_current(x, lo, hi, is_n, nvt)
+        i, di = diode_current(x, rails, is_n, nvt)
         return a * x - c + i, a + di
 
     f, _ = fun(v)
@@ -129,7 +149,7 @@ def shockley_root(a, c, lo, hi, is_n, nvt):
         v_new = torch.where(f == 0, v, v_new)
         v = torch.where(done, v, v_new)
         done = done | finished
-        if k % 4 == 3 and bool(done.all()):
+        if k % 3 == 2 and bool(done.all()):
             break
     return v
 
@@ -138,17 +158,17 @@ class _ShockleyRoot(torch.autograd.Function):
     """``v = shockley_root(a, c)`` with implicit derivatives ``dv/dc = 1/f'``, ``dv/da = -v/f'``."""
 
     @staticmethod
-    def forward(ctx, a, c, lo, hi, is_n, nvt):
+    def forward(ctx, a, c, rails, is_n, nvt, v0):
         with torch.no_grad():
-            v = shockley_root(a, c, lo, hi, is_n, nvt)
-        ctx.save_for_backward(a, v, lo, hi)
-        ctx.is_n, ctx.nvt = is_n, nvt
+            v = shockley_root(a, c, rails, is_n, nvt, v0)
+        ctx.save_for_backward(a, v)
+        ctx.rails, ctx.is_n, ctx.nvt = rails, is_n, nvt
         return v
 
     @staticmethod
     def backward(ctx, grad_v):
-        a, v, lo, hi = ctx.saved_tensors
-        _, di = diode_current(v, lo, hi, ctx.is_n, ctx.nvt)
+        a, v = ctx.saved_tensors
+        _, di = diode_current(v, ctx.rails, ctx.is_n, ctx.nvt)
         g = grad_v / (a + di)
         grad_a = (-(g * v)).sum(dim=0) if ctx.needs_input_grad[0] else None
         grad_c = g if ctx.needs_input_grad[1] else None
@@ -182,6 +202,7 @@ class TorchCircuit:
         self.bias = [t(net.bias_per_node(l)) for l in range(1, self.L + 1)]
         self.lo = [t(x) for x in net.rail_lo_V]
         self.hi = [t(x) for x in net.rail_hi_V]
+        self.rails = [Rails(lo, hi) for lo, hi in zip(self.lo, self.hi)]
         self.g_unit_S = float(net.ranges.g_unit_S)
         self.input_gain_V = float(net.input_gain_V)
         self.shockley = net.diode.kind == "shockley"
@@ -267,25 +288,29 @@ class TorchCircuit:
             c = c + beta * target_V
         return c
 
-    def relax(self, l, a, c):
+    def diode_current(self, l, v):
+        """Layer l's clamp-diode currents (B, n_l) leaving the nodes at ``v``, and d/dv."""
+        return diode_current(v, self.rails[l - 1], self.is_n, self.nvt)
+
+    def relax(self, l, a, c, v_prev=None):
         """(B, n_l) exact solution of layer l's node equations given the drive ``c`` (B, n_l).
 
         Differentiable in ``c`` (and ``a``): a clamp for ideal diodes (zero derivative at
-        clamped nodes), the implicit derivative of the root for Shockley diodes.
+        clamped nodes), the implicit derivative of the root for Shockley diodes (``v_prev``,
+        the layer's current voltages, only warm-starts the Newton iteration).
         """
-        lo, hi = self.lo[l - 1], self.hi[l - 1]
         if self.shockley:
             if torch.is_grad_enabled() and (c.requires_grad or a.requires_grad):
-                return _ShockleyRoot.apply(a, c, lo, hi, self.is_n, self.nvt)
-            return shockley_root(a, c, lo, hi, self.is_n, self.nvt)
-        return torch.clamp(c / a, min=lo, max=hi)
+                return _ShockleyRoot.apply(a, c, self.rails[l - 1], self.is_n, self.nvt, v_prev)
+            return shockley_root(a, c, self.rails[l - 1], self.is_n, self.nvt, v_prev)
+        return torch.clamp(c / a, min=self.lo[l - 1], max=self.hi[l - 1])
 
     def layer_residual(self, l, a, c, v):
         """(B,) max KCL violation (normalised current) over layer l's nodes, numba's definition."""
         r = a * v - c
         lo, hi = self.lo[l - 1], self.hi[l - 1]
         if self.shockley:
-            i, _ = diode_current(v, lo, hi, self.is_n, self.nvt)
+            i, _ = self.diode_current(l, v)
             node = (r + i).abs()
         else:
             lo0 = torch.where(torch.isfinite(lo), lo, torch.zeros_like(lo))
@@ -304,9 +329,9 @@ class TorchCircuit:
         """
         v = list(v_free)
         for l in range(1, self.L + 1, 2):
-            v[l - 1] = self.relax(l, a[l - 1], self.drive(l, input_drive, v, beta, target_V))
+            v[l - 1] = self.relax(l, a[l - 1], self.drive(l, input_drive, v, beta, target_V), v[l - 1])
         for l in range(2, self.L + 1, 2):
-            v[l - 1] = self.relax(l, a[l - 1], self.drive(l, input_drive, v, beta, target_V))
+            v[l - 1] = self.relax(l, a[l - 1], self.drive(l, input_drive, v, beta, target_V), v[l - 1])
         return v
 
     def residual(self, v_free, input_drive, beta=0.0, target_V=None):
@@ -433,6 +458,10 @@ def solve_tensors(circuit: TorchCircuit, input_drive, beta=0.0, target_V=None, i
             full = c.zeros_state(batch)
         a = [c.self_conductance(l, beta) for l in range(1, L + 1)]
         tol_n = tol_A / c.g_unit_S
+        if c.dtype != torch.float64:
+            # the certificate is recomputed in float64 on the returned state: keep a margin
+            # for the working precision's rounding of the residual
+            tol_n *= 0.5
         odd = list(range(1, L + 1, 2))
         even = list(range(2, L + 1, 2))
         idx = torch.arange(batch, device=c.device)
@@ -460,9 +489,9 @@ def solve_tensors(circuit: TorchCircuit, input_drive, beta=0.0, target_V=None, i
                     drive0 = drive0[keep]
                     tgt = tgt[keep] if tgt is not None else None
             for l in odd:
-                work[l - 1] = c.relax(l, a[l - 1], drives[l])
+                work[l - 1] = c.relax(l, a[l - 1], drives[l], work[l - 1])
             for l in even:
-                work[l - 1] = c.relax(l, a[l - 1], c.drive(l, drive0, work, beta, tgt))
+                work[l - 1] = c.relax(l, a[l - 1], c.drive(l, drive0, work, beta, tgt), work[l - 1])
         if idx.shape[0]:
             for l in range(L):
                 full[l][idx] = work[l]
