@@ -332,7 +332,7 @@ def ep_input_gradient(net, solver, x, labels_or_target, beta, *, target_high_V=1
         x_np = x_np[None]
     y = np.asarray(labels_or_target.detach().cpu().numpy() if torch.is_tensor(labels_or_target)
                    else labels_or_target)
-    if y.ndim == 1:
+    if y.ndim == 1 and y.shape[0] == x_np.shape[0]:
         if not np.issubdtype(y.dtype, np.integer):
             raise EpsimError("labels must be integers (or pass (B, K) target voltages)")
         target = one_hot_targets(y, net.num_outputs, target_high_V)

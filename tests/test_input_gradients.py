@@ -1,0 +1,160 @@
+"""Input gradients dL/dx: BPTT, implicit differentiation and the EP estimate from the input
+sources' currents, against central finite differences of the numba free-phase loss."""
+import numba
+import numpy as np
+import pytest
+import torch
+
+from epsim.circuit.devices import DiodeModel
+from epsim.errors import ConvergenceError, EpsimError
+from epsim.learning.input_gradients import (
+    bptt_input_gradient, circuit_forward, ep_input_gradient, implicit_input_gradient,
+    input_source_currents_A, squared_error_loss)
+from epsim.models.resistive import build_cnn, build_mlp, one_hot_targets
+from epsim.solvers.numba_solver import NumbaSolver
+from epsim.solvers.torch_solver import TorchCircuit, TorchCircuitSolver
+
+CASES = [(k, d) for k in ("mlp", "cnn") for d in ("ideal", "shockley")]
+TIGHT = NumbaSolver(tol_A=1e-15, max_iter=5000)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny problems: one thread each for torch and numba (no OpenMP oversubscription)."""
+    n_torch, n_numba = torch.get_num_threads(), numba.get_num_threads()
+    torch.set_num_threads(1)
+    numba.set_num_threads(1)
+    yield
+    torch.set_num_threads(n_torch)
+    numba.set_num_threads(n_numba)
+
+
+def random_net(kind, diode="ideal", seed=0):
+    rng = np.random.default_rng(seed)
+    d = DiodeModel(kind=diode)
+    if kind == "mlp":
+        net = build_mlp((1, 4, 4), hidden=(10, 6), num_classes=3, input_gain_V=4.0, diode=d)
+    else:
+        net = build_cnn((1, 7, 7), convs=((3, 3, 1), (3, 2, 2)), hidden=(), num_classes=3,
+                        input_gain_V=4.0, diode=d)
+    net.init_params(rng, 1.0)
+    net.b = [rng.normal(0.0, 0.5, b.shape) for b in net.b]
+    return net
+
+
+def batch(net, n=2, seed=1):
+    rng = np.random.default_rng(seed)
+    x = rng.uniform(0, 1, (n,) + net.image_shape)
+    labels = rng.integers(0, net.num_outputs, n)
+    return x, labels, one_hot_targets(labels, net.num_outputs)
+
+
+def finite_difference(net, x, target, h=1e-5):
+    """Central differences of the numba free-phase loss 1/2||v_out - y||^2 per pixel."""
+    b, n = x.shape[0], int(np.prod(net.image_shape))
+    e = np.eye(n).reshape((n,) + net.image_shape)
+    xs = np.concatenate([x[:, None] + h * e[None], x[:, None] - h * e[None]], axis=1)
+    eq = TIGHT.solve(TIGHT.prepare(net, net.input_voltages(xs.reshape((-1,) + net.image_shape))))
+    assert eq.certificate.all_converged
+    loss = 0.5 * np.sum((eq.v_output - np.repeat(target, 2 * n, axis=0)) ** 2, axis=1).reshape(b, 2, n)
+    return ((loss[:, 0] - loss[:, 1]) / (2 * h)).reshape(x.shape)
+
+
+def cosine(a, b):
+    a, b = np.ravel(a), np.ravel(b)
+    return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
+
+
+@pytest.mark.parametrize("kind,diode", CASES)
+def test_bptt_implicit_and_finite_differences_agree(kind, diode):
+    net = random_net(kind, diode)
+    x, _, target = batch(net)
+    fd = finite_difference(net, x, target)
+    assert np.linalg.norm(fd) > 0
+    imp = implicit_input_gradient(net, x, squared_error_loss(target), device="cpu")
+    bptt = bptt_input_gradient(net, torch.tensor(x), squared_error_loss(target), n_iter=60, device="cpu")
+    assert imp.converged.all()
+    assert imp.grad_x.shape == x.shape and isinstance(imp.grad_x, np.ndarray)
+    assert torch.is_tensor(bptt.grad_x) and bptt.grad_x.shape == x.shape
+    assert cosine(imp.grad_x, fd) >= 0.99
+    assert cosine(bptt.grad_x.numpy(), fd) >= 0.99
+    # in fact they agree far better than the acceptance bound
+    np.testing.assert_allclose(imp.grad_x, fd, atol=1e-5 * np.abs(fd).max())
+    np.testing.assert_allclose(bptt.grad_x.numpy(), imp.grad_x, atol=1e-5 * np.abs(fd).max())
+    # the losses reported are those of the free equilibrium
+    eq = TIGHT.solve(TIGHT.prepare(net, net.input_voltages(x)))
+    np.testing.assert_allclose(imp.loss, 0.5 * np.sum((eq.v_output - target) ** 2, axis=1), rtol=1e-5)
+
+
+@pytest.mark.parametrize("kind,diode", CASES)
+def test_ep_input_gradient_matches_implicit(kind, diode):
+    """Also fixes the sign: dL/dv_in = +(I^{+beta} - I^{-beta}) / (2 beta g_unit)."""
+    net = random_net(kind, diode)
+    x, labels, target = batch(net, n=3)
+    imp = implicit_input_gradient(net, x, squared_error_loss(target), device="cpu")
+    ep = ep_input_gradient(net, TIGHT, x, labels, beta=1e-3)
+    assert ep.converged.all()
+    assert cosine(ep.grad_x, imp.grad_x) >= 0.95
+    # same estimate with the torch backend, returned as a tensor for a tensor input
+    ep_t = ep_input_gradient(net, TorchCircuitSolver(tol_A=1e-15, max_iter=5000, device="cpu"),
+                             torch.tensor(x), target, beta=1e-3)
+    assert torch.is_tensor(ep_t.grad_x)
+    np.testing.assert_allclose(ep_t.grad_x.numpy(), ep.grad_x, rtol=1e-5, atol=1e-8 * np.abs(ep.grad_x).max())
+
+
+def test_source_currents_obey_kcl():
+    """The input sources deliver exactly what the first free layer's nodes receive from them."""
+    net = random_net("mlp", "ideal")
+    x, _, _ = batch(net)
+    eq = TIGHT.solve(TIGHT.prepare(net, net.input_voltages(x)))
+    i_src = input_source_currents_A(net, eq.v_input, eq.v_free[0])
+    w = net.w[0] * net.ranges.g_unit_S
+    into_layer1 = np.einsum("ij,bij->b", w, eq.v_input[:, :, None] - eq.v_free[0][:, None, :])
+    np.testing.assert_allclose(i_src.sum(axis=1), into_layer1, rtol=1e-12)
+
+
+def test_circuit_forward_reaches_the_solver_equilibrium_and_differentiates():
+    net = random_net("cnn", "shockley")
+    x, _, target = batch(net)
+    circuit = TorchCircuit(net, "cpu")
+    xt = torch.tensor(x, requires_grad=True)
+    v_out = circuit_forward(circuit, xt, n_iter=60)
+    eq = TIGHT.solve(TIGHT.prepare(net, net.input_voltages(x)))
+    np.testing.assert_allclose(v_out.detach().numpy(), eq.v_output, atol=1e-9)
+    squared_error_loss(target)(v_out).sum().backward()
+    assert xt.grad is not None and torch.isfinite(xt.grad).all() and xt.grad.abs().sum() > 0
+    # nudged forward pulls the outputs toward the target
+    v_nudged = circuit_forward(circuit, torch.tensor(x), 60, beta=1.0, target_V=target)
+    assert np.all(np.abs(v_nudged.numpy() - target).sum(1) < np.abs(eq.v_output - target).sum(1))
+
+
+def test_float32_circuit_forward_gradient():
+    net = random_net("mlp", "ideal")
+    x, _, target = batch(net)
+    ref = implicit_input_gradient(net, x, squared_error_loss(target), device="cpu")
+    g32 = bptt_input_gradient(net, torch.tensor(x, dtype=torch.float32), squared_error_loss(target), 60,
+                              device="cpu", dtype="float32")
+    assert g32.grad_x.dtype == torch.float32
+    assert cosine(g32.grad_x.numpy(), ref.grad_x) >= 0.999
+
+
+def test_unconverged_and_bad_arguments_raise():
+    net = random_net("mlp", "shockley")
+    x, labels, target = batch(net)
+    with pytest.raises(ConvergenceError):
+        implicit_input_gradient(net, x, squared_error_loss(target), max_iter=1, device="cpu")
+    flagged = implicit_input_gradient(net, x, squared_error_loss(target), max_iter=1, device="cpu",
+                                      strict=False)
+    assert not flagged.converged.any()
+    with pytest.raises(ConvergenceError):
+        ep_input_gradient(net, NumbaSolver(tol_A=1e-15, max_iter=1), x, labels, 1e-3)
+    with pytest.raises(EpsimError):
+        ep_input_gradient(net, TIGHT, x, labels, beta=0.0)
+    with pytest.raises(EpsimError):
+        ep_input_gradient(net, TIGHT, x, labels[:1], beta=1e-3)
+    with pytest.raises(EpsimError):
+        implicit_input_gradient(net, x, lambda v: v, device="cpu")  # loss of wrong shape
+    with pytest.raises(EpsimError):
+        circuit_forward(net, torch.tensor(x), 0)
+    with pytest.raises(EpsimError):
+        circuit_forward(net, torch.zeros(2, 1, 3, 3), 5)
