@@ -164,7 +164,7 @@ def test_spice_solver_matches_numba():
     net = tiny_mlp()
     ds = load_dataset("digits")
     x, y = ds.x_test[:3], ds.y_test[:3]
-    solver = SpiceSolver(tol_A=1e-12)
+    solver = SpiceSolver(tol_A=1e-12, max_elements_per_run=2000)  # 2 netlists per solve
     prepared = solver.prepare(net, net.input_voltages(x))
     target = one_hot_targets(y, 10)
     for beta in (0.0, 0.5, -0.5):

@@ -1,7 +1,8 @@
 """The ``spice`` backend: DC operating points computed by ngspice.
 
-Each solve writes one netlist holding every sample of the batch as a separate circuit
-(node and element names prefixed ``s{b}_``; the circuits share only ground), runs
+Each solve writes one netlist holding the samples of the batch as separate circuits
+(node and element names prefixed ``s{b}_``; the circuits share only ground; large batches
+are split into netlists of at most ~3e5 elements), runs
 ``ngspice -b -r OUT.raw`` on it, reads the binary raw file, and certifies the voltages with
 the layered model's exact KCL residual (:meth:`LayeredProblem.residual_A`), so a wrong
 or approximate SPICE answer can never pass as converged. If ngspice fails on a batch,
@@ -229,12 +230,16 @@ class SpiceSolver:
         compare_numba: also time the numba solver on every circuit (same tolerance) and
             track the largest voltage difference, for :attr:`stats`.
         executable: the ngspice program.
+        max_elements_per_run: samples are packed into one netlist up to about this many
+            elements; larger batches take several ngspice runs.
     """
 
     name = "spice"
 
-    def __init__(self, tol_A=1e-9, max_iter=1000, compare_numba=True, executable="ngspice"):
+    def __init__(self, tol_A=1e-9, max_iter=1000, compare_numba=True, executable="ngspice",
+                 max_elements_per_run=300_000):
         self.tol_A = float(tol_A)
+        self.max_elements_per_run = int(max_elements_per_run)
         self.max_iter = int(max_iter)
         self.compare_numba = bool(compare_numba)
         self.executable = executable
@@ -260,18 +265,23 @@ class SpiceSolver:
             raise ValueError("a nudged phase needs target voltages")
         batch = problem.v_input.shape[0]
         t0 = time.perf_counter()
-        try:
-            v_free = self._run(net, problem.v_input, beta, target_V, range(batch))
-        except ConvergenceError:
-            v_free = [np.full((batch, n), np.nan) for n in net.layer_sizes[1:]]
-            for b in range(batch):
-                try:
-                    one = self._run(net, problem.v_input, beta, target_V, [b])
-                except ConvergenceError:
-                    self.stats.failures += 1
-                    continue
-                for layer, v in zip(v_free, one):
-                    layer[b] = v[0]
+        per_sample = sum(c.fan_in * c.n_out for c in net.connections) + sum(net.layer_sizes)
+        chunk = max(1, int(self.max_elements_per_run // per_sample))
+        v_free = [np.full((batch, n), np.nan) for n in net.layer_sizes[1:]]
+        for start in range(0, batch, chunk):
+            samples = list(range(start, min(start + chunk, batch)))
+            try:
+                groups = [(samples, self._run(net, problem.v_input, beta, target_V, samples))]
+            except ConvergenceError:
+                groups = []
+                for b in samples:  # isolate the samples ngspice cannot solve
+                    try:
+                        groups.append(([b], self._run(net, problem.v_input, beta, target_V, [b])))
+                    except ConvergenceError:
+                        self.stats.failures += 1
+            for idx, solved in groups:
+                for layer, v in zip(v_free, solved):
+                    layer[idx] = v
         self.stats.spice_s += time.perf_counter() - t0
         self.stats.equilibria += batch
         failed = np.any(np.stack([~np.isfinite(v).all(axis=1) for v in v_free]), axis=0)
