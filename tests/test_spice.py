@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from epsim.circuit.compile import layer_node_names, with_diode
+from epsim.circuit.devices import DiodeModel
 from epsim.circuit.exporter import export_samples
 from epsim.circuit.reference import REFERENCE_BETA, reference_network
 from epsim.data import load_dataset
@@ -152,7 +153,7 @@ def test_raw_reader_ascii_and_binary(tmp_path):
 
 def tiny_mlp(diode="shockley"):
     net = build_mlp((1, 8, 8), hidden=(6,), num_classes=10, input_gain_V=4.0,
-                    diode=__import__("epsim.circuit.devices", fromlist=["DiodeModel"]).DiodeModel(diode))
+                    diode=DiodeModel(diode))
     rng = np.random.default_rng(5)
     net.init_params(rng)
     net.b = [rng.uniform(-0.3, 0.3, size=b.shape) for b in net.b]
