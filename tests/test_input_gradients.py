@@ -158,3 +158,14 @@ def test_unconverged_and_bad_arguments_raise():
         circuit_forward(net, torch.tensor(x), 0)
     with pytest.raises(EpsimError):
         circuit_forward(net, torch.zeros(2, 1, 3, 3), 5)
+
+
+def test_implicit_gradient_at_a_given_numba_equilibrium():
+    net = random_net("cnn", "ideal")
+    x, _, target = batch(net)
+    eq = TIGHT.solve(TIGHT.prepare(net, net.input_voltages(x)))
+    own = implicit_input_gradient(net, x, squared_error_loss(target), device="cpu")
+    given = implicit_input_gradient(net, x, squared_error_loss(target), device="cpu", equilibrium=eq)
+    np.testing.assert_allclose(given.grad_x, own.grad_x, rtol=1e-6, atol=1e-9)
+    with pytest.raises(EpsimError):
+        implicit_input_gradient(net, x[::-1].copy(), squared_error_loss(target), device="cpu", equilibrium=eq)

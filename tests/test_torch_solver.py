@@ -178,3 +178,18 @@ def test_cuda_matches_cpu():
     b = gpu.solve(gpu.prepare(net, v_in), 0.4, target)
     assert b.certificate.all_converged
     assert max_dv(a.v_free, b.v_free) <= 1e-9
+
+
+def test_training_with_torch_backend_matches_numba():
+    from epsim.data import load_dataset
+    from epsim.training import TrainConfig, train
+
+    data = load_dataset("digits", train_subset=64, test_subset=40)
+    runs = {}
+    for backend in ("numba", "torch"):
+        cfg = TrainConfig(backend=backend, epochs=1, batch_size=8, train_subset=64, test_subset=40)
+        runs[backend] = train(cfg, data, None, progress=False, log=lambda *_: None)
+    assert runs["torch"]["backend"] == "torch"
+    assert runs["torch"]["test_unconverged"] == 0
+    assert runs["torch"]["test_accuracy"] == runs["numba"]["test_accuracy"]
+    assert abs(runs["torch"]["history"][0]["train_loss"] - runs["numba"]["history"][0]["train_loss"]) < 1e-6

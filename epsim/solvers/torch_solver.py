@@ -444,6 +444,8 @@ def solve_tensors(circuit: TorchCircuit, input_drive, beta=0.0, target_V=None, i
     input_drive: (B, n_1); target_V: (B, K) tensor or None; init: list of (B, n_l) or None.
     Returns ``(v_free, sweeps)``: list of (B, n_l) tensors (working dtype) and the number of
     sweeps. Converged samples are dropped from the working batch (no further updates).
+    Below float64 the stopping rule uses ``tol_A / 2``, a margin for the working precision,
+    since certificates are recomputed in float64.
     No autograd (use :meth:`TorchCircuit.sweep` to differentiate through sweeps).
     """
     c = circuit
