@@ -50,16 +50,17 @@ def free_phase(net, solver, x):
 
 def param_grads(net, eq_plus, eq_minus, beta, weights):
     """Centered-EP parameter gradients from two nudged states (per-sample ``weights`` (B,))."""
-    layers_p = [eq_plus.v_input] + eq_plus.v_free
-    layers_m = [eq_minus.v_input] + eq_minus.v_free
     sw = np.sqrt(weights)[:, None]
+    # weighting both ends of every drop by sqrt(weight) weights each squared drop by weight;
+    # the input layer is one array shared by both phases (its sources do not move)
+    v_in = eq_plus.v_input * sw
+    layers_p = [v_in] + [v * sw for v in eq_plus.v_free]
+    layers_m = [v_in] + [v * sw for v in eq_minus.v_free]
     grad_w, grad_b = [], []
     for l, conn in enumerate(net.connections):
-        # weighting by sqrt(weight) on both ends weights each sample's squared drop by weight
-        sq_p = conn.sq_drop_sum(layers_p[l] * sw, layers_p[l + 1] * sw)
-        sq_m = conn.sq_drop_sum(layers_m[l] * sw, layers_m[l + 1] * sw)
-        grad_w.append((0.5 * sq_p - 0.5 * sq_m) / (2.0 * beta))
-        dv = (layers_p[l + 1] - layers_m[l + 1]) * weights[:, None]
+        diff = conn.sq_drop_diff(layers_p[l], layers_p[l + 1], layers_m[l], layers_m[l + 1])
+        grad_w.append(0.5 * diff / (2.0 * beta))
+        dv = (eq_plus.v_free[l] - eq_minus.v_free[l]) * weights[:, None]
         shape = net.layer_shapes[l + 1]
         if len(shape) == 3:
             dv = dv.reshape(dv.shape[0], shape[0], -1).sum(axis=2)

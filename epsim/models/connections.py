@@ -8,7 +8,8 @@ units (conductance / g_unit) a connection provides the linear maps the solver ne
 - ``drive_in(w, v_out)[b, i] = sum_j w_ij v_out[b, j]``  (current into i from the output side)
 - ``degree_out(w)[j] = sum_i w_ij`` and ``degree_in(w)[i] = sum_j w_ij`` (self-conductances)
 - ``sq_drop_sum(v_in, v_out)[t] = sum_b sum_{(i,j) in t} (v_in[b,i] - v_out[b,j])**2``,
-  the local quantity of the EP learning rule (V^2), summed over the batch.
+  the local quantity of the EP learning rule (V^2), summed over the batch, and
+  ``sq_drop_diff`` the difference of two such sums (the two nudged phases).
 
 All node arrays are flat, shape ``(batch, n_nodes)``, float64, in volts.
 """
@@ -58,6 +59,19 @@ class Dense:
         sq_in = np.einsum("bi,bi->i", v_in, v_in)
         sq_out = np.einsum("bj,bj->j", v_out, v_out)
         return sq_in[:, None] + sq_out[None, :] - 2.0 * (v_in.T @ v_out)
+
+    def sq_drop_diff(self, in_p, out_p, in_m, out_m):
+        """``sq_drop_sum(in_p, out_p) - sq_drop_sum(in_m, out_m)`` with one matrix product.
+
+        When both phases share the input layer (``in_p is in_m``: the input sources), the
+        squared input terms cancel and the product is ``in^T (out_p - out_m)``.
+        """
+        sq_out = np.einsum("bj,bj->j", out_p, out_p) - np.einsum("bj,bj->j", out_m, out_m)
+        if in_p is in_m:
+            return sq_out[None, :] - 2.0 * (in_p.T @ (out_p - out_m))
+        sq_in = np.einsum("bi,bi->i", in_p, in_p) - np.einsum("bi,bi->i", in_m, in_m)
+        cross = np.concatenate([in_p, in_m]).T @ np.concatenate([out_p, -out_m])
+        return sq_in[:, None] + sq_out[None, :] - 2.0 * cross
 
     def pairs(self):
         """(param_index, in_node, out_node) for every conductance; for export and tests."""
@@ -124,6 +138,10 @@ class Conv2d:
         _conv_sq_drop(self._4d(v_in, self.in_shape), self._4d(v_out, self.out_shape),
                       self.stride, per_sample)
         return per_sample.sum(axis=0)
+
+    def sq_drop_diff(self, in_p, out_p, in_m, out_m):
+        """``sq_drop_sum(in_p, out_p) - sq_drop_sum(in_m, out_m)``."""
+        return self.sq_drop_sum(in_p, out_p) - self.sq_drop_sum(in_m, out_m)
 
     def pairs(self):
         co, ci, k, _ = self.param_shape

@@ -1,0 +1,50 @@
+"""Crossbar operators against a brute-force loop over the explicit conductance list."""
+import numpy as np
+import pytest
+
+from epsim.models.connections import Conv2d, Dense
+
+
+def brute_force(conn, w, v_in, v_out):
+    t, i, j = conn.pairs()
+    g = w.reshape(-1)[t]
+    drive_out = np.zeros_like(v_out)
+    drive_in = np.zeros_like(v_in)
+    sq = np.zeros(w.size)
+    for b in range(v_in.shape[0]):
+        np.add.at(drive_out[b], j, g * v_in[b, i])
+        np.add.at(drive_in[b], i, g * v_out[b, j])
+        np.add.at(sq, t, (v_in[b, i] - v_out[b, j]) ** 2)
+    deg_out = np.zeros(v_out.shape[1])
+    deg_in = np.zeros(v_in.shape[1])
+    np.add.at(deg_out, j, g)
+    np.add.at(deg_in, i, g)
+    return drive_out, drive_in, sq.reshape(w.shape), deg_out, deg_in
+
+
+CONNS = [Dense((2, 3, 3), (7,)), Conv2d((2, 6, 5), 3, 3, 1), Conv2d((4, 7, 7), 2, 2, 2), Conv2d((1, 8, 8), 3, 3, 2)]
+
+
+@pytest.mark.parametrize("conn", CONNS, ids=lambda c: f"{c.kind}{c.param_shape}")
+def test_operators_match_explicit_conductance_list(conn):
+    rng = np.random.default_rng(0)
+    w = rng.uniform(0, 1, conn.param_shape)
+    v_in = rng.normal(size=(3, conn.n_in))
+    v_out = rng.normal(size=(3, conn.n_out))
+    d_out, d_in, sq, deg_out, deg_in = brute_force(conn, w, v_in, v_out)
+    np.testing.assert_allclose(conn.drive_out(w, v_in), d_out, atol=1e-12)
+    np.testing.assert_allclose(conn.drive_in(w, v_out), d_in, atol=1e-12)
+    np.testing.assert_allclose(conn.sq_drop_sum(v_in, v_out), sq, atol=1e-10)
+    np.testing.assert_allclose(conn.degree_out(w), deg_out, atol=1e-12)
+    np.testing.assert_allclose(conn.degree_in(w), deg_in, atol=1e-12)
+
+
+@pytest.mark.parametrize("conn", CONNS, ids=lambda c: f"{c.kind}{c.param_shape}")
+@pytest.mark.parametrize("shared_input", [False, True])
+def test_sq_drop_diff_equals_difference_of_sums(conn, shared_input):
+    rng = np.random.default_rng(1)
+    in_p = rng.normal(size=(4, conn.n_in))
+    in_m = in_p if shared_input else rng.normal(size=(4, conn.n_in))
+    out_p, out_m = rng.normal(size=(2, 4, conn.n_out))
+    expected = conn.sq_drop_sum(in_p, out_p) - conn.sq_drop_sum(in_m, out_m)
+    np.testing.assert_allclose(conn.sq_drop_diff(in_p, out_p, in_m, out_m), expected, atol=1e-10)
