@@ -21,6 +21,7 @@ import numpy as np
 
 from .checkpoint import load_checkpoint, save_checkpoint, write_json
 from .circuit.devices import DiodeModel
+from .distributed import DataParallel
 from .errors import EpsimError
 from .learning.ep import centered_ep, free_phase
 from .learning.optim import ProjectedSGD
@@ -94,17 +95,25 @@ def build_network(config: TrainConfig, dataset) -> ResistiveNetwork:
                                input_gain_V=config.input_gain_V, diode=diode, ranges=ranges)
 
 
-def evaluate(net, solver, x, y, batch_size=500) -> dict:
-    """Free-phase accuracy on ``(x, y)`` with the training solver's exact settings."""
-    correct, unconverged, worst, loss = 0, 0, 0.0, 0.0
-    for i in range(0, len(y), batch_size):
+def evaluate(net, solver, x, y, batch_size=500, dp: DataParallel | None = None) -> dict:
+    """Free-phase accuracy on ``(x, y)`` with the training solver's exact settings.
+
+    With a multi-process ``dp`` each rank solves a shard and the counts are summed.
+    """
+    dp = dp or DataParallel()
+    idx = dp.shard(np.arange(len(y)))
+    x, y_local = x[idx], y[idx]
+    correct, unconverged, worst = 0, 0, 0.0
+    for i in range(0, len(y_local), batch_size):
         eq = free_phase(net, solver, x[i:i + batch_size])
         pred = np.argmax(eq.v_output, axis=1)
-        correct += int(np.sum(pred == y[i:i + batch_size]))
+        correct += int(np.sum(pred == y_local[i:i + batch_size]))
         unconverged += int(np.sum(~eq.certificate.converged))
         worst = max(worst, eq.certificate.max_residual_A)
+    correct, unconverged = (int(v) for v in dp.sum([correct, unconverged]))
     n = max(len(y), 1)
-    return {"accuracy": correct / n, "unconverged": unconverged, "max_residual_A": worst, "n": len(y)}
+    return {"accuracy": correct / n, "unconverged": unconverged, "max_residual_A": dp.max(worst),
+            "n": len(y)}
 
 
 class _EpochTally:
@@ -120,13 +129,14 @@ class _EpochTally:
         self.iterations = int(d.get("iterations", 0))
         self.batches = int(d.get("batches", 0))
 
-    def add(self, result, labels):
-        self.n += len(labels)
-        self.correct += int(np.sum(result.predictions == labels))
-        self.loss_sum += float(np.sum(result.loss))
-        self.unconverged += int(np.sum(~result.converged))
-        self.max_residual_A = max(self.max_residual_A, result.residual_A)
-        self.iterations += result.iterations
+    def add(self, n, correct, loss_sum, unconverged, max_residual_A, iterations):
+        """Fold in one (global) batch's totals."""
+        self.n += int(n)
+        self.correct += int(correct)
+        self.loss_sum += float(loss_sum)
+        self.unconverged += int(unconverged)
+        self.max_residual_A = max(self.max_residual_A, float(max_residual_A))
+        self.iterations += int(iterations)
         self.batches += 1
 
     def as_dict(self):
@@ -146,6 +156,9 @@ def train(config: TrainConfig, dataset, out_dir=None, *, resume=False, progress=
         checkpoint_interval_s: wall time between mid-epoch checkpoints.
     """
     config.validate()
+    dp = DataParallel()
+    if not dp.is_main:
+        progress, log = False, (lambda *_: None)
     solver = get_solver(config.backend, tol_A=config.tol_A, max_iter=config.max_iter)
     net = build_network(config, dataset)
     rng = np.random.default_rng(config.seed)
@@ -179,7 +192,7 @@ def train(config: TrainConfig, dataset, out_dir=None, *, resume=False, progress=
         return wall_before + time.perf_counter() - t_start
 
     def checkpoint(epoch, batch):
-        if ckpt_path is None:
+        if ckpt_path is None or not dp.is_main:
             return
         save_checkpoint(ckpt_path, {
             "kind": "circuit", "model": net.describe(), "config": asdict(config),
@@ -195,13 +208,24 @@ def train(config: TrainConfig, dataset, out_dir=None, *, resume=False, progress=
         opt.scale = lr_scale(config, epoch)
         bar = _progress(range(start_batch, n_batches), n_batches, start_batch, epoch, config, progress)
         for k in bar:
-            idx = order[k * config.batch_size:(k + 1) * config.batch_size]
+            idx = dp.shard(order[k * config.batch_size:(k + 1) * config.batch_size])
             labels = dataset.y_train[idx]
             result = centered_ep(net, solver, dataset.x_train[idx], labels, config.beta,
                                  target_high_V=config.target_high_V)
-            if result.converged.any():
-                opt.step(result.grad_w, result.grad_b)
-            tally.add(result, labels)
+            n_used = int(result.converged.sum())
+            grad_w, grad_b = result.grad_w, result.grad_b
+            totals = [len(labels), int(np.sum(result.predictions == labels)),
+                      float(np.sum(result.loss)), int(np.sum(~result.converged)), result.iterations]
+            if dp.active:
+                # means over each shard's converged samples -> mean over the global batch
+                summed = dp.sum([g * n_used for g in grad_w + grad_b] + [n_used] + totals)
+                n_used = int(summed[len(grad_w) + len(grad_b)])
+                grads = [g / max(n_used, 1) for g in summed[:len(grad_w) + len(grad_b)]]
+                grad_w, grad_b = grads[:len(grad_w)], grads[len(grad_w):]
+                totals = summed[len(grad_w) + len(grad_b) + 1:]
+            if n_used:
+                opt.step(grad_w, grad_b)
+            tally.add(totals[0], totals[1], totals[2], totals[3], dp.max(result.residual_A), totals[4])
             done_batches += 1
             if hasattr(bar, "set_postfix"):
                 bar.set_postfix(loss=f"{tally.loss_sum / tally.n:.4f}", acc=f"{tally.correct / tally.n:.3f}",
@@ -213,7 +237,7 @@ def train(config: TrainConfig, dataset, out_dir=None, *, resume=False, progress=
                 checkpoint(epoch, k + 1)
                 last_ckpt = time.perf_counter()
         start_batch = 0
-        test = evaluate(net, solver, dataset.x_test, dataset.y_test, config.eval_batch_size)
+        test = evaluate(net, solver, dataset.x_test, dataset.y_test, config.eval_batch_size, dp)
         history.append({
             "epoch": epoch + 1, "train_loss": tally.loss_sum / max(tally.n, 1),
             "train_accuracy": tally.correct / max(tally.n, 1), "test_accuracy": test["accuracy"],
@@ -233,7 +257,8 @@ def train(config: TrainConfig, dataset, out_dir=None, *, resume=False, progress=
     if hasattr(solver, "summary"):
         log(solver.summary())
     metrics = final_metrics(config, net, history, wall(), len(dataset.y_test))
-    if out_dir is not None:
+    metrics["processes"] = dp.world
+    if out_dir is not None and dp.is_main:
         write_json(out_dir / METRICS_NAME, metrics)
     return metrics
 

@@ -1,0 +1,36 @@
+"""torchrun data-parallel training reproduces single-process training (gloo, loopback)."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from epsim.training import CHECKPOINT_NAME, load_network
+
+REPO = Path(__file__).resolve().parents[1]
+ARGS = ["-m", "epsim.train", "--train-subset", "96", "--test-subset", "40", "--epochs", "2",
+        "--batch-size", "8", "--no-progress"]
+
+
+def test_two_processes_match_one(tmp_path):
+    pytest.importorskip("torch.distributed")
+    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1", NUMBA_NUM_THREADS="1")
+    one = subprocess.run([sys.executable, *ARGS, "--out", str(tmp_path / "one")], env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert one.returncode == 0, one.stderr
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                          "--nproc_per_node=2", *ARGS, "--out", str(tmp_path / "two")], env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert two.returncode == 0, two.stderr[-2000:]
+    assert json.loads((tmp_path / "two" / "metrics.json").read_text())["processes"] == 2
+    net1, state1 = load_network(tmp_path / "one" / CHECKPOINT_NAME)
+    net2, state2 = load_network(tmp_path / "two" / CHECKPOINT_NAME)
+    assert state1["epoch"] == state2["epoch"] == 2
+    for a, b in zip(net1.w + net1.b, net2.w + net2.b):
+        np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-12)
+    h1, h2 = state1["history"][-1], state2["history"][-1]
+    assert h1["test_accuracy"] == h2["test_accuracy"]
+    assert h1["train_accuracy"] == h2["train_accuracy"]
