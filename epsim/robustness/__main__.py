@@ -1,0 +1,6 @@
+"""``python -m epsim.robustness``: see :mod:`epsim.robustness.cli`."""
+import sys
+
+from .cli import cli
+
+sys.exit(cli())

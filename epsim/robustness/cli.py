@@ -1,0 +1,248 @@
+"""python -m epsim.robustness: attacks and corruptions on a trained model -> robustness.json/.csv.
+
+Thin command line over :func:`epsim.robustness.evaluate.run_sweep`: parse, load the
+checkpoint and the test images, run, write ``OUT/robustness.json`` and
+``OUT/robustness.csv``, print the table (failed sanity checks next to the numbers).
+"""
+from __future__ import annotations
+
+import csv
+import io
+import sys
+from argparse import RawDescriptionHelpFormatter
+from pathlib import Path
+
+import numpy as np
+
+from ..checkpoint import _atomic_write, write_json
+from ..cli import ArgumentParser, run
+from ..errors import EpsimError
+from ..solvers import BACKENDS
+from .adapters import PATHS, load_model
+from .attacks import LOSSES
+from .evaluate import ATTACKS, SweepConfig, csv_rows, format_table, run_sweep, split_attack
+
+EXAMPLES = """\
+examples:
+  python -m epsim.robustness --checkpoint runs/digits-cnn/checkpoint.pt --attack pgd-l2,fgsm-l2,square-l2 \\
+      --eps log:0.05:3:8 --n 360 --out runs/digits-cnn/robust-l2
+  python -m epsim.robustness --checkpoint runs/digits-cnn/checkpoint.pt --attack pgd-linf,square-linf \\
+      --eps 0.01,0.02,8/255,0.05,0.1,0.2 --out runs/digits-cnn/robust-linf
+  python -m epsim.robustness --checkpoint runs/digits-cnn/checkpoint.pt --attack corruptions --out runs/c
+
+ε is measured on images with pixels in [0, 1] (L2 or L∞ norm of the pixel difference), before
+the images become circuit input voltages, so the same ε means the same for every model.
+"""
+
+
+def parse_eps(text: str) -> list:
+    """``"0.1,8/255,log:0.05:3:8"`` -> floats; ``log:A:B:N`` is N log-spaced values from A to B."""
+    out = []
+    for item in (t.strip() for t in str(text).split(",")):
+        if not item:
+            continue
+        try:
+            if item.startswith("log:"):
+                _, a, b, k = item.split(":")
+                a, b, k = float(a), float(b), int(k)
+                if not (a > 0 and b > 0 and k >= 1):
+                    raise ValueError
+                out.extend(np.geomspace(a, b, k).tolist() if k > 1 else [a])
+            elif "/" in item:
+                num, den = item.split("/")
+                out.append(float(num) / float(den))
+            else:
+                out.append(float(item))
+        except (ValueError, ZeroDivisionError):
+            raise EpsimError(f"cannot read ε value {item!r}: use numbers, fractions like 8/255, or "
+                             "log:START:STOP:COUNT") from None
+    return out
+
+
+def _choices(text, allowed, what, all_word=None):
+    items = [t.strip() for t in str(text).split(",") if t.strip()]
+    if not items:
+        raise EpsimError(f"--{what} needs at least one value")
+    for t in items:
+        if t not in allowed and t != all_word:
+            raise EpsimError(f"unknown {what} {t!r}; choose from {', '.join(allowed)}"
+                             + (f" or {all_word}" if all_word else ""))
+    return items
+
+
+def build_parser():
+    p = ArgumentParser(
+        prog="python -m epsim.robustness",
+        description="Robustness of a trained model (circuit or software) to white-box PGD/FGSM (every "
+                    "gradient path, worst case reported), black-box Square and natural corruptions, "
+                    "with automatic sanity checks. Writes OUT/robustness.json and OUT/robustness.csv.",
+        epilog=EXAMPLES, formatter_class=RawDescriptionHelpFormatter)
+    g = p.add_argument_group("model and data")
+    g.add_argument("--checkpoint", required=True, help="checkpoint.pt of a trained model")
+    g.add_argument("--backend", choices=BACKENDS, default=None,
+                   help="circuit predictor backend (default: the one it was trained with)")
+    g.add_argument("--tol", type=float, default=None, metavar="A",
+                   help="predictor KCL tolerance (default: the training run's)")
+    g.add_argument("--max-iter", type=int, default=None, help="predictor sweep budget (default: the training run's)")
+    g.add_argument("--dataset", default=None, help="test set (default: the checkpoint's; must match it)")
+    g.add_argument("--data-dir", default=None, help="folder with the dataset files")
+    g.add_argument("--n", default="100", help="number of test images (a seeded random subset), or 'all' "
+                                              "(default 100; 'all' also checks the clean accuracy against "
+                                              "the training run's)")
+    g.add_argument("--device", default="cpu", help="torch device for gradients and software models")
+    g.add_argument("--batch-size", type=int, default=500, help="images per predictor call")
+    g.add_argument("--threads", type=int, default=None, help="numba and torch threads (default: library default)")
+    g = p.add_argument_group("attacks")
+    g.add_argument("--attack", required=True, help=f"comma list of: {', '.join(ATTACKS)}")
+    g.add_argument("--eps", default="", help="comma list of radii in [0,1]-pixel units: 0.5, 8/255, "
+                                             "log:0.05:3:8 (not used by corruptions)")
+    g.add_argument("--grad-path", default="all", help=f"comma list of {', '.join(PATHS)} or all (default all: "
+                                                      "every path the model offers; worst case reported)")
+    g.add_argument("--loss", default="ce,dlr", help=f"comma list of {', '.join(LOSSES)} or all (default ce,dlr)")
+    g.add_argument("--steps", type=int, default=50, help="PGD iterations per restart (default 50)")
+    g.add_argument("--restarts", type=int, default=1, help="PGD random restarts (default 1)")
+    g.add_argument("--queries", type=int, default=1000, help="Square attack queries per image (default 1000)")
+    g.add_argument("--seed", type=int, default=0, help="seed of the image subset, random starts, Square, corruptions")
+    g.add_argument("--transfer-from", default=None, metavar="CHECKPOINT",
+                   help="surrogate model for the transfer gradient path")
+    g.add_argument("--ce-temperature", type=float, default=1.0, metavar="V",
+                   help="circuits: cross-entropy on softmax(v_out / T), T in volts (default 1 V)")
+    g.add_argument("--ep-beta", type=float, default=0.01, help="nudging of the EP gradient path (default 0.01)")
+    g.add_argument("--grad-tol", type=float, default=1e-12, metavar="A",
+                   help="KCL tolerance of the EP gradient path's solves (default 1e-12 A)")
+    g.add_argument("--no-large-eps-check", action="store_true",
+                   help="do not add the unbounded ε (L∞ 1, L2 sqrt(C*H*W)) to PGD sweeps")
+    g.add_argument("--large-eps-threshold", type=float, default=0.02,
+                   help="robust accuracy counted as ≈0 at the largest ε (default 0.02)")
+    g = p.add_argument_group("corruptions")
+    g.add_argument("--corruptions", default=None, help="comma list (default: every applicable one)")
+    g.add_argument("--severities", default="1,2,3,4,5", help="comma list of severities 1..5")
+    g.add_argument("--frost-dir", default=None, help="folder with the frost textures (default: $EPSIM_FROST_DIR, "
+                                                    "else DATA_DIR/frost; frost is skipped, and said so, "
+                                                    "when they are missing and it was not asked for by name)")
+    g = p.add_argument_group("output")
+    g.add_argument("--out", required=True, metavar="DIR", help="write robustness.json and robustness.csv here")
+    g.add_argument("--no-progress", action="store_true", help="no progress bars")
+    return p
+
+
+def _set_threads(n):
+    if n is None:
+        return
+    if n < 1:
+        raise EpsimError("--threads must be at least 1")
+    import numba
+    import torch
+
+    numba.set_num_threads(min(n, numba.config.NUMBA_NUM_THREADS))
+    torch.set_num_threads(n)
+
+
+def _write_csv(path: Path, rows):
+    buf = io.StringIO()
+    if rows:
+        w = csv.DictWriter(buf, fieldnames=list(rows[0].keys()))
+        w.writeheader()
+        w.writerows(rows)
+    data = buf.getvalue().encode()
+    _atomic_write(path, lambda fh: fh.write(data))
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    attacks = _choices(args.attack, ATTACKS, "attack")
+    for a in attacks:
+        split_attack(a)
+    eps = parse_eps(args.eps)
+    paths = _choices(args.grad_path, PATHS, "grad-path", "all")
+    losses = _choices(args.loss, LOSSES, "loss", "all")
+    losses = list(LOSSES) if "all" in losses else losses
+    try:
+        severities = tuple(int(s) for s in args.severities.split(",") if s.strip())
+    except ValueError:
+        raise EpsimError(f"--severities must be integers 1..5, got {args.severities!r}") from None
+    if args.n.strip().lower() == "all":
+        n = None
+    else:
+        try:
+            n = int(args.n)
+        except ValueError:
+            raise EpsimError(f"--n must be a positive integer or 'all', got {args.n!r}") from None
+        if n < 1:
+            raise EpsimError("--n must be at least 1")
+    for name, v in (("--steps", args.steps), ("--restarts", args.restarts), ("--queries", args.queries),
+                    ("--batch-size", args.batch_size)):
+        if v < 1:
+            raise EpsimError(f"{name} must be at least 1")
+    if args.tol is not None and not (args.tol > 0):
+        raise EpsimError("--tol must be positive (amperes)")
+    if args.max_iter is not None and args.max_iter < 1:
+        raise EpsimError("--max-iter must be at least 1")
+    if not (0 <= args.large_eps_threshold < 1):
+        raise EpsimError("--large-eps-threshold must be in [0, 1)")
+    if not Path(args.checkpoint).is_file():
+        raise EpsimError(f"checkpoint {args.checkpoint} not found")
+    _set_threads(args.threads)
+
+    circuit_opts = dict(grad_tol_A=args.grad_tol, ep_beta=args.ep_beta, ce_temperature_V=args.ce_temperature,
+                        batch_size=args.batch_size)
+    loaded = load_model(args.checkpoint, backend=args.backend, tol_A=args.tol, max_iter=args.max_iter,
+                        device=args.device, **circuit_opts)
+    adapter = loaded.adapter
+    dataset_name = args.dataset or loaded.dataset
+    if dataset_name is None:
+        raise EpsimError(f"{args.checkpoint} does not record its dataset: pass --dataset")
+    if loaded.dataset is not None and dataset_name.lower().replace("-", "") != loaded.dataset.lower().replace("-", ""):
+        raise EpsimError(f"{args.checkpoint} was trained on {loaded.dataset}, not {dataset_name}: "
+                         "evaluate a model on its own dataset")
+    from ..data import default_data_dir, load_dataset
+
+    ds = load_dataset(dataset_name, args.data_dir or default_data_dir())
+    n_test = len(ds.y_test)
+    if n is not None and n > n_test:
+        raise EpsimError(f"--n {n} is larger than the {n_test} test images of {ds.name}")
+    full = n is None or n == n_test
+    if full:
+        x, y = ds.x_test.astype(np.float64), ds.y_test
+    else:
+        idx = np.random.default_rng([args.seed, 1]).permutation(n_test)[:n]
+        x, y = ds.x_test[idx].astype(np.float64), ds.y_test[idx]
+    if tuple(ds.image_shape) != tuple(adapter.image_shape) or ds.num_classes != adapter.num_classes:
+        raise EpsimError(f"{args.checkpoint} expects {tuple(adapter.image_shape)} images and "
+                         f"{adapter.num_classes} classes; {ds.name} has {ds.image_shape} and {ds.num_classes}")
+    surrogate = None
+    if args.transfer_from:
+        if not Path(args.transfer_from).is_file():
+            raise EpsimError(f"checkpoint {args.transfer_from} (--transfer-from) not found")
+        surrogate = load_model(args.transfer_from, device=args.device, **circuit_opts).adapter
+        if tuple(surrogate.image_shape) != tuple(adapter.image_shape) or surrogate.num_classes != adapter.num_classes:
+            raise EpsimError(f"--transfer-from model takes {surrogate.image_shape} images with "
+                             f"{surrogate.num_classes} classes, the attacked model {adapter.image_shape} "
+                             f"with {adapter.num_classes}")
+    corruptions = tuple(c.strip() for c in args.corruptions.split(",") if c.strip()) if args.corruptions else None
+    config = SweepConfig(attacks=tuple(attacks), eps=tuple(eps), paths=tuple(paths), losses=tuple(losses),
+                         restarts=args.restarts, steps=args.steps, queries=args.queries, seed=args.seed,
+                         severities=severities, corruptions=corruptions,
+                         frost_dir=args.frost_dir or (str(Path(args.data_dir) / "frost") if args.data_dir else None),
+                         large_eps_check=not args.no_large_eps_check,
+                         large_eps_threshold=args.large_eps_threshold)
+    print(f"{adapter.name} on {ds.name}: {len(y)} test images, attacks {', '.join(attacks)}", flush=True)
+    results = run_sweep(adapter, x, y, config, surrogate=surrogate, recorded=loaded.recorded,
+                        full_test_set=full,
+                        progress=not args.no_progress, log=lambda m: print(m, flush=True))
+    results.update({"checkpoint": str(args.checkpoint), "dataset": ds.name,
+                    "transfer_from": args.transfer_from, "command": " ".join(sys.argv)})
+    out = Path(args.out)
+    write_json(out / "robustness.json", results)
+    _write_csv(out / "robustness.csv", csv_rows(results))
+    print(format_table(results))
+    print(f"wrote {out / 'robustness.json'} and {out / 'robustness.csv'}"
+          + ("" if results["sanity_ok"] else f"; FAILED sanity checks: {', '.join(results['failed_checks'])}"))
+
+
+def cli(argv=None) -> int:
+    return run(main, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(cli())
