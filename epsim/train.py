@@ -13,6 +13,7 @@ from .data import DATASETS, default_data_dir, load_dataset
 from .errors import EpsimError
 from .models.registry import CIRCUIT_MODELS
 from .solvers import BACKENDS
+from .torch_training import TORCH_MODELS, add_torch_arguments, torch_cli_main
 from .training import TrainConfig, train
 
 
@@ -32,7 +33,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--train-subset", type=int, default=None, metavar="N", help="train on N random training images")
     g.add_argument("--test-subset", type=int, default=None, metavar="N", help="test on N random test images")
     g = p.add_argument_group("model and solver")
-    g.add_argument("--model", default=d.model, choices=CIRCUIT_MODELS, help="circuit architecture")
+    g.add_argument("--model", default=d.model, choices=CIRCUIT_MODELS + TORCH_MODELS,
+                   help="circuit architecture, or a torch model (see the GPU models group)")
     g.add_argument("--backend", default=d.backend, choices=BACKENDS, help="equilibrium solver")
     g.add_argument("--diode", default=d.diode, choices=("ideal", "shockley"), help="clamp diode model")
     g.add_argument("--input-gain", type=float, default=d.input_gain_V, metavar="V",
@@ -59,11 +61,15 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--checkpoint-interval", type=float, default=60.0, metavar="S",
                    help="seconds between mid-epoch checkpoints (one is also written after every epoch)")
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_torch_arguments(p)
     return p
 
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
+    if args.model in TORCH_MODELS:
+        torch_cli_main(argv, build_parser)
+        return
     config = TrainConfig(
         dataset=args.dataset, model=args.model, backend=args.backend, epochs=args.epochs,
         batch_size=args.batch_size, lr=args.lr, lr_bias=args.lr_bias, momentum=args.momentum,

@@ -1,0 +1,583 @@
+"""Training loop for the torch models: software EP-CNN and the BP-CNN / AdvCNN / ViT baselines.
+
+* Data: an :class:`epsim.data.Dataset` (pixels in [0, 1]); training batches get
+  random crops (4-pixel edge padding) and horizontal flips, done with torch ops.
+* Models normalise pixels themselves, so checkpoints and attacks live in pixel space.
+* ``ep-cnn``: free phase, ``±β`` phases, EP gradient (:func:`epsim.models.ep_cnn.ep_gradients`),
+  SGD with per-layer learning rates; ``bp-cnn``/``vit``: cross-entropy + backprop;
+  ``adv-cnn``: backprop on PGD examples (:func:`epsim.robustness.pgd.pgd`), made in eval mode.
+* Learning rates follow a per-epoch cosine from the preset's values to ``lr_min``.
+* Determinism and resumption as in the circuit trainer: epoch ``e`` visits the training
+  set in the permutation drawn from ``(seed, e)``; batch ``k``'s augmentation and attack
+  start are drawn from ``(seed, e, k)``; a checkpoint (atomic, every epoch and every
+  ``checkpoint_interval_s`` seconds) holds weights, optimizer state, position and running
+  sums, so ``resume`` replays the batches an uninterrupted run would have seen.
+* Output: ``OUT/checkpoint.pt`` (``kind`` = model name, ``preset``, ``arch``,
+  ``state_dict``) and ``OUT/metrics.json`` in the circuit trainer's schema
+  (``backend = "torch"``).
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .checkpoint import load_checkpoint, save_checkpoint, write_json
+from .errors import EpsimError
+from .models.baselines import ADV_PRESETS, BP_PRESETS, VIT_PRESETS, BPCNN, ViT, build_baseline
+from .models.ep_cnn import EP_PRESETS, SOLVERS, EPCNN, build_ep_cnn, ep_gradients
+
+TORCH_MODELS = ("ep-cnn", "bp-cnn", "adv-cnn", "vit")
+PRESETS = {"ep-cnn": EP_PRESETS, "bp-cnn": BP_PRESETS, "adv-cnn": ADV_PRESETS, "vit": VIT_PRESETS}
+PRESET_NAMES = ("cifar10-paper", "cifar100-paper", "cifar10-small")
+DEVICES = ("auto", "cpu", "cuda")
+CHECKPOINT_NAME = "checkpoint.pt"
+METRICS_NAME = "metrics.json"
+CROP_PADDING = 4
+
+
+@dataclass
+class TorchTrainConfig:
+    """A torch training run. ``None`` fields are filled from the preset by :func:`resolve_config`."""
+
+    model: str = "ep-cnn"
+    preset: str = "cifar10-small"
+    dataset: str | None = None
+    epochs: int | None = None
+    batch_size: int | None = None
+    optimizer: str | None = None          # "sgd" | "adamw"
+    lr: float | None = None               # baselines; for ep-cnn sets every layer's lr
+    lrs: tuple | None = None              # ep-cnn: one lr per synapse (conv 1..L, readout)
+    momentum: float | None = None
+    weight_decay: float | None = None
+    schedule: str | None = None           # "cosine" | "constant"
+    lr_min: float | None = None
+    augment: bool | None = None
+    channels: tuple | None = None
+    paddings: tuple | None = None
+    patch: int | None = None
+    embed_dim: int | None = None
+    depth: int | None = None
+    heads: int | None = None
+    mlp_dim: int | None = None
+    dropout: float | None = None
+    t1: int | None = None                 # ep-cnn: max free-phase steps
+    t2: int | None = None                 # ep-cnn: max steps of each nudged phase
+    beta: float | None = None
+    solver: str | None = None             # ep-cnn: "sync" | "async"
+    tol: float | None = None              # ep-cnn: per-sample stop when no unit moves more
+    adv_norm: str | None = None           # adv-cnn: "l2" | "linf"
+    adv_eps: float | None = None
+    adv_steps: int | None = None
+    adv_step_size: float | None = None
+    seed: int = 0
+    train_subset: int | None = None
+    test_subset: int | None = None
+    eval_batch_size: int = 256
+
+    def validate(self):
+        checks = [
+            (self.epochs >= 1, "--epochs must be at least 1"),
+            (self.batch_size >= 1, "--batch-size must be at least 1"),
+            (self.optimizer in ("sgd", "adamw"), f"unknown optimizer {self.optimizer!r}"),
+            (self.schedule in ("cosine", "constant"), f"unknown schedule {self.schedule!r}"),
+            (0 <= self.momentum < 1, "--momentum must be in [0, 1)"),
+            (self.weight_decay >= 0, "--weight-decay must be non-negative"),
+            (self.eval_batch_size >= 1, "eval batch size must be at least 1"),
+        ]
+        if self.model == "ep-cnn":
+            n = len(self.channels) + 1
+            checks += [
+                (len(self.lrs) == n, f"--lrs needs {n} values (one per conv layer and the readout), "
+                                     f"got {len(self.lrs)}"),
+                (all(math.isfinite(v) and v >= 0 for v in self.lrs), "--lrs must be non-negative numbers"),
+                (self.t1 >= 1 and self.t2 >= 1, "--t1 and --t2 must be at least 1"),
+                (math.isfinite(self.beta) and self.beta > 0, "--beta must be a positive number"),
+                (self.solver in SOLVERS, f"--solver must be one of {', '.join(SOLVERS)}"),
+                (self.tol >= 0, "--tol must be non-negative"),
+            ]
+        else:
+            checks.append((math.isfinite(self.lr) and self.lr > 0, "--lr must be a positive number"))
+        if self.model == "adv-cnn":
+            checks += [(self.adv_norm in ("l2", "linf"), "--adv-norm must be l2 or linf"),
+                       (math.isfinite(self.adv_eps) and self.adv_eps > 0, "--adv-eps must be positive"),
+                       (self.adv_steps >= 1, "--adv-steps must be at least 1")]
+        for ok, message in checks:
+            if not ok:
+                raise EpsimError(message)
+
+    def compatible_with(self, other: "TorchTrainConfig") -> list:
+        """Names of fields that must match to resume a run but differ."""
+        free_to_change = {"epochs", "eval_batch_size"}
+        return [f.name for f in fields(self)
+                if f.name not in free_to_change and _norm(getattr(self, f.name)) != _norm(getattr(other, f.name))]
+
+
+def _norm(v):
+    return list(v) if isinstance(v, (tuple, list)) else v
+
+
+def resolve_config(model: str, preset: str, **overrides) -> TorchTrainConfig:
+    """The preset's settings, with every non-None ``overrides`` value on top."""
+    if model not in PRESETS:
+        raise EpsimError(f"unknown torch model {model!r}; choose from {', '.join(TORCH_MODELS)}")
+    if preset not in PRESETS[model]:
+        raise EpsimError(f"unknown preset {preset!r} for {model}; choose from {', '.join(PRESETS[model])}")
+    names = {f.name for f in fields(TorchTrainConfig)}
+    unknown = set(overrides) - names
+    if unknown:
+        raise EpsimError(f"unknown torch training option(s): {', '.join(sorted(unknown))}")
+    values = {k: v for k, v in PRESETS[model][preset].items() if k in names}
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    if model == "ep-cnn" and overrides.get("lr") is not None and overrides.get("lrs") is None:
+        values["lrs"] = (overrides["lr"],) * (len(values["channels"]) + 1)
+    for key in ("channels", "paddings", "lrs"):
+        if values.get(key) is not None:
+            values[key] = tuple(values[key])
+    if values.get("channels") is not None and values.get("paddings") is not None \
+            and len(values["paddings"]) != len(values["channels"]):
+        if "paddings" in overrides and overrides["paddings"] is not None:
+            raise EpsimError(f"--paddings needs one value per conv layer ({len(values['channels'])})")
+        # Changing the depth: pad 1 everywhere, 0 at the last layer as in the paper layout.
+        values["paddings"] = (1,) * (len(values["channels"]) - 1) + (values["paddings"][-1],)
+    if model == "ep-cnn" and values.get("lrs") is not None and len(values["lrs"]) != len(values["channels"]) + 1 \
+            and overrides.get("lrs") is None:
+        values["lrs"] = tuple(np.interp(np.linspace(0, 1, len(values["channels"]) + 1), np.linspace(0, 1, len(values["lrs"])),
+                                        values["lrs"]).tolist())
+    config = TorchTrainConfig(model=model, preset=preset, **{k: v for k, v in values.items()
+                                                            if k not in ("model", "preset")})
+    config.validate()
+    return config
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    """``auto``: CUDA when available, else CPU; ``cuda`` without a GPU is an error."""
+    if name not in DEVICES:
+        raise EpsimError(f"unknown device {name!r}; choose from {', '.join(DEVICES)}")
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise EpsimError("--device cuda asked for, but torch sees no CUDA GPU (use --device cpu or auto)")
+    return torch.device(name)
+
+
+def build_model(config: TorchTrainConfig, image_shape, num_classes, dataset_name=None) -> torch.nn.Module:
+    """The network of ``config`` for images of ``image_shape`` ``(C, H, W)``."""
+    if config.model == "ep-cnn":
+        return build_ep_cnn(asdict(config), image_shape, num_classes, dataset_name)
+    return build_baseline(config.model, asdict(config), image_shape, num_classes, dataset_name)
+
+
+def model_from_arch(kind: str, arch: dict) -> torch.nn.Module:
+    """Rebuild an (untrained) model from its ``describe()`` dict."""
+    arch = dict(arch)
+    if kind == "ep-cnn":
+        return EPCNN(**arch)
+    if kind in ("bp-cnn", "adv-cnn"):
+        return BPCNN(**arch)
+    if kind == "vit":
+        return ViT(**arch)
+    raise EpsimError(f"checkpoint holds a {kind!r} model, not one of {', '.join(TORCH_MODELS)}")
+
+
+def make_optimizer(model, config: TorchTrainConfig):
+    if config.model == "ep-cnn":
+        groups = [{"params": ps, "lr": lr} for ps, lr in zip(model.param_groups(), config.lrs)]
+    else:
+        groups = [{"params": list(model.parameters()), "lr": config.lr}]
+    for g in groups:
+        g["base_lr"] = g["lr"]
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(groups, momentum=config.momentum, weight_decay=config.weight_decay)
+    return torch.optim.AdamW(groups, weight_decay=config.weight_decay)
+
+
+def set_epoch_lr(optimizer, config: TorchTrainConfig, epoch: int) -> float:
+    """Cosine (or constant) per-epoch learning rates; returns the first group's lr."""
+    for g in optimizer.param_groups:
+        if config.schedule == "cosine":
+            frac = epoch / config.epochs
+            g["lr"] = config.lr_min + (g["base_lr"] - config.lr_min) * 0.5 * (1 + math.cos(math.pi * frac))
+        else:
+            g["lr"] = g["base_lr"]
+    return optimizer.param_groups[0]["lr"]
+
+
+def _generator(seed_words, device) -> torch.Generator:
+    g = torch.Generator(device="cpu")
+    g.manual_seed(int(np.random.SeedSequence(list(seed_words)).generate_state(1, np.uint64)[0] >> 1))
+    return g
+
+
+def augment_batch(x: torch.Tensor, gen: torch.Generator, padding: int = CROP_PADDING) -> torch.Tensor:
+    """Random ``H×W`` crops of the edge-padded images and random horizontal flips.
+
+    ``x``: ``(B, C, H, W)``; the draws come from ``gen`` (a CPU generator).
+    """
+    b, c, h, w = x.shape
+    xp = F.pad(x, (padding,) * 4, mode="replicate")
+    oy = torch.randint(0, 2 * padding + 1, (b,), generator=gen).to(x.device)
+    ox = torch.randint(0, 2 * padding + 1, (b,), generator=gen).to(x.device)
+    flip = (torch.rand(b, generator=gen) < 0.5).to(x.device)
+    rows = (oy[:, None] + torch.arange(h, device=x.device))[:, :, None]          # (B, H, 1)
+    cols = ox[:, None] + torch.arange(w, device=x.device)                         # (B, W)
+    cols = torch.where(flip[:, None], cols.flip(1), cols)[:, None, :]             # (B, 1, W)
+    out = xp[torch.arange(b, device=x.device)[:, None, None], :, rows, cols]      # (B, H, W, C)
+    return out.permute(0, 3, 1, 2).contiguous()
+
+
+@torch.no_grad()
+def evaluate(model, x: torch.Tensor, y: torch.Tensor, device, batch_size=256) -> dict:
+    """Accuracy and mean cross-entropy with the model's inference settings.
+
+    For the EP-CNN also the number of test samples whose free phase missed the tolerance
+    and the largest final residual.
+    """
+    model.eval()
+    correct, loss, unconverged, worst, n = 0, 0.0, 0, 0.0, len(y)
+    for i in range(0, n, batch_size):
+        xb, yb = x[i:i + batch_size].to(device), y[i:i + batch_size].to(device)
+        if isinstance(model, EPCNN):
+            rel = model.relax(xb)
+            logits = model.readout(rel.state)
+            unconverged += int((~rel.converged).sum())
+            worst = max(worst, float(rel.residual.max()))
+        else:
+            logits = model(xb)
+        correct += int((logits.argmax(1) == yb).sum())
+        loss += float(F.cross_entropy(logits, yb, reduction="sum"))
+    out = {"accuracy": correct / max(n, 1), "loss": loss / max(n, 1), "n": n}
+    if isinstance(model, EPCNN):
+        out.update(unconverged=unconverged, max_residual=worst)
+    return out
+
+
+class _Tally:
+    """Running sums over the batches of one epoch (checkpointed with the run)."""
+
+    keys = ("n", "correct", "loss_sum", "batches", "steps", "unconverged", "max_residual", "unused")
+
+    def __init__(self, d=None):
+        d = d or {}
+        for k in self.keys:
+            setattr(self, k, float(d.get(k, 0.0)))
+
+    def as_dict(self):
+        return {k: getattr(self, k) for k in self.keys}
+
+
+def train_step(model, optimizer, config: TorchTrainConfig, xb, yb, gen) -> dict:
+    """One update on the batch ``(xb, yb)``; returns per-batch statistics."""
+    stats = {}
+    if config.model == "ep-cnn":
+        model.train()
+        step = ep_gradients(model, xb, yb, beta=config.beta, t1=config.t1, t2=config.t2,
+                            solver=config.solver, tol=config.tol)
+        if bool(step.used.any()):
+            optimizer.step()
+        logits, loss = step.logits, step.loss.sum()
+        stats.update(steps=step.iterations, unconverged=int((~step.free.converged).sum()),
+                     max_residual=float(torch.stack([step.free.residual.max(), step.plus.residual.max(),
+                                                     step.minus.residual.max()]).max()),
+                     unused=int((~step.used).sum()))
+    else:
+        if config.model == "adv-cnn":
+            from .robustness.pgd import pgd
+
+            model.eval()
+            xb = pgd(model, xb, yb, config.adv_eps, config.adv_norm, config.adv_steps,
+                     config.adv_step_size, rng=gen)
+        model.train()
+        optimizer.zero_grad(set_to_none=True)
+        logits = model(xb)
+        loss = F.cross_entropy(logits, yb, reduction="sum")
+        (loss / len(yb)).backward()
+        optimizer.step()
+    stats.update(batches=1, n=len(yb), correct=int((logits.detach().argmax(1) == yb).sum()), loss_sum=float(loss))
+    return stats
+
+
+def _to_tensors(obj):
+    if isinstance(obj, np.ndarray):
+        return torch.from_numpy(np.ascontiguousarray(obj))
+    if isinstance(obj, dict):
+        return {k: _to_tensors(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_to_tensors(v) for v in obj]
+    return obj
+
+
+def _config_from_state(state: dict) -> TorchTrainConfig:
+    values = dict(state["config"])
+    for key in ("channels", "paddings", "lrs"):
+        if values.get(key) is not None:
+            values[key] = tuple(values[key])
+    return TorchTrainConfig(**values)
+
+
+def train_torch(config: TorchTrainConfig, dataset, out_dir=None, *, resume=False, device="auto",
+                progress=True, checkpoint_interval_s=120.0, time_limit_s=None,
+                stop_after_batches=None, log=print) -> dict:
+    """Train ``config.model`` on ``dataset``; return the metrics dict (also ``OUT/metrics.json``).
+
+    Args:
+        config: a resolved :class:`TorchTrainConfig`. dataset: an :class:`epsim.data.Dataset`.
+        out_dir: folder for ``checkpoint.pt`` and ``metrics.json`` (None: nothing written).
+        resume: continue the run saved in ``out_dir``. device: ``auto`` | ``cpu`` | ``cuda``.
+        checkpoint_interval_s: wall time between mid-epoch checkpoints.
+        time_limit_s: stop training after the batch that crosses this wall time (counted
+            over all sessions of the run), evaluate, and write the metrics
+            (``"stopped_early": true``); the checkpoint allows continuing with --resume.
+        stop_after_batches: stop (as if killed) after this many batches of this call,
+            leaving the checkpoint behind; used to test resumption.
+    """
+    config.validate()
+    dev = pick_device(device)
+    torch.manual_seed(config.seed)
+    model = build_model(config, dataset.image_shape, dataset.num_classes, dataset.name).to(dev)
+    optimizer = make_optimizer(model, config)
+    start_epoch, start_batch, history, tally, wall_before = 0, 0, [], _Tally(), 0.0
+    out_dir = Path(out_dir) if out_dir is not None else None
+    ckpt_path = out_dir / CHECKPOINT_NAME if out_dir is not None else None
+    if ckpt_path is not None and ckpt_path.exists():
+        if not resume:
+            raise EpsimError(f"{out_dir} already holds a run; pass --resume to continue it or choose another --out")
+        state = load_checkpoint(ckpt_path)
+        if state.get("kind") != config.model:
+            raise EpsimError(f"cannot resume {ckpt_path}: it holds a {state.get('kind')!r} run, not {config.model}")
+        diff = config.compatible_with(_config_from_state(state))
+        if diff:
+            raise EpsimError(f"cannot resume {ckpt_path}: options {', '.join(diff)} differ from the saved run")
+        model.load_state_dict(_to_tensors(state["state_dict"]))
+        optimizer.load_state_dict(_to_tensors(state["optimizer"]))
+        start_epoch, start_batch = int(state["epoch"]), int(state["batch"])
+        history, tally = list(state["history"]), _Tally(state["tally"])
+        wall_before = float(state["wall_seconds"])
+        log(f"resuming {ckpt_path} at epoch {start_epoch + 1}, batch {start_batch}")
+    elif resume:
+        log("no checkpoint to resume from; starting a new run")
+
+    t_start = time.perf_counter()
+
+    def wall():
+        return wall_before + time.perf_counter() - t_start
+
+    def checkpoint(epoch, batch):
+        if ckpt_path is None:
+            return
+        save_checkpoint(ckpt_path, {
+            "kind": config.model, "preset": config.preset, "config": asdict(config),
+            "arch": model.describe(), "dataset": dataset.name,
+            "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+            "optimizer": optimizer.state_dict(), "epoch": epoch, "batch": batch,
+            "tally": tally.as_dict(), "history": history, "wall_seconds": wall()})
+
+    x_train, y_train = torch.from_numpy(dataset.x_train).float(), torch.from_numpy(dataset.y_train)
+    x_test, y_test = torch.from_numpy(dataset.x_test).float(), torch.from_numpy(dataset.y_test)
+    n_train = len(y_train)
+    n_batches = (n_train + config.batch_size - 1) // config.batch_size
+    done_batches, last_ckpt, stopped_early = 0, time.perf_counter(), False
+    for epoch in range(start_epoch, config.epochs):
+        lr = set_epoch_lr(optimizer, config, epoch)
+        order = torch.from_numpy(np.random.default_rng([config.seed, epoch]).permutation(n_train))
+        bar = _progress(range(start_batch, n_batches), n_batches, start_batch, epoch, config, progress)
+        for k in bar:
+            idx = order[k * config.batch_size:(k + 1) * config.batch_size]
+            gen = _generator((config.seed, epoch, k), dev)
+            xb, yb = x_train[idx], y_train[idx]
+            if config.augment:
+                xb = augment_batch(xb, gen)
+            stats = train_step(model, optimizer, config, xb.to(dev), yb.to(dev), gen)
+            for key, v in stats.items():
+                setattr(tally, key, max(tally.max_residual, v) if key == "max_residual" else getattr(tally, key) + v)
+            done_batches += 1
+            if hasattr(bar, "set_postfix"):
+                post = dict(loss=f"{tally.loss_sum / tally.n:.3f}", acc=f"{tally.correct / tally.n:.3f}")
+                if config.model == "ep-cnn":
+                    post["steps"] = f"{tally.steps / tally.batches:.0f}"
+                bar.set_postfix(post, refresh=False)
+            if stop_after_batches is not None and done_batches >= stop_after_batches:
+                checkpoint(epoch, k + 1)
+                return {"interrupted": True}
+            if time_limit_s is not None and wall() >= time_limit_s:
+                stopped_early = True
+                start_batch = k + 1
+                break
+            if time.perf_counter() - last_ckpt > checkpoint_interval_s:
+                checkpoint(epoch, k + 1)
+                last_ckpt = time.perf_counter()
+        test = evaluate(model, x_test, y_test, dev, config.eval_batch_size)
+        entry = {"epoch": epoch + 1 if not stopped_early else epoch + start_batch / n_batches,
+                 "lr": lr, "train_loss": tally.loss_sum / max(tally.n, 1),
+                 "train_accuracy": tally.correct / max(tally.n, 1), "test_accuracy": test["accuracy"],
+                 "test_loss": test["loss"], "wall_seconds": wall()}
+        if config.model == "ep-cnn":
+            entry.update(mean_steps_per_batch=tally.steps / max(tally.batches, 1),
+                         train_unconverged=int(tally.unconverged), train_unused=int(tally.unused),
+                         max_residual=max(tally.max_residual, test["max_residual"]),
+                         test_unconverged=test["unconverged"])
+        history.append(entry)
+        log(f"epoch {entry['epoch']:.3g}/{config.epochs}: train loss {entry['train_loss']:.4f} "
+            f"acc {entry['train_accuracy']:.4f}, test acc {entry['test_accuracy']:.4f}, "
+            f"wall {entry['wall_seconds']:.0f} s"
+            + (f", {entry['mean_steps_per_batch']:.0f} relaxation steps/batch, unconverged "
+               f"train {entry['train_unconverged']} test {entry['test_unconverged']}"
+               if config.model == "ep-cnn" else ""))
+        if stopped_early:
+            checkpoint(epoch, start_batch)
+            log(f"time limit of {time_limit_s:.0f} s reached; stopped in epoch {epoch + 1} "
+                f"(continue with --resume and a larger limit)")
+            break
+        tally = _Tally()
+        checkpoint(epoch + 1, 0)
+        start_batch, last_ckpt = 0, time.perf_counter()
+    metrics = final_metrics(config, model, history, wall(), len(y_test), dev, stopped_early)
+    if out_dir is not None:
+        write_json(out_dir / METRICS_NAME, metrics)
+    return metrics
+
+
+def final_metrics(config, model, history, wall_seconds, n_test, device, stopped_early=False) -> dict:
+    last = history[-1] if history else {}
+    out = {
+        "test_accuracy": last.get("test_accuracy"), "train_accuracy": last.get("train_accuracy"),
+        "wall_seconds": wall_seconds, "backend": "torch", "dataset": config.dataset,
+        "model": config.model, "preset": config.preset, "epochs": config.epochs,
+        "epochs_completed": last.get("epoch", 0), "stopped_early": stopped_early, "n_test": n_test,
+        "num_params": int(sum(p.numel() for p in model.parameters())), "device": str(device),
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "torch_threads": torch.get_num_threads(), "config": asdict(config), "history": history,
+    }
+    if config.model == "ep-cnn":
+        out["test_unconverged"] = last.get("test_unconverged")
+        out["max_residual"] = max((h["max_residual"] for h in history), default=None)
+    return out
+
+
+def load_torch_model(path, device="cpu") -> torch.nn.Module:
+    """A trained torch model from ``checkpoint.pt``, in eval mode on ``device``.
+
+    The module maps ``(B, C, H, W)`` pixels in [0, 1] to logits; for the EP-CNN its
+    ``forward`` runs the free phase with the training run's inference settings
+    (``model.relax`` gives the state and convergence certificate).  Attributes
+    ``epsim_kind``, ``epsim_preset`` and ``epsim_dataset`` say what it is.
+    """
+    state = load_checkpoint(path)
+    kind = state.get("kind")
+    if kind not in TORCH_MODELS:
+        raise EpsimError(f"{path} holds a {kind!r} model, not one of the torch models "
+                         f"({', '.join(TORCH_MODELS)})")
+    model = model_from_arch(kind, state["arch"])
+    try:
+        model.load_state_dict(_to_tensors(state["state_dict"]))
+    except RuntimeError as exc:
+        raise EpsimError(f"{path}: weights do not fit the saved architecture ({str(exc).splitlines()[0]})") from None
+    model.epsim_kind, model.epsim_preset = kind, state.get("preset")
+    model.epsim_dataset = state.get("dataset")
+    return model.to(pick_device(device) if isinstance(device, str) else device).eval()
+
+
+def _progress(iterable, total, initial, epoch, config, enabled):
+    if not enabled:
+        return iterable
+    from tqdm import tqdm
+
+    return tqdm(iterable, total=total, initial=initial, desc=f"{config.model} epoch {epoch + 1}/{config.epochs}",
+                leave=False, dynamic_ncols=True)
+
+
+# ----------------------------------------------------------------------------- CLI
+_P = " (default: from the preset)%(default).0s"   # %(default).0s: stops argparse adding "None"
+CIRCUIT_ONLY_OPTIONS = ("diode", "input_gain", "g_max", "g_min", "tol", "max_iter", "lr_bias")
+
+
+def add_torch_arguments(parser) -> None:
+    """The ``python -m epsim.train`` options of the torch models (one argument group)."""
+    g = parser.add_argument_group(
+        "GPU models (--model ep-cnn | bp-cnn | adv-cnn | vit, --backend torch)",
+        "Software EP-CNN and baselines trained with torch on CPU or CUDA. A preset sets the "
+        "architecture and hyper-parameters; --dataset, --epochs, --batch-size, --lr, --momentum, "
+        "--lr-schedule, --beta, --seed, --out, --resume, --checkpoint-interval given explicitly "
+        "override it.")
+    g.add_argument("--preset", default="cifar10-small", choices=PRESET_NAMES,
+                   help="cifar10-paper / cifar100-paper: the seed paper's settings; cifar10-small: "
+                        "a quarter of the width, sized for a 2-core CPU")
+    g.add_argument("--device", default="auto", choices=DEVICES, help="auto: CUDA when present")
+    g.add_argument("--channels", type=int, nargs="+", default=None, help="conv channels per layer" + _P)
+    g.add_argument("--paddings", type=int, nargs="+", default=None, help="conv zero padding per layer" + _P)
+    g.add_argument("--lrs", type=float, nargs="+", default=None,
+                   help="ep-cnn: learning rate per synapse (conv layers, then the readout)" + _P)
+    g.add_argument("--weight-decay", type=float, default=None, help="L2 weight decay" + _P)
+    g.add_argument("--t1", type=int, default=None, help="ep-cnn: max free-phase steps" + _P)
+    g.add_argument("--t2", type=int, default=None, help="ep-cnn: max steps of each nudged phase" + _P)
+    g.add_argument("--solver", default=None, choices=SOLVERS,
+                   help="ep-cnn: sync = the published synchronous loop (samples stop individually "
+                        "once converged to --ep-tol); async = odd/even sweeps (a different fixed point)" + _P)
+    g.add_argument("--ep-tol", type=float, default=None,
+                   help="ep-cnn: a sample's relaxation stops when no unit moves more than this "
+                        "in a step (0: never before T1/T2)" + _P)
+    g.add_argument("--adv-norm", default=None, choices=("l2", "linf"), help="adv-cnn: PGD norm" + _P)
+    g.add_argument("--adv-eps", type=float, default=None, help="adv-cnn: PGD radius in [0,1] pixels (e.g. 0.5 or 0.0314)" + _P)
+    g.add_argument("--adv-steps", type=int, default=None, help="adv-cnn: PGD steps" + _P)
+    g.add_argument("--adv-step-size", type=float, default=None, help="adv-cnn: PGD step (default: 2.5*eps/steps)%(default).0s")
+    g.add_argument("--embed-dim", type=int, default=None, help="vit: token width" + _P)
+    g.add_argument("--depth", type=int, default=None, help="vit: encoder layers" + _P)
+    g.add_argument("--heads", type=int, default=None, help="vit: attention heads" + _P)
+    g.add_argument("--no-augment", action="store_true", help="no random crop + flip")
+    g.add_argument("--time-limit", type=float, default=None, metavar="MIN",
+                   help="stop training after this many minutes of wall time, evaluate and write metrics")
+
+
+def torch_cli_main(argv, build_parser) -> dict:
+    """Run ``python -m epsim.train`` for a torch model; ``build_parser`` is the train CLI's."""
+    args = build_parser().parse_args(argv)
+    probe = build_parser()
+    probe.set_defaults(**{k: None for k in vars(args)})
+    given = {k for k, v in vars(probe.parse_args(argv)).items() if v is not None}
+    if "backend" in given and args.backend != "torch":
+        raise EpsimError(f"--model {args.model} runs on --backend torch only (got --backend {args.backend})")
+    circuit_only = sorted(k for k in CIRCUIT_ONLY_OPTIONS if k in given)
+    if circuit_only:
+        raise EpsimError(f"option(s) {', '.join('--' + k.replace('_', '-') for k in circuit_only)} "
+                         f"apply to circuit models only, not --model {args.model}")
+
+    def opt(name):
+        return getattr(args, name) if name in given else None
+
+    config = resolve_config(
+        args.model, args.preset, dataset=opt("dataset"), epochs=opt("epochs"), batch_size=opt("batch_size"),
+        lr=opt("lr"), lrs=opt("lrs"), momentum=opt("momentum"), weight_decay=opt("weight_decay"),
+        schedule=opt("lr_schedule"), channels=opt("channels"), paddings=opt("paddings"),
+        t1=opt("t1"), t2=opt("t2"), beta=opt("beta"), solver=opt("solver"), tol=opt("ep_tol"),
+        adv_norm=opt("adv_norm"), adv_eps=opt("adv_eps"), adv_steps=opt("adv_steps"),
+        adv_step_size=opt("adv_step_size"), embed_dim=opt("embed_dim"), depth=opt("depth"),
+        heads=opt("heads"), augment=False if args.no_augment else None, seed=args.seed,
+        train_subset=args.train_subset, test_subset=args.test_subset)
+    if args.model == "vit" and (config.embed_dim % config.heads):
+        raise EpsimError(f"--embed-dim {config.embed_dim} must be a multiple of --heads {config.heads}")
+    if args.resume and args.out is None:
+        raise EpsimError("--resume needs --out DIR (the folder of the run to continue)")
+    if args.time_limit is not None and not args.time_limit > 0:
+        raise EpsimError("--time-limit must be a positive number of minutes")
+    from .data import default_data_dir, load_dataset
+
+    dataset = load_dataset(config.dataset, args.data_dir or default_data_dir(), download=args.download,
+                           train_subset=args.train_subset, test_subset=args.test_subset, seed=args.seed)
+    dev = pick_device(args.device)
+    print(f"training {config.model} (preset {config.preset}) on {dataset.name} ({len(dataset.y_train)} train / "
+          f"{len(dataset.y_test)} test) with backend torch on {dev}, {config.epochs} epochs")
+    metrics = train_torch(config, dataset, args.out, resume=args.resume, device=args.device,
+                          progress=not args.no_progress, checkpoint_interval_s=args.checkpoint_interval,
+                          time_limit_s=None if args.time_limit is None else 60.0 * args.time_limit)
+    print(f"test accuracy: {metrics['test_accuracy']:.4f} ({metrics['n_test']} images), "
+          f"train accuracy: {metrics['train_accuracy']:.4f}, wall time {metrics['wall_seconds']:.1f} s")
+    if metrics.get("test_unconverged"):
+        print(f"note: {metrics['test_unconverged']} test free phases stopped at T1 before reaching the tolerance")
+    if args.out:
+        print(f"wrote {args.out}/metrics.json and {args.out}/checkpoint.pt")
+    return metrics
