@@ -163,8 +163,7 @@ def project(x_adv, x, eps, norm) -> np.ndarray:
     eps: scalar or (B,). For L2 the ball projection is exact and the clipping keeps the
     point in the ball (it only shrinks |x_adv − x| componentwise).
     """
-    eps = np.broadcast_to(np.asarray(eps, np.float64), (x.shape[0],))
-    e = eps.reshape((-1,) + (1,) * (x.ndim - 1))
+    e = _eps_array(eps, x.shape[0]).reshape((-1,) + (1,) * (x.ndim - 1))
     d = x_adv - x
     if norm == "linf":
         d = np.clip(d, -e, e)
@@ -184,12 +183,21 @@ def _direction(g, norm):
 
 def random_start(x, eps, norm, rng) -> np.ndarray:
     """A random point of the ε-ball ∩ [0,1]: uniform in the L∞ box, or on the L2 sphere."""
+    e = _eps_array(eps, len(x)).reshape((-1,) + (1,) * (x.ndim - 1))
     if norm == "linf":
-        d = rng.uniform(-1.0, 1.0, x.shape) * eps
+        d = rng.uniform(-1.0, 1.0, x.shape) * e
     else:
         t = rng.standard_normal(x.shape)
-        d = t / np.maximum(_flat_norm(t, "l2"), 1e-30).reshape((-1,) + (1,) * (x.ndim - 1)) * eps
+        d = t / np.maximum(_flat_norm(t, "l2"), 1e-30).reshape((-1,) + (1,) * (x.ndim - 1)) * e
     return project(x + d, x, eps, norm)
+
+
+def _eps_array(eps, batch) -> np.ndarray:
+    """ε as a (B,) float array (a scalar is broadcast); must be finite and ≥ 0."""
+    e = np.array(np.broadcast_to(np.asarray(eps, np.float64), (batch,)))
+    if not np.all(np.isfinite(e) & (e >= 0)):
+        raise EpsimError("ε must be finite and non-negative")
+    return e
 
 
 def _check_norm(norm):
@@ -235,22 +243,32 @@ def fgsm(grad_fn, predict_fn, x, y, eps, norm) -> AttackResult:
     stats = _new_stats(len(y))
     robust = _judge(predict_fn, x, y, stats)
     x_adv = x.copy()
-    idx = np.flatnonzero(robust)
-    if len(idx) and eps > 0:
+    e = _eps_array(eps, len(y))
+    idx = np.flatnonzero(robust & (e > 0))
+    if len(idx):
         _, g = _gradient(grad_fn, x[idx], y[idx], stats)
-        x_adv[idx] = project(x[idx] + eps * _direction(g, norm), x[idx], eps, norm)
+        ei = e[idx].reshape((-1,) + (1,) * (x.ndim - 1))
+        x_adv[idx] = project(x[idx] + ei * _direction(g, norm), x[idx], e[idx], norm)
         robust[idx] = _judge(predict_fn, x_adv[idx], y[idx], stats)
     return AttackResult(x_adv, robust, stats)
 
 
 # ---- APGD ------------------------------------------------------------------------------
 def apgd_checkpoints(steps: int) -> list:
-    """Iterations (1-based) at which APGD reconsiders its step size: ``ceil(p_j · steps)``."""
-    p = [0.0, 0.22]
-    while p[-1] < 1.0:
-        p.append(p[-1] + max(p[-1] - p[-2] - 0.03, 0.06))
-    marks = sorted({int(math.ceil(q * steps)) for q in p[1:] if q <= 1.0})
-    return [m for m in marks if 0 < m <= steps]
+    """Iterations (1-based) at which APGD reconsiders its step size.
+
+    As in the reference implementation: the first after ``int(0.22 N)`` iterations, then
+    intervals shrinking by ``int(0.03 N)`` down to ``int(0.06 N)`` (each at least 1), i.e.
+    the fractions 0.22, 0.41, 0.57, 0.70, 0.80, 0.87, 0.93, 0.99 for N = 100.
+    """
+    k = max(int(0.22 * steps), 1)
+    decr, k_min = max(int(0.03 * steps), 1), max(int(0.06 * steps), 1)
+    marks, at = [], k
+    while at <= steps:
+        marks.append(at)
+        k = max(k - decr, k_min)
+        at += k
+    return marks
 
 
 def apgd(grad_fn, predict_fn, x, y, eps, norm, steps, rng, *, random_init=True,
@@ -260,7 +278,7 @@ def apgd(grad_fn, predict_fn, x, y, eps, norm, steps, rng, *, random_init=True,
     Args:
         grad_fn, predict_fn: see the module docstring.
         x: (B, C, H, W) clean images in [0, 1]; y: (B,) labels.
-        eps: radius (pixel units); norm: ``l2`` | ``linf``; steps: iterations (≥ 1).
+        eps: radius (pixel units), a scalar or one per sample (B,); norm: ``l2`` | ``linf``; steps: iterations (≥ 1).
         rng: ``numpy.random.Generator`` for the random start.
         random_init: start at a random point of the ball (else at ``x``).
         rho, momentum: APGD's step-size rule threshold and momentum (0.75, 0.75).
@@ -272,19 +290,19 @@ def apgd(grad_fn, predict_fn, x, y, eps, norm, steps, rng, *, random_init=True,
     y = np.asarray(y)
     B = len(y)
     stats = _new_stats(B)
-    x_adv = random_start(x, eps, norm, rng) if (random_init and eps > 0) else x.copy()
+    e = _eps_array(eps, B)
+    x_adv = random_start(x, e, norm, rng) if random_init else x.copy()
     robust = _judge(predict_fn, x_adv, y, stats)
     x_out = x_adv.copy()
-    if eps <= 0 or not robust.any():
+    if not (robust & (e > 0)).any():
         return AttackResult(x_out, robust, stats)
     marks = apgd_checkpoints(steps)
-    e = np.full(B, float(eps))
     eta = 2.0 * e
     x_k = x_adv.copy()
     x_prev = x_k.copy()
     loss_k = np.full(B, -np.inf)
     g_k = np.zeros_like(x)
-    alive = robust.copy()
+    alive = robust & (e > 0)
     idx = np.flatnonzero(alive)
     loss_k[idx], g_k[idx] = _gradient(grad_fn, x_k[idx], y[idx], stats)
     f_best, x_best, g_best = loss_k.copy(), x_k.copy(), g_k.copy()
@@ -353,7 +371,7 @@ def pgd(grad_fn, predict_fn, x, y, eps, norm, steps, rng, *, restarts=1, random_
     for r in range(max(int(restarts), 1)):
         idx = np.flatnonzero(robust)
         if len(idx):
-            res = apgd(grad_fn, predict_fn, x[idx], y[idx], eps, norm, steps, rng,
+            res = apgd(grad_fn, predict_fn, x[idx], y[idx], _eps_array(eps, len(y))[idx], norm, steps, rng,
                        random_init=random_init or r > 0)
             merge_stats(stats, res.stats)
             x_adv[idx] = res.x_adv
@@ -421,6 +439,9 @@ def square_attack(query_fn, x, y, eps, norm, n_queries, rng, *, p_init=None, pro
     (0 for images misclassified clean, which are not attacked).
     """
     _check_norm(norm)
+    eps = float(eps)
+    if not (math.isfinite(eps) and eps >= 0):
+        raise EpsimError("ε must be finite and non-negative")
     x = np.asarray(x, np.float64)
     y = np.asarray(y)
     B, c, h, w = x.shape

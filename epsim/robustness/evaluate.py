@@ -398,6 +398,9 @@ def _corruption_rows(sw, correct, clean_acc, clean_check) -> list:
             raise EpsimError(f"unknown corruption {name!r}; choose from {', '.join(CORRUPTIONS)}")
     usable = [c for c in names if applicable(c, a.image_shape)]
     skipped = [c for c in names if c not in usable]
+    if cfg.corruptions and skipped:  # asked for by name: say why it cannot run
+        corrupt(sw.x[:1], skipped[0], 1, 0, frost_dir=cfg.frost_dir)
+        raise EpsimError(f"corruption {skipped[0]} is not applicable to {a.image_shape} images")
     if skipped:
         sw.log(f"corruptions not applicable to {a.image_shape} images: {', '.join(skipped)}")
     missing = []
