@@ -257,7 +257,7 @@ class TorchAdapter:
         self.relaxes = hasattr(model, "relax") and hasattr(model, "readout")
 
     def settings(self) -> dict:
-        s = {"model": self.name, "kind": self.kind, "device": str(self.device),
+        s = {"model": self.name, "kind": self.kind, "backend": "torch", "device": str(self.device),
              "dtype": str(self.dtype).replace("torch.", ""), "scores": "logits",
              "ce": "softmax cross-entropy of the logits"}
         for key in ("t1", "solver", "tol"):

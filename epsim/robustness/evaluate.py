@@ -317,6 +317,8 @@ def run_sweep(adapter, x, y, config: SweepConfig, *, surrogate=None, recorded=No
                     row["_checks"].append(run_checks["paths_agree"])
             masks[attack, eps] = robust
             rows.append(row)
+            log(f"{attack} eps={eps:.4g}: robust accuracy {row['robust_accuracy']:.4f} "
+                f"({row['wall_s']:.1f} s)")
         if bar is not None:
             bar.close()
 
