@@ -35,8 +35,12 @@ from ..errors import ConvergenceError, EpsimError
 from .base import Certificate, Equilibrium
 
 EXP_ARG_MAX = 300.0  # exp() argument cap, as in the numba solver
+EXP_ARG_FLOOR = 70.0  # exp() argument floor (float64): exp(-70) ~ 4e-31
+EXP_ARG_FLOOR_F32 = 50.0  # (float32): exp(-50) ~ 2e-22, far above float32 subnormals
 NEWTON_MAX_ITER = 200
 BRACKET_MAX_DOUBLINGS = 200
+LAMBERT_MAX_ITER = 12
+FAST_NEWTON_STEPS = 3
 
 DTYPES = {"float64": torch.float64, "float32": torch.float32}
 
@@ -85,8 +89,17 @@ class Rails:
         big = torch.finfo(lo.dtype).max
         self.lo_c = torch.where(self.has_lo > 0, lo, torch.full_like(lo, -big))
         self.hi_c = torch.where(self.has_hi > 0, hi, torch.full_like(hi, big))
+        # one-diode form: sign +1 (hi-rail diode), -1 (lo-rail diode), 0 (none or both)
+        self.has_any = torch.clamp(self.has_lo + self.has_hi, max=1.0)
+        self.sign = self.has_hi - self.has_lo
+        self.rail = self.has_hi * self.hi0 + self.has_lo * self.lo0
+        self.single = not bool(((self.has_lo * self.has_hi) > 0).any())
         # exp() argument cap: numba's 300 in float64, below overflow in float32
         self.exp_cap = min(EXP_ARG_MAX, float(np.log(torch.finfo(lo.dtype).max)) - 4.0)
+        # and a floor: exp() of large negative arguments is slow (underflow, subnormals) on
+        # CPUs; below it the diode current is < Is*exp(floor), i.e. < 1e-30 of Is in
+        # float64, far below the resolution of the other currents at such a node
+        self.exp_floor = -EXP_ARG_FLOOR if lo.dtype == torch.float64 else -EXP_ARG_FLOOR_F32
 
 
 def diode_current(v, rails: Rails, is_n, nvt):
@@ -96,33 +109,81 @@ def diode_current(v, rails: Rails, is_n, nvt):
     to the rail (``Is (exp((v - hi)/nVt) - 1)``), the lo-rail diode from the rail to the
     node. Exponent arguments are capped (``Rails.exp_cap``) like numba's.
     """
-    e_hi = torch.exp(torch.clamp((v - rails.hi0) / nvt, max=rails.exp_cap)) * rails.has_hi
-    e_lo = torch.exp(torch.clamp((rails.lo0 - v) / nvt, max=rails.exp_cap)) * rails.has_lo
+    if rails.single:  # at most one diode per node: one exponential
+        e = torch.exp(torch.clamp(rails.sign * (v - rails.rail) / nvt, min=rails.exp_floor,
+                                  max=rails.exp_cap)) * rails.has_any
+        return (is_n * rails.sign) * (e - rails.has_any), (is_n / nvt) * e
+    e_hi = torch.exp(torch.clamp((v - rails.hi0) / nvt, min=rails.exp_floor, max=rails.exp_cap)) * rails.has_hi
+    e_lo = torch.exp(torch.clamp((rails.lo0 - v) / nvt, min=rails.exp_floor, max=rails.exp_cap)) * rails.has_lo
     i = is_n * ((e_hi - rails.has_hi) - (e_lo - rails.has_lo))
     di = (is_n / nvt) * (e_hi + e_lo)
     return i, di
+
+
+def single_diode_root(a, c, rails: Rails, is_n, nvt):
+    """Closed-form root (Lambert W) for nodes with at most one clamp diode, (B, n) in V.
+
+    With one diode, ``a v - c + i_diode(v) = 0`` becomes (in the diode's orientation
+    ``s = +1`` for a hi-rail diode, ``-1`` for a lo-rail one, ``u = s v - s r``)
+    ``a u + Is (exp(u / nVt) - 1) = K``, ``K = s c - a s r``, solved by
+    ``u = (K + Is)/a - nVt W(z)``, ``ln z = ln(Is / (a nVt)) + (K + Is)/(a nVt)``. ``W`` is
+    computed in log form, ``w = e^q`` with ``e^q + q = ln z``, by Newton steps from the right
+    of the (convex) root, which converge monotonically for any ``ln z`` with no overflow.
+    Diode-free nodes get ``c / a``; nodes with two diodes ``clamp(c / a, lo, hi)`` (a start
+    only). Accurate to a few ulps times the cancellation in ``u``; polished by
+    :func:`shockley_root`.
+    """
+    one = rails.sign != 0
+    s = torch.where(one, rails.sign, torch.ones_like(rails.sign))
+    k = (s * c - a * s * rails.rail) + is_n  # K + Is
+    log_z = np.log(is_n / nvt) - torch.log(a) + k / (a * nvt)
+    q = torch.where(log_z < 1.0, log_z, torch.log(torch.clamp(log_z, min=1.0)))
+    tol = 4.0 * torch.finfo(c.dtype).eps
+    for it in range(LAMBERT_MAX_ITER):
+        eq = torch.exp(q)
+        dq = (eq + q - log_z) / (eq + 1.0)
+        q = q - dq
+        if it % 2 == 1 and bool((dq.abs() <= tol * (1.0 + q.abs())).all()):
+            break
+    u = k / a - nvt * torch.exp(q)
+    v_one = s * u + rails.rail
+    plain = torch.minimum(torch.maximum(c / a, rails.lo_c), rails.hi_c)
+    return torch.where(one, v_one, plain)
 
 
 def shockley_root(a, c, rails: Rails, is_n, nvt, v0=None):
     """Root of the strictly increasing ``f(v) = a v - c + i_diode(v)`` for every node.
 
     a: (n,) self-conductance; c: (B, n) driving current (normalised); rails: the layer's
-    :class:`Rails`; v0: optional (B, n) warm start (V), e.g. the previous sweep's voltages.
-    Returns v (B, n) in V. Start (``v0``, else ``clamp(c/a, lo, hi)`` as numba), bracket
-    search (step ``nVt`` doubled until ``f`` changes sign) and Newton steps with bisection
-    fallback follow numba's ``_shockley_node``, vectorised with masks, to a relative change
-    of ``8 eps`` for every node: the same root, whatever the start. Not differentiable
-    itself (see :class:`_ShockleyRoot`).
+    :class:`Rails`; v0: optional (B, n) start for nodes with two diodes (V), e.g. the
+    previous sweep's voltages. Returns v (B, n) in V.
+    Start: the closed form of :func:`single_diode_root` (a node's KCL with one diode is
+    solvable by the Lambert W function). Then the bracket search (step ``nVt`` doubled
+    until ``f`` changes sign) and Newton steps with bisection fallback of numba's
+    ``_shockley_node``, vectorised with masks, to a relative change of ``8 eps`` for every
+    node: the same root as numba's, in a couple of steps from this start. Not
+    differentiable itself (see :class:`_ShockleyRoot`).
     """
     eps = 8.0 * torch.finfo(c.dtype).eps
-    if v0 is None:
-        v = torch.minimum(torch.maximum(c / a, rails.lo_c), rails.hi_c)
-    else:
-        v = v0.detach().clone()
+    v = single_diode_root(a, c, rails, is_n, nvt)
+    if v0 is not None and not rails.single:
+        v = torch.where((rails.has_hi * rails.has_lo) > 0, v0.detach(), v)
 
     def fun(x):
         i, di = diode_current(x, rails, is_n, nvt)
         return a * x - c + i, a + di
+
+    # Fast path: from the closed-form start, plain Newton steps until every node's step is
+    # below the tolerance (numba's stopping rule). A node that is not there after a few
+    # steps sends the whole layer to the safeguarded iteration below, from the start.
+    if rails.single:
+        x = v
+        for _ in range(FAST_NEWTON_STEPS):
+            f, df = fun(x)
+            step = f / df
+            x = x - step
+            if bool((step.abs() <= eps * (1.0 + x.abs())).all()):
+                return x
 
     f, _ = fun(v)
     step = torch.full_like(v, nvt)
@@ -142,10 +203,12 @@ def shockley_root(a, c, rails: Rails, is_n, nvt, v0=None):
         f, df = fun(v)
         right = torch.where(f > 0, v, right)
         left = torch.where(f < 0, v, left)
-        v_new = v - f / df
-        v_new = torch.where((v_new > left) & (v_new < right), v_new, 0.5 * (left + right))
+        step = f / df
+        v_new = v - step
         scale = eps * (1.0 + v.abs())
-        finished = (f == 0) | ((v_new - v).abs() <= scale) | (right - left <= scale)
+        small = step.abs() <= scale  # converged: a step below the tolerance (may round to v)
+        v_new = torch.where((v_new > left) & (v_new < right) | small, v_new, 0.5 * (left + right))
+        finished = (f == 0) | small | (right - left <= scale)
         v_new = torch.where(f == 0, v, v_new)
         v = torch.where(done, v, v_new)
         done = done | finished
