@@ -193,3 +193,36 @@ def test_training_with_torch_backend_matches_numba():
     assert runs["torch"]["test_unconverged"] == 0
     assert runs["torch"]["test_accuracy"] == runs["numba"]["test_accuracy"]
     assert abs(runs["torch"]["history"][0]["train_loss"] - runs["numba"]["history"][0]["train_loss"]) < 1e-6
+
+
+@pytest.mark.parametrize("fast_steps", [3, 0])  # 0: force the safeguarded (bracketed) path
+def test_shockley_node_roots_vs_brentq(monkeypatch, fast_steps):
+    from scipy.optimize import brentq
+
+    import epsim.solvers.torch_solver as ts
+
+    monkeypatch.setattr(ts, "FAST_NEWTON_STEPS", fast_steps)
+    is_n, nvt = 1e-6, 0.02585
+    inf = np.inf
+    lo = np.array([0.0, -inf, -inf, 0.0, -0.3])  # lo diode, hi diode, none, both, both
+    hi = np.array([inf, 0.0, inf, 0.5, 0.2])
+    a = np.array([3.0, 0.7, 2.0, 15.0, 1.0])
+    c = np.random.default_rng(0).normal(size=(40, 5)) * np.array([[1e-3], [1.0], [30.0], [300.0]] * 10)
+    for rails_single in (lo[:3], hi[:3]), (lo, hi):
+        lo_r, hi_r = rails_single
+        n = len(lo_r)
+        rails = ts.Rails(torch.tensor(lo_r), torch.tensor(hi_r))
+        v = ts.shockley_root(torch.tensor(a[:n]), torch.tensor(c[:, :n]), rails, is_n, nvt).numpy()
+
+        def f(x, k, ck):
+            i = 0.0
+            if np.isfinite(hi_r[k]):
+                i += is_n * (np.exp(min((x - hi_r[k]) / nvt, 300.0)) - 1.0)
+            if np.isfinite(lo_r[k]):
+                i -= is_n * (np.exp(min((lo_r[k] - x) / nvt, 300.0)) - 1.0)
+            return a[k] * x - ck + i
+
+        for b in range(c.shape[0]):
+            for k in range(n):
+                ref = brentq(f, -1e4, 1e4, args=(k, c[b, k]), xtol=1e-15, rtol=1e-15, maxiter=500)
+                assert abs(v[b, k] - ref) <= 1e-12 * (1 + abs(ref)), (b, k, v[b, k], ref)

@@ -12,8 +12,10 @@ vectorised with torch ops instead of per-node loops:
 
 Given its neighbours, every node's KCL is the 1-D equation ``a v - c + i_diode(v) = 0``
 (normalised units: conductances ``/ g_unit``, currents ``/ g_unit``, voltages in V).
-Ideal diodes: ``v = clamp(c / a, lo, hi)``. Shockley diodes: a vectorised safeguarded
-(bracketed) Newton iteration, all nodes of a layer at once, to machine precision.
+Ideal diodes: ``v = clamp(c / a, lo, hi)``. Shockley diodes: all nodes of a layer at
+once, to machine precision: a closed-form start (one diode per node makes the equation
+solvable with the Lambert W function), Newton steps, and, should any node need it, the
+vectorised safeguarded (bracketed) Newton iteration of the numba solver.
 A sweep solves the odd layers, then the even layers; before each sweep after the first,
 the odd layers' KCL residual (the whole state's, as the even layers were just solved) is
 checked and converged samples leave the working batch, exactly as in the numba solver.
