@@ -34,8 +34,10 @@ voltages (V). Gradient paths:
 :class:`TorchAdapter` wraps any ``torch.nn.Module`` mapping [0, 1] images to logits
 (software EP-CNN, BP-CNN, AdvCNN, ViT, …); its one path ``bptt`` is autograd through the
 module's forward pass (for a feed-forward network that is ordinary backpropagation; for
-the software EP-CNN it is BPTT through its relaxation). An EP-CNN's relaxation certificate
-(largest change in the last step ≤ tol) is reported as its convergence.
+the software EP-CNN it is BPTT through its relaxation, all T1 steps). An EP-CNN's
+relaxation certificate (largest change in the last step ≤ tol) is reported as its
+convergence; since its inference is defined as T1 steps (as published), the prediction of
+an unconverged sample is still used, and the ``converged`` sanity check reports it.
 
 The ``transfer`` path (gradients of a surrogate model, judged by the target's predictor)
 is built by :func:`transfer_gradient` from another adapter.
@@ -62,12 +64,24 @@ class Prediction:
     converged:  (B,) bool convergence certificate (all True for feed-forward models).
     residual:   (B,) KCL residual (A) for circuits, last-step change for the EP-CNN, or None.
     iterations: sweeps/steps used (max over the batch), or 0.
+    use_unconverged: the prediction of an unconverged sample is still the model's prediction
+                (software EP-CNN: inference is "T1 steps", as in the published model); for a
+                circuit it is not (an unconverged solve is a simulation failure and counts
+                as a misclassification). Unconverged samples are counted either way.
     """
 
     scores: np.ndarray
     converged: np.ndarray
     residual: np.ndarray | None = None
     iterations: int = 0
+    use_unconverged: bool = False
+
+    @property
+    def usable(self) -> np.ndarray:
+        """(B,) bool: predictions that may count as correct (converged, unless the model's
+        inference is defined by a fixed number of steps, see ``use_unconverged``)."""
+        conv = np.asarray(self.converged, bool)
+        return np.ones_like(conv) if self.use_unconverged else conv
 
 
 @dataclass
@@ -107,6 +121,7 @@ class CircuitAdapter:
 
     kind = "circuit"
     score_unit = "V"
+    has_equilibrium = True
     grad_paths = ("bptt", "implicit", "ep")
 
     def __init__(self, net, *, backend="numba", tol_A=1e-9, max_iter=1000, grad_tol_A=1e-12,
@@ -255,6 +270,7 @@ class TorchAdapter:
         p = next(iter(model.parameters()), None)
         self.dtype = p.dtype if p is not None else torch.float32
         self.relaxes = hasattr(model, "relax") and hasattr(model, "readout")
+        self.has_equilibrium = self.relaxes
 
     def settings(self) -> dict:
         s = {"model": self.name, "kind": self.kind, "backend": "torch", "device": str(self.device),
@@ -284,7 +300,7 @@ class TorchAdapter:
                     out.append(self.model(xb).double().cpu().numpy())
                     conv.append(np.ones(len(xb), bool))
         return Prediction(np.concatenate(out), np.concatenate(conv),
-                          np.concatenate(res) if res else None, iters)
+                          np.concatenate(res) if res else None, iters, use_unconverged=self.relaxes)
 
     def input_gradient(self, x, y, loss, path) -> GradientResult:
         if path not in self.grad_paths:

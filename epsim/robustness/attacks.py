@@ -207,14 +207,20 @@ def _check_norm(norm):
 
 # ---- judging by the predictor ----------------------------------------------------------
 def _judge(predict_fn, x, y, stats):
-    """(B,) bool: the predictor gets ``x`` right **and** its equilibrium converged."""
+    """(B,) bool: the predictor gets ``x`` right **and** its equilibrium converged (see ``usable``)."""
     pred = predict_fn(x)
     stats["predictions"] += len(y)
     conv = np.asarray(pred.converged, bool)
     stats["unconverged"] += int((~conv).sum())
     if pred.residual is not None and len(pred.residual):
         stats["max_residual"] = max(stats["max_residual"], float(np.max(pred.residual)))
-    return (np.argmax(pred.scores, axis=1) == y) & conv
+    return (np.argmax(pred.scores, axis=1) == y) & _usable(pred)
+
+
+def _usable(pred):
+    """(B,) predictions that may count as correct: converged unless the model says otherwise."""
+    usable = getattr(pred, "usable", None)
+    return np.asarray(usable if usable is not None else pred.converged, bool)
 
 
 def _gradient(grad_fn, x, y, stats):
@@ -555,4 +561,4 @@ def _record(pred, y, stats):
     stats["unconverged"] += int((~conv).sum())
     if pred.residual is not None and len(pred.residual):
         stats["max_residual"] = max(stats["max_residual"], float(np.max(pred.residual)))
-    return (np.argmax(pred.scores, axis=1) == y) & conv
+    return (np.argmax(pred.scores, axis=1) == y) & _usable(pred)

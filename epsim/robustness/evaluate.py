@@ -213,6 +213,13 @@ class _Sweep:
         return robust, stats, queries, geo
 
 
+def _conv_check(adapter, n_solves, n_unconverged, max_residual) -> S.Check:
+    """``converged`` check, n/a for models without an equilibrium (feed-forward networks)."""
+    if not getattr(adapter, "has_equilibrium", True):
+        return S.Check("converged", S.NA, "feed-forward model: no equilibrium to certify")
+    return S.check_converged(n_solves, n_unconverged, max_residual, "A" if adapter.kind == "circuit" else "")
+
+
 def run_sweep(adapter, x, y, config: SweepConfig, *, surrogate=None, recorded=None, full_test_set=False,
               progress=True, log=print) -> dict:
     """Evaluate ``adapter`` on ``(x, y)`` under ``config``; returns the results dict.
@@ -242,18 +249,22 @@ def run_sweep(adapter, x, y, config: SweepConfig, *, surrogate=None, recorded=No
     # ---- clean accuracy with the predictor used under attack --------------------------
     clean = adapter.predict(sw.x)
     conv = np.asarray(clean.converged, bool)
-    correct = (np.argmax(clean.scores, axis=1) == sw.y) & conv
+    usable = np.ones_like(conv) if getattr(clean, "use_unconverged", False) else conv
+    correct = (np.argmax(clean.scores, axis=1) == sw.y) & usable
     clean_acc = float(correct.mean()) if n else 0.0
     settings = adapter.settings()
     rec = recorded or {}
     comparable = bool(full_test_set and rec.get("test_subset") is None and rec.get("test_accuracy") is not None
                       and all(rec.get(k) == settings.get(k) for k in ("backend", "tol_A", "max_iter")
                               if rec.get(k) is not None))
-    clean_check = S.check_clean_settings(clean_acc, n, int((~conv).sum()), settings,
+    clean_check = S.check_clean_settings(clean_acc, n, int((~usable).sum()), settings,
                                          recorded_accuracy=rec.get("test_accuracy"), comparable=comparable)
     log(f"clean accuracy {clean_acc:.4f} on {n} images ({clean_check.status})")
+    clean_conv = _conv_check(adapter, n, int((~conv).sum()), None if clean.residual is None or not n
+                             else float(np.max(clean.residual)))
+    clean_conv.name = "clean_converged"
 
-    run_checks = {"clean_settings": clean_check}
+    run_checks = {"clean_settings": clean_check, "clean_converged": clean_conv}
     grad_check_base = None
     if white:
         probe = sw.gradient_probe(paths, cfg.losses, correct)
@@ -304,15 +315,15 @@ def run_sweep(adapter, x, y, config: SweepConfig, *, surrogate=None, recorded=No
             row["max_perturbation"] = geo["max_norm"]
             row["robust_mask"] = _mask_str(robust)
             row["wall_s"] = time.perf_counter() - t0
-            row["_checks"] = [clean_check,
+            row["_checks"] = [clean_check, clean_conv,
                               S.check_in_ball(geo["max_norm"], eps, geo["lo"], geo["hi"], norm),
-                              S.check_converged(stats.get("predictions", 0), stats.get("unconverged", 0),
-                                                stats.get("max_residual") if adapter.kind == "circuit" else None)]
+                              _conv_check(adapter, stats.get("predictions", 0), stats.get("unconverged", 0),
+                                          stats.get("max_residual"))]
             if family in ("pgd", "fgsm"):
                 row["_checks"].append(S.check_gradients(
                     stats.get("grad_evals", 0), stats.get("grad_zero", 0), stats.get("grad_nonfinite", 0),
                     probe_n=grad_check_base["n"], probe_zero=grad_check_base["zero"],
-                    probe_nonfinite=grad_check_base["nonfinite"]))
+                    probe_nonfinite=grad_check_base["nonfinite"], n_unconverged=stats.get("grad_unconverged", 0)))
                 if len(paths) > 1:
                     row["_checks"].append(run_checks["paths_agree"])
             masks[attack, eps] = robust
@@ -360,8 +371,13 @@ def _cross_checks(rows, masks, sw, paths, correct, cfg):
         family, norm = split_attack(attack)
         if family == "pgd":
             top = rs[-1]
-            big = S.check_large_eps(top["eps"], top["robust_accuracy"], top["n"], threshold=cfg.large_eps_threshold,
-                                    unbounded=unbounded_eps(norm, sw.a.image_shape))
+            unbounded = unbounded_eps(norm, sw.a.image_shape)
+            if cfg.large_eps_check or top["eps"] >= unbounded:
+                big = S.check_large_eps(top["eps"], top["robust_accuracy"], top["n"],
+                                        threshold=cfg.large_eps_threshold, unbounded=unbounded)
+            else:
+                big = S.Check("large_eps", S.NA, f"not run (--no-large-eps-check and the largest ε={top['eps']:g} "
+                                                 f"is below {unbounded:g})")
             for r in rs:
                 r["_checks"].append(big)
             for r in rs:
@@ -425,16 +441,17 @@ def _corruption_rows(sw, correct, clean_acc, clean_check) -> list:
             xc = corrupt(sw.x, name, s, _rng(cfg.seed, "corruption", name, s), frost_dir=cfg.frost_dir)
             pred = a.predict(xc)
             conv = np.asarray(pred.converged, bool)
-            ok = (np.argmax(pred.scores, axis=1) == sw.y) & conv
+            usable = np.ones_like(conv) if getattr(pred, "use_unconverged", False) else conv
+            ok = (np.argmax(pred.scores, axis=1) == sw.y) & usable
             acc = float(ok.mean()) if sw.n else 0.0
             per_sev[s].append(acc)
-            res = float(np.max(pred.residual)) if pred.residual is not None and a.kind == "circuit" else None
+            res = float(np.max(pred.residual)) if pred.residual is not None and sw.n else None
             rows.append({"attack": "corruptions", "family": "corruptions", "norm": None, "eps": None,
                          "corruption": name, "severity": s, "n": sw.n, "clean_accuracy": clean_acc,
                          "robust_accuracy": acc, "n_robust": int(ok.sum()), "worst_path": None,
                          "sanity_only": False, "robust_mask": _mask_str(ok),
                          "wall_s": time.perf_counter() - t0,
-                         "_checks": [clean_check, S.check_converged(sw.n, int((~conv).sum()), res)]})
+                         "_checks": [clean_check, _conv_check(a, sw.n, int((~conv).sum()), res)]})
             if bar is not None:
                 bar.update(1)
     if bar is not None:
