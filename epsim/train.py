@@ -39,11 +39,19 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--diode", default=d.diode, choices=("ideal", "shockley"), help="clamp diode model")
     g.add_argument("--input-gain", type=float, default=d.input_gain_V, metavar="V",
                    help="input source voltage for a pixel of value 1, applied as +V and -V "
-                        "(default: 16 V for cnn/mlp, 48 V for mlp-deep)")
+                        "(default: per model and image size, e.g. 16 V for the digits cnn/mlp, "
+                        "64 V for the MNIST mlp)")
     g.add_argument("--g-max", type=float, default=d.g_max_S, metavar="S", help="largest conductance")
     g.add_argument("--g-min", type=float, default=d.g_min_S, metavar="S", help="smallest conductance")
     g.add_argument("--tol", type=float, default=d.tol_A, metavar="A", help="KCL residual tolerance")
     g.add_argument("--max-iter", type=int, default=d.max_iter, help="max solver sweeps per phase")
+    g.add_argument("--device-model", default=d.device_model, metavar="NAME",
+                   help="conductance device model: ideal, rram or pcm (range, levels, nonlinear "
+                        "asymmetric pulse response, write/read noise, device variation; "
+                        "NAME:field=value,... overrides a field, e.g. rram:read_noise=0)")
+    g.add_argument("--wire-resistance", type=float, default=d.wire_resistance_ohm, metavar="OHMS",
+                   help="resistance of each crossbar row/column wire segment; > 0 solves the "
+                        "circuit with its wire nodes by exact nodal analysis (slower)")
     g = p.add_argument_group("training")
     g.add_argument("--epochs", type=int, default=d.epochs)
     g.add_argument("--batch-size", type=int, default=d.batch_size)
@@ -76,7 +84,8 @@ def main(argv=None):
         lr_schedule=args.lr_schedule,
         beta=args.beta, seed=args.seed, input_gain_V=args.input_gain, diode=args.diode,
         g_min_S=args.g_min, g_max_S=args.g_max, tol_A=args.tol, max_iter=args.max_iter,
-        train_subset=args.train_subset, test_subset=args.test_subset)
+        train_subset=args.train_subset, test_subset=args.test_subset,
+        device_model=args.device_model, wire_resistance_ohm=args.wire_resistance)
     config.validate()
     if args.resume and args.out is None:
         raise EpsimError("--resume needs --out DIR (the folder of the run to continue)")

@@ -7,8 +7,10 @@ from .resistive import CircuitRanges, build_cnn, build_mlp
 
 CIRCUIT_MODELS = ("cnn", "mlp", "mlp-deep")
 # Node voltages of a resistive network are weighted averages of their neighbours', so the
-# signal shrinks with depth: deeper circuits need a larger input swing.
-DEFAULT_INPUT_GAIN_V = {"cnn": 16.0, "mlp": 16.0, "mlp-deep": 48.0}
+# signal shrinks with depth and with fan-in: deeper circuits and larger images need a
+# larger input swing. Keys: (model, small image); values measured best on digits / MNIST.
+DEFAULT_INPUT_GAIN_V = {("cnn", True): 16.0, ("mlp", True): 16.0, ("mlp-deep", True): 48.0,
+                        ("cnn", False): 64.0, ("mlp", False): 64.0, ("mlp-deep", False): 128.0}
 
 
 def build_circuit_model(name: str, image_shape, num_classes: int, *, input_gain_V=None,
@@ -25,10 +27,10 @@ def build_circuit_model(name: str, image_shape, num_classes: int, *, input_gain_
     """
     if name not in CIRCUIT_MODELS:
         raise EpsimError(f"unknown circuit model {name!r}; choose from {', '.join(CIRCUIT_MODELS)}")
-    if input_gain_V is None:
-        input_gain_V = DEFAULT_INPUT_GAIN_V[name]
-    kw = dict(input_gain_V=input_gain_V, diode=diode, ranges=ranges)
     small = image_shape[1] * image_shape[2] <= 256
+    if input_gain_V is None:
+        input_gain_V = DEFAULT_INPUT_GAIN_V[(name, small)]
+    kw = dict(input_gain_V=input_gain_V, diode=diode, ranges=ranges)
     width = 64 if small else 100
     if name == "cnn":
         convs = ((16, 3, 1),) if small else ((32, 2, 2), (32, 3, 1))
