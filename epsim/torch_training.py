@@ -71,6 +71,7 @@ class TorchTrainConfig:
     beta: float | None = None
     solver: str | None = None             # ep-cnn: "sync" | "async"
     tol: float | None = None              # ep-cnn: per-sample stop when no unit moves more
+    init_scale: float | None = None       # ep-cnn: factor on the default initial weights
     adv_norm: str | None = None           # adv-cnn: "l2" | "linf"
     adv_eps: float | None = None
     adv_steps: int | None = None
@@ -298,7 +299,7 @@ def train_step(model, optimizer, config: TorchTrainConfig, xb, yb, gen) -> dict:
         loss = F.cross_entropy(logits, yb, reduction="sum")
         (loss / len(yb)).backward()
         optimizer.step()
-    stats.update(batches=1, n=len(yb), correct=int((logits.detach().argmax(1) == yb).sum()), loss_sum=float(loss))
+    stats.update(batches=1, n=len(yb), correct=int((logits.detach().argmax(1) == yb).sum()), loss_sum=float(loss.detach()))
     return stats
 
 
@@ -521,6 +522,8 @@ def add_torch_arguments(parser) -> None:
     g.add_argument("--ep-tol", type=float, default=None,
                    help="ep-cnn: a sample's relaxation stops when no unit moves more than this "
                         "in a step (0: never before T1/T2)" + _P)
+    g.add_argument("--init-scale", type=float, default=None,
+                   help="ep-cnn: multiply the default initial weights and biases" + _P)
     g.add_argument("--adv-norm", default=None, choices=("l2", "linf"), help="adv-cnn: PGD norm" + _P)
     g.add_argument("--adv-eps", type=float, default=None, help="adv-cnn: PGD radius in [0,1] pixels (e.g. 0.5 or 0.0314)" + _P)
     g.add_argument("--adv-steps", type=int, default=None, help="adv-cnn: PGD steps" + _P)
@@ -529,6 +532,9 @@ def add_torch_arguments(parser) -> None:
     g.add_argument("--depth", type=int, default=None, help="vit: encoder layers" + _P)
     g.add_argument("--heads", type=int, default=None, help="vit: attention heads" + _P)
     g.add_argument("--no-augment", action="store_true", help="no random crop + flip")
+    g.add_argument("--torch-threads", type=int, default=None, metavar="N",
+                   help="torch CPU threads (default: torch's choice); on busy shared cores 1 can be "
+                        "several times faster than 2%(default).0s")
     g.add_argument("--time-limit", type=float, default=None, metavar="MIN",
                    help="stop training after this many minutes of wall time, evaluate and write metrics")
 
@@ -554,6 +560,7 @@ def torch_cli_main(argv, build_parser) -> dict:
         lr=opt("lr"), lrs=opt("lrs"), momentum=opt("momentum"), weight_decay=opt("weight_decay"),
         schedule=opt("lr_schedule"), channels=opt("channels"), paddings=opt("paddings"),
         t1=opt("t1"), t2=opt("t2"), beta=opt("beta"), solver=opt("solver"), tol=opt("ep_tol"),
+        init_scale=opt("init_scale"),
         adv_norm=opt("adv_norm"), adv_eps=opt("adv_eps"), adv_steps=opt("adv_steps"),
         adv_step_size=opt("adv_step_size"), embed_dim=opt("embed_dim"), depth=opt("depth"),
         heads=opt("heads"), augment=False if args.no_augment else None, seed=args.seed,
@@ -564,6 +571,10 @@ def torch_cli_main(argv, build_parser) -> dict:
         raise EpsimError("--resume needs --out DIR (the folder of the run to continue)")
     if args.time_limit is not None and not args.time_limit > 0:
         raise EpsimError("--time-limit must be a positive number of minutes")
+    if args.torch_threads is not None:
+        if args.torch_threads < 1:
+            raise EpsimError("--torch-threads must be at least 1")
+        torch.set_num_threads(args.torch_threads)
     from .data import default_data_dir, load_dataset
 
     dataset = load_dataset(config.dataset, args.data_dir or default_data_dir(), download=args.download,

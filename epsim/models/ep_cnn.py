@@ -55,7 +55,7 @@ PIXEL_STD = {"cifar10": (0.2023, 0.1994, 0.2010), "cifar100": (0.2673, 0.2564, 0
 EP_STD_SCALE = 3.0
 
 _PAPER = dict(dataset="cifar10", paddings=(1, 1, 1, 0), t1=250, t2=30, beta=0.5, solver="sync",
-              tol=1e-4, lrs=(0.25, 0.15, 0.1, 0.08, 0.05), weight_decay=3e-4, momentum=0.9,
+              tol=1e-4, init_scale=1.0, lrs=(0.25, 0.15, 0.1, 0.08, 0.05), weight_decay=3e-4, momentum=0.9,
               optimizer="sgd", schedule="cosine", lr_min=1e-5, epochs=120, batch_size=128,
               augment=True)
 EP_PRESETS = {
@@ -421,8 +421,18 @@ def bptt_gradients(model: EPCNN, x, y, *, steps) -> torch.Tensor:
 
 
 def build_ep_cnn(preset: dict, image_shape, num_classes, dataset_name=None) -> EPCNN:
-    """EP-CNN from a resolved preset/config dict (keys ``channels``, ``paddings``, …)."""
+    """EP-CNN from a resolved preset/config dict (keys ``channels``, ``paddings``, …).
+
+    ``init_scale`` multiplies PyTorch's default initial weights and biases of every
+    synapse (Laborieux et al.'s ``--scale`` option; 1 = the paper's default init).
+    """
     mean = PIXEL_MEAN.get(dataset_name)
     std = PIXEL_STD.get(dataset_name)
-    return EPCNN(image_shape, num_classes, preset["channels"], preset["paddings"], mean=mean, std=std,
-                 t1=preset["t1"], solver=preset["solver"], tol=preset["tol"])
+    model = EPCNN(image_shape, num_classes, preset["channels"], preset["paddings"], mean=mean, std=std,
+                  t1=preset["t1"], solver=preset["solver"], tol=preset["tol"])
+    scale = preset.get("init_scale")
+    if scale is not None and scale != 1.0:
+        with torch.no_grad():
+            for p in model.parameters():
+                p.mul_(scale)
+    return model
