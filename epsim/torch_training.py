@@ -282,7 +282,7 @@ def train_step(model, optimizer, config: TorchTrainConfig, xb, yb, gen) -> dict:
         if bool(step.used.any()):
             optimizer.step()
         logits, loss = step.logits, step.loss.sum()
-        stats.update(steps=step.iterations, unconverged=int((~step.free.converged).sum()),
+        stats.update(steps=step.mean_sample_steps, unconverged=int((~step.free.converged).sum()),
                      max_residual=float(torch.stack([step.free.residual.max(), step.plus.residual.max(),
                                                      step.minus.residual.max()]).max()),
                      unused=int((~step.used).sum()))
@@ -418,7 +418,7 @@ def train_torch(config: TorchTrainConfig, dataset, out_dir=None, *, resume=False
                  "train_accuracy": tally.correct / max(tally.n, 1), "test_accuracy": test["accuracy"],
                  "test_loss": test["loss"], "wall_seconds": wall()}
         if config.model == "ep-cnn":
-            entry.update(mean_steps_per_batch=tally.steps / max(tally.batches, 1),
+            entry.update(mean_steps_per_sample=tally.steps / max(tally.batches, 1),
                          train_unconverged=int(tally.unconverged), train_unused=int(tally.unused),
                          max_residual=max(tally.max_residual, test["max_residual"]),
                          test_unconverged=test["unconverged"])
@@ -426,7 +426,7 @@ def train_torch(config: TorchTrainConfig, dataset, out_dir=None, *, resume=False
         log(f"epoch {entry['epoch']:.3g}/{config.epochs}: train loss {entry['train_loss']:.4f} "
             f"acc {entry['train_accuracy']:.4f}, test acc {entry['test_accuracy']:.4f}, "
             f"wall {entry['wall_seconds']:.0f} s"
-            + (f", {entry['mean_steps_per_batch']:.0f} relaxation steps/batch, unconverged "
+            + (f", {entry['mean_steps_per_sample']:.0f} relaxation steps/sample (3 phases), unconverged "
                f"train {entry['train_unconverged']} test {entry['test_unconverged']}"
                if config.model == "ep-cnn" else ""))
         if stopped_early:

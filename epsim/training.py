@@ -23,6 +23,7 @@ from .checkpoint import load_checkpoint, save_checkpoint, write_json
 from .circuit.devices import DiodeModel
 from .distributed import DataParallel
 from .errors import EpsimError
+from .learning.devices import DeviceArray, get_device_model
 from .learning.ep import centered_ep, free_phase
 from .learning.optim import ProjectedSGD
 from .models.registry import build_circuit_model
@@ -61,6 +62,8 @@ class TrainConfig:
     train_subset: int | None = None
     test_subset: int | None = None
     eval_batch_size: int = 500
+    device_model: str = "ideal"  # epsim.learning.devices preset, NAME[:field=value,...]
+    wire_resistance_ohm: float = 0.0  # per crossbar wire segment; > 0: the wire-aware solver
 
     def validate(self):
         checks = [
@@ -80,6 +83,21 @@ class TrainConfig:
         for ok, message in checks:
             if not ok:
                 raise EpsimError(message)
+        self._validate_hardware()
+
+    def _validate_hardware(self):
+        """Device model and wire resistance options (issue 8)."""
+        model = get_device_model(self.device_model)
+        defaults = TrainConfig.__dataclass_fields__
+        if model.g_max_S is not None and (self.g_min_S, self.g_max_S) != (
+                defaults["g_min_S"].default, defaults["g_max_S"].default):
+            raise EpsimError(f"device model {model.name} brings its own conductance range "
+                             f"[{model.g_min_S:g}, {model.g_max_S:g}] S: drop --g-min/--g-max")
+        r = self.wire_resistance_ohm
+        if not (np.isfinite(r) and r >= 0):
+            raise EpsimError("--wire-resistance must be a non-negative number of ohms")
+        if r > 0 and self.backend != "numba":
+            raise EpsimError("--wire-resistance > 0 is solved by the CPU nodal solver: use --backend numba")
 
     def compatible_with(self, other: "TrainConfig") -> list:
         """Names of fields that must match to resume a run but differ."""
@@ -91,6 +109,7 @@ class TrainConfig:
 def build_network(config: TrainConfig, dataset) -> ResistiveNetwork:
     diode = DiodeModel(kind=config.diode)
     ranges = CircuitRanges(config.g_unit_S, config.g_min_S, config.g_max_S)
+    ranges = get_device_model(config.device_model).circuit_ranges(ranges)
     return build_circuit_model(config.model, dataset.image_shape, dataset.num_classes,
                                input_gain_V=config.input_gain_V, diode=diode, ranges=ranges)
 
@@ -160,10 +179,16 @@ def train(config: TrainConfig, dataset, out_dir=None, *, resume=False, progress=
     if not dp.is_main:
         progress, log = False, (lambda *_: None)
     solver = get_solver(config.backend, tol_A=config.tol_A, max_iter=config.max_iter)
+    if config.wire_resistance_ohm > 0:
+        solver = get_solver("wires", tol_A=config.tol_A, max_iter=config.max_iter,
+                            wire_resistance_ohm=config.wire_resistance_ohm)
     net = build_network(config, dataset)
     rng = np.random.default_rng(config.seed)
     net.init_params(rng, config.weight_gain)
-    opt = ProjectedSGD(net, config.lr, config.lr_bias, config.momentum)
+    devices = DeviceArray(get_device_model(config.device_model), net, config.seed, dp.rank)
+    devices.program(net)
+    solver = devices.wrap_solver(solver)
+    opt = ProjectedSGD(net, config.lr, config.lr_bias, config.momentum, device=devices)
     start_epoch, start_batch, history, tally, wall_before = 0, 0, [], _EpochTally(), 0.0
     out_dir = Path(out_dir) if out_dir is not None else None
     ckpt_path = out_dir / CHECKPOINT_NAME if out_dir is not None else None
@@ -179,6 +204,7 @@ def train(config: TrainConfig, dataset, out_dir=None, *, resume=False, progress=
             raise EpsimError(f"cannot resume {ckpt_path}: options {', '.join(diff)} differ "
                              "from the saved run")
         opt.load_state(state["optimizer"])
+        devices.load_state(state.get("devices"))
         start_epoch, start_batch = int(state["epoch"]), int(state["batch"])
         history, tally = list(state["history"]), _EpochTally(state["tally"])
         wall_before = float(state["wall_seconds"])
@@ -196,7 +222,7 @@ def train(config: TrainConfig, dataset, out_dir=None, *, resume=False, progress=
             return
         save_checkpoint(ckpt_path, {
             "kind": "circuit", "model": net.describe(), "config": asdict(config),
-            "w": net.w, "b": net.b, "optimizer": opt.state(),
+            "w": net.w, "b": net.b, "optimizer": opt.state(), "devices": devices.state(),
             "epoch": epoch, "batch": batch, "tally": tally.as_dict(), "history": history,
             "wall_seconds": wall()})
 

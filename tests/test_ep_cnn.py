@@ -195,7 +195,7 @@ def test_training_writes_metrics_and_resume_replays_the_same_run(tmp_path):
     for key in ("test_accuracy", "train_accuracy", "wall_seconds", "dataset", "model", "epochs", "n_test", "history"):
         assert key in m
     assert m["backend"] == "torch" and m["model"] == "ep-cnn" and m["n_test"] == 10
-    assert len(m["history"]) == 2 and "mean_steps_per_batch" in m["history"][0]
+    assert len(m["history"]) == 2 and "mean_steps_per_sample" in m["history"][0]
     # interrupted after 4 batches (mid second epoch), then resumed
     out = train_torch(cfg, ds, tmp_path / "b", progress=False, stop_after_batches=4, log=lambda *a: None)
     assert out == {"interrupted": True}

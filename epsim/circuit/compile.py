@@ -107,7 +107,7 @@ def describe_mapping(net) -> list:
 
 
 def compile_network(net, v_input, *, beta: float = 0.0, target_V=None, netlist: Netlist | None = None,
-                    prefix: str = "", notes: bool = True) -> Netlist:
+                    prefix: str = "", notes: bool = True, wire_resistance_ohm: float = 0.0) -> Netlist:
     """Circuit of ``net`` for one input sample and one phase.
 
     Args:
@@ -118,6 +118,9 @@ def compile_network(net, v_input, *, beta: float = 0.0, target_V=None, netlist: 
         netlist: append to this circuit instead of a new one (several samples in one file).
         prefix: prepended to every node and element name of this sample.
         notes: add header notes (model, shapes, phase, node mapping) to the circuit.
+        wire_resistance_ohm: resistance of one crossbar wire segment (ohms); > 0 lays every
+            connection out as crossbars with resistive row and column wires and internal
+            nodes (:mod:`epsim.circuit.wires`), 0 joins each conductance to its neuron nodes.
     """
     v_input = np.asarray(v_input, dtype=np.float64).reshape(-1)
     if v_input.size != net.layer_sizes[0]:
@@ -144,8 +147,14 @@ def compile_network(net, v_input, *, beta: float = 0.0, target_V=None, netlist: 
             raise EpsimError(f"connection {l} holds negative conductances")
         node_in = np.array(nl.node_ids(names[l - 1]))
         node_out = np.array(nl.node_ids(names[l]))
-        nl.add("R", [f"r{prefix}{l}_{e}" for e in keep], node_in[i[keep]], node_out[j[keep]],
-               1.0 / g_S[keep])
+        if wire_resistance_ohm:
+            from .wires import add_wired_connection
+
+            add_wired_connection(nl, l, conn, net.w[l - 1], g_unit, wire_resistance_ohm,
+                                 node_in, node_out, prefix)
+        else:
+            nl.add("R", [f"r{prefix}{l}_{e}" for e in keep], node_in[i[keep]], node_out[j[keep]],
+                   1.0 / g_S[keep])
         _add_clamps(nl, net, l, names[l], card.name)
         bias_A = net.bias_per_node(l) * g_unit
         nz = np.nonzero(bias_A)[0]
@@ -159,6 +168,10 @@ def compile_network(net, v_input, *, beta: float = 0.0, target_V=None, netlist: 
                np.full(len(out), 1.0 / (beta * g_unit)))
     if notes:
         nl.notes.extend(_notes(net, beta))
+        if wire_resistance_ohm:
+            nl.notes.append(f"wire resistance {float(wire_resistance_ohm)!r} ohm per crossbar segment: "
+                            "xr{l}_t{t}_r{r}_c{c} / xc{l}_t{t}_r{r}_c{c} are the row / column wire "
+                            "nodes of device (r, c) of tile t (epsim.circuit.wires)")
     return nl
 
 

@@ -50,6 +50,10 @@ def free_phase(net, solver, x):
 
 def param_grads(net, eq_plus, eq_minus, beta, weights):
     """Centered-EP parameter gradients from two nudged states (per-sample ``weights`` (B,))."""
+    if "device_drop_V" in eq_plus.extras:  # wire resistance: drops across the devices themselves
+        from ..circuit.wires import device_param_grads
+
+        return device_param_grads(net, eq_plus, eq_minus, beta, weights)
     sw = np.sqrt(weights)[:, None]
     # weighting both ends of every drop by sqrt(weight) weights each squared drop by weight;
     # the input layer is one array shared by both phases (its sources do not move)

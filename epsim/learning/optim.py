@@ -9,9 +9,12 @@ class ProjectedSGD:
 
     lr_w / lr_b: learning rates for conductances and biases (normalised units), scalars
     or one value per layer. Parameters are updated in place in ``net.w`` / ``net.b``.
+    device: an :class:`epsim.learning.devices.DeviceArray` through which every conductance
+    change ``-lr*m`` is written (pulses, nonlinearity, noise, per-device bounds); None or an
+    ideal device keeps the exact update clipped to ``[Gmin, Gmax]``.
     """
 
-    def __init__(self, net, lr_w, lr_b=None, momentum=0.9):
+    def __init__(self, net, lr_w, lr_b=None, momentum=0.9, device=None):
         self.net = net
         L = net.num_layers
         self.lr_w = np.broadcast_to(np.asarray(lr_w, dtype=float), (L,)).copy()
@@ -20,6 +23,7 @@ class ProjectedSGD:
         self.scale = 1.0  # schedule multiplier applied to both learning rates
         self.m_w = [np.zeros_like(w) for w in net.w]
         self.m_b = [np.zeros_like(b) for b in net.b]
+        self.device = device
 
     def step(self, grad_w, grad_b):
         lo, hi = self.net.w_bounds
@@ -27,8 +31,11 @@ class ProjectedSGD:
             self.m_w[l] *= self.momentum
             self.m_w[l] += grad_w[l]
             w = self.net.w[l]
-            w -= self.scale * self.lr_w[l] * self.m_w[l]
-            np.clip(w, lo, hi, out=w)
+            if self.device is None or self.device.is_ideal:
+                w -= self.scale * self.lr_w[l] * self.m_w[l]
+                np.clip(w, lo, hi, out=w)
+            else:
+                self.device.update(l, w, -self.scale * self.lr_w[l] * self.m_w[l])
             self.m_b[l] *= self.momentum
             self.m_b[l] += grad_b[l]
             self.net.b[l] -= self.scale * self.lr_b[l] * self.m_b[l]

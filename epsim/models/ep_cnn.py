@@ -83,8 +83,8 @@ class Relaxation:
         residual: ``(B,)`` largest change of any unit in the last step/sweep
             (dimensionless, units are in ``[0, 1]``).
         tol: the tolerance ``converged`` refers to.
-        sample_steps: ``(B,)`` steps each sample ran (sync solver; samples stop
-            individually once converged).
+        sample_steps: ``(B,)`` steps each sample ran (the sync solver stops samples
+            individually once converged; async sweeps all samples together).
     """
 
     state: list
@@ -92,6 +92,10 @@ class Relaxation:
     residual: torch.Tensor
     tol: float
     sample_steps: torch.Tensor = None
+
+    def __post_init__(self):
+        if self.sample_steps is None:    # async: every sample ran every sweep
+            self.sample_steps = torch.full_like(self.residual, self.iterations, dtype=torch.long)
 
     @property
     def converged(self) -> torch.Tensor:
@@ -367,7 +371,14 @@ class EPStep:
 
     @property
     def iterations(self) -> int:
+        """Steps of the three phases for the slowest sample of each."""
         return self.free.iterations + self.plus.iterations + self.minus.iterations
+
+    @property
+    def mean_sample_steps(self) -> float:
+        """Steps of the three phases averaged over samples (what the batch costs)."""
+        return sum(float(r.sample_steps.float().mean()) if r.sample_steps is not None else float(r.iterations)
+                   for r in (self.free, self.plus, self.minus))
 
 
 def ep_gradients(model: EPCNN, x, y, *, beta, t1, t2, solver=None, tol=None,

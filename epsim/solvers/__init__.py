@@ -16,6 +16,10 @@ def get_solver(name: str, **options):
         from .torch_solver import TorchCircuitSolver
 
         return TorchCircuitSolver(**options)
+    if name == "wires":  # exact nodal analysis with crossbar wire resistance (not a --backend)
+        from .wire_solver import WireSolver
+
+        return WireSolver(**options)
     if name == "spice":
         from .spice_backend import SpiceSolver
 
