@@ -82,9 +82,9 @@ def check_monotone(eps, masks) -> list:
                              f"robust accuracy rises from {acc_prev:.3f} at ε={eps[i - 1]:g} to {acc:.3f} "
                              f"at ε={eps[i]:g} ({k_up} images robust only at the larger ε, {k_down} the reverse)"))
         else:
-            out.append(Check("monotone", PASS,
-                             f"{acc:.3f} ≤ {acc_prev:.3f} at ε={eps[i - 1]:g} within noise "
-                             f"({k_up} vs {k_down} discordant images)"))
+            rel = "≤" if acc <= acc_prev else "> (within noise)"
+            out.append(Check("monotone", PASS, f"{acc:.3f} {rel} {acc_prev:.3f} at ε={eps[i - 1]:g} "
+                                               f"({k_up} images robust only at the larger ε, {k_down} the reverse)"))
     return out
 
 
@@ -111,7 +111,10 @@ def check_iterative_vs_single(pgd_mask, fgsm_mask, eps: float) -> Check:
         return Check("iterative_vs_single", FAIL,
                      f"PGD robust accuracy {pa:.3f} > FGSM {fa:.3f} at ε={eps:g} ({k_pgd_only} images "
                      f"broken by FGSM only, {k_fgsm_only} by PGD only)")
-    return Check("iterative_vs_single", PASS, f"PGD {pa:.3f} ≤ FGSM {fa:.3f} within noise")
+    if pa <= fa:
+        return Check("iterative_vs_single", PASS, f"PGD {pa:.3f} ≤ FGSM {fa:.3f}")
+    return Check("iterative_vs_single", PASS, f"PGD {pa:.3f} > FGSM {fa:.3f} within noise ({k_pgd_only} "
+                                              f"images broken by FGSM only, {k_fgsm_only} by PGD only)")
 
 
 def check_blackbox_vs_whitebox(bb_mask, wb_mask, eps: float) -> Check:
@@ -123,7 +126,11 @@ def check_blackbox_vs_whitebox(bb_mask, wb_mask, eps: float) -> Check:
                      f"black-box robust accuracy {ba:.3f} < white-box {wa:.3f} at ε={eps:g} "
                      f"({k_wb_only_robust} images broken by the black box only, {k_bb_only_robust} "
                      "by the white box only): the white-box attack is weak or the gradients mislead")
-    return Check("blackbox_vs_whitebox", PASS, f"black box {ba:.3f} ≥ white box {wa:.3f} within noise")
+    if ba >= wa:
+        return Check("blackbox_vs_whitebox", PASS, f"black box {ba:.3f} ≥ white box {wa:.3f}")
+    return Check("blackbox_vs_whitebox", PASS, f"black box {ba:.3f} < white box {wa:.3f} within noise "
+                                               f"({k_wb_only_robust} images broken by the black box only, "
+                                               f"{k_bb_only_robust} by the white box only)")
 
 
 def check_gradients(n_evals: int, n_zero: int, n_nonfinite: int, *, probe_n: int = 0,
@@ -236,5 +243,6 @@ def check_severity_trend(severities, accuracies, n_images: int) -> list:
             out.append(Check("severity_trend", FAIL, f"mean accuracy rises from {accuracies[i - 1]:.3f} "
                                                      f"(severity {severities[i - 1]}) to {accuracies[i]:.3f}"))
         else:
-            out.append(Check("severity_trend", PASS, f"{accuracies[i]:.3f} ≤ {accuracies[i - 1]:.3f} within noise"))
+            rel = "≤" if accuracies[i] <= accuracies[i - 1] else "> (within noise)"
+            out.append(Check("severity_trend", PASS, f"{accuracies[i]:.3f} {rel} {accuracies[i - 1]:.3f}"))
     return out
