@@ -135,6 +135,10 @@ class CircuitAdapter:
             raise EpsimError("--ep-beta must be a positive number")
         if not (tol_A > 0 and grad_tol_A > 0 and max_iter >= 1):
             raise EpsimError("tolerances must be positive (A) and --max-iter at least 1")
+        if backend == "spice" and net.diode.kind != "shockley":
+            raise EpsimError("the spice backend needs Shockley clamp diodes (SPICE has no ideal diode) and this "
+                             "circuit has ideal ones: use --backend numba or torch, or a model trained with "
+                             "--diode shockley")
         self.net = net
         self.name = name
         self.backend = backend

@@ -189,6 +189,10 @@ def main(argv=None):
     loaded = load_model(args.checkpoint, backend=args.backend, tol_A=args.tol, max_iter=args.max_iter,
                         device=args.device, **circuit_opts)
     adapter = loaded.adapter
+    if adapter.kind != "circuit" and (args.backend not in (None, "torch") or args.tol is not None
+                                      or args.max_iter is not None):
+        raise EpsimError(f"{args.checkpoint} is a software model ({adapter.name}): --backend, --tol and "
+                         "--max-iter apply to circuit checkpoints only")
     dataset_name = args.dataset or loaded.dataset
     if dataset_name is None:
         raise EpsimError(f"{args.checkpoint} does not record its dataset: pass --dataset")
