@@ -39,6 +39,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tol", type=float, default=1e-15, metavar="A",
                    help="KCL tolerance of the numba solve written to .op.json")
     p.add_argument("--max-iter", type=int, default=100000, help="max numba sweeps per phase")
+    p.add_argument("--wire-resistance", type=float, default=None, metavar="OHMS",
+                   help="crossbar wire resistance per segment (default: the checkpoint's, 0 for "
+                        "--reference); > 0 adds the row/column wire nodes of epsim.circuit.wires")
     return p
 
 
@@ -69,12 +72,18 @@ def main(argv=None):
     if args.diode is not None and args.diode != net.diode.kind:
         net = with_diode(net, args.diode)
     dataset = load_dataset(dataset_name, args.data_dir or default_data_dir())
+    wire_resistance_ohm = args.wire_resistance
+    if wire_resistance_ohm is None:
+        wire_resistance_ohm = 0.0 if args.reference else float(config.get("wire_resistance_ohm", 0.0))
+    if not (wire_resistance_ohm >= 0 and wire_resistance_ohm < float("inf")):
+        raise EpsimError("--wire-resistance must be a non-negative number of ohms")
     n = min(args.samples, len(dataset.y_test))
     phases = PHASES if args.phase == "all" else (args.phase,)
     dialects = ("ngspice", "xyce") if args.dialect == "all" else (args.dialect,)
     written = export_samples(net, dataset.x_test[:n], dataset.y_test[:n], args.out, beta=beta,
                              target_high_V=high_V, phases=phases, dialects=dialects,
                              tol_A=args.tol, max_iter=args.max_iter,
+                             wire_resistance_ohm=wire_resistance_ohm,
                              header=[f"source: {source}, dataset {dataset_name}"])
     print(f"wrote {len(written)} files for {n} samples x {len(phases)} phases "
           f"({', '.join(dialects)}) to {args.out}")

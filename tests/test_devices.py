@@ -273,3 +273,25 @@ def test_cli_device_model_flag(tmp_path):
     _, state = load_network(tmp_path / CHECKPOINT_NAME)
     assert state["config"]["device_model"] == "pcm:read_noise=0"
     assert state["config"]["wire_resistance_ohm"] == 0.0
+
+
+def test_device_sweep_writes_its_schema(tmp_path):
+    import json
+
+    from epsim.device_sweep import SCHEMA, main
+
+    out = tmp_path / "sweep.json"
+    main(["--out", str(out), "--devices", "ideal", "rram:levels_up=32,levels_down=32", "--epochs", "1",
+          "--train-subset", "32", "--test-subset", "24", "--wire-resistances", "0", "30",
+          "--read-repeats", "2", "--eval-batch-size", "12", "--no-progress"])
+    d = json.loads(out.read_text())
+    assert d["schema"] == SCHEMA and d["n_test"] == 24 and len(d["runs"]) == 2
+    ideal, rram = d["runs"]
+    assert [e["wire_resistance_ohm"] for e in ideal["eval"]] == [0.0, 30.0]
+    assert ideal["eval"][0]["accuracy_mean"] == ideal["test_accuracy"]  # same solver, no noise
+    assert ideal["eval"][0]["repeats"] == 1 and rram["eval"][0]["repeats"] == 2
+    assert rram["device_model"] == "rram:levels_up=32,levels_down=32"
+    for run in d["runs"]:
+        for e in run["eval"]:
+            assert 0.0 <= e["accuracy_mean"] <= 1.0 and e["unconverged"] == 0
+    assert d["devices"]["ideal"]["levels_up"] == 0

@@ -10,7 +10,7 @@ import pytest
 
 from epsim.circuit.compile import compile_network, layer_node_names
 from epsim.circuit.devices import DiodeModel
-from epsim.circuit.wires import crossbar_layout, tile_eliminate, tile_internal
+from epsim.circuit.wires import crossbar_layout, named_internal_voltages, tile_eliminate, tile_internal
 from epsim.data import load_dataset
 from epsim.errors import EpsimError
 from epsim.learning.ep import centered_ep
@@ -59,12 +59,7 @@ def all_voltages(solver, prepared, eq, net, k):
     for l, names in enumerate(layer_node_names(net)):
         out.update(zip(names, prepared.v_input[k] if l == 0 else eq.v_free[l - 1][k]))
     internal = prepared.wired.internal(prepared.v_input[k:k + 1], [v[k:k + 1] for v in eq.v_free])
-    for l, (xr, xc) in enumerate(internal, start=1):
-        T, R, C = xr.shape[1:]
-        t, r, c = (a.ravel() for a in np.meshgrid(np.arange(T), np.arange(R), np.arange(C), indexing="ij"))
-        for stem, arr in (("xr", xr), ("xc", xc)):
-            out.update((f"{stem}{l}_t{a}_r{b}_c{d}", v) for a, b, d, v in
-                       zip(t.tolist(), r.tolist(), c.tolist(), arr[0].ravel()))
+    out.update(named_internal_voltages(internal, 0))
     return out
 
 
@@ -268,3 +263,22 @@ def test_64x64_crossbar_with_wires_matches_ngspice(tmp_path):
     layered = NumbaSolver(tol_A=1e-13, max_iter=100000)
     plain = layered.solve(layered.prepare(net, v_in), 0.0)
     assert np.abs(plain.v_free[0] - eq.v_free[0]).max() > 1e3 * max(diff, 1e-9)
+
+
+def test_export_with_wires_round_trips_through_the_sparse_solver(tmp_path):
+    """epsim.export --wire-resistance: the netlist holds the wire nodes, .op.json their
+    voltages (wire solver); read back and solved by the sparse MNA solver they agree."""
+    from epsim.circuit.spice_reader import read_netlist
+    from epsim.export import main as export_main
+
+    export_main(["--reference", "--out", str(tmp_path), "--samples", "1", "--phase", "minus",
+                 "--diode", "shockley", "--wire-resistance", "50"])
+    import json
+
+    op = json.loads((tmp_path / "sample0_minus.op.json").read_text())
+    assert op["solver"] == "wires" and op["wire_resistance_ohm"] == 50.0 and op["certificate"]["converged"]
+    nl = read_netlist(tmp_path / "sample0_minus.cir")
+    table = solve_mna(nl, tol_A=1e-15).table(nl)
+    volts = op["node_voltages_V"]
+    assert any(k.startswith("xr1_") for k in volts) and len(volts) == nl.num_nodes - 1
+    assert max(abs(table[k] - v) for k, v in volts.items()) < 1e-9

@@ -26,7 +26,8 @@ DIALECT_SUFFIX = {"ngspice": ".cir", "xyce": ".xyce.cir"}
 
 def export_samples(net, x, labels, out_dir, *, beta: float, target_high_V: float = 1.0,
                    phases=PHASES, dialects=("ngspice",), tol_A: float = 1e-15,
-                   max_iter: int = 100000, sample_ids=None, header=()) -> list:
+                   max_iter: int = 100000, sample_ids=None, header=(),
+                   wire_resistance_ohm: float = 0.0) -> list:
     """Write netlists and ``.op.json`` files for images ``x`` (N, C, H, W); return the paths.
 
     Args:
@@ -37,6 +38,9 @@ def export_samples(net, x, labels, out_dir, *, beta: float, target_high_V: float
         tol_A / max_iter: numba solver settings for the reference voltages.
         sample_ids: ``(N,)`` dataset indices to record (default 0..N-1).
         header: extra comment lines for every netlist.
+        wire_resistance_ohm: > 0 exports crossbars with resistive wires (internal nodes,
+            :mod:`epsim.circuit.wires`) and solves them with the exact wire solver, whose
+            voltages of every node (internal ones included) go to ``.op.json``.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -52,7 +56,16 @@ def export_samples(net, x, labels, out_dir, *, beta: float, target_high_V: float
     written = []
     for phase in phases:
         b_signed = phase_beta(phase, beta)
-        eq = solve(problem, b_signed, target, tol_A=tol_A, max_iter=max_iter)
+        if wire_resistance_ohm:
+            from ..solvers.wire_solver import WireSolver
+
+            wire_solver = WireSolver(tol_A=tol_A, max_iter=max(200, min(max_iter, 10000)),
+                                     wire_resistance_ohm=wire_resistance_ohm)
+            wired = wire_solver.prepare(net, v_input)
+            eq = wire_solver.solve(wired, b_signed, target if b_signed else None)
+            internal = wired.wired.internal(v_input, eq.v_free)
+        else:
+            eq = solve(problem, b_signed, target, tol_A=tol_A, max_iter=max_iter)
         if not eq.certificate.all_converged:
             raise ConvergenceError(
                 f"numba reference solve of phase {phase} missed {tol_A:.1e} A (max KCL residual "
@@ -60,7 +73,8 @@ def export_samples(net, x, labels, out_dir, *, beta: float, target_high_V: float
                 "raise --max-iter or loosen --tol")
         for k in range(len(labels)):
             stem = f"sample{k}_{phase}"
-            nl = compile_network(net, v_input[k], beta=b_signed, target_V=target[k])
+            nl = compile_network(net, v_input[k], beta=b_signed, target_V=target[k],
+                                 wire_resistance_ohm=wire_resistance_ohm)
             lines = [f"sample {k}: dataset test index {ids[k]}, label {int(labels[k])}"] + list(header)
             for d in dialects:
                 written.append(write_netlist(nl, out_dir / (stem + DIALECT_SUFFIX[d]), d, header=lines))
@@ -70,11 +84,16 @@ def export_samples(net, x, labels, out_dir, *, beta: float, target_high_V: float
                 volts.update(zip(layer, (float(v) for v in values)))
             if b_signed != 0.0:
                 volts.update({f"tgt_{j}": float(t) for j, t in enumerate(target[k])})
+            if wire_resistance_ohm:
+                from .wires import named_internal_voltages
+
+                volts.update(named_internal_voltages(internal, k))
             op = {
                 "netlists": [stem + DIALECT_SUFFIX[d] for d in dialects],
                 "model": net.name, "sample": k, "dataset_index": ids[k], "label": int(labels[k]),
                 "phase": phase, "beta": b_signed, "diode": net.diode.to_dict(),
-                "solver": "numba",
+                "solver": "wires" if wire_resistance_ohm else "numba",
+                "wire_resistance_ohm": float(wire_resistance_ohm),
                 "certificate": {"residual_A": float(eq.certificate.residual_A[k]),
                                 "iterations": int(eq.certificate.iterations),
                                 "tol_A": tol_A, "converged": bool(eq.certificate.converged[k])},

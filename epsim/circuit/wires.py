@@ -313,6 +313,22 @@ def add_wired_connection(nl, l: int, conn, w, g_unit_S: float, wire_resistance_o
     nl.add("R", [f"r{prefix}{l}_{k}" for k in e[keep].tolist()], xr[keep], xc[keep], 1.0 / g_all[keep])
 
 
+def named_internal_voltages(internal, k: int, prefix: str = "") -> dict:
+    """``{node name: volts}`` of sample ``k``'s internal wire nodes (netlist names).
+
+    ``internal``: :meth:`WiredNetwork.internal` output (per connection ``(xr, xc)``).
+    """
+    out = {}
+    for l, (xr, xc) in enumerate(internal, start=1):
+        T, R, C = xr.shape[1:]
+        t, r, c = (a.ravel().tolist() for a in np.meshgrid(np.arange(T), np.arange(R), np.arange(C),
+                                                            indexing="ij"))
+        for stem, arr in (("xr", xr), ("xc", xc)):
+            out.update((f"{prefix}{stem}{l}_t{a}_r{b}_c{d}", v) for a, b, d, v in
+                       zip(t, r, c, arr[k].ravel().tolist()))
+    return out
+
+
 # ---- reduced system of a whole network ------------------------------------------------
 @dataclass
 class _TiledConnection:

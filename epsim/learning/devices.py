@@ -317,7 +317,9 @@ class DeviceArray:
 
     Args:
         model: the :class:`DeviceModel`. net: the network (its ``w`` shapes and range).
-        seed: the run's seed. rank: process rank (read-noise stream of data-parallel runs).
+        seed: the run's seed. rank: process rank of a data-parallel run, or any integer
+            selecting another independent read-noise stream (the other draws do not depend
+            on it).
     """
 
     def __init__(self, model: DeviceModel, net, seed: int, rank: int = 0):

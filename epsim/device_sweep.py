@@ -1,0 +1,224 @@
+"""python -m epsim.device_sweep: accuracy (and robustness) of a circuit vs device model and
+wire resistance; writes one JSON file.
+
+What it does (all on one dataset, the digits circuit CNN by default):
+
+1. **Train per device preset**: ``epsim.training.train`` (what ``python -m epsim.train
+   --device-model NAME`` runs) for each ``--devices`` entry, without wire resistance; each
+   run in ``RUNS_DIR/NAME`` (an existing finished run with the same config is reused).
+2. **Evaluate each trained chip vs wire resistance** (deployment): the trained conductances
+   on crossbars with ``r`` ohms per wire segment for every ``--wire-resistances`` value
+   (0: the layered solver; > 0: the exact wire solver), read through the device's read
+   noise; ``--read-repeats`` passes with fresh read draws when the device has read noise.
+3. **Train with wire resistance** (in situ, ``--train-wires R...``): the ``ideal`` device
+   trained through the wire solver for ``--train-wires-epochs`` epochs, evaluated at its own
+   ``r``.
+4. **Robustness** (``--robustness``): ``epsim.robustness.evaluate.run_sweep`` on each chip's
+   deployed predictor (its read noise; the largest wire resistance for the ideal chip):
+   PGD-L2 whose gradients come from the nominal circuit (no wires, no read noise: a transfer
+   attack from the chip's ideal twin) and Square-L2 querying the deployed predictor itself.
+
+JSON schema (``schema: "epsim.device_sweep/1"``)::
+
+    {"schema", "created", "command", "dataset", "model", "seed", "epochs", "lr",
+     "n_test", "devices": {NAME: DeviceModel fields},
+     "runs": [                                 # one per trained chip
+       {"name": "rram" | "ideal@wire=10.0", "device_model": spec, "train_wire_resistance_ohm",
+        "epochs", "lr", "run_dir", "test_accuracy" (at the end of training, as trained),
+        "train_accuracy", "wall_seconds", "history": [per-epoch dicts of metrics.json],
+        "eval": [{"wire_resistance_ohm", "read_noise", "repeats", "accuracies": [...],
+                  "accuracy_mean", "accuracy_std", "unconverged", "max_residual_A",
+                  "eval_seconds"}],
+        "robustness": null | {"wire_resistance_ohm", "n", "clean_accuracy", "sanity_ok",
+                  "failed_checks", "rows": [{"attack", "eps", "robust_accuracy",
+                  "clean_accuracy", "worst_path", "sanity_only", "sanity_ok",
+                  "failed_checks"}]}}]}
+
+Accuracies are fractions in [0, 1]; resistances in ohms; times in seconds.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+
+from .checkpoint import write_json
+from .cli import run
+from .errors import EpsimError
+
+SCHEMA = "epsim.device_sweep/1"
+
+
+def build_parser():
+    p = argparse.ArgumentParser(
+        prog="python -m epsim.device_sweep",
+        description="Train the circuit with each device model, evaluate it on crossbars with wire "
+                    "resistance (and optionally under attack); write one JSON file.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--out", required=True, metavar="PATH", help="JSON file to write")
+    p.add_argument("--runs-dir", default=None, metavar="DIR",
+                   help="training runs go here (default: next to --out, in device_sweep_runs/)")
+    p.add_argument("--dataset", default="digits")
+    p.add_argument("--data-dir", default=None)
+    p.add_argument("--model", default="cnn")
+    p.add_argument("--devices", nargs="+", default=["ideal", "rram", "pcm"], metavar="SPEC",
+                   help="device models (NAME or NAME:field=value,...)")
+    p.add_argument("--wire-resistances", type=float, nargs="+", default=[0.0, 1.0, 10.0, 100.0, 1000.0],
+                   metavar="OHMS", help="wire resistances every trained chip is evaluated at")
+    p.add_argument("--train-wires", type=float, nargs="*", default=[], metavar="OHMS",
+                   help="also train the ideal device with these wire resistances (slow)")
+    p.add_argument("--train-wires-epochs", type=int, default=3)
+    p.add_argument("--epochs", type=int, default=20)
+    p.add_argument("--lr", type=float, default=0.1)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--train-subset", type=int, default=None, metavar="N")
+    p.add_argument("--test-subset", type=int, default=None, metavar="N")
+    p.add_argument("--read-repeats", type=int, default=5, help="evaluation passes of a read-noisy chip")
+    p.add_argument("--eval-batch-size", type=int, default=36,
+                   help="images per read of the crossbar (one read-noise draw per batch)")
+    p.add_argument("--robustness", action="store_true", help="also run a small attack sweep per chip")
+    p.add_argument("--attack-n", type=int, default=100, help="test images attacked")
+    p.add_argument("--attack-eps", type=float, nargs="+", default=[0.5, 1.0, 2.0], help="L2 radii")
+    p.add_argument("--attack-steps", type=int, default=20)
+    p.add_argument("--attack-queries", type=int, default=300)
+    p.add_argument("--no-progress", action="store_true")
+    return p
+
+
+def deployment_solver(config, net, wire_resistance_ohm, read_stream=0):
+    """Predictor of a trained chip: its backend (or the wire solver) behind its read noise.
+
+    ``read_stream`` selects an independent read-noise stream (evaluation repeat index).
+    """
+    from .learning.devices import DeviceArray, get_device_model
+    from .solvers import get_solver
+
+    if wire_resistance_ohm > 0:
+        solver = get_solver("wires", tol_A=config.tol_A, max_iter=config.max_iter,
+                            wire_resistance_ohm=wire_resistance_ohm)
+    else:
+        solver = get_solver(config.backend, tol_A=config.tol_A, max_iter=config.max_iter)
+    devices = DeviceArray(get_device_model(config.device_model), net, config.seed, rank=1000 + read_stream)
+    return devices.wrap_solver(solver), devices.model.read_noise
+
+
+def evaluate_chip(config, net, dataset, wire_resistance_ohm, repeats, batch_size) -> dict:
+    """Test accuracy of a trained chip at one wire resistance (mean/std over read draws)."""
+    from .training import evaluate
+
+    t0 = time.perf_counter()
+    accs, unconverged, worst = [], 0, 0.0
+    solver, read_noise = deployment_solver(config, net, wire_resistance_ohm)
+    n_rep = repeats if read_noise > 0 else 1
+    for k in range(n_rep):
+        if k:
+            solver, _ = deployment_solver(config, net, wire_resistance_ohm, read_stream=k)
+        r = evaluate(net, solver, dataset.x_test, dataset.y_test, batch_size)
+        accs.append(r["accuracy"])
+        unconverged += r["unconverged"]
+        worst = max(worst, r["max_residual_A"])
+    return {"wire_resistance_ohm": float(wire_resistance_ohm), "read_noise": read_noise, "repeats": n_rep,
+            "accuracies": accs, "accuracy_mean": float(np.mean(accs)), "accuracy_std": float(np.std(accs)),
+            "unconverged": unconverged, "max_residual_A": worst, "eval_seconds": time.perf_counter() - t0}
+
+
+def train_chip(config, dataset, run_dir: Path, progress, log):
+    """Train (or reuse a finished identical run) and return ``(net, metrics)``."""
+    from .training import METRICS_NAME, load_network, train
+
+    metrics_path = run_dir / METRICS_NAME
+    if metrics_path.is_file():
+        metrics = json.loads(metrics_path.read_text())
+        if metrics.get("config") == json.loads(json.dumps(asdict(config))):
+            log(f"reusing {run_dir}")
+            net, _ = load_network(run_dir / "checkpoint.pt")
+            return net, metrics
+        raise EpsimError(f"{run_dir} holds a different run; remove it or choose another --runs-dir")
+    metrics = train(config, dataset, run_dir, resume=(run_dir / "checkpoint.pt").is_file(),
+                    progress=progress, log=log)
+    net, _ = load_network(run_dir / "checkpoint.pt")
+    return net, metrics
+
+
+def robustness(config, net, ckpt, dataset, wire_resistance_ohm, args, log) -> dict:
+    """A small attack sweep on the deployed predictor (see the module docstring)."""
+    from .robustness.adapters import load_model
+    from .robustness.evaluate import SweepConfig, run_sweep
+
+    loaded = load_model(ckpt)
+    adapter = loaded.adapter
+    adapter.solver, _ = deployment_solver(config, net, wire_resistance_ohm, read_stream=500)
+    idx = np.random.default_rng([args.seed, 1]).permutation(len(dataset.y_test))[:args.attack_n]
+    cfg = SweepConfig(attacks=("pgd-l2", "square-l2"), eps=tuple(args.attack_eps), paths=("implicit",),
+                      losses=("ce",), steps=args.attack_steps, queries=args.attack_queries, seed=args.seed)
+    res = run_sweep(adapter, dataset.x_test[idx].astype(np.float64), dataset.y_test[idx], cfg,
+                    recorded=None, full_test_set=False, progress=False, log=log)
+    rows = [{"attack": r["attack"], "eps": r["eps"], "robust_accuracy": r["robust_accuracy"],
+             "clean_accuracy": r["clean_accuracy"], "worst_path": r.get("worst_path"),
+             "sanity_only": r.get("sanity_only", False), "sanity_ok": r.get("sanity_ok"),
+             "failed_checks": r.get("failed_checks")}
+            for r in res["rows"]]
+    return {"wire_resistance_ohm": float(wire_resistance_ohm), "n": int(len(idx)),
+            "gradients": "implicit, of the nominal circuit (no wires, no read noise): a transfer attack",
+            "clean_accuracy": rows[0]["clean_accuracy"] if rows else None,
+            "sanity_ok": res.get("sanity_ok"), "failed_checks": res.get("failed_checks"), "rows": rows}
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    from .data import default_data_dir, load_dataset
+    from .learning.devices import get_device_model
+    from .training import TrainConfig
+
+    if any(r < 0 or not np.isfinite(r) for r in args.wire_resistances + list(args.train_wires)):
+        raise EpsimError("wire resistances must be non-negative numbers of ohms")
+    if args.read_repeats < 1 or args.eval_batch_size < 1 or args.epochs < 1:
+        raise EpsimError("--read-repeats, --eval-batch-size and --epochs must be at least 1")
+    models = {spec: get_device_model(spec) for spec in args.devices}
+    out = Path(args.out)
+    runs_dir = Path(args.runs_dir) if args.runs_dir else out.parent / "device_sweep_runs"
+    dataset = load_dataset(args.dataset, args.data_dir or default_data_dir(), train_subset=args.train_subset,
+                           test_subset=args.test_subset, seed=args.seed)
+    log = print
+    progress = not args.no_progress
+    result = {"schema": SCHEMA, "created": datetime.datetime.now().isoformat(timespec="seconds"),
+              "command": "python -m epsim.device_sweep " + " ".join(argv if argv is not None else sys.argv[1:]),
+              "dataset": dataset.name, "model": args.model, "seed": args.seed, "epochs": args.epochs,
+              "lr": args.lr, "n_test": int(len(dataset.y_test)),
+              "devices": {spec: m.to_dict() for spec, m in models.items()}, "runs": []}
+
+    jobs = [(spec, spec, 0.0, args.epochs) for spec in args.devices]
+    jobs += [(f"ideal@wire={r:g}", "ideal", float(r), args.train_wires_epochs) for r in args.train_wires]
+    for name, spec, r_train, epochs in jobs:
+        config = TrainConfig(dataset=args.dataset, model=args.model, epochs=epochs, lr=args.lr, seed=args.seed,
+                             train_subset=args.train_subset, test_subset=args.test_subset,
+                             device_model=spec, wire_resistance_ohm=r_train)
+        run_dir = runs_dir / name.replace(":", "_").replace(",", "_").replace("=", "-")
+        log(f"== {name}: training {epochs} epochs in {run_dir}")
+        net, metrics = train_chip(config, dataset, run_dir, progress, log)
+        entry = {"name": name, "device_model": spec, "train_wire_resistance_ohm": r_train, "epochs": epochs,
+                 "lr": args.lr, "run_dir": str(run_dir), "test_accuracy": metrics["test_accuracy"],
+                 "train_accuracy": metrics["train_accuracy"], "wall_seconds": metrics["wall_seconds"],
+                 "history": metrics["history"], "eval": [], "robustness": None}
+        resistances = [r_train] if r_train > 0 else args.wire_resistances
+        for r in resistances:
+            ev = evaluate_chip(config, net, dataset, r, args.read_repeats, args.eval_batch_size)
+            log(f"   wire {r:g} ohm: accuracy {ev['accuracy_mean']:.4f} +- {ev['accuracy_std']:.4f} "
+                f"({ev['repeats']} reads, {ev['unconverged']} unconverged, {ev['eval_seconds']:.1f} s)")
+            entry["eval"].append(ev)
+        if args.robustness:
+            r_att = max(resistances) if (spec == "ideal" and r_train == 0) else r_train
+            entry["robustness"] = robustness(config, net, run_dir / "checkpoint.pt", dataset, r_att, args, log)
+        result["runs"].append(entry)
+        write_json(out, result)  # partial results survive an interruption
+    log(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    sys.exit(run(main))
