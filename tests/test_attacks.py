@@ -223,13 +223,13 @@ def test_torch_adapter_sweep_on_a_small_trained_cnn():
     opt = torch.optim.Adam(model.parameters(), 1e-2)
     xt = torch.as_tensor(ds.x_train[:300], dtype=torch.float32)
     yt = torch.as_tensor(ds.y_train[:300])
-    for _ in range(40):
+    for _ in range(30):
         opt.zero_grad()
         nn.functional.cross_entropy(model(xt), yt).backward()
         opt.step()
     adapter = TorchAdapter(model, (1, 8, 8), 10, name="tiny-cnn")
-    x, y = ds.x_test[:40], ds.y_test[:40]
-    cfg = SweepConfig(attacks=("pgd-linf", "fgsm-linf", "square-linf"), eps=(0.05, 0.3), steps=10, queries=60)
+    x, y = ds.x_test[:30], ds.y_test[:30]
+    cfg = SweepConfig(attacks=("pgd-linf", "fgsm-linf", "square-linf"), eps=(0.05, 0.3), steps=8, queries=40)
     res = run_sweep(adapter, x, y, cfg, progress=False, log=lambda m: None)
     assert res["clean_accuracy"] >= 0.85
     rows = {(r["attack"], r["eps"]): r for r in res["rows"]}
