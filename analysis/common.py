@@ -1,0 +1,307 @@
+"""Helpers shared by the analysis notebooks: where the results are, reading them, plotting.
+
+Nothing here computes a result: it reads the compact summary written by
+``analysis/run_all.py`` (``RESULTS_DIR/summary`` or a published copy such as
+``analysis/results/cpu``) and aggregates over seeds (mean and a 95 % t-interval).
+
+Environment:
+    EPSIM_RESULTS   results folder (a driver ``--out`` folder or a summary folder);
+                    default ``analysis/results/cpu``.
+    EPSIM_FIGURES   where figures (PNG) and tables (CSV + Markdown) are written;
+                    default ``analysis/figures``.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+
+MODEL_ORDER = ("circuit-cnn", "circuit-mlp", "ep-cnn", "bp-cnn", "adv-cnn", "vit")
+MODEL_LABELS = {
+    "circuit-cnn": "circuit CNN (numba)",
+    "circuit-mlp": "circuit MLP (numba)",
+    "ep-cnn": "EP-CNN (torch)",
+    "bp-cnn": "BP-CNN",
+    "adv-cnn": "AdvCNN",
+    "vit": "ViT",
+}
+MODEL_COLORS = {
+    "circuit-cnn": "#d62728", "circuit-mlp": "#ff7f0e", "ep-cnn": "#1f77b4",
+    "bp-cnn": "#2ca02c", "adv-cnn": "#9467bd", "vit": "#8c564b",
+}
+ATTACK_LABELS = {"pgd-l2": "PGD-L2 (APGD, white box)", "pgd-linf": "PGD-L∞ (APGD, white box)",
+                 "square-l2": "Square-L2 (black box)", "square-linf": "Square-L∞ (black box)"}
+# The headline columns: (attack, ε); those absent from a run are left out.
+HEADLINE = (("pgd-l2", 0.5), ("square-l2", 0.5), ("pgd-linf", 8 / 255), ("square-linf", 8 / 255),
+            ("pgd-linf", 0.1), ("square-linf", 0.1))
+
+
+class MissingResults(Exception):
+    """The results folder (or one of its files) is not there."""
+
+
+# --------------------------------------------------------------------------- locations
+def results_dir(path=None) -> Path:
+    """The summary folder: ``$EPSIM_RESULTS`` (or ``path``), its ``summary/`` if it has one."""
+    r = Path(path or os.environ.get("EPSIM_RESULTS") or HERE / "results" / "cpu")
+    if not r.is_absolute():
+        r = (Path.cwd() / r).resolve()
+    if (r / "summary").is_dir():
+        r = r / "summary"
+    if not (r / "manifest.json").is_file():
+        raise MissingResults(f"no results in {r}: run `python analysis/run_all.py --scale smoke --out DIR` "
+                             "and set EPSIM_RESULTS=DIR")
+    return r
+
+
+def figures_dir() -> Path:
+    d = Path(os.environ.get("EPSIM_FIGURES") or HERE / "figures")
+    d.mkdir(parents=True, exist_ok=True)
+    return d
+
+
+# --------------------------------------------------------------------------- reading
+def _value(v: str):
+    if v == "":
+        return None
+    if v in ("True", "False"):
+        return v == "True"
+    try:
+        f = float(v)
+    except ValueError:
+        return v
+    return int(f) if f.is_integer() and "." not in v and "e" not in v.lower() else f
+
+
+def read_csv(name: str, rdir=None) -> list:
+    path = (rdir or results_dir()) / name
+    if not path.is_file():
+        raise MissingResults(f"{path} is missing")
+    with open(path, newline="") as fh:
+        return [{k: _value(v) for k, v in row.items()} for row in csv.DictReader(fh)]
+
+
+def read_json(name: str, rdir=None):
+    path = (rdir or results_dir()) / name
+    if not path.is_file():
+        raise MissingResults(f"{path} is missing")
+    return json.loads(path.read_text())
+
+
+def manifest(rdir=None) -> dict:
+    return read_json("manifest.json", rdir)
+
+
+def models_present(rows) -> list:
+    names = {r["model"] for r in rows}
+    return [m for m in MODEL_ORDER if m in names] + sorted(names - set(MODEL_ORDER))
+
+
+def label(model) -> str:
+    return MODEL_LABELS.get(model, model)
+
+
+def color(model) -> str:
+    return MODEL_COLORS.get(model, "#7f7f7f")
+
+
+def step_command(step: str, rdir=None) -> str:
+    return (manifest(rdir).get("steps", {}).get(step) or {}).get("command", "")
+
+
+# --------------------------------------------------------------------------- statistics
+_T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228}
+
+
+def mean_ci(values) -> tuple:
+    """(mean, half-width of the 95 % t-interval over the values, count); half-width None for one value."""
+    v = [float(x) for x in values if x is not None and math.isfinite(float(x))]
+    if not v:
+        return float("nan"), None, 0
+    m = sum(v) / len(v)
+    if len(v) < 2:
+        return m, None, len(v)
+    sd = math.sqrt(sum((x - m) ** 2 for x in v) / (len(v) - 1))
+    t = _T975.get(len(v) - 1, 1.96)
+    return m, t * sd / math.sqrt(len(v)), len(v)
+
+
+def same_eps(a, b) -> bool:
+    return a is not None and b is not None and abs(float(a) - float(b)) <= 1e-9 * max(1.0, abs(float(b)))
+
+
+def curve(rows, model, attack) -> list:
+    """Points of one accuracy-vs-ε curve, aggregated over seeds (sanity-only ε left out).
+
+    Returns ``[{"eps", "mean", "ci", "seeds", "sanity_ok", "failed"}]`` sorted by ε.
+    """
+    pts = {}
+    for r in rows:
+        if r["model"] != model or r["attack"] != attack or r.get("sanity_only"):
+            continue
+        key = round(float(r["eps"]), 10)
+        pts.setdefault(key, []).append(r)
+    out = []
+    for eps in sorted(pts):
+        rs = pts[eps]
+        m, ci, k = mean_ci(r["robust_accuracy"] for r in rs)
+        failed = sorted({f for r in rs for f in str(r.get("failed_checks") or "").split(";") if f})
+        out.append({"eps": eps, "mean": m, "ci": ci, "seeds": k, "n": rs[0].get("n"),
+                    "sanity_ok": all(bool(r.get("sanity_ok")) for r in rs), "failed": failed})
+    return out
+
+
+# --------------------------------------------------------------------------- output
+def save_figure(fig, name: str) -> Path:
+    path = figures_dir() / name
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    print(f"wrote {path}")
+    return path
+
+
+def fmt(v, digits=3) -> str:
+    if v is None:
+        return "–"
+    if isinstance(v, float):
+        if not math.isfinite(v):
+            return "–"
+        return f"{v:.{digits}f}" if abs(v) >= 10 ** -digits or v == 0 else f"{v:.2e}"
+    return str(v)
+
+
+def markdown_table(rows, columns) -> str:
+    """``columns``: list of (key, header). Cells are formatted with :func:`fmt`."""
+    head = "| " + " | ".join(h for _, h in columns) + " |"
+    sep = "|" + "|".join("---" for _ in columns) + "|"
+    body = ["| " + " | ".join(fmt(r.get(k)).replace("|", "\\|") for k, _ in columns) + " |" for r in rows]
+    return "\n".join([head, sep] + body)
+
+
+def write_table(rows, columns, name: str) -> Path:
+    """Write ``name.csv`` and ``name.md`` (same rows) to the figures folder; returns the .md path."""
+    d = figures_dir()
+    with open(d / f"{name}.csv", "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow([h for _, h in columns])
+        for r in rows:
+            w.writerow(["" if r.get(k) is None else r.get(k) for k, _ in columns])
+    md = d / f"{name}.md"
+    md.write_text(markdown_table(rows, columns) + "\n")
+    print(f"wrote {d / (name + '.csv')} and {md} ({len(rows)} rows)")
+    return md
+
+
+# --------------------------------------------------------------------------- headline
+def eps_label(eps) -> str:
+    for k in (1, 2, 4, 8, 16):
+        if same_eps(eps, k / 255):
+            return f"{k}/255"
+    return f"{float(eps):g}"
+
+
+def headline_rows(rdir=None) -> list:
+    """One row per model: clean accuracy and the headline robust accuracies, mean ± CI over seeds,
+    each with its sanity status (``ok`` or the failed checks)."""
+    rdir = rdir or results_dir()
+    curves = read_csv("curves.csv", rdir)
+    runs = read_csv("runs.csv", rdir)
+    corr = read_csv("corruptions.csv", rdir)
+    models = read_csv("models.csv", rdir)
+    rows = []
+    for model in models_present(models):
+        row = {"model": model, "label": label(model)}
+        ms = [m for m in models if m["model"] == model]
+        row["seeds"] = len(ms)
+        row["test_accuracy"] = mean_ci(m["test_accuracy"] for m in ms)
+        rs = [r for r in runs if r["model"] == model and r.get("group") in ("l2", "linf")]
+        if rs:
+            row["clean"] = mean_ci(r["clean_accuracy"] for r in rs if r.get("group") == "l2")
+            row["clean_ok"] = all("pass" in str(r.get("check_clean_settings")) for r in rs)
+            row["n"] = rs[0].get("n")
+        for attack, eps in HEADLINE:
+            pts = [r for r in curves if r["model"] == model and r["attack"] == attack and same_eps(r["eps"], eps)]
+            if pts:
+                failed = sorted({f for r in pts for f in str(r.get("failed_checks") or "").split(";") if f})
+                row[(attack, eps)] = (mean_ci(r["robust_accuracy"] for r in pts), failed)
+        cm = [r for r in corr if r["model"] == model and r["corruption"] == "mean"]
+        if cm:
+            failed = sorted({f for r in cm for f in str(r.get("failed_checks") or "").split(";") if f})
+            per_seed = {}
+            for r in cm:
+                per_seed.setdefault(r["seed"], []).append(r["accuracy"])
+            row["corruptions"] = (mean_ci(sum(v) / len(v) for v in per_seed.values()), failed)
+            s5 = [r for r in cm if r["severity"] == 5]
+            if s5:
+                row["corruptions_s5"] = (mean_ci(r["accuracy"] for r in s5), failed)
+        rows.append(row)
+    return rows
+
+
+def _pm(mci) -> str:
+    m, ci, k = mci
+    if not math.isfinite(m):
+        return "–"
+    return f"{100 * m:.1f}" + (f" ± {100 * ci:.1f}" if ci is not None else "")
+
+
+def _cell(entry) -> str:
+    if entry is None:
+        return "–"
+    mci, failed = entry
+    return _pm(mci) + (" ✓" if not failed else f" ✗ ({', '.join(failed)})")
+
+
+def headline_columns(rows) -> list:
+    present = [(a, e) for a, e in HEADLINE if any((a, e) in r for r in rows)]
+    return present
+
+
+def headline_markdown(rdir=None, source: str | None = None) -> str:
+    """The headline table (Markdown) with the commands that produced each number."""
+    rdir = results_dir(rdir)
+    man = manifest(rdir)
+    rows = headline_rows(rdir)
+    cols = headline_columns(rows)
+    models = read_csv("models.csv", rdir)
+    datasets = sorted({str(m.get("dataset")) for m in models})
+    lines = [f"Scale **{man.get('scale')}** ({man.get('what', '')}); results: `{source or rdir}` "
+             f"(git {str(man.get('git_head') or '?')[:10]}, run {man.get('created', '?')} – {man.get('updated', '?')}).",
+             "",
+             "Accuracy in %, mean ± 95 % t-interval over seeds where a model has several; "
+             "✓ = every sanity check of every number behind the cell passed, ✗ = the failed checks are named.",
+             ""]
+    head = ["model", "seeds", "test acc. (full test set)", "clean acc. (attacked subset)"] + \
+        [f"{a} ε={eps_label(e)}" for a, e in cols] + ["corruptions, mean sev. 1–5", "corruptions, sev. 5"]
+    lines.append("| " + " | ".join(head) + " |")
+    lines.append("|" + "|".join("---" for _ in head) + "|")
+    for r in rows:
+        clean = (_pm(r["clean"]) + (" ✓" if r.get("clean_ok") else " ✗ (clean_settings)")) if "clean" in r else "–"
+        cells = [r["label"], str(r["seeds"]), _pm(r["test_accuracy"]), clean] + \
+            [_cell(r.get(c)) for c in cols] + [_cell(r.get("corruptions")), _cell(r.get("corruptions_s5"))]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", f"Dataset: {', '.join(datasets)}. Attacked subset: n = "
+              f"{rows[0].get('n') if rows else '?'} test images (the same seeded subset for every model). "
+              "Commands (``$RESULTS`` = the results folder; other seeds differ only in `--seed` and paths):", ""]
+    steps = man.get("steps", {})
+    seen = set()
+    for name in man.get("plan", []):
+        rec = steps.get(name) or {}
+        if rec.get("status") != "done" or rec.get("kind") not in ("train", "robustness"):
+            continue
+        if rec.get("seed") not in (None, min((m["seed"] for m in models if m["model"] == rec.get("model")),
+                                              default=rec.get("seed"))):
+            continue
+        key = (rec.get("model"), rec.get("kind"), rec.get("group"))
+        if key in seen:
+            continue
+        seen.add(key)
+        wall = rec.get("wall_s")
+        lines.append(f"- `{name}` ({'%.0f s' % wall if wall is not None else 'time not recorded'}): "
+                     f"`{rec.get('command')}`")
+    lines.append("")
+    lines.append(f"Whole run: `python analysis/run_all.py --scale {man.get('scale')} --out $RESULTS`.")
+    return "\n".join(lines)

@@ -1,0 +1,640 @@
+"""Train and evaluate every model of the analysis notebooks, resumably, into one folder.
+
+    python analysis/run_all.py --scale smoke --out /tmp/epsim-smoke          # a few minutes (CI)
+    python analysis/run_all.py --scale cpu --out runs/analysis-cpu           # about an hour, 2 cores
+    python analysis/run_all.py --scale gpu --out runs/analysis-gpu --data-dir DATA   # paper scale, CUDA
+    python analysis/run_all.py --scale cpu --out runs/analysis-cpu --dry-run # print the plan only
+    python analysis/run_all.py --scale cpu --out runs/analysis-cpu --publish analysis/results/cpu
+
+Every step is one command line of the project's CLIs (``python -m epsim.train``,
+``python -m epsim.robustness``, ``python -m epsim.export``, ``python -m epsim.gdu``,
+``benchmarks/bench_spice.py``) or of ``analysis/steps.py`` (adversarial examples, ngspice
+vs numba comparison, input-gradient agreement: thin wrappers over the library's public
+functions), run as a subprocess with ``sys.executable``. A step whose output files exist
+is skipped, so an interrupted run continues where it stopped (an interrupted training
+run continues with ``--resume``). ``OUT/manifest.json`` records, for every step, the
+command, its output files, its wall time, exit status and log file, and the scale.
+
+At the end (and with ``--collect-only``) the results are gathered into the compact,
+notebook-ready folder ``OUT/summary/`` (CSV/JSON/NPZ, a few hundred kB): the notebooks in
+``analysis/`` read only that folder. ``--publish DIR`` copies it to ``DIR`` (e.g.
+``analysis/results/cpu``, which is committed) and rewrites the headline block of
+``analysis/README.md`` from it.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import datetime as _dt
+import json
+import math
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+SCALES = ("smoke", "cpu", "gpu")
+MANIFEST = "manifest.json"
+SUMMARY = "summary"
+
+
+class UserError(Exception):
+    """A mistake on the command line: printed as one line, exit status 2."""
+
+
+# --------------------------------------------------------------------------- the plans
+# Models: label -> how to train it. ``family`` is "circuit" (resistive EP network solved by
+# the numba nodal-analysis solver) or "software" (torch). ``seeds``: "all" trains one
+# model per --seeds value (curves get confidence intervals over seeds), "first" only the
+# first seed.
+def _circuit(model, *extra, seeds="all"):
+    return {"family": "circuit", "train": ["--model", model, "--backend", "numba", *extra], "seeds": seeds}
+
+
+def _software(model, *extra, seeds="first"):
+    return {"family": "software", "train": ["--model", model, "--backend", "torch", *extra], "seeds": seeds}
+
+
+# Small torch models for 8x8 digits: two conv layers (8 -> 4 -> 2 after pooling), no random
+# crops (4-pixel crops would cut half of an 8x8 digit away), CPU.
+_DIGITS_CONV = ("--channels", "32", "64", "--paddings", "1", "1", "--no-augment", "--device", "cpu")
+
+PLANS = {
+    "smoke": {
+        "what": "digits; circuit CNN (numba, 3 epochs) and a tiny BP-CNN; 20 images, 5 PGD steps, "
+                "50 Square queries, 2 corruptions; SPICE fidelity on 2 samples",
+        "dataset": "digits",
+        "seeds": (0,),
+        "models": {
+            "circuit-cnn": _circuit("cnn", "--epochs", "3"),
+            "bp-cnn": _software("bp-cnn", "--channels", "8", "16", "--paddings", "1", "1", "--no-augment",
+                                "--device", "cpu", "--epochs", "3", "--batch-size", "64"),
+        },
+        "attack": {"n": "20", "steps": "5", "restarts": "1", "loss": "ce", "queries": "50",
+                   "l2": "0.5,2", "linf": "0.1,0.3",
+                   "corruptions": "gaussian_noise,contrast", "severities": "1,2,3,4,5"},
+        "adversarial": {"norm": "l2", "eps": "2.0", "n": "4", "steps": "10"},
+        "fidelity": {"model": "circuit-cnn", "samples": "2", "grad_n": "8", "grad_betas": "0.1,0.01",
+                     "gdu": ["--batch", "4", "--max-iter", "1000"], "bench_spice": None},
+    },
+    "cpu": {
+        "what": "digits (8x8, 1437 train / 360 test); circuit CNN x3 seeds and circuit MLP (numba); "
+                "software EP-CNN (x1 seed), BP-CNN (x3 seeds), AdvCNN (PGD-L2 0.5), ViT sized for 8x8 (torch, CPU); "
+                "100 test images, APGD 20 steps CE+DLR along every gradient path, 5 eps per norm; "
+                "Square 1000 queries on 50 images at 3 eps per norm; 18 corruptions x 5 severities; "
+                "SPICE fidelity on 5 samples x 3 phases",
+        "dataset": "digits",
+        "seeds": (0, 1, 2),
+        "models": {
+            "circuit-cnn": _circuit("cnn"),
+            "circuit-mlp": _circuit("mlp", seeds="first"),
+            "bp-cnn": _software("bp-cnn", *_DIGITS_CONV, "--epochs", "20", "--batch-size", "64", seeds="all"),
+            "adv-cnn": _software("adv-cnn", *_DIGITS_CONV, "--epochs", "20", "--batch-size", "64",
+                                 "--adv-norm", "l2", "--adv-eps", "0.5", "--adv-steps", "7"),
+            "vit": _software("vit", "--embed-dim", "64", "--depth", "4", "--heads", "4", "--no-augment",
+                             "--device", "cpu", "--epochs", "40", "--batch-size", "64"),
+            # --ep-tol 1e-5: the small preset's 1e-7 is below float32 resolution (residuals stall at ~1.2e-7)
+            "ep-cnn": _software("ep-cnn", *_DIGITS_CONV, "--epochs", "8", "--batch-size", "16", "--ep-tol", "1e-5"),
+        },
+        "attack": {"n": "100", "steps": "20", "restarts": "1", "loss": "ce,dlr", "queries": "1000",
+                   "l2": "0.1,0.25,0.5,1,2", "linf": "0.02,8/255,0.05,0.1,0.2",
+                   "square": {"n": "50", "l2": "0.25,0.5,1", "linf": "0.05,0.1,0.2"},
+                   "corruptions": None, "severities": "1,2,3,4,5"},
+        "adversarial": {"norm": "l2", "eps": "2.0", "n": "6", "steps": "50"},
+        "fidelity": {"model": "circuit-cnn", "samples": "5", "grad_n": "50", "grad_betas": "0.5,0.1,0.01,0.001",
+                     "gdu": ["--batch", "16"], "bench_spice": ["--repeat", "3"]},
+    },
+    "gpu": {
+        "what": "CIFAR-10 at the seed paper's scale: circuit CNN (torch backend on CUDA), EP-CNN / BP-CNN "
+                "/ AdvCNN / ViT with the cifar10-paper presets; 1000 test images, APGD 50 steps x 2 "
+                "restarts, Square 1000 queries on 1000 images, CIFAR-10-C 19 x 5",
+        "dataset": "cifar10",
+        "seeds": (0, 1, 2),
+        "models": {
+            "circuit-cnn": {"family": "circuit", "seeds": "all",
+                            "train": ["--model", "cnn", "--backend", "torch", "--epochs", "30"]},
+            "ep-cnn": _software("ep-cnn", "--preset", "cifar10-paper", "--device", "cuda", seeds="all"),
+            "bp-cnn": _software("bp-cnn", "--preset", "cifar10-paper", "--device", "cuda", seeds="all"),
+            "adv-cnn": _software("adv-cnn", "--preset", "cifar10-paper", "--device", "cuda"),
+            "vit": _software("vit", "--preset", "cifar10-paper", "--device", "cuda"),
+        },
+        "attack": {"n": "1000", "steps": "50", "restarts": "2", "loss": "ce,dlr", "queries": "1000",
+                   "l2": "log:0.05:3:8,0.5", "linf": "1/255,2/255,4/255,8/255,0.0215,16/255,0.1",
+                   "square": {"n": "1000", "l2": "0.25,0.5,1", "linf": "4/255,0.0215,8/255"},
+                   "corruptions": None, "severities": "1,2,3,4,5", "device": "cuda"},
+        "adversarial": {"norm": "l2", "eps": "3.0", "n": "8", "steps": "100"},
+        "fidelity": {"model": "circuit-cnn", "samples": "5", "grad_n": "100", "grad_betas": "0.5,0.1,0.01,0.001",
+                     "gdu": ["--dataset", "cifar10", "--batch", "16"], "bench_spice": ["--repeat", "3"]},
+    },
+}
+
+
+@dataclass
+class Step:
+    name: str
+    kind: str                       # train | robustness | adversarial | export | spice | gradients | gdu | bench
+    argv: list                      # argv after sys.executable
+    outputs: list                   # files (relative to OUT) whose existence means "done"
+    deps: list = field(default_factory=list)
+    stdout_to: str | None = None    # stdout of the command is this output file
+    resume_if: str | None = None    # if this file exists (and outputs do not), add --resume
+    meta: dict = field(default_factory=dict)
+    requires: str | None = None     # an executable the step needs (skipped, and said so, without it)
+
+
+def model_dir(model, seed):
+    return f"models/{model}-s{seed}"
+
+
+def build_plan(scale: str, seeds, data_dir: str | None, out: Path) -> list:
+    plan = PLANS[scale]
+    dataset = plan["dataset"]
+    data_opt = ["--data-dir", data_dir] if data_dir else []
+    steps = []
+
+    def o(rel):  # absolute path of an output, for the command line
+        return str(out / rel)
+
+    trained = {}  # model -> [(seed, checkpoint rel)]
+    for model, spec in plan["models"].items():
+        model_seeds = list(seeds) if spec["seeds"] == "all" else list(seeds[:1])
+        for seed in model_seeds:
+            d = model_dir(model, seed)
+            argv = ["-m", "epsim.train", *spec["train"], "--dataset", dataset, *data_opt,
+                    "--seed", str(seed), "--out", o(d), "--no-progress"]
+            steps.append(Step(f"train/{model}-s{seed}", "train", argv, [f"{d}/metrics.json", f"{d}/checkpoint.pt"],
+                              resume_if=f"{d}/checkpoint.pt",
+                              meta={"model": model, "family": spec["family"], "seed": seed}))
+            trained.setdefault(model, []).append((seed, f"{d}/checkpoint.pt"))
+
+    a = plan["attack"]
+    common = ["--seed", "0", "--no-progress"] + data_opt
+    if a.get("device"):
+        common += ["--device", a["device"]]
+    pgd = ["--steps", a["steps"], "--restarts", a["restarts"], "--loss", a["loss"]]
+    sq = a.get("square")
+    groups = []
+    for norm in ("l2", "linf"):
+        # Square runs beside PGD at the same ε (the black-box-vs-white-box check needs both in one
+        # run): in the PGD sweep itself, or, where Square is too costly for every ε and image
+        # (queries x images x relaxation steps), in a run of its own on fewer images and ε.
+        attacks = f"pgd-{norm}" if sq else f"pgd-{norm},square-{norm}"
+        groups.append((norm, ["--attack", attacks, "--eps", a[norm], *pgd, *([] if sq else ["--queries", a["queries"]]),
+                              "--n", a["n"]]))
+    if sq:
+        for norm in ("l2", "linf"):
+            groups.append((f"square-{norm}", ["--attack", f"square-{norm},pgd-{norm}", "--eps", sq[norm], *pgd,
+                                              "--queries", a["queries"], "--n", sq["n"], "--no-large-eps-check"]))
+    groups.append(("corruptions", ["--attack", "corruptions", "--severities", a["severities"], "--n", a["n"]]
+                   + (["--corruptions", a["corruptions"]] if a.get("corruptions") else [])))
+    # evaluation order: every model's first seed first (so a run cut short still has every curve);
+    # they run after the (short) adversarial-example and fidelity steps
+    robust_steps = []
+    order = sorted(((model, i, seed, ckpt) for model, lst in trained.items() for i, (seed, ckpt) in enumerate(lst)),
+                   key=lambda t: t[1])
+    for model, _, seed, ckpt in order:
+        fam = plan["models"][model]["family"]
+        for group, args in groups:
+            d = f"robustness/{model}-s{seed}/{group}"
+            argv = ["-m", "epsim.robustness", "--checkpoint", o(ckpt), *args, *common, "--out", o(d)]
+            robust_steps.append(Step(f"robust/{model}-s{seed}/{group}", "robustness", argv,
+                              [f"{d}/robustness.json", f"{d}/robustness.csv"], deps=[f"train/{model}-s{seed}"],
+                              meta={"model": model, "family": fam, "seed": seed, "group": group}))
+
+    adv = plan["adversarial"]
+    for model, lst in trained.items():
+        seed, ckpt = lst[0]
+        rel = f"adversarial/{model}-s{seed}.npz"
+        argv = [str(HERE / "steps.py"), "adversarial", "--checkpoint", o(ckpt), "--norm", adv["norm"],
+                "--eps", adv["eps"], "--n", adv["n"], "--steps", adv["steps"], "--seed", "0",
+                *data_opt, "--out", o(rel)]
+        steps.append(Step(f"adversarial/{model}-s{seed}", "adversarial", argv, [rel],
+                          deps=[f"train/{model}-s{seed}"],
+                          meta={"model": model, "family": plan["models"][model]["family"], "seed": seed}))
+
+    fid = plan["fidelity"]
+    fm = fid["model"]
+    if fm in trained:
+        seed, ckpt = trained[fm][0]
+        n = int(fid["samples"])
+        ops = [f"fidelity/spice/sample{k}_{p}.op.json" for k in range(n) for p in ("free", "plus", "minus")]
+        steps.append(Step("fidelity/export", "export",
+                          ["-m", "epsim.export", "--checkpoint", o(ckpt), "--out", o("fidelity/spice"),
+                           "--samples", fid["samples"], "--phase", "all", "--diode", "shockley", *data_opt],
+                          ops, deps=[f"train/{fm}-s{seed}"], meta={"model": fm, "seed": seed}))
+        steps.append(Step("fidelity/spice-vs-numba", "spice",
+                          [str(HERE / "steps.py"), "spice-compare", "--checkpoint", o(ckpt),
+                           "--netlists", o("fidelity/spice"), *data_opt, "--out", o("fidelity/spice_vs_numba.json")],
+                          ["fidelity/spice_vs_numba.json"], deps=["fidelity/export"], meta={"model": fm, "seed": seed},
+                          requires="ngspice"))
+        steps.append(Step("fidelity/input-gradients", "gradients",
+                          [str(HERE / "steps.py"), "input-gradients", "--checkpoint", o(ckpt), "--n", fid["grad_n"],
+                           "--betas", fid["grad_betas"], "--seed", "0", *data_opt,
+                           "--out", o("fidelity/input_gradients.json")],
+                          ["fidelity/input_gradients.json"], deps=[f"train/{fm}-s{seed}"],
+                          meta={"model": fm, "seed": seed}))
+    steps.append(Step("fidelity/gdu", "gdu", ["-m", "epsim.gdu", *fid["gdu"], *data_opt],
+                      ["fidelity/gdu.txt"], stdout_to="fidelity/gdu.txt", meta={"model": "ep-cnn"}))
+    if fid.get("bench_spice"):
+        steps.append(Step("fidelity/bench-spice", "bench",
+                          [str(REPO / "benchmarks" / "bench_spice.py"), *fid["bench_spice"]],
+                          ["fidelity/bench_spice.txt"], stdout_to="fidelity/bench_spice.txt", requires="ngspice"))
+    return steps + robust_steps
+
+
+# --------------------------------------------------------------------------- running
+def _now():
+    return _dt.datetime.now().isoformat(timespec="seconds")
+
+
+def display_command(argv, out: Path) -> str:
+    """The command as a user would type it: ``python ...`` with the results folder as ``$RESULTS``."""
+    parts = ["python"]
+    for a in argv:
+        s = str(a)
+        if s.startswith(str(out)):
+            s = "$RESULTS" + s[len(str(out)):]
+        elif s.startswith(str(REPO) + os.sep):
+            s = s[len(str(REPO)) + 1:]
+        parts.append(s)
+    return " ".join(shlex.quote(p) if not p.startswith("$RESULTS") else p for p in parts)
+
+
+def load_manifest(out: Path) -> dict:
+    path = out / MANIFEST
+    if path.is_file():
+        try:
+            return json.loads(path.read_text())
+        except json.JSONDecodeError:
+            raise UserError(f"{path} is not valid JSON; move it away to start a fresh manifest") from None
+    return {}
+
+
+def save_manifest(out: Path, manifest: dict):
+    tmp = out / (MANIFEST + ".tmp")
+    tmp.write_text(json.dumps(manifest, indent=2))
+    os.replace(tmp, out / MANIFEST)
+
+
+def git_state():
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True,
+                              timeout=10).stdout.strip()
+        return head or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def run_step(step: Step, out: Path, env: dict, log=print) -> dict:
+    logs = out / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    log_path = logs / (step.name.replace("/", "__") + ".log")
+    argv = list(step.argv)
+    resumed = False
+    if step.resume_if and (out / step.resume_if).is_file():
+        argv.append("--resume")
+        resumed = True
+    cmd = [sys.executable, *argv]
+    rec = {"kind": step.kind, "argv": cmd, "command": display_command(argv, out), "outputs": step.outputs,
+           "log": str(log_path.relative_to(out)), "started": _now(), "resumed": resumed, **step.meta}
+    log(f"[{_now()}] {step.name}: {rec['command']}")
+    t0 = time.perf_counter()
+    with open(log_path, "w") as lf:
+        lf.write("$ " + " ".join(shlex.quote(c) for c in cmd) + "\n")
+        lf.flush()
+        if step.stdout_to:
+            target = out / step.stdout_to
+            target.parent.mkdir(parents=True, exist_ok=True)
+            tmp = target.with_name(target.name + ".tmp")
+            with open(tmp, "w") as fh:
+                proc = subprocess.run(cmd, cwd=REPO, env=env, stdout=fh, stderr=lf)
+            if proc.returncode == 0:
+                os.replace(tmp, target)
+                lf.write(target.read_text())
+            else:
+                lf.write(tmp.read_text())
+                tmp.unlink()
+        else:
+            proc = subprocess.run(cmd, cwd=REPO, env=env, stdout=lf, stderr=subprocess.STDOUT)
+    rec["wall_s"] = round(time.perf_counter() - t0, 2)
+    rec["finished"] = _now()
+    rec["returncode"] = proc.returncode
+    missing = [p for p in step.outputs if not (out / p).is_file()]
+    if proc.returncode == 0 and not missing:
+        rec["status"] = "done"
+    else:
+        rec["status"] = "failed"
+        tail = log_path.read_text().strip().splitlines()[-3:]
+        rec["error"] = (f"missing outputs {missing}; " if proc.returncode == 0 else "") + " | ".join(tail)
+    log(f"    {rec['status']} in {rec['wall_s']:.1f} s" + (f": {rec.get('error', '')}" if rec["status"] != "done" else ""))
+    return rec
+
+
+def execute(steps, out: Path, scale: str, *, only=None, force=False, log=print) -> dict:
+    out.mkdir(parents=True, exist_ok=True)
+    manifest = load_manifest(out)
+    if manifest.get("scale") not in (None, scale):
+        raise UserError(f"{out} holds a {manifest['scale']!r} run; use another --out for --scale {scale}")
+    manifest.update({"scale": scale, "what": PLANS[scale]["what"], "out": str(out), "python": sys.executable,
+                     "git_head": git_state(), "plan": [s.name for s in steps]})
+    manifest.setdefault("created", _now())
+    manifest.setdefault("steps", {})
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+    status = {}
+    for step in steps:
+        if only and not any(re.fullmatch(pat, step.name) or step.name.startswith(pat) for pat in only):
+            continue
+        prev = manifest["steps"].get(step.name)
+        done = all((out / p).is_file() for p in step.outputs)
+        if done and not force:
+            if prev is None or prev.get("status") != "done":
+                prev = {"kind": step.kind, "command": display_command(step.argv, out), "outputs": step.outputs,
+                        "status": "done", "note": "outputs were already there", **step.meta}
+            manifest["steps"][step.name] = prev
+            status[step.name] = "done"
+            log(f"[{_now()}] {step.name}: done earlier, skipped")
+            continue
+        if step.requires and shutil.which(step.requires) is None:
+            manifest["steps"][step.name] = {"kind": step.kind, "command": display_command(step.argv, out),
+                                            "outputs": step.outputs, "status": "skipped",
+                                            "error": f"{step.requires} is not installed", **step.meta}
+            status[step.name] = "skipped"
+            log(f"[{_now()}] {step.name}: skipped ({step.requires} is not installed)")
+            save_manifest(out, manifest)
+            continue
+        blocked = [d for d in step.deps if status.get(d, manifest["steps"].get(d, {}).get("status")) != "done"]
+        if blocked:
+            manifest["steps"][step.name] = {"kind": step.kind, "command": display_command(step.argv, out),
+                                            "outputs": step.outputs, "status": "blocked",
+                                            "error": f"needs {', '.join(blocked)}", **step.meta}
+            status[step.name] = "blocked"
+            log(f"[{_now()}] {step.name}: blocked by {', '.join(blocked)}")
+            save_manifest(out, manifest)
+            continue
+        rec = run_step(step, out, env, log)
+        manifest["steps"][step.name] = rec
+        status[step.name] = rec["status"]
+        manifest["updated"] = _now()
+        save_manifest(out, manifest)
+    manifest["updated"] = _now()
+    save_manifest(out, manifest)
+    return manifest
+
+
+# --------------------------------------------------------------------------- summary
+def _read_json(path: Path):
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def _write_csv(path: Path, rows, columns):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=columns, extrasaction="ignore")
+        w.writeheader()
+        for r in rows:
+            w.writerow({k: ("" if r.get(k) is None else r.get(k)) for k in columns})
+
+
+MODEL_COLUMNS = ("model", "family", "seed", "dataset", "test_accuracy", "n_test", "train_accuracy", "epochs",
+                 "num_params", "test_unconverged", "train_wall_s", "step", "command")
+CURVE_COLUMNS = ("model", "family", "seed", "group", "attack", "family_attack", "norm", "eps", "n", "clean_accuracy",
+                 "robust_accuracy", "n_robust", "fgsm_robust_accuracy", "worst_path", "by_path", "paths", "losses",
+                 "steps", "restarts", "queries", "queries_used_mean", "sanity_only", "sanity_ok", "failed_checks",
+                 "checks", "max_perturbation", "wall_s", "step")
+CORRUPTION_COLUMNS = ("model", "family", "seed", "group", "corruption", "severity", "n", "n_corruptions", "clean_accuracy",
+                      "accuracy", "sanity_ok", "failed_checks", "step")
+RUN_COLUMNS = ("model", "family", "seed", "group", "n", "clean_accuracy", "recorded_test_accuracy", "sanity_ok",
+               "failed_checks", "check_clean_settings", "check_paths_agree", "check_gradients_at_clean",
+               "grad_paths", "wall_s", "step", "command")
+
+
+def _checks_str(row):
+    return ";".join(f"{k}={v.get('status')}" for k, v in sorted((row.get("sanity") or {}).items()))
+
+
+def collect(out: Path, log=print) -> Path:
+    """Gather the results of ``out`` into ``out/summary`` (compact CSV/JSON/NPZ for the notebooks)."""
+    manifest = load_manifest(out)
+    if not manifest:
+        raise UserError(f"{out} has no {MANIFEST}: run the driver into it first")
+    steps = manifest.get("steps", {})
+    summ = out / SUMMARY
+    if summ.exists():
+        shutil.rmtree(summ)
+    summ.mkdir(parents=True)
+    models, curves, corr, runs = [], [], [], []
+    for name in manifest.get("plan", []):
+        rec = steps.get(name) or {}
+        if rec.get("status") != "done":
+            continue
+        kind = rec.get("kind")
+        base = {"model": rec.get("model"), "family": rec.get("family"), "seed": rec.get("seed"), "step": name,
+                "group": rec.get("group")}
+        if kind == "train":
+            m = _read_json(out / rec["outputs"][0])
+            if m is None:
+                continue
+            models.append({**base, "dataset": m.get("dataset"), "test_accuracy": m.get("test_accuracy"),
+                           "n_test": m.get("n_test"), "train_accuracy": m.get("train_accuracy"),
+                           "epochs": m.get("epochs"), "num_params": m.get("num_params"),
+                           "test_unconverged": m.get("test_unconverged"), "train_wall_s": m.get("wall_seconds"),
+                           "command": rec.get("command")})
+        elif kind == "robustness":
+            r = _read_json(out / rec["outputs"][0])
+            if r is None:
+                continue
+            checks = r.get("checks", {})
+            runs.append({**base, "n": r.get("n"), "clean_accuracy": r.get("clean_accuracy"),
+                         "recorded_test_accuracy": r.get("recorded_test_accuracy"), "sanity_ok": r.get("sanity_ok"),
+                         "failed_checks": ";".join(r.get("failed_checks", [])),
+                         **{f"check_{k}": f"{v.get('status')}: {v.get('detail')}" for k, v in checks.items()},
+                         "grad_paths": ";".join(r.get("grad_paths", [])), "wall_s": r.get("wall_s"),
+                         "command": rec.get("command")})
+            for row in r.get("rows", []):
+                if row.get("family") == "corruptions":
+                    corr.append({**base, "corruption": row.get("corruption"), "severity": row.get("severity"),
+                                 "n": row.get("n"), "n_corruptions": row.get("n_corruptions"),
+                                 "clean_accuracy": row.get("clean_accuracy"), "accuracy": row.get("robust_accuracy"),
+                                 "sanity_ok": row.get("sanity_ok"), "failed_checks": ";".join(row.get("failed_checks", []))})
+                else:
+                    by = row.get("by_path") or {}
+                    curves.append({**base, "attack": row.get("attack"), "family_attack": row.get("family"),
+                                   "norm": row.get("norm"), "eps": row.get("eps"), "n": row.get("n"),
+                                   "clean_accuracy": row.get("clean_accuracy"),
+                                   "robust_accuracy": row.get("robust_accuracy"), "n_robust": row.get("n_robust"),
+                                   "fgsm_robust_accuracy": row.get("fgsm_robust_accuracy"),
+                                   "worst_path": row.get("worst_path"),
+                                   "by_path": ";".join(f"{k}={v:.4f}" for k, v in by.items()),
+                                   "paths": ";".join(row.get("paths") or []), "losses": ";".join(row.get("losses") or []),
+                                   "steps": row.get("steps"), "restarts": row.get("restarts"),
+                                   "queries": row.get("queries"), "queries_used_mean": row.get("queries_used_mean"),
+                                   "sanity_only": row.get("sanity_only"), "sanity_ok": row.get("sanity_ok"),
+                                   "failed_checks": ";".join(row.get("failed_checks", [])), "checks": _checks_str(row),
+                                   "max_perturbation": row.get("max_perturbation"), "wall_s": row.get("wall_s")})
+        elif kind == "adversarial":
+            src = out / rec["outputs"][0]
+            dst = summ / "adversarial" / src.name
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dst)
+            meta = src.with_suffix(".json")
+            if meta.is_file():
+                shutil.copy2(meta, dst.with_suffix(".json"))
+    _write_csv(summ / "models.csv", models, MODEL_COLUMNS)
+    _write_csv(summ / "curves.csv", curves, CURVE_COLUMNS)
+    _write_csv(summ / "corruptions.csv", corr, CORRUPTION_COLUMNS)
+    _write_csv(summ / "runs.csv", runs, RUN_COLUMNS)
+    fidelity = {}
+    for name, key in (("fidelity/spice-vs-numba", "spice_vs_numba"), ("fidelity/input-gradients", "input_gradients")):
+        rec = steps.get(name) or {}
+        if rec.get("status") == "done":
+            data = _read_json(out / rec["outputs"][0])
+            if data is not None:
+                fidelity[key] = {**data, "command": rec.get("command"), "step": name}
+    rec = steps.get("fidelity/gdu") or {}
+    if rec.get("status") == "done":
+        fidelity["gdu"] = {**parse_gdu((out / rec["outputs"][0]).read_text()), "command": rec.get("command"),
+                           "step": "fidelity/gdu"}
+    rec = steps.get("fidelity/bench-spice") or {}
+    if rec.get("status") == "done":
+        fidelity["bench_spice"] = {"rows": parse_bench_spice((out / rec["outputs"][0]).read_text()),
+                                   "command": rec.get("command"), "step": "fidelity/bench-spice"}
+    (summ / "fidelity.json").write_text(json.dumps(fidelity, indent=2))
+    small = {k: v for k, v in manifest.items() if k != "steps"}
+    small["steps"] = {k: {kk: vv for kk, vv in v.items() if kk != "argv"} for k, v in steps.items()}
+    (summ / MANIFEST).write_text(json.dumps(small, indent=2))
+    log(f"summary: {len(models)} models, {len(curves)} attack rows, {len(corr)} corruption rows -> {summ}")
+    return summ
+
+
+_NUM = r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?|nan|inf"
+
+
+def parse_gdu(text: str) -> dict:
+    """Rows of ``python -m epsim.gdu``'s table: layer, cosine, |EP|/|BPTT|; plus its header and verdict."""
+    rows = []
+    for line in text.splitlines():
+        m = re.fullmatch(rf"\s*(conv\d+|fc)\s+({_NUM})\s+({_NUM})\s*", line)
+        if m:
+            rows.append({"layer": m.group(1), "cosine": float(m.group(2)), "norm_ratio": float(m.group(3))})
+    head = next((ln for ln in text.splitlines() if ln.startswith("EP-CNN")), "")
+    verdict = next((ln for ln in text.splitlines() if ln.startswith("min cosine")), "")
+    return {"rows": rows, "setup": head, "verdict": verdict}
+
+
+def parse_bench_spice(text: str) -> list:
+    """Rows of ``benchmarks/bench_spice.py``'s table."""
+    rows = []
+    for line in text.splitlines():
+        m = re.fullmatch(rf"\s*(\S+)\s+(\d+)\s+(\d+)\s+({_NUM})\s+({_NUM})\s+({_NUM})\s+({_NUM})x\s+({_NUM})\s*", line)
+        if m:
+            rows.append({"size": m.group(1), "elements": int(m.group(2)), "nodes": int(m.group(3)),
+                         "ngspice_s": float(m.group(4)), "numba_s": float(m.group(5)), "mna_s": float(m.group(6)),
+                         "ratio": float(m.group(7)), "agree_V": float(m.group(8))})
+    return rows
+
+
+# --------------------------------------------------------------------------- publish
+HEAD_START, HEAD_END = "<!-- headline:start -->", "<!-- headline:end -->"
+
+
+def publish(summary: Path, dest: Path, readme: Path | None = None, log=print):
+    """Copy ``summary`` to ``dest`` and rewrite the headline block of ``readme`` from it."""
+    dest.mkdir(parents=True, exist_ok=True)
+    for p in summary.rglob("*"):
+        if p.is_file():
+            t = dest / p.relative_to(summary)
+            t.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(p, t)
+    log(f"published {summary} -> {dest}")
+    if readme is not None and readme.is_file():
+        sys.path.insert(0, str(HERE))
+        from common import headline_markdown  # noqa: E402
+
+        text = readme.read_text()
+        if HEAD_START in text and HEAD_END in text:
+            try:
+                rel = dest.resolve().relative_to(REPO)
+            except ValueError:
+                rel = dest
+            block = f"{HEAD_START}\n{headline_markdown(dest, source=str(rel))}\n{HEAD_END}"
+            text = re.sub(re.escape(HEAD_START) + r".*?" + re.escape(HEAD_END), lambda _: block, text, flags=re.S)
+            readme.write_text(text)
+            log(f"updated the headline block of {readme}")
+
+
+# --------------------------------------------------------------------------- CLI
+def build_parser():
+    p = argparse.ArgumentParser(prog="python analysis/run_all.py", description=__doc__.splitlines()[0],
+                                epilog="Scales: " + "; ".join(f"{k}: {v['what']}" for k, v in PLANS.items()))
+    p.add_argument("--scale", choices=SCALES, required=True)
+    p.add_argument("--out", required=True, metavar="RESULTS_DIR", help="folder for every result file and the manifest")
+    p.add_argument("--data-dir", default=None, help="dataset folder (CIFAR-10 for --scale gpu; digits needs none)")
+    p.add_argument("--seeds", type=int, nargs="+", default=None,
+                   help="training seeds of the multi-seed models (default: smoke 0; cpu, gpu 0 1 2)")
+    p.add_argument("--only", nargs="+", default=None, metavar="STEP",
+                   help="run only steps whose name starts with (or matches) one of these, e.g. train/ fidelity/")
+    p.add_argument("--force", action="store_true", help="rerun steps even if their outputs exist")
+    p.add_argument("--dry-run", action="store_true", help="print the plan (commands) and exit")
+    p.add_argument("--collect-only", action="store_true", help="only (re)build RESULTS_DIR/summary")
+    p.add_argument("--publish", default=None, metavar="DIR",
+                   help="copy RESULTS_DIR/summary to DIR and refresh the headline block of analysis/README.md")
+    return p
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    out = Path(args.out).resolve()
+    seeds = tuple(args.seeds) if args.seeds else PLANS[args.scale]["seeds"]
+    if len(set(seeds)) != len(seeds) or any(s < 0 for s in seeds):
+        raise UserError("--seeds must be distinct non-negative integers")
+    if args.data_dir and not Path(args.data_dir).is_dir():
+        raise UserError(f"--data-dir {args.data_dir} is not a folder")
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} exists and is not a folder")
+    steps = build_plan(args.scale, seeds, str(Path(args.data_dir).resolve()) if args.data_dir else None, out)
+    if args.dry_run:
+        for s in steps:
+            print(f"{s.name}\n    {display_command(s.argv, out)}" + (f" > $RESULTS/{s.stdout_to}" if s.stdout_to else ""))
+        return 0
+    failed = []
+    if not args.collect_only:
+        if args.scale == "gpu":
+            print("note: the gpu scale is the paper-scale configuration (CUDA, CIFAR-10); it takes days on a CPU",
+                  file=sys.stderr)
+        manifest = execute(steps, out, args.scale, only=args.only, force=args.force)
+        failed = [k for k, v in manifest["steps"].items() if v.get("status") in ("failed", "blocked")
+                  and k in manifest["plan"]]
+    summ = collect(out)
+    if args.publish:
+        publish(summ, Path(args.publish), HERE / "README.md")
+    if failed:
+        print(f"{len(failed)} step(s) failed or blocked: {', '.join(failed)} (see {out}/logs; rerun to retry)",
+              file=sys.stderr)
+        return 1
+    return 0
+
+
+def cli(argv=None) -> int:
+    try:
+        return main(argv)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; rerun the same command to continue", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(cli())
