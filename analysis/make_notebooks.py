@@ -538,12 +538,95 @@ print(f"{len(st)} steps, {sum(v['status'] == 'done' for v in st)} done, total re
 display(Markdown(C.markdown_table(st, cols)))"""),
 ]
 
+# ----------------------------------------------------------------------------- 06
+DEVICE = [
+    new_markdown_cell("""\
+# Crossbar realism: device models and wire resistance
+
+The circuit CNN trained with each device model's conductance updates (`python -m epsim.device_sweep`:
+conductance range, finite levels, nonlinear/asymmetric steps, write noise, device-to-device
+variation; presets from the literature) and evaluated on crossbars with wire (line) resistance,
+solved exactly by nodal analysis, and with read noise (mean ± std over repeated reads). Where the
+sweep ran attacks, robust accuracy of each chip under PGD-L2 (gradients of the nominal circuit,
+i.e. a transfer attack on the non-ideal chip) and Square-L2 (querying the chip itself)."""),
+    new_code_cell(SETUP),
+    new_code_cell("""\
+try:
+    D = C.read_json("device_sweep.json", R)
+except C.MissingResults as exc:
+    D = None
+    print(f"no device sweep in these results ({exc})")
+fig, axes = plt.subplots(1, 2, figsize=(11, 3.8), squeeze=False)
+if D:
+    ax = axes[0][0]
+    for run in D["runs"]:
+        ev = sorted(run["eval"], key=lambda e: e["wire_resistance_ohm"])
+        ax.errorbar([e["wire_resistance_ohm"] for e in ev], [e["accuracy_mean"] for e in ev],
+                    yerr=[e["accuracy_std"] for e in ev], marker="o", capsize=3, label=run["name"])
+    ax.set_xscale("symlog", linthresh=1.0); ax.set_ylim(0, 1.02); ax.grid(alpha=0.3)
+    ax.set_xlabel("wire resistance per segment (Ω)"); ax.set_ylabel("test accuracy")
+    ax.set_title(f"{D['model']} on {D['dataset']}, {D['epochs']} epochs per device", fontsize=9); ax.legend(fontsize=8)
+    ax = axes[0][1]
+    any_rob = False
+    for run in D["runs"]:
+        rob = run.get("robustness")
+        if not rob:
+            continue
+        any_rob = True
+        for attack, style in (("pgd-l2", "o-"), ("square-l2", "s--")):
+            rs = sorted([r for r in rob["rows"] if r["attack"] == attack and not r.get("sanity_only")], key=lambda r: r["eps"])
+            if rs:
+                ax.plot([r["eps"] for r in rs], [r["robust_accuracy"] for r in rs], style,
+                        label=f"{run['name']} {attack} ({rob['wire_resistance_ohm']:g} Ω)")
+            bad = [r for r in rs if not r["sanity_ok"]]
+            if bad:
+                ax.plot([r["eps"] for r in bad], [r["robust_accuracy"] for r in bad], "x", color="red", ms=9, mew=2)
+    if any_rob:
+        ax.set_xscale("log"); ax.set_ylim(-0.02, 1.02); ax.grid(alpha=0.3); ax.legend(fontsize=6)
+        ax.set_xlabel("ε (L2, pixel units)"); ax.set_ylabel("robust accuracy")
+        ax.set_title("attacks on the non-ideal chips", fontsize=9)
+    else:
+        ax.text(0.5, 0.5, "the sweep ran no attacks", ha="center"); ax.set_axis_off()
+else:
+    for a in axes[0]:
+        a.text(0.5, 0.5, "no device sweep in these results", ha="center"); a.set_axis_off()
+fig.tight_layout()
+C.save_figure(fig, "device_realism.png")
+plt.show()"""),
+    new_code_cell("""\
+rows = []
+if D:
+    for run in D["runs"]:
+        row = {"device": run["name"], "train_wires": run.get("train_wire_resistance_ohm"),
+               "train_acc": run.get("train_accuracy"), "test_acc": run.get("test_accuracy")}
+        for e in run["eval"]:
+            row[f"w{e['wire_resistance_ohm']:g}"] = e["accuracy_mean"]
+        rob = run.get("robustness")
+        if rob:
+            for r in rob["rows"]:
+                if not r.get("sanity_only"):
+                    row[f"{r['attack']}@{r['eps']:g}"] = r["robust_accuracy"]
+            row["sanity"] = "ok" if rob["sanity_ok"] else "FAILED: " + ", ".join(rob["failed_checks"])
+        unconv = sum(e.get("unconverged", 0) for e in run["eval"])
+        row["unconverged"] = unconv
+        rows.append(row)
+keys = list(dict.fromkeys(k for r in rows for k in r))
+names = {"device": "device", "train_wires": "trained with wires (Ω)", "train_acc": "train acc.",
+         "test_acc": "test acc. (no wires)", "sanity": "attack sanity", "unconverged": "unconverged solves"}
+cols = [(k, names.get(k, f"{k[1:]} Ω" if k.startswith("w") else k)) for k in keys]
+if not rows:
+    rows, cols = [{"note": "no device sweep in these results"}], [("note", "note")]
+C.write_table(rows, cols, "device_realism")
+display(Markdown(C.markdown_table(rows, cols)))"""),
+]
+
 NOTEBOOKS = {
     "01_robustness_curves.ipynb": CURVES,
     "02_corruptions.ipynb": CORRUPTIONS,
     "03_adversarial_examples.ipynb": ADVERSARIAL,
     "04_circuit_fidelity.ipynb": FIDELITY,
     "05_summary_table.ipynb": SUMMARY,
+    "06_device_realism.ipynb": DEVICE,
 }
 # What each notebook writes to $EPSIM_FIGURES (the notebook test checks these).
 FIGURES = {
@@ -552,6 +635,7 @@ FIGURES = {
     "03_adversarial_examples.ipynb": ["adversarial_examples.png", "adversarial_mean_abs_perturbation.png"],
     "04_circuit_fidelity.ipynb": ["fidelity_spice.png", "fidelity_gradients.png"],
     "05_summary_table.ipynb": ["summary_bars.png"],
+    "06_device_realism.ipynb": ["device_realism.png"],
 }
 TABLES = {
     "01_robustness_curves.ipynb": ["robustness_curves"],
@@ -559,6 +643,7 @@ TABLES = {
     "03_adversarial_examples.ipynb": ["adversarial_examples"],
     "04_circuit_fidelity.ipynb": ["fidelity"],
     "05_summary_table.ipynb": ["all_numbers", "run_checks", "manifest_steps"],
+    "06_device_realism.ipynb": ["device_realism"],
 }
 
 

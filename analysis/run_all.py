@@ -83,6 +83,8 @@ PLANS = {
         "adversarial": {"norm": "l2", "eps": "2.0", "n": "4", "steps": "10"},
         "fidelity": {"model": "circuit-cnn", "samples": "2", "grad_n": "8", "grad_betas": "0.1,0.01",
                      "gdu": ["--batch", "4", "--max-iter", "1000"], "bench_spice": None},
+        "device": ["--model", "cnn", "--epochs", "1", "--devices", "ideal", "rram", "--wire-resistances", "0", "100",
+                   "--train-subset", "200", "--test-subset", "60", "--read-repeats", "2"],
     },
     "cpu": {
         "what": "digits (8x8, 1437 train / 360 test); circuit CNN x3 seeds and circuit MLP (numba); "
@@ -110,6 +112,7 @@ PLANS = {
         "adversarial": {"norm": "l2", "eps": "2.0", "n": "6", "steps": "50"},
         "fidelity": {"model": "circuit-cnn", "samples": "5", "grad_n": "50", "grad_betas": "0.5,0.1,0.01,0.001",
                      "gdu": ["--batch", "16"], "bench_spice": ["--repeat", "3"]},
+        "device": ["--model", "cnn", "--epochs", "10", "--robustness", "--attack-n", "100"],
     },
     "gpu": {
         "what": "CIFAR-10 at the seed paper's scale: circuit CNN (torch backend on CUDA), EP-CNN / BP-CNN "
@@ -132,6 +135,7 @@ PLANS = {
         "adversarial": {"norm": "l2", "eps": "3.0", "n": "8", "steps": "100"},
         "fidelity": {"model": "circuit-cnn", "samples": "5", "grad_n": "100", "grad_betas": "0.5,0.1,0.01,0.001",
                      "gdu": ["--dataset", "cifar10", "--batch", "16"], "bench_spice": ["--repeat", "3"]},
+        "device": ["--model", "cnn", "--dataset", "mnist", "--epochs", "10", "--robustness", "--attack-n", "1000"],
     },
 }
 
@@ -246,6 +250,12 @@ def build_plan(scale: str, seeds, data_dir: str | None, out: Path) -> list:
         steps.append(Step("fidelity/bench-spice", "bench",
                           [str(REPO / "benchmarks" / "bench_spice.py"), *fid["bench_spice"]],
                           ["fidelity/bench_spice.txt"], stdout_to="fidelity/bench_spice.txt", requires="ngspice"))
+    dev = plan.get("device")
+    if dev:
+        steps.append(Step("device/sweep", "device",
+                          ["-m", "epsim.device_sweep", *dev, "--seed", str(seeds[0]), *data_opt, "--no-progress",
+                           "--runs-dir", o("device/runs"), "--out", o("device/device_sweep.json")],
+                          ["device/device_sweep.json"], meta={"model": "circuit-cnn", "seed": seeds[0]}))
     return steps + robust_steps
 
 
@@ -501,6 +511,14 @@ def collect(out: Path, log=print) -> Path:
             data = _read_json(out / rec["outputs"][0])
             if data is not None:
                 fidelity[key] = {**data, "command": rec.get("command"), "step": name}
+    rec = steps.get("device/sweep") or {}
+    if rec.get("status") == "done":
+        data = _read_json(out / rec["outputs"][0])
+        if data is not None:
+            for run in data.get("runs", []):
+                run.pop("history", None)
+            data["command"], data["step"] = rec.get("command"), "device/sweep"
+            (summ / "device_sweep.json").write_text(json.dumps(data, indent=1))
     rec = steps.get("fidelity/gdu") or {}
     if rec.get("status") == "done":
         fidelity["gdu"] = {**parse_gdu((out / rec["outputs"][0]).read_text()), "command": rec.get("command"),
