@@ -482,7 +482,7 @@ for i, r in enumerate(rows):
         mci, failed = (entry, []) if key == "clean" else entry
         xs.append(j + (i - (len(rows) - 1) / 2) * w); ms.append(mci[0]); cis.append(mci[1] or 0.0)
         bad.append(bool(failed) or (key == "clean" and not r.get("clean_ok")))
-    bars = ax.bar(xs, ms, w, yerr=cis, color=C.color(r["model"]), label=r["label"], capsize=2)
+    bars = ax.bar(xs, ms, w, yerr=cis if any(cis) else None, color=C.color(r["model"]), label=r["label"], capsize=2)
     for b, f in zip(bars, bad):
         if f:
             b.set_hatch("//"); b.set_edgecolor("red")
@@ -520,11 +520,10 @@ display(Markdown(C.markdown_table(failed, cols) if failed else "**No failed sani
 runs = C.read_csv("runs.csv", R)
 rc = [{"model": r["model"], "seed": r["seed"], "run": r["group"], "n": r["n"], "clean": r["clean_accuracy"],
        "sanity": "ok" if r["sanity_ok"] else "FAILED: " + str(r["failed_checks"]).replace(";", ", "),
-       "clean_settings": r.get("check_clean_settings"), "paths_agree": r.get("check_paths_agree"),
-       "gradients": r.get("check_gradients_at_clean"), "wall_s": r["wall_s"]} for r in runs]
-cols = [("model", "model"), ("seed", "seed"), ("run", "run"), ("n", "n"), ("clean", "clean"), ("sanity", "sanity"),
-        ("clean_settings", "clean-accuracy check"), ("paths_agree", "gradient paths agree"),
-        ("gradients", "gradients at clean inputs"), ("wall_s", "wall s")]
+       **{k: v for k, v in r.items() if k.startswith("check_")}, "wall_s": r["wall_s"]} for r in runs]
+checks = list(dict.fromkeys(k for r in rc for k in r if k.startswith("check_")))
+cols = [("model", "model"), ("seed", "seed"), ("run", "run"), ("n", "n"), ("clean", "clean"), ("sanity", "sanity")] + \
+    [(k, k[len("check_"):].replace("_", " ")) for k in checks] + [("wall_s", "wall s")]
 C.write_table(rc, cols, "run_checks")
 display(Markdown(C.markdown_table(rc, cols)))"""),
     new_code_cell("""\

@@ -503,7 +503,8 @@ def collect(out: Path, log=print) -> Path:
     _write_csv(summ / "models.csv", models, MODEL_COLUMNS)
     _write_csv(summ / "curves.csv", curves, CURVE_COLUMNS)
     _write_csv(summ / "corruptions.csv", corr, CORRUPTION_COLUMNS)
-    _write_csv(summ / "runs.csv", runs, RUN_COLUMNS)
+    extra = sorted({k for r in runs for k in r if k.startswith("check_") and k not in RUN_COLUMNS})
+    _write_csv(summ / "runs.csv", runs, RUN_COLUMNS[:-4] + tuple(extra) + RUN_COLUMNS[-4:])
     fidelity = {}
     for name, key in (("fidelity/spice-vs-numba", "spice_vs_numba"), ("fidelity/input-gradients", "input_gradients")):
         rec = steps.get(name) or {}
