@@ -223,7 +223,8 @@ def headline_rows(rdir=None) -> list:
             row["clean_ok"] = all("pass" in str(r.get("check_clean_settings")) for r in rs)
             row["n"] = rs[0].get("n")
         for attack, eps in HEADLINE:
-            pts = [r for r in curves if r["model"] == model and r["attack"] == attack and same_eps(r["eps"], eps)]
+            pts = [r for r in curves if r["model"] == model and r["attack"] == attack and same_eps(r["eps"], eps)
+                   and not (attack.startswith("pgd") and str(r.get("group") or "").startswith("square-"))]
             if pts:
                 failed = sorted({f for r in pts for f in str(r.get("failed_checks") or "").split(";") if f})
                 row[(attack, eps)] = (mean_ci(r["robust_accuracy"] for r in pts), failed)
