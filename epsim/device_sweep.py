@@ -23,7 +23,7 @@ JSON schema (``schema: "epsim.device_sweep/1"``)::
     {"schema", "created", "command", "dataset", "model", "seed", "epochs", "lr",
      "n_test", "devices": {NAME: DeviceModel fields},
      "runs": [                                 # one per trained chip
-       {"name": "rram" | "ideal@wire=10.0", "device_model": spec, "train_wire_resistance_ohm",
+       {"name": "rram" | "rram@lr=1" (with --lrs) | "ideal@wire=10", "device_model": spec, "train_wire_resistance_ohm",
         "epochs", "lr", "run_dir", "test_accuracy" (at the end of training, as trained),
         "train_accuracy", "wall_seconds", "history": [per-epoch dicts of metrics.json],
         "eval": [{"wire_resistance_ohm", "read_noise", "repeats", "accuracies": [...],
@@ -76,6 +76,8 @@ def build_parser():
     p.add_argument("--train-wires-epochs", type=int, default=3)
     p.add_argument("--epochs", type=int, default=20)
     p.add_argument("--lr", type=float, default=0.1)
+    p.add_argument("--lrs", type=float, nargs="+", default=None, metavar="LR",
+                   help="one learning rate per --devices entry (default: --lr for every device)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--train-subset", type=int, default=None, metavar="N")
     p.add_argument("--test-subset", type=int, default=None, metavar="N")
@@ -181,6 +183,9 @@ def main(argv=None):
     if args.read_repeats < 1 or args.eval_batch_size < 1 or args.epochs < 1:
         raise EpsimError("--read-repeats, --eval-batch-size and --epochs must be at least 1")
     models = {spec: get_device_model(spec) for spec in args.devices}
+    lrs = args.lrs if args.lrs is not None else [args.lr] * len(args.devices)
+    if len(lrs) != len(args.devices) or not all(np.isfinite(v) and v > 0 for v in lrs):
+        raise EpsimError("--lrs needs one positive learning rate per --devices entry")
     out = Path(args.out)
     runs_dir = Path(args.runs_dir) if args.runs_dir else out.parent / "device_sweep_runs"
     dataset = load_dataset(args.dataset, args.data_dir or default_data_dir(), train_subset=args.train_subset,
@@ -193,17 +198,18 @@ def main(argv=None):
               "lr": args.lr, "n_test": int(len(dataset.y_test)),
               "devices": {spec: m.to_dict() for spec, m in models.items()}, "runs": []}
 
-    jobs = [(spec, spec, 0.0, args.epochs) for spec in args.devices]
-    jobs += [(f"ideal@wire={r:g}", "ideal", float(r), args.train_wires_epochs) for r in args.train_wires]
-    for name, spec, r_train, epochs in jobs:
-        config = TrainConfig(dataset=args.dataset, model=args.model, epochs=epochs, lr=args.lr, seed=args.seed,
+    jobs = [(spec if args.lrs is None else f"{spec}@lr={lr:g}", spec, 0.0, args.epochs, lr)
+            for spec, lr in zip(args.devices, lrs)]
+    jobs += [(f"ideal@wire={r:g}", "ideal", float(r), args.train_wires_epochs, args.lr) for r in args.train_wires]
+    for name, spec, r_train, epochs, lr in jobs:
+        config = TrainConfig(dataset=args.dataset, model=args.model, epochs=epochs, lr=lr, seed=args.seed,
                              train_subset=args.train_subset, test_subset=args.test_subset,
                              device_model=spec, wire_resistance_ohm=r_train)
         run_dir = runs_dir / name.replace(":", "_").replace(",", "_").replace("=", "-")
         log(f"== {name}: training {epochs} epochs in {run_dir}")
         net, metrics = train_chip(config, dataset, run_dir, progress, log)
         entry = {"name": name, "device_model": spec, "train_wire_resistance_ohm": r_train, "epochs": epochs,
-                 "lr": args.lr, "run_dir": str(run_dir), "test_accuracy": metrics["test_accuracy"],
+                 "lr": lr, "run_dir": str(run_dir), "test_accuracy": metrics["test_accuracy"],
                  "train_accuracy": metrics["train_accuracy"], "wall_seconds": metrics["wall_seconds"],
                  "history": metrics["history"], "eval": [], "robustness": None}
         resistances = [r_train] if r_train > 0 else args.wire_resistances

@@ -93,12 +93,13 @@ def export_samples(net, x, labels, out_dir, *, beta: float, target_high_V: float
                 "model": net.name, "sample": k, "dataset_index": ids[k], "label": int(labels[k]),
                 "phase": phase, "beta": b_signed, "diode": net.diode.to_dict(),
                 "solver": "wires" if wire_resistance_ohm else "numba",
-                "wire_resistance_ohm": float(wire_resistance_ohm),
                 "certificate": {"residual_A": float(eq.certificate.residual_A[k]),
                                 "iterations": int(eq.certificate.iterations),
                                 "tol_A": tol_A, "converged": bool(eq.certificate.converged[k])},
                 "node_voltages_V": volts,
             }
+            if wire_resistance_ohm:
+                op["wire_resistance_ohm"] = float(wire_resistance_ohm)
             path = out_dir / f"{stem}.op.json"
             write_json(path, op)
             written.append(path)

@@ -451,14 +451,11 @@ class WiredNetwork:
 
 
 def _scatter(dst, rows, cols, block):
-    """``dst[rows[t, i], cols[t, j]] += block[i, j]`` for every tile ``t``."""
+    """``dst[rows[t, i], cols[t, j]] += block[i, j]`` for every tile ``t`` (dst 2-D, C order)."""
     T = rows.shape[0]
-    if T == 1:
-        np.add.at(dst, (rows[0][:, None], cols[0][None, :]), block)
-        return
-    r = np.broadcast_to(rows[:, :, None], (T, rows.shape[1], cols.shape[1]))
-    c = np.broadcast_to(cols[:, None, :], r.shape)
-    np.add.at(dst, (r.ravel(), c.ravel()), np.broadcast_to(block, r.shape).ravel())
+    flat = (rows[:, :, None] * dst.shape[1] + cols[:, None, :]).ravel()
+    dst += np.bincount(flat, weights=np.broadcast_to(block, (T,) + block.shape).ravel(),
+                       minlength=dst.size).reshape(dst.shape)
 
 
 def device_param_grads(net, eq_plus, eq_minus, beta, weights):
