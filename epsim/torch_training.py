@@ -6,7 +6,8 @@
 * ``ep-cnn``: free phase, ``±β`` phases, EP gradient (:func:`epsim.models.ep_cnn.ep_gradients`),
   SGD with per-layer learning rates; ``bp-cnn``/``vit``: cross-entropy + backprop;
   ``adv-cnn``: backprop on PGD examples (:func:`epsim.robustness.pgd.pgd`), made in eval mode.
-* Learning rates follow a per-epoch cosine from the preset's values to ``lr_min``.
+* Learning rates follow a cosine from the preset's values to ``lr_min`` over the run,
+  updated every batch.
 * Determinism and resumption as in the circuit trainer: epoch ``e`` visits the training
   set in the permutation drawn from ``(seed, e)``; batch ``k``'s augmentation and attack
   start are drawn from ``(seed, e, k)``; a checkpoint (atomic, every epoch and every
@@ -72,6 +73,7 @@ class TorchTrainConfig:
     solver: str | None = None             # ep-cnn: "sync" | "async"
     tol: float | None = None              # ep-cnn: per-sample stop when no unit moves more
     init_scale: float | None = None       # ep-cnn: factor on the default initial weights
+    input_std_scale: float | None = None  # ep-cnn: input normalisation (x - mean) / (this * std)
     adv_norm: str | None = None           # adv-cnn: "l2" | "linf"
     adv_eps: float | None = None
     adv_steps: int | None = None
@@ -198,11 +200,13 @@ def make_optimizer(model, config: TorchTrainConfig):
     return torch.optim.AdamW(groups, weight_decay=config.weight_decay)
 
 
-def set_epoch_lr(optimizer, config: TorchTrainConfig, epoch: int) -> float:
-    """Cosine (or constant) per-epoch learning rates; returns the first group's lr."""
+def set_lr(optimizer, config: TorchTrainConfig, progress: float) -> float:
+    """Cosine (or constant) learning rates at ``progress`` epochs (fractional: the cosine
+    is followed batch by batch, which matters for runs of one or two epochs); returns
+    the first group's lr."""
     for g in optimizer.param_groups:
         if config.schedule == "cosine":
-            frac = epoch / config.epochs
+            frac = min(progress / config.epochs, 1.0)
             g["lr"] = config.lr_min + (g["base_lr"] - config.lr_min) * 0.5 * (1 + math.cos(math.pi * frac))
         else:
             g["lr"] = g["base_lr"]
@@ -384,11 +388,12 @@ def train_torch(config: TorchTrainConfig, dataset, out_dir=None, *, resume=False
     n_batches = (n_train + config.batch_size - 1) // config.batch_size
     done_batches, last_ckpt, stopped_early = 0, time.perf_counter(), False
     for epoch in range(start_epoch, config.epochs):
-        lr = set_epoch_lr(optimizer, config, epoch)
+        lr = set_lr(optimizer, config, epoch + start_batch / n_batches)
         order = torch.from_numpy(np.random.default_rng([config.seed, epoch]).permutation(n_train))
         bar = _progress(range(start_batch, n_batches), n_batches, start_batch, epoch, config, progress)
         for k in bar:
             idx = order[k * config.batch_size:(k + 1) * config.batch_size]
+            set_lr(optimizer, config, epoch + k / n_batches)
             gen = _generator((config.seed, epoch, k), dev)
             xb, yb = x_train[idx], y_train[idx]
             if config.augment:
@@ -494,7 +499,12 @@ def _progress(iterable, total, initial, epoch, config, enabled):
 
 # ----------------------------------------------------------------------------- CLI
 _P = " (default: from the preset)%(default).0s"   # %(default).0s: stops argparse adding "None"
-CIRCUIT_ONLY_OPTIONS = ("diode", "input_gain", "g_max", "g_min", "tol", "max_iter", "lr_bias")
+# Options of the circuit trainer that mean the same for the torch models; any other
+# option of python -m epsim.train given with a torch model is a circuit-only one.
+SHARED_OPTIONS = {"model", "backend", "dataset", "data_dir", "download", "train_subset", "test_subset",
+                  "epochs", "batch_size", "lr", "momentum", "lr_schedule", "beta", "seed", "out", "resume",
+                  "checkpoint_interval", "no_progress"}
+TORCH_OPTIONS: set = set()
 
 
 def add_torch_arguments(parser) -> None:
@@ -505,6 +515,7 @@ def add_torch_arguments(parser) -> None:
         "architecture and hyper-parameters; --dataset, --epochs, --batch-size, --lr, --momentum, "
         "--lr-schedule, --beta, --seed, --out, --resume, --checkpoint-interval given explicitly "
         "override it.")
+    g = _RecordingGroup(g)
     g.add_argument("--preset", default="cifar10-small", choices=PRESET_NAMES,
                    help="cifar10-paper / cifar100-paper: the seed paper's settings; cifar10-small: "
                         "a quarter of the width, sized for a 2-core CPU")
@@ -524,6 +535,8 @@ def add_torch_arguments(parser) -> None:
                         "in a step (0: never before T1/T2)" + _P)
     g.add_argument("--init-scale", type=float, default=None,
                    help="ep-cnn: multiply the default initial weights and biases" + _P)
+    g.add_argument("--input-std-scale", type=float, default=None,
+                   help="ep-cnn: inputs are (x - mean) / (this * std); the paper uses 3" + _P)
     g.add_argument("--adv-norm", default=None, choices=("l2", "linf"), help="adv-cnn: PGD norm" + _P)
     g.add_argument("--adv-eps", type=float, default=None, help="adv-cnn: PGD radius in [0,1] pixels (e.g. 0.5 or 0.0314)" + _P)
     g.add_argument("--adv-steps", type=int, default=None, help="adv-cnn: PGD steps" + _P)
@@ -539,6 +552,18 @@ def add_torch_arguments(parser) -> None:
                    help="stop training after this many minutes of wall time, evaluate and write metrics")
 
 
+class _RecordingGroup:
+    """An argument group that remembers the destinations of the options added to it."""
+
+    def __init__(self, group):
+        self._group = group
+
+    def add_argument(self, *args, **kwargs):
+        action = self._group.add_argument(*args, **kwargs)
+        TORCH_OPTIONS.add(action.dest)
+        return action
+
+
 def torch_cli_main(argv, build_parser) -> dict:
     """Run ``python -m epsim.train`` for a torch model; ``build_parser`` is the train CLI's."""
     args = build_parser().parse_args(argv)
@@ -547,7 +572,7 @@ def torch_cli_main(argv, build_parser) -> dict:
     given = {k for k, v in vars(probe.parse_args(argv)).items() if v is not None}
     if "backend" in given and args.backend != "torch":
         raise EpsimError(f"--model {args.model} runs on --backend torch only (got --backend {args.backend})")
-    circuit_only = sorted(k for k in CIRCUIT_ONLY_OPTIONS if k in given)
+    circuit_only = sorted(given - SHARED_OPTIONS - TORCH_OPTIONS)
     if circuit_only:
         raise EpsimError(f"option(s) {', '.join('--' + k.replace('_', '-') for k in circuit_only)} "
                          f"apply to circuit models only, not --model {args.model}")
@@ -560,7 +585,7 @@ def torch_cli_main(argv, build_parser) -> dict:
         lr=opt("lr"), lrs=opt("lrs"), momentum=opt("momentum"), weight_decay=opt("weight_decay"),
         schedule=opt("lr_schedule"), channels=opt("channels"), paddings=opt("paddings"),
         t1=opt("t1"), t2=opt("t2"), beta=opt("beta"), solver=opt("solver"), tol=opt("ep_tol"),
-        init_scale=opt("init_scale"),
+        init_scale=opt("init_scale"), input_std_scale=opt("input_std_scale"),
         adv_norm=opt("adv_norm"), adv_eps=opt("adv_eps"), adv_steps=opt("adv_steps"),
         adv_step_size=opt("adv_step_size"), embed_dim=opt("embed_dim"), depth=opt("depth"),
         heads=opt("heads"), augment=False if args.no_augment else None, seed=args.seed,

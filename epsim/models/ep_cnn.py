@@ -16,17 +16,28 @@ hidden convolutional layers ``s_1 … s_L`` and a linear readout outside the ene
   and the gradient estimate is
   ``∇θ ≈ −[∂Φ/∂θ(s^{+β}, +β) − ∂Φ/∂θ(s^{−β}, −β)] / (2β)``.
 
-Two relaxation solvers reach the same fixed points:
+Two relaxation solvers:
 
 * ``"sync"`` — the published loop: all layers updated at once from the old state,
-  ``s ← σ(∂Φ/∂s)``, a fixed number of steps (T1 = 250 free, T2 = 30 nudged).
+  ``s ← σ(∂Φ/∂s)``, at most ``max_iter`` steps (T1 = 250 free, T2 = 30 nudged).
+  Without autograd each sample stops as soon as a step moves none of its units by
+  more than ``tol``: samples are independent, so every sample follows exactly the
+  published trajectory, cut once converged (``tol = 0``: only at an exact fixed
+  point).  This is the fast solver that reaches the *same* fixed point; with autograd
+  on (BPTT) all steps run.  Measured: max |Δs| to the full 250-step loop ≈ 1e-7 at
+  ``tol = 1e-7`` (float32; ``benchmarks/bench_ep_cnn.py``).  Caveats: max-pooling
+  makes the dynamics piecewise linear, so a near-tie in a pooling window can switch
+  after a pause (a stop at ``tol = 1e-6`` once missed a later 4e-4 jump); and with
+  strong coupling the synchronous loop can oscillate with period 2 (units flipping
+  0 ↔ 1) — such samples run to the cap and are reported as unconverged.
 * ``"async"`` — odd/even (block Gauss–Seidel) sweeps: layers 1, 3, … then 2, 4, …,
   each from its neighbours' newest values, stopped when no unit moves by more than
-  ``tol`` in a sweep (``max_iter`` sweeps at most).  Because the layer graph is
-  bipartite, the synchronous loop is two interleaved copies of this sweep, so one
-  sweep makes the progress of two synchronous steps at the cost of one; and
-  convolutions whose input did not change are not recomputed.  Each update
-  maximises a linear minorant of Φ, so the energy decreases monotonically.
+  ``tol`` in a sweep (``max_iter`` sweeps at most), convolutions whose input did not
+  change not recomputed.  In the free phase each update maximises a linear minorant
+  of Φ, so the energy decreases monotonically (no oscillation).  But Φ is not
+  concave (max-pool), the energy has several stationary points, and these sweeps
+  generally reach a *different* one than the synchronous loop (max |Δs| ≈ 1e-2 on
+  random CIFAR-10 weights), so it is an option, not the default.
 
 ``∂Φ/∂s`` is computed in closed form (convolution, max-pool with indices, unpool,
 transposed convolution) rather than by autograd of Φ, which is what makes a step
@@ -55,7 +66,7 @@ PIXEL_STD = {"cifar10": (0.2023, 0.1994, 0.2010), "cifar100": (0.2673, 0.2564, 0
 EP_STD_SCALE = 3.0
 
 _PAPER = dict(dataset="cifar10", paddings=(1, 1, 1, 0), t1=250, t2=30, beta=0.5, solver="sync",
-              tol=1e-4, init_scale=1.0, lrs=(0.25, 0.15, 0.1, 0.08, 0.05), weight_decay=3e-4, momentum=0.9,
+              tol=1e-4, init_scale=1.0, input_std_scale=EP_STD_SCALE, lrs=(0.25, 0.15, 0.1, 0.08, 0.05), weight_decay=3e-4, momentum=0.9,
               optimizer="sgd", schedule="cosine", lr_min=1e-5, epochs=120, batch_size=128,
               augment=True)
 EP_PRESETS = {
@@ -435,11 +446,14 @@ def build_ep_cnn(preset: dict, image_shape, num_classes, dataset_name=None) -> E
     """EP-CNN from a resolved preset/config dict (keys ``channels``, ``paddings``, …).
 
     ``init_scale`` multiplies PyTorch's default initial weights and biases of every
-    synapse (Laborieux et al.'s ``--scale`` option; 1 = the paper's default init).
+    synapse (Laborieux et al.'s ``--scale`` option; 1 = the paper's default init);
+    ``input_std_scale`` is the factor on the pixel std in the input normalisation
+    (the paper's 3 keeps inputs small; 1 is the usual normalisation).
     """
     mean = PIXEL_MEAN.get(dataset_name)
     std = PIXEL_STD.get(dataset_name)
     model = EPCNN(image_shape, num_classes, preset["channels"], preset["paddings"], mean=mean, std=std,
+                  std_scale=preset.get("input_std_scale") or EP_STD_SCALE,
                   t1=preset["t1"], solver=preset["solver"], tol=preset["tol"])
     scale = preset.get("init_scale")
     if scale is not None and scale != 1.0:
