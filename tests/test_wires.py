@@ -15,7 +15,7 @@ from epsim.data import load_dataset
 from epsim.errors import EpsimError
 from epsim.learning.ep import centered_ep
 from epsim.models.connections import Conv2d, Dense
-from epsim.models.resistive import ResistiveNetwork, build_cnn, build_mlp, one_hot_targets
+from epsim.models.resistive import build_cnn, build_mlp, one_hot_targets
 from epsim.solvers import get_solver
 from epsim.solvers.mna import solve_mna
 from epsim.solvers.numba_solver import NumbaSolver

@@ -31,7 +31,6 @@ import numpy as np
 import scipy.linalg as sla
 
 from ..circuit.wires import WiredNetwork
-from ..errors import ConvergenceError
 from .base import Certificate, Equilibrium
 from .numba_solver import EXP_ARG_MAX, LayeredProblem
 from .numba_solver import solve as layered_solve
@@ -226,9 +225,3 @@ def _newton(K, q, lo, hi, is_n, nvt, v0, tol_n, max_iter):
         v, e_v = v_new, e_new
     return v, max_iter
 
-
-def require_converged(eq: Equilibrium, what="wire-resistance equilibrium"):
-    """Raise :class:`ConvergenceError` unless every sample of ``eq`` converged."""
-    if not eq.certificate.all_converged:
-        raise ConvergenceError(f"{what}: max KCL residual {eq.certificate.max_residual_A:.3g} A "
-                               f"> tol {eq.certificate.tol_A:.3g} A")
