@@ -155,6 +155,17 @@ def curve(rows, model, attack) -> list:
     return out
 
 
+def eps_axis(ax, eps_values):
+    """Log-scale ε axis with a labelled tick at every ε of the sweep (8/255 written as such)."""
+    from matplotlib.ticker import FixedLocator, NullLocator
+
+    ticks = sorted({float(e) for e in eps_values})
+    ax.set_xscale("log")
+    ax.xaxis.set_major_locator(FixedLocator(ticks))
+    ax.xaxis.set_minor_locator(NullLocator())
+    ax.set_xticklabels([eps_label(e) for e in ticks], fontsize=7, rotation=45)
+
+
 # --------------------------------------------------------------------------- output
 def save_figure(fig, name: str) -> Path:
     path = figures_dir() / name

@@ -77,12 +77,14 @@ for ax, (attack, rows) in zip(axes[0], panels):
         bad = [p for p in pts if not p["sanity_ok"]]
         if bad:
             ax.plot([p["eps"] for p in bad], [p["mean"] for p in bad], "x", color="red", ms=9, mew=2)
-    ax.set_xscale("log"); ax.set_ylim(-0.02, 1.02); ax.grid(alpha=0.3)
+    C.eps_axis(ax, [r["eps"] for r in rows if r["attack"] == attack and not r.get("sanity_only")])
+    ax.set_ylim(-0.02, 1.02); ax.grid(alpha=0.3)
     ax.set_title(C.ATTACK_LABELS.get(attack, attack), fontsize=10)
     ax.set_xlabel("ε (pixel units)"); ax.set_ylabel("robust accuracy")
     n = sorted({r["n"] for r in rows if r["attack"] == attack})
     ax.text(0.02, 0.02, f"n = {', '.join(map(str, n))} images", transform=ax.transAxes, fontsize=8)
-axes[0][0].legend(fontsize=8, loc="upper right")
+handles, labels = axes[0][0].get_legend_handles_labels()
+fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 6), fontsize=8, bbox_to_anchor=(0.5, -0.17))
 fig.suptitle(f"Accuracy vs ε ({M['scale']} scale)", y=1.02)
 C.save_figure(fig, "robustness_curves.png")
 plt.show()"""),
@@ -96,7 +98,7 @@ below every single path."""),
 multi = [r for r in pgd if len(str(r.get("paths") or "").split(";")) > 1]
 models = C.models_present(multi) if multi else []
 attacks = [a for a in ("pgd-l2", "pgd-linf") if any(r["attack"] == a for r in multi)]
-fig, axes = plt.subplots(max(len(models), 1), max(len(attacks), 1), figsize=(4.5 * max(len(attacks), 1), 3.2 * max(len(models), 1)),
+fig, axes = plt.subplots(max(len(models), 1), max(len(attacks), 1), figsize=(4.5 * max(len(attacks), 1), 3.4 * max(len(models), 1)),
                          squeeze=False)
 styles = {"bptt": "s--", "implicit": "^--", "ep": "v--", "transfer": "d--"}
 for i, model in enumerate(models):
@@ -114,13 +116,14 @@ for i, model in enumerate(models):
         for path, acc in per.items():
             ax.plot(eps, acc, styles.get(path, "o--"), ms=4, label=path)
         ax.plot(eps, [r["robust_accuracy"] for r in rs], "k-", lw=2, label="worst case (per image)")
-        ax.set_xscale("log"); ax.set_ylim(-0.02, 1.02); ax.grid(alpha=0.3)
+        C.eps_axis(ax, eps); ax.set_ylim(-0.02, 1.02); ax.grid(alpha=0.3)
         ax.set_title(f"{C.label(model)}, seed {seed}: {attack}", fontsize=9)
         ax.set_xlabel("ε"); ax.set_ylabel("robust accuracy")
         ax.legend(fontsize=7)
 if not models:
     axes[0][0].text(0.5, 0.5, "no model with several gradient paths in these results", ha="center")
     axes[0][0].set_axis_off()
+fig.tight_layout()
 C.save_figure(fig, "robustness_paths.png")
 plt.show()"""),
     new_markdown_cell("## Table: every point of the curves, with its sanity checks"),
@@ -176,6 +179,9 @@ for model in models:
     if bad:
         ax.plot(bad, [m[x.index(s)] for s in bad], "x", color="red", ms=9, mew=2)
 nc = sorted({r.get("n_corruptions") for r in means})
+skipped = sorted({s for r in means for s in str(r.get("skipped") or "").split(";") if s})
+if skipped:
+    print(f"not in the mean (not applicable to these images, or files missing): {', '.join(skipped)}")
 ax.set_xlabel("severity (0 = clean)"); ax.set_ylabel(f"accuracy (mean over {', '.join(map(str, nc))} corruptions)")
 ax.set_xticks(range(0, 6)); ax.grid(alpha=0.3); ax.legend(fontsize=8)
 ax.set_title(f"Corruption robustness ({M['scale']} scale, n = {means[0]['n']} images)")

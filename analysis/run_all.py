@@ -157,7 +157,7 @@ def model_dir(model, seed):
     return f"models/{model}-s{seed}"
 
 
-def build_plan(scale: str, seeds, data_dir: str | None, out: Path) -> list:
+def build_plan(scale: str, seeds, data_dir: str | None, out: Path, frost_dir: str | None = None) -> list:
     plan = PLANS[scale]
     dataset = plan["dataset"]
     data_opt = ["--data-dir", data_dir] if data_dir else []
@@ -197,7 +197,8 @@ def build_plan(scale: str, seeds, data_dir: str | None, out: Path) -> list:
             groups.append((f"square-{norm}", ["--attack", f"square-{norm},pgd-{norm}", "--eps", sq[norm], *pgd,
                                               "--queries", a["queries"], "--n", sq["n"], "--no-large-eps-check"]))
     groups.append(("corruptions", ["--attack", "corruptions", "--severities", a["severities"], "--n", a["n"]]
-                   + (["--corruptions", a["corruptions"]] if a.get("corruptions") else [])))
+                   + (["--corruptions", a["corruptions"]] if a.get("corruptions") else [])
+                   + (["--frost-dir", frost_dir] if frost_dir else [])))
     # evaluation order: every model's first seed first (so a run cut short still has every curve);
     # they run after the (short) adversarial-example and fidelity steps
     robust_steps = []
@@ -422,8 +423,8 @@ CURVE_COLUMNS = ("model", "family", "seed", "group", "attack", "family_attack", 
                  "robust_accuracy", "n_robust", "fgsm_robust_accuracy", "worst_path", "by_path", "paths", "losses",
                  "steps", "restarts", "queries", "queries_used_mean", "sanity_only", "sanity_ok", "failed_checks",
                  "checks", "max_perturbation", "wall_s", "step")
-CORRUPTION_COLUMNS = ("model", "family", "seed", "group", "corruption", "severity", "n", "n_corruptions", "clean_accuracy",
-                      "accuracy", "sanity_ok", "failed_checks", "step")
+CORRUPTION_COLUMNS = ("model", "family", "seed", "group", "corruption", "severity", "n", "n_corruptions", "skipped",
+                      "clean_accuracy", "accuracy", "sanity_ok", "failed_checks", "step")
 RUN_COLUMNS = ("model", "family", "seed", "group", "n", "clean_accuracy", "recorded_test_accuracy", "sanity_ok",
                "failed_checks", "check_clean_settings", "check_paths_agree", "check_gradients_at_clean",
                "grad_paths", "wall_s", "step", "command")
@@ -471,10 +472,13 @@ def collect(out: Path, log=print) -> Path:
                          **{f"check_{k}": f"{v.get('status')}: {v.get('detail')}" for k, v in checks.items()},
                          "grad_paths": ";".join(r.get("grad_paths", [])), "wall_s": r.get("wall_s"),
                          "command": rec.get("command")})
+            n_corr = len({row.get("corruption") for row in r.get("rows", [])
+                          if row.get("family") == "corruptions" and row.get("corruption") != "mean"})
             for row in r.get("rows", []):
                 if row.get("family") == "corruptions":
                     corr.append({**base, "corruption": row.get("corruption"), "severity": row.get("severity"),
-                                 "n": row.get("n"), "n_corruptions": row.get("n_corruptions"),
+                                 "n": row.get("n"), "n_corruptions": n_corr if row.get("corruption") == "mean" else None,
+                                 "skipped": ";".join(row.get("not_applicable", []) + row.get("missing_files", [])),
                                  "clean_accuracy": row.get("clean_accuracy"), "accuracy": row.get("robust_accuracy"),
                                  "sanity_ok": row.get("sanity_ok"), "failed_checks": ";".join(row.get("failed_checks", []))})
                 else:
@@ -599,6 +603,9 @@ def build_parser():
     p.add_argument("--scale", choices=SCALES, required=True)
     p.add_argument("--out", required=True, metavar="RESULTS_DIR", help="folder for every result file and the manifest")
     p.add_argument("--data-dir", default=None, help="dataset folder (CIFAR-10 for --scale gpu; digits needs none)")
+    p.add_argument("--frost-dir", default=None,
+                   help="frost textures for the frost corruption (default: $EPSIM_FROST_DIR, else DATA_DIR/frost; "
+                        "without them frost is skipped, and the results say so)")
     p.add_argument("--seeds", type=int, nargs="+", default=None,
                    help="training seeds of the multi-seed models (default: smoke 0; cpu, gpu 0 1 2)")
     p.add_argument("--only", nargs="+", default=None, metavar="STEP",
@@ -621,7 +628,10 @@ def main(argv=None) -> int:
         raise UserError(f"--data-dir {args.data_dir} is not a folder")
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} exists and is not a folder")
-    steps = build_plan(args.scale, seeds, str(Path(args.data_dir).resolve()) if args.data_dir else None, out)
+    if args.frost_dir and not Path(args.frost_dir).is_dir():
+        raise UserError(f"--frost-dir {args.frost_dir} is not a folder")
+    steps = build_plan(args.scale, seeds, str(Path(args.data_dir).resolve()) if args.data_dir else None, out,
+                       str(Path(args.frost_dir).resolve()) if args.frost_dir else None)
     if args.dry_run:
         for s in steps:
             print(f"{s.name}\n    {display_command(s.argv, out)}" + (f" > $RESULTS/{s.stdout_to}" if s.stdout_to else ""))
