@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..models.resistive import one_hot_targets
+from ..solvers.threads import threads_for
 
 
 @dataclass
@@ -86,7 +87,8 @@ def centered_ep(net, solver, x, labels, beta, *, target_high_V=1.0) -> PhaseResu
     converged = free.certificate.converged & plus.certificate.converged & minus.certificate.converged
     n_ok = int(converged.sum())
     weights = converged / max(n_ok, 1)
-    grad_w, grad_b = param_grads(net, plus, minus, beta, weights)
+    with threads_for(len(labels) * sum(net.layer_sizes[1:])):
+        grad_w, grad_b = param_grads(net, plus, minus, beta, weights)
     return PhaseResult(
         grad_w=grad_w, grad_b=grad_b,
         loss=squared_error(free.v_output, target),

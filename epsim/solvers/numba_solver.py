@@ -15,6 +15,7 @@ import numpy as np
 
 from ..errors import ConvergenceError
 from .base import Certificate, Equilibrium
+from .threads import threads_for
 
 EXP_ARG_MAX = 300.0  # exp() argument cap: far beyond any physical diode current
 
@@ -148,13 +149,15 @@ class LayeredProblem:
         self.net = net
         self.v_input = np.ascontiguousarray(v_input, dtype=np.float64)
         L = net.num_layers
+        self.node_updates = self.v_input.shape[0] * sum(net.layer_sizes[1:])
         self.degree = []
         for l in range(1, L + 1):
             d = net.connections[l - 1].degree_out(net.w[l - 1])
             if l < L:
                 d = d + net.connections[l].degree_in(net.w[l])
             self.degree.append(np.ascontiguousarray(d))
-        self.input_drive = net.connections[0].drive_out(net.w[0], self.v_input)
+        with threads_for(self.node_updates):
+            self.input_drive = net.connections[0].drive_out(net.w[0], self.v_input)
         self.bias = [net.bias_per_node(l) for l in range(1, L + 1)]
         d = net.diode
         self.shockley = d.kind == "shockley"
@@ -265,4 +268,5 @@ class NumbaSolver:
         return LayeredProblem(net, v_input)
 
     def solve(self, prepared, beta=0.0, target_V=None, init=None) -> Equilibrium:
-        return solve(prepared, beta, target_V, init, tol_A=self.tol_A, max_iter=self.max_iter)
+        with threads_for(prepared.node_updates):
+            return solve(prepared, beta, target_V, init, tol_A=self.tol_A, max_iter=self.max_iter)
