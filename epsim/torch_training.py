@@ -518,7 +518,7 @@ def add_torch_arguments(parser) -> None:
     g = _RecordingGroup(g)
     g.add_argument("--preset", default="cifar10-small", choices=PRESET_NAMES,
                    help="cifar10-paper / cifar100-paper: the seed paper's settings; cifar10-small: "
-                        "a quarter of the width, sized for a 2-core CPU")
+                        "an eighth of the width, sized for a 2-core CPU")
     g.add_argument("--device", default="auto", choices=DEVICES, help="auto: CUDA when present")
     g.add_argument("--channels", type=int, nargs="+", default=None, help="conv channels per layer" + _P)
     g.add_argument("--paddings", type=int, nargs="+", default=None, help="conv zero padding per layer" + _P)

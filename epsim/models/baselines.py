@@ -27,7 +27,7 @@ _CNN = dict(dataset="cifar10", paddings=(1, 1, 1, 0), optimizer="sgd", lr=0.05, 
 BP_PRESETS = {
     "cifar10-paper": dict(_CNN, channels=(128, 256, 512, 512)),
     "cifar100-paper": dict(_CNN, dataset="cifar100", channels=(128, 256, 512, 1024)),
-    "cifar10-small": dict(_CNN, channels=(32, 64, 128, 256), epochs=10, batch_size=64),
+    "cifar10-small": dict(_CNN, channels=(16, 32, 64, 128), epochs=15, batch_size=64),
 }
 # Madry-style PGD training: L2 eps 0.5 (the seed paper's AdvCNN) or Linf 8/255.
 _ADV = dict(adv_norm="l2", adv_eps=0.5, adv_steps=7, adv_step_size=None)
