@@ -198,9 +198,11 @@ def test_ep_gradient_through_device_drops_matches_finite_differences():
             assert ep.grad_w[l][idx] == pytest.approx(fd, rel=2e-3, abs=1e-7)
 
 
-def test_wires_change_the_gradient():
-    """The EP gradient with wires uses the drops across the devices, not across the neurons."""
-    net, v_in, target = small_net("ideal")
+@pytest.mark.parametrize("cnn", [False, True])
+def test_wires_change_the_gradient(cnn):
+    """The EP gradient with wires uses the drops across the devices, not across the neurons
+    (tied conv parameters: summed over every tile that holds them)."""
+    net, v_in, target = small_net("ideal", cnn=cnn)
     labels = np.argmax(target, axis=1)
     x = (v_in[:, :v_in.shape[1] // 2] / net.input_gain_V).reshape((-1,) + net.image_shape)
     plain = centered_ep(net, NumbaSolver(tol_A=1e-14, max_iter=100000), x, labels, 0.5)
