@@ -422,6 +422,8 @@ def train_torch(config: TorchTrainConfig, dataset, out_dir=None, *, resume=False
                  "lr": lr, "train_loss": tally.loss_sum / max(tally.n, 1),
                  "train_accuracy": tally.correct / max(tally.n, 1), "test_accuracy": test["accuracy"],
                  "test_loss": test["loss"], "wall_seconds": wall()}
+        if stopped_early:
+            entry["partial"] = True          # the time limit cut this epoch short
         if config.model == "ep-cnn":
             entry.update(mean_steps_per_sample=tally.steps / max(tally.batches, 1),
                          train_unconverged=int(tally.unconverged), train_unused=int(tally.unused),
