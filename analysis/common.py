@@ -272,6 +272,11 @@ def headline_columns(rows) -> list:
     return present
 
 
+def _wall(rec) -> str:
+    w = rec.get("wall_s")
+    return f"{w:.0f} s" if isinstance(w, (int, float)) else "time not recorded"
+
+
 def headline_markdown(rdir=None, source: str | None = None) -> str:
     """The headline table (Markdown) with the commands that produced each number."""
     rdir = results_dir(rdir)
@@ -299,21 +304,21 @@ def headline_markdown(rdir=None, source: str | None = None) -> str:
               f"{rows[0].get('n') if rows else '?'} test images (the same seeded subset for every model). "
               "Commands (``$RESULTS`` = the results folder; other seeds differ only in `--seed` and paths):", ""]
     steps = man.get("steps", {})
-    seen = set()
-    for name in man.get("plan", []):
-        rec = steps.get(name) or {}
-        if rec.get("status") != "done" or rec.get("kind") not in ("train", "robustness"):
-            continue
-        if rec.get("seed") not in (None, min((m["seed"] for m in models if m["model"] == rec.get("model")),
-                                              default=rec.get("seed"))):
-            continue
-        key = (rec.get("model"), rec.get("kind"), rec.get("group"))
-        if key in seen:
-            continue
-        seen.add(key)
-        wall = rec.get("wall_s")
-        lines.append(f"- `{name}` ({'%.0f s' % wall if wall is not None else 'time not recorded'}): "
-                     f"`{rec.get('command')}`")
+    done = [(n, steps[n]) for n in man.get("plan", []) if (steps.get(n) or {}).get("status") == "done"]
+    first_seed = {m["model"]: min(x["seed"] for x in models if x["model"] == m["model"]) for m in models}
+    for name, rec in done:
+        if rec.get("kind") == "train" and rec.get("seed") == first_seed.get(rec.get("model")):
+            lines.append(f"- `{name}` ({_wall(rec)}): `{rec.get('command')}`")
+    # robustness runs: the same arguments for every model (only the checkpoint and output paths differ)
+    groups = {}
+    for name, rec in done:
+        if rec.get("kind") == "robustness":
+            tag = f"{rec.get('model')}-s{rec.get('seed')}"
+            groups.setdefault((rec.get("group"), rec.get("command", "").replace(tag, "MODEL")), []).append((tag, rec))
+    for (group, cmd), recs in groups.items():
+        walls = ", ".join(f"{t} {_wall(r)}" for t, r in recs)
+        lines.append(f"- robustness `{group}`, MODEL = each of {', '.join(t for t, _ in recs)} ({walls}): `{cmd}`")
     lines.append("")
-    lines.append(f"Whole run: `python analysis/run_all.py --scale {man.get('scale')} --out $RESULTS`.")
+    whole = man.get("driver_command") or f"python analysis/run_all.py --scale {man.get('scale')} --out $RESULTS"
+    lines.append(f"Whole run: `{whole}`.")
     return "\n".join(lines)

@@ -86,8 +86,8 @@ for ax, (attack, rows) in zip(axes[0], panels):
 handles, labels = axes[0][0].get_legend_handles_labels()
 fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 6), fontsize=8, bbox_to_anchor=(0.5, -0.17))
 fig.suptitle(f"Accuracy vs ε ({M['scale']} scale)", y=1.02)
-C.save_figure(fig, "robustness_curves.png")
-plt.show()"""),
+_png = C.save_figure(fig, "robustness_curves.png")
+display(Image(filename=str(_png))); plt.close(fig)"""),
     new_markdown_cell("""\
 ## Worst case over gradient paths (circuit models)
 
@@ -124,8 +124,8 @@ if not models:
     axes[0][0].text(0.5, 0.5, "no model with several gradient paths in these results", ha="center")
     axes[0][0].set_axis_off()
 fig.tight_layout()
-C.save_figure(fig, "robustness_paths.png")
-plt.show()"""),
+_png = C.save_figure(fig, "robustness_paths.png")
+display(Image(filename=str(_png))); plt.close(fig)"""),
     new_markdown_cell("## Table: every point of the curves, with its sanity checks"),
     new_code_cell("""\
 table = []
@@ -185,8 +185,8 @@ if skipped:
 ax.set_xlabel("severity (0 = clean)"); ax.set_ylabel(f"accuracy (mean over {', '.join(map(str, nc))} corruptions)")
 ax.set_xticks(range(0, 6)); ax.grid(alpha=0.3); ax.legend(fontsize=8)
 ax.set_title(f"Corruption robustness ({M['scale']} scale, n = {means[0]['n']} images)")
-C.save_figure(fig, "corruptions_severity.png")
-plt.show()"""),
+_png = C.save_figure(fig, "corruptions_severity.png")
+display(Image(filename=str(_png))); plt.close(fig)"""),
     new_markdown_cell("## Per corruption (mean over severities and seeds)"),
     new_code_cell("""\
 names = [c for c in dict.fromkeys(r["corruption"] for r in corr) if c != "mean"]
@@ -207,8 +207,8 @@ for i in range(len(models)):
                     color="white" if mat[i, j] < 0.6 else "black")
 fig.colorbar(im, ax=ax, label="accuracy")
 ax.set_title("accuracy per corruption (%, mean over severities 1–5)")
-C.save_figure(fig, "corruptions_per_corruption.png")
-plt.show()"""),
+_png = C.save_figure(fig, "corruptions_per_corruption.png")
+display(Image(filename=str(_png))); plt.close(fig)"""),
     new_code_cell("""\
 cols_n = 6
 rows_n = int(np.ceil(len(names) / cols_n))
@@ -224,8 +224,8 @@ for ax in list(axes.flat)[len(names):]:
     ax.set_axis_off()
 axes[0][0].legend(fontsize=6)
 fig.supxlabel("severity"); fig.supylabel("accuracy")
-C.save_figure(fig, "corruptions_grid.png")
-plt.show()"""),
+_png = C.save_figure(fig, "corruptions_grid.png")
+display(Image(filename=str(_png))); plt.close(fig)"""),
     new_markdown_cell("## Tables"),
     new_code_cell("""\
 sev_rows = []
@@ -303,8 +303,8 @@ eps = {float(d["eps"]) for d in data.values()}; norm = {str(d["norm"]) for d in 
 fig.suptitle(f"clean | adversarial | perturbation, {'/'.join(norm)} ε = {', '.join(f'{e:g}' for e in eps)} "
              f"({M['scale']} scale)", y=1.0)
 fig.tight_layout()
-C.save_figure(fig, "adversarial_examples.png")
-plt.show()"""),
+_png = C.save_figure(fig, "adversarial_examples.png")
+display(Image(filename=str(_png))); plt.close(fig)"""),
     new_markdown_cell("""\
 ## Mean perturbation per model
 
@@ -318,8 +318,8 @@ for ax, m in zip(axes[0], models):
     ax.imshow(mag, cmap="magma"); ax.set_xticks([]); ax.set_yticks([])
     ax.set_title(C.label(m), fontsize=8)
 fig.suptitle("mean |δ| over the attacked images", y=1.05)
-C.save_figure(fig, "adversarial_mean_abs_perturbation.png")
-plt.show()"""),
+_png = C.save_figure(fig, "adversarial_mean_abs_perturbation.png")
+display(Image(filename=str(_png))); plt.close(fig)"""),
     new_code_cell("""\
 rows = []
 for m in models:
@@ -381,12 +381,13 @@ if ncol == 3:
     b = bench["rows"]
     ax.loglog([r["elements"] for r in b], [r["ratio"] for r in b], "o-")
     for r in b:
-        ax.annotate(f"{r['ratio']:.0f}×, agree {r['agree_V']:.0e} V", (r["elements"], r["ratio"]), fontsize=7)
+        ax.annotate(f"{r['ratio']:.0f}×\\nagree {r['agree_V']:.0e} V", (r["elements"], r["ratio"]), fontsize=7,
+                    xytext=(-4, 4), textcoords="offset points", ha="right")
     ax.set_xlabel("circuit elements (resistive MLP)"); ax.set_ylabel("ngspice time / numba time")
     ax.set_title("benchmarks/bench_spice.py", fontsize=9); ax.grid(alpha=0.3, which="both")
 fig.tight_layout()
-C.save_figure(fig, "fidelity_spice.png")
-plt.show()"""),
+_png = C.save_figure(fig, "fidelity_spice.png")
+display(Image(filename=str(_png))); plt.close(fig)"""),
     new_code_cell("""\
 G = F.get("input_gradients")
 fig, axes = plt.subplots(1, 3, figsize=(14, 3.8), squeeze=False)
@@ -419,8 +420,8 @@ else:
     for a in axes[0]:
         a.text(0.5, 0.5, "no input-gradient comparison in these results", ha="center"); a.set_axis_off()
 fig.tight_layout()
-C.save_figure(fig, "fidelity_gradients.png")
-plt.show()"""),
+_png = C.save_figure(fig, "fidelity_gradients.png")
+display(Image(filename=str(_png))); plt.close(fig)"""),
     new_markdown_cell("## Tables"),
     new_code_cell("""\
 rows = []
@@ -496,8 +497,8 @@ labels = ["clean"] + [f"{a}\\nε={C.eps_label(e)}" for a, e in cols] + ["corrupt
 ax.set_xticks(range(len(labels))); ax.set_xticklabels(labels, fontsize=8)
 ax.set_ylabel("accuracy"); ax.set_ylim(0, 1.05); ax.legend(fontsize=7, ncol=3); ax.grid(axis="y", alpha=0.3)
 ax.set_title(f"headline numbers ({M['scale']} scale; hatched red = a sanity check failed)", fontsize=10)
-C.save_figure(fig, "summary_bars.png")
-plt.show()"""),
+_png = C.save_figure(fig, "summary_bars.png")
+display(Image(filename=str(_png))); plt.close(fig)"""),
     new_markdown_cell("## Every number with its checks"),
     new_code_cell("""\
 curves = C.read_csv("curves.csv", R)
@@ -596,8 +597,8 @@ else:
     for a in axes[0]:
         a.text(0.5, 0.5, "no device sweep in these results", ha="center"); a.set_axis_off()
 fig.tight_layout()
-C.save_figure(fig, "device_realism.png")
-plt.show()"""),
+_png = C.save_figure(fig, "device_realism.png")
+display(Image(filename=str(_png))); plt.close(fig)"""),
     new_code_cell("""\
 rows = []
 if D:

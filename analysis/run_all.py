@@ -348,13 +348,15 @@ def run_step(step: Step, out: Path, env: dict, log=print) -> dict:
     return rec
 
 
-def execute(steps, out: Path, scale: str, *, only=None, force=False, log=print) -> dict:
+def execute(steps, out: Path, scale: str, *, only=None, force=False, driver_command=None, log=print) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     manifest = load_manifest(out)
     if manifest.get("scale") not in (None, scale):
         raise UserError(f"{out} holds a {manifest['scale']!r} run; use another --out for --scale {scale}")
     manifest.update({"scale": scale, "what": PLANS[scale]["what"], "out": str(out), "python": sys.executable,
                      "git_head": git_state(), "plan": [s.name for s in steps]})
+    if driver_command and not only:
+        manifest["driver_command"] = driver_command
     manifest.setdefault("created", _now())
     manifest.setdefault("steps", {})
     env = dict(os.environ)
@@ -618,6 +620,30 @@ def build_parser():
     return p
 
 
+def driver_command(argv, out: Path) -> str:
+    """This driver's command line, with the results folder written as ``$RESULTS``."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    keep, skip = [], False
+    for i, a in enumerate(argv):
+        if skip:
+            skip = False
+            continue
+        if a in ("--publish",):
+            skip = True
+            continue
+        if a.startswith("--publish="):
+            continue
+        keep.append(a)
+    shown = []
+    for i, a in enumerate(keep):
+        if i > 0 and keep[i - 1] == "--out":
+            a = "$RESULTS"
+        elif a.startswith("--out="):
+            a = "--out=$RESULTS"
+        shown.append(a if a.startswith("$RESULTS") or a.startswith("--out=") else shlex.quote(a))
+    return "python analysis/run_all.py " + " ".join(shown)
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     out = Path(args.out).resolve()
@@ -641,7 +667,8 @@ def main(argv=None) -> int:
         if args.scale == "gpu":
             print("note: the gpu scale is the paper-scale configuration (CUDA, CIFAR-10); it takes days on a CPU",
                   file=sys.stderr)
-        manifest = execute(steps, out, args.scale, only=args.only, force=args.force)
+        manifest = execute(steps, out, args.scale, only=args.only, force=args.force,
+                           driver_command=driver_command(argv, out))
         failed = [k for k, v in manifest["steps"].items() if v.get("status") in ("failed", "blocked")
                   and k in manifest["plan"]]
     summ = collect(out)
