@@ -441,8 +441,8 @@ def _corruption_rows(sw, correct, clean_acc, clean_check) -> list:
             xc = corrupt(sw.x, name, s, _rng(cfg.seed, "corruption", name, s), frost_dir=cfg.frost_dir)
             pred = a.predict(xc)
             conv = np.asarray(pred.converged, bool)
-            usable = np.ones_like(conv) if getattr(pred, "use_unconverged", False) else conv
-            ok = (np.argmax(pred.scores, axis=1) == sw.y) & usable
+            counted = np.ones_like(conv) if getattr(pred, "use_unconverged", False) else conv
+            ok = (np.argmax(pred.scores, axis=1) == sw.y) & counted
             acc = float(ok.mean()) if sw.n else 0.0
             per_sev[s].append(acc)
             res = float(np.max(pred.residual)) if pred.residual is not None and sw.n else None
