@@ -4,7 +4,6 @@ Linear classifiers ``z = W x + b`` have closed-form minimal adversarial distance
 (two classes, no box constraint active): ``|z_0 − z_1| / ||w_0 − w_1||_2`` in L2 and
 ``|z_0 − z_1| / ||w_0 − w_1||_1`` in L∞, which PGD must reach and cannot beat.
 """
-import numba
 import numpy as np
 import pytest
 import torch
@@ -21,14 +20,7 @@ from epsim.robustness.evaluate import SweepConfig, run_sweep, validate_eps
 SHAPE = (1, 4, 4)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n_torch, n_numba = torch.get_num_threads(), numba.get_num_threads()
-    torch.set_num_threads(1)
-    numba.set_num_threads(1)
-    yield
-    torch.set_num_threads(n_torch)
-    numba.set_num_threads(n_numba)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class Linear(nn.Module):

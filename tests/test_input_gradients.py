@@ -1,6 +1,5 @@
 """Input gradients dL/dx: BPTT, implicit differentiation and the EP estimate from the input
 sources' currents, against central finite differences of the numba free-phase loss."""
-import numba
 import numpy as np
 import pytest
 import torch
@@ -18,15 +17,7 @@ CASES = [(k, d) for k in ("mlp", "cnn") for d in ("ideal", "shockley")]
 TIGHT = NumbaSolver(tol_A=1e-15, max_iter=5000)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny problems: one thread each for torch and numba (no OpenMP oversubscription)."""
-    n_torch, n_numba = torch.get_num_threads(), numba.get_num_threads()
-    torch.set_num_threads(1)
-    numba.set_num_threads(1)
-    yield
-    torch.set_num_threads(n_torch)
-    numba.set_num_threads(n_numba)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def random_net(kind, diode="ideal", seed=0):

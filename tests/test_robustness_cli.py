@@ -4,10 +4,8 @@ import json
 import subprocess
 import sys
 
-import numba
 import numpy as np
 import pytest
-import torch
 
 from epsim.checkpoint import save_checkpoint
 from epsim.data import load_dataset
@@ -17,14 +15,7 @@ from epsim.errors import EpsimError
 from epsim.training import TrainConfig, train
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n_torch, n_numba = torch.get_num_threads(), numba.get_num_threads()
-    torch.set_num_threads(1)
-    numba.set_num_threads(1)
-    yield
-    torch.set_num_threads(n_torch)
-    numba.set_num_threads(n_numba)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,6 @@ Tolerances: float64 agrees with numba to <= 1e-6 V (in practice ~1e-14 V); float
 tol_A = 1e-10 A agrees to <= 2e-4 V (measured ~1e-5..7e-5 V: the tolerance itself, a KCL
 residual of 1e-4 g_unit*V, bounds the voltage error; float32 cannot go much lower).
 """
-import numba
 import numpy as np
 import pytest
 import torch
@@ -22,16 +21,7 @@ TIGHT_TOL_A = 1e-15
 CASES = [(k, d) for k in ("mlp", "cnn") for d in ("ideal", "shockley")]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny problems: one thread each for torch and numba avoids OpenMP oversubscription
-    (spinning thread pools) on shared cores, which slows small solves by orders of magnitude."""
-    n_torch, n_numba = torch.get_num_threads(), numba.get_num_threads()
-    torch.set_num_threads(1)
-    numba.set_num_threads(1)
-    yield
-    torch.set_num_threads(n_torch)
-    numba.set_num_threads(n_numba)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def random_net(kind, diode="ideal", seed=0):
