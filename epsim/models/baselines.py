@@ -90,7 +90,8 @@ class BPCNN(nn.Module):
             h, w = (h + 2 * pad - kernel_size + 1) // 2, (w + 2 * pad - kernel_size + 1) // 2
             if h < 1 or w < 1:
                 raise EpsimError(f"BP-CNN with channels {channels} and paddings {paddings} does not "
-                                 f"fit images of shape {tuple(image_shape)}")
+                                 f"fit images of shape {tuple(image_shape)}; use fewer layers or more padding "
+                                 f"(e.g. --channels 32 64 --paddings 1 1 for 8x8 images)")
             c = c_out
         self.features = nn.Sequential(*blocks)
         self.classifier = nn.Linear(c * h * w, self.num_classes)

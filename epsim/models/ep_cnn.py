@@ -159,7 +159,8 @@ class EPCNN(nn.Module):
             h, w = h // self.pool_size, w // self.pool_size
             if h < 1 or w < 1:
                 raise EpsimError(f"EP-CNN with channels {channels} and paddings {paddings} does not "
-                                 f"fit images of shape {tuple(image_shape)}: a layer would be empty")
+                                 f"fit images of shape {tuple(image_shape)}: a layer would be empty; use fewer layers or "
+                                 f"more padding (e.g. --channels 32 64 --paddings 1 1 for 8x8 images)")
             self.state_shapes.append((c_out, h, w))
             c_in = c_out
         self.synapses.append(nn.Linear(c_in * h * w, self.num_classes))
