@@ -1,0 +1,41 @@
+#!/bin/bash
+# CIFAR-10 robustness table at 2-core CPU scale: small presets, 500 test images.
+#   bash analysis/cifar_cpu.sh DATA_DIR OUT_DIR     (DATA_DIR holds cifar-10-batches-py/)
+#   FROST_DIR=../shared/data/frost bash analysis/cifar_cpu.sh ...   (frost textures; default DATA_DIR/frost)
+# Offline copy: python ../shared/data/make_cifar10.py DATA_DIR. Each step is skipped when its
+# output exists, so rerunning continues an interrupted run. About 2.5 h on an idle 2-core machine.
+set -euo pipefail
+DATA=${1:?usage: analysis/cifar_cpu.sh DATA_DIR OUT_DIR}
+OUT=${2:?usage: analysis/cifar_cpu.sh DATA_DIR OUT_DIR}
+mkdir -p "$OUT"
+run() {  # run OUTPUT_FILE LOG COMMAND...: skip when OUTPUT_FILE exists
+    local done=$1 log=$2; shift 2
+    if [ -e "$done" ]; then echo "skip: $done exists"; return; fi
+    echo "run: $*"; "$@" > "$log" 2>&1
+}
+train() {  # train NAME ARGS...: resumes an interrupted run
+    local dir="$OUT/$1"; shift
+    local resume=(); [ -e "$dir/checkpoint.pt" ] && resume=(--resume)
+    run "$dir/metrics.json" "$dir.log" python -m epsim.train --dataset cifar10 --data-dir "$DATA" --out "$dir" \
+        --no-progress "${resume[@]}" "$@"
+}
+train ep-cnn --model ep-cnn --backend torch --preset cifar10-small --torch-threads 2
+train bp-cnn --model bp-cnn --backend torch --preset cifar10-small
+train adv-cnn --model adv-cnn --backend torch --preset cifar10-small --time-limit 60 --torch-threads 1
+train circuit-mlp --model mlp --backend numba --epochs 5 --batch-size 8 --lr 0.05
+
+frost=(); [ -n "${FROST_DIR:-}" ] && frost=(--frost-dir "$FROST_DIR")
+common=(--n 500 --steps 20 --restarts 1 --loss ce,dlr --queries 1000 --threads 1 --no-progress --data-dir "$DATA")
+for m in ep-cnn bp-cnn adv-cnn circuit-mlp; do
+    ck="$OUT/$m/checkpoint.pt"
+    run "$OUT/rob/$m-linf/robustness.json" "$OUT/rob-$m-linf.log" python -m epsim.robustness --checkpoint "$ck" \
+        --attack pgd-linf,fgsm-linf,square-linf --eps 2/255,8/255 "${common[@]}" --out "$OUT/rob/$m-linf"
+    run "$OUT/rob/$m-l2/robustness.json" "$OUT/rob-$m-l2.log" python -m epsim.robustness --checkpoint "$ck" \
+        --attack pgd-l2,fgsm-l2,square-l2 --eps 0.25,0.5 "${common[@]}" --out "$OUT/rob/$m-l2"
+    run "$OUT/rob/$m-corruptions/robustness.json" "$OUT/rob-$m-corruptions.log" python -m epsim.robustness \
+        --checkpoint "$ck" --attack corruptions --severities 1,2,3,4,5 "${frost[@]}" "${common[@]}" \
+        --out "$OUT/rob/$m-corruptions"
+done
+cols() { echo "$OUT/rob/$1-l2,$OUT/rob/$1-linf,$OUT/rob/$1-corruptions"; }
+python "$(dirname "$0")/robustness_table.py" "EP-CNN (torch)=$(cols ep-cnn)" "circuit MLP (numba)=$(cols circuit-mlp)" \
+    "BP-CNN=$(cols bp-cnn)" "AdvCNN (PGD-L2 0.5)=$(cols adv-cnn)" | tee "$OUT/table.md"
