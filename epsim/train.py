@@ -57,6 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--batch-size", type=int, default=d.batch_size)
     g.add_argument("--lr", type=float, default=d.lr, help="learning rate of conductances (in units of g_unit)")
     g.add_argument("--lr-bias", type=float, default=None, help="learning rate of bias currents (default: --lr)")
+    g.add_argument("--lr-layers", type=float, nargs="+", default=None, metavar="M",
+                   help="per-layer multipliers of --lr and --lr-bias, one per layer of conductances "
+                        "(input side first), e.g. 10 25 1 for the cnn on 32x32 images (default: all 1)")
     g.add_argument("--momentum", type=float, default=d.momentum)
     g.add_argument("--lr-schedule", default=d.lr_schedule, choices=("cosine", "constant"),
                    help="per-epoch learning-rate schedule")
@@ -80,7 +83,7 @@ def main(argv=None):
         return
     config = TrainConfig(
         dataset=args.dataset, model=args.model, backend=args.backend, epochs=args.epochs,
-        batch_size=args.batch_size, lr=args.lr, lr_bias=args.lr_bias, momentum=args.momentum,
+        batch_size=args.batch_size, lr=args.lr, lr_bias=args.lr_bias, lr_layers=args.lr_layers, momentum=args.momentum,
         lr_schedule=args.lr_schedule,
         beta=args.beta, seed=args.seed, input_gain_V=args.input_gain, diode=args.diode,
         g_min_S=args.g_min, g_max_S=args.g_max, tol_A=args.tol, max_iter=args.max_iter,

@@ -46,6 +46,7 @@ class TrainConfig:
     batch_size: int = 8
     lr: float = 0.1
     lr_bias: float | None = None
+    lr_layers: list | None = None  # per-layer multipliers of lr and lr_bias (None: all 1)
     momentum: float = 0.9
     lr_schedule: str = "cosine"
     beta: float = 0.5
@@ -66,12 +67,16 @@ class TrainConfig:
     wire_resistance_ohm: float = 0.0  # per crossbar wire segment; > 0: the wire-aware solver
 
     def validate(self):
+        if self.lr_layers is not None:
+            self.lr_layers = [float(m) for m in self.lr_layers]
         checks = [
             (self.epochs >= 1, "--epochs must be at least 1"),
             (self.batch_size >= 1, "--batch-size must be at least 1"),
             (np.isfinite(self.lr) and self.lr > 0, "--lr must be a positive number"),
             (self.lr_bias is None or (np.isfinite(self.lr_bias) and self.lr_bias >= 0),
              "--lr-bias must be a non-negative number"),
+            (self.lr_layers is None or (len(self.lr_layers) > 0 and all(
+                np.isfinite(m) and m > 0 for m in self.lr_layers)), "--lr-layers must be positive numbers"),
             (0 <= self.momentum < 1, "--momentum must be in [0, 1)"),
             (self.lr_schedule in LR_SCHEDULES, f"--lr-schedule must be one of {', '.join(LR_SCHEDULES)}"),
             (np.isfinite(self.beta) and self.beta > 0, "--beta must be a positive number"),
@@ -147,6 +152,14 @@ class _EpochTally:
         self.max_residual_A = float(d.get("max_residual_A", 0.0))
         self.iterations = int(d.get("iterations", 0))
         self.batches = int(d.get("batches", 0))
+        self.silent = [int(c) for c in d.get("silent", [])]   # per layer: updates with grad_w exactly 0
+
+    def add_silent(self, grad_w):
+        """Count, per layer, an update whose conductance gradient is exactly zero."""
+        if not self.silent:
+            self.silent = [0] * len(grad_w)
+        for l, g in enumerate(grad_w):
+            self.silent[l] += int(not np.any(g))
 
     def add(self, n, correct, loss_sum, unconverged, max_residual_A, iterations):
         """Fold in one (global) batch's totals."""
@@ -188,7 +201,7 @@ def train(config: TrainConfig, dataset, out_dir=None, *, resume=False, progress=
     devices = DeviceArray(get_device_model(config.device_model), net, config.seed, dp.rank)
     devices.program(net)
     solver = devices.wrap_solver(solver)
-    opt = ProjectedSGD(net, config.lr, config.lr_bias, config.momentum, device=devices)
+    opt = ProjectedSGD(net, *layer_learning_rates(config, net), config.momentum, device=devices)
     start_epoch, start_batch, history, tally, wall_before = 0, 0, [], _EpochTally(), 0.0
     out_dir = Path(out_dir) if out_dir is not None else None
     ckpt_path = out_dir / CHECKPOINT_NAME if out_dir is not None else None
@@ -251,6 +264,7 @@ def train(config: TrainConfig, dataset, out_dir=None, *, resume=False, progress=
                 totals = summed[len(grad_w) + len(grad_b) + 1:]
             if n_used:
                 opt.step(grad_w, grad_b)
+                tally.add_silent(grad_w)
             tally.add(totals[0], totals[1], totals[2], totals[3], dp.max(result.residual_A), totals[4])
             done_batches += 1
             if hasattr(bar, "set_postfix"):
@@ -270,6 +284,7 @@ def train(config: TrainConfig, dataset, out_dir=None, *, resume=False, progress=
             "train_unconverged": tally.unconverged, "test_unconverged": test["unconverged"],
             "max_residual_A": max(tally.max_residual_A, test["max_residual_A"]),
             "mean_iterations_per_batch": tally.iterations / max(tally.batches, 1),
+            "silent_updates_per_layer": list(tally.silent),
             "wall_seconds": wall()})
         h = history[-1]
         log(f"epoch {epoch + 1}/{config.epochs}: train loss {h['train_loss']:.4f} "
@@ -277,6 +292,12 @@ def train(config: TrainConfig, dataset, out_dir=None, *, resume=False, progress=
             f"max KCL residual {h['max_residual_A']:.2e} A"
             + (f", UNCONVERGED train {h['train_unconverged']} test {h['test_unconverged']}"
                if h["train_unconverged"] or h["test_unconverged"] else ""))
+        silent = [l for l, c in enumerate(tally.silent) if c]
+        if silent:
+            log(f"warning: layer(s) {', '.join(map(str, silent))} had an exactly zero EP gradient in "
+                f"{', '.join(str(tally.silent[l]) for l in silent)} of {tally.batches} updates: the nudged "
+                f"phases moved their nodes less than the KCL tolerance resolves; lower --tol "
+                f"(now {config.tol_A:g} A)")
         tally = _EpochTally()
         checkpoint(epoch + 1, 0)
         last_ckpt = time.perf_counter()
@@ -287,6 +308,18 @@ def train(config: TrainConfig, dataset, out_dir=None, *, resume=False, progress=
     if out_dir is not None and dp.is_main:
         write_json(out_dir / METRICS_NAME, metrics)
     return metrics
+
+
+def layer_learning_rates(config: TrainConfig, net) -> tuple:
+    """``(lr_w, lr_b)``, one value per layer: ``--lr`` / ``--lr-bias`` times ``--lr-layers``."""
+    lr_b = config.lr if config.lr_bias is None else config.lr_bias
+    if config.lr_layers is None:
+        return config.lr, lr_b
+    if len(config.lr_layers) != net.num_layers:
+        raise EpsimError(f"--lr-layers needs {net.num_layers} values for the {config.model} "
+                         f"({net.num_layers} layers of conductances), got {len(config.lr_layers)}")
+    m = np.asarray(config.lr_layers, dtype=float)
+    return config.lr * m, lr_b * m
 
 
 def lr_scale(config: TrainConfig, epoch: int) -> float:

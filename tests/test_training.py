@@ -47,6 +47,34 @@ def test_training_learns_and_writes_metrics(tmp_path, digits):
     assert metrics["test_accuracy"] == on_disk["test_accuracy"]
 
 
+def test_layer_learning_rates_scale_each_layer(tmp_path, digits):
+    plain = train(config(epochs=1), digits, tmp_path / "a", progress=False, log=lambda *_: None)
+    ones = train(config(epochs=1, lr_layers=[1, 1]), digits, tmp_path / "b", progress=False, log=lambda *_: None)
+    assert plain["test_accuracy"] == ones["test_accuracy"]
+    net_a, _ = params_of(tmp_path / "a")
+    net_b, _ = params_of(tmp_path / "b")
+    for wa, wb in zip(net_a.w, net_b.w):
+        np.testing.assert_array_equal(wa, wb)
+    train(config(epochs=1, lr_layers=[1e-9, 1]), digits, tmp_path / "c", progress=False, log=lambda *_: None)
+    net_c, _ = params_of(tmp_path / "c")
+    init = load_network(tmp_path / "a" / CHECKPOINT_NAME)[0]
+    init.init_params(np.random.default_rng(SMALL.get("seed", 0)), 1.0)
+    # a vanishing multiplier freezes layer 0 at its initial conductances; layer 1 still learns
+    np.testing.assert_allclose(net_c.w[0], init.w[0], atol=1e-6)
+    assert np.abs(net_c.w[1] - init.w[1]).max() > 1e-3
+
+
+def test_layers_without_ep_signal_are_reported(tmp_path, digits):
+    """A loose tolerance leaves the conv layer's nodes unmoved by the nudge: counted and warned."""
+    lines = []
+    metrics = train(config(epochs=1, tol_A=3e-7), digits, tmp_path, progress=False, log=lines.append)
+    silent = metrics["history"][-1]["silent_updates_per_layer"]
+    assert silent[0] > 0 and silent[1] == 0
+    assert any("exactly zero EP gradient" in line and "--tol" in line for line in lines)
+    tight = train(config(epochs=1), digits, tmp_path / "tight", progress=False, log=lambda *_: None)
+    assert tight["history"][-1]["silent_updates_per_layer"] == [0, 0]
+
+
 @pytest.mark.parametrize("stop_after", [3, 15, 20])
 def test_interrupted_run_resumes_to_identical_result(tmp_path, digits, stop_after):
     full = train(config(), digits, tmp_path / "full", progress=False, log=lambda *_: None)
@@ -147,6 +175,8 @@ def assert_one_line_error(result, pattern):
     (["--epochs", "0"], "--epochs"),
     (["--beta", "nan"], "--beta"),
     (["--resume"], "--out"),
+    (["--lr-layers", "1", "1", "1"], "--lr-layers needs 2 values"),
+    (["--lr-layers", "1", "-1"], "--lr-layers"),
 ])
 def test_cli_user_errors_are_one_line(args, pattern, tmp_path):
     assert_one_line_error(run_cli(*args, cwd=tmp_path), pattern)
