@@ -1,0 +1,76 @@
+"""EP-CNN: the EP weight gradient at capped relaxation budgets against the converged one.
+
+    python analysis/ep_budget.py --checkpoint runs/ep/checkpoint.pt --data-dir DATA \
+        --budgets 60:15 100:30 --reference 400:200
+
+For each ``T1:T2`` budget (free-phase steps : steps of each nudged phase, synchronous
+solver), prints per parameter the cosine between the EP gradient estimate at that budget
+and at the long ``--reference`` budget, on ``--batch`` training images. A low cosine means
+the phases stop far from their fixed points and the update is not the EP gradient.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+import torch
+
+from epsim.data import load_dataset
+from epsim.errors import EpsimError
+from epsim.models.ep_cnn import ep_gradients
+from epsim.torch_training import load_torch_model
+
+
+def _budget(text: str) -> tuple:
+    try:
+        t1, t2 = (int(v) for v in text.split(":"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not T1:T2") from None
+    if t1 < 1 or t2 < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: T1 and T2 must be at least 1")
+    return t1, t2
+
+
+def gradients(model, x, y, budget, beta, tol) -> list:
+    ep_gradients(model, x, y, beta=beta, t1=budget[0], t2=budget[1], solver="sync", tol=tol)
+    return [p.grad.detach().clone() for p in model.parameters()]
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--checkpoint", required=True, help="checkpoint.pt of an ep-cnn run")
+    p.add_argument("--data-dir", required=True, help="folder with the checkpoint's dataset")
+    p.add_argument("--budgets", type=_budget, nargs="+", default=[(60, 15), (100, 30)], metavar="T1:T2")
+    p.add_argument("--reference", type=_budget, default=(400, 200), metavar="T1:T2")
+    p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--beta", type=float, default=0.5)
+    p.add_argument("--tol", type=float, default=1e-6, help="per-sample stop of the relaxations")
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--threads", type=int, default=1)
+    args = p.parse_args(argv)
+    try:
+        torch.set_num_threads(args.threads)
+        model = load_torch_model(args.checkpoint)
+        if getattr(model, "epsim_kind", None) != "ep-cnn":
+            raise EpsimError(f"{args.checkpoint} is not an ep-cnn checkpoint")
+        model.train()
+        ds = load_dataset(model.epsim_dataset, args.data_dir, train_subset=args.batch, test_subset=1,
+                          seed=args.seed)
+    except EpsimError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    x, y = torch.from_numpy(ds.x_train).float(), torch.from_numpy(ds.y_train).long()
+    names = [n for n, _ in model.named_parameters()]
+    ref = gradients(model, x, y, args.reference, args.beta, args.tol)
+    print(f"{args.checkpoint}: {args.batch} training images, reference T1:T2 = "
+          f"{args.reference[0]}:{args.reference[1]}; cosine with the reference EP gradient")
+    print(f"{'T1:T2':<9}" + " ".join(f"{n:>18}" for n in names))
+    for budget in args.budgets:
+        g = gradients(model, x, y, budget, args.beta, args.tol)
+        cos = [float(torch.nn.functional.cosine_similarity(a.flatten(), b.flatten(), dim=0)) for a, b in zip(g, ref)]
+        print(f"{budget[0]}:{budget[1]}".ljust(9) + " ".join(f"{c:>18.3f}" for c in cos))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
