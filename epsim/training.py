@@ -292,7 +292,8 @@ def train(config: TrainConfig, dataset, out_dir=None, *, resume=False, progress=
             f"max KCL residual {h['max_residual_A']:.2e} A"
             + (f", UNCONVERGED train {h['train_unconverged']} test {h['test_unconverged']}"
                if h["train_unconverged"] or h["test_unconverged"] else ""))
-        silent = [l for l, c in enumerate(tally.silent) if c]
+        # reported in the history always; warned about when it is more than an occasional update
+        silent = [l for l, c in enumerate(tally.silent) if c >= max(1, 0.01 * tally.batches)]
         if silent:
             log(f"warning: layer(s) {', '.join(map(str, silent))} had an exactly zero EP gradient in "
                 f"{', '.join(str(tally.silent[l]) for l in silent)} of {tally.batches} updates: the nudged "
