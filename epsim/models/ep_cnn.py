@@ -76,9 +76,12 @@ EP_PRESETS = {
     # Sized for a 2-core CPU (measured on a busy one: about 1 s per batch of 32): an eighth
     # of the paper's width; the synchronous loop capped at T1 = 60 / T2 = 15 steps with
     # per-sample stops at 1e-4; inputs normalised by the plain std (the paper's 3x std
-    # leaves the top layer of the default init almost silent: a long plateau at chance).
+    # leaves the top layer of the default init almost silent: a long plateau at chance);
+    # half the paper's layer rates, which are set for batch 128 (2 epochs on CIFAR-10:
+    # 47.7 % with these, 43.2 % with the paper's).
     "cifar10-small": dict(_PAPER, channels=(16, 32, 64, 128), t1=60, t2=15, tol=1e-4,
-                          input_std_scale=1.0, epochs=2, batch_size=32),
+                          input_std_scale=1.0, epochs=2, batch_size=32,
+                          lrs=(0.125, 0.075, 0.05, 0.04, 0.025)),
 }
 
 
