@@ -20,11 +20,13 @@ class DataParallel:
         self.world = int(os.environ.get("WORLD_SIZE", "1"))
         self.rank = int(os.environ.get("RANK", "0"))
         self._dist = None
+        self._owned = False
         if self.world > 1:
             import torch
             import torch.distributed as dist
 
-            if not dist.is_initialized():
+            self._owned = not dist.is_initialized()
+            if self._owned:
                 dist.init_process_group(backend or ("nccl" if torch.cuda.is_available() else "gloo"))
             self._dist = dist
 
@@ -69,6 +71,7 @@ class DataParallel:
             self._dist.barrier()
 
     def close(self):
-        if self.active:
+        """Leave the process group; destroy it if this object created it."""
+        if self.active and self._owned:
             self._dist.destroy_process_group()
-            self._dist = None
+        self._dist = None

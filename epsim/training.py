@@ -189,6 +189,17 @@ def train(config: TrainConfig, dataset, out_dir=None, *, resume=False, progress=
     """
     config.validate()
     dp = DataParallel()
+    try:
+        return _train(config, dataset, out_dir, dp, resume=resume, progress=progress,
+                      stop_after_batches=stop_after_batches, checkpoint_interval_s=checkpoint_interval_s,
+                      log=log)
+    finally:
+        # a process group left alive aborts the rank at interpreter exit (gloo's threads)
+        dp.close()
+
+
+def _train(config: TrainConfig, dataset, out_dir, dp, *, resume, progress, stop_after_batches,
+           checkpoint_interval_s, log) -> dict:
     if not dp.is_main:
         progress, log = False, (lambda *_: None)
     solver = get_solver(config.backend, tol_A=config.tol_A, max_iter=config.max_iter)
