@@ -66,9 +66,11 @@ class TrainConfig:
     device_model: str = "ideal"  # epsim.learning.devices preset, NAME[:field=value,...]
     wire_resistance_ohm: float = 0.0  # per crossbar wire segment; > 0: the wire-aware solver
 
-    def validate(self):
-        if self.lr_layers is not None:
+    def __post_init__(self):
+        if self.lr_layers is not None:  # one comparable form for CLI values and checkpoints
             self.lr_layers = [float(m) for m in self.lr_layers]
+
+    def validate(self):
         checks = [
             (self.epochs >= 1, "--epochs must be at least 1"),
             (self.batch_size >= 1, "--batch-size must be at least 1"),
@@ -156,10 +158,8 @@ class _EpochTally:
 
     def add_silent(self, grad_w):
         """Count, per layer, an update whose conductance gradient is exactly zero."""
-        if not self.silent:
-            self.silent = [0] * len(grad_w)
-        for l, g in enumerate(grad_w):
-            self.silent[l] += int(not np.any(g))
+        counts = self.silent or [0] * len(grad_w)
+        self.silent = [c + int(not np.any(g)) for c, g in zip(counts, grad_w)]
 
     def add(self, n, correct, loss_sum, unconverged, max_residual_A, iterations):
         """Fold in one (global) batch's totals."""
