@@ -14,7 +14,7 @@ holds ``g_unit_S``), ``w``/``b`` (normalised conductances ``G/g_unit`` and bias 
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +26,7 @@ from .errors import EpsimError
 from .learning.devices import DeviceArray, get_device_model
 from .learning.ep import centered_ep, free_phase
 from .learning.optim import ProjectedSGD
-from .models.registry import build_circuit_model
+from .models.registry import build_circuit_model, default_tol_A
 from .models.resistive import CircuitRanges, ResistiveNetwork
 from .solvers import get_solver
 
@@ -58,7 +58,7 @@ class TrainConfig:
     g_unit_S: float = 1e-6
     g_min_S: float = 0.0
     g_max_S: float = 2e-5
-    tol_A: float = 1e-9
+    tol_A: float | None = None  # None: the model's default (registry.default_tol_A)
     max_iter: int = 1000
     train_subset: int | None = None
     test_subset: int | None = None
@@ -84,7 +84,7 @@ class TrainConfig:
             (np.isfinite(self.beta) and self.beta > 0, "--beta must be a positive number"),
             (self.input_gain_V is None or (np.isfinite(self.input_gain_V) and self.input_gain_V > 0),
              "--input-gain must be positive (volts)"),
-            (self.tol_A > 0, "--tol must be positive (amperes)"),
+            (self.tol_A is None or self.tol_A > 0, "--tol must be positive (amperes)"),
             (self.max_iter >= 1, "--max-iter must be at least 1"),
         ]
         for ok, message in checks:
@@ -188,6 +188,8 @@ def train(config: TrainConfig, dataset, out_dir=None, *, resume=False, progress=
         checkpoint_interval_s: wall time between mid-epoch checkpoints.
     """
     config.validate()
+    if config.tol_A is None:
+        config = replace(config, tol_A=default_tol_A(config.model, dataset.image_shape))
     dp = DataParallel()
     try:
         return _train(config, dataset, out_dir, dp, resume=resume, progress=progress,

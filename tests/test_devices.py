@@ -14,6 +14,7 @@ from epsim.learning.devices import (PRESETS, DeviceArray, DeviceModel, ReadNoise
                                     pulse_response, pulses_from_reset)
 from epsim.learning.ep import centered_ep
 from epsim.learning.optim import ProjectedSGD
+from epsim.models.registry import default_tol_A
 from epsim.solvers import get_solver
 from epsim.training import CHECKPOINT_NAME, TrainConfig, build_network, load_network, lr_scale, train
 
@@ -48,7 +49,7 @@ def test_ideal_device_and_no_wires_reproduce_the_plain_training_loop(tmp_path, d
     net = build_network(cfg, digits)
     net.init_params(np.random.default_rng(cfg.seed), cfg.weight_gain)
     opt = ProjectedSGD(net, cfg.lr, cfg.lr_bias, cfg.momentum)
-    solver = get_solver("numba", tol_A=cfg.tol_A, max_iter=cfg.max_iter)
+    solver = get_solver("numba", tol_A=default_tol_A(cfg.model, digits.image_shape), max_iter=cfg.max_iter)
     n = len(digits.y_train)
     for epoch in range(cfg.epochs):
         order = np.random.default_rng([cfg.seed, epoch]).permutation(n)
