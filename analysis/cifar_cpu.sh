@@ -24,10 +24,11 @@ train ep-cnn --model ep-cnn --backend torch --preset cifar10-small --torch-threa
 train bp-cnn --model bp-cnn --backend torch --preset cifar10-small
 train adv-cnn --model adv-cnn --backend torch --preset cifar10-small --time-limit 60 --torch-threads 1
 train circuit-mlp --model mlp --backend numba --epochs 5 --batch-size 8 --lr 0.05
+train circuit-cnn --model cnn --backend numba --epochs 3 --batch-size 8 --lr 0.05 --lr-layers 3 1
 
 frost=(); [ -n "${FROST_DIR:-}" ] && frost=(--frost-dir "$FROST_DIR")
 common=(--n 500 --steps 20 --restarts 1 --loss ce,dlr --queries 1000 --threads 1 --no-progress --data-dir "$DATA")
-for m in ep-cnn bp-cnn adv-cnn circuit-mlp; do
+for m in ep-cnn bp-cnn adv-cnn circuit-mlp circuit-cnn; do
     ck="$OUT/$m/checkpoint.pt"
     run "$OUT/rob/$m-linf/robustness.json" "$OUT/rob-$m-linf.log" python -m epsim.robustness --checkpoint "$ck" \
         --attack pgd-linf,fgsm-linf,square-linf --eps 2/255,8/255 "${common[@]}" --out "$OUT/rob/$m-linf"
@@ -38,5 +39,6 @@ for m in ep-cnn bp-cnn adv-cnn circuit-mlp; do
         --out "$OUT/rob/$m-corruptions"
 done
 cols() { echo "$OUT/rob/$1-l2,$OUT/rob/$1-linf,$OUT/rob/$1-corruptions"; }
-python "$(dirname "$0")/robustness_table.py" "EP-CNN (torch)=$(cols ep-cnn)" "circuit MLP (numba)=$(cols circuit-mlp)" \
-    "BP-CNN=$(cols bp-cnn)" "AdvCNN (PGD-L2 0.5)=$(cols adv-cnn)" | tee "$OUT/table.md"
+python "$(dirname "$0")/robustness_table.py" "EP-CNN (torch)=$(cols ep-cnn)" "circuit CNN (numba)=$(cols circuit-cnn)" \
+    "circuit MLP (numba)=$(cols circuit-mlp)" "BP-CNN=$(cols bp-cnn)" "AdvCNN (PGD-L2 0.5)=$(cols adv-cnn)" \
+    | tee "$OUT/table.md"
