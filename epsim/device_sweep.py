@@ -176,7 +176,7 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     from .data import default_data_dir, load_dataset
     from .learning.devices import get_device_model
-    from .training import TrainConfig
+    from .training import TrainConfig, with_model_defaults
 
     if any(r < 0 or not np.isfinite(r) for r in args.wire_resistances + list(args.train_wires)):
         raise EpsimError("wire resistances must be non-negative numbers of ohms")
@@ -202,9 +202,10 @@ def main(argv=None):
             for spec, lr in zip(args.devices, lrs)]
     jobs += [(f"ideal@wire={r:g}", "ideal", float(r), args.train_wires_epochs, args.lr) for r in args.train_wires]
     for name, spec, r_train, epochs, lr in jobs:
-        config = TrainConfig(dataset=args.dataset, model=args.model, epochs=epochs, lr=lr, seed=args.seed,
-                             train_subset=args.train_subset, test_subset=args.test_subset,
-                             device_model=spec, wire_resistance_ohm=r_train)
+        config = with_model_defaults(TrainConfig(
+            dataset=args.dataset, model=args.model, epochs=epochs, lr=lr, seed=args.seed,
+            train_subset=args.train_subset, test_subset=args.test_subset,
+            device_model=spec, wire_resistance_ohm=r_train), dataset)
         run_dir = runs_dir / name.replace(":", "_").replace(",", "_").replace("=", "-")
         log(f"== {name}: training {epochs} epochs in {run_dir}")
         net, metrics = train_chip(config, dataset, run_dir, progress, log)

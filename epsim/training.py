@@ -113,6 +113,13 @@ class TrainConfig:
                 if f.name not in free_to_change and getattr(self, f.name) != getattr(other, f.name)]
 
 
+def with_model_defaults(config: TrainConfig, dataset) -> TrainConfig:
+    """``config`` with the settings left to the model (``tol_A=None``) filled in for ``dataset``."""
+    if config.tol_A is None:
+        return replace(config, tol_A=default_tol_A(config.model, dataset.image_shape))
+    return config
+
+
 def build_network(config: TrainConfig, dataset) -> ResistiveNetwork:
     diode = DiodeModel(kind=config.diode)
     ranges = CircuitRanges(config.g_unit_S, config.g_min_S, config.g_max_S)
@@ -188,8 +195,7 @@ def train(config: TrainConfig, dataset, out_dir=None, *, resume=False, progress=
         checkpoint_interval_s: wall time between mid-epoch checkpoints.
     """
     config.validate()
-    if config.tol_A is None:
-        config = replace(config, tol_A=default_tol_A(config.model, dataset.image_shape))
+    config = with_model_defaults(config, dataset)
     dp = DataParallel()
     try:
         return _train(config, dataset, out_dir, dp, resume=resume, progress=progress,
