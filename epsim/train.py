@@ -61,7 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--lr-bias", type=float, default=None, help="learning rate of bias currents (default: --lr)")
     g.add_argument("--lr-layers", type=float, nargs="+", default=None, metavar="M",
                    help="per-layer multipliers of --lr and --lr-bias, one per layer of conductances "
-                        "(input side first), e.g. 10 25 1 for the cnn on 32x32 images (default: all 1)")
+                        "(input side first), e.g. 3 1 for the cnn on CIFAR-10 (default: all 1)")
     g.add_argument("--momentum", type=float, default=d.momentum)
     g.add_argument("--lr-schedule", default=d.lr_schedule, choices=("cosine", "constant"),
                    help="per-epoch learning-rate schedule")
