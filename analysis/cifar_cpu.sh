@@ -3,7 +3,7 @@
 #   bash analysis/cifar_cpu.sh DATA_DIR OUT_DIR     (DATA_DIR holds cifar-10-batches-py/)
 #   FROST_DIR=../shared/data/frost bash analysis/cifar_cpu.sh ...   (frost textures; default DATA_DIR/frost)
 # Offline copy: python ../shared/data/make_cifar10.py DATA_DIR. Each step is skipped when its
-# output exists, so rerunning continues an interrupted run. About 2.5 h on an idle 2-core machine.
+# output exists, so rerunning continues an interrupted run. About 4.5 h on a 2-core machine.
 set -euo pipefail
 DATA=${1:?usage: analysis/cifar_cpu.sh DATA_DIR OUT_DIR}
 OUT=${2:?usage: analysis/cifar_cpu.sh DATA_DIR OUT_DIR}
@@ -19,8 +19,7 @@ train() {  # train NAME ARGS...: resumes an interrupted run
     run "$dir/metrics.json" "$dir.log" python -m epsim.train --dataset cifar10 --data-dir "$DATA" --out "$dir" \
         --no-progress "${resume[@]}" "$@"
 }
-# the table in analysis/README.md was measured on an EP-CNN trained with the paper's layer rates
-train ep-cnn --model ep-cnn --backend torch --preset cifar10-small --torch-threads 2 --lrs 0.25 0.15 0.1 0.08 0.05
+train ep-cnn --model ep-cnn --backend torch --preset cifar10-small --torch-threads 2 --epochs 3 --time-limit 60
 train bp-cnn --model bp-cnn --backend torch --preset cifar10-small
 train adv-cnn --model adv-cnn --backend torch --preset cifar10-small --time-limit 60 --torch-threads 1
 train circuit-mlp --model mlp --backend numba --epochs 5 --batch-size 8 --lr 0.05
