@@ -14,9 +14,9 @@ from epsim.learning.devices import (PRESETS, DeviceArray, DeviceModel, ReadNoise
                                     pulse_response, pulses_from_reset)
 from epsim.learning.ep import centered_ep
 from epsim.learning.optim import ProjectedSGD
-from epsim.models.registry import default_tol_A
 from epsim.solvers import get_solver
-from epsim.training import CHECKPOINT_NAME, TrainConfig, build_network, load_network, lr_scale, train
+from epsim.training import (CHECKPOINT_NAME, TrainConfig, build_network, load_network, lr_scale, train,
+                            with_model_defaults)
 
 SMALL = dict(train_subset=96, test_subset=48, epochs=2, batch_size=8)
 QUIET = dict(progress=False, log=lambda *_: None)
@@ -42,14 +42,14 @@ def model(**kw):
 def test_ideal_device_and_no_wires_reproduce_the_plain_training_loop(tmp_path, digits):
     """Acceptance: --device-model ideal --wire-resistance 0 gives exactly the parameters of
     the training loop without any device model (ProjectedSGD alone, layered solver)."""
-    cfg = TrainConfig(**SMALL, device_model="ideal", wire_resistance_ohm=0.0)
+    cfg = with_model_defaults(TrainConfig(**SMALL, device_model="ideal", wire_resistance_ohm=0.0), digits)
     train(cfg, digits, tmp_path, **QUIET)
     trained, _ = load_network(tmp_path / CHECKPOINT_NAME)
     # the same run by hand, with no device model anywhere
     net = build_network(cfg, digits)
     net.init_params(np.random.default_rng(cfg.seed), cfg.weight_gain)
     opt = ProjectedSGD(net, cfg.lr, cfg.lr_bias, cfg.momentum)
-    solver = get_solver("numba", tol_A=default_tol_A(cfg.model, digits.image_shape), max_iter=cfg.max_iter)
+    solver = get_solver("numba", tol_A=cfg.tol_A, max_iter=cfg.max_iter)
     n = len(digits.y_train)
     for epoch in range(cfg.epochs):
         order = np.random.default_rng([cfg.seed, epoch]).permutation(n)

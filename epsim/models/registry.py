@@ -8,7 +8,8 @@ from .resistive import CircuitRanges, build_cnn, build_mlp
 CIRCUIT_MODELS = ("cnn", "mlp", "mlp-deep")
 # Node voltages of a resistive network are weighted averages of their neighbours', so the
 # signal shrinks with depth and with fan-in: deeper circuits and larger images need a
-# larger input swing. Keys: (model, small image); values measured best on digits / MNIST.
+# larger input swing. Keys: (model, small image); values measured best on digits / MNIST
+# (the large-image cnn: on CIFAR-10).
 DEFAULT_INPUT_GAIN_V = {("cnn", True): 16.0, ("mlp", True): 16.0, ("mlp-deep", True): 48.0,
                         ("cnn", False): 16.0, ("mlp", False): 64.0, ("mlp-deep", False): 128.0}
 # KCL tolerance (A) fine enough for the nudge to reach every layer: a hidden node moves by
