@@ -25,3 +25,10 @@ def run(main, argv=None) -> int:
         print("interrupted; rerun with --resume to continue from the last checkpoint", file=sys.stderr)
         return 130
     return 0
+
+
+def explicit_options(build_parser, argv) -> set:
+    """Destinations of the options given on the command line ``argv`` (not left at default)."""
+    probe = build_parser()
+    probe.set_defaults(**{a.dest: None for a in probe._actions if a.dest != "help"})
+    return {k for k, v in vars(probe.parse_args(argv)).items() if v is not None and v is not False}

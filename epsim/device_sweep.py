@@ -98,14 +98,12 @@ def deployment_solver(config, net, wire_resistance_ohm, read_stream=0):
 
     ``read_stream`` selects an independent read-noise stream (evaluation repeat index).
     """
-    from .learning.devices import DeviceArray, get_device_model
-    from .solvers import get_solver
+    from dataclasses import replace
 
-    if wire_resistance_ohm > 0:
-        solver = get_solver("wires", tol_A=config.tol_A, max_iter=config.max_iter,
-                            wire_resistance_ohm=wire_resistance_ohm)
-    else:
-        solver = get_solver(config.backend, tol_A=config.tol_A, max_iter=config.max_iter)
+    from .learning.devices import DeviceArray, get_device_model
+    from .training import make_solver
+
+    solver = make_solver(replace(config, wire_resistance_ohm=wire_resistance_ohm))
     devices = DeviceArray(get_device_model(config.device_model), net, config.seed, rank=1000 + read_stream)
     return devices.wrap_solver(solver), devices.model.read_noise
 
@@ -176,7 +174,7 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     from .data import default_data_dir, load_dataset
     from .learning.devices import get_device_model
-    from .training import TrainConfig, with_model_defaults
+    from .training import preset_config
 
     if any(r < 0 or not np.isfinite(r) for r in args.wire_resistances + list(args.train_wires)):
         raise EpsimError("wire resistances must be non-negative numbers of ohms")
@@ -202,10 +200,10 @@ def main(argv=None):
             for spec, lr in zip(args.devices, lrs)]
     jobs += [(f"ideal@wire={r:g}", "ideal", float(r), args.train_wires_epochs, args.lr) for r in args.train_wires]
     for name, spec, r_train, epochs, lr in jobs:
-        config = with_model_defaults(TrainConfig(
-            dataset=args.dataset, model=args.model, epochs=epochs, lr=lr, seed=args.seed,
+        config = preset_config(
+            args.model, dataset=args.dataset, epochs=epochs, lr=lr, seed=args.seed,
             train_subset=args.train_subset, test_subset=args.test_subset,
-            device_model=spec, wire_resistance_ohm=r_train), dataset)
+            device_model=spec, wire_resistance_ohm=r_train)
         run_dir = runs_dir / name.replace(":", "_").replace(",", "_").replace("=", "-")
         log(f"== {name}: training {epochs} epochs in {run_dir}")
         net, metrics = train_chip(config, dataset, run_dir, progress, log)

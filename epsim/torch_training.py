@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from .checkpoint import load_checkpoint, save_checkpoint, write_json
+from .cli import explicit_options
 from .errors import EpsimError
 from .models.baselines import ADV_PRESETS, BP_PRESETS, VIT_PRESETS, BPCNN, ViT, build_baseline
 from .models.ep_cnn import EP_PRESETS, SOLVERS, EPCNN, build_ep_cnn, ep_gradients
@@ -569,9 +570,7 @@ class _RecordingGroup:
 def torch_cli_main(argv, build_parser) -> dict:
     """Run ``python -m epsim.train`` for a torch model; ``build_parser`` is the train CLI's."""
     args = build_parser().parse_args(argv)
-    probe = build_parser()
-    probe.set_defaults(**{k: None for k in vars(args)})
-    given = {k for k, v in vars(probe.parse_args(argv)).items() if v is not None}
+    given = explicit_options(build_parser, argv)
     if "backend" in given and args.backend != "torch":
         raise EpsimError(f"--model {args.model} runs on --backend torch only (got --backend {args.backend})")
     circuit_only = sorted(given - SHARED_OPTIONS - TORCH_OPTIONS)

@@ -8,13 +8,14 @@ from __future__ import annotations
 import sys
 from argparse import ArgumentDefaultsHelpFormatter
 
-from .cli import ArgumentParser, run
+from .cli import ArgumentParser, explicit_options, run
 from .data import DATASETS, default_data_dir, load_dataset
 from .errors import EpsimError
 from .models.registry import CIRCUIT_MODELS
 from .solvers import BACKENDS
 from .torch_training import TORCH_MODELS, add_torch_arguments, torch_cli_main
-from .training import TrainConfig, train
+from .models.connections import INITS
+from .training import LR_SCHEDULES, TrainConfig, preset_config, train
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -34,18 +35,31 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--test-subset", type=int, default=None, metavar="N", help="test on N random test images")
     g = p.add_argument_group("model and solver")
     g.add_argument("--model", default=d.model, choices=CIRCUIT_MODELS + TORCH_MODELS,
-                   help="circuit architecture, or a torch model (see the GPU models group)")
+                   help="circuit architecture, or a torch model (see the GPU models group). "
+                        "drn-xs, drn-1h, drn-2h, drn-3h, drn-xl: the published deep resistive "
+                        "networks (Scellier 2024) with their training settings as defaults "
+                        "(input gain, beta, per-layer learning rates, batch 4, plain SGD, lr x0.99 "
+                        "per epoch, epochs); options given explicitly override them")
+    g.add_argument("--arch", default=None, metavar="SPEC",
+                   help="circuit architecture from input to output, e.g. "
+                        "'conv:16:3,conv:32:3:2,dense:10' or 'dense:1024,dense:1024,dense:10': "
+                        "conv:C:K[:S] (tied conv, C channels, KxK kernel, stride S, no padding), "
+                        "dense:N; the last entry is the output layer, dense:<classes> "
+                        "(default: the --model's)")
     g.add_argument("--backend", default=d.backend, choices=BACKENDS, help="equilibrium solver")
     g.add_argument("--diode", default=d.diode, choices=("ideal", "shockley"), help="clamp diode model")
     g.add_argument("--input-gain", type=float, default=d.input_gain_V, metavar="V",
                    help="input source voltage for a pixel of value 1, applied as +V and -V "
                         "(default: per model and image size, e.g. 16 V for the digits cnn/mlp, "
-                        "64 V for the MNIST mlp)")
+                        "64 V for the MNIST mlp, 480 V for drn-1h, 16 V for an --arch circuit)")
     g.add_argument("--g-max", type=float, default=d.g_max_S, metavar="S", help="largest conductance")
     g.add_argument("--g-min", type=float, default=d.g_min_S, metavar="S", help="smallest conductance")
     g.add_argument("--tol", type=float, default=d.tol_A, metavar="A",
-                   help="KCL residual tolerance (default: per model and image size: 1e-12 A for the "
-                        "cnn on images larger than 16x16, 1e-9 A otherwise)")
+                   help="KCL residual tolerance of the free phase (and of prediction)")
+    g.add_argument("--nudge-rtol", type=float, default=d.nudge_rtol, metavar="R",
+                   help="the nudged phases stop when every layer's remaining voltage error is "
+                        "below R times that layer's response to the nudge (numba backend; the "
+                        "other backends stop the nudged phases on --tol)")
     g.add_argument("--max-iter", type=int, default=d.max_iter, help="max solver sweeps per phase")
     g.add_argument("--device-model", default=d.device_model, metavar="NAME",
                    help="conductance device model: ideal, rram or pcm (range, levels, nonlinear "
@@ -62,9 +76,17 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--lr-layers", type=float, nargs="+", default=None, metavar="M",
                    help="per-layer multipliers of --lr and --lr-bias, one per layer of conductances "
                         "(input side first), e.g. 3 1 for the cnn on CIFAR-10 (default: all 1)")
-    g.add_argument("--momentum", type=float, default=d.momentum)
-    g.add_argument("--lr-schedule", default=d.lr_schedule, choices=("cosine", "constant"),
-                   help="per-epoch learning-rate schedule")
+    g.add_argument("--momentum", type=float, default=d.momentum, help="heavy-ball momentum (0: plain SGD)")
+    g.add_argument("--lr-schedule", default=d.lr_schedule, choices=LR_SCHEDULES,
+                   help="per-epoch learning-rate schedule: cosine decay to 0 over --epochs, "
+                        "constant, or exponential (x --lr-decay per epoch)")
+    g.add_argument("--lr-decay", type=float, default=d.lr_decay,
+                   help="per-epoch factor of the exponential schedule")
+    g.add_argument("--init", default=d.init, choices=INITS,
+                   help="initial conductances: uniform on [0, 2s) or clamped-uniform (uniform on "
+                        "(-s, s) clamped at 0), s = --weight-gain / sqrt(fan-in)")
+    g.add_argument("--weight-gain", type=float, default=d.weight_gain,
+                   help="scale of the initial conductances (in units of g_unit)")
     g.add_argument("--beta", type=float, default=d.beta,
                    help="nudging strength: nudge conductance beta*g_unit to the target, phases +beta and -beta")
     g.add_argument("--seed", type=int, default=d.seed)
@@ -78,26 +100,32 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+# TrainConfig field of each circuit option whose name differs from the field's
+CONFIG_FIELDS = {"input_gain": "input_gain_V", "g_max": "g_max_S", "g_min": "g_min_S", "tol": "tol_A",
+                 "device_model": "device_model", "wire_resistance": "wire_resistance_ohm"}
+CIRCUIT_CONFIG_OPTIONS = ("dataset", "arch", "backend", "diode", "input_gain", "g_max", "g_min", "tol",
+                          "nudge_rtol", "max_iter", "device_model", "wire_resistance", "epochs",
+                          "batch_size", "lr", "lr_bias", "lr_layers", "momentum", "lr_schedule",
+                          "lr_decay", "init", "weight_gain", "beta", "seed", "train_subset",
+                          "test_subset")
+
+
 def main(argv=None):
     args = build_parser().parse_args(argv)
     if args.model in TORCH_MODELS:
         torch_cli_main(argv, build_parser)
         return
-    config = TrainConfig(
-        dataset=args.dataset, model=args.model, backend=args.backend, epochs=args.epochs,
-        batch_size=args.batch_size, lr=args.lr, lr_bias=args.lr_bias, lr_layers=args.lr_layers, momentum=args.momentum,
-        lr_schedule=args.lr_schedule,
-        beta=args.beta, seed=args.seed, input_gain_V=args.input_gain, diode=args.diode,
-        g_min_S=args.g_min, g_max_S=args.g_max, tol_A=args.tol, max_iter=args.max_iter,
-        train_subset=args.train_subset, test_subset=args.test_subset,
-        device_model=args.device_model, wire_resistance_ohm=args.wire_resistance)
+    given = explicit_options(build_parser, argv)
+    config = preset_config(args.model, **{CONFIG_FIELDS.get(k, k): getattr(args, k)
+                                          for k in CIRCUIT_CONFIG_OPTIONS if k in given})
     config.validate()
     if args.resume and args.out is None:
         raise EpsimError("--resume needs --out DIR (the folder of the run to continue)")
     dataset = load_dataset(args.dataset, args.data_dir or default_data_dir(), download=args.download,
                            train_subset=args.train_subset, test_subset=args.test_subset, seed=args.seed)
-    print(f"training circuit {args.model} on {dataset.name} ({len(dataset.y_train)} train / "
-          f"{len(dataset.y_test)} test) with backend {args.backend}, {args.epochs} epochs")
+    net_name = args.model if config.arch is None else f"--arch {config.arch}"
+    print(f"training circuit {net_name} on {dataset.name} ({len(dataset.y_train)} train / "
+          f"{len(dataset.y_test)} test) with backend {config.backend}, {config.epochs} epochs")
     metrics = train(config, dataset, args.out, resume=args.resume, progress=not args.no_progress,
                     checkpoint_interval_s=args.checkpoint_interval)
     print(f"test accuracy: {metrics['test_accuracy']:.4f} ({metrics['n_test']} images), "

@@ -25,13 +25,17 @@ from .distributed import DataParallel
 from .errors import EpsimError
 from .learning.devices import DeviceArray, get_device_model
 from .learning.ep import centered_ep, free_phase
+from .learning.low_rank import grad_is_zero, grad_rms
 from .learning.optim import ProjectedSGD
-from .models.registry import build_circuit_model, default_tol_A
+from .models.arch import parse_arch
+from .models.connections import INITS
+from .models.registry import build_circuit_model, preset_settings
 from .models.resistive import CircuitRanges, ResistiveNetwork
 from .solvers import get_solver
 
 CHECKPOINT_NAME = "checkpoint.pt"
-LR_SCHEDULES = ("cosine", "constant")
+LR_SCHEDULES = ("cosine", "constant", "exponential")
+DEFAULT_TOL_A = 1e-9
 METRICS_NAME = "metrics.json"
 
 
@@ -41,6 +45,7 @@ class TrainConfig:
 
     dataset: str = "digits"
     model: str = "cnn"
+    arch: str | None = None  # architecture spec (epsim.models.arch); None: the model's
     backend: str = "numba"
     epochs: int = 20
     batch_size: int = 8
@@ -49,16 +54,19 @@ class TrainConfig:
     lr_layers: list | None = None  # per-layer multipliers of lr and lr_bias (None: all 1)
     momentum: float = 0.9
     lr_schedule: str = "cosine"
+    lr_decay: float = 0.99  # per-epoch factor of the exponential schedule
     beta: float = 0.5
     seed: int = 0
     input_gain_V: float | None = None  # None: the model's default
     target_high_V: float = 1.0
     weight_gain: float = 1.0
+    init: str = "uniform"  # conductance init, epsim.models.connections.INITS
     diode: str = "ideal"
     g_unit_S: float = 1e-6
     g_min_S: float = 0.0
     g_max_S: float = 2e-5
-    tol_A: float | None = None  # None: the model's default (registry.default_tol_A)
+    tol_A: float = DEFAULT_TOL_A  # KCL tolerance of the free phase (A)
+    nudge_rtol: float | None = 1e-3  # nudged phases: error per layer / its response; None: tol_A
     max_iter: int = 1000
     train_subset: int | None = None
     test_subset: int | None = None
@@ -81,15 +89,22 @@ class TrainConfig:
                 np.isfinite(m) and m > 0 for m in self.lr_layers)), "--lr-layers must be positive numbers"),
             (0 <= self.momentum < 1, "--momentum must be in [0, 1)"),
             (self.lr_schedule in LR_SCHEDULES, f"--lr-schedule must be one of {', '.join(LR_SCHEDULES)}"),
+            (np.isfinite(self.lr_decay) and 0 < self.lr_decay <= 1, "--lr-decay must be in (0, 1]"),
+            (self.init in INITS, f"--init must be one of {', '.join(INITS)}"),
+            (np.isfinite(self.weight_gain) and self.weight_gain > 0, "--weight-gain must be positive"),
             (np.isfinite(self.beta) and self.beta > 0, "--beta must be a positive number"),
             (self.input_gain_V is None or (np.isfinite(self.input_gain_V) and self.input_gain_V > 0),
              "--input-gain must be positive (volts)"),
-            (self.tol_A is None or self.tol_A > 0, "--tol must be positive (amperes)"),
+            (np.isfinite(self.tol_A) and self.tol_A > 0, "--tol must be positive (amperes)"),
+            (self.nudge_rtol is None or (np.isfinite(self.nudge_rtol) and 0 < self.nudge_rtol < 1),
+             "--nudge-rtol must be in (0, 1)"),
             (self.max_iter >= 1, "--max-iter must be at least 1"),
         ]
         for ok, message in checks:
             if not ok:
                 raise EpsimError(message)
+        if self.arch is not None:
+            parse_arch(self.arch)
         self._validate_hardware()
 
     def _validate_hardware(self):
@@ -113,19 +128,32 @@ class TrainConfig:
                 if f.name not in free_to_change and getattr(self, f.name) != getattr(other, f.name)]
 
 
-def with_model_defaults(config: TrainConfig, dataset) -> TrainConfig:
-    """``config`` with the settings left to the model (``tol_A=None``) filled in for ``dataset``."""
-    if config.tol_A is None:
-        return replace(config, tol_A=default_tol_A(config.model, dataset.image_shape))
-    return config
+def preset_config(model: str = TrainConfig.model, **given) -> TrainConfig:
+    """A :class:`TrainConfig` for ``model``: its defaults, then the model's preset settings
+    (:data:`epsim.models.registry.PRESETS`), then the fields in ``given``."""
+    unknown = set(given) - {f.name for f in fields(TrainConfig)}
+    if unknown:
+        raise EpsimError(f"unknown training option(s): {', '.join(sorted(unknown))}")
+    return TrainConfig(model=model, **{**preset_settings(model), **given})
 
 
 def build_network(config: TrainConfig, dataset) -> ResistiveNetwork:
     diode = DiodeModel(kind=config.diode)
     ranges = CircuitRanges(config.g_unit_S, config.g_min_S, config.g_max_S)
     ranges = get_device_model(config.device_model).circuit_ranges(ranges)
-    return build_circuit_model(config.model, dataset.image_shape, dataset.num_classes,
+    return build_circuit_model(config.model, dataset.image_shape, dataset.num_classes, arch=config.arch,
                                input_gain_V=config.input_gain_V, diode=diode, ranges=ranges)
+
+
+def make_solver(config: TrainConfig):
+    """The equilibrium solver a run's settings ask for (wire-aware when wires have resistance)."""
+    if config.wire_resistance_ohm > 0:
+        return get_solver("wires", tol_A=config.tol_A, max_iter=config.max_iter,
+                          wire_resistance_ohm=config.wire_resistance_ohm)
+    if config.backend == "numba":
+        return get_solver("numba", tol_A=config.tol_A, max_iter=config.max_iter,
+                          nudge_rtol=config.nudge_rtol)
+    return get_solver(config.backend, tol_A=config.tol_A, max_iter=config.max_iter)
 
 
 def evaluate(net, solver, x, y, batch_size=500, dp: DataParallel | None = None) -> dict:
@@ -162,11 +190,28 @@ class _EpochTally:
         self.iterations = int(d.get("iterations", 0))
         self.batches = int(d.get("batches", 0))
         self.silent = [int(c) for c in d.get("silent", [])]   # per layer: updates with grad_w exactly 0
+        self.grad_rms = [float(v) for v in d.get("grad_rms", [])]          # per layer: sums over updates
+        self.response = [float(v) for v in d.get("response", [])]
+        self.updates = int(d.get("updates", 0))
 
-    def add_silent(self, grad_w):
-        """Count, per layer, an update whose conductance gradient is exactly zero."""
-        counts = self.silent or [0] * len(grad_w)
-        self.silent = [c + int(not np.any(g)) for c, g in zip(counts, grad_w)]
+    def add_signal(self, grad_w, nudge_response_V):
+        """Fold in one update's per-layer EP signal: whether its conductance gradient is exactly
+        zero, its RMS (V^2) and the nudge response of the layer's nodes (V)."""
+        L = len(grad_w)
+        counts = self.silent or [0] * L
+        self.silent = [c + int(grad_is_zero(g)) for c, g in zip(counts, grad_w)]
+        rms = self.grad_rms or [0.0] * L
+        self.grad_rms = [s + grad_rms(g) for s, g in zip(rms, grad_w)]
+        resp = self.response or [0.0] * L
+        self.response = [s + float(r) for s, r in zip(resp, nudge_response_V)]
+        self.updates += 1
+
+    def signal_summary(self) -> dict:
+        """Per-layer means over the epoch's updates (input side first)."""
+        n = max(self.updates, 1)
+        return {"silent_updates_per_layer": list(self.silent),
+                "grad_rms_per_layer": [s / n for s in self.grad_rms],
+                "nudge_response_V_per_layer": [s / n for s in self.response]}
 
     def add(self, n, correct, loss_sum, unconverged, max_residual_A, iterations):
         """Fold in one (global) batch's totals."""
@@ -195,7 +240,6 @@ def train(config: TrainConfig, dataset, out_dir=None, *, resume=False, progress=
         checkpoint_interval_s: wall time between mid-epoch checkpoints.
     """
     config.validate()
-    config = with_model_defaults(config, dataset)
     dp = DataParallel()
     try:
         return _train(config, dataset, out_dir, dp, resume=resume, progress=progress,
@@ -210,13 +254,10 @@ def _train(config: TrainConfig, dataset, out_dir, dp, *, resume, progress, stop_
            checkpoint_interval_s, log) -> dict:
     if not dp.is_main:
         progress, log = False, (lambda *_: None)
-    solver = get_solver(config.backend, tol_A=config.tol_A, max_iter=config.max_iter)
-    if config.wire_resistance_ohm > 0:
-        solver = get_solver("wires", tol_A=config.tol_A, max_iter=config.max_iter,
-                            wire_resistance_ohm=config.wire_resistance_ohm)
+    solver = make_solver(config)
     net = build_network(config, dataset)
     rng = np.random.default_rng(config.seed)
-    net.init_params(rng, config.weight_gain)
+    net.init_params(rng, config.weight_gain, config.init)
     devices = DeviceArray(get_device_model(config.device_model), net, config.seed, dp.rank)
     devices.program(net)
     solver = devices.wrap_solver(solver)
@@ -269,7 +310,7 @@ def _train(config: TrainConfig, dataset, out_dir, dp, *, resume, progress, stop_
             idx = dp.shard(order[k * config.batch_size:(k + 1) * config.batch_size])
             labels = dataset.y_train[idx]
             result = centered_ep(net, solver, dataset.x_train[idx], labels, config.beta,
-                                 target_high_V=config.target_high_V)
+                                 target_high_V=config.target_high_V, factored=not dp.active)
             n_used = int(result.converged.sum())
             grad_w, grad_b = result.grad_w, result.grad_b
             totals = [len(labels), int(np.sum(result.predictions == labels)),
@@ -283,7 +324,7 @@ def _train(config: TrainConfig, dataset, out_dir, dp, *, resume, progress, stop_
                 totals = summed[len(grad_w) + len(grad_b) + 1:]
             if n_used:
                 opt.step(grad_w, grad_b)
-                tally.add_silent(grad_w)
+                tally.add_signal(grad_w, result.nudge_response_V)
             tally.add(totals[0], totals[1], totals[2], totals[3], dp.max(result.residual_A), totals[4])
             done_batches += 1
             if hasattr(bar, "set_postfix"):
@@ -303,7 +344,7 @@ def _train(config: TrainConfig, dataset, out_dir, dp, *, resume, progress, stop_
             "train_unconverged": tally.unconverged, "test_unconverged": test["unconverged"],
             "max_residual_A": max(tally.max_residual_A, test["max_residual_A"]),
             "mean_iterations_per_batch": tally.iterations / max(tally.batches, 1),
-            "silent_updates_per_layer": list(tally.silent),
+            **tally.signal_summary(),
             "wall_seconds": wall()})
         h = history[-1]
         log(f"epoch {epoch + 1}/{config.epochs}: train loss {h['train_loss']:.4f} "
@@ -316,8 +357,9 @@ def _train(config: TrainConfig, dataset, out_dir, dp, *, resume, progress, stop_
         if silent:
             log(f"warning: layer(s) {', '.join(map(str, silent))} had an exactly zero EP gradient in "
                 f"{', '.join(str(tally.silent[l]) for l in silent)} of {tally.batches} updates: the nudged "
-                f"phases moved their nodes less than the KCL tolerance resolves; lower --tol "
-                f"(now {config.tol_A:g} A)")
+                f"phases did not move their nodes; see nudge_response_V_per_layer in metrics.json"
+                + (f" and lower --nudge-rtol (now {config.nudge_rtol:g})" if config.nudge_rtol
+                   else f" and lower --tol (now {config.tol_A:g} A)"))
         tally = _EpochTally()
         checkpoint(epoch + 1, 0)
         last_ckpt = time.perf_counter()
@@ -343,9 +385,12 @@ def layer_learning_rates(config: TrainConfig, net) -> tuple:
 
 
 def lr_scale(config: TrainConfig, epoch: int) -> float:
-    """Learning-rate multiplier of ``epoch`` (0-based): cosine decay to 0 or constant."""
+    """Learning-rate multiplier of ``epoch`` (0-based): cosine decay to 0, constant, or
+    ``lr_decay ** epoch`` (exponential)."""
     if config.lr_schedule == "constant":
         return 1.0
+    if config.lr_schedule == "exponential":
+        return float(config.lr_decay ** epoch)
     return 0.5 * (1.0 + np.cos(np.pi * epoch / config.epochs))
 
 

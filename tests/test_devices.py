@@ -15,8 +15,7 @@ from epsim.learning.devices import (PRESETS, DeviceArray, DeviceModel, ReadNoise
 from epsim.learning.ep import centered_ep
 from epsim.learning.optim import ProjectedSGD
 from epsim.solvers import get_solver
-from epsim.training import (CHECKPOINT_NAME, TrainConfig, build_network, load_network, lr_scale, train,
-                            with_model_defaults)
+from epsim.training import (CHECKPOINT_NAME, TrainConfig, build_network, load_network, lr_scale, train)
 
 SMALL = dict(train_subset=96, test_subset=48, epochs=2, batch_size=8)
 QUIET = dict(progress=False, log=lambda *_: None)
@@ -42,21 +41,21 @@ def model(**kw):
 def test_ideal_device_and_no_wires_reproduce_the_plain_training_loop(tmp_path, digits):
     """Acceptance: --device-model ideal --wire-resistance 0 gives exactly the parameters of
     the training loop without any device model (ProjectedSGD alone, layered solver)."""
-    cfg = with_model_defaults(TrainConfig(**SMALL, device_model="ideal", wire_resistance_ohm=0.0), digits)
+    cfg = TrainConfig(**SMALL, device_model="ideal", wire_resistance_ohm=0.0)
     train(cfg, digits, tmp_path, **QUIET)
     trained, _ = load_network(tmp_path / CHECKPOINT_NAME)
     # the same run by hand, with no device model anywhere
     net = build_network(cfg, digits)
     net.init_params(np.random.default_rng(cfg.seed), cfg.weight_gain)
     opt = ProjectedSGD(net, cfg.lr, cfg.lr_bias, cfg.momentum)
-    solver = get_solver("numba", tol_A=cfg.tol_A, max_iter=cfg.max_iter)
+    solver = get_solver("numba", tol_A=cfg.tol_A, max_iter=cfg.max_iter, nudge_rtol=cfg.nudge_rtol)
     n = len(digits.y_train)
     for epoch in range(cfg.epochs):
         order = np.random.default_rng([cfg.seed, epoch]).permutation(n)
         opt.scale = lr_scale(cfg, epoch)
         for k in range(0, n, cfg.batch_size):
             idx = order[k:k + cfg.batch_size]
-            r = centered_ep(net, solver, digits.x_train[idx], digits.y_train[idx], cfg.beta)
+            r = centered_ep(net, solver, digits.x_train[idx], digits.y_train[idx], cfg.beta, factored=True)
             if r.converged.any():
                 opt.step(r.grad_w, r.grad_b)
     for a, b in zip(trained.w + trained.b, net.w + net.b):

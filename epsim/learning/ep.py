@@ -29,6 +29,8 @@ class PhaseResult:
                      averaged over the samples that converged in all three phases.
     loss: ``(B,)`` free-phase squared error (V^2); predictions: ``(B,)`` argmax of v_out.
     converged: ``(B,)`` all three phases met the tolerance; residual_A: worst residual.
+    nudge_response_V: per free layer, the RMS over nodes of ``(v^+ - v^-) / 2`` (V), averaged
+                      over the converged samples: how far the nudge reached into each layer.
     """
 
     grad_w: list
@@ -38,6 +40,7 @@ class PhaseResult:
     converged: np.ndarray
     residual_A: float
     iterations: int
+    nudge_response_V: list
 
 
 def squared_error(v_out, target_V):
@@ -49,8 +52,12 @@ def free_phase(net, solver, x):
     return solver.solve(solver.prepare(net, net.input_voltages(x)), 0.0)
 
 
-def param_grads(net, eq_plus, eq_minus, beta, weights):
-    """Centered-EP parameter gradients from two nudged states (per-sample ``weights`` (B,))."""
+def param_grads(net, eq_plus, eq_minus, beta, weights, factored=False):
+    """Centered-EP parameter gradients from two nudged states (per-sample ``weights`` (B,)).
+
+    factored: return each dense crossbar's gradient as a
+    :class:`~epsim.learning.low_rank.LowRankGrad` (applied by the optimiser without forming it).
+    """
     if "device_drop_V" in eq_plus.extras:  # wire resistance: drops across the devices themselves
         from ..circuit.wires import device_param_grads
 
@@ -63,8 +70,11 @@ def param_grads(net, eq_plus, eq_minus, beta, weights):
     layers_m = [v_in] + [v * sw for v in eq_minus.v_free]
     grad_w, grad_b = [], []
     for l, conn in enumerate(net.connections):
-        diff = conn.sq_drop_diff(layers_p[l], layers_p[l + 1], layers_m[l], layers_m[l + 1])
-        grad_w.append(0.5 * diff / (2.0 * beta))
+        args = (layers_p[l], layers_p[l + 1], layers_m[l], layers_m[l + 1])
+        if factored and conn.kind == "dense":
+            grad_w.append(conn.sq_drop_diff_factors(*args).scaled(0.5 / (2.0 * beta)))
+        else:
+            grad_w.append(0.5 * conn.sq_drop_diff(*args) / (2.0 * beta))
         dv = (eq_plus.v_free[l] - eq_minus.v_free[l]) * weights[:, None]
         shape = net.layer_shapes[l + 1]
         if len(shape) == 3:
@@ -73,8 +83,10 @@ def param_grads(net, eq_plus, eq_minus, beta, weights):
     return grad_w, grad_b
 
 
-def centered_ep(net, solver, x, labels, beta, *, target_high_V=1.0) -> PhaseResult:
+def centered_ep(net, solver, x, labels, beta, *, target_high_V=1.0, factored=False) -> PhaseResult:
     """Run free, +beta and -beta phases on a batch and return the EP gradient estimate.
+
+    factored: dense crossbars' gradients as low-rank factors (see :func:`param_grads`).
 
     Samples whose any phase missed the tolerance are excluded from the gradient (and
     reported through ``converged``), so an unconverged state is never learned from.
@@ -88,7 +100,9 @@ def centered_ep(net, solver, x, labels, beta, *, target_high_V=1.0) -> PhaseResu
     n_ok = int(converged.sum())
     weights = converged / max(n_ok, 1)
     with threads_for(len(labels) * sum(net.layer_sizes[1:])):
-        grad_w, grad_b = param_grads(net, plus, minus, beta, weights)
+        grad_w, grad_b = param_grads(net, plus, minus, beta, weights, factored)
+    response = [float(np.sqrt(np.mean(0.25 * (p - m) ** 2, axis=1)) @ weights)
+                for p, m in zip(plus.v_free, minus.v_free)]
     return PhaseResult(
         grad_w=grad_w, grad_b=grad_b,
         loss=squared_error(free.v_output, target),
@@ -97,4 +111,5 @@ def centered_ep(net, solver, x, labels, beta, *, target_high_V=1.0) -> PhaseResu
         residual_A=max(free.certificate.max_residual_A, plus.certificate.max_residual_A,
                        minus.certificate.max_residual_A),
         iterations=free.certificate.iterations + plus.certificate.iterations + minus.certificate.iterations,
+        nudge_response_V=response,
     )

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from .low_rank import LowRankGrad, as_dense
+
 
 class ProjectedSGD:
     """Heavy-ball SGD: ``m <- mu*m + g``; ``p <- p - lr*m``; conductances clipped to range.
@@ -26,19 +28,30 @@ class ProjectedSGD:
         self.device = device
 
     def step(self, grad_w, grad_b):
+        """Apply one update; ``grad_w`` entries are arrays or :class:`LowRankGrad` factors."""
         lo, hi = self.net.w_bounds
+        ideal = self.device is None or self.device.is_ideal
         for l in range(self.net.num_layers):
-            self.m_w[l] *= self.momentum
-            self.m_w[l] += grad_w[l]
-            w = self.net.w[l]
-            if self.device is None or self.device.is_ideal:
-                w -= self.scale * self.lr_w[l] * self.m_w[l]
-                np.clip(w, lo, hi, out=w)
+            g = grad_w[l]
+            if isinstance(g, LowRankGrad) and ideal:
+                w = self.net.w[l]
+                g.sgd_step(w, self.scale * self.lr_w[l], lo, hi, self.momentum,
+                           self.m_w[l] if self.momentum else None)
             else:
-                self.device.update(l, w, -self.scale * self.lr_w[l] * self.m_w[l])
+                self._dense_step(l, as_dense(g), lo, hi)
             self.m_b[l] *= self.momentum
             self.m_b[l] += grad_b[l]
             self.net.b[l] -= self.scale * self.lr_b[l] * self.m_b[l]
+
+    def _dense_step(self, l, grad, lo, hi):
+        self.m_w[l] *= self.momentum
+        self.m_w[l] += grad
+        w = self.net.w[l]
+        if self.device is None or self.device.is_ideal:
+            w -= self.scale * self.lr_w[l] * self.m_w[l]
+            np.clip(w, lo, hi, out=w)
+        else:
+            self.device.update(l, w, -self.scale * self.lr_w[l] * self.m_w[l])
 
     def state(self) -> dict:
         return {"m_w": [m.copy() for m in self.m_w], "m_b": [m.copy() for m in self.m_b]}

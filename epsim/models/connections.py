@@ -73,6 +73,20 @@ class Dense:
         cross = np.concatenate([in_p, in_m]).T @ np.concatenate([out_p, -out_m])
         return sq_in[:, None] + sq_out[None, :] - 2.0 * cross
 
+    def sq_drop_diff_factors(self, in_p, out_p, in_m, out_m):
+        """:meth:`sq_drop_diff` as a :class:`~epsim.learning.low_rank.LowRankGrad` (scale 1),
+        without forming the ``n_in x n_out`` matrix."""
+        from ..learning.low_rank import LowRankGrad
+
+        sq_out = np.einsum("bj,bj->j", out_p, out_p) - np.einsum("bj,bj->j", out_m, out_m)
+        if in_p is in_m:
+            d_out = out_p - out_m
+            return LowRankGrad(np.zeros(self.n_in), sq_out, in_p, d_out, 1.0, not np.any(d_out))
+        sq_in = np.einsum("bi,bi->i", in_p, in_p) - np.einsum("bi,bi->i", in_m, in_m)
+        zero = np.array_equal(in_p, in_m) and np.array_equal(out_p, out_m)
+        return LowRankGrad(sq_in, sq_out, np.concatenate([in_p, in_m]), np.concatenate([out_p, -out_m]),
+                           1.0, zero)
+
     def pairs(self):
         """(param_index, in_node, out_node) for every conductance; for export and tests."""
         i, j = np.meshgrid(np.arange(self.n_in), np.arange(self.n_out), indexing="ij")
@@ -208,10 +222,22 @@ def _conv_sq_drop(v_in, v_out, stride, out):
                                 out[b, co, ci, dy, dx] += d * d
 
 
-def init_conductances(conn, rng: np.random.Generator, gain: float) -> np.ndarray:
-    """Uniform ``[0, 2*gain/sqrt(fan_in))`` normalised conductances (mean gain/sqrt(fan_in))."""
-    scale = 2.0 * gain / math.sqrt(conn.fan_in)
-    return rng.uniform(0.0, scale, size=conn.param_shape)
+INITS = ("uniform", "clamped-uniform")
+
+
+def init_conductances(conn, rng: np.random.Generator, gain: float, kind: str = "uniform") -> np.ndarray:
+    """Initial normalised conductances of ``conn``, scale ``s = gain / sqrt(fan_in)``.
+
+    - ``uniform``: uniform on ``[0, 2 s)`` (mean ``s``);
+    - ``clamped-uniform``: uniform on ``(-s, s)`` clamped at 0, so about half are exactly 0
+      and the rest uniform on ``[0, s)`` (mean ``s / 4``), the deep resistive networks' init.
+    """
+    scale = gain / math.sqrt(conn.fan_in)
+    if kind == "uniform":
+        return rng.uniform(0.0, 2.0 * scale, size=conn.param_shape)
+    if kind == "clamped-uniform":
+        return np.maximum(rng.uniform(-scale, scale, size=conn.param_shape), 0.0)
+    raise EpsimError(f"unknown conductance init {kind!r}; choose from {', '.join(INITS)}")
 
 
 CONNECTIONS = {"dense": Dense, "conv": Conv2d}

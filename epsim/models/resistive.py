@@ -75,6 +75,7 @@ class ResistiveNetwork:
         self.diode = diode or DiodeModel()
         self.ranges = ranges or CircuitRanges()
         self.name = name
+        self.arch = None  # the architecture spec it was built from, when there is one
         c, h, w = self.image_shape
         shapes = [(2 * c, h, w)]
         for conn in self.connections:
@@ -131,6 +132,7 @@ class ResistiveNetwork:
         """JSON-able structure (no parameter values): enough to rebuild the network."""
         return {
             "name": self.name,
+            "arch": self.arch,
             "image_shape": list(self.image_shape),
             "connections": [c.describe() for c in self.connections],
             "input_gain_V": self.input_gain_V,
@@ -141,9 +143,11 @@ class ResistiveNetwork:
 
     @classmethod
     def from_description(cls, d: dict) -> "ResistiveNetwork":
-        return cls(d["image_shape"], [connection_from_description(c) for c in d["connections"]],
-                   input_gain_V=d["input_gain_V"], diode=DiodeModel.from_dict(d["diode"]),
-                   ranges=CircuitRanges(**d["ranges"]), name=d["name"])
+        net = cls(d["image_shape"], [connection_from_description(c) for c in d["connections"]],
+                  input_gain_V=d["input_gain_V"], diode=DiodeModel.from_dict(d["diode"]),
+                  ranges=CircuitRanges(**d["ranges"]), name=d["name"])
+        net.arch = d.get("arch")
+        return net
 
     # ---- parameters ------------------------------------------------------------------
     @property
@@ -162,9 +166,10 @@ class ResistiveNetwork:
         """Bias currents in amperes, one array per free layer."""
         return [b * self.ranges.g_unit_S for b in self.b]
 
-    def init_params(self, rng: np.random.Generator, weight_gain: float = 1.0):
+    def init_params(self, rng: np.random.Generator, weight_gain: float = 1.0, init: str = "uniform"):
+        """Draw conductances (:func:`~epsim.models.connections.init_conductances`), zero biases."""
         lo, hi = self.w_bounds
-        self.w = [np.clip(init_conductances(c, rng, weight_gain), lo, hi) for c in self.connections]
+        self.w = [np.clip(init_conductances(c, rng, weight_gain, init), lo, hi) for c in self.connections]
         self.b = [np.zeros(self.bias_shape(l)) for l in range(1, self.num_layers + 1)]
 
     def set_params_SI(self, g_S, i_bias_A):

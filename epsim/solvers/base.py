@@ -17,16 +17,22 @@ class Certificate:
                 diode cannot carry, i.e. current of the wrong sign).
     iterations: sweeps (or Newton steps) used.
     tol_A:      the tolerance the solve was asked to reach.
+    stop_met:   ``(B,)`` bool, for a solve that stopped on a rule other than ``tol_A``
+                (the nudged phases' relative rule, :mod:`epsim.solvers.stop_rule`):
+                which samples met that rule. None: the rule is ``residual_A <= tol_A``.
     """
 
     residual_A: np.ndarray
     iterations: int
     tol_A: float
     backend: str = "numba"
+    stop_met: np.ndarray | None = None
 
     @property
     def converged(self) -> np.ndarray:
-        """``(B,)`` bool: which samples met the tolerance."""
+        """``(B,)`` bool: which samples met their stopping rule."""
+        if self.stop_met is not None:
+            return np.asarray(self.stop_met, dtype=bool)
         return self.residual_A <= self.tol_A
 
     @property
@@ -41,6 +47,10 @@ class Certificate:
         """Raise :class:`ConvergenceError` unless every sample converged."""
         if not self.all_converged:
             bad = int(np.sum(~self.converged))
+            if self.stop_met is not None:
+                raise ConvergenceError(
+                    f"{what}: {bad}/{self.residual_A.size} samples did not meet the relative nudge "
+                    f"stop rule after {self.iterations} sweeps; raise --max-iter or --nudge-rtol")
             raise ConvergenceError(
                 f"{what}: {bad}/{self.residual_A.size} samples did not converge "
                 f"(max KCL residual {self.max_residual_A:.3g} A > tol {self.tol_A:.3g} A "

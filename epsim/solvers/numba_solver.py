@@ -15,6 +15,7 @@ import numpy as np
 
 from ..errors import ConvergenceError
 from .base import Certificate, Equilibrium
+from .stop_rule import NudgeStopRule
 from .threads import threads_for
 
 EXP_ARG_MAX = 300.0  # exp() argument cap: far beyond any physical diode current
@@ -99,6 +100,19 @@ def _node_residual(a, c, v, lo, hi, shockley, is_n, nvt):
     return abs(r)
 
 
+@nb.njit(cache=True, inline="always")
+def _relax_node(a, c, lo, hi, shockley, is_n, nvt):
+    """Voltage (V) that satisfies one node's KCL given its neighbours."""
+    if shockley:
+        return _shockley_node(a, c, lo, hi, is_n, nvt)
+    x = c / a
+    if x < lo:
+        x = lo
+    elif x > hi:
+        x = hi
+    return x
+
+
 @nb.njit(parallel=True, cache=True)
 def relax_layer(a, c, lo, hi, shockley, is_n, nvt, active, v):
     """Solve the nodes of one layer given its neighbours, in place, for ``active`` samples.
@@ -111,15 +125,36 @@ def relax_layer(a, c, lo, hi, shockley, is_n, nvt, active, v):
         if not active[b]:
             continue
         for k in range(n):
-            if shockley:
-                v[b, k] = _shockley_node(a[k], c[b, k], lo[k], hi[k], is_n, nvt)
-            else:
-                x = c[b, k] / a[k]
-                if x < lo[k]:
-                    x = lo[k]
-                elif x > hi[k]:
-                    x = hi[k]
-                v[b, k] = x
+            v[b, k] = _relax_node(a[k], c[b, k], lo[k], hi[k], shockley, is_n, nvt)
+
+
+@nb.njit(parallel=True, cache=True)
+def relax_layer_tracked(a, c, lo, hi, shockley, is_n, nvt, active, v, v_ref, change, response,
+                        scale):
+    """:func:`relax_layer`, also writing per sample (``(B,)`` arrays, V) the largest change
+    of a node (``change``), its largest distance from ``v_ref`` (B, n) after the update
+    (``response``) and the largest |voltage| of the layer (``scale``)."""
+    batch, n = c.shape
+    for b in nb.prange(batch):
+        if not active[b]:
+            continue
+        dmax = 0.0
+        rmax = 0.0
+        smax = 0.0
+        for k in range(n):
+            x = _relax_node(a[k], c[b, k], lo[k], hi[k], shockley, is_n, nvt)
+            d = abs(x - v[b, k])
+            r = abs(x - v_ref[b, k])
+            if d > dmax:
+                dmax = d
+            if r > rmax:
+                rmax = r
+            if abs(x) > smax:
+                smax = abs(x)
+            v[b, k] = x
+        change[b] = dmax
+        response[b] = rmax
+        scale[b] = smax
 
 
 @nb.njit(parallel=True, cache=True)
@@ -204,7 +239,7 @@ class LayeredProblem:
 
 
 def solve(problem: LayeredProblem, beta=0.0, target_V=None, init=None, tol_A=1e-9,
-          max_iter=1000) -> Equilibrium:
+          max_iter=1000, nudge_rtol=None) -> Equilibrium:
     """Equilibrium of the circuit for one phase.
 
     Args:
@@ -214,6 +249,9 @@ def solve(problem: LayeredProblem, beta=0.0, target_V=None, init=None, tol_A=1e-
         init: list of ``(B, n_l)`` voltages to start from (e.g. the free state); copied.
         tol_A: KCL residual tolerance in amperes.
         max_iter: maximum number of odd/even sweeps.
+        nudge_rtol: for a nudged phase started from the free state (``init``): stop on
+            :class:`~epsim.solvers.stop_rule.NudgeStopRule` (every layer's error within
+            ``nudge_rtol`` of its response to the nudge) instead of ``tol_A``.
 
     Returns:
         :class:`Equilibrium` whose certificate holds the exact final residual per sample.
@@ -224,6 +262,9 @@ def solve(problem: LayeredProblem, beta=0.0, target_V=None, init=None, tol_A=1e-
     v = [x.copy() for x in init] if init is not None else problem.initial_state()
     if beta != 0.0 and target_V is None:
         raise ValueError("a nudged phase needs target voltages")
+    relative = nudge_rtol is not None and beta != 0.0 and init is not None
+    if relative:
+        return _solve_relative(problem, beta, target_V, v, tol_A, max_iter, nudge_rtol)
     tol_n = tol_A / net.ranges.g_unit_S
     a = [problem.self_conductance(l, beta) for l in range(1, L + 1)]
     odd = list(range(1, L + 1, 2))
@@ -255,18 +296,52 @@ def solve(problem: LayeredProblem, beta=0.0, target_V=None, init=None, tol_A=1e-
     return Equilibrium(problem.v_input, v, beta, cert)
 
 
+def _solve_relative(problem, beta, target_V, v, tol_A, max_iter, nudge_rtol) -> Equilibrium:
+    """Odd/even sweeps of a nudged phase from the free state ``v`` (list, modified in place),
+    stopping each sample on the relative nudge rule."""
+    net = problem.net
+    L = net.num_layers
+    batch = problem.v_input.shape[0]
+    v_ref = [x.copy() for x in v]
+    rule = NudgeStopRule(nudge_rtol, L, batch)
+    a = [problem.self_conductance(l, beta) for l in range(1, L + 1)]
+    order = list(range(1, L + 1, 2)) + list(range(2, L + 1, 2))
+    active = np.ones(batch, dtype=np.bool_)
+    met = np.zeros(batch, dtype=np.bool_)
+    change, response, scale = (np.zeros((L, batch)) for _ in range(3))
+    sweeps = 0
+    for sweeps in range(1, max_iter + 1):
+        # odd layers see only even layers, so relaxing them in turn is the odd/even sweep
+        for l in order:
+            relax_layer_tracked(a[l - 1], problem.drive(l, v, beta, target_V),
+                                net.rail_lo_V[l - 1], net.rail_hi_V[l - 1], problem.shockley,
+                                problem.is_n, problem.nvt, active, v[l - 1], v_ref[l - 1],
+                                change[l - 1], response[l - 1], scale[l - 1])
+        met |= rule.update(change, response, scale, active)
+        active &= ~met
+        if not active.any():
+            break
+    cert = Certificate(problem.residual_A(v, beta, target_V), sweeps, tol_A, backend="numba",
+                       stop_met=met)
+    eq = Equilibrium(problem.v_input, v, beta, cert)
+    eq.extras["nudge_relative_error"] = rule.relative_error()
+    return eq
+
+
 class NumbaSolver:
     """The ``numba`` backend: :class:`LayeredProblem` + :func:`solve` with fixed options."""
 
     name = "numba"
 
-    def __init__(self, tol_A=1e-9, max_iter=1000):
+    def __init__(self, tol_A=1e-9, max_iter=1000, nudge_rtol=None):
         self.tol_A = float(tol_A)
         self.max_iter = int(max_iter)
+        self.nudge_rtol = None if nudge_rtol is None else float(nudge_rtol)
 
     def prepare(self, net, v_input) -> LayeredProblem:
         return LayeredProblem(net, v_input)
 
     def solve(self, prepared, beta=0.0, target_V=None, init=None) -> Equilibrium:
         with threads_for(prepared.node_updates):
-            return solve(prepared, beta, target_V, init, tol_A=self.tol_A, max_iter=self.max_iter)
+            return solve(prepared, beta, target_V, init, tol_A=self.tol_A, max_iter=self.max_iter,
+                         nudge_rtol=self.nudge_rtol)

@@ -1,0 +1,77 @@
+"""Circuit architectures written as a compact spec string.
+
+A spec lists the free layers from the input side to the output, separated by commas:
+
+- ``conv:C:K`` or ``conv:C:K:S``: a tied convolutional crossbar with ``C`` output channels
+  (half excitatory, half inhibitory), a ``K x K`` kernel and stride ``S`` (default 1), no
+  padding (a padded border would be a conductance to a rail, not a shared weight);
+- ``dense:N``: a dense crossbar to ``N`` units.
+
+The last entry is the output layer (linear nodes, no clamp diodes) and must be
+``dense:<number of classes>``. Example: ``conv:16:3,conv:32:3:2,dense:10``;
+the DRN-2H network on MNIST is ``dense:1024,dense:1024,dense:10``.
+"""
+from __future__ import annotations
+
+from ..errors import EpsimError
+from .connections import Conv2d, Dense
+
+
+def parse_arch(spec: str) -> list:
+    """``[("conv", C, K, S) | ("dense", N), ...]`` from a spec string; raises EpsimError."""
+    if not isinstance(spec, str) or not spec.strip():
+        raise EpsimError("--arch is empty; example: conv:16:3,dense:10")
+    layers = []
+    for item in spec.split(","):
+        parts = item.strip().lower().split(":")
+        kind, args = parts[0], parts[1:]
+        try:
+            nums = [int(a) for a in args]
+        except ValueError:
+            raise EpsimError(f"--arch entry {item.strip()!r}: sizes must be whole numbers") from None
+        if kind == "dense" and len(nums) == 1:
+            layers.append(("dense", nums[0]))
+        elif kind == "conv" and len(nums) in (2, 3):
+            layers.append(("conv", nums[0], nums[1], nums[2] if len(nums) == 3 else 1))
+        else:
+            raise EpsimError(f"--arch entry {item.strip()!r} is not dense:N, conv:C:K or conv:C:K:S")
+        if any(n < 1 for n in nums):
+            raise EpsimError(f"--arch entry {item.strip()!r}: sizes must be at least 1")
+    return layers
+
+
+def format_arch(layers) -> str:
+    """Inverse of :func:`parse_arch`."""
+    out = []
+    for layer in layers:
+        if layer[0] == "dense":
+            out.append(f"dense:{layer[1]}")
+        else:
+            out.append(f"conv:{layer[1]}:{layer[2]}:{layer[3]}")
+    return ",".join(out)
+
+
+def connections_from_arch(spec: str, image_shape, num_classes: int) -> list:
+    """Connection objects for images of ``image_shape`` (C, H, W); checks every size."""
+    layers = parse_arch(spec)
+    if layers[-1] != ("dense", num_classes):
+        raise EpsimError(f"--arch must end with the output layer dense:{num_classes} "
+                         f"(the dataset has {num_classes} classes), got {spec.split(',')[-1].strip()!r}")
+    c, h, w = image_shape
+    shape = (2 * c, h, w)
+    conns = []
+    for layer in layers:
+        if layer[0] == "conv":
+            _, ch, k, s = layer
+            if len(shape) != 3:
+                raise EpsimError(f"--arch {spec!r}: a conv layer cannot follow a dense layer")
+            if k > shape[1] or k > shape[2]:
+                raise EpsimError(f"--arch {spec!r}: kernel {k} is larger than its "
+                                 f"{shape[1]}x{shape[2]} input")
+            conv = Conv2d(shape, ch, k, s)
+            conns.append(conv)
+            shape = conv.out_shape
+        else:
+            conns.append(Dense(shape, (layer[1],)))
+            shape = (layer[1],)
+    return conns

@@ -1,0 +1,72 @@
+"""The nudged phases' stop rule: every layer's remaining error small against its response.
+
+A nudged phase starts from the free state and moves each layer by its *response* to the
+nudge, ``delta_l = v_l(beta) - v_l(0)``. The EP gradient of layer ``l`` is made of these
+responses, so what matters is the error of ``v_l`` relative to ``|delta_l|``, layer by
+layer. An absolute KCL tolerance does not give that: a node whose total conductance is
+``a`` stops once its response is below ``tol_A / a``, and layers far from the outputs,
+whose response is attenuated by every layer in between, can stop before they move at all.
+
+Per sample and layer, after each sweep:
+
+- ``change_l``: the largest voltage change of the layer's nodes in this sweep (V);
+- ``response_l``: the largest distance of the layer's nodes from the free state (V);
+- ``rho_l = change_l / change_l(previous sweep)``, the observed contraction of block
+  coordinate descent, capped at ``RHO_MAX``;
+- the remaining error is bounded by the geometric tail ``change_l / (1 - rho_l)``
+  (which counts the last change too, so it is never below it).
+
+The sample has converged when for every layer
+``change_l / (1 - rho_l) <= rtol * response_l + floor_V``, where ``floor_V`` is the
+rounding level of the layer's voltages (a layer the nudge cannot move, e.g. fully clamped,
+converges once it stops changing). Units: volts throughout; ``rtol`` is dimensionless.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+RHO_MAX = 0.99        # contraction assumed before two sweeps have been seen, and its cap
+ROUNDING = 64 * np.finfo(np.float64).eps
+
+
+class NudgeStopRule:
+    """Tracks per-layer changes and responses of a batch through the sweeps of one phase.
+
+    Args:
+        rtol: allowed error of every layer, relative to that layer's response (> 0).
+        num_layers, batch: sizes of the state being solved.
+    """
+
+    def __init__(self, rtol: float, num_layers: int, batch: int):
+        if not (np.isfinite(rtol) and rtol > 0):
+            raise ValueError("the nudge stop rule needs rtol > 0")
+        self.rtol = float(rtol)
+        self.change_prev = np.full((num_layers, batch), np.inf)
+        self.error_V = np.full((num_layers, batch), np.inf)
+        self.response_V = np.zeros((num_layers, batch))
+
+    def update(self, change_V: np.ndarray, response_V: np.ndarray, scale_V: np.ndarray,
+               active: np.ndarray) -> np.ndarray:
+        """Fold in one sweep; return ``(B,)`` bool: samples that meet the rule now.
+
+        change_V, response_V, scale_V: ``(L, B)`` this sweep's largest change, distance
+        from the free state and largest |voltage| per layer (V); active: ``(B,)`` samples
+        that were swept (the others keep their previous verdict).
+        """
+        with np.errstate(divide="ignore", invalid="ignore"):
+            rho = np.where(self.change_prev > 0, change_V / self.change_prev, 0.0)
+        rho = np.where(np.isfinite(rho), np.minimum(rho, RHO_MAX), RHO_MAX)
+        error = change_V / (1.0 - rho)
+        cols = np.flatnonzero(active)
+        self.error_V[:, cols] = error[:, cols]
+        self.response_V[:, cols] = response_V[:, cols]
+        self.change_prev[:, cols] = change_V[:, cols]
+        floor = ROUNDING * scale_V
+        ok = error <= self.rtol * response_V + floor
+        return np.all(ok, axis=0) & active
+
+    def relative_error(self) -> np.ndarray:
+        """``(L, B)`` last error bound over response (0 where both are 0)."""
+        with np.errstate(divide="ignore", invalid="ignore"):
+            r = self.error_V / self.response_V
+        return np.where(self.error_V == 0, 0.0, r)
