@@ -23,6 +23,38 @@ import numpy as np
 from ..errors import EpsimError
 
 
+# Up to this many samples the dense drives run in the kernels below: BLAS packs the whole
+# conductance matrix for every product, which for a few rows costs more than the product,
+# and the kernels skip the nodes at exactly 0 V (clamped hidden units, black pixels).
+SMALL_BATCH = 32
+
+
+@nb.njit(cache=True, fastmath=True)
+def _dense_drive_out(v_in, w, out):
+    """``out = v_in @ w`` (B, n_out) streaming the rows of ``w`` once, skipping zero inputs."""
+    out[:, :] = 0.0
+    for i in range(w.shape[0]):
+        row = w[i]
+        for b in range(v_in.shape[0]):
+            a = v_in[b, i]
+            if a != 0.0:
+                o = out[b]
+                for j in range(row.shape[0]):
+                    o[j] += a * row[j]
+
+
+@nb.njit(cache=True, fastmath=True)
+def _dense_drive_in(v_out, w, out):
+    """``out = v_out @ w.T`` (B, n_in): one dot product per row of ``w`` and sample."""
+    for i in range(w.shape[0]):
+        row = w[i]
+        for b in range(v_out.shape[0]):
+            acc = 0.0
+            for j in range(row.shape[0]):
+                acc += row[j] * v_out[b, j]
+            out[b, i] = acc
+
+
 class Dense:
     """All-to-all crossbar: ``g`` has shape ``(n_in, n_out)``."""
 
@@ -43,9 +75,17 @@ class Dense:
         return {"kind": self.kind, "in_shape": list(self.in_shape), "out_shape": list(self.out_shape)}
 
     def drive_out(self, w, v_in):
+        if v_in.shape[0] <= SMALL_BATCH and w.flags.c_contiguous:
+            out = np.empty((v_in.shape[0], self.n_out))
+            _dense_drive_out(np.ascontiguousarray(v_in, dtype=np.float64), w, out)
+            return out
         return v_in @ w
 
     def drive_in(self, w, v_out):
+        if v_out.shape[0] <= SMALL_BATCH and w.flags.c_contiguous:
+            out = np.empty((v_out.shape[0], self.n_in))
+            _dense_drive_in(np.ascontiguousarray(v_out, dtype=np.float64), w, out)
+            return out
         return v_out @ w.T
 
     def degree_out(self, w):
