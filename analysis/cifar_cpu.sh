@@ -23,7 +23,7 @@ train ep-cnn --model ep-cnn --backend torch --preset cifar10-small --torch-threa
 train bp-cnn --model bp-cnn --backend torch --preset cifar10-small
 train adv-cnn --model adv-cnn --backend torch --preset cifar10-small --time-limit 60 --torch-threads 1
 train circuit-mlp --model mlp --backend numba --epochs 5 --batch-size 8 --lr 0.05
-train circuit-cnn --model cnn --backend numba --epochs 3 --batch-size 8 --lr 0.05 --lr-layers 3 1
+train circuit-cnn --model cnn --backend numba --epochs 3 --batch-size 8 --lr 0.05 --lr-layers 3 1 --tol 1e-12 --nudge-rtol 0
 
 frost=(); [ -n "${FROST_DIR:-}" ] && frost=(--frost-dir "$FROST_DIR")
 common=(--n 500 --steps 20 --restarts 1 --loss ce,dlr --queries 1000 --threads 1 --no-progress --data-dir "$DATA")

@@ -59,7 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--nudge-rtol", type=float, default=d.nudge_rtol, metavar="R",
                    help="the nudged phases stop when every layer's remaining voltage error is "
                         "below R times that layer's response to the nudge (numba backend; the "
-                        "other backends stop the nudged phases on --tol)")
+                        "other backends, and R = 0, stop the nudged phases on --tol)")
     g.add_argument("--max-iter", type=int, default=d.max_iter, help="max solver sweeps per phase")
     g.add_argument("--device-model", default=d.device_model, metavar="NAME",
                    help="conductance device model: ideal, rram or pcm (range, levels, nonlinear "
@@ -116,6 +116,8 @@ def main(argv=None):
         torch_cli_main(argv, build_parser)
         return
     given = explicit_options(build_parser, argv)
+    if args.nudge_rtol == 0:
+        args.nudge_rtol = None  # 0: the nudged phases stop on --tol
     config = preset_config(args.model, **{CONFIG_FIELDS.get(k, k): getattr(args, k)
                                           for k in CIRCUIT_CONFIG_OPTIONS if k in given})
     config.validate()

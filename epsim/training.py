@@ -97,7 +97,7 @@ class TrainConfig:
              "--input-gain must be positive (volts)"),
             (np.isfinite(self.tol_A) and self.tol_A > 0, "--tol must be positive (amperes)"),
             (self.nudge_rtol is None or (np.isfinite(self.nudge_rtol) and 0 < self.nudge_rtol < 1),
-             "--nudge-rtol must be in (0, 1)"),
+             "--nudge-rtol must be in [0, 1) (0: the nudged phases stop on --tol)"),
             (self.max_iter >= 1, "--max-iter must be at least 1"),
         ]
         for ok, message in checks:

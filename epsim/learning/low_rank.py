@@ -69,27 +69,31 @@ def grad_is_zero(g) -> bool:
     return g.zero if isinstance(g, LowRankGrad) else not np.any(g)
 
 
+ROWS_PER_TASK = 64
+
+
 @nb.njit(parallel=True, cache=True, fastmath=True)
 def _sgd_rows(w, m, use_m, momentum, lr, scale, u, v, P, Q, lo, hi):
     n_in, n_out = w.shape
     rank = P.shape[0]
-    for i in nb.prange(n_in):
+    for t in nb.prange((n_in + ROWS_PER_TASK - 1) // ROWS_PER_TASK):
         row = np.empty(n_out)
-        for j in range(n_out):
-            row[j] = u[i] + v[j]
-        for r in range(rank):
-            p = -2.0 * P[r, i]
-            if p != 0.0:
-                for j in range(n_out):
-                    row[j] += p * Q[r, j]
-        for j in range(n_out):
-            g = scale * row[j]
-            if use_m:
-                g += momentum * m[i, j]
-                m[i, j] = g
-            x = w[i, j] - lr * g
-            if x < lo:
-                x = lo
-            elif x > hi:
-                x = hi
-            w[i, j] = x
+        for i in range(t * ROWS_PER_TASK, min(n_in, (t + 1) * ROWS_PER_TASK)):
+            for j in range(n_out):
+                row[j] = u[i] + v[j]
+            for r in range(rank):
+                p = -2.0 * P[r, i]
+                if p != 0.0:
+                    for j in range(n_out):
+                        row[j] += p * Q[r, j]
+            for j in range(n_out):
+                g = scale * row[j]
+                if use_m:
+                    g += momentum * m[i, j]
+                    m[i, j] = g
+                x = w[i, j] - lr * g
+                if x < lo:
+                    x = lo
+                elif x > hi:
+                    x = hi
+                w[i, j] = x

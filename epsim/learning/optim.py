@@ -3,7 +3,12 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..solvers.threads import threads_for
 from .low_rank import LowRankGrad, as_dense
+
+# one conductance update costs about this many times less than one node update of a sweep,
+# for deciding when the update kernel is worth a second thread
+UPDATE_ELEMENTS_PER_NODE = 16
 
 
 class ProjectedSGD:
@@ -35,8 +40,9 @@ class ProjectedSGD:
             g = grad_w[l]
             if isinstance(g, LowRankGrad) and ideal:
                 w = self.net.w[l]
-                g.sgd_step(w, self.scale * self.lr_w[l], lo, hi, self.momentum,
-                           self.m_w[l] if self.momentum else None)
+                with threads_for(w.size // UPDATE_ELEMENTS_PER_NODE):
+                    g.sgd_step(w, self.scale * self.lr_w[l], lo, hi, self.momentum,
+                               self.m_w[l] if self.momentum else None)
             else:
                 self._dense_step(l, as_dense(g), lo, hi)
             self.m_b[l] *= self.momentum
