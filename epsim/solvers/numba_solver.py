@@ -15,7 +15,9 @@ import numpy as np
 
 from ..errors import ConvergenceError
 from .base import Certificate, Equilibrium
-from .stop_rule import NudgeStopRule
+from ..models.connections import (SMALL_BATCH, _conv_forward, _conv_transpose, _dense_drive_in,
+                                  _dense_drive_out)
+from .stop_rule import rule_step
 from .threads import threads_for
 
 EXP_ARG_MAX = 300.0  # exp() argument cap: far beyond any physical diode current
@@ -173,6 +175,159 @@ def layer_residual(a, c, lo, hi, shockley, is_n, nvt, v, residual):
         residual[b] = max(residual[b], worst)
 
 
+KIND_DENSE, KIND_CONV = 0, 1
+
+
+@nb.njit(cache=True)
+def _residual(kinds, shapes, weights, a, bias, lo, hi, input_drive, v, beta, target, shockley, is_n,
+              nvt, res):
+    """Fold each sample's max KCL residual (normalised) over all layers into ``res`` (B,)."""
+    for l in range(len(v)):
+        c = np.empty_like(v[l])
+        _layer_drive(l, kinds, shapes, weights, bias, input_drive, v, beta, target, c)
+        layer_residual(a[l], c, lo[l], hi[l], shockley, is_n, nvt, v[l], res)
+
+
+def connection_layout(net):
+    """``(kinds, shapes, weights)`` describing ``net``'s connections to the jitted sweeps.
+
+    kinds: (L,) int64, :data:`KIND_DENSE` or :data:`KIND_CONV`; shapes: (L, 8) int64, a
+    dense ``(n_in, n_out)`` or a conv ``(c_out, c_in, k, stride, h, w, h_out, w_out)``;
+    weights: tuple of flat float64 views of ``net.w`` (no copies).
+    """
+    L = net.num_layers
+    kinds = np.zeros(L, dtype=np.int64)
+    shapes = np.zeros((L, 8), dtype=np.int64)
+    for l, conn in enumerate(net.connections):
+        if conn.kind == "dense":
+            kinds[l] = KIND_DENSE
+            shapes[l, :2] = conn.param_shape
+        else:
+            kinds[l] = KIND_CONV
+            co, ci, k, _ = conn.param_shape
+            _, h, w = conn.in_shape
+            _, h_out, w_out = conn.out_shape
+            shapes[l] = (co, ci, k, conn.stride, h, w, h_out, w_out)
+    weights = tuple(np.ascontiguousarray(w, dtype=np.float64).reshape(-1) for w in net.w)
+    return kinds, shapes, weights
+
+
+@nb.njit(cache=True)
+def _add_drive_out(kind, shape, w_flat, v_in, out):
+    """``out += `` the current connection ``w_flat`` drives into its output nodes (B, n_out)."""
+    batch = v_in.shape[0]
+    if kind == KIND_DENSE:
+        w = w_flat.reshape((shape[0], shape[1]))
+        if batch <= SMALL_BATCH:
+            tmp = np.empty_like(out)
+            _dense_drive_out(v_in, w, tmp)
+            out += tmp
+        else:
+            out += np.dot(v_in, w)
+    else:
+        co, ci, k, stride, h, wd, h_out, w_out = shape
+        tmp = np.empty((batch, co, h_out, w_out))
+        _conv_forward(w_flat.reshape((co, ci, k, k)), v_in.reshape((batch, ci, h, wd)), stride, tmp)
+        out += tmp.reshape((batch, co * h_out * w_out))
+
+
+@nb.njit(cache=True)
+def _add_drive_in(kind, shape, w_flat, v_out, out):
+    """``out += `` the current connection ``w_flat`` drives into its input nodes (B, n_in)."""
+    batch = v_out.shape[0]
+    if kind == KIND_DENSE:
+        w = w_flat.reshape((shape[0], shape[1]))
+        if batch <= SMALL_BATCH:
+            tmp = np.empty_like(out)
+            _dense_drive_in(v_out, w, tmp)
+            out += tmp
+        else:
+            out += np.dot(v_out, w.T)
+    else:
+        co, ci, k, stride, h, wd, h_out, w_out = shape
+        tmp = np.zeros((batch, ci, h, wd))
+        _conv_transpose(w_flat.reshape((co, ci, k, k)), v_out.reshape((batch, co, h_out, w_out)), stride, tmp)
+        out += tmp.reshape((batch, ci * h * wd))
+
+
+@nb.njit(cache=True)
+def _layer_drive(l, kinds, shapes, weights, bias, input_drive, v, beta, target, out):
+    """Normalised current (B, n) driven into free layer ``l`` (0-based) by its neighbours,
+    bias sources and, on the output layer, the nudge; written to ``out``."""
+    n_layers = len(v)
+    if l == 0:
+        out[:, :] = input_drive
+    else:
+        out[:, :] = 0.0
+        _add_drive_out(kinds[l], shapes[l], weights[l], v[l - 1], out)
+    out += bias[l]
+    if l < n_layers - 1:
+        _add_drive_in(kinds[l + 1], shapes[l + 1], weights[l + 1], v[l + 1], out)
+    elif beta != 0.0:
+        out += beta * target
+
+
+@nb.njit(cache=True)
+def _run_phase(kinds, shapes, weights, a, bias, lo, hi, input_drive, v, v_ref, beta, target,
+               tol_n, rtol, max_iter, shockley, is_n, nvt, met):
+    """Odd/even block coordinate descent of one phase on the state ``v`` (tuple of (B, n_l),
+    updated in place). ``rtol > 0``: stop each sample on the relative nudge rule against
+    ``v_ref`` (:func:`~epsim.solvers.stop_rule.rule_step`), writing ``met``; otherwise on the
+    KCL residual ``tol_n`` (normalised). Returns the number of sweeps."""
+    n_layers = len(v)
+    batch = v[0].shape[0]
+    active = np.ones(batch, dtype=np.bool_)
+    odd = np.arange(0, n_layers, 2)  # 0-based: layers 1, 3, ... of the docs
+    even = np.arange(1, n_layers, 2)
+    drives = [np.empty_like(x) for x in v]
+    relative = rtol > 0.0
+    change = np.zeros((n_layers, batch))
+    response = np.zeros((n_layers, batch))
+    scale = np.zeros((n_layers, batch))
+    change_prev = np.full((n_layers, batch), np.inf)
+    error = np.zeros((n_layers, batch))
+    res = np.zeros(batch)
+    sweeps = 0
+    for sweeps in range(1, max_iter + 1):
+        # odd layers only touch even layers: all their drives come from the current state
+        for l in odd:
+            _layer_drive(l, kinds, shapes, weights, bias, input_drive, v, beta, target, drives[l])
+        if not relative and sweeps > 1:
+            # the even layers were solved against the current odd layers in the last sweep,
+            # so the odd layers' residual is the whole state's: stop the converged samples
+            res[:] = 0.0
+            for l in odd:
+                layer_residual(a[l], drives[l], lo[l], hi[l], shockley, is_n, nvt, v[l], res)
+            n_active = 0
+            for b in range(batch):
+                active[b] = active[b] and res[b] > tol_n
+                n_active += active[b]
+            if n_active == 0:
+                break
+        for l in odd:
+            if relative:
+                relax_layer_tracked(a[l], drives[l], lo[l], hi[l], shockley, is_n, nvt, active, v[l],
+                                    v_ref[l], change[l], response[l], scale[l])
+            else:
+                relax_layer(a[l], drives[l], lo[l], hi[l], shockley, is_n, nvt, active, v[l])
+        for l in even:
+            _layer_drive(l, kinds, shapes, weights, bias, input_drive, v, beta, target, drives[l])
+            if relative:
+                relax_layer_tracked(a[l], drives[l], lo[l], hi[l], shockley, is_n, nvt, active, v[l],
+                                    v_ref[l], change[l], response[l], scale[l])
+            else:
+                relax_layer(a[l], drives[l], lo[l], hi[l], shockley, is_n, nvt, active, v[l])
+        if relative:
+            rule_step(change, response, scale, change_prev, error, rtol, active, met)
+            n_active = 0
+            for b in range(batch):
+                active[b] = active[b] and not met[b]
+                n_active += active[b]
+            if n_active == 0:
+                break
+    return sweeps
+
+
 class LayeredProblem:
     """Precomputed, phase-independent quantities of one network and one input batch.
 
@@ -194,6 +349,10 @@ class LayeredProblem:
         with threads_for(self.node_updates):
             self.input_drive = net.connections[0].drive_out(net.w[0], self.v_input)
         self.bias = [net.bias_per_node(l) for l in range(1, L + 1)]
+        self.bias_tuple = tuple(np.ascontiguousarray(b, dtype=np.float64) for b in self.bias)
+        self.rails_lo = tuple(net.rail_lo_V)
+        self.rails_hi = tuple(net.rail_hi_V)
+        self.layout = connection_layout(net)
         d = net.diode
         self.shockley = d.kind == "shockley"
         self.is_n = d.is_A / net.ranges.g_unit_S
@@ -212,15 +371,16 @@ class LayeredProblem:
 
     def drive(self, l, v_free, beta, target_V):
         """(B, n_l) normalised current driven into layer l by neighbours and sources."""
-        net = self.net
-        L = net.num_layers
-        c = (self.input_drive if l == 1 else net.connections[l - 1].drive_out(net.w[l - 1], v_free[l - 2]))
-        c = c + self.bias[l - 1]
-        if l < L:
-            c = c + net.connections[l].drive_in(net.w[l], v_free[l])
-        if l == L and beta != 0.0:
-            c = c + beta * target_V
-        return np.ascontiguousarray(c)
+        out = np.empty((self.v_input.shape[0], self.net.layer_sizes[l]))
+        kinds, shapes, weights = self.layout
+        _layer_drive(l - 1, kinds, shapes, weights, self.bias_tuple, self.input_drive,
+                     _state_tuple(v_free), float(beta), self._target(beta, target_V), out)
+        return out
+
+    def _target(self, beta, target_V):
+        if beta != 0.0:
+            return np.ascontiguousarray(target_V, dtype=np.float64)
+        return np.zeros((self.v_input.shape[0], self.net.num_outputs))
 
     def initial_state(self):
         """All free nodes at 0 V (inside every clamp)."""
@@ -230,12 +390,18 @@ class LayeredProblem:
     def residual_A(self, v_free, beta=0.0, target_V=None):
         """(B,) exact max KCL residual in amperes of a state (all layers)."""
         net = self.net
+        L = net.num_layers
         res = np.zeros(self.v_input.shape[0])
-        for l in range(1, net.num_layers + 1):
-            layer_residual(self.self_conductance(l, beta), self.drive(l, v_free, beta, target_V),
-                           net.rail_lo_V[l - 1], net.rail_hi_V[l - 1], self.shockley, self.is_n,
-                           self.nvt, v_free[l - 1], res)
+        kinds, shapes, weights = self.layout
+        a = tuple(self.self_conductance(l, beta) for l in range(1, L + 1))
+        _residual(kinds, shapes, weights, a, self.bias_tuple, self.rails_lo, self.rails_hi,
+                  self.input_drive, _state_tuple(v_free), float(beta), self._target(beta, target_V),
+                  self.shockley, self.is_n, self.nvt, res)
         return res * net.ranges.g_unit_S
+
+
+def _state_tuple(v_free) -> tuple:
+    return tuple(np.ascontiguousarray(x, dtype=np.float64) for x in v_free)
 
 
 def solve(problem: LayeredProblem, beta=0.0, target_V=None, init=None, tol_A=1e-9,
@@ -250,8 +416,8 @@ def solve(problem: LayeredProblem, beta=0.0, target_V=None, init=None, tol_A=1e-
         tol_A: KCL residual tolerance in amperes.
         max_iter: maximum number of odd/even sweeps.
         nudge_rtol: for a nudged phase started from the free state (``init``): stop on
-            :class:`~epsim.solvers.stop_rule.NudgeStopRule` (every layer's error within
-            ``nudge_rtol`` of its response to the nudge) instead of ``tol_A``.
+            the relative nudge rule (:mod:`epsim.solvers.stop_rule`: every layer's error
+            within ``nudge_rtol`` of its response to the nudge) instead of ``tol_A``.
 
     Returns:
         :class:`Equilibrium` whose certificate holds the exact final residual per sample.
@@ -263,69 +429,20 @@ def solve(problem: LayeredProblem, beta=0.0, target_V=None, init=None, tol_A=1e-
     if beta != 0.0 and target_V is None:
         raise ValueError("a nudged phase needs target voltages")
     relative = nudge_rtol is not None and beta != 0.0 and init is not None
-    if relative:
-        return _solve_relative(problem, beta, target_V, v, tol_A, max_iter, nudge_rtol)
-    tol_n = tol_A / net.ranges.g_unit_S
-    a = [problem.self_conductance(l, beta) for l in range(1, L + 1)]
-    odd = list(range(1, L + 1, 2))
-    even = list(range(2, L + 1, 2))
-    active = np.ones(batch, dtype=np.bool_)
-    res = np.zeros(batch)
-    sweeps = 0
-    for sweeps in range(1, max_iter + 1):
-        # Odd layers only touch even layers, so all their drives come from the current state.
-        drives = {l: problem.drive(l, v, beta, target_V) for l in odd}
-        if sweeps > 1:
-            # Even layers were solved against the current odd layers in the last sweep, so the
-            # odd layers' residual is the residual of the whole state: stop converged samples.
-            res[:] = 0.0
-            for l in odd:
-                layer_residual(a[l - 1], drives[l], net.rail_lo_V[l - 1], net.rail_hi_V[l - 1],
-                               problem.shockley, problem.is_n, problem.nvt, v[l - 1], res)
-            active &= res > tol_n
-            if not active.any():
-                break
-        for l in odd:
-            relax_layer(a[l - 1], drives[l], net.rail_lo_V[l - 1], net.rail_hi_V[l - 1],
-                        problem.shockley, problem.is_n, problem.nvt, active, v[l - 1])
-        for l in even:
-            relax_layer(a[l - 1], problem.drive(l, v, beta, target_V), net.rail_lo_V[l - 1],
-                        net.rail_hi_V[l - 1], problem.shockley, problem.is_n, problem.nvt,
-                        active, v[l - 1])
-    cert = Certificate(problem.residual_A(v, beta, target_V), sweeps, tol_A, backend="numba")
-    return Equilibrium(problem.v_input, v, beta, cert)
-
-
-def _solve_relative(problem, beta, target_V, v, tol_A, max_iter, nudge_rtol) -> Equilibrium:
-    """Odd/even sweeps of a nudged phase from the free state ``v`` (list, modified in place),
-    stopping each sample on the relative nudge rule."""
-    net = problem.net
-    L = net.num_layers
-    batch = problem.v_input.shape[0]
-    v_ref = [x.copy() for x in v]
-    rule = NudgeStopRule(nudge_rtol, L, batch)
-    a = [problem.self_conductance(l, beta) for l in range(1, L + 1)]
-    order = list(range(1, L + 1, 2)) + list(range(2, L + 1, 2))
-    active = np.ones(batch, dtype=np.bool_)
+    target = problem._target(beta, target_V)
+    a = tuple(problem.self_conductance(l, beta) for l in range(1, L + 1))
+    v = _state_tuple(v)
+    v_ref = tuple(x.copy() for x in v) if relative else v
     met = np.zeros(batch, dtype=np.bool_)
-    change, response, scale = (np.zeros((L, batch)) for _ in range(3))
-    sweeps = 0
-    for sweeps in range(1, max_iter + 1):
-        # odd layers see only even layers, so relaxing them in turn is the odd/even sweep
-        for l in order:
-            relax_layer_tracked(a[l - 1], problem.drive(l, v, beta, target_V),
-                                net.rail_lo_V[l - 1], net.rail_hi_V[l - 1], problem.shockley,
-                                problem.is_n, problem.nvt, active, v[l - 1], v_ref[l - 1],
-                                change[l - 1], response[l - 1], scale[l - 1])
-        met |= rule.update(change, response, scale, active)
-        active &= ~met
-        if not active.any():
-            break
+    kinds, shapes, weights = problem.layout
+    sweeps = _run_phase(kinds, shapes, weights, a, problem.bias_tuple, problem.rails_lo, problem.rails_hi,
+                        problem.input_drive, v, v_ref, float(beta), target,
+                        tol_A / net.ranges.g_unit_S, float(nudge_rtol) if relative else 0.0,
+                        int(max_iter), problem.shockley, problem.is_n, problem.nvt, met)
+    v = list(v)
     cert = Certificate(problem.residual_A(v, beta, target_V), sweeps, tol_A, backend="numba",
-                       stop_met=met)
-    eq = Equilibrium(problem.v_input, v, beta, cert)
-    eq.extras["nudge_relative_error"] = rule.relative_error()
-    return eq
+                       stop_met=met if relative else None)
+    return Equilibrium(problem.v_input, v, beta, cert)
 
 
 class NumbaSolver:

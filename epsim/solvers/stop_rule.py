@@ -12,7 +12,8 @@ Per sample and layer, after each sweep:
 - ``change_l``: the largest voltage change of the layer's nodes in this sweep (V);
 - ``response_l``: the largest distance of the layer's nodes from the free state (V);
 - ``rho_l = change_l / change_l(previous sweep)``, the observed contraction of block
-  coordinate descent, capped at ``RHO_MAX``;
+  coordinate descent, capped at ``RHO_MAX`` (and taken as ``RHO_MAX`` on the first sweep
+  or after a sweep in which the layer did not move);
 - the remaining error is bounded by the geometric tail ``change_l / (1 - rho_l)``
   (which counts the last change too, so it is never below it).
 
@@ -23,10 +24,39 @@ converges once it stops changing). Units: volts throughout; ``rtol`` is dimensio
 """
 from __future__ import annotations
 
+import numba as nb
 import numpy as np
 
 RHO_MAX = 0.99        # contraction assumed before two sweeps have been seen, and its cap
 ROUNDING = 64 * np.finfo(np.float64).eps
+
+
+@nb.njit(cache=True)
+def rule_step(change_V, response_V, scale_V, change_prev, error_V, rtol, active, met):
+    """One sweep of the rule for a batch, in place; the arrays are ``(L, B)`` except
+    ``active``/``met`` ``(B,)`` bool. Updates ``change_prev`` and ``error_V`` (the error bound)
+    of the active samples and sets ``met`` where the rule holds."""
+    n_layers, batch = change_V.shape
+    for b in range(batch):
+        if not active[b]:
+            continue
+        ok = True
+        for l in range(n_layers):
+            change = change_V[l, b]
+            prev = change_prev[l, b]
+            if change == 0.0:
+                error = 0.0
+            else:
+                rho = change / prev if (prev > 0.0 and prev < np.inf) else RHO_MAX
+                if rho > RHO_MAX:
+                    rho = RHO_MAX
+                error = change / (1.0 - rho)
+            error_V[l, b] = error
+            change_prev[l, b] = change
+            if error > rtol * response_V[l, b] + ROUNDING * scale_V[l, b]:
+                ok = False
+        if ok:
+            met[b] = True
 
 
 class NudgeStopRule:
@@ -53,17 +83,12 @@ class NudgeStopRule:
         from the free state and largest |voltage| per layer (V); active: ``(B,)`` samples
         that were swept (the others keep their previous verdict).
         """
-        with np.errstate(divide="ignore", invalid="ignore"):
-            rho = np.where(self.change_prev > 0, change_V / self.change_prev, 0.0)
-        rho = np.where(np.isfinite(rho), np.minimum(rho, RHO_MAX), RHO_MAX)
-        error = change_V / (1.0 - rho)
+        met = np.zeros(active.shape, dtype=np.bool_)
+        rule_step(change_V, response_V, scale_V, self.change_prev, self.error_V, self.rtol,
+                  np.ascontiguousarray(active, dtype=np.bool_), met)
         cols = np.flatnonzero(active)
-        self.error_V[:, cols] = error[:, cols]
         self.response_V[:, cols] = response_V[:, cols]
-        self.change_prev[:, cols] = change_V[:, cols]
-        floor = ROUNDING * scale_V
-        ok = error <= self.rtol * response_V + floor
-        return np.all(ok, axis=0) & active
+        return met
 
     def relative_error(self) -> np.ndarray:
         """``(L, B)`` last error bound over response (0 where both are 0)."""
