@@ -91,15 +91,15 @@ def centered_ep(net, solver, x, labels, beta, *, target_high_V=1.0, factored=Fal
     Samples whose any phase missed the tolerance are excluded from the gradient (and
     reported through ``converged``), so an unconverged state is never learned from.
     """
-    prepared = solver.prepare(net, net.input_voltages(x))
-    target = one_hot_targets(labels, net.num_outputs, target_high_V)
-    free = solver.solve(prepared, 0.0)
-    plus = solver.solve(prepared, beta, target, init=free.v_free)
-    minus = solver.solve(prepared, -beta, target, init=free.v_free)
-    converged = free.certificate.converged & plus.certificate.converged & minus.certificate.converged
-    n_ok = int(converged.sum())
-    weights = converged / max(n_ok, 1)
     with threads_for(len(labels) * sum(net.layer_sizes[1:])):
+        prepared = solver.prepare(net, net.input_voltages(x))
+        target = one_hot_targets(labels, net.num_outputs, target_high_V)
+        free = solver.solve(prepared, 0.0)
+        plus = solver.solve(prepared, beta, target, init=free.v_free)
+        minus = solver.solve(prepared, -beta, target, init=free.v_free)
+        converged = free.certificate.converged & plus.certificate.converged & minus.certificate.converged
+        n_ok = int(converged.sum())
+        weights = converged / max(n_ok, 1)
         grad_w, grad_b = param_grads(net, plus, minus, beta, weights, factored)
     response = [float(np.sqrt(np.mean(0.25 * (p - m) ** 2, axis=1)) @ weights)
                 for p, m in zip(plus.v_free, minus.v_free)]

@@ -31,6 +31,7 @@ class LowRankGrad:
         self.scale = float(scale)
         self.zero = bool(zero)
         self.shape = (self.u.size, self.v.size)
+        self.sq_sum = None  # sum of squared entries, once an update has computed it
 
     def scaled(self, factor: float) -> "LowRankGrad":
         return LowRankGrad(self.u, self.v, self.P, self.Q, self.scale * factor, self.zero)
@@ -39,9 +40,12 @@ class LowRankGrad:
         return self.scale * (self.u[:, None] + self.v[None, :] - 2.0 * (self.P.T @ self.Q))
 
     def rms(self) -> float:
-        """Root mean square of the entries of ``G``, from the factors (no n_in x n_out work)."""
+        """Root mean square of the entries of ``G``: from the last :meth:`sgd_step`, else from
+        the factors (no n_in x n_out work)."""
         if self.zero:
             return 0.0
+        if self.sq_sum is not None:
+            return float(np.sqrt(self.sq_sum / (self.shape[0] * self.shape[1])))
         n_in, n_out = self.shape
         pu, qv = self.P @ self.u, self.Q @ self.v
         s = (n_out * self.u @ self.u + n_in * self.v @ self.v + 2.0 * self.u.sum() * self.v.sum()
@@ -53,8 +57,10 @@ class LowRankGrad:
         """In place: ``m <- momentum m + G`` (when ``m`` is given), ``w <- clip(w - lr m, lo, hi)``
         (or ``w - lr G`` without momentum), one pass over ``w`` (and ``m``)."""
         use_m = m is not None
+        partial = np.zeros((w.shape[0] + ROWS_PER_TASK - 1) // ROWS_PER_TASK)
         _sgd_rows(w, m if use_m else np.empty((0, 0)), use_m, float(momentum), float(lr), self.scale,
-                  self.u, self.v, self.P, self.Q, float(lo), float(hi))
+                  self.u, self.v, self.P, self.Q, float(lo), float(hi), partial)
+        self.sq_sum = float(partial.sum())
 
 
 def as_dense(g) -> np.ndarray:
@@ -73,11 +79,14 @@ ROWS_PER_TASK = 64
 
 
 @nb.njit(parallel=True, cache=True, fastmath=True)
-def _sgd_rows(w, m, use_m, momentum, lr, scale, u, v, P, Q, lo, hi):
+def _sgd_rows(w, m, use_m, momentum, lr, scale, u, v, P, Q, lo, hi, sq_sum):
+    """The update of :meth:`LowRankGrad.sgd_step`; ``sq_sum[t]`` gets the sum of squared
+    gradient entries of row block ``t``."""
     n_in, n_out = w.shape
     rank = P.shape[0]
     for t in nb.prange((n_in + ROWS_PER_TASK - 1) // ROWS_PER_TASK):
         row = np.empty(n_out)
+        acc = 0.0
         for i in range(t * ROWS_PER_TASK, min(n_in, (t + 1) * ROWS_PER_TASK)):
             for j in range(n_out):
                 row[j] = u[i] + v[j]
@@ -88,6 +97,7 @@ def _sgd_rows(w, m, use_m, momentum, lr, scale, u, v, P, Q, lo, hi):
                         row[j] += p * Q[r, j]
             for j in range(n_out):
                 g = scale * row[j]
+                acc += g * g
                 if use_m:
                     g += momentum * m[i, j]
                     m[i, j] = g
@@ -97,3 +107,4 @@ def _sgd_rows(w, m, use_m, momentum, lr, scale, u, v, P, Q, lo, hi):
                 elif x > hi:
                     x = hi
                 w[i, j] = x
+        sq_sum[t] = acc

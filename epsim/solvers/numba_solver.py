@@ -360,6 +360,8 @@ class LayeredProblem:
 
     def self_conductance(self, l, beta):
         """(n_l,) total normalised conductance of layer l's nodes, nudging included."""
+        if l < self.net.num_layers or beta == 0.0:
+            return self.degree[l - 1]
         a = self.degree[l - 1]
         if l == self.net.num_layers and beta != 0.0:
             a = a + beta

@@ -11,15 +11,21 @@ import numba
 PARALLEL_MIN_NODE_UPDATES = 20_000
 
 
+_single_depth = 0  # > 0 while a threads_for block has already set one thread
+
+
 @contextmanager
 def threads_for(node_updates: int):
     """Run the enclosed numba kernels on one thread when the work is small."""
-    if node_updates >= PARALLEL_MIN_NODE_UPDATES or numba.get_num_threads() == 1:
+    global _single_depth
+    if _single_depth or node_updates >= PARALLEL_MIN_NODE_UPDATES or numba.get_num_threads() == 1:
         yield
         return
     previous = numba.get_num_threads()
     numba.set_num_threads(1)
+    _single_depth += 1
     try:
         yield
     finally:
+        _single_depth -= 1
         numba.set_num_threads(previous)
