@@ -150,8 +150,8 @@ def make_solver(config: TrainConfig):
     if config.wire_resistance_ohm > 0:
         return get_solver("wires", tol_A=config.tol_A, max_iter=config.max_iter,
                           wire_resistance_ohm=config.wire_resistance_ohm)
-    if config.backend == "numba":
-        return get_solver("numba", tol_A=config.tol_A, max_iter=config.max_iter,
+    if config.backend in ("numba", "torch"):
+        return get_solver(config.backend, tol_A=config.tol_A, max_iter=config.max_iter,
                           nudge_rtol=config.nudge_rtol)
     return get_solver(config.backend, tol_A=config.tol_A, max_iter=config.max_iter)
 

@@ -97,3 +97,16 @@ def test_rule_waits_for_a_layer_that_has_not_moved():
 def test_bad_rtol_is_rejected():
     with pytest.raises(ValueError):
         NudgeStopRule(0.0, 1, 1)
+
+
+@pytest.mark.parametrize("arch,gain", [("conv:8:3,conv:16:3,dense:10", 16.0),
+                                       ("dense:32,dense:32,dense:32,dense:10", 400.0)])
+def test_torch_backend_uses_the_same_rule(digits, arch, gain):
+    """The torch solver stops its nudged phases on the same rule, with the same result."""
+    cfg = preset_config("cnn", arch=arch, input_gain_V=gain, backend="torch")
+    net = build_circuit_model("cnn", digits.image_shape, 10, arch=arch, input_gain_V=gain)
+    net.init_params(np.random.default_rng(0), 1.0)
+    torch_solver = make_solver(cfg)
+    assert torch_solver.name == "torch" and torch_solver.nudge_rtol == cfg.nudge_rtol
+    for cos, ratio in layer_agreement(net, digits.x_train[:8], digits.y_train[:8], 0.5, torch_solver):
+        assert cos >= 0.999 and abs(ratio - 1) <= 0.01

@@ -35,6 +35,7 @@ import torch.nn.functional as F
 
 from ..errors import ConvergenceError, EpsimError
 from .base import Certificate, Equilibrium
+from .stop_rule import rule_step
 
 EXP_ARG_MAX = 300.0  # exp() argument cap, as in the numba solver
 EXP_ARG_FLOOR = 70.0  # exp() argument floor (float64): exp(-70) ~ 4e-31
@@ -475,9 +476,10 @@ class TorchCircuitSolver:
 
     name = "torch"
 
-    def __init__(self, tol_A=1e-9, max_iter=1000, device="auto", dtype="float64"):
+    def __init__(self, tol_A=1e-9, max_iter=1000, device="auto", dtype="float64", nudge_rtol=None):
         self.tol_A = float(tol_A)
         self.max_iter = int(max_iter)
+        self.nudge_rtol = None if nudge_rtol is None else float(nudge_rtol)
         if not (self.tol_A > 0 and self.max_iter >= 1):
             raise EpsimError("torch solver needs tol_A > 0 and max_iter >= 1")
         self.device = resolve_device(device)
@@ -494,17 +496,25 @@ class TorchCircuitSolver:
         """
         if beta != 0.0 and target_V is None:
             raise EpsimError("a nudged phase needs target voltages")
+        relative = self.nudge_rtol is not None and beta != 0.0 and init is not None
+        met = np.zeros(prepared.input_drive.shape[0], dtype=np.bool_) if relative else None
         v, sweeps = solve_tensors(prepared.circuit, prepared.input_drive, beta,
                                   None if target_V is None else prepared.circuit.tensor(target_V),
-                                  init, self.tol_A, self.max_iter)
+                                  init, self.tol_A, self.max_iter,
+                                  nudge_rtol=self.nudge_rtol if relative else None, met=met)
         v_np = [x.to(torch.float64).cpu().numpy() for x in v]
-        cert = Certificate(prepared.residual_A(v_np, beta, target_V), sweeps, self.tol_A, backend="torch")
+        cert = Certificate(prepared.residual_A(v_np, beta, target_V), sweeps, self.tol_A, backend="torch",
+                           stop_met=met)
         return Equilibrium(prepared.v_input, v_np, beta, cert)
 
 
 def solve_tensors(circuit: TorchCircuit, input_drive, beta=0.0, target_V=None, init=None,
-                  tol_A=1e-9, max_iter=1000):
-    """Block coordinate descent on tensors, with numba's per-sample stopping rule.
+                  tol_A=1e-9, max_iter=1000, nudge_rtol=None, met=None):
+    """Block coordinate descent on tensors, with numba's per-sample stopping rules.
+
+    ``nudge_rtol`` (a nudged phase started from the free state ``init``): stop each sample
+    on the relative nudge rule (:mod:`epsim.solvers.stop_rule`), marking it in ``met``
+    ((B,) bool numpy array), instead of on ``tol_A``.
 
     input_drive: (B, n_1); target_V: (B, K) tensor or None; init: list of (B, n_l) or None.
     Returns ``(v_free, sweeps)``: list of (B, n_l) tensors (working dtype) and the number of
@@ -534,6 +544,8 @@ def solve_tensors(circuit: TorchCircuit, input_drive, beta=0.0, target_V=None, i
         idx = torch.arange(batch, device=c.device)
         work = [x.clone() for x in full]
         drive0, tgt = input_drive, target_V
+        if nudge_rtol is not None:
+            return _relative_sweeps(c, a, full, work, idx, drive0, tgt, beta, nudge_rtol, max_iter, met)
         sweeps = 0
         for sweeps in range(1, max_iter + 1):
             drives = {l: c.drive(l, drive0, work, beta, tgt) for l in odd}
@@ -562,4 +574,44 @@ def solve_tensors(circuit: TorchCircuit, input_drive, beta=0.0, target_V=None, i
         if idx.shape[0]:
             for l in range(L):
                 full[l][idx] = work[l]
+    return full, sweeps
+
+
+def _relative_sweeps(c, a, full, work, idx, drive0, tgt, beta, rtol, max_iter, met):
+    """The odd/even sweeps of :func:`solve_tensors` under the relative nudge rule; the
+    per-layer changes and responses go through :func:`~epsim.solvers.stop_rule.rule_step`."""
+    L = c.L
+    order = list(range(1, L + 1, 2)) + list(range(2, L + 1, 2))
+    ref = [x.clone() for x in work]
+    n = idx.shape[0]
+    # the rule's rounding floor is float64's: scale it to the working precision
+    precision = float(torch.finfo(c.dtype).eps / np.finfo(np.float64).eps)
+    change_prev = np.full((L, n), np.inf)
+    error = np.zeros((L, n))
+    sweeps = 0
+    for sweeps in range(1, max_iter + 1):
+        change, response, scale = (np.zeros((L, idx.shape[0])) for _ in range(3))
+        for l in order:
+            new = c.relax(l, a[l - 1], c.drive(l, drive0, work, beta, tgt), work[l - 1])
+            stats = torch.stack([(new - work[l - 1]).abs().amax(1), (new - ref[l - 1]).abs().amax(1),
+                                 new.abs().amax(1)]).to(torch.float64).cpu().numpy()
+            change[l - 1], response[l - 1], scale[l - 1] = stats[0], stats[1], precision * stats[2]
+            work[l - 1] = new
+        met_work = np.zeros(idx.shape[0], dtype=np.bool_)
+        rule_step(change, response, scale, change_prev, error, float(rtol),
+                  np.ones(idx.shape[0], dtype=np.bool_), met_work)
+        if met_work.any():
+            for l in range(L):
+                full[l][idx] = work[l]
+            met[idx[torch.from_numpy(met_work).to(idx.device)].cpu().numpy()] = True
+            keep_np = ~met_work
+            if not keep_np.any():
+                return full, sweeps
+            keep = torch.from_numpy(keep_np).to(idx.device)
+            idx, drive0 = idx[keep], drive0[keep]
+            work, ref = [x[keep] for x in work], [x[keep] for x in ref]
+            tgt = tgt[keep] if tgt is not None else None
+            change_prev, error = change_prev[:, keep_np], error[:, keep_np]
+    for l in range(L):
+        full[l][idx] = work[l]
     return full, sweeps
