@@ -58,8 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="KCL residual tolerance of the free phase (and of prediction)")
     g.add_argument("--nudge-rtol", type=float, default=d.nudge_rtol, metavar="R",
                    help="the nudged phases stop when every layer's remaining voltage error is "
-                        "below R times that layer's response to the nudge (numba backend; the "
-                        "other backends, and R = 0, stop the nudged phases on --tol)")
+                        "below R times that layer's response to the nudge (numba and torch "
+                        "backends; spice, --wire-resistance > 0 and R = 0 stop them on --tol)")
     g.add_argument("--max-iter", type=int, default=d.max_iter, help="max solver sweeps per phase")
     g.add_argument("--device-model", default=d.device_model, metavar="NAME",
                    help="conductance device model: ideal, rram or pcm (range, levels, nonlinear "
