@@ -213,41 +213,29 @@ def connection_layout(net):
 
 
 @nb.njit(cache=True)
-def _add_drive_out(kind, shape, w_flat, v_in, out):
-    """``out += `` the current connection ``w_flat`` drives into its output nodes (B, n_out)."""
-    batch = v_in.shape[0]
+def _add_drive(kind, shape, w_flat, v, out, into_inputs):
+    """``out += `` the current that connection ``w_flat`` drives from the voltages ``v`` into
+    its output nodes (``v``: its inputs, (B, n_in)) or, with ``into_inputs``, into its input
+    nodes (``v``: its outputs, (B, n_out))."""
+    batch = v.shape[0]
+    tmp = np.empty_like(out)
     if kind == KIND_DENSE:
         w = w_flat.reshape((shape[0], shape[1]))
-        if batch <= SMALL_BATCH:
-            tmp = np.empty_like(out)
-            _dense_drive_out(v_in, w, tmp)
-            out += tmp
+        if batch > SMALL_BATCH:
+            tmp[:, :] = np.dot(v, w.T) if into_inputs else np.dot(v, w)
+        elif into_inputs:
+            _dense_drive_in(v, w, tmp)
         else:
-            out += np.dot(v_in, w)
+            _dense_drive_out(v, w, tmp)
     else:
         co, ci, k, stride, h, wd, h_out, w_out = shape
-        tmp = np.empty((batch, co, h_out, w_out))
-        _conv_forward(w_flat.reshape((co, ci, k, k)), v_in.reshape((batch, ci, h, wd)), stride, tmp)
-        out += tmp.reshape((batch, co * h_out * w_out))
-
-
-@nb.njit(cache=True)
-def _add_drive_in(kind, shape, w_flat, v_out, out):
-    """``out += `` the current connection ``w_flat`` drives into its input nodes (B, n_in)."""
-    batch = v_out.shape[0]
-    if kind == KIND_DENSE:
-        w = w_flat.reshape((shape[0], shape[1]))
-        if batch <= SMALL_BATCH:
-            tmp = np.empty_like(out)
-            _dense_drive_in(v_out, w, tmp)
-            out += tmp
+        w = w_flat.reshape((co, ci, k, k))
+        if into_inputs:
+            tmp[:, :] = 0.0
+            _conv_transpose(w, v.reshape((batch, co, h_out, w_out)), stride, tmp.reshape((batch, ci, h, wd)))
         else:
-            out += np.dot(v_out, w.T)
-    else:
-        co, ci, k, stride, h, wd, h_out, w_out = shape
-        tmp = np.zeros((batch, ci, h, wd))
-        _conv_transpose(w_flat.reshape((co, ci, k, k)), v_out.reshape((batch, co, h_out, w_out)), stride, tmp)
-        out += tmp.reshape((batch, ci * h * wd))
+            _conv_forward(w, v.reshape((batch, ci, h, wd)), stride, tmp.reshape((batch, co, h_out, w_out)))
+    out += tmp
 
 
 @nb.njit(cache=True)
@@ -259,10 +247,10 @@ def _layer_drive(l, kinds, shapes, weights, bias, input_drive, v, beta, target, 
         out[:, :] = input_drive
     else:
         out[:, :] = 0.0
-        _add_drive_out(kinds[l], shapes[l], weights[l], v[l - 1], out)
+        _add_drive(kinds[l], shapes[l], weights[l], v[l - 1], out, False)
     out += bias[l]
     if l < n_layers - 1:
-        _add_drive_in(kinds[l + 1], shapes[l + 1], weights[l + 1], v[l + 1], out)
+        _add_drive(kinds[l + 1], shapes[l + 1], weights[l + 1], v[l + 1], out, True)
     elif beta != 0.0:
         out += beta * target
 
