@@ -134,3 +134,29 @@ def test_units_scale_out_exactly():
     eq2 = solve(LayeredProblem(net, v_in), 0.3, target, tol_A=TIGHT_TOL_A * 1e3, max_iter=20000)
     for a, b in zip(eq1.v_free, eq2.v_free):
         np.testing.assert_allclose(a, b, atol=1e-12)
+
+
+@pytest.mark.parametrize("diode", ["ideal", "shockley"])
+@pytest.mark.parametrize("nudge_rtol", [1e-3, None])
+def test_fused_centered_phases_equal_three_solves(diode, nudge_rtol):
+    """solve_centered (one jitted call) gives bit for bit the states, certificates and sweep
+    counts of the free, +beta and -beta solves done one by one."""
+    from epsim.data import load_dataset
+    from epsim.models.registry import build_circuit_model
+    from epsim.solvers.numba_solver import NumbaSolver
+
+    ds = load_dataset("digits", train_subset=16, test_subset=8)
+    net = build_circuit_model("cnn", ds.image_shape, 10, arch="conv:4:3,dense:8,dense:10",
+                              diode=DiodeModel(diode))
+    net.init_params(np.random.default_rng(0))
+    solver = NumbaSolver(nudge_rtol=nudge_rtol)
+    p = solver.prepare(net, net.input_voltages(ds.x_train[:8]))
+    t = one_hot_targets(ds.y_train[:8], 10)
+    free = solver.solve(p, 0.0)
+    one_by_one = (free, solver.solve(p, 0.5, t, init=free.v_free), solver.solve(p, -0.5, t, init=free.v_free))
+    for a, b in zip(one_by_one, solver.solve_centered(p, 0.5, t)):
+        for va, vb in zip(a.v_free, b.v_free):
+            np.testing.assert_array_equal(va, vb)
+        np.testing.assert_array_equal(a.certificate.residual_A, b.certificate.residual_A)
+        np.testing.assert_array_equal(a.certificate.converged, b.certificate.converged)
+        assert a.certificate.iterations == b.certificate.iterations and a.beta == b.beta

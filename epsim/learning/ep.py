@@ -94,9 +94,12 @@ def centered_ep(net, solver, x, labels, beta, *, target_high_V=1.0, factored=Fal
     with threads_for(len(labels) * sum(net.layer_sizes[1:])):
         prepared = solver.prepare(net, net.input_voltages(x))
         target = one_hot_targets(labels, net.num_outputs, target_high_V)
-        free = solver.solve(prepared, 0.0)
-        plus = solver.solve(prepared, beta, target, init=free.v_free)
-        minus = solver.solve(prepared, -beta, target, init=free.v_free)
+        if hasattr(solver, "solve_centered"):
+            free, plus, minus = solver.solve_centered(prepared, beta, target)
+        else:
+            free = solver.solve(prepared, 0.0)
+            plus = solver.solve(prepared, beta, target, init=free.v_free)
+            minus = solver.solve(prepared, -beta, target, init=free.v_free)
         converged = free.certificate.converged & plus.certificate.converged & minus.certificate.converged
         n_ok = int(converged.sum())
         weights = converged / max(n_ok, 1)

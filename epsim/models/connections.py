@@ -55,6 +55,30 @@ def _dense_drive_in(v_out, w, out):
             out[b, i] = acc
 
 
+@nb.njit(cache=True, fastmath=True)
+def _column_sums(w):
+    """``w.sum(axis=0)``, streaming the rows (numpy's axis-0 reduction is ~2.5x slower here)."""
+    out = np.zeros(w.shape[1])
+    for i in range(w.shape[0]):
+        row = w[i]
+        for j in range(row.shape[0]):
+            out[j] += row[j]
+    return out
+
+
+@nb.njit(cache=True, fastmath=True)
+def _row_sums(w):
+    """``w.sum(axis=1)``."""
+    out = np.empty(w.shape[0])
+    for i in range(w.shape[0]):
+        acc = 0.0
+        row = w[i]
+        for j in range(row.shape[0]):
+            acc += row[j]
+        out[i] = acc
+    return out
+
+
 class Dense:
     """All-to-all crossbar: ``g`` has shape ``(n_in, n_out)``."""
 
@@ -89,10 +113,10 @@ class Dense:
         return v_out @ w.T
 
     def degree_out(self, w):
-        return w.sum(axis=0)
+        return _column_sums(np.ascontiguousarray(w, dtype=np.float64))
 
     def degree_in(self, w):
-        return w.sum(axis=1)
+        return _row_sums(np.ascontiguousarray(w, dtype=np.float64))
 
     def sq_drop_sum(self, v_in, v_out):
         # sum_b (a_i - b_j)^2 = sum_b a_i^2 + sum_b b_j^2 - 2 (a^T b)_ij : a low-rank product.

@@ -316,6 +316,35 @@ def _run_phase(kinds, shapes, weights, a, bias, lo, hi, input_drive, v, v_ref, b
     return sweeps
 
 
+@nb.njit(cache=True)
+def _centered_phases(kinds, shapes, weights, a_free, a_plus, a_minus, bias, lo, hi, input_drive,
+                     v_free, v_plus, v_minus, beta, target, tol_n, rtol, max_iter, shockley, is_n,
+                     nvt, met_plus, met_minus, residuals):
+    """Free, +beta and -beta phases of one batch in a single call (see :func:`_run_phase`):
+    ``v_free`` is solved from its given state, then copied into ``v_plus``/``v_minus`` and
+    the nudged phases solved from it (against it, with ``rtol > 0``). ``residuals`` (3, B)
+    receives each phase's max KCL residual (normalised). Returns the three sweep counts."""
+    no_target = np.zeros_like(target)
+    unused = np.zeros(v_free[0].shape[0], dtype=np.bool_)
+    s_free = _run_phase(kinds, shapes, weights, a_free, bias, lo, hi, input_drive, v_free, v_free,
+                        0.0, no_target, tol_n, 0.0, max_iter, shockley, is_n, nvt, unused)
+    for l in range(len(v_free)):
+        v_plus[l][:, :] = v_free[l]
+        v_minus[l][:, :] = v_free[l]
+    s_plus = _run_phase(kinds, shapes, weights, a_plus, bias, lo, hi, input_drive, v_plus, v_free,
+                        beta, target, tol_n, rtol, max_iter, shockley, is_n, nvt, met_plus)
+    s_minus = _run_phase(kinds, shapes, weights, a_minus, bias, lo, hi, input_drive, v_minus, v_free,
+                         -beta, target, tol_n, rtol, max_iter, shockley, is_n, nvt, met_minus)
+    residuals[:, :] = 0.0
+    _residual(kinds, shapes, weights, a_free, bias, lo, hi, input_drive, v_free, 0.0, no_target,
+              shockley, is_n, nvt, residuals[0])
+    _residual(kinds, shapes, weights, a_plus, bias, lo, hi, input_drive, v_plus, beta, target,
+              shockley, is_n, nvt, residuals[1])
+    _residual(kinds, shapes, weights, a_minus, bias, lo, hi, input_drive, v_minus, -beta, target,
+              shockley, is_n, nvt, residuals[2])
+    return s_free, s_plus, s_minus
+
+
 class LayeredProblem:
     """Precomputed, phase-independent quantities of one network and one input batch.
 
@@ -452,3 +481,30 @@ class NumbaSolver:
         with threads_for(prepared.node_updates):
             return solve(prepared, beta, target_V, init, tol_A=self.tol_A, max_iter=self.max_iter,
                          nudge_rtol=self.nudge_rtol)
+
+    def solve_centered(self, prepared, beta, target_V) -> tuple:
+        """``(free, plus, minus)`` equilibria of centered EP in one jitted call: the same
+        states as :meth:`solve` at 0, then +beta and -beta from the free state."""
+        net = prepared.net
+        L = net.num_layers
+        batch = prepared.v_input.shape[0]
+        target = np.ascontiguousarray(target_V, dtype=np.float64)
+        a = [tuple(prepared.self_conductance(l, b) for l in range(1, L + 1)) for b in (0.0, beta, -beta)]
+        states = [tuple(np.zeros((batch, n)) for n in net.layer_sizes[1:]) for _ in range(3)]
+        met = [np.zeros(batch, dtype=np.bool_) for _ in range(2)]
+        residuals = np.zeros((3, batch))
+        relative = self.nudge_rtol is not None
+        kinds, shapes, weights = prepared.layout
+        with threads_for(prepared.node_updates):
+            sweeps = _centered_phases(
+                kinds, shapes, weights, *a, prepared.bias_tuple, prepared.rails_lo, prepared.rails_hi,
+                prepared.input_drive, *states, float(beta), target, self.tol_A / net.ranges.g_unit_S,
+                self.nudge_rtol if relative else 0.0, self.max_iter, prepared.shockley, prepared.is_n,
+                prepared.nvt, *met, residuals)
+        out = []
+        for k, (b, state) in enumerate(zip((0.0, beta, -beta), states)):
+            stop_met = met[k - 1] if (relative and k > 0) else None
+            cert = Certificate(residuals[k] * net.ranges.g_unit_S, sweeps[k], self.tol_A, backend="numba",
+                               stop_met=stop_met)
+            out.append(Equilibrium(prepared.v_input, list(state), b, cert))
+        return tuple(out)
