@@ -239,3 +239,24 @@ def test_large_image_cnn_relative_nudge_rule_resolves_every_layer():
     absolute, relative = layer_grad_max(None), layer_grad_max(1e-3)
     assert absolute[0] == 0.0 and absolute[1] > 0
     assert all(g > 0 for g in relative)
+
+
+@pytest.mark.parametrize("factored", [False, True])
+def test_sgd_step_moves_every_layer_by_lr_times_gradient(digits, factored):
+    """ProjectedSGD without momentum: each layer's conductances and biases move by exactly
+    -lr * gradient (per-layer rates), whether the dense gradients come as arrays or factors."""
+    from epsim.learning.optim import ProjectedSGD
+
+    net = build_circuit_model("mlp-deep", digits.image_shape, 10)
+    net.init_params(np.random.default_rng(0), 1.0)
+    w0, b0 = [w.copy() for w in net.w], [b.copy() for b in net.b]
+    r = centered_ep(net, get_solver("numba", tol_A=1e-9, nudge_rtol=1e-3), digits.x_train[:8],
+                    digits.y_train[:8], 0.5, factored=factored)
+    dense = [g.dense() if factored else g for g in r.grad_w]
+    lrs = [0.01, 0.02, 0.04]
+    ProjectedSGD(net, lrs, [2 * v for v in lrs], 0.0).step(r.grad_w, r.grad_b)
+    lo, hi = net.w_bounds
+    for l in range(3):
+        np.testing.assert_allclose(net.w[l], np.clip(w0[l] - lrs[l] * dense[l], lo, hi), rtol=0, atol=1e-12)
+        np.testing.assert_allclose(net.b[l], b0[l] - 2 * lrs[l] * r.grad_b[l], rtol=0, atol=1e-15)
+        assert np.any(net.b[l] != b0[l])

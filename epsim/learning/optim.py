@@ -36,18 +36,17 @@ class ProjectedSGD:
         """Apply one update; ``grad_w`` entries are arrays or :class:`LowRankGrad` factors."""
         lo, hi = self.net.w_bounds
         ideal = self.device is None or self.device.is_ideal
-        for l in range(self.net.num_layers):
-            g = grad_w[l]
-            if isinstance(g, LowRankGrad) and ideal:
-                w = self.net.w[l]
-                with threads_for(w.size // UPDATE_ELEMENTS_PER_NODE):
-                    g.sgd_step(w, self.scale * self.lr_w[l], lo, hi, self.momentum,
+        with threads_for(sum(w.size for w in self.net.w) // UPDATE_ELEMENTS_PER_NODE):
+            for l in range(self.net.num_layers):
+                g = grad_w[l]
+                if isinstance(g, LowRankGrad) and ideal:
+                    g.sgd_step(self.net.w[l], self.scale * self.lr_w[l], lo, hi, self.momentum,
                                self.m_w[l] if self.momentum else None)
-            else:
-                self._dense_step(l, as_dense(g), lo, hi)
-            self.m_b[l] *= self.momentum
-            self.m_b[l] += grad_b[l]
-            self.net.b[l] -= self.scale * self.lr_b[l] * self.m_b[l]
+                else:
+                    self._dense_step(l, as_dense(g), lo, hi)
+                self.m_b[l] *= self.momentum
+                self.m_b[l] += grad_b[l]
+                self.net.b[l] -= self.scale * self.lr_b[l] * self.m_b[l]
 
     def _dense_step(self, l, grad, lo, hi):
         self.m_w[l] *= self.momentum
