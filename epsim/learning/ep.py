@@ -62,19 +62,26 @@ def param_grads(net, eq_plus, eq_minus, beta, weights, factored=False):
         from ..circuit.wires import device_param_grads
 
         return device_param_grads(net, eq_plus, eq_minus, beta, weights)
-    sw = np.sqrt(weights)[:, None]
-    # weighting both ends of every drop by sqrt(weight) weights each squared drop by weight;
     # the input layer is one array shared by both phases (its sources do not move)
-    v_in = eq_plus.v_input * sw
-    layers_p = [v_in] + [v * sw for v in eq_plus.v_free]
-    layers_m = [v_in] + [v * sw for v in eq_minus.v_free]
+    if np.all(weights == weights[0]):
+        # equal weights (every sample converged) factor out of the sums
+        scale = 0.5 * weights[0] / (2.0 * beta)
+        layers_p = [eq_plus.v_input] + list(eq_plus.v_free)
+        layers_m = [eq_plus.v_input] + list(eq_minus.v_free)
+    else:
+        # weighting both ends of every drop by sqrt(weight) weights each squared drop by weight
+        scale = 0.5 / (2.0 * beta)
+        sw = np.sqrt(weights)[:, None]
+        v_in = eq_plus.v_input * sw
+        layers_p = [v_in] + [v * sw for v in eq_plus.v_free]
+        layers_m = [v_in] + [v * sw for v in eq_minus.v_free]
     grad_w, grad_b = [], []
     for l, conn in enumerate(net.connections):
         args = (layers_p[l], layers_p[l + 1], layers_m[l], layers_m[l + 1])
         if factored and conn.kind == "dense":
-            grad_w.append(conn.sq_drop_diff_factors(*args).scaled(0.5 / (2.0 * beta)))
+            grad_w.append(conn.sq_drop_diff_factors(*args).scaled(scale))
         else:
-            grad_w.append(0.5 * conn.sq_drop_diff(*args) / (2.0 * beta))
+            grad_w.append(scale * conn.sq_drop_diff(*args))
         dv = (eq_plus.v_free[l] - eq_minus.v_free[l]) * weights[:, None]
         shape = net.layer_shapes[l + 1]
         if len(shape) == 3:
