@@ -121,7 +121,8 @@ PLANS = {
         "dataset": "cifar10",
         "seeds": (0, 1, 2),
         "models": {
-            # the settings of the 2-core CIFAR-10 run (45.1 % after 3 epochs, analysis/cifar_cpu.sh)
+            # the learning rates of the 2-core CIFAR-10 run (45.1 % after 3 epochs, analysis/cifar_cpu.sh,
+            # whose nudged phases stopped on 1e-12 A); here they stop on the relative nudge rule
             "circuit-cnn": {"family": "circuit", "seeds": "all",
                             "train": ["--model", "cnn", "--backend", "torch", "--epochs", "30", "--lr", "0.05",
                                       "--lr-layers", "3", "1"]},
