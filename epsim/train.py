@@ -11,14 +11,14 @@ from argparse import ArgumentDefaultsHelpFormatter
 from .cli import ArgumentParser, explicit_options, run
 from .data import DATASETS, default_data_dir, load_dataset
 from .errors import EpsimError
+from .models.connections import INITS
 from .models.registry import CIRCUIT_MODELS
 from .solvers import BACKENDS
 from .torch_training import TORCH_MODELS, add_torch_arguments, torch_cli_main
-from .models.connections import INITS
 from .training import LR_SCHEDULES, TrainConfig, preset_config, train
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser() -> ArgumentParser:
     d = TrainConfig()
     p = ArgumentParser(
         prog="python -m epsim.train",

@@ -14,7 +14,7 @@ holds ``g_unit_S``), ``w``/``b`` (normalised conductances ``G/g_unit`` and bias 
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import numpy as np
