@@ -49,7 +49,7 @@ from pathlib import Path
 import numpy as np
 
 from .checkpoint import write_json
-from .cli import run
+from .cli import HelpFormatter, run
 from .errors import EpsimError
 
 SCHEMA = "epsim.device_sweep/1"
@@ -60,7 +60,7 @@ def build_parser():
         prog="python -m epsim.device_sweep",
         description="Train the circuit with each device model, evaluate it on crossbars with wire "
                     "resistance (and optionally under attack); write one JSON file.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        formatter_class=HelpFormatter)
     p.add_argument("--out", required=True, metavar="PATH", help="JSON file to write")
     p.add_argument("--runs-dir", default=None, metavar="DIR",
                    help="training runs go here (default: next to --out, in device_sweep_runs/)")

@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .cli import run
+from .cli import HelpFormatter, run
 from .errors import EpsimError
 
 PHASE_CHOICES = ("free", "plus", "minus", "all")
@@ -22,7 +22,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m epsim.export",
         description="Export a circuit model as standalone SPICE netlists (one per test sample "
                     "and phase), each with NAME.op.json holding the numba solver's node voltages.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        formatter_class=HelpFormatter)
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--checkpoint", metavar="PATH", help="checkpoint.pt written by epsim.train")
     src.add_argument("--reference", action="store_true",

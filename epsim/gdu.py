@@ -16,7 +16,7 @@ import sys
 import numpy as np
 import torch
 
-from .cli import run
+from .cli import HelpFormatter, run
 from .errors import EpsimError
 from .models.ep_cnn import EPCNN, bptt_gradients, ep_gradients
 
@@ -85,7 +85,7 @@ def build_parser():
         description="GDU check for the software EP-CNN: EP gradient (symmetric nudging, converged "
                     "phases, small beta) against the BPTT gradient through the free-phase dynamics, "
                     "per layer (cosine similarity and norm ratio). float64, CPU.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        formatter_class=HelpFormatter)
     p.add_argument("--dataset", default="digits", choices=("digits", "mnist", "cifar10", "cifar100"))
     p.add_argument("--data-dir", default=None, help="folder with the dataset files (not needed for digits)")
     p.add_argument("--batch", type=int, default=16, help="number of images")

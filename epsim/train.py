@@ -6,9 +6,8 @@ with the numba nodal-analysis solver and prints the held-out test accuracy.
 from __future__ import annotations
 
 import sys
-from argparse import ArgumentDefaultsHelpFormatter
 
-from .cli import ArgumentParser, explicit_options, run
+from .cli import ArgumentParser, HelpFormatter, explicit_options, run
 from .data import DATASETS, default_data_dir, load_dataset
 from .errors import EpsimError
 from .models.connections import INITS
@@ -25,7 +24,7 @@ def build_parser() -> ArgumentParser:
         description="Train an Equilibrium-Propagation network built as a resistive-crossbar "
                     "circuit (conductances, clamp diodes, sources) with centered EP and local "
                     "conductance updates. Writes OUT/metrics.json and OUT/checkpoint.pt.",
-        formatter_class=ArgumentDefaultsHelpFormatter)
+        formatter_class=HelpFormatter)
     g = p.add_argument_group("data")
     g.add_argument("--dataset", default=d.dataset, choices=DATASETS, help="dataset to train on")
     g.add_argument("--data-dir", default=None,
