@@ -18,7 +18,7 @@ from .base import Certificate, Equilibrium
 from ..models.connections import (SMALL_BATCH, _conv_forward, _conv_transpose, _dense_drive_in,
                                   _dense_drive_out)
 from .stop_rule import rule_step
-from .threads import threads_for
+from .threads import PARALLEL_MIN_NODE_UPDATES, numba_threads, threads_for
 
 EXP_ARG_MAX = 300.0  # exp() argument cap: far beyond any physical diode current
 
@@ -115,64 +115,98 @@ def _relax_node(a, c, lo, hi, shockley, is_n, nvt):
     return x
 
 
-@nb.njit(parallel=True, cache=True)
-def relax_layer(a, c, lo, hi, shockley, is_n, nvt, active, v):
-    """Solve the nodes of one layer given its neighbours, in place, for ``active`` samples.
-
-    a: (n,) self-conductance; c: (B, n) driving current; lo/hi: (n,) rails (V);
-    active: (B,) bool, samples to update; v: (B, n) voltages, updated in place.
-    """
-    batch, n = c.shape
-    for b in nb.prange(batch):
-        if not active[b]:
-            continue
-        for k in range(n):
-            v[b, k] = _relax_node(a[k], c[b, k], lo[k], hi[k], shockley, is_n, nvt)
-
-
-@nb.njit(parallel=True, cache=True)
-def relax_layer_tracked(a, c, lo, hi, shockley, is_n, nvt, active, v, v_ref, change, response,
-                        scale):
-    """:func:`relax_layer`, also writing per sample (``(B,)`` arrays, V) the largest change
-    of a node (``change``), its largest distance from ``v_ref`` (B, n) after the update
-    (``response``) and the largest |voltage| of the layer (``scale``)."""
-    batch, n = c.shape
-    for b in nb.prange(batch):
-        if not active[b]:
-            continue
-        dmax = 0.0
-        rmax = 0.0
-        smax = 0.0
-        for k in range(n):
-            x = _relax_node(a[k], c[b, k], lo[k], hi[k], shockley, is_n, nvt)
-            d = abs(x - v[b, k])
-            r = abs(x - v_ref[b, k])
-            if d > dmax:
-                dmax = d
-            if r > rmax:
-                rmax = r
-            if abs(x) > smax:
-                smax = abs(x)
-            v[b, k] = x
+@nb.njit(cache=True, inline="always")
+def _relax_sample(b, a, c, lo, hi, shockley, is_n, nvt, v, v_ref, track, change, response, scale):
+    """Relax sample ``b`` of one layer in place; with ``track``, record its largest change,
+    its largest distance from ``v_ref`` and its largest |voltage| (V) at index ``b``."""
+    dmax = 0.0
+    rmax = 0.0
+    smax = 0.0
+    for k in range(c.shape[1]):
+        x = _relax_node(a[k], c[b, k], lo[k], hi[k], shockley, is_n, nvt)
+        if track:
+            dmax = max(dmax, abs(x - v[b, k]))
+            rmax = max(rmax, abs(x - v_ref[b, k]))
+            smax = max(smax, abs(x))
+        v[b, k] = x
+    if track:
         change[b] = dmax
         response[b] = rmax
         scale[b] = smax
 
 
 @nb.njit(parallel=True, cache=True)
-def layer_residual(a, c, lo, hi, shockley, is_n, nvt, v, residual):
+def _relax_parallel(a, c, lo, hi, shockley, is_n, nvt, active, v, v_ref, track, change, response, scale):
+    for b in nb.prange(c.shape[0]):
+        if active[b]:
+            _relax_sample(b, a, c, lo, hi, shockley, is_n, nvt, v, v_ref, track, change, response, scale)
+
+
+@nb.njit(cache=True)
+def _relax_serial(a, c, lo, hi, shockley, is_n, nvt, active, v, v_ref, track, change, response, scale):
+    for b in range(c.shape[0]):
+        if active[b]:
+            _relax_sample(b, a, c, lo, hi, shockley, is_n, nvt, v, v_ref, track, change, response, scale)
+
+
+@nb.njit(cache=True)
+def relax_layer(a, c, lo, hi, shockley, is_n, nvt, active, v, parallel):
+    """Solve the nodes of one layer given its neighbours, in place, for ``active`` samples.
+
+    a: (n,) self-conductance; c: (B, n) driving current; lo/hi: (n,) rails (V);
+    active: (B,) bool, samples to update; v: (B, n) voltages, updated in place;
+    parallel: samples on numba's threads (worth it for large batches only: every parallel
+    region costs a thread-pool launch).
+    """
+    unused = np.empty(0)
+    if parallel:
+        _relax_parallel(a, c, lo, hi, shockley, is_n, nvt, active, v, v, False, unused, unused, unused)
+    else:
+        _relax_serial(a, c, lo, hi, shockley, is_n, nvt, active, v, v, False, unused, unused, unused)
+
+
+@nb.njit(cache=True)
+def relax_layer_tracked(a, c, lo, hi, shockley, is_n, nvt, active, v, v_ref, change, response,
+                        scale, parallel):
+    """:func:`relax_layer`, also writing per sample (``(B,)`` arrays, V) the largest change
+    of a node (``change``), its largest distance from ``v_ref`` (B, n) after the update
+    (``response``) and the largest |voltage| of the layer (``scale``)."""
+    if parallel:
+        _relax_parallel(a, c, lo, hi, shockley, is_n, nvt, active, v, v_ref, True, change, response, scale)
+    else:
+        _relax_serial(a, c, lo, hi, shockley, is_n, nvt, active, v, v_ref, True, change, response, scale)
+
+
+@nb.njit(cache=True, inline="always")
+def _residual_sample(b, a, c, lo, hi, shockley, is_n, nvt, v, residual):
+    worst = 0.0
+    for k in range(c.shape[1]):
+        worst = max(worst, _node_residual(a[k], c[b, k], v[b, k], lo[k], hi[k], shockley, is_n, nvt))
+    residual[b] = max(residual[b], worst)
+
+
+@nb.njit(parallel=True, cache=True)
+def _residual_parallel(a, c, lo, hi, shockley, is_n, nvt, v, residual):
+    for b in nb.prange(c.shape[0]):
+        _residual_sample(b, a, c, lo, hi, shockley, is_n, nvt, v, residual)
+
+
+@nb.njit(cache=True)
+def _residual_serial(a, c, lo, hi, shockley, is_n, nvt, v, residual):
+    for b in range(c.shape[0]):
+        _residual_sample(b, a, c, lo, hi, shockley, is_n, nvt, v, residual)
+
+
+@nb.njit(cache=True)
+def layer_residual(a, c, lo, hi, shockley, is_n, nvt, v, residual, parallel):
     """Fold each sample's max KCL residual of one layer into ``residual`` (B,), in place.
 
     Shapes as :func:`relax_layer`; residuals are normalised currents (A / g_unit).
     """
-    batch, n = c.shape
-    for b in nb.prange(batch):
-        worst = 0.0
-        for k in range(n):
-            r = _node_residual(a[k], c[b, k], v[b, k], lo[k], hi[k], shockley, is_n, nvt)
-            if r > worst:
-                worst = r
-        residual[b] = max(residual[b], worst)
+    if parallel:
+        _residual_parallel(a, c, lo, hi, shockley, is_n, nvt, v, residual)
+    else:
+        _residual_serial(a, c, lo, hi, shockley, is_n, nvt, v, residual)
 
 
 KIND_DENSE, KIND_CONV = 0, 1
@@ -180,12 +214,12 @@ KIND_DENSE, KIND_CONV = 0, 1
 
 @nb.njit(cache=True)
 def _residual(kinds, shapes, weights, a, bias, lo, hi, input_drive, v, beta, target, shockley, is_n,
-              nvt, res):
+              nvt, res, parallel):
     """Fold each sample's max KCL residual (normalised) over all layers into ``res`` (B,)."""
     for l in range(len(v)):
         c = np.empty_like(v[l])
         _layer_drive(l, kinds, shapes, weights, bias, input_drive, v, beta, target, c)
-        layer_residual(a[l], c, lo[l], hi[l], shockley, is_n, nvt, v[l], res)
+        layer_residual(a[l], c, lo[l], hi[l], shockley, is_n, nvt, v[l], res, parallel)
 
 
 def connection_layout(net):
@@ -257,7 +291,7 @@ def _layer_drive(l, kinds, shapes, weights, bias, input_drive, v, beta, target, 
 
 @nb.njit(cache=True)
 def _run_phase(kinds, shapes, weights, a, bias, lo, hi, input_drive, v, v_ref, beta, target,
-               tol_n, rtol, max_iter, shockley, is_n, nvt, met):
+               tol_n, rtol, max_iter, shockley, is_n, nvt, met, parallel):
     """Odd/even block coordinate descent of one phase on the state ``v`` (tuple of (B, n_l),
     updated in place). ``rtol > 0``: stop each sample on the relative nudge rule against
     ``v_ref`` (:func:`~epsim.solvers.stop_rule.rule_step`), writing ``met``; otherwise on the
@@ -285,7 +319,7 @@ def _run_phase(kinds, shapes, weights, a, bias, lo, hi, input_drive, v, v_ref, b
             # so the odd layers' residual is the whole state's: stop the converged samples
             res[:] = 0.0
             for l in odd:
-                layer_residual(a[l], drives[l], lo[l], hi[l], shockley, is_n, nvt, v[l], res)
+                layer_residual(a[l], drives[l], lo[l], hi[l], shockley, is_n, nvt, v[l], res, parallel)
             n_active = 0
             for b in range(batch):
                 active[b] = active[b] and res[b] > tol_n
@@ -295,16 +329,16 @@ def _run_phase(kinds, shapes, weights, a, bias, lo, hi, input_drive, v, v_ref, b
         for l in odd:
             if relative:
                 relax_layer_tracked(a[l], drives[l], lo[l], hi[l], shockley, is_n, nvt, active, v[l],
-                                    v_ref[l], change[l], response[l], scale[l])
+                                    v_ref[l], change[l], response[l], scale[l], parallel)
             else:
-                relax_layer(a[l], drives[l], lo[l], hi[l], shockley, is_n, nvt, active, v[l])
+                relax_layer(a[l], drives[l], lo[l], hi[l], shockley, is_n, nvt, active, v[l], parallel)
         for l in even:
             _layer_drive(l, kinds, shapes, weights, bias, input_drive, v, beta, target, drives[l])
             if relative:
                 relax_layer_tracked(a[l], drives[l], lo[l], hi[l], shockley, is_n, nvt, active, v[l],
-                                    v_ref[l], change[l], response[l], scale[l])
+                                    v_ref[l], change[l], response[l], scale[l], parallel)
             else:
-                relax_layer(a[l], drives[l], lo[l], hi[l], shockley, is_n, nvt, active, v[l])
+                relax_layer(a[l], drives[l], lo[l], hi[l], shockley, is_n, nvt, active, v[l], parallel)
         if relative:
             rule_step(change, response, scale, change_prev, error, rtol, active, met)
             n_active = 0
@@ -319,7 +353,7 @@ def _run_phase(kinds, shapes, weights, a, bias, lo, hi, input_drive, v, v_ref, b
 @nb.njit(cache=True)
 def _centered_phases(kinds, shapes, weights, a_free, a_plus, a_minus, bias, lo, hi, input_drive,
                      v_free, v_plus, v_minus, beta, target, tol_n, rtol, max_iter, shockley, is_n,
-                     nvt, met_plus, met_minus, residuals):
+                     nvt, met_plus, met_minus, residuals, parallel):
     """Free, +beta and -beta phases of one batch in a single call (see :func:`_run_phase`):
     ``v_free`` is solved from its given state, then copied into ``v_plus``/``v_minus`` and
     the nudged phases solved from it (against it, with ``rtol > 0``). ``residuals`` (3, B)
@@ -327,21 +361,21 @@ def _centered_phases(kinds, shapes, weights, a_free, a_plus, a_minus, bias, lo, 
     no_target = np.zeros_like(target)
     unused = np.zeros(v_free[0].shape[0], dtype=np.bool_)
     s_free = _run_phase(kinds, shapes, weights, a_free, bias, lo, hi, input_drive, v_free, v_free,
-                        0.0, no_target, tol_n, 0.0, max_iter, shockley, is_n, nvt, unused)
+                        0.0, no_target, tol_n, 0.0, max_iter, shockley, is_n, nvt, unused, parallel)
     for l in range(len(v_free)):
         v_plus[l][:, :] = v_free[l]
         v_minus[l][:, :] = v_free[l]
     s_plus = _run_phase(kinds, shapes, weights, a_plus, bias, lo, hi, input_drive, v_plus, v_free,
-                        beta, target, tol_n, rtol, max_iter, shockley, is_n, nvt, met_plus)
+                        beta, target, tol_n, rtol, max_iter, shockley, is_n, nvt, met_plus, parallel)
     s_minus = _run_phase(kinds, shapes, weights, a_minus, bias, lo, hi, input_drive, v_minus, v_free,
-                         -beta, target, tol_n, rtol, max_iter, shockley, is_n, nvt, met_minus)
+                         -beta, target, tol_n, rtol, max_iter, shockley, is_n, nvt, met_minus, parallel)
     residuals[:, :] = 0.0
     _residual(kinds, shapes, weights, a_free, bias, lo, hi, input_drive, v_free, 0.0, no_target,
-              shockley, is_n, nvt, residuals[0])
+              shockley, is_n, nvt, residuals[0], parallel)
     _residual(kinds, shapes, weights, a_plus, bias, lo, hi, input_drive, v_plus, beta, target,
-              shockley, is_n, nvt, residuals[1])
+              shockley, is_n, nvt, residuals[1], parallel)
     _residual(kinds, shapes, weights, a_minus, bias, lo, hi, input_drive, v_minus, -beta, target,
-              shockley, is_n, nvt, residuals[2])
+              shockley, is_n, nvt, residuals[2], parallel)
     return s_free, s_plus, s_minus
 
 
@@ -415,8 +449,13 @@ class LayeredProblem:
         a = tuple(self.self_conductance(l, beta) for l in range(1, L + 1))
         _residual(kinds, shapes, weights, a, self.bias_tuple, self.rails_lo, self.rails_hi,
                   self.input_drive, _state_tuple(v_free), float(beta), self._target(beta, target_V),
-                  self.shockley, self.is_n, self.nvt, res)
+                  self.shockley, self.is_n, self.nvt, res, self.parallel)
         return res * net.ranges.g_unit_S
+
+    @property
+    def parallel(self) -> bool:
+        """Whether the node kernels should spread the samples over numba's threads."""
+        return self.node_updates >= PARALLEL_MIN_NODE_UPDATES and numba_threads() > 1
 
 
 def _state_tuple(v_free) -> tuple:
@@ -457,7 +496,7 @@ def solve(problem: LayeredProblem, beta=0.0, target_V=None, init=None, tol_A=1e-
     sweeps = _run_phase(kinds, shapes, weights, a, problem.bias_tuple, problem.rails_lo, problem.rails_hi,
                         problem.input_drive, v, v_ref, float(beta), target,
                         tol_A / net.ranges.g_unit_S, float(nudge_rtol) if relative else 0.0,
-                        int(max_iter), problem.shockley, problem.is_n, problem.nvt, met)
+                        int(max_iter), problem.shockley, problem.is_n, problem.nvt, met, problem.parallel)
     v = list(v)
     cert = Certificate(problem.residual_A(v, beta, target_V), sweeps, tol_A, backend="numba",
                        stop_met=met if relative else None)
@@ -500,7 +539,7 @@ class NumbaSolver:
                 kinds, shapes, weights, *a, prepared.bias_tuple, prepared.rails_lo, prepared.rails_hi,
                 prepared.input_drive, *states, float(beta), target, self.tol_A / net.ranges.g_unit_S,
                 self.nudge_rtol if relative else 0.0, self.max_iter, prepared.shockley, prepared.is_n,
-                prepared.nvt, *met, residuals)
+                prepared.nvt, *met, residuals, prepared.parallel)
         out = []
         for k, (b, state) in enumerate(zip((0.0, beta, -beta), states)):
             stop_met = met[k - 1] if (relative and k > 0) else None

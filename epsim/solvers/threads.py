@@ -11,6 +11,11 @@ import numba
 PARALLEL_MIN_NODE_UPDATES = 20_000
 
 
+def numba_threads() -> int:
+    """Threads numba's parallel loops would use now (1 inside a small-work block)."""
+    return 1 if _single_depth else numba.get_num_threads()
+
+
 _single_depth = 0  # > 0 while a threads_for block has already set one thread
 
 
