@@ -48,3 +48,27 @@ def test_sq_drop_diff_equals_difference_of_sums(conn, shared_input):
     out_p, out_m = rng.normal(size=(2, 4, conn.n_out))
     expected = conn.sq_drop_sum(in_p, out_p) - conn.sq_drop_sum(in_m, out_m)
     np.testing.assert_allclose(conn.sq_drop_diff(in_p, out_p, in_m, out_m), expected, atol=1e-10)
+
+
+@pytest.mark.parametrize("shared_input", [True, False])
+def test_low_rank_drop_difference_equals_the_dense_one(shared_input):
+    """The factored EP drop difference of a dense crossbar equals Dense.sq_drop_diff, its RMS
+    from the factors equals the dense RMS, and its SGD step (momentum, clipping) equals the
+    dense step."""
+    from epsim.learning.low_rank import dense_drop_diff
+
+    rng = np.random.default_rng(0)
+    d = Dense((30,), (20,))
+    in_p = rng.normal(size=(4, 30))
+    in_m = in_p if shared_input else rng.normal(size=(4, 30))
+    out_p, out_m = rng.normal(size=(4, 20)), rng.normal(size=(4, 20))
+    g = dense_drop_diff(in_p, out_p, in_m, out_m).scaled(0.3)
+    dense = 0.3 * d.sq_drop_diff(in_p, out_p, in_m, out_m)
+    np.testing.assert_allclose(g.dense(), dense, rtol=0, atol=1e-12)
+    assert g.rms() == pytest.approx(np.sqrt(np.mean(dense ** 2)), rel=1e-12)
+    w, m = rng.uniform(0, 1, (30, 20)), rng.normal(size=(30, 20))
+    w_ref, m_ref = w.copy(), 0.9 * m + dense
+    g.sgd_step(w, 0.1, 0.0, 0.9, momentum=0.9, m=m)
+    np.testing.assert_allclose(m, m_ref, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(w, np.clip(w_ref - 0.1 * m_ref, 0.0, 0.9), rtol=0, atol=1e-12)
+    assert g.rms() == pytest.approx(np.sqrt(np.mean(dense ** 2)), rel=1e-12)  # from the update's sums

@@ -19,6 +19,7 @@ import numpy as np
 
 from ..models.resistive import one_hot_targets
 from ..solvers.threads import threads_for
+from .low_rank import dense_drop_diff
 
 
 @dataclass
@@ -79,7 +80,7 @@ def param_grads(net, eq_plus, eq_minus, beta, weights, factored=False):
     for l, conn in enumerate(net.connections):
         args = (layers_p[l], layers_p[l + 1], layers_m[l], layers_m[l + 1])
         if factored and conn.kind == "dense":
-            grad_w.append(conn.sq_drop_diff_factors(*args).scaled(scale))
+            grad_w.append(dense_drop_diff(*args).scaled(scale))
         else:
             grad_w.append(scale * conn.sq_drop_diff(*args))
         dv = (eq_plus.v_free[l] - eq_minus.v_free[l]) * weights[:, None]

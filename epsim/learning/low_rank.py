@@ -63,6 +63,20 @@ class LowRankGrad:
         self.sq_sum = float(partial.sum())
 
 
+def dense_drop_diff(in_p, out_p, in_m, out_m) -> LowRankGrad:
+    """``Dense.sq_drop_diff`` of a dense crossbar as factors (scale 1): the difference of the
+    two phases' summed squared drops, from their ``(B, n_in)`` and ``(B, n_out)`` voltages.
+    ``in_p is in_m`` (the input sources, shared by both phases) cancels the input squares."""
+    sq_out = np.einsum("bj,bj->j", out_p, out_p) - np.einsum("bj,bj->j", out_m, out_m)
+    if in_p is in_m:
+        d_out = out_p - out_m
+        return LowRankGrad(np.zeros(in_p.shape[1]), sq_out, in_p, d_out, 1.0, not np.any(d_out))
+    sq_in = np.einsum("bi,bi->i", in_p, in_p) - np.einsum("bi,bi->i", in_m, in_m)
+    zero = np.array_equal(in_p, in_m) and np.array_equal(out_p, out_m)
+    return LowRankGrad(sq_in, sq_out, np.concatenate([in_p, in_m]), np.concatenate([out_p, -out_m]),
+                       1.0, zero)
+
+
 def as_dense(g) -> np.ndarray:
     return g.dense() if isinstance(g, LowRankGrad) else g
 

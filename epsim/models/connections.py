@@ -137,20 +137,6 @@ class Dense:
         cross = np.concatenate([in_p, in_m]).T @ np.concatenate([out_p, -out_m])
         return sq_in[:, None] + sq_out[None, :] - 2.0 * cross
 
-    def sq_drop_diff_factors(self, in_p, out_p, in_m, out_m):
-        """:meth:`sq_drop_diff` as a :class:`~epsim.learning.low_rank.LowRankGrad` (scale 1),
-        without forming the ``n_in x n_out`` matrix."""
-        from ..learning.low_rank import LowRankGrad
-
-        sq_out = np.einsum("bj,bj->j", out_p, out_p) - np.einsum("bj,bj->j", out_m, out_m)
-        if in_p is in_m:
-            d_out = out_p - out_m
-            return LowRankGrad(np.zeros(self.n_in), sq_out, in_p, d_out, 1.0, not np.any(d_out))
-        sq_in = np.einsum("bi,bi->i", in_p, in_p) - np.einsum("bi,bi->i", in_m, in_m)
-        zero = np.array_equal(in_p, in_m) and np.array_equal(out_p, out_m)
-        return LowRankGrad(sq_in, sq_out, np.concatenate([in_p, in_m]), np.concatenate([out_p, -out_m]),
-                           1.0, zero)
-
     def pairs(self):
         """(param_index, in_node, out_node) for every conductance; for export and tests."""
         i, j = np.meshgrid(np.arange(self.n_in), np.arange(self.n_out), indexing="ij")
