@@ -10,6 +10,12 @@ respect to each parameter is estimated from local quantities only::
 
 (``w = G / g_unit``, ``b = I_bias / g_unit``), i.e. voltage drops across each conductance
 and node voltages at each bias source: what a crossbar can measure in place.
+
+With amplifiers (gains ``A_l``, ``P_l = A_1 ... A_{l-1}``) the drop across a conductance of
+the crossbar into layer l is ``A_{l-1} v_i - v_j`` (the amplifier output against the node),
+and both terms of layer l are multiplied by the known constant ``(P_L / P_l)^2``: the
+equilibrium minimises the layer-weighted co-content in which layer l's terms carry
+``1 / P_l^2``, and the output cost carries ``1 / P_L^2``.
 """
 from __future__ import annotations
 
@@ -76,18 +82,24 @@ def param_grads(net, eq_plus, eq_minus, beta, weights, factored=False):
         v_in = eq_plus.v_input * sw
         layers_p = [v_in] + [v * sw for v in eq_plus.v_free]
         layers_m = [v_in] + [v * sw for v in eq_minus.v_free]
+    layer_p = net.layer_scale
     grad_w, grad_b = [], []
     for l, conn in enumerate(net.connections):
-        args = (layers_p[l], layers_p[l + 1], layers_m[l], layers_m[l + 1])
+        gain = net.crossbar_input_gain(l)
+        weight = (layer_p[-1] / layer_p[l]) ** 2  # layer l + 1's weight in the co-content
+        if gain == 1.0:
+            args = (layers_p[l], layers_p[l + 1], layers_m[l], layers_m[l + 1])
+        else:  # the crossbar's input terminals sit at the amplifier outputs
+            args = (gain * layers_p[l], layers_p[l + 1], gain * layers_m[l], layers_m[l + 1])
         if factored and conn.kind == "dense":
-            grad_w.append(dense_drop_diff(*args).scaled(scale))
+            grad_w.append(dense_drop_diff(*args).scaled(scale * weight))
         else:
-            grad_w.append(scale * conn.sq_drop_diff(*args))
+            grad_w.append((scale * weight) * conn.sq_drop_diff(*args))
         dv = (eq_plus.v_free[l] - eq_minus.v_free[l]) * weights[:, None]
         shape = net.layer_shapes[l + 1]
         if len(shape) == 3:
             dv = dv.reshape(dv.shape[0], shape[0], -1).sum(axis=2)
-        grad_b.append(-dv.sum(axis=0) / (2.0 * beta))
+        grad_b.append(-weight * dv.sum(axis=0) / (2.0 * beta))
     return grad_w, grad_b
 
 

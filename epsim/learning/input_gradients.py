@@ -32,6 +32,11 @@ voltages ``v_out`` (B, K) at equilibrium:
    gradient in ``tests/test_input_gradients.py``). The EP route estimates the gradient of
    the nudging cost only (squared error to targets ``y``).
 
+With amplifiers (gains ``A_l``, ``P_l = A_1 ... A_{l-1}``) the routes work on the normalised
+voltages ``v_l / P_l``, in which the circuit is passive (:mod:`epsim.models.resistive`):
+the Hessian stays symmetric, and the EP estimate gains the factor ``P_L^2`` (the output
+cost enters the co-content as ``C / P_L^2``).
+
 All routes end with the chain rule through the two polarities:
 ``dL/dx[c] = gain * (dL/dv_in[c] - dL/dv_in[C + c])``.
 
@@ -144,10 +149,11 @@ def circuit_forward(net, x, n_iter, beta=0.0, target_V=None, *, init=None, devic
     input_drive = circuit.drive_out(0, v_in)
     tgt = circuit.tensor(target_V) if beta != 0.0 else None
     a = [circuit.self_conductance(l, beta) for l in range(1, circuit.L + 1)]
-    v = ([circuit.tensor(s) for s in init] if init is not None else circuit.zeros_state(v_in.shape[0]))
+    v = circuit.to_normalised(init) if init is not None else circuit.zeros_state(v_in.shape[0])
     for _ in range(int(n_iter)):
         v = circuit.sweep(v, input_drive, a, beta, tgt)
-    return (v[-1], v) if return_state else v[-1]
+    v_out = circuit.output_voltages(v)
+    return (v_out, circuit.to_physical(v)) if return_state else v_out
 
 
 def bptt_input_gradient(net, x, loss_fn, n_iter, *, tol_A=1e-9, device=None,
@@ -167,7 +173,7 @@ def bptt_input_gradient(net, x, loss_fn, n_iter, *, tol_A=1e-9, device=None,
         total, per = _per_sample(loss_fn(v_out), xt.shape[0])
         (g,) = torch.autograd.grad(total, xt)
     with torch.no_grad():
-        v = [s.detach() for s in v]
+        v = circuit.to_normalised([s.detach() for s in v])
         res = circuit.residual(v, circuit.drive_out(0, circuit.input_voltages(xt.detach())))
     res_A = res.to(torch.float64).cpu().numpy() * circuit.g_unit_S
     gx = g if torch.is_tensor(x) else g.to(torch.float64).cpu().numpy()
@@ -273,13 +279,13 @@ def implicit_input_gradient(net, x, loss_fn, *, beta=0.0, target_V=None, tol_A=1
                 raise EpsimError("the equilibrium passed was solved at another beta or for another model")
             if not np.allclose(equilibrium.v_input, v_in.to(torch.float64).cpu().numpy(), rtol=0, atol=1e-12):
                 raise EpsimError("the equilibrium passed was solved for other input images")
-            v, sweeps = [circuit.tensor(s) for s in equilibrium.v_free], equilibrium.certificate.iterations
+            v, sweeps = circuit.to_normalised(equilibrium.v_free), equilibrium.certificate.iterations
         res_A = circuit.residual(v, drive0, beta, tgt).to(torch.float64).cpu().numpy() * circuit.g_unit_S
     batch = v_in.shape[0]
     with torch.enable_grad():
-        v_out = v[-1].detach().requires_grad_(True)
-        total, per = _per_sample(loss_fn(v_out), batch)
-        (g_out,) = torch.autograd.grad(total, v_out)
+        u_out = v[-1].detach().requires_grad_(True)
+        total, per = _per_sample(loss_fn(circuit.output_voltages(v[:-1] + [u_out])), batch)
+        (g_out,) = torch.autograd.grad(total, u_out)
     with torch.no_grad():
         a = [circuit.self_conductance(l, beta) for l in range(1, circuit.L + 1)]
         if circuit.shockley:
@@ -302,7 +308,8 @@ def implicit_input_gradient(net, x, loss_fn, *, beta=0.0, target_V=None, tol_A=1
             f"relative residual {float(rel.max()):.3g} vs {lin_tol:.3g}); raise max_iter")
     loss = per.detach().to(torch.float64).cpu().numpy() if per is not None else np.full(batch, np.nan)
     return InputGradient(_grad_x_from_v_in(circuit, g_vin, x), loss,
-                         v[-1].to(torch.float64).cpu().numpy(), converged, res_A, "implicit",
+                         circuit.output_voltages(v).to(torch.float64).cpu().numpy(), converged, res_A,
+                         "implicit",
                          {"sweeps": sweeps, "adjoint_iterations": lin_iters,
                           "adjoint_rel_residual": rel.to(torch.float64).cpu().numpy(),
                           "free_fraction": float(sum(m.sum() for m in mask) / sum(m.numel() for m in mask))})
@@ -367,7 +374,8 @@ def ep_input_gradient(net, solver, x, labels_or_target, beta, *, target_high_V=1
             f"phases (max KCL residual {residual.max():.3g} A); raise max_iter or loosen tol")
     i_plus = input_source_currents_A(net, plus.v_input, plus.v_free[0])
     i_minus = input_source_currents_A(net, minus.v_input, minus.v_free[0])
-    g_vin = (i_plus - i_minus) / (2.0 * beta * net.ranges.g_unit_S)
+    # with amplifiers the output cost carries 1 / P_L^2 in the co-content the circuit minimises
+    g_vin = (i_plus - i_minus) * net.layer_scale[-1] ** 2 / (2.0 * beta * net.ranges.g_unit_S)
     c, h, w = net.image_shape
     g = g_vin.reshape(-1, 2 * c, h, w)
     gx = net.input_gain_V * (g[:, :c] - g[:, c:])

@@ -14,6 +14,11 @@ Circuit
   (tied per channel in conv layers).
 - Nudging: the ``+beta`` phase adds a conductance ``beta * g_unit`` from each output node
   to a voltage source at the target voltage; ``-beta`` uses the negative conductance.
+- Bidirectional amplifiers (optional, gain ``A_l`` between free layers ``l`` and ``l+1``,
+  ``l = 1..L-1``): forward, a voltage-controlled voltage source presents ``A_l * v`` of
+  every layer-l node to the next crossbar; backward, a current-controlled current source
+  draws ``1/A_l`` of the current that crossbar takes from the amplifier out of the layer-l
+  node. Gain 1 is a plain wire (today's passive circuit, bit for bit).
 
 Units
 -----
@@ -29,6 +34,12 @@ Energy (co-content, normalised by ``g_unit``, units V^2)::
     F(v) = E(v) + beta/2 * sum_o (v_o - y_o)^2
 
 KCL at every free node is dF/dv = 0 (with the diodes as constraints / co-contents).
+
+Amplified circuits (derivation in the README, "Amplifiers between layers"): with
+``P_l = A_1 ... A_{l-1}`` (``P_1 = 1``) the normalised voltages ``u_l = v_l / P_l`` obey the
+KCL of a *passive* network whose layer-l biases are ``b_l / P_l``, targets ``y / P_L``, and
+clamp diodes ``I_l(u) = I(P_l u) / P_l``; the energy above, written in ``u``, is the
+layer-weighted co-content every solver minimises.
 """
 from __future__ import annotations
 
@@ -68,7 +79,7 @@ class ResistiveNetwork:
     """
 
     def __init__(self, image_shape, connections, *, input_gain_V=1.0, diode=None,
-                 ranges=None, name="custom"):
+                 ranges=None, name="custom", amp_gains=None):
         self.image_shape = tuple(int(s) for s in image_shape)
         self.connections = list(connections)
         self.input_gain_V = float(input_gain_V)
@@ -91,6 +102,7 @@ class ResistiveNetwork:
             self.rail_hi_V.append(hi)
         self.w = [np.zeros(conn.param_shape) for conn in self.connections]
         self.b = [np.zeros(self.bias_shape(l)) for l in range(1, len(shapes))]
+        self.amp_gains = validate_amp_gains(amp_gains, len(self.connections))
 
     # ---- structure -------------------------------------------------------------------
     @property
@@ -113,6 +125,34 @@ class ResistiveNetwork:
         if len(shape) == 3:
             return np.repeat(bias, shape[1] * shape[2])
         return bias
+
+    @property
+    def has_amplifiers(self) -> bool:
+        """Whether any boundary between free layers carries an amplifier (gain != 1)."""
+        return bool(np.any(self.amp_gains != 1.0))
+
+    @property
+    def layer_scale(self) -> np.ndarray:
+        """(L,) ``P_l = A_1 ... A_{l-1}`` of free layers ``1..L`` (``P_1 = 1``): the factor
+        between a layer's node voltages and the normalised voltages the solvers use."""
+        return np.concatenate([[1.0], np.cumprod(self.amp_gains)])
+
+    def crossbar_input_gain(self, k: int) -> float:
+        """Gain between layer ``k``'s nodes and connection ``k``'s input terminals (the
+        amplifier of layer ``k``; 1 for the input layer, whose sources drive it directly)."""
+        return 1.0 if k == 0 else float(self.amp_gains[k - 1])
+
+    def to_normalised(self, v_free) -> list:
+        """Free-layer voltages (list of (B, n_l), V) -> normalised voltages ``v_l / P_l``."""
+        if not self.has_amplifiers:
+            return list(v_free)
+        return [v / p for v, p in zip(v_free, self.layer_scale)]
+
+    def to_physical(self, u_free) -> list:
+        """Inverse of :meth:`to_normalised`: normalised voltages -> node voltages (V)."""
+        if not self.has_amplifiers:
+            return list(u_free)
+        return [u * p for u, p in zip(u_free, self.layer_scale)]
 
     @staticmethod
     def _rails(shape, is_output):
@@ -137,6 +177,7 @@ class ResistiveNetwork:
             "connections": [c.describe() for c in self.connections],
             "input_gain_V": self.input_gain_V,
             "diode": self.diode.to_dict(),
+            "amp_gains": [float(a) for a in self.amp_gains],
             "ranges": {"g_unit_S": self.ranges.g_unit_S, "g_min_S": self.ranges.g_min_S,
                        "g_max_S": self.ranges.g_max_S},
         }
@@ -145,7 +186,8 @@ class ResistiveNetwork:
     def from_description(cls, d: dict) -> "ResistiveNetwork":
         net = cls(d["image_shape"], [connection_from_description(c) for c in d["connections"]],
                   input_gain_V=d["input_gain_V"], diode=DiodeModel.from_dict(d["diode"]),
-                  ranges=CircuitRanges(**d["ranges"]), name=d["name"])
+                  ranges=CircuitRanges(**d["ranges"]), name=d["name"],
+                  amp_gains=d.get("amp_gains"))
         net.arch = d.get("arch")
         return net
 
@@ -223,9 +265,15 @@ class ResistiveNetwork:
         """Normalised total energy ``F`` (V^2) per sample for ideal diodes, shape ``(B,)``.
 
         The ideal diodes enter as constraints (0 inside the feasible box), so this is the
-        resistive co-content minus the bias-source work, plus the nudging term.
+        resistive co-content minus the bias-source work, plus the nudging term. ``v_free``
+        and ``target_V`` in volts; with amplifiers, the layer-weighted co-content (the
+        energy of the normalised voltages ``v_l / P_l``, biases ``b_l / P_l``, targets
+        ``y / P_L``), whose stationary points are the amplified circuit's equilibria.
         """
-        layers = [v_input] + list(v_free)
+        p = self.layer_scale
+        layers = [v_input] + self.to_normalised(v_free)
+        if beta != 0.0:
+            target_V = np.asarray(target_V) / p[-1]
         e = np.zeros(v_input.shape[0])
         for l, conn in enumerate(self.connections):
             w = self.w[l]
@@ -233,10 +281,27 @@ class ResistiveNetwork:
             e += 0.5 * (np.einsum("bi,i->b", vi * vi, conn.degree_in(w))
                         + np.einsum("bj,j->b", vo * vo, conn.degree_out(w))
                         - 2.0 * np.einsum("bj,bj->b", conn.drive_out(w, vi), vo))
-            e -= vo @ self.bias_per_node(l + 1)
+            e -= vo @ (self.bias_per_node(l + 1) / p[l])
         if beta != 0.0:
             e += 0.5 * beta * np.sum((layers[-1] - target_V) ** 2, axis=1)
         return e
+
+
+def validate_amp_gains(gains, num_layers: int) -> np.ndarray:
+    """Amplifier gains as a (L-1,) float array: None -> all 1, one number -> every
+    boundary; each gain must be a finite number > 0."""
+    n = max(num_layers - 1, 0)
+    if gains is None:
+        return np.ones(n)
+    g = np.atleast_1d(np.asarray(gains, dtype=np.float64)).reshape(-1)
+    if g.size == 1 and n != 1:
+        g = np.full(n, float(g[0]))
+    if g.size != n:
+        raise EpsimError(f"{g.size} amplifier gains for {n} boundaries between free layers "
+                         f"(give one gain, or one per boundary)")
+    if not np.all(np.isfinite(g)) or np.any(g <= 0):
+        raise EpsimError("amplifier gains must be finite numbers > 0")
+    return g
 
 
 def build_mlp(image_shape, hidden=(64,), num_classes=10, **kw) -> ResistiveNetwork:

@@ -218,7 +218,7 @@ class CircuitAdapter:
                     res = c.residual([s.detach() for s in v], drive.detach())
                 if bool((res <= tol_n).all()):
                     break
-            per = loss_fn(v[-1], yt)
+            per = loss_fn(c.output_voltages(v), yt)
             (g,) = torch.autograd.grad(per.sum(), xt)
         return GradientResult(g.detach().cpu().numpy(), per.detach().cpu().numpy(),
                               (res <= tol_n).cpu().numpy(), "bptt")

@@ -178,35 +178,37 @@ def relax_layer_tracked(a, c, lo, hi, shockley, is_n, nvt, active, v, v_ref, cha
 
 
 @nb.njit(cache=True, inline="always")
-def _residual_sample(b, a, c, lo, hi, shockley, is_n, nvt, v, residual):
+def _residual_sample(b, a, c, lo, hi, shockley, is_n, nvt, v, res_scale, residual):
     worst = 0.0
     for k in range(c.shape[1]):
         worst = max(worst, _node_residual(a[k], c[b, k], v[b, k], lo[k], hi[k], shockley, is_n, nvt))
-    residual[b] = max(residual[b], worst)
+    residual[b] = max(residual[b], worst * res_scale)
 
 
 @nb.njit(parallel=True, cache=True)
-def _residual_parallel(a, c, lo, hi, shockley, is_n, nvt, v, residual):
+def _residual_parallel(a, c, lo, hi, shockley, is_n, nvt, v, res_scale, residual):
     for b in nb.prange(c.shape[0]):
-        _residual_sample(b, a, c, lo, hi, shockley, is_n, nvt, v, residual)
+        _residual_sample(b, a, c, lo, hi, shockley, is_n, nvt, v, res_scale, residual)
 
 
 @nb.njit(cache=True)
-def _residual_serial(a, c, lo, hi, shockley, is_n, nvt, v, residual):
+def _residual_serial(a, c, lo, hi, shockley, is_n, nvt, v, res_scale, residual):
     for b in range(c.shape[0]):
-        _residual_sample(b, a, c, lo, hi, shockley, is_n, nvt, v, residual)
+        _residual_sample(b, a, c, lo, hi, shockley, is_n, nvt, v, res_scale, residual)
 
 
 @nb.njit(cache=True)
-def layer_residual(a, c, lo, hi, shockley, is_n, nvt, v, residual, parallel):
-    """Fold each sample's max KCL residual of one layer into ``residual`` (B,), in place.
+def layer_residual(a, c, lo, hi, shockley, is_n, nvt, v, res_scale, residual, parallel):
+    """Fold each sample's max KCL residual of one layer, times ``res_scale``, into
+    ``residual`` (B,), in place.
 
-    Shapes as :func:`relax_layer`; residuals are normalised currents (A / g_unit).
+    Shapes as :func:`relax_layer`; residuals are normalised currents (A / g_unit);
+    ``res_scale`` is the layer's ``P_l`` (its normalised KCL is the physical one / ``P_l``).
     """
     if parallel:
-        _residual_parallel(a, c, lo, hi, shockley, is_n, nvt, v, residual)
+        _residual_parallel(a, c, lo, hi, shockley, is_n, nvt, v, res_scale, residual)
     else:
-        _residual_serial(a, c, lo, hi, shockley, is_n, nvt, v, residual)
+        _residual_serial(a, c, lo, hi, shockley, is_n, nvt, v, res_scale, residual)
 
 
 KIND_DENSE, KIND_CONV = 0, 1
@@ -214,12 +216,13 @@ KIND_DENSE, KIND_CONV = 0, 1
 
 @nb.njit(cache=True)
 def _residual(kinds, shapes, weights, a, bias, lo, hi, input_drive, v, beta, target, shockley, is_n,
-              nvt, res, parallel):
-    """Fold each sample's max KCL residual (normalised) over all layers into ``res`` (B,)."""
+              nvt, layer_p, res, parallel):
+    """Fold each sample's max KCL residual (normalised, in physical units: each layer's
+    times its ``layer_p``) over all layers into ``res`` (B,)."""
     for l in range(len(v)):
         c = np.empty_like(v[l])
         _layer_drive(l, kinds, shapes, weights, bias, input_drive, v, beta, target, c)
-        layer_residual(a[l], c, lo[l], hi[l], shockley, is_n, nvt, v[l], res, parallel)
+        layer_residual(a[l], c, lo[l], hi[l], shockley, is_n[l], nvt[l], v[l], layer_p[l], res, parallel)
 
 
 def connection_layout(net):
@@ -291,11 +294,13 @@ def _layer_drive(l, kinds, shapes, weights, bias, input_drive, v, beta, target, 
 
 @nb.njit(cache=True)
 def _run_phase(kinds, shapes, weights, a, bias, lo, hi, input_drive, v, v_ref, beta, target,
-               tol_n, rtol, max_iter, shockley, is_n, nvt, met, parallel):
+               tol_n, rtol, max_iter, shockley, is_n, nvt, layer_p, met, parallel):
     """Odd/even block coordinate descent of one phase on the state ``v`` (tuple of (B, n_l),
     updated in place). ``rtol > 0``: stop each sample on the relative nudge rule against
     ``v_ref`` (:func:`~epsim.solvers.stop_rule.rule_step`), writing ``met``; otherwise on the
-    KCL residual ``tol_n`` (normalised). Returns the number of sweeps."""
+    KCL residual ``tol_n`` (normalised, physical: each layer's times its ``layer_p``).
+    ``is_n``, ``nvt``, ``layer_p``: (L,) per-layer diode constants and ``P_l`` (see
+    :class:`LayeredProblem`). Returns the number of sweeps."""
     n_layers = len(v)
     batch = v[0].shape[0]
     active = np.ones(batch, dtype=np.bool_)
@@ -319,7 +324,8 @@ def _run_phase(kinds, shapes, weights, a, bias, lo, hi, input_drive, v, v_ref, b
             # so the odd layers' residual is the whole state's: stop the converged samples
             res[:] = 0.0
             for l in odd:
-                layer_residual(a[l], drives[l], lo[l], hi[l], shockley, is_n, nvt, v[l], res, parallel)
+                layer_residual(a[l], drives[l], lo[l], hi[l], shockley, is_n[l], nvt[l], v[l], layer_p[l],
+                               res, parallel)
             n_active = 0
             for b in range(batch):
                 active[b] = active[b] and res[b] > tol_n
@@ -328,17 +334,17 @@ def _run_phase(kinds, shapes, weights, a, bias, lo, hi, input_drive, v, v_ref, b
                 break
         for l in odd:
             if relative:
-                relax_layer_tracked(a[l], drives[l], lo[l], hi[l], shockley, is_n, nvt, active, v[l],
+                relax_layer_tracked(a[l], drives[l], lo[l], hi[l], shockley, is_n[l], nvt[l], active, v[l],
                                     v_ref[l], change[l], response[l], scale[l], parallel)
             else:
-                relax_layer(a[l], drives[l], lo[l], hi[l], shockley, is_n, nvt, active, v[l], parallel)
+                relax_layer(a[l], drives[l], lo[l], hi[l], shockley, is_n[l], nvt[l], active, v[l], parallel)
         for l in even:
             _layer_drive(l, kinds, shapes, weights, bias, input_drive, v, beta, target, drives[l])
             if relative:
-                relax_layer_tracked(a[l], drives[l], lo[l], hi[l], shockley, is_n, nvt, active, v[l],
+                relax_layer_tracked(a[l], drives[l], lo[l], hi[l], shockley, is_n[l], nvt[l], active, v[l],
                                     v_ref[l], change[l], response[l], scale[l], parallel)
             else:
-                relax_layer(a[l], drives[l], lo[l], hi[l], shockley, is_n, nvt, active, v[l], parallel)
+                relax_layer(a[l], drives[l], lo[l], hi[l], shockley, is_n[l], nvt[l], active, v[l], parallel)
         if relative:
             rule_step(change, response, scale, change_prev, error, rtol, active, met)
             n_active = 0
@@ -353,7 +359,7 @@ def _run_phase(kinds, shapes, weights, a, bias, lo, hi, input_drive, v, v_ref, b
 @nb.njit(cache=True)
 def _centered_phases(kinds, shapes, weights, a_free, a_plus, a_minus, bias, lo, hi, input_drive,
                      v_free, v_plus, v_minus, beta, target, tol_n, rtol, max_iter, shockley, is_n,
-                     nvt, met_plus, met_minus, residuals, parallel):
+                     nvt, layer_p, met_plus, met_minus, residuals, parallel):
     """Free, +beta and -beta phases of one batch in a single call (see :func:`_run_phase`):
     ``v_free`` is solved from its given state, then copied into ``v_plus``/``v_minus`` and
     the nudged phases solved from it (against it, with ``rtol > 0``). ``residuals`` (3, B)
@@ -361,21 +367,21 @@ def _centered_phases(kinds, shapes, weights, a_free, a_plus, a_minus, bias, lo, 
     no_target = np.zeros_like(target)
     unused = np.zeros(v_free[0].shape[0], dtype=np.bool_)
     s_free = _run_phase(kinds, shapes, weights, a_free, bias, lo, hi, input_drive, v_free, v_free,
-                        0.0, no_target, tol_n, 0.0, max_iter, shockley, is_n, nvt, unused, parallel)
+                        0.0, no_target, tol_n, 0.0, max_iter, shockley, is_n, nvt, layer_p, unused, parallel)
     for l in range(len(v_free)):
         v_plus[l][:, :] = v_free[l]
         v_minus[l][:, :] = v_free[l]
     s_plus = _run_phase(kinds, shapes, weights, a_plus, bias, lo, hi, input_drive, v_plus, v_free,
-                        beta, target, tol_n, rtol, max_iter, shockley, is_n, nvt, met_plus, parallel)
+                        beta, target, tol_n, rtol, max_iter, shockley, is_n, nvt, layer_p, met_plus, parallel)
     s_minus = _run_phase(kinds, shapes, weights, a_minus, bias, lo, hi, input_drive, v_minus, v_free,
-                         -beta, target, tol_n, rtol, max_iter, shockley, is_n, nvt, met_minus, parallel)
+                         -beta, target, tol_n, rtol, max_iter, shockley, is_n, nvt, layer_p, met_minus, parallel)
     residuals[:, :] = 0.0
     _residual(kinds, shapes, weights, a_free, bias, lo, hi, input_drive, v_free, 0.0, no_target,
-              shockley, is_n, nvt, residuals[0], parallel)
+              shockley, is_n, nvt, layer_p, residuals[0], parallel)
     _residual(kinds, shapes, weights, a_plus, bias, lo, hi, input_drive, v_plus, beta, target,
-              shockley, is_n, nvt, residuals[1], parallel)
+              shockley, is_n, nvt, layer_p, residuals[1], parallel)
     _residual(kinds, shapes, weights, a_minus, bias, lo, hi, input_drive, v_minus, -beta, target,
-              shockley, is_n, nvt, residuals[2], parallel)
+              shockley, is_n, nvt, layer_p, residuals[2], parallel)
     return s_free, s_plus, s_minus
 
 
@@ -384,6 +390,13 @@ class LayeredProblem:
 
     Built once per batch and shared by the free and nudged phases: the self-conductances
     and the input layer's drive (constant across iterations and phases).
+
+    The sweeps work in normalised voltages ``u_l = v_l / P_l`` (``P_l``: ``layer_p``, the
+    product of the amplifier gains below layer l; all 1 without amplifiers), in which an
+    amplified circuit is a passive one: biases ``b_l / P_l``, rails ``/ P_l``, Shockley
+    diodes with ``Is / P_l`` and ``n Vt / P_l`` (``I(P u) / P`` is again a Shockley law),
+    targets ``/ P_L``. States go in and out in volts (:meth:`to_normalised` /
+    :meth:`to_physical`); residuals are reported in physical amperes.
     """
 
     def __init__(self, net, v_input):
@@ -399,15 +412,17 @@ class LayeredProblem:
             self.degree.append(np.ascontiguousarray(d))
         with threads_for(self.node_updates):
             self.input_drive = net.connections[0].drive_out(net.w[0], self.v_input)
+        self.layer_p = np.ascontiguousarray(net.layer_scale, dtype=np.float64)
         self.bias = [net.bias_per_node(l) for l in range(1, L + 1)]
-        self.bias_tuple = tuple(np.ascontiguousarray(b, dtype=np.float64) for b in self.bias)
-        self.rails_lo = tuple(net.rail_lo_V)
-        self.rails_hi = tuple(net.rail_hi_V)
+        self.bias_tuple = tuple(np.ascontiguousarray(b / p, dtype=np.float64)
+                                for b, p in zip(self.bias, self.layer_p))
+        self.rails_lo = tuple(lo / p for lo, p in zip(net.rail_lo_V, self.layer_p))
+        self.rails_hi = tuple(hi / p for hi, p in zip(net.rail_hi_V, self.layer_p))
         self.layout = connection_layout(net)
         d = net.diode
         self.shockley = d.kind == "shockley"
-        self.is_n = d.is_A / net.ranges.g_unit_S
-        self.nvt = d.n_vt_V
+        self.is_n = d.is_A / net.ranges.g_unit_S / self.layer_p
+        self.nvt = d.n_vt_V / self.layer_p
 
     def self_conductance(self, l, beta):
         """(n_l,) total normalised conductance of layer l's nodes, nudging included."""
@@ -423,16 +438,28 @@ class LayeredProblem:
         return np.ascontiguousarray(a)
 
     def drive(self, l, v_free, beta, target_V):
-        """(B, n_l) normalised current driven into layer l by neighbours and sources."""
+        """(B, n_l) normalised current driven into layer l by neighbours and sources, for
+        node voltages ``v_free`` (V), in the normalised circuit (physical current / ``P_l``)."""
         out = np.empty((self.v_input.shape[0], self.net.layer_sizes[l]))
         kinds, shapes, weights = self.layout
         _layer_drive(l - 1, kinds, shapes, weights, self.bias_tuple, self.input_drive,
-                     _state_tuple(v_free), float(beta), self._target(beta, target_V), out)
+                     self.to_normalised(v_free), float(beta), self._target(beta, target_V), out)
         return out
 
+    def to_normalised(self, v_free) -> tuple:
+        """Node voltages (list of (B, n_l), V) -> the sweeps' state ``v_l / P_l`` (fresh arrays)."""
+        return tuple(np.ascontiguousarray(x, dtype=np.float64) / p for x, p in zip(v_free, self.layer_p))
+
+    def to_physical(self, u_free) -> list:
+        """The sweeps' state -> node voltages (V), list of (B, n_l)."""
+        if np.all(self.layer_p == 1.0):
+            return list(u_free)
+        return [u * p for u, p in zip(u_free, self.layer_p)]
+
     def _target(self, beta, target_V):
+        """Targets of the normalised circuit, ``target_V / P_L`` (zeros in the free phase)."""
         if beta != 0.0:
-            return np.ascontiguousarray(target_V, dtype=np.float64)
+            return np.ascontiguousarray(target_V, dtype=np.float64) / self.layer_p[-1]
         return np.zeros((self.v_input.shape[0], self.net.num_outputs))
 
     def initial_state(self):
@@ -441,25 +468,22 @@ class LayeredProblem:
         return [np.zeros((batch, n)) for n in self.net.layer_sizes[1:]]
 
     def residual_A(self, v_free, beta=0.0, target_V=None):
-        """(B,) exact max KCL residual in amperes of a state (all layers)."""
+        """(B,) exact max KCL residual in amperes of node voltages ``v_free`` (V, all layers)."""
         net = self.net
         L = net.num_layers
         res = np.zeros(self.v_input.shape[0])
         kinds, shapes, weights = self.layout
         a = tuple(self.self_conductance(l, beta) for l in range(1, L + 1))
         _residual(kinds, shapes, weights, a, self.bias_tuple, self.rails_lo, self.rails_hi,
-                  self.input_drive, _state_tuple(v_free), float(beta), self._target(beta, target_V),
-                  self.shockley, self.is_n, self.nvt, res, self.parallel)
+                  self.input_drive, self.to_normalised(v_free), float(beta),
+                  self._target(beta, target_V), self.shockley, self.is_n, self.nvt, self.layer_p, res,
+                  self.parallel)
         return res * net.ranges.g_unit_S
 
     @property
     def parallel(self) -> bool:
         """Whether the node kernels should spread the samples over numba's threads."""
         return self.node_updates >= PARALLEL_MIN_NODE_UPDATES and numba_threads() > 1
-
-
-def _state_tuple(v_free) -> tuple:
-    return tuple(np.ascontiguousarray(x, dtype=np.float64) for x in v_free)
 
 
 def solve(problem: LayeredProblem, beta=0.0, target_V=None, init=None, tol_A=1e-9,
@@ -483,21 +507,22 @@ def solve(problem: LayeredProblem, beta=0.0, target_V=None, init=None, tol_A=1e-
     net = problem.net
     L = net.num_layers
     batch = problem.v_input.shape[0]
-    v = [x.copy() for x in init] if init is not None else problem.initial_state()
+    v = init if init is not None else problem.initial_state()
     if beta != 0.0 and target_V is None:
         raise ValueError("a nudged phase needs target voltages")
     relative = nudge_rtol is not None and beta != 0.0 and init is not None
     target = problem._target(beta, target_V)
     a = tuple(problem.self_conductance(l, beta) for l in range(1, L + 1))
-    v = _state_tuple(v)
+    v = problem.to_normalised(v)
     v_ref = tuple(x.copy() for x in v) if relative else v
     met = np.zeros(batch, dtype=np.bool_)
     kinds, shapes, weights = problem.layout
     sweeps = _run_phase(kinds, shapes, weights, a, problem.bias_tuple, problem.rails_lo, problem.rails_hi,
                         problem.input_drive, v, v_ref, float(beta), target,
                         tol_A / net.ranges.g_unit_S, float(nudge_rtol) if relative else 0.0,
-                        int(max_iter), problem.shockley, problem.is_n, problem.nvt, met, problem.parallel)
-    v = list(v)
+                        int(max_iter), problem.shockley, problem.is_n, problem.nvt, problem.layer_p, met,
+                        problem.parallel)
+    v = problem.to_physical(v)
     cert = Certificate(problem.residual_A(v, beta, target_V), sweeps, tol_A, backend="numba",
                        stop_met=met if relative else None)
     return Equilibrium(problem.v_input, v, beta, cert)
@@ -527,7 +552,7 @@ class NumbaSolver:
         net = prepared.net
         L = net.num_layers
         batch = prepared.v_input.shape[0]
-        target = np.ascontiguousarray(target_V, dtype=np.float64)
+        target = prepared._target(beta, target_V)
         a = [tuple(prepared.self_conductance(l, b) for l in range(1, L + 1)) for b in (0.0, beta, -beta)]
         states = [tuple(np.zeros((batch, n)) for n in net.layer_sizes[1:]) for _ in range(3)]
         met = [np.zeros(batch, dtype=np.bool_) for _ in range(2)]
@@ -539,11 +564,11 @@ class NumbaSolver:
                 kinds, shapes, weights, *a, prepared.bias_tuple, prepared.rails_lo, prepared.rails_hi,
                 prepared.input_drive, *states, float(beta), target, self.tol_A / net.ranges.g_unit_S,
                 self.nudge_rtol if relative else 0.0, self.max_iter, prepared.shockley, prepared.is_n,
-                prepared.nvt, *met, residuals, prepared.parallel)
+                prepared.nvt, prepared.layer_p, *met, residuals, prepared.parallel)
         out = []
         for k, (b, state) in enumerate(zip((0.0, beta, -beta), states)):
             stop_met = met[k - 1] if (relative and k > 0) else None
             cert = Certificate(residuals[k] * net.ranges.g_unit_S, sweeps[k], self.tol_A, backend="numba",
                                stop_met=stop_met)
-            out.append(Equilibrium(prepared.v_input, list(state), b, cert))
+            out.append(Equilibrium(prepared.v_input, prepared.to_physical(state), b, cert))
         return tuple(out)

@@ -246,14 +246,22 @@ class TorchCircuit:
     """A :class:`ResistiveNetwork`'s parameters as torch tensors, and its equations.
 
     Layers are numbered as in the model: 0 = input sources, 1..L = free layers; node
-    arrays are flat ``(B, n_l)`` tensors in volts. All currents are normalised
-    (amperes / ``g_unit_S``). The tensors are a snapshot: rebuild after the parameters
-    of ``net`` change.
+    arrays are flat ``(B, n_l)`` tensors. All currents are normalised (amperes /
+    ``g_unit_S``). The tensors are a snapshot: rebuild after the parameters of ``net``
+    change.
+
+    States are the *normalised* voltages ``u_l = v_l / P_l`` (``P_l``: ``layer_p``, the
+    product of the amplifier gains below layer l; ``u = v`` in volts without amplifiers),
+    in which an amplified circuit is a passive one (see :mod:`epsim.models.resistive`):
+    ``bias``, rails and diode constants below are those of the normalised circuit.
+    Inputs, targets and residuals are physical; :meth:`to_physical`,
+    :meth:`to_normalised` and :meth:`output_voltages` convert states.
 
     Attributes:
         w: L tensors, normalised conductances, ``connections[l].param_shape``.
-        bias: L tensors (n_l,), normalised bias current (V) per node of layer l+1.
-        lo, hi: L tensors (n_l,), clamp rails (V), ``-inf``/``+inf`` = no diode.
+        bias: L tensors (n_l,), normalised bias current (V) per node of layer l+1, / P_l.
+        lo, hi: L tensors (n_l,), clamp rails (V) / P_l, ``-inf``/``+inf`` = no diode.
+        is_n, nvt: L floats, ``Is / (g_unit P_l)`` and ``n Vt / P_l`` (V).
         degree: L tensors (n_l,), total normalised conductance of each free node
             (both adjacent crossbars, nudging excluded).
     """
@@ -265,15 +273,18 @@ class TorchCircuit:
         t = self.tensor
         self.L = net.num_layers
         self.w = [t(w) for w in net.w]
-        self.bias = [t(net.bias_per_node(l)) for l in range(1, self.L + 1)]
-        self.lo = [t(x) for x in net.rail_lo_V]
-        self.hi = [t(x) for x in net.rail_hi_V]
+        self.layer_p = [float(p) for p in net.layer_scale]
+        self.amplified = net.has_amplifiers
+        p = self.layer_p
+        self.bias = [t(net.bias_per_node(l) / p[l - 1]) for l in range(1, self.L + 1)]
+        self.lo = [t(x / pl) for x, pl in zip(net.rail_lo_V, p)]
+        self.hi = [t(x / pl) for x, pl in zip(net.rail_hi_V, p)]
         self.rails = [Rails(lo, hi) for lo, hi in zip(self.lo, self.hi)]
         self.g_unit_S = float(net.ranges.g_unit_S)
         self.input_gain_V = float(net.input_gain_V)
         self.shockley = net.diode.kind == "shockley"
-        self.is_n = float(net.diode.is_A / net.ranges.g_unit_S)
-        self.nvt = float(net.diode.n_vt_V)
+        self.is_n = [float(net.diode.is_A / net.ranges.g_unit_S) / pl for pl in p]
+        self.nvt = [float(net.diode.n_vt_V) / pl for pl in p]
         self.degree = []
         for l in range(1, self.L + 1):
             n_in = net.layer_sizes[l - 1]
@@ -287,6 +298,21 @@ class TorchCircuit:
         """``x`` (array or tensor) as a tensor of this circuit's dtype and device."""
         return torch.as_tensor(np.asarray(x) if not torch.is_tensor(x) else x,
                                dtype=self.dtype, device=self.device)
+
+    def to_normalised(self, v_free) -> list:
+        """Node voltages (list of (B, n_l) arrays or tensors, V) -> states (tensors)."""
+        return [self.tensor(x) / pl if self.amplified else self.tensor(x)
+                for x, pl in zip(v_free, self.layer_p)]
+
+    def to_physical(self, u_free) -> list:
+        """States -> node voltages (V), list of (B, n_l) tensors (differentiable)."""
+        if not self.amplified:
+            return list(u_free)
+        return [u * pl for u, pl in zip(u_free, self.layer_p)]
+
+    def output_voltages(self, u_free):
+        """(B, K) output node voltages (V) of a state (differentiable)."""
+        return u_free[-1] * self.layer_p[-1] if self.amplified else u_free[-1]
 
     def with_dtype(self, dtype) -> "TorchCircuit":
         """The same circuit in another dtype (itself when unchanged)."""
@@ -344,19 +370,20 @@ class TorchCircuit:
         """(B, n_l) normalised current driven into layer l by its neighbours and sources.
 
         input_drive: (B, n_1) ``drive_out(0, v_input)`` (constant across sweeps and phases);
-        v_free: list of the L free layers' (B, n_l) voltages; target_V: (B, K) when nudged.
+        v_free: list of the L free layers' (B, n_l) states; target_V: (B, K) target output
+        voltages (V) when nudged.
         """
         c = input_drive if l == 1 else self.drive_out(l - 1, v_free[l - 2])
         c = c + self.bias[l - 1]
         if l < self.L:
             c = c + self.drive_in(l, v_free[l])
         if l == self.L and beta != 0.0:
-            c = c + beta * target_V
+            c = c + beta * (target_V / self.layer_p[-1] if self.amplified else target_V)
         return c
 
     def diode_current(self, l, v):
         """Layer l's clamp-diode currents (B, n_l) leaving the nodes at ``v``, and d/dv."""
-        return diode_current(v, self.rails[l - 1], self.is_n, self.nvt)
+        return diode_current(v, self.rails[l - 1], self.is_n[l - 1], self.nvt[l - 1])
 
     def relax(self, l, a, c, v_prev=None):
         """(B, n_l) exact solution of layer l's node equations given the drive ``c`` (B, n_l).
@@ -367,12 +394,13 @@ class TorchCircuit:
         """
         if self.shockley:
             if torch.is_grad_enabled() and (c.requires_grad or a.requires_grad):
-                return _ShockleyRoot.apply(a, c, self.rails[l - 1], self.is_n, self.nvt, v_prev)
-            return shockley_root(a, c, self.rails[l - 1], self.is_n, self.nvt, v_prev)
+                return _ShockleyRoot.apply(a, c, self.rails[l - 1], self.is_n[l - 1], self.nvt[l - 1], v_prev)
+            return shockley_root(a, c, self.rails[l - 1], self.is_n[l - 1], self.nvt[l - 1], v_prev)
         return torch.clamp(c / a, min=self.lo[l - 1], max=self.hi[l - 1])
 
     def layer_residual(self, l, a, c, v):
-        """(B,) max KCL violation (normalised current) over layer l's nodes, numba's definition."""
+        """(B,) max KCL violation (normalised current, physical: the normalised circuit's
+        times ``P_l``) over layer l's nodes, numba's definition."""
         r = a * v - c
         lo, hi = self.lo[l - 1], self.hi[l - 1]
         if self.shockley:
@@ -386,7 +414,8 @@ class TorchCircuit:
             node = torch.where(v <= lo, below, torch.where(v >= hi, above, r.abs()))
         if node.shape[1] == 0:
             return torch.zeros(v.shape[0], dtype=v.dtype, device=v.device)
-        return node.amax(dim=1)
+        worst = node.amax(dim=1)
+        return worst * self.layer_p[l - 1] if self.amplified else worst
 
     def sweep(self, v_free, input_drive, a, beta=0.0, target_V=None):
         """One odd-then-even block sweep; returns the new list of (B, n_l) states (functional).
@@ -410,7 +439,7 @@ class TorchCircuit:
         return res
 
     def zeros_state(self, batch):
-        """All free nodes at 0 V (inside every clamp): list of (batch, n_l) tensors."""
+        """All free nodes at 0 V (inside every clamp): list of (batch, n_l) state tensors."""
         return [torch.zeros(batch, n, dtype=self.dtype, device=self.device)
                 for n in self.net.layer_sizes[1:]]
 
@@ -455,9 +484,9 @@ class TorchProblem:
         return self._c64
 
     def residual_A(self, v_free, beta=0.0, target_V=None) -> np.ndarray:
-        """(B,) exact max KCL residual in amperes of a numpy state, computed in float64."""
+        """(B,) exact max KCL residual in amperes of node voltages (V, numpy), in float64."""
         c = self.circuit64
-        v = [c.tensor(x) for x in v_free]
+        v = c.to_normalised(v_free)
         vin = c.tensor(self.v_input)
         tgt = c.tensor(target_V) if beta != 0.0 else None
         with torch.no_grad():
@@ -498,11 +527,13 @@ class TorchCircuitSolver:
             raise EpsimError("a nudged phase needs target voltages")
         relative = self.nudge_rtol is not None and beta != 0.0 and init is not None
         met = np.zeros(prepared.input_drive.shape[0], dtype=np.bool_) if relative else None
-        v, sweeps = solve_tensors(prepared.circuit, prepared.input_drive, beta,
-                                  None if target_V is None else prepared.circuit.tensor(target_V),
-                                  init, self.tol_A, self.max_iter,
+        circuit = prepared.circuit
+        v, sweeps = solve_tensors(circuit, prepared.input_drive, beta,
+                                  None if target_V is None else circuit.tensor(target_V),
+                                  None if init is None else circuit.to_normalised(init),
+                                  self.tol_A, self.max_iter,
                                   nudge_rtol=self.nudge_rtol if relative else None, met=met)
-        v_np = [x.to(torch.float64).cpu().numpy() for x in v]
+        v_np = [x.to(torch.float64).cpu().numpy() for x in circuit.to_physical(v)]
         cert = Certificate(prepared.residual_A(v_np, beta, target_V), sweeps, self.tol_A, backend="torch",
                            stop_met=met)
         return Equilibrium(prepared.v_input, v_np, beta, cert)
@@ -516,9 +547,10 @@ def solve_tensors(circuit: TorchCircuit, input_drive, beta=0.0, target_V=None, i
     on the relative nudge rule (:mod:`epsim.solvers.stop_rule`), marking it in ``met``
     ((B,) bool numpy array), instead of on ``tol_A``.
 
-    input_drive: (B, n_1); target_V: (B, K) tensor or None; init: list of (B, n_l) or None.
-    Returns ``(v_free, sweeps)``: list of (B, n_l) tensors (working dtype) and the number of
-    sweeps. Converged samples are dropped from the working batch (no further updates).
+    input_drive: (B, n_1); target_V: (B, K) tensor (V) or None; init: list of (B, n_l)
+    states (:class:`TorchCircuit`'s normalised voltages) or None.
+    Returns ``(v_free, sweeps)``: list of (B, n_l) state tensors (working dtype) and the
+    number of sweeps. Converged samples are dropped from the working batch (no further updates).
     Below float64 the stopping rule uses ``tol_A / 2``, a margin for the working precision,
     since certificates are recomputed in float64.
     No autograd (use :meth:`TorchCircuit.sweep` to differentiate through sweeps).
