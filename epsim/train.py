@@ -51,6 +51,10 @@ def build_parser() -> ArgumentParser:
                    help="input source voltage for a pixel of value 1, applied as +V and -V "
                         "(default: per model and image size, e.g. 16 V for the digits cnn/mlp, "
                         "64 V for the MNIST mlp, 480 V for drn-1h, 16 V for an --arch circuit)")
+    g.add_argument("--amp-gain", type=float, nargs="+", default=None, metavar="A",
+                   help="bidirectional amplifier gain between consecutive free layers: one "
+                        "value for every boundary or one per boundary (input side first); 1 = "
+                        "no amplifier (default: none)")
     g.add_argument("--g-max", type=float, default=d.g_max_S, metavar="S", help="largest conductance")
     g.add_argument("--g-min", type=float, default=d.g_min_S, metavar="S", help="smallest conductance")
     g.add_argument("--tol", type=float, default=d.tol_A, metavar="A",
@@ -100,9 +104,9 @@ def build_parser() -> ArgumentParser:
 
 
 # TrainConfig field of each circuit option whose name differs from the field's
-CONFIG_FIELDS = {"input_gain": "input_gain_V", "g_max": "g_max_S", "g_min": "g_min_S", "tol": "tol_A",
+CONFIG_FIELDS = {"input_gain": "input_gain_V", "amp_gain": "amp_gain", "g_max": "g_max_S", "g_min": "g_min_S", "tol": "tol_A",
                  "device_model": "device_model", "wire_resistance": "wire_resistance_ohm"}
-CIRCUIT_CONFIG_OPTIONS = ("dataset", "arch", "backend", "diode", "input_gain", "g_max", "g_min", "tol",
+CIRCUIT_CONFIG_OPTIONS = ("dataset", "arch", "backend", "diode", "input_gain", "amp_gain", "g_max", "g_min", "tol",
                           "nudge_rtol", "max_iter", "device_model", "wire_resistance", "epochs",
                           "batch_size", "lr", "lr_bias", "lr_layers", "momentum", "lr_schedule",
                           "lr_decay", "init", "weight_gain", "beta", "seed", "train_subset",

@@ -58,6 +58,7 @@ class TrainConfig:
     beta: float = 0.5
     seed: int = 0
     input_gain_V: float | None = None  # None: the model's default
+    amp_gain: list | None = None  # amplifier gains between free layers (one, or one per boundary)
     target_high_V: float = 1.0
     weight_gain: float = 1.0
     init: str = "uniform"  # conductance init, epsim.models.connections.INITS
@@ -77,6 +78,8 @@ class TrainConfig:
     def __post_init__(self):
         if self.lr_layers is not None:  # one comparable form for CLI values and checkpoints
             self.lr_layers = [float(m) for m in self.lr_layers]
+        if self.amp_gain is not None:
+            self.amp_gain = [float(a) for a in self.amp_gain]
 
     def validate(self):
         checks = [
@@ -95,6 +98,8 @@ class TrainConfig:
             (np.isfinite(self.beta) and self.beta > 0, "--beta must be a positive number"),
             (self.input_gain_V is None or (np.isfinite(self.input_gain_V) and self.input_gain_V > 0),
              "--input-gain must be positive (volts)"),
+            (self.amp_gain is None or (len(self.amp_gain) > 0 and all(
+                np.isfinite(a) and a > 0 for a in self.amp_gain)), "--amp-gain must be positive numbers"),
             (np.isfinite(self.tol_A) and self.tol_A > 0, "--tol must be positive (amperes)"),
             (self.nudge_rtol is None or (np.isfinite(self.nudge_rtol) and 0 < self.nudge_rtol < 1),
              "--nudge-rtol must be in [0, 1) (0: the nudged phases stop on --tol)"),
@@ -118,6 +123,8 @@ class TrainConfig:
         r = self.wire_resistance_ohm
         if not (np.isfinite(r) and r >= 0):
             raise EpsimError("--wire-resistance must be a non-negative number of ohms")
+        if r > 0 and self.amp_gain is not None and any(a != 1.0 for a in self.amp_gain):
+            raise EpsimError("--wire-resistance > 0 with amplifiers (--amp-gain != 1) is not supported")
         if r > 0 and self.backend != "numba":
             raise EpsimError("--wire-resistance > 0 is solved by the CPU nodal solver: use --backend numba")
 
@@ -142,7 +149,8 @@ def build_network(config: TrainConfig, dataset) -> ResistiveNetwork:
     ranges = CircuitRanges(config.g_unit_S, config.g_min_S, config.g_max_S)
     ranges = get_device_model(config.device_model).circuit_ranges(ranges)
     return build_circuit_model(config.model, dataset.image_shape, dataset.num_classes, arch=config.arch,
-                               input_gain_V=config.input_gain_V, diode=diode, ranges=ranges)
+                               input_gain_V=config.input_gain_V, diode=diode, ranges=ranges,
+                               amp_gains=config.amp_gain)
 
 
 def make_solver(config: TrainConfig):
@@ -192,11 +200,13 @@ class _EpochTally:
         self.silent = [int(c) for c in d.get("silent", [])]   # per layer: updates with grad_w exactly 0
         self.grad_rms = [float(v) for v in d.get("grad_rms", [])]          # per layer: sums over updates
         self.response = [float(v) for v in d.get("response", [])]
+        self.max_node_V = [float(v) for v in d.get("max_node_V", [])]  # per layer, all phases
         self.updates = int(d.get("updates", 0))
 
-    def add_signal(self, grad_w, nudge_response_V):
+    def add_signal(self, grad_w, nudge_response_V, max_node_V):
         """Fold in one update's per-layer EP signal: whether its conductance gradient is exactly
-        zero, its RMS (V^2) and the nudge response of the layer's nodes (V)."""
+        zero, its RMS (V^2), the nudge response of the layer's nodes (V) and their largest
+        |voltage| (V)."""
         L = len(grad_w)
         counts = self.silent or [0] * L
         self.silent = [c + int(grad_is_zero(g)) for c, g in zip(counts, grad_w)]
@@ -204,6 +214,8 @@ class _EpochTally:
         self.grad_rms = [s + grad_rms(g) for s, g in zip(rms, grad_w)]
         resp = self.response or [0.0] * L
         self.response = [s + float(r) for s, r in zip(resp, nudge_response_V)]
+        peak = self.max_node_V or [0.0] * L
+        self.max_node_V = [max(s, float(v)) for s, v in zip(peak, max_node_V)]
         self.updates += 1
 
     def signal_summary(self) -> dict:
@@ -211,7 +223,8 @@ class _EpochTally:
         n = max(self.updates, 1)
         return {"silent_updates_per_layer": list(self.silent),
                 "grad_rms_per_layer": [s / n for s in self.grad_rms],
-                "nudge_response_V_per_layer": [s / n for s in self.response]}
+                "nudge_response_V_per_layer": [s / n for s in self.response],
+                "max_node_V_per_layer": list(self.max_node_V)}
 
     def add(self, n, correct, loss_sum, unconverged, max_residual_A, iterations):
         """Fold in one (global) batch's totals."""
@@ -324,7 +337,7 @@ def _train(config: TrainConfig, dataset, out_dir, dp, *, resume, progress, stop_
                 totals = summed[len(grad_w) + len(grad_b) + 1:]
             if n_used:
                 opt.step(grad_w, grad_b)
-                tally.add_signal(grad_w, result.nudge_response_V)
+                tally.add_signal(grad_w, result.nudge_response_V, result.max_node_V)
             tally.add(totals[0], totals[1], totals[2], totals[3], dp.max(result.residual_A), totals[4])
             done_batches += 1
             if hasattr(bar, "set_postfix"):

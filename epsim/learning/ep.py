@@ -38,6 +38,7 @@ class PhaseResult:
     converged: ``(B,)`` all three phases met the tolerance; residual_A: worst residual.
     nudge_response_V: per free layer, the RMS over nodes of ``(v^+ - v^-) / 2`` (V), averaged
                       over the converged samples: how far the nudge reached into each layer.
+    max_node_V: per free layer, the largest |node voltage| (V) in any of the three phases.
     """
 
     grad_w: list
@@ -48,6 +49,7 @@ class PhaseResult:
     residual_A: float
     iterations: int
     nudge_response_V: list
+    max_node_V: list
 
 
 def squared_error(v_out, target_V):
@@ -135,4 +137,6 @@ def centered_ep(net, solver, x, labels, beta, *, target_high_V=1.0, factored=Fal
                        minus.certificate.max_residual_A),
         iterations=free.certificate.iterations + plus.certificate.iterations + minus.certificate.iterations,
         nudge_response_V=response,
+        max_node_V=[float(max(np.abs(f).max(initial=0.0), np.abs(p).max(initial=0.0), np.abs(m).max(initial=0.0)))
+                    for f, p, m in zip(free.v_free, plus.v_free, minus.v_free)],
     )
