@@ -11,6 +11,9 @@ Node names (all lower case; ``PREFIX`` is empty unless several samples share a n
     out_{k}                 output node k (layer L, flattened)
     tgt_{k}                 nudging target source of output k (nudged phases only)
     rail{r}                 a clamp rail at a non-zero voltage (not used by the built-in models)
+    a_{node}                amplifier output of hidden node {node}: A_l * v({node})
+    x_{node}                crossbar terminal of hidden node {node}: where the conductances of
+                            the next connection attach when the node has an amplifier
 
 Elements::
 
@@ -26,6 +29,17 @@ Elements::
                             the target voltage. The -beta phase needs a negative conductance: it
                             is written as a negative resistor, which ngspice and the MNA solver
                             accept in DC analysis (reciprocal, so the circuit keeps its energy).
+    e_{node}, vs_{node},    bidirectional amplifier of a node of hidden layer l whose gain A_l
+    f_{node}                (``net.amp_gains[l-1]``, layer l -> l+1) is not 1: ``e_{node}`` (E)
+                            sets a_{node} to A_l * v({node}); ``vs_{node}`` (0 V source from
+                            a_{node} to x_{node}) senses the current I the next crossbar takes
+                            from the amplifier; ``f_{node}`` (F, gain 1/A_l) draws I / A_l out
+                            of {node} to ground. Gain 1: none of these, the crossbar attaches
+                            to {node} itself. Not available with wire resistance.
+
+With amplifiers, KCL at a node j of layer l+1 reads ``sum_i G_ij (A_l v_i - v_j) + I_bias +
+I_diode = 0`` and a node i of layer l carries the extra current
+``-(1/A_l) sum_j G_ij (A_l v_i - v_j)``.
 """
 from __future__ import annotations
 
@@ -103,6 +117,13 @@ def describe_mapping(net) -> list:
         lines.append(f"  layer {l} {what} {tuple(shape)}: {pattern}{extra}")
     lines.append("  tgt_{k}: nudging target of out_{k}; r{l}_{e}: e-th conductance of "
                  "connection l (layer l-1 -> l) in Connection.pairs() order")
+    for l in range(1, net.num_layers):
+        gain = net.crossbar_input_gain(l)
+        if gain != 1.0:
+            lines.append(f"  amplifier layer {l} -> {l + 1}, gain {gain!r}: per node N, e_N (E) sets "
+                         f"a_N = {gain!r} * v(N); vs_N (0 V, a_N -> x_N) senses the current into "
+                         f"connection {l + 1}, which attaches to x_N; f_N (F, gain {1.0 / gain!r}) "
+                         "draws that current / gain out of N to ground")
     return lines
 
 
@@ -131,6 +152,9 @@ def compile_network(net, v_input, *, beta: float = 0.0, target_V=None, netlist: 
         target_V = np.asarray(target_V, dtype=np.float64).reshape(-1)
         if target_V.size != net.num_outputs:
             raise EpsimError(f"target has {target_V.size} voltages, the network {net.num_outputs} outputs")
+    if wire_resistance_ohm and net.has_amplifiers:
+        raise EpsimError("wire resistance with amplifiers is not supported: set every "
+                         "amplifier gain to 1 or the wire resistance to 0")
     card = diode_card(net.diode)
     nl = netlist if netlist is not None else Netlist(title=f"epsim {net.name}", temp_K=net.diode.temp_K)
     if nl.temp_K != net.diode.temp_K:
@@ -145,7 +169,7 @@ def compile_network(net, v_input, *, beta: float = 0.0, target_V=None, netlist: 
         keep = np.nonzero(g_S)[0]
         if np.any(g_S < 0):
             raise EpsimError(f"connection {l} holds negative conductances")
-        node_in = np.array(nl.node_ids(names[l - 1]))
+        node_in = np.array(nl.node_ids(_crossbar_inputs(nl, net, l - 1, names[l - 1])))
         node_out = np.array(nl.node_ids(names[l]))
         if wire_resistance_ohm:
             from .wires import add_wired_connection
@@ -173,6 +197,23 @@ def compile_network(net, v_input, *, beta: float = 0.0, target_V=None, netlist: 
                             "xr{l}_t{t}_r{r}_c{c} / xc{l}_t{t}_r{r}_c{c} are the row / column wire "
                             "nodes of device (r, c) of tile t (epsim.circuit.wires)")
     return nl
+
+
+def _crossbar_inputs(nl, net, k, names) -> list:
+    """Node names connection ``k+1`` attaches to on its input side: layer ``k``'s nodes, or
+    their crossbar terminals ``x_{node}`` after adding the amplifiers of layer ``k`` (gain
+    ``net.crossbar_input_gain(k)`` != 1)."""
+    gain = net.crossbar_input_gain(k)
+    if gain == 1.0:
+        return names
+    amp = [f"a_{n}" for n in names]
+    term = [f"x_{n}" for n in names]
+    sense = [f"vs_{n}" for n in names]
+    nl.add("E", [f"e_{n}" for n in names], amp, [GROUND] * len(names), gain,
+           c=names, d=[GROUND] * len(names))
+    nl.add("V", sense, amp, term, 0.0)
+    nl.add("F", [f"f_{n}" for n in names], names, [GROUND] * len(names), 1.0 / gain, control=sense)
+    return term
 
 
 def _add_clamps(nl, net, l, names, model):
@@ -209,4 +250,7 @@ def _notes(net, beta) -> list:
         f"clamp diodes: {diode}",
         f"phase: {phase}, signed beta = {beta!r} (nudge conductance beta*g_unit to tgt_k)",
     ]
+    if net.has_amplifiers:
+        lines.append("bidirectional amplifiers, gains A_l (layer l -> l+1): "
+                     + ", ".join(repr(float(a)) for a in net.amp_gains))
     return lines + describe_mapping(net)

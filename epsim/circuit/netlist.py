@@ -1,4 +1,4 @@
-"""Circuit IR: named nodes and R, D, V, I elements with plain-float values, plus diode models.
+"""Circuit IR: named nodes and R, D, V, I, E, F elements with plain-float values, plus diode models.
 
 Conventions (SPICE):
 
@@ -10,6 +10,12 @@ Conventions (SPICE):
   the source to ``m``.
 - ``I name p m amps``: ``amps`` flow from ``p`` through the source to ``m``, i.e. the source
   draws current out of ``p`` and injects it into ``m``.
+- ``E name p m cp cm gain``: voltage-controlled voltage source, ``v_p - v_m = gain (v_cp - v_cm)``;
+  like a ``V`` source it has a branch current, flowing from ``p`` through the source to ``m``.
+- ``F name p m vctl gain``: current-controlled current source: ``gain * I(vctl)`` flows from
+  ``p`` through the source to ``m``, where ``I(vctl)`` is the branch current of the voltage
+  source named ``vctl`` (from its ``+`` node through it to its ``-`` node; positive when
+  current enters its ``+`` terminal from the circuit).
 
 Elements are stored kind by kind as arrays (names, node indices, values), so circuits of
 1e5 elements are built, written and solved without per-element Python objects.
@@ -26,8 +32,9 @@ from ..errors import EpsimError
 from .devices import BOLTZMANN_J_PER_K, ELEMENTARY_CHARGE_C
 
 GROUND = "0"
-KINDS = ("R", "D", "V", "I")
-KIND_NAMES = {"R": "resistor", "D": "diode", "V": "voltage source", "I": "current source"}
+KINDS = ("R", "D", "V", "I", "E", "F")
+KIND_NAMES = {"R": "resistor", "D": "diode", "V": "voltage source", "I": "current source",
+              "E": "voltage-controlled voltage source", "F": "current-controlled current source"}
 
 
 @dataclass(frozen=True)
@@ -54,14 +61,19 @@ class DiodeCard:
 @dataclass
 class Elements:
     """All elements of one kind: ``names`` (list of str), node indices ``a``/``b`` (int arrays;
-    R: the two ends, D: anode/cathode, V/I: plus/minus) and ``value`` (float array: ohms,
-    volts or amperes). Diodes carry ``model`` (int array indexing ``Netlist.models``)."""
+    R: the two ends, D: anode/cathode, V/I/E/F: plus/minus) and ``value`` (float array: ohms,
+    volts, amperes, or the dimensionless gain of E and F). Diodes carry ``model`` (int array
+    indexing ``Netlist.models``); E sources their controlling nodes ``c``/``d`` (int arrays,
+    plus/minus); F sources ``control``, the names of their controlling V sources (list of str)."""
 
     names: list
     a: np.ndarray
     b: np.ndarray
     value: np.ndarray
     model: np.ndarray | None = None
+    c: np.ndarray | None = None
+    d: np.ndarray | None = None
+    control: list | None = None
 
     def __len__(self):
         return len(self.names)
@@ -134,13 +146,16 @@ class Netlist:
             return nodes.astype(np.int64)
         return self.node_ids(list(nodes))
 
-    def add(self, kind: str, names, a, b, value, model=None):
-        """Append elements of ``kind`` (R, D, V, I); ``a``/``b`` are node names or indices.
+    def add(self, kind: str, names, a, b, value, model=None, *, c=None, d=None, control=None):
+        """Append elements of ``kind`` (R, D, V, I, E, F); ``a``/``b`` are node names or indices.
 
         ``model`` (diodes only): one model name for all, or one per element.
+        ``c``/``d`` (E only): controlling nodes (names or indices), plus and minus.
+        ``control`` (F only): controlling V source names, one for all or one per element.
+        ``value`` is the gain for E and F.
         """
         if kind not in KINDS:
-            raise EpsimError(f"unsupported element kind {kind!r}; the IR holds R, D, V and I")
+            raise EpsimError(f"unsupported element kind {kind!r}; the IR holds {', '.join(KINDS)}")
         names = list(names)
         a, b = self._nodes(a), self._nodes(b)
         if kind == "D":
@@ -154,25 +169,52 @@ class Netlist:
             value = np.asarray(value, dtype=np.float64).reshape(-1)
             if value.size == 1 and len(names) != 1:
                 value = np.full(len(names), float(value[0]))
+        ctrl_c, ctrl_d, control = self._controls(kind, len(names), c, d, control)
         if not (len(names) == a.size == b.size == value.size):
             raise EpsimError(f"{KIND_NAMES[kind]} arrays of different lengths")
         if not np.all(np.isfinite(value)):
             raise EpsimError(f"{KIND_NAMES[kind]} with a NaN or infinite value")
         if kind == "R" and np.any(value == 0):
             raise EpsimError("a resistor of 0 ohm (use a voltage source of 0 V for a short)")
-        self._parts[kind].append(Elements(names, a, b, value, model_ids))
+        self._parts[kind].append(Elements(names, a, b, value, model_ids, ctrl_c, ctrl_d, control))
         self._cache.pop(kind, None)
+
+    def _controls(self, kind, count, c, d, control):
+        """Controlling nodes (E) or source names (F) of ``count`` new elements, validated."""
+        if kind == "E":
+            if c is None or d is None:
+                raise EpsimError("a voltage-controlled voltage source needs controlling nodes c and d")
+            c, d = self._nodes(c), self._nodes(d)
+            if not c.size == d.size == count:
+                raise EpsimError(f"{KIND_NAMES[kind]} arrays of different lengths")
+            return c, d, None
+        if kind == "F":
+            if control is None:
+                raise EpsimError("a current-controlled current source needs its controlling V source")
+            control = [control] * count if isinstance(control, str) else [str(v) for v in control]
+            if len(control) != count:
+                raise EpsimError(f"{KIND_NAMES[kind]} arrays of different lengths")
+            return None, None, control
+        if c is not None or d is not None or control is not None:
+            raise EpsimError(f"a {KIND_NAMES[kind]} has no controlling nodes or source")
+        return None, None, None
 
     def elements(self, kind: str) -> Elements:
         """All elements of ``kind`` concatenated in insertion order."""
         if kind not in self._cache:
             parts = self._parts[kind]
-            names = [n for p in parts for n in p.names]
-            cat = (lambda xs, dt: np.concatenate(xs) if xs else np.zeros(0, dtype=dt))
-            model = cat([p.model for p in parts], np.int64) if kind == "D" else None
-            self._cache[kind] = Elements(names, cat([p.a for p in parts], np.int64),
-                                         cat([p.b for p in parts], np.int64),
-                                         cat([p.value for p in parts], np.float64), model)
+
+            def cat(field_name, dtype):
+                xs = [getattr(p, field_name) for p in parts]
+                return np.concatenate(xs) if xs else np.zeros(0, dtype=dtype)
+
+            self._cache[kind] = Elements(
+                [n for p in parts for n in p.names], cat("a", np.int64), cat("b", np.int64),
+                cat("value", np.float64),
+                model=cat("model", np.int64) if kind == "D" else None,
+                c=cat("c", np.int64) if kind == "E" else None,
+                d=cat("d", np.int64) if kind == "E" else None,
+                control=[v for p in parts for v in p.control] if kind == "F" else None)
         return self._cache[kind]
 
     @property
@@ -191,6 +233,30 @@ class Netlist:
     def isources(self) -> Elements:
         return self.elements("I")
 
+    @property
+    def vcvs(self) -> Elements:
+        """Voltage-controlled voltage sources (E)."""
+        return self.elements("E")
+
+    @property
+    def cccs(self) -> Elements:
+        """Current-controlled current sources (F)."""
+        return self.elements("F")
+
+    def control_indices(self) -> np.ndarray:
+        """``(num F,)`` index into :attr:`vsources` of each F source's controlling V source
+        (names matched case-insensitively); EpsimError naming the first one missing."""
+        index = {name.lower(): k for k, name in enumerate(self.vsources.names)}
+        f = self.cccs
+        out = np.empty(len(f), dtype=np.int64)
+        for k, (name, ctl) in enumerate(zip(f.names, f.control)):
+            i = index.get(ctl.lower())
+            if i is None:
+                raise EpsimError(f"current-controlled source {name} names {ctl!r}, which is not a "
+                                 f"voltage source of circuit {self.title!r}")
+            out[k] = i
+        return out
+
     def num_elements(self) -> int:
         return sum(len(self.elements(k)) for k in KINDS)
 
@@ -201,7 +267,8 @@ class Netlist:
         return BOLTZMANN_J_PER_K * self.temp_K / ELEMENTARY_CHARGE_C
 
     def check(self):
-        """Raise EpsimError for duplicate element names (SPICE names are case-insensitive)."""
+        """Raise EpsimError for duplicate element names (SPICE names are case-insensitive) or an
+        F source whose controlling V source does not exist."""
         seen = set()
         for kind in KINDS:
             for name in self.elements(kind).names:
@@ -209,3 +276,4 @@ class Netlist:
                 if key in seen:
                     raise EpsimError(f"element name {name!r} used twice in circuit {self.title!r}")
                 seen.add(key)
+        self.control_indices()

@@ -1,10 +1,13 @@
 """Read SPICE netlists of epsim's subset back into the circuit IR.
 
 The subset: elements ``R`` (resistor), ``D`` (diode), ``V`` and ``I`` (DC sources, optional
-``DC`` keyword); cards ``.model NAME D(IS=.. N=..)``, ``.include``/``.inc`` (paths relative to
-the including file), ``.param``, ``.options``/``.temp`` (temperature only), analysis and
-output cards (``.op``, ``.dc``, ``.print``, ``.save``, ``.nodeset``, ``.ic``: ignored),
-``.control ... .endc`` (skipped) and ``.end``. Also: comment lines (``*``), inline comments
+``DC`` keyword), ``E`` (voltage-controlled voltage source, linear form only:
+``Ename p m cp cm gain``) and ``F`` (current-controlled current source:
+``Fname p m vctl gain``, ``vctl`` a V source of the circuit); cards
+``.model NAME D(IS=.. N=..)``, ``.include``/``.inc`` (paths relative to the including file),
+``.param``, ``.options``/``.temp`` (temperature only), analysis and output cards (``.op``,
+``.dc``, ``.print``, ``.save``, ``.nodeset``, ``.ic``: ignored), ``.control ... .endc``
+(skipped) and ``.end``. Also: comment lines (``*``), inline comments
 (``;`` or `` $ ``), ``+`` continuation lines, case-insensitive names, SPICE number suffixes
 (``t g meg k m mil u n p f a``, trailing unit letters ignored: ``10kOhm``), ``{expr}``
 parameter expressions (``+ - * / **``, parentheses, parameter names).
@@ -35,14 +38,16 @@ NUMBER = re.compile(r"^([+-]?(?:\d+\.?\d*|\.\d+)(?:e[+-]?\d+)?)([a-z]*)$")
 TOKEN = re.compile(r"\{[^}]*\}|'[^']*'|\"[^\"]*\"|[^\s]+")
 UNSUPPORTED_ELEMENTS = {
     "c": "capacitor", "l": "inductor", "k": "coupled inductors", "x": "subcircuit instance",
-    "m": "MOSFET", "q": "bipolar transistor", "j": "JFET", "z": "MESFET", "e": "VCVS",
-    "f": "CCCS", "g": "VCCS", "h": "CCVS", "b": "behavioural source", "s": "voltage switch",
+    "m": "MOSFET", "q": "bipolar transistor", "j": "JFET", "z": "MESFET", "g": "VCCS",
+    "h": "CCVS", "b": "behavioural source", "s": "voltage switch",
     "w": "current switch", "t": "transmission line", "o": "lossy line", "u": "RC line",
     "y": "transmission line", "a": "XSPICE code model", "n": "OSDI device", "p": "coupled line",
 }
 IGNORED_CARDS = {".op", ".dc", ".print", ".save", ".probe", ".nodeset", ".ic", ".title", ".width",
                  ".meas", ".measure", ".global", ".plot"}
 DIODE_PARAMS = {"is", "n", "level"}
+ELEMENT_KINDS = "rdvief"
+READ_KINDS = "R, D, V, I, E and F"
 
 
 class _Loc:
@@ -181,7 +186,7 @@ class _Reader:
             elif head.startswith("."):
                 if head in IGNORED_CARDS:
                     continue
-                raise loc.error(f"unsupported control card {tokens[0]} (epsim reads R, D, V, I, "
+                raise loc.error(f"unsupported control card {tokens[0]} (epsim reads R, D, V, I, E, F, "
                                 ".model, .include, .param, .options, .op/.dc/.print, .end)")
             else:
                 self.statements.append((loc, tokens))
@@ -263,35 +268,66 @@ class _Reader:
         nl = Netlist(title=title or Path(path).stem, temp_K=epsim_temperature_K(temp_C, dialect))
         for card, _ in self.models.values():
             nl.add_model(card)
-        groups = {k: ([], [], [], [], []) for k in "RDVI"}
+        groups = {k: _Group() for k in ELEMENT_KINDS.upper()}
         seen = {}
         for loc, tokens in self.statements:
             name = tokens[0].lower()
             kind = name[0]
-            if kind not in "rdvi":
+            if kind not in ELEMENT_KINDS:
                 what = UNSUPPORTED_ELEMENTS.get(kind, "unknown element")
-                raise loc.error(f"unsupported element {tokens[0]} ({what}); epsim reads R, D, V and I")
+                raise loc.error(f"unsupported element {tokens[0]} ({what}); epsim reads {READ_KINDS}")
             if name in seen:
                 raise loc.error(f"element {tokens[0]} already defined at line {seen[name].line}")
             seen[name] = loc
-            names, a, b, value, model = groups[kind.upper()]
+            group = groups[kind.upper()]
             if kind == "d":
-                if len(tokens) != 4:
-                    raise loc.error(f"diode {tokens[0]}: expected 'D name anode cathode model'"
-                                    + (" (area factors and options are not supported)" if len(tokens) > 4 else ""))
-                if tokens[3].lower() not in self.models:
-                    raise loc.error(f"diode {tokens[0]}: no .model named {tokens[3]}")
-                model.append(tokens[3].lower())
-                value.append(1.0)
+                self._diode(tokens, loc, group)
+            elif kind == "e":
+                self._vcvs(tokens, loc, group)
+            elif kind == "f":
+                self._cccs(tokens, loc, group)
             else:
-                value.append(self._element_value(kind, tokens, loc))
-            names.append(name)
-            a.append(tokens[1].lower())
-            b.append(tokens[2].lower())
-        for kind, (names, a, b, value, model) in groups.items():
-            if names:
-                nl.add(kind, names, a, b, np.array(value), model=model if kind == "D" else None)
+                group.value.append(self._element_value(kind, tokens, loc))
+            group.names.append(name)
+            group.a.append(tokens[1].lower())
+            group.b.append(tokens[2].lower())
+        _check_controls(groups, seen)
+        for kind, g in groups.items():
+            if g.names:
+                nl.add(kind, g.names, g.a, g.b, np.array(g.value),
+                       model=g.model if kind == "D" else None, **g.controls(kind))
         return nl
+
+    def _diode(self, tokens, loc, group):
+        if len(tokens) != 4:
+            raise loc.error(f"diode {tokens[0]}: expected 'D name anode cathode model'"
+                            + (" (area factors and options are not supported)" if len(tokens) > 4 else ""))
+        if tokens[3].lower() not in self.models:
+            raise loc.error(f"diode {tokens[0]}: no .model named {tokens[3]}")
+        group.model.append(tokens[3].lower())
+        group.value.append(1.0)
+
+    def _vcvs(self, tokens, loc, group):
+        """``Ename p m cp cm gain``; VALUE=, POLY and table forms are refused."""
+        if _nonlinear_form(tokens[3:]):
+            raise loc.error(f"VCVS {tokens[0]}: only the linear form 'E name p m cp cm gain' "
+                            "is supported")
+        if len(tokens) != 6:
+            raise loc.error(f"VCVS {tokens[0]}: expected 'E name p m cp cm gain'")
+        group.c.append(tokens[3].lower())
+        group.d.append(tokens[4].lower())
+        group.value.append(parse_number(tokens[5], self.params, loc))
+
+    def _cccs(self, tokens, loc, group):
+        """``Fname p m vctl gain``; POLY forms are refused."""
+        if _nonlinear_form(tokens[3:]):
+            raise loc.error(f"CCCS {tokens[0]}: only the linear form 'F name p m vname gain' "
+                            "is supported")
+        if len(tokens) != 5:
+            raise loc.error(f"CCCS {tokens[0]}: expected 'F name p m vname gain'")
+        group.control.append(tokens[3].lower())
+        group.cards.append((loc, tokens[0], tokens[3]))
+        group.value.append(parse_number(tokens[4], self.params, loc))
 
     def _element_value(self, kind, tokens, loc):
         label = {"r": "resistor", "v": "voltage source", "i": "current source"}[kind]
@@ -315,6 +351,41 @@ class _Reader:
         if len(args) != 1:
             raise loc.error(f"{label} {tokens[0]}: only DC values are supported, got {' '.join(args)!r}")
         return parse_number(args[0], self.params, loc)
+
+
+class _Group:
+    """Parsed elements of one kind, as lists for :meth:`Netlist.add`."""
+
+    def __init__(self):
+        self.names, self.a, self.b, self.value = [], [], [], []
+        self.model, self.c, self.d, self.control = [], [], [], []
+        self.cards = []  # F only: (loc, name, controlling source) as written
+
+    def controls(self, kind) -> dict:
+        if kind == "E":
+            return {"c": self.c, "d": self.d}
+        if kind == "F":
+            return {"control": self.control}
+        return {}
+
+
+def _nonlinear_form(args) -> bool:
+    """Whether controlled-source arguments use a POLY, VALUE=, TABLE or LAPLACE form."""
+    for tok in args:
+        t = tok.lower()
+        if t in ("poly", "value", "table", "laplace") or t.startswith(("poly(", "value=", "table=",
+                                                                          "laplace=")):
+            return True
+    return False
+
+
+def _check_controls(groups, seen):
+    """Every F source must name a V source of the circuit (SPICE's own rule)."""
+    for loc, name, ctl in groups["F"].cards:
+        if ctl.lower() not in seen:
+            raise loc.error(f"CCCS {name}: controlling voltage source {ctl} not found")
+        if ctl[0].lower() != "v":
+            raise loc.error(f"CCCS {name}: controlling element {ctl} is not a voltage source (V)")
 
 
 def read_netlist(path) -> Netlist:

@@ -14,6 +14,9 @@ Dialects:
   voltage source at its own value with ``.PRINT DC`` of every node voltage (Xyce prints
   through ``.PRINT``; no ``.control``). Not run here: Xyce is not installed.
 
+Amplifier elements are written in SPICE's linear forms, the same in both dialects:
+``Ename p m cp cm gain`` and ``Fname p m vctl gain``.
+
 Temperature: a simulator computes ``Vt = k T / q`` with its own constants (ngspice 39:
 CODATA 2014; Xyce: the SPICE3 values). The netlist's ``TEMP`` and ``TNOM`` (equal, so ``IS``
 is not temperature-scaled) are chosen so that the simulator's ``Vt`` equals epsim's
@@ -48,7 +51,11 @@ XYCE_OPTIONS = {"DEVICE": {"GMIN": 0.0},
                            "MAXSTEP": 500}}
 SECTION_TITLES = {"V": "voltage sources (inputs, nudging targets, rails)",
                   "R": "resistors (crossbar conductances, nudging)",
-                  "D": "clamp diodes", "I": "bias current sources"}
+                  "D": "clamp diodes", "I": "bias current sources",
+                  "E": "voltage-controlled voltage sources (amplifiers, forward: a_N = A * v(N))",
+                  "F": "current-controlled current sources (amplifiers, backward: I(vs_N) / A out of N)"}
+SENSE_TITLE = "voltage sources (inputs, nudging targets, rails, amplifier current sensors vs_N)"
+WRITE_ORDER = ("V", "R", "D", "I", "E", "F")
 
 
 def library_dir() -> Path:
@@ -124,8 +131,28 @@ def element_lines(netlist: Netlist, kind: str) -> list:
         models = [m.name for m in netlist.models]
         return [f"{n} {nodes[a]} {nodes[b]} {models[m]}"
                 for n, a, b, m in zip(e.names, e.a.tolist(), e.b.tolist(), e.model.tolist())]
+    if kind == "E":
+        return [f"{n} {nodes[a]} {nodes[b]} {nodes[c]} {nodes[d]} {v!r}"
+                for n, a, b, c, d, v in zip(e.names, e.a.tolist(), e.b.tolist(), e.c.tolist(),
+                                            e.d.tolist(), e.value.tolist())]
+    if kind == "F":
+        return [f"{n} {nodes[a]} {nodes[b]} {ctl} {v!r}"
+                for n, a, b, ctl, v in zip(e.names, e.a.tolist(), e.b.tolist(), e.control,
+                                           e.value.tolist())]
     return [f"{n} {nodes[a]} {nodes[b]} {v!r}"
             for n, a, b, v in zip(e.names, e.a.tolist(), e.b.tolist(), e.value.tolist())]
+
+
+def _section_title(netlist: Netlist, kind: str) -> str:
+    if kind == "V" and len(netlist.cccs):
+        return SENSE_TITLE
+    return SECTION_TITLES[kind]
+
+
+def _element_counts(netlist: Netlist) -> str:
+    """``"12 R, 4 D, 3 V, 5 I"`` (E and F only when the circuit has them)."""
+    kinds = [k for k in KINDS if k in "RDVI" or len(netlist.elements(k))]
+    return ", ".join(f"{len(netlist.elements(k))} {k}" for k in kinds)
 
 
 def format_netlist(netlist: Netlist, dialect: str = "ngspice", *, netlist_dir=None,
@@ -147,8 +174,7 @@ def format_netlist(netlist: Netlist, dialect: str = "ngspice", *, netlist_dir=No
            f"* written by epsim.circuit.spice_writer, dialect {dialect}; run: "
            + ("ngspice -b -r OUT.raw THIS_FILE" if dialect == "ngspice" else "Xyce THIS_FILE")]
     out += [f"* {line}" for line in list(header) + list(netlist.notes)]
-    out.append(f"* {netlist.num_nodes - 1} nodes, " + ", ".join(
-        f"{len(netlist.elements(k))} {k}" for k in KINDS))
+    out.append(f"* {netlist.num_nodes - 1} nodes, " + _element_counts(netlist))
     out.append(f"* temperature {netlist.temp_K!r} K in epsim's constants = {temp_C!r} C in "
                f"{dialect}'s (same thermal voltage kT/q)")
     out += _model_lines(netlist, netlist_dir, lib_dir)
@@ -159,10 +185,11 @@ def format_netlist(netlist: Netlist, dialect: str = "ngspice", *, netlist_dir=No
         dev = dict(XYCE_OPTIONS["DEVICE"], TEMP=temp_C, TNOM=temp_C)
         out.append(".OPTIONS DEVICE " + " ".join(f"{k}={v!r}" for k, v in dev.items()))
         out.append(".OPTIONS NONLIN " + " ".join(f"{k}={v!r}" for k, v in XYCE_OPTIONS["NONLIN"].items()))
-    for kind in ("V", "R", "D", "I"):
+    netlist.control_indices()  # an F source must name an existing V source
+    for kind in WRITE_ORDER:
         lines = element_lines(netlist, kind)
         if lines:
-            out.append(f"* {SECTION_TITLES[kind]}")
+            out.append(f"* {_section_title(netlist, kind)}")
             out += lines
     if dialect == "ngspice":
         out.append(".op")

@@ -1,9 +1,17 @@
 """General DC solver for any circuit of the IR: Newton on modified nodal analysis (MNA).
 
+Supported elements: resistors (any sign), Shockley diodes, independent DC voltage and
+current sources, voltage-controlled voltage sources (E) and current-controlled current
+sources (F, controlled by the branch current of a V source); conventions in
+:mod:`epsim.circuit.netlist`.
+
 Unknowns: the voltages of all nodes but ground, then one branch current per voltage
-source. Equations: KCL at every node (sum of currents leaving = 0) and ``v_p - v_m = E``
-for every voltage source. Resistors (any sign) and sources are linear; diodes follow
-Shockley's law ``I = Is (exp(V / nVt) - 1)``. Each Newton step linearises the diodes
+source, then one per E source. Equations: KCL at every node (sum of currents leaving = 0),
+``v_p - v_m = volts`` for every voltage source and ``v_p - v_m = gain (v_cp - v_cm)`` for
+every E source; an F source adds ``+gain * I(vctl)`` to the KCL row of its ``p`` node and
+``-gain * I(vctl)`` to its ``m`` node, ``I(vctl)`` being the controlling source's
+branch-current unknown. Everything but the diodes is linear; diodes follow Shockley's law
+``I = Is (exp(V / nVt) - 1)``. Each Newton step linearises the diodes
 SPICE-style (companion model at the junction voltage) with ``pnjlim`` junction limiting,
 and solves the sparse system with SuperLU (``scipy.sparse.linalg.splu``); the sparsity
 pattern and the map from element stamps to matrix entries are built once.
@@ -20,7 +28,7 @@ holding them are refused.
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import scipy.sparse as sp
@@ -39,6 +47,7 @@ class MnaSolution:
 
     voltages_V: ``(num_nodes,)`` node voltages, ground (0 V) first, in ``netlist.nodes`` order.
     source_currents_A: ``(num V sources,)`` branch currents (from ``+`` through the source to ``-``).
+    vcvs_currents_A: ``(num E sources,)`` branch currents, same convention.
     residual_A: max |KCL| over the non-ground nodes (A), diodes evaluated exactly.
     iterations: Newton steps in all; gmin_steps: gmin-stepping stages used (0 if none).
     """
@@ -50,6 +59,7 @@ class MnaSolution:
     gmin_steps: int
     converged: bool
     tol_A: float
+    vcvs_currents_A: np.ndarray = field(default_factory=lambda: np.zeros(0))
 
     def table(self, netlist: Netlist) -> dict:
         """``{node name: volts}`` without ground."""
@@ -62,15 +72,15 @@ class _System:
     def __init__(self, nl: Netlist):
         n_nodes = nl.num_nodes - 1
         r, d, v, i = nl.resistors, nl.diodes, nl.vsources, nl.isources
-        self.n_nodes, self.n_src = n_nodes, len(v)
-        n = n_nodes + len(v)
+        e = nl.vcvs
+        self.n_nodes, self.n_src, self.n_vcvs = n_nodes, len(v), len(e)
+        n = n_nodes + len(v) + len(e)
         self.n = n
-        g = 1.0 / r.value
         src_rows = n_nodes + 1 + np.arange(len(v))  # 1-based like the node indices
-        rows = [r.a, r.b, r.a, r.b, v.a, v.b, src_rows, src_rows]
-        cols = [r.a, r.b, r.b, r.a, src_rows, src_rows, v.a, v.b]
-        vals = [g, g, -g, -g, np.ones(len(v)), -np.ones(len(v)), np.ones(len(v)), -np.ones(len(v))]
-        lin_rows, lin_cols, lin_vals = (np.concatenate(x) for x in (rows, cols, vals))
+        lin_rows, lin_cols, lin_vals = (np.concatenate(x) for x in zip(
+            _resistor_stamps(r), _vsource_stamps(v, src_rows),
+            _vcvs_stamps(e, n_nodes + 1 + len(v) + np.arange(len(e))),
+            _cccs_stamps(nl.cccs, src_rows[nl.control_indices()])))
         d_rows = np.concatenate([d.a, d.b, d.a, d.b])
         d_cols = np.concatenate([d.a, d.b, d.b, d.a])
         diag = np.arange(1, n_nodes + 1)
@@ -141,7 +151,7 @@ class _System:
                 splu(self.matrix(np.ones(self.d_a.size), 0.0))
             except (RuntimeError, MatrixRankWarning):
                 raise EpsimError("singular circuit matrix: a node has no DC path to ground "
-                                 "(floating) or voltage sources form a loop") from None
+                                 "(floating), or voltage sources (V, E) form a loop") from None
 
     def matrix(self, gd, gmin):
         data = self.lin_data.copy()
@@ -151,6 +161,35 @@ class _System:
         if gmin:
             data[self.diag_pos] += gmin
         return sp.csc_matrix((data, self.indices, self.indptr), shape=(self.n, self.n))
+
+
+def _resistor_stamps(r):
+    """(rows, cols, values) of the conductances ``1/R`` (1-based indices, ground = 0)."""
+    g = 1.0 / r.value
+    return (np.concatenate([r.a, r.b, r.a, r.b]), np.concatenate([r.a, r.b, r.b, r.a]),
+            np.concatenate([g, g, -g, -g]))
+
+
+def _vsource_stamps(v, rows):
+    """V sources: branch current leaves ``p`` and enters ``m``; row ``v_p - v_m``."""
+    one = np.ones(len(v))
+    return (np.concatenate([v.a, v.b, rows, rows]), np.concatenate([rows, rows, v.a, v.b]),
+            np.concatenate([one, -one, one, -one]))
+
+
+def _vcvs_stamps(e, rows):
+    """E sources: branch current like a V source; row ``v_p - v_m - gain (v_cp - v_cm) = 0``."""
+    one, gain = np.ones(len(e)), e.value
+    return (np.concatenate([e.a, e.b, rows, rows, rows, rows]),
+            np.concatenate([rows, rows, e.a, e.b, e.c, e.d]),
+            np.concatenate([one, -one, one, -one, -gain, gain]))
+
+
+def _cccs_stamps(f, ctl_cols):
+    """F sources: ``gain * I(vctl)`` leaves ``p`` and enters ``m`` (``ctl_cols``: the
+    controlling sources' branch-current columns)."""
+    return (np.concatenate([f.a, f.b]), np.concatenate([ctl_cols, ctl_cols]),
+            np.concatenate([f.value, -f.value]))
 
 
 def _pnjlim(vnew, vold, nvt, vcrit):
@@ -205,7 +244,7 @@ def _newton(sysm: _System, x, gmin, tol_A, vtol_V, max_iter):
 
 def solve_mna(netlist: Netlist, *, tol_A: float = 1e-12, vtol_V: float = 1e-12, max_iter: int = 200,
               init_V=None, strict: bool = True) -> MnaSolution:
-    """DC operating point of any circuit of the IR (R of any sign, Shockley D, V, I).
+    """DC operating point of any circuit of the IR (R of any sign, Shockley D, V, I, E, F).
 
     Args:
         netlist: the circuit.
@@ -234,7 +273,9 @@ def solve_mna(netlist: Netlist, *, tol_A: float = 1e-12, vtol_V: float = 1e-12, 
         sysm.check_structure()
     res = float(np.max(np.abs(sysm.residual(x)[:sysm.n_nodes]), initial=0.0)) if np.all(np.isfinite(x)) else np.inf
     ok = ok and res <= tol_A
-    sol = MnaSolution(sysm.node_v(x), x[sysm.n_nodes:], res, total, stages, bool(ok), tol_A)
+    n_v = sysm.n_nodes + sysm.n_src
+    sol = MnaSolution(sysm.node_v(x), x[sysm.n_nodes:n_v], res, total, stages, bool(ok), tol_A,
+                      x[n_v:])
     if strict and not ok:
         raise ConvergenceError(f"MNA Newton did not converge on {netlist.title!r}: KCL residual "
                                f"{res:.3g} A > tol {tol_A:.3g} A after {total} iterations "
