@@ -46,6 +46,22 @@ PRESETS = {
     "drn-xl": {"arch": "dense:32768,dense:{K}", "input_gain_V": 800.0, "beta": 1.0, "lr": 0.006,
                "lr_bias": 0.006, "epochs": 100, **_DRN_COMMON},
 }
+# Circuit versions of the seed's EP-CNN: four 3x3 tied conv stages (the later three with
+# stride 2: a circuit pools by strided convolution), a dense readout, and bidirectional
+# amplifiers between layers sized at initialisation (clamped-uniform conductances) to give
+# every layer a node-voltage RMS near 0.2 V from a 4 V input swing. Valid on 28x28 and
+# 32x32 images (no padding): 28 -> 26 -> 12 -> 5 -> 2, 32 -> 30 -> 14 -> 6 -> 2.
+_CNN_DEEP_COMMON = {"input_gain_V": 4.0, "amp_gain": [12.0, 3.5, 2.2, 1.5], "beta": 1.0,
+                    "momentum": 0.0, "lr_schedule": "exponential", "lr_decay": 0.99,
+                    "init": "clamped-uniform", "weight_gain": 1.0, "target_high_V": 1.0}
+PRESETS.update({
+    "cnn-deep": {"arch": "conv:16:3:1,conv:32:3:2,conv:64:3:2,conv:64:3:2,dense:{K}", "lr": 0.01,
+                 "lr_bias": 0.01, "lr_layers": [1.0, 2.0, 4.0, 8.0, 8.0], "batch_size": 4,
+                 "epochs": 20, **_CNN_DEEP_COMMON},
+    "cnn-paper": {"arch": "conv:128:3:1,conv:256:3:2,conv:512:3:2,conv:512:3:2,dense:{K}",
+                  "lr": 0.01, "lr_bias": 0.01, "lr_layers": [1.0, 2.0, 4.0, 8.0, 8.0],
+                  "batch_size": 32, "epochs": 50, **_CNN_DEEP_COMMON},
+})
 PRESET_ERRORS = {"drn-xs": "3.46 %", "drn-1h": "1.57 %", "drn-2h": "1.48 %", "drn-3h": "1.66 %",
                  "drn-xl": "1.33 %"}
 CIRCUIT_MODELS = ("cnn", "mlp", "mlp-deep") + tuple(PRESETS)
@@ -65,6 +81,8 @@ def model_arch(name: str, image_shape, num_classes: int) -> str:
     - ``mlp``: one hidden layer (64 units on 8x8 images, 100 otherwise: DRN-XS on MNIST).
     - ``mlp-deep``: two hidden layers of the same width.
     - ``drn-*``: the published deep resistive networks (:data:`PRESETS`).
+    - ``cnn-deep`` / ``cnn-paper``: the seed's four-stage EP-CNN as an amplified circuit,
+      16-32-64-64 channels for two CPU cores, 128-256-512-512 as published.
     """
     if name not in CIRCUIT_MODELS:
         raise EpsimError(f"unknown circuit model {name!r}; choose from {', '.join(CIRCUIT_MODELS)}")
