@@ -38,7 +38,9 @@ def build_parser() -> ArgumentParser:
                         "drn-xs, drn-1h, drn-2h, drn-3h, drn-xl: the published deep resistive "
                         "networks (Scellier 2024) with their training settings as defaults "
                         "(input gain, beta, per-layer learning rates, batch 4, plain SGD, lr x0.99 "
-                        "per epoch, epochs); options given explicitly override them")
+                        "per epoch, epochs); cnn-deep, cnn-paper: the seed's four-stage EP-CNN "
+                        "as an amplified circuit (16-32-64-64 / 128-256-512-512 channels); "
+                        "options given explicitly override them")
     g.add_argument("--arch", default=None, metavar="SPEC",
                    help="circuit architecture from input to output, e.g. "
                         "'conv:16:3,conv:32:3:2,dense:10' or 'dense:1024,dense:1024,dense:10': "

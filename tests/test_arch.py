@@ -53,7 +53,9 @@ def test_presets_carry_the_published_settings():
     # explicit options override the preset, other models keep TrainConfig's defaults
     assert preset_config("drn-1h", beta=0.5, epochs=3).beta == 0.5
     assert preset_config("mlp") == TrainConfig(model="mlp")
-    assert set(PRESETS) == {"drn-xs", "drn-1h", "drn-2h", "drn-3h", "drn-xl"}
+    assert set(PRESETS) == {"drn-xs", "drn-1h", "drn-2h", "drn-3h", "drn-xl", "cnn-deep", "cnn-paper"}
+    deep = preset_config("cnn-deep")
+    assert (deep.input_gain_V, deep.amp_gain, deep.batch_size) == (4.0, [12.0, 3.5, 2.2, 1.5], 4)
 
 
 def test_clamped_uniform_init_matches_its_definition():
