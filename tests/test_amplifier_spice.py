@@ -296,3 +296,40 @@ def test_spice_backend_on_amplified_network():
         for layer, layer_names in zip(eq.v_free, names[1:]):
             want = [v(sol, nl, n) for n in layer_names]
             assert np.max(np.abs(layer[b] - want)) <= 1e-9
+
+
+@needs_ngspice
+def test_trained_amplified_circuit_matches_ngspice(tmp_path):
+    """A circuit trained with amplifiers and Shockley diodes (digits, one short epoch), ten
+    test images x free/+beta/-beta: the numba equilibria (at 1e-15 A) against ngspice on the
+    exported netlists, every free node, within 1e-6 V."""
+    from epsim.data import load_dataset
+    from epsim.solvers.numba_solver import NumbaSolver
+    from epsim.training import TrainConfig, train
+
+    digits = load_dataset("digits", train_subset=160, test_subset=10)
+    config = TrainConfig(model="mlp-deep", diode="shockley", amp_gain=[3.0, 2.0], epochs=1,
+                         input_gain_V=8.0)
+    train(config, digits, tmp_path / "run", progress=False, log=lambda *_: None)
+    from epsim.training import load_network
+
+    net, _ = load_network(tmp_path / "run" / "checkpoint.pt")
+    assert net.amp_gains.tolist() == [3.0, 2.0]
+    v_in = net.input_voltages(digits.x_test)
+    target = one_hot_targets(digits.y_test, net.num_outputs)
+    solver = NumbaSolver(tol_A=1e-15, max_iter=200000)
+    prepared = solver.prepare(net, v_in)
+    free = solver.solve(prepared, 0.0)
+    names = layer_node_names(net)
+    worst = 0.0
+    for phase in ("free", "plus", "minus"):
+        beta = phase_beta(phase, config.beta)
+        eq = free if beta == 0.0 else solver.solve(prepared, beta, target, init=free.v_free)
+        assert eq.certificate.all_converged
+        for b in range(len(v_in)):
+            nl = compile_network(net, v_in[b], beta=beta, target_V=target[b])
+            spice = ngspice_voltages(nl, tmp_path, f"{phase}_{b}.cir")
+            worst = max(worst, max(abs(layer[b, k] - spice[nl.node_index(n)])
+                                   for layer, layer_names in zip(eq.v_free, names[1:])
+                                   for k, n in enumerate(layer_names)))
+    assert worst <= 1e-6, f"max |V_numba - V_ngspice| = {worst:.3g} V"
