@@ -9,7 +9,13 @@ used and the worst one, and the sanity checks of :mod:`epsim.robustness.sanity`.
 Attacks (``ATTACKS``): ``pgd-l2``, ``pgd-linf`` (APGD, restarts, losses, every gradient
 path), ``fgsm-l2``, ``fgsm-linf`` (one step), ``square-l2``, ``square-linf`` (black box,
 querying the predictor), ``corruptions`` (every applicable CIFAR-10-C corruption × the
-severities; ε is not used).
+severities; ε is not used), ``certify-linf``, ``certify-l2`` (circuits only: certified
+accuracy from the circuit's monotonicity, :mod:`epsim.robustness.certify`, two solves per
+image and ε; L2 through the L∞ box of the same radius).
+
+Every attack row with a certificate row of the same norm and ε gets the check
+``certified_le_robust``: no image the certificate proves robust may be broken by the attack
+(one that is means a bug in one of them).
 
 Worst case: for a white-box attack at one ε, an image counts as robust only if it survived
 every gradient path, every loss and every restart (``robust_accuracy``). Each path's own
@@ -38,8 +44,9 @@ from . import sanity as S
 from .adapters import transfer_gradient
 from .attacks import LOSSES, fgsm, merge_stats, perturbation_norm, pgd, square_attack
 
-ATTACKS = ("pgd-l2", "pgd-linf", "fgsm-l2", "fgsm-linf", "square-l2", "square-linf", "corruptions")
-_FAMILY_ORDER = {"fgsm": 0, "pgd": 1, "square": 2, "corruptions": 3}
+ATTACKS = ("pgd-l2", "pgd-linf", "fgsm-l2", "fgsm-linf", "square-l2", "square-linf", "certify-l2",
+           "certify-linf", "corruptions")
+_FAMILY_ORDER = {"certify": -1, "fgsm": 0, "pgd": 1, "square": 2, "corruptions": 3}
 
 
 @dataclass
@@ -241,6 +248,9 @@ def run_sweep(adapter, x, y, config: SweepConfig, *, surrogate=None, recorded=No
             raise EpsimError(f"unknown loss {loss!r}; choose from {', '.join(LOSSES)}")
     if cfg.steps < 1 or cfg.restarts < 1 or cfg.queries < 1:
         raise EpsimError("--steps, --restarts and --queries must be at least 1")
+    if any(split_attack(a)[0] == "certify" for a in attacks) and adapter.kind != "circuit":
+        raise EpsimError(f"certify-l2/certify-linf need a circuit model; {adapter.name} is a "
+                         f"{adapter.kind} model (signed weights, max-pool: no monotonicity certificate)")
     white = [a for a in attacks if split_attack(a)[0] in ("pgd", "fgsm")]
     paths = resolve_paths(adapter, cfg.paths, surrogate) if white else ()
     sw = _Sweep(adapter, x, y, cfg, surrogate, progress, log)
@@ -286,6 +296,9 @@ def run_sweep(adapter, x, y, config: SweepConfig, *, surrogate=None, recorded=No
             if not eps_run or eps_run[-1] < top:
                 extra = top
                 eps_run.append(top)
+        if family == "certify":
+            rows.extend(_certify_rows(sw, attack, norm, eps_list, correct, clean_acc, clean_check, masks))
+            continue
         if family in ("pgd", "fgsm"):
             per_eps = (cfg.restarts if family == "pgd" else 1) * len(paths) * len(cfg.losses)
         else:
@@ -358,12 +371,57 @@ def run_sweep(adapter, x, y, config: SweepConfig, *, surrogate=None, recorded=No
     }
 
 
+def _certify_rows(sw, attack, norm, eps_list, correct, clean_acc, clean_check, masks) -> list:
+    """Certified accuracy per ε (two corner solves per image with the predictor's solver)."""
+    from .certify import certify_box
+
+    a = sw.a
+    rows = []
+    for eps in eps_list:
+        t0 = time.perf_counter()
+        if eps > 1.0:
+            raise EpsimError(f"certify-{norm} needs ε <= 1 (the L∞ box of radius ε around the image), got {eps:g}")
+        res = certify_box(a.net, a.solver, sw.x, sw.y, eps, batch_size=a.batch_size)
+        cert = res.certified
+        n = sw.n
+        masks[attack, eps] = cert
+        margins = res.margin_V[cert]
+        rows.append({"attack": attack, "family": "certify", "norm": norm, "eps": float(eps), "n": n,
+                     "clean_accuracy": clean_acc, "certified_accuracy": float(cert.mean()) if n else 0.0,
+                     "robust_accuracy": float(cert.mean()) if n else 0.0, "n_robust": int(cert.sum()),
+                     "worst_path": "certificate", "paths": ["certificate (2 solves per image)"],
+                     "box": "linf" if norm == "linf" else "linf box containing the l2 ball",
+                     "min_certified_margin_V": float(margins.min()) if margins.size else None,
+                     "stats": {"predictions": 2 * n, "unconverged": int((~res.converged).sum()),
+                               "max_residual": float(res.max_residual_A)},
+                     "sanity_only": False, "robust_mask": _mask_str(cert),
+                     "wall_s": time.perf_counter() - t0,
+                     "_checks": [clean_check, S.check_certified_le_clean(cert, correct, eps),
+                                 _conv_check(a, 2 * n, int((~res.converged).sum()), res.max_residual_A)]})
+        sw.log(f"{attack} eps={eps:.4g}: certified accuracy {rows[-1]['certified_accuracy']:.4f} "
+               f"({rows[-1]['wall_s']:.1f} s)")
+    return rows
+
+
 def _cross_checks(rows, masks, sw, paths, correct, cfg):
-    """Checks that compare rows: monotone in ε, ≈0 at large ε, PGD vs FGSM, black vs white box."""
+    """Checks that compare rows: monotone in ε, ≈0 at large ε, PGD vs FGSM, black vs white box,
+    certified ≤ robust."""
     by_attack = {}
     for row in rows:
         if row["family"] != "corruptions":
             by_attack.setdefault(row["attack"], []).append(row)
+    for attack, rs in by_attack.items():
+        family, norm = split_attack(attack)
+        if family == "certify":
+            continue
+        for r in rs:
+            key = (f"certify-{norm}", r["eps"])
+            if key in masks:
+                c = S.check_certified_le_robust(masks[key], masks[attack, r["eps"]], r["eps"], attack)
+                r["_checks"].append(c)
+                for cr in by_attack[key[0]]:
+                    if cr["eps"] == r["eps"]:
+                        cr["_checks"].append(S.Check(f"certified_le_{attack}", c.status, c.detail))
     for attack, rs in by_attack.items():
         eps = [r["eps"] for r in rs]
         for r, c in zip(rs, S.check_monotone(eps, [masks[attack, e] for e in eps])):
@@ -469,6 +527,7 @@ def _corruption_rows(sw, correct, clean_acc, clean_check) -> list:
 
 # ---- output ----------------------------------------------------------------------------
 CSV_COLUMNS = ("attack", "norm", "eps", "corruption", "severity", "n", "clean_accuracy", "robust_accuracy",
+               "certified_accuracy", "min_certified_margin_V",
                "n_robust", "worst_path", "by_path", "fgsm_robust_accuracy", "paths", "losses", "steps",
                "restarts", "queries", "queries_used_mean", "sanity_only", "sanity_ok", "failed_checks",
                "unconverged", "max_residual", "max_perturbation", "wall_s")

@@ -29,6 +29,10 @@ The checks:
 * :func:`check_paths_agree` — the circuit's gradient paths (BPTT, implicit, EP) point the
   same way (median cosine ≥ 0.9).
 * :func:`check_in_ball` — every adversarial image is in [0, 1] and within ε.
+* :func:`check_certified_le_robust` — no attack breaks an image the circuit's certificate
+  proves robust at the same ε (certified ≤ robust, sample by sample), and
+  :func:`check_certified_le_clean` — every certified image is classified correctly.
+  Either failing means a bug in the certificate or in the attack's predictor.
 """
 from __future__ import annotations
 
@@ -221,6 +225,24 @@ def check_in_ball(max_norm: float, eps: float, lo: float, hi: float, norm: str) 
         return Check("in_ball", FAIL, f"max {norm} perturbation {max_norm:.6g} vs ε={eps:g}, pixels in "
                                       f"[{lo:.3g}, {hi:.3g}]")
     return Check("in_ball", PASS, f"max {norm} perturbation {max_norm:.4g} ≤ ε={eps:g}, pixels in [0, 1]")
+
+
+def check_certified_le_robust(cert_mask, robust_mask, eps: float, attack: str) -> Check:
+    """Every image certified at ``eps`` survives ``attack`` at ``eps`` (masks (N,) bool)."""
+    cert, robust = np.asarray(cert_mask, bool), np.asarray(robust_mask, bool)
+    broken = int((cert & ~robust).sum())
+    detail = (f"{attack} ε={eps:g}: certified {cert.mean():.3f} <= robust {robust.mean():.3f}; "
+              f"{broken} certified image(s) broken")
+    return Check("certified_le_robust", FAIL if broken else PASS, detail)
+
+
+def check_certified_le_clean(cert_mask, clean_mask, eps: float) -> Check:
+    """Every image certified at ``eps`` is classified correctly when clean."""
+    cert, clean = np.asarray(cert_mask, bool), np.asarray(clean_mask, bool)
+    bad = int((cert & ~clean).sum())
+    return Check("certified_le_clean", FAIL if bad else PASS,
+                 f"ε={eps:g}: certified {cert.mean():.3f} <= clean {clean.mean():.3f}; "
+                 f"{bad} certified image(s) misclassified clean")
 
 
 def summarize(checks) -> tuple:
