@@ -1,0 +1,302 @@
+"""python -m epsim.energy: settling time, energy and power of a trained circuit per inference
+and per training step, from transient simulation (:mod:`epsim.solvers.transient`).
+
+Per test image: the free phase from all nodes at 0 V with the inputs switched on at t = 0,
+until every output is within ``--settle-tol`` of its DC value (``settle_time``), and the
+time after which the predicted class no longer changes (``decision_time``); the energy the
+sources deliver over ``[0, settle_time]`` (``energy_per_inference``) and the power they
+deliver at equilibrium (``static_power``). Per training step: the same for the free phase
+and for the ``+beta`` and ``-beta`` nudged phases, each started from the free state, plus
+the conductance update: programming pulses ``|dG| / dG_pulse`` (``dG_pulse = (Gmax -
+Gmin) / --levels``, the expected count under stochastic rounding) times ``--pulse-energy``
+for one SGD step at the run's base learning rates on its first batch of test images,
+shared by the batch's images. A digital estimate beside it: the network's
+multiply-accumulates per feed-forward inference times a published energy per MAC
+(Horowitz, "Computing's energy problem", ISSCC 2014, 45 nm: 32-bit float multiply 3.7 pJ
++ add 0.9 pJ; 8-bit integer multiply 0.2 pJ + add 0.03 pJ), an estimate that leaves out
+memory access. Early readout: test accuracy of the class read at given times before
+settling.
+
+Writes ``OUT/energy.json`` (settings, summary, per-image arrays) and ``OUT/energy.csv``
+(the summary, one row).
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from .cli import HelpFormatter, run
+from .errors import EpsimError
+
+DIGITAL_PJ_PER_MAC = {"fp32_45nm": 3.7 + 0.9, "int8_45nm": 0.2 + 0.03}
+DIGITAL_SOURCE = "Horowitz, ISSCC 2014, 45 nm (multiply + add; no memory access)"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m epsim.energy", description=__doc__.split("\n\n")[0],
+                                formatter_class=HelpFormatter)
+    p.add_argument("--checkpoint", required=True, metavar="PATH", help="circuit checkpoint.pt of epsim.train")
+    p.add_argument("--out", required=True, metavar="DIR", help="folder for energy.json and energy.csv")
+    p.add_argument("--data-dir", default=None, help="dataset folder (digits needs none)")
+    p.add_argument("--n", type=int, default=None, metavar="N", help="first N test images (default: all)")
+    p.add_argument("--diode", default=None, choices=("ideal", "shockley"), help="clamp diodes (default: the model's)")
+    p.add_argument("--cell-capacitance", type=float, default=1e-16, metavar="F",
+                   help="capacitance each crossbar cell adds to its row/column line (farads)")
+    p.add_argument("--node-capacitance", type=float, default=1e-14, metavar="F",
+                   help="fixed capacitance of every free node (farads)")
+    p.add_argument("--t-stop", type=float, default=1e-6, metavar="S", help="simulated window per phase (s)")
+    p.add_argument("--dt-max", type=float, default=None, metavar="S", help="largest time step (s; default t-stop/200)")
+    p.add_argument("--lte-tol", type=float, default=1e-4, metavar="V",
+                   help="local truncation error allowed per time step (V)")
+    p.add_argument("--settle-tol", type=float, default=1e-3, metavar="V",
+                   help="settled: every output within this of its DC value (V)")
+    p.add_argument("--tol", type=float, default=1e-9, metavar="A", help="KCL tolerance of every step and DC solve")
+    p.add_argument("--readout-times", default=None, metavar="S,S,...",
+                   help="early-readout times (s; default 0.1, 0.25, 0.5, 1, 2 x the median settling time)")
+    p.add_argument("--no-training-step", action="store_true", help="inference only (skip the nudged phases)")
+    p.add_argument("--levels", type=int, default=100, metavar="N",
+                   help="programming pulses across the conductance range (dG_pulse = range / N)")
+    p.add_argument("--pulse-energy", type=float, default=1e-12, metavar="J",
+                   help="energy of one programming pulse (J)")
+    p.add_argument("--batch-size", type=int, default=500, metavar="N", help="images per transient batch")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return p
+
+
+def _validate(args):
+    checks = [
+        (args.n is None or args.n >= 1, "--n must be at least 1"),
+        (np.isfinite(args.cell_capacitance) and args.cell_capacitance >= 0, "--cell-capacitance must be >= 0 farads"),
+        (np.isfinite(args.node_capacitance) and args.node_capacitance >= 0, "--node-capacitance must be >= 0 farads"),
+        (args.cell_capacitance + args.node_capacitance > 0, "--cell-capacitance and --node-capacitance cannot both be 0"),
+        (np.isfinite(args.t_stop) and args.t_stop > 0, "--t-stop must be a positive time (s)"),
+        (args.dt_max is None or (np.isfinite(args.dt_max) and 0 < args.dt_max <= args.t_stop),
+         "--dt-max must be in (0, --t-stop]"),
+        (np.isfinite(args.lte_tol) and args.lte_tol > 0, "--lte-tol must be a positive voltage"),
+        (np.isfinite(args.settle_tol) and args.settle_tol > 0, "--settle-tol must be a positive voltage"),
+        (np.isfinite(args.tol) and args.tol > 0, "--tol must be a positive current (A)"),
+        (args.levels >= 1, "--levels must be at least 1"),
+        (np.isfinite(args.pulse_energy) and args.pulse_energy >= 0, "--pulse-energy must be >= 0 J"),
+        (args.batch_size >= 1, "--batch-size must be at least 1"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise EpsimError(message)
+    times = None
+    if args.readout_times is not None:
+        try:
+            times = [float(t) for t in args.readout_times.split(",")]
+        except ValueError:
+            raise EpsimError(f"--readout-times must be comma-separated seconds, got {args.readout_times!r}") from None
+        if not times or not all(np.isfinite(t) and t >= 0 for t in times):
+            raise EpsimError("--readout-times must be non-negative times (s)")
+    return times
+
+
+def _prepare_out(out) -> Path:
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise EpsimError(f"--out {out} exists and is not a folder")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".epsim-write-test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as exc:
+        raise EpsimError(f"cannot write to --out {out}: {exc.strerror or exc}") from None
+    return out
+
+
+def energy_until(tr, t_end) -> np.ndarray:
+    """(B,) energy (J) the sources delivered over ``[0, t_end]`` (B,) (right-endpoint rule,
+    the integrator's own; the whole window where ``t_end`` is inf)."""
+    dt = np.diff(tr.t_s)
+    out = np.empty(len(t_end))
+    for b, te in enumerate(t_end):
+        k = len(dt) if not np.isfinite(te) else int(np.searchsorted(tr.t_s, te, side="right")) - 1
+        out[b] = dt[:k] @ tr.power_W["sources"][:k, b]
+    return out
+
+
+def macs_per_inference(net) -> int:
+    """Multiply-accumulates of one feed-forward pass through the same crossbars."""
+    return int(sum(len(conn.pairs()[0]) for conn in net.connections))
+
+
+def readout_accuracy(tr, labels, times) -> list:
+    """Accuracy of ``argmax v_out`` read at each of ``times`` (s) (the last time point at or
+    before it)."""
+    out = []
+    for t in times:
+        k = max(int(np.searchsorted(tr.t_s, t, side="right")) - 1, 0)
+        out.append(float(np.mean(np.argmax(tr.v_out[k], axis=1) == labels)))
+    return out
+
+
+def _phase(net, v_in, caps, args, **kw):
+    from .solvers.transient import simulate
+
+    return simulate(net, v_in, caps=caps, t_stop_s=args.t_stop, dt_max_s=args.dt_max, lte_tol_V=args.lte_tol,
+                    tol_A=args.tol, probe_nodes=0, **kw)
+
+
+def _update_energy_J(net, config, solver, x, labels, args) -> dict:
+    """Programming pulses and energy of one SGD step on the batch ``(x, labels)``."""
+    from .learning.ep import centered_ep
+    from .training import layer_learning_rates
+
+    res = centered_ep(net, solver, x, labels, config.beta, target_high_V=config.target_high_V)
+    lr_w, _ = layer_learning_rates(config, net)
+    lr_w = np.broadcast_to(np.asarray(lr_w, float), (net.num_layers,))
+    lo, hi = net.w_bounds
+    step = (hi - lo) / args.levels
+    # expected pulse count (stochastic rounding of |dG| / dG_pulse), at the run's base learning rates
+    pulses = float(sum(np.sum(np.abs(lr * np.asarray(g)) / step) for lr, g in zip(lr_w, res.grad_w)))
+    return {"pulses": pulses, "energy_J": pulses * args.pulse_energy, "batch": len(labels)}
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    readout = _validate(args)
+    out = _prepare_out(args.out)
+    from .checkpoint import write_json
+    from .circuit.compile import with_diode
+    from .data import default_data_dir, load_dataset
+    from .solvers.transient import Capacitances, settling_times_s
+    from .training import TrainConfig, load_network, make_solver
+
+    net, state = load_network(args.checkpoint)
+    if args.diode is not None and args.diode != net.diode.kind:
+        net = with_diode(net, args.diode)
+    cfg_dict = state.get("config", {})
+    config = TrainConfig(**{k: v for k, v in cfg_dict.items() if k in TrainConfig.__dataclass_fields__})
+    dataset = load_dataset(config.dataset, args.data_dir or default_data_dir())
+    n = len(dataset.y_test) if args.n is None else min(args.n, len(dataset.y_test))
+    x, y = dataset.x_test[:n], dataset.y_test[:n]
+    caps = Capacitances(args.cell_capacitance, args.node_capacitance)
+    dc = make_solver(TrainConfig(tol_A=args.tol, max_iter=100000, nudge_rtol=None))
+    print(f"energy of {args.checkpoint} ({net.name}, {net.diode.kind} diodes) on {n} {config.dataset} test images")
+    t0 = time.perf_counter()
+    per = {k: [] for k in ("settle_time_s", "decision_time_s", "energy_per_inference_J", "static_power_W",
+                           "correct", "energy_free_J", "energy_plus_J", "energy_minus_J")}
+    traces = []
+    batches = range(0, n, args.batch_size)
+    bar = None
+    if not args.no_progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=n, desc="transients", unit="img", dynamic_ncols=True)
+    for i in batches:
+        xb, yb = x[i:i + args.batch_size], y[i:i + args.batch_size]
+        v_in = net.input_voltages(xb)
+        prepared = dc.prepare(net, v_in)
+        free = dc.solve(prepared, 0.0)
+        tr = _phase(net, v_in, caps, args)
+        settle, decide = settling_times_s(tr, free.v_output, args.settle_tol)
+        from .solvers.transient import circuit_powers_W
+
+        per["settle_time_s"].append(settle)
+        per["decision_time_s"].append(decide)
+        per["energy_per_inference_J"].append(energy_until(tr, settle))
+        per["static_power_W"].append(circuit_powers_W(net, v_in, free.v_free)["sources"])
+        per["correct"].append(np.argmax(free.v_output, axis=1) == yb)
+        traces.append((tr, yb))
+        if not args.no_training_step:
+            from .models.resistive import one_hot_targets
+
+            target = one_hot_targets(yb, net.num_outputs, config.target_high_V)
+            per["energy_free_J"].append(per["energy_per_inference_J"][-1])
+            for sign, key in ((1.0, "energy_plus_J"), (-1.0, "energy_minus_J")):
+                b = sign * config.beta
+                ref = dc.solve(prepared, b, target, init=free.v_free)
+                trn = _phase(net, v_in, caps, args, init=free.v_free, beta=b, target_V=target)
+                s_n, _ = settling_times_s(trn, ref.v_output, args.settle_tol)
+                per[key].append(energy_until(trn, s_n))
+        if bar is not None:
+            bar.update(len(yb))
+    if bar is not None:
+        bar.close()
+    per = {k: np.concatenate(v) if v else np.zeros(0) for k, v in per.items()}
+    settled = np.isfinite(per["settle_time_s"])
+    med_settle = float(np.median(per["settle_time_s"][settled])) if settled.any() else float("nan")
+    times = readout if readout is not None else [f * med_settle for f in (0.1, 0.25, 0.5, 1.0, 2.0)]
+    acc_at = np.zeros(len(times))
+    for tr, yb in traces:
+        acc_at += np.asarray(readout_accuracy(tr, yb, times)) * len(yb)
+    acc_at /= max(n, 1)
+    macs = macs_per_inference(net)
+
+    def stats(a):
+        a = a[np.isfinite(a)]
+        return {"median": float(np.median(a)), "p95": float(np.percentile(a, 95)), "mean": float(np.mean(a))} \
+            if a.size else {"median": None, "p95": None, "mean": None}
+
+    summary = {
+        "n": n, "unsettled": int((~settled).sum()), "accuracy_dc": float(per["correct"].mean()),
+        "settle_time_s": stats(per["settle_time_s"]), "decision_time_s": stats(per["decision_time_s"]),
+        "energy_per_inference_J": stats(per["energy_per_inference_J"]),
+        "static_power_W": stats(per["static_power_W"]),
+        "macs_per_inference": macs,
+        "digital_energy_per_inference_J_estimate": {k: macs * v * 1e-12 for k, v in DIGITAL_PJ_PER_MAC.items()},
+        "digital_source": DIGITAL_SOURCE,
+        "early_readout": [{"time_s": float(t), "accuracy": float(a)} for t, a in zip(times, acc_at)],
+    }
+    if not args.no_training_step:
+        upd = _update_energy_J(net, config, make_solver(config), x[:config.batch_size], y[:config.batch_size], args)
+        phases = per["energy_free_J"] + per["energy_plus_J"] + per["energy_minus_J"]
+        summary["training_step"] = {
+            "phases_energy_J_per_image": stats(phases),
+            "update_pulses_per_batch": upd["pulses"], "update_energy_J_per_batch": upd["energy_J"],
+            "batch_size": upd["batch"],
+            "energy_J_per_image": stats(phases + upd["energy_J"] / upd["batch"]),
+            "pulse_energy_J": args.pulse_energy, "levels": args.levels,
+        }
+    settings = {"checkpoint": str(args.checkpoint), "model": net.name, "arch": net.arch, "diode": net.diode.kind,
+                "input_gain_V": net.input_gain_V, "amp_gains": net.amp_gains.tolist(),
+                "cell_capacitance_F": args.cell_capacitance, "node_capacitance_F": args.node_capacitance,
+                "t_stop_s": args.t_stop, "dt_max_s": args.dt_max, "lte_tol_V": args.lte_tol,
+                "settle_tol_V": args.settle_tol, "tol_A": args.tol, "dataset": config.dataset}
+    result = {"tool": "epsim.energy", "settings": settings, "summary": summary,
+              "per_image": {k: v.tolist() for k, v in per.items() if v.size},
+              "wall_s": time.perf_counter() - t0}
+    write_json(out / "energy.json", result)
+    _write_csv(out / "energy.csv", settings, summary)
+    s = summary
+    print(f"settling time median {s['settle_time_s']['median']:.3g} s (p95 {s['settle_time_s']['p95']:.3g} s), "
+          f"energy per inference median {s['energy_per_inference_J']['median']:.3g} J, static power median "
+          f"{s['static_power_W']['median']:.3g} W; digital estimate {macs} MACs = "
+          f"{s['digital_energy_per_inference_J_estimate']['fp32_45nm']:.3g} J (fp32) / "
+          f"{s['digital_energy_per_inference_J_estimate']['int8_45nm']:.3g} J (int8)")
+    if s["unsettled"]:
+        print(f"warning: {s['unsettled']} images did not settle within --t-stop {args.t_stop:g} s", file=sys.stderr)
+    print(f"wrote {out}/energy.json and {out}/energy.csv ({result['wall_s']:.1f} s)")
+
+
+def _write_csv(path, settings, summary):
+    row = {"model": settings["model"], "diode": settings["diode"], "n": summary["n"],
+           "settle_time_median_s": summary["settle_time_s"]["median"],
+           "settle_time_p95_s": summary["settle_time_s"]["p95"],
+           "decision_time_median_s": summary["decision_time_s"]["median"],
+           "energy_per_inference_median_J": summary["energy_per_inference_J"]["median"],
+           "energy_per_inference_p95_J": summary["energy_per_inference_J"]["p95"],
+           "static_power_median_W": summary["static_power_W"]["median"],
+           "macs_per_inference": summary["macs_per_inference"],
+           "digital_fp32_J_estimate": summary["digital_energy_per_inference_J_estimate"]["fp32_45nm"],
+           "digital_int8_J_estimate": summary["digital_energy_per_inference_J_estimate"]["int8_45nm"]}
+    if "training_step" in summary:
+        row["training_step_energy_median_J_per_image"] = summary["training_step"]["energy_J_per_image"]["median"]
+    tmp = Path(str(path) + ".tmp")
+    with open(tmp, "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(row))
+        w.writeheader()
+        w.writerow(row)
+    tmp.replace(path)
+
+
+if __name__ == "__main__":
+    sys.exit(run(main))

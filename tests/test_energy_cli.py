@@ -1,0 +1,53 @@
+"""python -m epsim.energy: the table of settling time, energy and power, and its input checks."""
+import json
+
+import numpy as np
+import pytest
+
+from epsim.data import load_dataset
+from epsim.energy import main
+from epsim.errors import EpsimError
+from epsim.training import TrainConfig, train
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    out = tmp_path_factory.mktemp("run")
+    train(TrainConfig(epochs=1), load_dataset("digits", train_subset=200, test_subset=40), out,
+          progress=False, log=lambda *_: None)
+    return out / "checkpoint.pt"
+
+
+def test_energy_table(checkpoint, tmp_path):
+    main(["--checkpoint", str(checkpoint), "--out", str(tmp_path), "--n", "12", "--no-progress",
+          "--t-stop", "4e-7"])
+    result = json.loads((tmp_path / "energy.json").read_text(),
+                        parse_constant=lambda c: pytest.fail(f"non-JSON constant {c}"))
+    s = result["summary"]
+    assert s["n"] == 12 and s["unsettled"] == 0
+    assert 0 < s["settle_time_s"]["median"] <= s["settle_time_s"]["p95"] < 4e-7
+    assert s["decision_time_s"]["median"] <= s["settle_time_s"]["median"]
+    assert s["energy_per_inference_J"]["median"] > 0 and s["static_power_W"]["median"] > 0
+    assert s["macs_per_inference"] == 6 * 6 * 16 * 2 * 9 + 576 * 10
+    step = s["training_step"]
+    assert step["energy_J_per_image"]["median"] >= step["phases_energy_J_per_image"]["median"] > \
+        s["energy_per_inference_J"]["median"]
+    assert len(s["early_readout"]) == 5 and all(0 <= r["accuracy"] <= 1 for r in s["early_readout"])
+    assert (tmp_path / "energy.csv").read_text().count("\n") == 2
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--t-stop", "-1"], "--t-stop"), (["--lte-tol", "0"], "--lte-tol"),
+    (["--readout-times", "a,b"], "--readout-times"), (["--n", "0"], "--n"),
+    (["--cell-capacitance", "0", "--node-capacitance", "0"], "both be 0")])
+def test_bad_options_fail_before_any_work(checkpoint, tmp_path, args, message):
+    with pytest.raises(EpsimError, match=message):
+        main(["--checkpoint", str(checkpoint), "--out", str(tmp_path / "o"), *args])
+    assert not (tmp_path / "o").exists()
+
+
+def test_out_that_is_a_file_is_refused(checkpoint, tmp_path):
+    f = tmp_path / "file"
+    f.write_text("")
+    with pytest.raises(EpsimError, match="not a folder"):
+        main(["--checkpoint", str(checkpoint), "--out", str(f)])
