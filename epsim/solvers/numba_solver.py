@@ -40,14 +40,20 @@ def _diode_current(v, lo, hi, is_n, nvt):
 
 
 @nb.njit(cache=True)
-def _shockley_node(a, c, lo, hi, is_n, nvt):
-    """Root of the strictly increasing ``f(v) = a v - c + i_diode(v)``, bracketed Newton."""
+def _shockley_node(a, c, lo, hi, is_n, nvt, v_warm):
+    """Root of the strictly increasing ``f(v) = a v - c + i_diode(v)``, bracketed Newton,
+    started from ``clip(c/a, lo, hi)`` or from ``v_warm`` (the node's present voltage),
+    whichever has the smaller ``|f|``."""
     v = c / a
     if v < lo:
         v = lo
     if v > hi:
         v = hi
     i, di = _diode_current(v, lo, hi, is_n, nvt)
+    iw, _ = _diode_current(v_warm, lo, hi, is_n, nvt)
+    if abs(a * v_warm - c + iw) < abs(a * v - c + i):
+        v = v_warm
+        i = iw
     f = a * v - c + i
     if f == 0.0:
         return v
@@ -103,10 +109,11 @@ def _node_residual(a, c, v, lo, hi, shockley, is_n, nvt):
 
 
 @nb.njit(cache=True, inline="always")
-def _relax_node(a, c, lo, hi, shockley, is_n, nvt):
-    """Voltage (V) that satisfies one node's KCL given its neighbours."""
+def _relax_node(a, c, lo, hi, shockley, is_n, nvt, v_warm):
+    """Voltage (V) that satisfies one node's KCL given its neighbours (``v_warm``: its
+    present voltage, a start for the Shockley root)."""
     if shockley:
-        return _shockley_node(a, c, lo, hi, is_n, nvt)
+        return _shockley_node(a, c, lo, hi, is_n, nvt, v_warm)
     x = c / a
     if x < lo:
         x = lo
@@ -123,7 +130,7 @@ def _relax_sample(b, a, c, lo, hi, shockley, is_n, nvt, v, v_ref, track, change,
     rmax = 0.0
     smax = 0.0
     for k in range(c.shape[1]):
-        x = _relax_node(a[k], c[b, k], lo[k], hi[k], shockley, is_n, nvt)
+        x = _relax_node(a[k], c[b, k], lo[k], hi[k], shockley, is_n, nvt, v[b, k])
         if track:
             dmax = max(dmax, abs(x - v[b, k]))
             rmax = max(rmax, abs(x - v_ref[b, k]))
