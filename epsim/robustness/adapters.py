@@ -204,6 +204,22 @@ class CircuitAdapter:
             return self._implicit(x, yt, loss_fn)
         return self._ep(x, y, yt, loss_fn)
 
+    def unrolled_gradient(self, x, y, loss, n_steps) -> GradientResult:
+        """``dL/dx`` by backprop through ``n_steps`` sweeps from 0 V, whatever state they
+        reach (the seed's truncated-unroll gradient; path ``unroll-N``)."""
+        from ..learning.input_gradients import circuit_forward
+
+        x = np.asarray(x, np.float64)
+        c = self.circuit
+        yt = _labels_tensor(y, c.device)
+        loss_fn = make_loss(loss, self.logit_scale)
+        xt = torch.as_tensor(x, dtype=c.dtype, device=c.device).requires_grad_(True)
+        with torch.enable_grad():
+            per = loss_fn(circuit_forward(c, xt, int(n_steps)), yt)
+            (g,) = torch.autograd.grad(per.sum(), xt)
+        return GradientResult(g.detach().cpu().numpy(), per.detach().cpu().numpy(), np.ones(len(x), bool),
+                              f"unroll-{int(n_steps)}")
+
     def _bptt(self, x, yt, loss_fn) -> GradientResult:
         c = self.circuit
         xt = torch.as_tensor(x, dtype=c.dtype, device=c.device).requires_grad_(True)
@@ -321,6 +337,25 @@ class TorchAdapter:
             grads.append(g.double().cpu().numpy())
             losses.append(per.detach().cpu().numpy())
         return GradientResult(np.concatenate(grads), np.concatenate(losses), np.ones(len(x), bool), path)
+
+    def unrolled_gradient(self, x, y, loss, n_steps) -> GradientResult:
+        """``dL/dx`` through ``n_steps`` synchronous steps of an EP model's dynamics from the zero
+        state (the seed's truncated unroll); a feed-forward model's ordinary gradient."""
+        if not self.relaxes:
+            return self.input_gradient(x, y, loss, "bptt")
+        loss_fn = make_loss(loss, 1.0)
+        grads, losses = [], []
+        for i in range(0, len(x), self.batch_size):
+            xb = self._tensor(x[i:i + self.batch_size]).requires_grad_(True)
+            yb = _labels_tensor(y[i:i + self.batch_size], self.device)
+            with torch.enable_grad():
+                rel = self.model.relax(xb, solver="sync", max_iter=int(n_steps), tol=0.0)
+                per = loss_fn(self.model.readout(rel.state).double(), yb)
+                (g,) = torch.autograd.grad(per.sum(), xb)
+            grads.append(g.double().cpu().numpy())
+            losses.append(per.detach().cpu().numpy())
+        return GradientResult(np.concatenate(grads), np.concatenate(losses), np.ones(len(x), bool),
+                              f"unroll-{int(n_steps)}")
 
 
 def transfer_gradient(surrogate, loss):

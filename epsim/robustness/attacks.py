@@ -562,3 +562,54 @@ def _record(pred, y, stats):
     if pred.residual is not None and len(pred.residual):
         stats["max_residual"] = max(stats["max_residual"], float(np.max(pred.residual)))
     return (np.argmax(pred.scores, axis=1) == y) & _usable(pred)
+
+
+# ---- the seed's protocol ---------------------------------------------------------------
+SEED_STEPS = 20
+SEED_STEP_FACTOR = 2.5
+
+
+def seed_pgd(grad_fn, predict_fn, x, y, eps, norm, *, steps=SEED_STEPS, step_factor=SEED_STEP_FACTOR,
+             clip=False) -> AttackResult:
+    """The attack protocol of Mansingh et al. 2023 (lanl/AdvEP: ART's ProjectedGradientDescent).
+
+    ``steps`` iterations of ``x ← Π_ε(x + η·sign(g))`` (L∞) or ``x + η·g/||g||₂`` (L2) with a
+    fixed step ``η = step_factor·ε/steps`` (2.5ε/20), starting at the clean image (no random
+    start, no restarts), projection onto the ε-ball only (``clip=False``: pixels may leave
+    [0, 1], as in the published runs), and one judgement: the predictor on the **final**
+    iterate (the harness's :func:`pgd` judges every iterate). Samples the predictor already
+    gets wrong are not attacked. The gradient is whatever ``grad_fn`` returns; the seed's
+    EP gradient is backprop through a truncated unroll from the zero state (see
+    :meth:`epsim.robustness.adapters.CircuitAdapter.unrolled_gradient`).
+    """
+    _check_norm(norm)
+    if steps < 1:
+        raise EpsimError("the seed's PGD needs at least 1 step")
+    x = np.asarray(x, np.float64)
+    y = np.asarray(y)
+    stats = _new_stats(len(y))
+    robust = _judge(predict_fn, x, y, stats)
+    x_adv = x.copy()
+    e = _eps_array(eps, len(y))
+    idx = np.flatnonzero(robust & (e > 0))
+    if len(idx):
+        xi, ei = x[idx], e[idx]
+        eta = (step_factor * ei / steps).reshape((-1,) + (1,) * (x.ndim - 1))
+        xa = xi.copy()
+        for _ in range(steps):
+            _, g = _gradient(grad_fn, xa, y[idx], stats)
+            xa = xa + eta * _direction(g, norm)
+            xa = project(xa, xi, ei, norm) if clip else _project_ball(xa, xi, ei, norm)
+        x_adv[idx] = xa
+        robust[idx] = _judge(predict_fn, xa, y[idx], stats)
+    return AttackResult(x_adv, robust, stats)
+
+
+def _project_ball(x_adv, x, eps, norm) -> np.ndarray:
+    """``x_adv`` projected onto the ε-ball around ``x``, with no clipping to [0, 1]."""
+    e = _eps_array(eps, x.shape[0]).reshape((-1,) + (1,) * (x.ndim - 1))
+    d = x_adv - x
+    if norm == "linf":
+        return x + np.clip(d, -e, e)
+    n = _flat_norm(d, "l2").reshape(e.shape)
+    return x + d * np.minimum(1.0, e / np.maximum(n, 1e-30))

@@ -13,6 +13,15 @@ severities; ε is not used), ``certify-linf``, ``certify-l2`` (circuits only: ce
 accuracy from the circuit's monotonicity, :mod:`epsim.robustness.certify`, two solves per
 image and ε; L2 through the L∞ box of the same radius).
 
+``advep-l2``, ``advep-linf``: the seed's protocol (Mansingh et al. 2023, lanl/AdvEP; see
+:func:`epsim.robustness.attacks.seed_pgd`): 20 fixed steps of 2.5ε/20 from the clean image,
+cross-entropy, no restarts, no clipping to [0, 1], the final iterate judged, and for EP
+models (circuits and the software EP-CNN) the gradient of a truncated unroll of
+``unroll`` steps from the zero state. Beside a ``pgd-*`` row of the same norm and ε its row
+reports ``harness_robust_accuracy`` and ``protocol_gap`` (seed − harness) and gets the check
+``advep_ge_harness``: the seed's protocol must not break images the harness's worst case
+leaves robust, beyond noise.
+
 Every attack row with a certificate row of the same norm and ε gets the check
 ``certified_le_robust``: no image the certificate proves robust may be broken by the attack
 (one that is means a bug in one of them).
@@ -45,8 +54,8 @@ from .adapters import transfer_gradient
 from .attacks import LOSSES, fgsm, merge_stats, perturbation_norm, pgd, square_attack
 
 ATTACKS = ("pgd-l2", "pgd-linf", "fgsm-l2", "fgsm-linf", "square-l2", "square-linf", "certify-l2",
-           "certify-linf", "corruptions")
-_FAMILY_ORDER = {"certify": -1, "fgsm": 0, "pgd": 1, "square": 2, "corruptions": 3}
+           "certify-linf", "advep-l2", "advep-linf", "corruptions")
+_FAMILY_ORDER = {"certify": -1, "fgsm": 0, "pgd": 1, "square": 2, "advep": 3, "corruptions": 4}
 
 
 @dataclass
@@ -66,6 +75,7 @@ class SweepConfig:
     frost_dir: str | None = None
     large_eps_check: bool = True
     large_eps_threshold: float = 0.02
+    unroll: int = 29  # the seed protocol's truncated unroll (steps from the zero state)
 
 
 def split_attack(name: str) -> tuple:
@@ -202,6 +212,24 @@ class _Sweep:
             robust_all &= r_path
         return robust_all, by_path, stats, geo
 
+    # ---- the seed's protocol ---------------------------------------------------------
+    def seed_protocol(self, norm, eps, correct):
+        from .attacks import seed_pgd
+
+        idx = np.flatnonzero(correct)
+        robust = correct.copy()
+        stats = {}
+        geo = {"max_norm": 0.0, "lo": 0.0, "hi": 1.0}
+        if len(idx):
+            unroll = int(self.cfg.unroll)
+            res = seed_pgd(lambda x, y: self.a.unrolled_gradient(x, y, "ce", unroll), self.a.predict,
+                           self.x[idx], self.y[idx], eps, norm)
+            robust[idx] = res.robust
+            merge_stats(stats, res.stats)
+            geo = {"max_norm": float(perturbation_norm(res.x_adv, self.x[idx], norm).max()),
+                   "lo": float(res.x_adv.min()), "hi": float(res.x_adv.max())}
+        return robust, stats, geo
+
     # ---- black box -------------------------------------------------------------------
     def black_box(self, norm, eps, correct, bar):
         idx = np.flatnonzero(correct)
@@ -248,6 +276,8 @@ def run_sweep(adapter, x, y, config: SweepConfig, *, surrogate=None, recorded=No
             raise EpsimError(f"unknown loss {loss!r}; choose from {', '.join(LOSSES)}")
     if cfg.steps < 1 or cfg.restarts < 1 or cfg.queries < 1:
         raise EpsimError("--steps, --restarts and --queries must be at least 1")
+    if int(cfg.unroll) < 1:
+        raise EpsimError("--unroll must be at least 1 step")
     if any(split_attack(a)[0] == "certify" for a in attacks):
         if adapter.kind != "circuit":
             raise EpsimError(f"certify-l2/certify-linf need a circuit model; {adapter.name} is a "
@@ -305,6 +335,8 @@ def run_sweep(adapter, x, y, config: SweepConfig, *, surrogate=None, recorded=No
             continue
         if family in ("pgd", "fgsm"):
             per_eps = (cfg.restarts if family == "pgd" else 1) * len(paths) * len(cfg.losses)
+        elif family == "advep":
+            per_eps = 1
         else:
             per_eps = max(cfg.queries - 1, 1)
         bar = _bar(per_eps * len(eps_run), attack, progress)
@@ -319,6 +351,14 @@ def run_sweep(adapter, x, y, config: SweepConfig, *, surrogate=None, recorded=No
                             "steps": cfg.steps if family == "pgd" else 1,
                             "restarts": cfg.restarts if family == "pgd" else 1,
                             "by_path": accs, "worst_path": min(accs, key=accs.get) if accs else None})
+            elif family == "advep":
+                robust, stats, geo = sw.seed_protocol(norm, eps, correct)
+                if bar is not None:
+                    bar.update(1)
+                row.update({"paths": [f"unroll-{int(cfg.unroll)}"], "losses": ["ce"], "steps": 20,
+                            "restarts": 1, "unroll": int(cfg.unroll), "worst_path": f"unroll-{int(cfg.unroll)}",
+                            "protocol": "advep (20 steps of 2.5 eps/20, no restarts, no [0, 1] clipping, "
+                                        "final iterate judged)"})
             else:
                 robust, stats, queries, geo = sw.black_box(norm, eps, correct, bar)
                 row.update({"paths": ["black-box queries"], "queries": cfg.queries,
@@ -332,8 +372,9 @@ def run_sweep(adapter, x, y, config: SweepConfig, *, surrogate=None, recorded=No
             row["max_perturbation"] = geo["max_norm"]
             row["robust_mask"] = _mask_str(robust)
             row["wall_s"] = time.perf_counter() - t0
-            row["_checks"] = [clean_check, clean_conv,
-                              S.check_in_ball(geo["max_norm"], eps, geo["lo"], geo["hi"], norm),
+            in_ball = (S.check_in_ball(geo["max_norm"], eps, geo["lo"], geo["hi"], norm) if family != "advep"
+                       else S.check_in_ball(geo["max_norm"], eps, 0.0, 1.0, norm))
+            row["_checks"] = [clean_check, clean_conv, in_ball,
                               _conv_check(adapter, stats.get("predictions", 0), stats.get("unconverged", 0),
                                           stats.get("max_residual"))]
             if family in ("pgd", "fgsm"):
@@ -450,6 +491,19 @@ def _cross_checks(rows, masks, sw, paths, correct, cfg):
                 r["_checks"].append(S.check_iterative_vs_single(masks[attack, r["eps"]], f_mask, r["eps"]))
     for attack, rs in by_attack.items():
         family, norm = split_attack(attack)
+        if family != "advep":
+            continue
+        for r in rs:
+            key = (f"pgd-{norm}", r["eps"])
+            if key in masks:
+                harness = masks[key]
+                r["harness_robust_accuracy"] = float(harness.mean())
+                r["protocol_gap"] = r["robust_accuracy"] - float(harness.mean())
+                r["_checks"].append(S.check_protocol_gap(masks[attack, r["eps"]], harness, r["eps"]))
+            else:
+                r["_checks"].append(S.Check("advep_ge_harness", S.NA, f"no pgd-{norm} at ε={r['eps']:g} in this run"))
+    for attack, rs in by_attack.items():
+        family, norm = split_attack(attack)
         if family != "square":
             continue
         for r in rs:
@@ -529,7 +583,8 @@ def _corruption_rows(sw, correct, clean_acc, clean_check) -> list:
 
 # ---- output ----------------------------------------------------------------------------
 CSV_COLUMNS = ("attack", "norm", "eps", "corruption", "severity", "n", "clean_accuracy", "robust_accuracy",
-               "certified_accuracy", "min_certified_margin_V",
+               "certified_accuracy", "min_certified_margin_V", "unroll", "harness_robust_accuracy",
+               "protocol_gap",
                "n_robust", "worst_path", "by_path", "fgsm_robust_accuracy", "paths", "losses", "steps",
                "restarts", "queries", "queries_used_mean", "sanity_only", "sanity_ok", "failed_checks",
                "unconverged", "max_residual", "max_perturbation", "wall_s")

@@ -33,6 +33,8 @@ The checks:
   proves robust at the same ε (certified ≤ robust, sample by sample), and
   :func:`check_certified_le_clean` — every certified image is classified correctly.
   Either failing means a bug in the certificate or in the attack's predictor.
+* :func:`check_protocol_gap` — the seed's attack protocol does not find images the
+  harness's worst case missed (beyond noise): if it does, the harness is the weaker attack.
 """
 from __future__ import annotations
 
@@ -243,6 +245,16 @@ def check_certified_le_clean(cert_mask, clean_mask, eps: float) -> Check:
     return Check("certified_le_clean", FAIL if bad else PASS,
                  f"ε={eps:g}: certified {cert.mean():.3f} <= clean {clean.mean():.3f}; "
                  f"{bad} certified image(s) misclassified clean")
+
+
+def check_protocol_gap(seed_mask, harness_mask, eps: float) -> Check:
+    """The seed's protocol does not break images the harness's worst case leaves robust,
+    beyond noise (paired sign test); the gap itself is a result, reported beside."""
+    k_harness_only, k_seed_only = _paired(harness_mask, seed_mask)
+    seed, harness = float(np.mean(seed_mask)), float(np.mean(harness_mask))
+    detail = (f"ε={eps:g}: seed protocol {seed:.3f} vs harness {harness:.3f} ({k_harness_only} images robust only "
+              f"under the harness, {k_seed_only} only under the seed protocol)")
+    return Check("advep_ge_harness", FAIL if significantly_more(k_harness_only, k_seed_only) else PASS, detail)
 
 
 def summarize(checks) -> tuple:

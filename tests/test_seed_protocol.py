@@ -1,0 +1,94 @@
+"""The seed's attack protocol (advep-*): its steps, no clipping, its truncated-unroll
+gradient, and the gap to the harness's worst case on a small EP-CNN and a circuit."""
+import numpy as np
+import pytest
+import torch
+
+from epsim.models.ep_cnn import EPCNN
+from epsim.robustness.adapters import CircuitAdapter, TorchAdapter
+from epsim.robustness.attacks import seed_pgd
+from epsim.robustness.evaluate import SweepConfig, run_sweep
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def small_ep_cnn():
+    torch.manual_seed(0)
+    m = EPCNN((1, 8, 8), 5, (4, 6), (1, 1), t1=60, solver="sync", tol=1e-8).double()
+    with torch.no_grad():
+        for p in m.parameters():
+            if p.dim() > 1:
+                p.mul_(2.0)
+    return TorchAdapter(m, (1, 8, 8), 5, name="ep-cnn-small")
+
+
+def own_labels(adapter, n=24, seed=1):
+    """Images and the model's own (converged) predictions as labels: every image is clean-correct."""
+    x = np.random.default_rng(seed).uniform(0, 1, (n,) + adapter.image_shape)
+    return x, np.argmax(adapter.predict(x).scores, axis=1)
+
+
+def test_seed_pgd_steps_project_without_clipping():
+    """Linear scores: every step moves 2.5 eps / 20 along sign(g); the result stays in the
+    eps-ball but may leave [0, 1]; only the final iterate is judged."""
+    w = np.zeros((1, 1, 2, 2))
+    w[0, 0, 0, 0] = 1.0
+    calls = []
+
+    def grad_fn(x, y):
+        from epsim.robustness.adapters import GradientResult
+        return GradientResult(np.broadcast_to(w, x.shape).copy(), np.zeros(len(x)), np.ones(len(x), bool), "lin")
+
+    def predict(x):
+        from epsim.robustness.adapters import Prediction
+        calls.append(x.copy())
+        s = np.stack([np.zeros(len(x)), x.reshape(len(x), -1)[:, 0] - 1.05], 1)
+        return Prediction(s, np.ones(len(x), bool), None, 0)
+
+    x = np.full((1, 1, 2, 2), 0.99)
+    res = seed_pgd(grad_fn, predict, x, np.array([0]), 0.1, "linf")
+    assert np.isclose(res.x_adv[0, 0, 0, 0], 1.09)  # 20 steps of 0.0125, projected at +0.1: past 1
+    assert np.allclose(res.x_adv.reshape(-1)[1:], 0.99)
+    assert len(calls) == 2 and not res.robust[0]  # the clean image, then the final iterate
+
+
+def test_seed_protocol_weakens_as_the_unroll_shortens_and_never_beats_the_harness():
+    adapter = small_ep_cnn()
+    x, y = own_labels(adapter)
+    eps = (0.3, 0.6)
+    by_unroll = {}
+    for unroll in (2, 60):
+        cfg = SweepConfig(attacks=("pgd-l2", "advep-l2"), eps=eps, losses=("ce", "dlr"), steps=50,
+                          unroll=unroll, large_eps_check=False)
+        out = run_sweep(adapter, x, y, cfg, progress=False, log=lambda *_: None)
+        rows = {(r["attack"], r["eps"]): r for r in out["rows"]}
+        for e in eps:
+            seed_row = rows["advep-l2", e]
+            assert seed_row["sanity"]["advep_ge_harness"]["status"] == "pass"
+            assert seed_row["robust_accuracy"] >= rows["pgd-l2", e]["robust_accuracy"]
+            assert seed_row["protocol_gap"] == pytest.approx(
+                seed_row["robust_accuracy"] - rows["pgd-l2", e]["robust_accuracy"])
+        by_unroll[unroll] = [rows["advep-l2", e]["robust_accuracy"] for e in eps]
+    assert all(a >= b for a, b in zip(by_unroll[2], by_unroll[60]))
+    assert sum(by_unroll[2]) > sum(by_unroll[60])
+
+
+def test_circuit_unrolled_gradient_tends_to_the_equilibrium_gradient():
+    from epsim.models.resistive import build_mlp
+
+    net = build_mlp((1, 4, 4), hidden=(8,), num_classes=3, input_gain_V=4.0)
+    net.init_params(np.random.default_rng(0))
+    adapter = CircuitAdapter(net, tol_A=1e-13, max_iter=100000)
+    x, y = own_labels(adapter, n=4)
+    ref = adapter.input_gradient(x, y, "ce", "implicit").grad.reshape(4, -1)
+    errs = []
+    for n in (1, 200):
+        g = adapter.unrolled_gradient(x, y, "ce", n).grad.reshape(4, -1)
+        errs.append(np.linalg.norm(g - ref) / np.linalg.norm(ref))
+    assert errs[1] < 1e-6 < errs[0]
