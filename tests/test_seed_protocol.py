@@ -92,3 +92,54 @@ def test_circuit_unrolled_gradient_tends_to_the_equilibrium_gradient():
         g = adapter.unrolled_gradient(x, y, "ce", n).grad.reshape(4, -1)
         errs.append(np.linalg.norm(g - ref) / np.linalg.norm(ref))
     assert errs[1] < 1e-6 < errs[0]
+
+
+def test_targeted_loss_and_targets_reach_the_gradient():
+    """dlr-t's value, the target ranks, and APGD handing each still-robust image its own
+    target through the subsets it attacks."""
+    from epsim.robustness.adapters import GradientResult, Prediction
+    from epsim.robustness.attacks import pgd, target_classes, targeted_dlr_loss
+
+    z = torch.tensor([[3.0, 1.0, 2.0, 0.0, -1.0]])
+    y2 = torch.tensor([[0, 2]])
+    assert float(targeted_dlr_loss(z, y2)) == pytest.approx((2.0 - 3.0) / (3.0 - 0.5 * (1.0 + 0.0)))
+    scores = np.array([[3.0, 1.0, 2.0, 0.0, -1.0]])
+    assert [int(target_classes(scores, np.array([0]), r)[0]) for r in (1, 2, 3)] == [2, 1, 3]
+
+    rng = np.random.default_rng(0)
+    x = rng.uniform(0.2, 0.8, (6, 1, 2, 2))
+    y = np.zeros(6, int)
+    targets = np.arange(6) % 4 + 1
+    seen = []
+
+    def grad_fn(xq, yq):
+        assert yq.shape == (len(xq), 2)
+        for xi, (label, t) in zip(xq, yq):
+            i = int(np.argmin(np.abs(x - xi).reshape(6, -1).max(axis=1)))
+            seen.append(int(t) == targets[i] and label == 0)
+        return GradientResult(np.ones_like(xq), np.zeros(len(xq)), np.ones(len(xq), bool), "t")
+
+    def predict(xq):  # image i is broken once its first pixel exceeds 0.8 + 0.01 i
+        first = xq.reshape(len(xq), -1)[:, 0]
+        keep = np.array([f < 0.8 + 0.01 * int(np.argmin(np.abs(x - xi).reshape(6, -1).max(axis=1)))
+                         for f, xi in zip(first, xq)])
+        return Prediction(np.stack([keep * 1.0, 1.0 - keep], 1), np.ones(len(xq), bool), None, 0)
+
+    pgd(grad_fn, predict, x, y, 0.05, "linf", 10, rng, targets=targets)
+    assert seen and all(seen)
+
+
+def test_harness_with_the_targeted_loss_is_at_least_as_strong():
+    from epsim.models.resistive import build_mlp
+
+    net = build_mlp((1, 4, 4), hidden=(10,), num_classes=5, input_gain_V=4.0)
+    net.init_params(np.random.default_rng(3))
+    adapter = CircuitAdapter(net, tol_A=1e-12, max_iter=100000)
+    x, y = own_labels(adapter, n=16, seed=4)
+    out = {}
+    for losses in (("ce",), ("ce", "dlr-t")):
+        cfg = SweepConfig(attacks=("pgd-l2",), eps=(0.4,), paths=("implicit",), losses=losses, steps=10,
+                          large_eps_check=False, target_classes=2)
+        rows = run_sweep(adapter, x, y, cfg, progress=False, log=lambda *_: None)["rows"]
+        out[losses] = np.array(list(rows[0]["robust_mask"])) == "1"
+    assert not np.any(out["ce", "dlr-t"] & ~out["ce",])

@@ -28,6 +28,10 @@ Losses (larger = more adversarial), on scores ``z`` (B, K) and labels ``y``:
 * ``dlr``: difference of logits ratio (Croce & Hein 2020),
   ``−(z_y − max_{j≠y} z_j) / (z_π1 − z_π3)`` with ``π`` the scores sorted in decreasing
   order; scale-free, so voltages and logits are treated alike (needs K ≥ 3, else margin).
+* ``dlr-t``: targeted DLR (APGD-T), ``−(z_y − z_t) / (z_π1 − (z_π3 + z_π4)/2)`` toward a target
+  class ``t`` (K ≥ 4, else the targeted margin ``z_t − z_y``). Its labels are ``(B, 2)``:
+  label and target; the sweep runs it once per target, the 1st, 2nd, ... highest other
+  class at the clean image (``--target-classes``), and :func:`pgd` passes the targets on.
 
 PGD follows APGD (Croce & Hein 2020, "Reliable evaluation of adversarial robustness with
 an ensemble of diverse parameter-free attacks"): step size ``η = 2ε`` at start, momentum
@@ -57,7 +61,7 @@ import torch.nn.functional as F
 from ..errors import EpsimError
 
 NORMS = ("l2", "linf")
-LOSSES = ("ce", "dlr", "margin")
+LOSSES = ("ce", "dlr", "margin", "dlr-t")
 
 
 # ---- results ---------------------------------------------------------------------------
@@ -113,6 +117,8 @@ def make_loss(name: str, logit_scale: float = 1.0):
         return margin_loss
     if name == "dlr":
         return dlr_loss
+    if name == "dlr-t":
+        return targeted_dlr_loss
     raise EpsimError(f"unknown loss {name!r}; choose from {', '.join(LOSSES)}")
 
 
@@ -134,6 +140,26 @@ def dlr_loss(z, y):
         return margin_loss(z, y)
     top = torch.sort(z, dim=1, descending=True).values
     return margin_loss(z, y) / (top[:, 0] - top[:, 2] + 1e-12)
+
+
+def targeted_dlr_loss(z, y2):
+    """Targeted DLR (B,) for labels ``y2`` (B, 2) = (label, target); see the module docstring."""
+    if y2.dim() != 2 or y2.shape[1] != 2:
+        raise EpsimError("the targeted loss dlr-t needs (label, target) pairs")
+    idx = torch.arange(z.shape[0])
+    gap = z[idx, y2[:, 1]] - z[idx, y2[:, 0]]
+    if z.shape[1] < 4:
+        return gap
+    top = torch.sort(z, dim=1, descending=True).values
+    return gap / (top[:, 0] - 0.5 * (top[:, 2] + top[:, 3]) + 1e-12)
+
+
+def target_classes(scores, y, rank: int) -> np.ndarray:
+    """(B,) the ``rank``-th (1-based) highest-scoring class other than the label."""
+    z = np.array(scores, dtype=np.float64)
+    z[np.arange(len(y)), y] = -np.inf
+    order = np.argsort(-z, axis=1, kind="stable")
+    return order[:, min(rank, z.shape[1] - 1) - 1]
 
 
 def margin_np(scores: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -223,8 +249,8 @@ def _usable(pred):
     return np.asarray(usable if usable is not None else pred.converged, bool)
 
 
-def _gradient(grad_fn, x, y, stats):
-    res = grad_fn(x, y)
+def _gradient(grad_fn, x, y, stats, targets=None):
+    res = grad_fn(x, y if targets is None else np.stack([y, targets], axis=1))
     g = np.asarray(res.grad, np.float64).reshape(x.shape)
     flat = g.reshape(len(y), -1)
     finite = np.isfinite(flat).all(axis=1)
@@ -278,7 +304,7 @@ def apgd_checkpoints(steps: int) -> list:
 
 
 def apgd(grad_fn, predict_fn, x, y, eps, norm, steps, rng, *, random_init=True,
-         rho=0.75, momentum=0.75) -> AttackResult:
+         rho=0.75, momentum=0.75, targets=None) -> AttackResult:
     """One APGD run (``steps`` iterations) on every sample, stopping a sample once broken.
 
     Args:
@@ -288,6 +314,8 @@ def apgd(grad_fn, predict_fn, x, y, eps, norm, steps, rng, *, random_init=True,
         rng: ``numpy.random.Generator`` for the random start.
         random_init: start at a random point of the ball (else at ``x``).
         rho, momentum: APGD's step-size rule threshold and momentum (0.75, 0.75).
+        targets: (B,) target classes of a targeted loss (passed to ``grad_fn`` with the
+            labels as (B, 2) pairs), or None.
     """
     _check_norm(norm)
     if steps < 1:
@@ -310,7 +338,8 @@ def apgd(grad_fn, predict_fn, x, y, eps, norm, steps, rng, *, random_init=True,
     g_k = np.zeros_like(x)
     alive = robust & (e > 0)
     idx = np.flatnonzero(alive)
-    loss_k[idx], g_k[idx] = _gradient(grad_fn, x_k[idx], y[idx], stats)
+    tg = (lambda i: None) if targets is None else (lambda i: targets[i])
+    loss_k[idx], g_k[idx] = _gradient(grad_fn, x_k[idx], y[idx], stats, tg(idx))
     f_best, x_best, g_best = loss_k.copy(), x_k.copy(), g_k.copy()
     n_incr = np.zeros(B)
     reduced_last = np.zeros(B, bool)
@@ -338,7 +367,7 @@ def apgd(grad_fn, predict_fn, x, y, eps, norm, steps, rng, *, random_init=True,
         x_prev[idx] = x_k[idx]
         x_k[idx] = x_new
         if k + 1 < steps and len(idx):
-            loss_new, g_new = _gradient(grad_fn, x_new, y[idx], stats)
+            loss_new, g_new = _gradient(grad_fn, x_new, y[idx], stats, tg(idx))
             n_incr[idx] += loss_new > loss_k[idx]
             loss_k[idx], g_k[idx] = loss_new, g_new
             better = loss_new > f_best[idx]
@@ -363,11 +392,12 @@ def apgd(grad_fn, predict_fn, x, y, eps, norm, steps, rng, *, random_init=True,
 
 
 def pgd(grad_fn, predict_fn, x, y, eps, norm, steps, rng, *, restarts=1, random_init=True,
-        progress=None) -> AttackResult:
+        progress=None, targets=None) -> AttackResult:
     """APGD with ``restarts`` runs; each restart attacks only the samples still robust.
 
     A sample is robust iff it survived every restart. ``progress``: optional callable
-    ``progress(n)`` advanced by one per restart.
+    ``progress(n)`` advanced by one per restart. ``targets``: (B,) classes of a targeted
+    loss (see :func:`apgd`).
     """
     x = np.asarray(x, np.float64)
     y = np.asarray(y)
@@ -378,7 +408,7 @@ def pgd(grad_fn, predict_fn, x, y, eps, norm, steps, rng, *, restarts=1, random_
         idx = np.flatnonzero(robust)
         if len(idx):
             res = apgd(grad_fn, predict_fn, x[idx], y[idx], _eps_array(eps, len(y))[idx], norm, steps, rng,
-                       random_init=random_init or r > 0)
+                       random_init=random_init or r > 0, targets=None if targets is None else targets[idx])
             merge_stats(stats, res.stats)
             x_adv[idx] = res.x_adv
             robust[idx] = res.robust

@@ -100,6 +100,9 @@ def build_parser():
                                                       "every path the model offers; worst case reported)")
     g.add_argument("--loss", default="ce,dlr", help=f"comma list of {', '.join(LOSSES)} or all (default ce,dlr)")
     g.add_argument("--steps", type=int, default=50, help="PGD iterations per restart (default 50)")
+    g.add_argument("--target-classes", type=int, default=3, metavar="K",
+                   help="the targeted loss dlr-t (APGD-T) runs once per target: the K highest-scoring "
+                        "other classes at the clean image (default 3)")
     g.add_argument("--unroll", type=int, default=29, metavar="N",
                    help="advep-* (the seed's protocol): steps of the truncated unroll from the zero "
                         "state its EP gradient backpropagates through (default 29, as published)")
@@ -232,7 +235,8 @@ def main(argv=None):
                          severities=severities, corruptions=corruptions,
                          frost_dir=args.frost_dir or (str(Path(args.data_dir) / "frost") if args.data_dir else None),
                          large_eps_check=not args.no_large_eps_check,
-                         large_eps_threshold=args.large_eps_threshold, unroll=args.unroll)
+                         large_eps_threshold=args.large_eps_threshold, unroll=args.unroll,
+                         target_classes=args.target_classes)
     print(f"{adapter.name} on {ds.name}: {len(y)} test images, attacks {', '.join(attacks)}", flush=True)
     results = run_sweep(adapter, x, y, config, surrogate=surrogate, recorded=loaded.recorded,
                         full_test_set=full,

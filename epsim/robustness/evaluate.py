@@ -51,7 +51,7 @@ import numpy as np
 from ..errors import EpsimError
 from . import sanity as S
 from .adapters import transfer_gradient
-from .attacks import LOSSES, fgsm, merge_stats, perturbation_norm, pgd, square_attack
+from .attacks import LOSSES, fgsm, merge_stats, perturbation_norm, pgd, square_attack, target_classes
 
 ATTACKS = ("pgd-l2", "pgd-linf", "fgsm-l2", "fgsm-linf", "square-l2", "square-linf", "certify-l2",
            "certify-linf", "advep-l2", "advep-linf", "corruptions")
@@ -76,6 +76,7 @@ class SweepConfig:
     large_eps_check: bool = True
     large_eps_threshold: float = 0.02
     unroll: int = 29  # the seed protocol's truncated unroll (steps from the zero state)
+    target_classes: int = 3  # runs of the targeted loss dlr-t: the top-k other classes
 
 
 def split_attack(name: str) -> tuple:
@@ -145,6 +146,7 @@ class _Sweep:
         self.a, self.x, self.y, self.cfg = adapter, np.asarray(x, np.float64), np.asarray(y), config
         self.surrogate, self.progress, self.log = surrogate, progress, log
         self.n = len(self.y)
+        self.clean_scores = None  # (N, K), set once the clean predictions are known
 
     # ---- gradients -------------------------------------------------------------------
     def grad_fn(self, path, loss):
@@ -162,7 +164,8 @@ class _Sweep:
         grads = {}
         for path in paths:
             for loss in losses:
-                g = np.asarray(self.grad_fn(path, loss)(xs, ys).grad, np.float64).reshape(len(idx), -1)
+                yl = ys if loss != "dlr-t" else np.stack([ys, target_classes(self.clean_scores[idx], ys, 1)], 1)
+                g = np.asarray(self.grad_fn(path, loss)(xs, yl).grad, np.float64).reshape(len(idx), -1)
                 finite = np.isfinite(g).all(axis=1)
                 out["n"] += len(idx)
                 out["nonfinite"] += int((~finite).sum())
@@ -188,17 +191,19 @@ class _Sweep:
         geo = {"max_norm": 0.0, "lo": 0.0, "hi": 1.0}
         for path in paths:
             r_path = correct.copy()
-            for loss in losses:
+            for loss, rank in self.loss_runs(family, losses):
                 idx = np.flatnonzero(r_path)
                 if len(idx) == 0:
                     if bar is not None:
                         bar.update(cfg.restarts if family == "pgd" else 1)
                     continue
                 gf = self.grad_fn(path, loss)
-                rng = _rng(cfg.seed, family, norm, repr(eps), path, loss)
+                rng = _rng(cfg.seed, family, norm, repr(eps), path, loss, *([rank] if rank else []))
                 if family == "pgd":
+                    targets = target_classes(self.clean_scores[idx], self.y[idx], rank) if rank else None
                     res = pgd(gf, self.a.predict, self.x[idx], self.y[idx], eps, norm, cfg.steps, rng,
-                              restarts=cfg.restarts, progress=bar.update if bar is not None else None)
+                              restarts=cfg.restarts, progress=bar.update if bar is not None else None,
+                              targets=targets)
                 else:
                     res = fgsm(gf, self.a.predict, self.x[idx], self.y[idx], eps, norm)
                     if bar is not None:
@@ -211,6 +216,18 @@ class _Sweep:
             by_path[path] = r_path
             robust_all &= r_path
         return robust_all, by_path, stats, geo
+
+    def loss_runs(self, family, losses) -> list:
+        """``(loss, target rank)`` runs of a white-box attack: the targeted ``dlr-t`` once per
+        target class (rank 1..``target_classes``) for PGD, not at all for FGSM."""
+        runs = []
+        for loss in losses:
+            if loss != "dlr-t":
+                runs.append((loss, 0))
+            elif family == "pgd":
+                k = min(int(self.cfg.target_classes), self.a.num_classes - 1)
+                runs += [(loss, r) for r in range(1, k + 1)]
+        return runs
 
     # ---- the seed's protocol ---------------------------------------------------------
     def seed_protocol(self, norm, eps, correct):
@@ -278,6 +295,8 @@ def run_sweep(adapter, x, y, config: SweepConfig, *, surrogate=None, recorded=No
         raise EpsimError("--steps, --restarts and --queries must be at least 1")
     if int(cfg.unroll) < 1:
         raise EpsimError("--unroll must be at least 1 step")
+    if int(cfg.target_classes) < 1:
+        raise EpsimError("--target-classes must be at least 1")
     if any(split_attack(a)[0] == "certify" for a in attacks):
         if adapter.kind != "circuit":
             raise EpsimError(f"certify-l2/certify-linf need a circuit model; {adapter.name} is a "
@@ -295,6 +314,7 @@ def run_sweep(adapter, x, y, config: SweepConfig, *, surrogate=None, recorded=No
     conv = np.asarray(clean.converged, bool)
     usable = np.ones_like(conv) if getattr(clean, "use_unconverged", False) else conv
     correct = (np.argmax(clean.scores, axis=1) == sw.y) & usable
+    sw.clean_scores = np.asarray(clean.scores, np.float64)
     clean_acc = float(correct.mean()) if n else 0.0
     settings = adapter.settings()
     rec = recorded or {}
@@ -334,7 +354,7 @@ def run_sweep(adapter, x, y, config: SweepConfig, *, surrogate=None, recorded=No
             rows.extend(_certify_rows(sw, attack, norm, eps_list, correct, clean_acc, clean_check, masks))
             continue
         if family in ("pgd", "fgsm"):
-            per_eps = (cfg.restarts if family == "pgd" else 1) * len(paths) * len(cfg.losses)
+            per_eps = (cfg.restarts if family == "pgd" else 1) * len(paths) * len(sw.loss_runs(family, cfg.losses))
         elif family == "advep":
             per_eps = 1
         else:
