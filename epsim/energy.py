@@ -15,7 +15,9 @@ multiply-accumulates per feed-forward inference times a published energy per MAC
 (Horowitz, "Computing's energy problem", ISSCC 2014, 45 nm: 32-bit float multiply 3.7 pJ
 + add 0.9 pJ; 8-bit integer multiply 0.2 pJ + add 0.03 pJ), an estimate that leaves out
 memory access. Early readout: test accuracy of the class read at given times before
-settling.
+settling, and with ``--attack-eps``, the robust accuracy of the harness's PGD (implicit
+gradients of the settled circuit, CE and DLR) against the circuit read at those times
+(:mod:`epsim.robustness.readout`) beside the settled circuit's.
 
 Writes ``OUT/energy.json`` (settings, summary, per-image arrays) and ``OUT/energy.csv``
 (the summary, one row).
@@ -64,6 +66,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pulse-energy", type=float, default=1e-12, metavar="J",
                    help="energy of one programming pulse (J)")
     p.add_argument("--batch-size", type=int, default=500, metavar="N", help="images per transient batch")
+    p.add_argument("--attack-eps", type=float, default=None, metavar="EPS",
+                   help="also attack the early readout: PGD at this radius (pixel units) at every readout time")
+    p.add_argument("--attack-norm", default="l2", choices=("l2", "linf"), help="norm of --attack-eps")
+    p.add_argument("--attack-n", type=int, default=100, metavar="N", help="images attacked (the first N)")
+    p.add_argument("--attack-steps", type=int, default=20, metavar="N", help="PGD iterations")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
 
@@ -83,6 +90,11 @@ def _validate(args):
         (args.levels >= 1, "--levels must be at least 1"),
         (np.isfinite(args.pulse_energy) and args.pulse_energy >= 0, "--pulse-energy must be >= 0 J"),
         (args.batch_size >= 1, "--batch-size must be at least 1"),
+        (args.attack_eps is None or (np.isfinite(args.attack_eps) and args.attack_eps > 0),
+         "--attack-eps must be a positive radius"),
+        (args.attack_n >= 1 and args.attack_steps >= 1, "--attack-n and --attack-steps must be at least 1"),
+        (args.attack_eps is None or args.attack_norm != "linf" or args.attack_eps <= 1,
+         "--attack-eps must be <= 1 for linf"),
     ]
     for ok, message in checks:
         if not ok:
@@ -256,6 +268,9 @@ def main(argv=None):
             "energy_J_per_image": stats(phases + upd["energy_J"] / upd["batch"]),
             "pulse_energy_J": args.pulse_energy, "levels": args.levels,
         }
+    if args.attack_eps is not None:
+        summary["early_readout_attack"] = _attack_readout(net, x[:args.attack_n], y[:args.attack_n], times, caps,
+                                                          args)
     settings = {"checkpoint": str(args.checkpoint), "model": net.name, "arch": net.arch, "diode": net.diode.kind,
                 "input_gain_V": net.input_gain_V, "amp_gains": net.amp_gains.tolist(),
                 "cell_capacitance_F": args.cell_capacitance, "node_capacitance_F": args.node_capacitance,
@@ -275,6 +290,29 @@ def main(argv=None):
     if s["unsettled"]:
         print(f"warning: {s['unsettled']} images did not settle within --t-stop {args.t_stop:g} s", file=sys.stderr)
     print(f"wrote {out}/energy.json and {out}/energy.csv ({result['wall_s']:.1f} s)")
+
+
+def _attack_readout(net, x, y, times, caps, args) -> list:
+    """PGD robust accuracy of the settled circuit and of the circuit read at each time."""
+    from .robustness.adapters import CircuitAdapter
+    from .robustness.evaluate import SweepConfig, run_sweep
+    from .robustness.readout import EarlyReadoutAdapter
+
+    base = CircuitAdapter(net, tol_A=args.tol, max_iter=100000, batch_size=args.batch_size)
+    cfg = SweepConfig(attacks=(f"pgd-{args.attack_norm}",), eps=(float(args.attack_eps),), paths=("implicit",),
+                      losses=("ce", "dlr"), steps=args.attack_steps, large_eps_check=False)
+    rows = []
+    for t in [None] + list(times):
+        adapter = base if t is None else EarlyReadoutAdapter(base, t, caps=caps, lte_tol_V=args.lte_tol,
+                                                             tol_A=args.tol)
+        out = run_sweep(adapter, x, y, cfg, progress=False, log=lambda *_: None)
+        r = out["rows"][0]
+        rows.append({"time_s": t, "clean_accuracy": r["clean_accuracy"], "robust_accuracy": r["robust_accuracy"],
+                     "norm": args.attack_norm, "eps": float(args.attack_eps), "n": r["n"],
+                     "sanity_ok": r["sanity_ok"], "failed_checks": r["failed_checks"]})
+        print(f"readout {'settled' if t is None else f'{t:.3g} s'}: clean {r['clean_accuracy']:.3f}, "
+              f"PGD-{args.attack_norm} eps={args.attack_eps:g} robust {r['robust_accuracy']:.3f}")
+    return rows
 
 
 def _write_csv(path, settings, summary):

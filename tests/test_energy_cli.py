@@ -51,3 +51,29 @@ def test_out_that_is_a_file_is_refused(checkpoint, tmp_path):
     f.write_text("")
     with pytest.raises(EpsimError, match="not a folder"):
         main(["--checkpoint", str(checkpoint), "--out", str(f)])
+
+
+def test_early_readout_adapter_reads_the_transient(checkpoint):
+    from epsim.robustness.adapters import CircuitAdapter
+    from epsim.robustness.readout import EarlyReadoutAdapter
+    from epsim.training import load_network
+
+    net, _ = load_network(checkpoint)
+    base = CircuitAdapter(net, tol_A=1e-12, max_iter=100000)
+    x = load_dataset("digits", test_subset=6).x_test
+    settled = base.predict(x).scores
+    late = EarlyReadoutAdapter(base, 5e-7, tol_A=1e-12, lte_tol_V=1e-6).predict(x).scores
+    early = EarlyReadoutAdapter(base, 1e-10, tol_A=1e-12).predict(x).scores
+    assert np.abs(late - settled).max() < 1e-5
+    assert np.abs(early - settled).max() > 1e-2  # read long before settling (~30 ns)
+    with pytest.raises(EpsimError, match="readout time"):
+        EarlyReadoutAdapter(base, 0.0)
+
+
+def test_energy_attack_rows(checkpoint, tmp_path):
+    main(["--checkpoint", str(checkpoint), "--out", str(tmp_path), "--n", "8", "--no-progress",
+          "--no-training-step", "--t-stop", "2e-7", "--readout-times", "1e-9,1e-7", "--attack-eps", "0.5",
+          "--attack-n", "6", "--attack-steps", "3"])
+    rows = json.loads((tmp_path / "energy.json").read_text())["summary"]["early_readout_attack"]
+    assert [r["time_s"] for r in rows] == [None, 1e-9, 1e-7]
+    assert all(0 <= r["robust_accuracy"] <= r["clean_accuracy"] <= 1 for r in rows)
