@@ -98,7 +98,9 @@ def build_parser():
                                              "log:0.05:3:8 (not used by corruptions)")
     g.add_argument("--grad-path", default="all", help=f"comma list of {', '.join(PATHS)} or all (default all: "
                                                       "every path the model offers; worst case reported)")
-    g.add_argument("--loss", default="ce,dlr", help=f"comma list of {', '.join(LOSSES)} or all (default ce,dlr)")
+    g.add_argument("--loss", default="ce,dlr,dlr-t",
+                   help=f"comma list of {', '.join(LOSSES)} or all (default ce,dlr,dlr-t: dlr-t is the targeted "
+                        "DLR of APGD-T, one run per --target-classes)")
     g.add_argument("--steps", type=int, default=50, help="PGD iterations per restart (default 50)")
     g.add_argument("--target-classes", type=int, default=3, metavar="K",
                    help="the targeted loss dlr-t (APGD-T) runs once per target: the K highest-scoring "

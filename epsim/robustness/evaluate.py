@@ -65,7 +65,7 @@ class SweepConfig:
     attacks: tuple
     eps: tuple = ()
     paths: tuple = ("all",)
-    losses: tuple = ("ce", "dlr")
+    losses: tuple = ("ce", "dlr", "dlr-t")
     restarts: int = 1
     steps: int = 50
     queries: int = 1000
