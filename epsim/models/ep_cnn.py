@@ -1,6 +1,6 @@
 """Software EP-CNN: the convolutional Hopfield network of Laborieux et al. 2021.
 
-The network (DESIGN §2.2) has an input ``x`` (normalised pixels, held fixed), ``L``
+The network has an input ``x`` (normalised pixels, held fixed), ``L``
 hidden convolutional layers ``s_1 … s_L`` and a linear readout outside the energy:
 
 * synapse ``l`` is a ``k×k`` stride-1 convolution ``conv_l`` (weights ``W_l``, bias

@@ -1,4 +1,4 @@
-"""Layered resistive EP network: the circuit model (DESIGN §2.1).
+"""Layered resistive EP network: the circuit model.
 
 Circuit
 -------
