@@ -83,25 +83,39 @@ def test_ep_input_gradient_matches_implicit(kind, diode):
     net = random_net(kind, diode)
     x, labels, target = batch(net, n=3)
     imp = implicit_input_gradient(net, x, squared_error_loss(target), device="cpu")
-    ep = ep_input_gradient(net, TIGHT, x, labels, beta=1e-3)
+    # ideal diodes: the gradient has kinks where a node meets its rail, and a nudge that moves
+    # a node across one (here a node 2e-5 V from its rail) changes the estimate: a small beta
+    beta = 1e-3 if diode == "shockley" else 1e-5
+    ep = ep_input_gradient(net, NumbaSolver(tol_A=1e-16, max_iter=100000), x, labels, beta=beta)
     assert ep.converged.all()
-    assert cosine(ep.grad_x, imp.grad_x) >= 0.95
+    err = np.linalg.norm(ep.grad_x - imp.grad_x) / np.linalg.norm(imp.grad_x)
+    assert err <= (1e-4 if diode == "shockley" else 1e-3)  # measured <= 5e-6 / 1.5e-4
+    assert cosine(ep.grad_x, imp.grad_x) >= 1 - 1e-6
     # same estimate with the torch backend, returned as a tensor for a tensor input
-    ep_t = ep_input_gradient(net, TorchCircuitSolver(tol_A=1e-15, max_iter=5000, device="cpu"),
-                             torch.tensor(x), target, beta=1e-3)
+    ep_t = ep_input_gradient(net, TorchCircuitSolver(tol_A=1e-16, max_iter=100000, device="cpu"),
+                             torch.tensor(x), target, beta=beta)
     assert torch.is_tensor(ep_t.grad_x)
     np.testing.assert_allclose(ep_t.grad_x.numpy(), ep.grad_x, rtol=1e-5, atol=1e-8 * np.abs(ep.grad_x).max())
 
 
-def test_source_currents_obey_kcl():
-    """The input sources deliver exactly what the first free layer's nodes receive from them."""
-    net = random_net("mlp", "ideal")
-    x, _, _ = batch(net)
+@pytest.mark.parametrize("kind", ["mlp", "cnn"])
+def test_source_currents_match_the_mna_branch_currents(kind):
+    """Each input source's current from the layered solution equals the branch current the
+    general MNA solver finds for that source in the compiled netlist (Shockley diodes)."""
+    from epsim.circuit.compile import compile_network
+    from epsim.solvers.mna import solve_mna
+
+    net = random_net(kind, "shockley")
+    x, _, _ = batch(net, n=2)
     eq = TIGHT.solve(TIGHT.prepare(net, net.input_voltages(x)))
     i_src = input_source_currents_A(net, eq.v_input, eq.v_free[0])
-    w = net.w[0] * net.ranges.g_unit_S
-    into_layer1 = np.einsum("ij,bij->b", w, eq.v_input[:, :, None] - eq.v_free[0][:, None, :])
-    np.testing.assert_allclose(i_src.sum(axis=1), into_layer1, rtol=1e-12)
+    n0 = net.layer_sizes[0]
+    for b in range(len(x)):
+        sol = solve_mna(compile_network(net, eq.v_input[b]), tol_A=1e-15)
+        # SPICE convention: branch current flows from + through the source to -, so the
+        # current a source delivers into the network is minus its branch current
+        mna = -sol.source_currents_A[:n0]
+        np.testing.assert_allclose(i_src[b], mna, rtol=1e-7, atol=1e-14)
 
 
 def test_circuit_forward_reaches_the_solver_equilibrium_and_differentiates():
