@@ -48,12 +48,14 @@ def test_centered_ep_matches_finite_difference_gradient(kind, diode):
         for p, g in zip(params, grads):
             idx = rng.choice(p.size, size=min(8, p.size), replace=False)
             fd = finite_difference(net, x, labels, p, idx)
-            assert cosine(g.reshape(-1)[idx], fd) >= 0.99
+            assert cosine(g.reshape(-1)[idx], fd) >= 1 - 1e-6
             est.append(g.reshape(-1)[idx])
             true.append(fd)
     est, true = np.concatenate(est), np.concatenate(true)
-    assert cosine(est, true) >= 0.99
-    assert np.linalg.norm(est - true) <= 0.05 * np.linalg.norm(true)
+    # centered EP's bias at beta = 1e-3 is O(beta^2), the central difference's O(h^2): measured
+    # relative errors 2e-7 to 8e-7
+    assert cosine(est, true) >= 1 - 1e-9
+    assert np.linalg.norm(est - true) <= 1e-5 * np.linalg.norm(true)
 
 
 def test_estimate_is_centered_second_order_in_beta():
