@@ -34,10 +34,18 @@ MODEL_COLORS = {
     "bp-cnn": "#2ca02c", "adv-cnn": "#9467bd", "vit": "#8c564b",
 }
 ATTACK_LABELS = {"pgd-l2": "PGD-L2 (APGD, white box)", "pgd-linf": "PGD-L∞ (APGD, white box)",
-                 "square-l2": "Square-L2 (black box)", "square-linf": "Square-L∞ (black box)"}
+                 "square-l2": "Square-L2 (black box)", "square-linf": "Square-L∞ (black box)",
+                 "certify-l2": "certified L2 (circuits)", "certify-linf": "certified L∞ (circuits)"}
 # The headline columns: (attack, ε); those absent from a run are left out.
 HEADLINE = (("pgd-l2", 0.5), ("square-l2", 0.5), ("pgd-linf", 8 / 255), ("square-linf", 8 / 255),
             ("pgd-linf", 0.1), ("square-linf", 0.1))
+# The certificate of each white-box attack's norm (``python -m epsim.robustness --attack certify-*``,
+# circuit models only: a lower bound on robust accuracy, where the attack gives an upper bound).
+CERTIFY_FOR = {"pgd-l2": "certify-l2", "pgd-linf": "certify-linf"}
+# Cell of the certified column for a model that cannot have a certificate (software models).
+NO_CERTIFICATE = "—"
+# ... and for a circuit model whose results hold no certificate at that ε (an older run).
+NOT_RUN = "not run"
 
 
 class MissingResults(Exception):
@@ -155,6 +163,18 @@ def curve(rows, model, attack) -> list:
     return out
 
 
+def families(rdir=None) -> dict:
+    """model -> "circuit" or "software" (from ``models.csv``)."""
+    return {m["model"]: m.get("family") for m in read_csv("models.csv", rdir)}
+
+
+def certified_curves(rows, model, attack) -> list:
+    """The certified-accuracy curve (:func:`curve` points) of ``model`` at the norm of the white-box
+    ``attack`` (e.g. ``pgd-l2`` -> ``certify-l2``); empty when the results hold no certificate."""
+    cert = CERTIFY_FOR.get(attack)
+    return curve(rows, model, cert) if cert else []
+
+
 def eps_axis(ax, eps_values):
     """Log-scale ε axis with a labelled tick at every ε of the sweep (8/255 written as such)."""
     from matplotlib.ticker import FixedLocator, NullLocator
@@ -224,8 +244,8 @@ def headline_rows(rdir=None) -> list:
     models = read_csv("models.csv", rdir)
     rows = []
     for model in models_present(models):
-        row = {"model": model, "label": label(model)}
         ms = [m for m in models if m["model"] == model]
+        row = {"model": model, "label": label(model), "family": ms[0].get("family")}
         row["seeds"] = len(ms)
         row["test_accuracy"] = mean_ci(m["test_accuracy"] for m in ms)
         rs = [r for r in runs if r["model"] == model and r.get("group") in ("l2", "linf")]
@@ -239,6 +259,12 @@ def headline_rows(rdir=None) -> list:
             if pts:
                 failed = sorted({f for r in pts for f in str(r.get("failed_checks") or "").split(";") if f})
                 row[(attack, eps)] = (mean_ci(r["robust_accuracy"] for r in pts), failed)
+            cert = CERTIFY_FOR.get(attack)
+            cpts = [r for r in curves if cert and r["model"] == model and r["attack"] == cert
+                    and same_eps(r["eps"], eps)]
+            if cpts:
+                failed = sorted({f for r in cpts for f in str(r.get("failed_checks") or "").split(";") if f})
+                row[(cert, eps)] = (mean_ci(r["robust_accuracy"] for r in cpts), failed)
         cm = [r for r in corr if r["model"] == model and r["corruption"] == "mean"]
         if cm:
             failed = sorted({f for r in cm for f in str(r.get("failed_checks") or "").split(";") if f})
@@ -268,8 +294,57 @@ def _cell(entry) -> str:
 
 
 def headline_columns(rows) -> list:
-    present = [(a, e) for a, e in HEADLINE if any((a, e) in r for r in rows)]
+    """The attack columns of the headline table (those some model has), each white-box column
+    followed by its certified column where some model has a certificate at that ε."""
+    present = []
+    for a, e in HEADLINE:
+        if any((a, e) in r for r in rows):
+            present.append((a, e))
+            cert = CERTIFY_FOR.get(a)
+            if cert and any((cert, e) in r for r in rows):
+                present.append((cert, e))
     return present
+
+
+def certified_cell(row, key) -> str:
+    """A certified-accuracy cell: the value (✓/✗) for a circuit model, ``—`` for a software
+    model (no certificate exists), ``not run`` for a circuit whose results hold none."""
+    if key in row:
+        return _cell(row[key])
+    return NO_CERTIFICATE if row.get("family") != "circuit" else NOT_RUN
+
+
+def column_header(key) -> str:
+    a, e = key
+    if a.startswith("certify-"):
+        return f"certified {a[len('certify-'):]} ε={eps_label(e)}"
+    return f"{a} ε={eps_label(e)}"
+
+
+def certified_rows(rdir=None) -> list:
+    """One row per model for the certified column of the summary: at every headline white-box ε,
+    the empirical (PGD) robust accuracy and the certified accuracy (circuits; ``—`` for software
+    models, ``not run`` for circuits whose results hold no certificate)."""
+    rows = headline_rows(results_dir(rdir))
+    out = []
+    for r in rows:
+        row = {"model": r["label"], "family": r.get("family")}
+        for a, e in HEADLINE:
+            cert = CERTIFY_FOR.get(a)
+            if cert is None or not any((a, e) in x for x in rows):
+                continue
+            row[f"{a}@{eps_label(e)}"] = _cell(r.get((a, e)))
+            row[f"{cert}@{eps_label(e)}"] = certified_cell(r, (cert, e))
+        out.append(row)
+    return out
+
+
+def certified_columns(rows) -> list:
+    """(key, header) pairs for :func:`certified_rows`."""
+    keys = list(dict.fromkeys(k for r in rows for k in r if "@" in k))
+    return [("model", "model"), ("family", "family")] + [
+        (k, (f"certified {k.split('@')[0][len('certify-'):]} ε={k.split('@')[1]}" if k.startswith("certify-")
+             else f"{k.split('@')[0]} ε={k.split('@')[1]}")) for k in keys]
 
 
 def _wall(rec) -> str:
@@ -292,13 +367,14 @@ def headline_markdown(rdir=None, source: str | None = None) -> str:
              "✓ = every sanity check of every number behind the cell passed, ✗ = the failed checks are named.",
              ""]
     head = ["model", "seeds", "test acc. (full test set)", "clean acc. (attacked subset)"] + \
-        [f"{a} ε={eps_label(e)}" for a, e in cols] + ["corruptions, mean sev. 1–5", "corruptions, sev. 5"]
+        [column_header(c) for c in cols] + ["corruptions, mean sev. 1–5", "corruptions, sev. 5"]
     lines.append("| " + " | ".join(head) + " |")
     lines.append("|" + "|".join("---" for _ in head) + "|")
     for r in rows:
         clean = (_pm(r["clean"]) + (" ✓" if r.get("clean_ok") else " ✗ (clean_settings)")) if "clean" in r else "–"
         cells = [r["label"], str(r["seeds"]), _pm(r["test_accuracy"]), clean] + \
-            [_cell(r.get(c)) for c in cols] + [_cell(r.get("corruptions")), _cell(r.get("corruptions_s5"))]
+            [certified_cell(r, c) if c[0].startswith("certify-") else _cell(r.get(c)) for c in cols] + \
+            [_cell(r.get("corruptions")), _cell(r.get("corruptions_s5"))]
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", f"Dataset: {', '.join(datasets)}. Attacked subset: n = "
               f"{rows[0].get('n') if rows else '?'} test images (the same seeded subset for every model). "

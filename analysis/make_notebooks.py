@@ -51,7 +51,14 @@ implicit differentiation at the equilibrium, and the EP estimate read from the i
 currents), with CE and DLR losses; an image counts as robust only if it survived all of them.
 Square is the black-box attack querying each model's own predictor (for circuits: the numba
 equilibrium solver). Bands: 95 % t-interval over training seeds where a model has several.
-A red ✗ marks a point whose automatic sanity checks failed (see the table)."""),
+A red ✗ marks a point whose automatic sanity checks failed (see the table).
+
+Dashed lines in the PGD panels: **certified** accuracy of each circuit model at the same norm and ε
+(`--attack certify-l2` / `certify-linf`: the circuit's monotonicity bounds every output over the
+L∞ box of radius ε by two equilibrium solves, and an image is certified when the bounds cannot
+change its prediction; L2 through the L∞ box that contains the ball, so only ε ≤ 1). It is a lower
+bound on the true robust accuracy where the attacks give an upper bound. Software models have no
+certificate; results from a run without `certify-*` show no dashed line."""),
     new_code_cell(SETUP),
     new_code_cell("""\
 curves = C.read_csv("curves.csv", R)
@@ -59,6 +66,9 @@ curves = C.read_csv("curves.csv", R)
 # or the PGD sweep itself); the PGD rows of a Square run only serve its black-box check.
 pgd = [r for r in curves if r["family_attack"] == "pgd" and not str(r.get("group") or "").startswith("square-")]
 square = [r for r in curves if r["family_attack"] == "square"]
+cert = [r for r in curves if r["family_attack"] == "certify"]
+print(f"certificate rows: {len(cert)}" + ("" if cert else " (these results come from a run without certify-*: "
+      "no certified curves; rerun analysis/run_all.py to add them)"))
 panels = [(a, rows) for a, rows in (("pgd-l2", pgd), ("pgd-linf", pgd), ("square-l2", square), ("square-linf", square))
           if any(r["attack"] == a for r in rows)]
 fig, axes = plt.subplots(1, len(panels), figsize=(4.3 * len(panels), 3.8), squeeze=False)
@@ -77,16 +87,77 @@ for ax, (attack, rows) in zip(axes[0], panels):
         bad = [p for p in pts if not p["sanity_ok"]]
         if bad:
             ax.plot([p["eps"] for p in bad], [p["mean"] for p in bad], "x", color="red", ms=9, mew=2)
+        cpts = C.certified_curves(cert, model, attack)
+        if cpts:
+            ax.plot([p["eps"] for p in cpts], [p["mean"] for p in cpts], "--", color=C.color(model), lw=1.5,
+                    marker="v", ms=4, mfc="white", label=f"{C.label(model)}: certified")
+            cbad = [p for p in cpts if not p["sanity_ok"]]
+            if cbad:
+                ax.plot([p["eps"] for p in cbad], [p["mean"] for p in cbad], "x", color="red", ms=9, mew=2)
     C.eps_axis(ax, [r["eps"] for r in rows if r["attack"] == attack and not r.get("sanity_only")])
     ax.set_ylim(-0.02, 1.02); ax.grid(alpha=0.3)
     ax.set_title(C.ATTACK_LABELS.get(attack, attack), fontsize=10)
     ax.set_xlabel("ε (pixel units)"); ax.set_ylabel("robust accuracy")
     n = sorted({r["n"] for r in rows if r["attack"] == attack})
     ax.text(0.02, 0.02, f"n = {', '.join(map(str, n))} images", transform=ax.transAxes, fontsize=8)
-handles, labels = axes[0][0].get_legend_handles_labels()
-fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 6), fontsize=8, bbox_to_anchor=(0.5, -0.17))
+legend = {}
+for ax in axes[0]:
+    for h, l in zip(*ax.get_legend_handles_labels()):
+        legend.setdefault(l, h)
+fig.legend(list(legend.values()), list(legend), loc="upper center", ncol=min(len(legend), 6), fontsize=8,
+           bbox_to_anchor=(0.5, -0.1))
 fig.suptitle(f"Accuracy vs ε ({M['scale']} scale)", y=1.02)
 _png = C.save_figure(fig, "robustness_curves.png")
+display(Image(filename=str(_png))); plt.close(fig)"""),
+    new_markdown_cell("""\
+## Certified vs empirical robust accuracy (circuit models)
+
+For each circuit model and norm: the empirical robust accuracy under white-box PGD (solid; the
+per-image worst case over gradient paths and losses: an upper bound on the true robust accuracy)
+and the certified accuracy at the same ε on the same images (dashed: a lower bound). The true
+robust accuracy lies in the shaded band between them. Where a model has several seeds: mean over
+seeds. The harness checks image by image that no certified image is broken by the attack
+(`certified_le_robust`); a red ✗ marks a point where a check failed."""),
+    new_code_cell("""\
+fam = C.families(R)
+circuits = [m for m in C.models_present(pgd + cert) if fam.get(m) == "circuit"] if pgd else []
+norms = [a for a in ("pgd-l2", "pgd-linf") if any(r["attack"] == a for r in pgd)]
+with_cert = [m for m in circuits if any(r["model"] == m for r in cert)]
+shape = (len(with_cert), len(norms)) if with_cert and norms else (1, 1)
+fig, axes = plt.subplots(*shape, figsize=(4.5 * shape[1] + (3 if shape == (1, 1) else 0), 3.3 * shape[0]),
+                         squeeze=False)
+for i, model in enumerate(with_cert):
+    for j, attack in enumerate(norms):
+        ax = axes[i][j]
+        emp = C.curve(pgd, model, attack)
+        cpts = C.certified_curves(cert, model, attack)
+        ax.plot([p["eps"] for p in emp], [p["mean"] for p in emp], "o-", color=C.color(model), ms=4,
+                label="empirical (PGD)")
+        if cpts:
+            ax.plot([p["eps"] for p in cpts], [p["mean"] for p in cpts], "v--", color=C.color(model), ms=4,
+                    mfc="white", label="certified")
+            both = [(c["eps"], c["mean"], e["mean"]) for c in cpts for e in emp if C.same_eps(c["eps"], e["eps"])]
+            if both:
+                x, lo, hi = map(np.array, zip(*both))
+                ax.fill_between(x, lo, hi, color=C.color(model), alpha=0.15, label="true robust accuracy lies here")
+        else:
+            ax.text(0.5, 0.5, "no certificate at this norm", transform=ax.transAxes, ha="center", fontsize=8)
+        bad = [p for p in emp + cpts if not p["sanity_ok"]]
+        if bad:
+            ax.plot([p["eps"] for p in bad], [p["mean"] for p in bad], "x", color="red", ms=9, mew=2)
+        C.eps_axis(ax, [p["eps"] for p in emp + cpts]); ax.set_ylim(-0.02, 1.02); ax.grid(alpha=0.3)
+        k = max([p["seeds"] for p in emp + cpts] or [1])
+        ax.set_title(f"{C.label(model)}: {attack[len('pgd-'):]}" + (f" ({k} seeds)" if k > 1 else ""), fontsize=9)
+        ax.set_xlabel("ε (pixel units)"); ax.set_ylabel("accuracy"); ax.legend(fontsize=7)
+if not (with_cert and norms):
+    why = ("no circuit model in these results" if not circuits else
+           "no certificate rows in these results (an older run): rerun analysis/run_all.py, which adds "
+           "certify-l2 / certify-linf for the circuit models")
+    print(why)
+    axes[0][0].text(0.5, 0.5, why.replace(": ", ":\\n", 1), ha="center", va="center", fontsize=9)
+    axes[0][0].set_axis_off()
+fig.tight_layout()
+_png = C.save_figure(fig, "certified_vs_empirical.png")
 display(Image(filename=str(_png))); plt.close(fig)"""),
     new_markdown_cell("""\
 ## Worst case over gradient paths (circuit models)
@@ -129,8 +200,8 @@ display(Image(filename=str(_png))); plt.close(fig)"""),
     new_markdown_cell("## Table: every point of the curves, with its sanity checks"),
     new_code_cell("""\
 table = []
-for rows in (pgd, square):
-    for attack in ("pgd-l2", "pgd-linf", "square-l2", "square-linf"):
+for rows in (pgd, square, cert):
+    for attack in ("pgd-l2", "pgd-linf", "square-l2", "square-linf", "certify-l2", "certify-linf"):
         for model in C.models_present(rows):
             for p in C.curve(rows, model, attack):
                 rs = [r for r in rows if r["model"] == model and r["attack"] == attack and C.same_eps(r["eps"], p["eps"])]
@@ -140,10 +211,13 @@ for rows in (pgd, square):
                               "fgsm": C.mean_ci(r.get("fgsm_robust_accuracy") for r in rs)[0]
                                       if attack.startswith("pgd") else None,
                               "worst_path": ";".join(sorted({str(r.get("worst_path")) for r in rs})),
+                              "margin": min((r["min_certified_margin_V"] for r in rs
+                                             if r.get("min_certified_margin_V") is not None), default=None),
                               "sanity": "ok" if p["sanity_ok"] else "FAILED: " + ", ".join(p["failed"])})
 cols = [("model", "model"), ("attack", "attack"), ("eps", "ε"), ("n", "n"), ("seeds", "seeds"),
-        ("clean_accuracy", "clean"), ("robust_accuracy", "robust (mean)"), ("ci95", "± 95 % CI"),
-        ("fgsm", "FGSM (same ε)"), ("worst_path", "worst path"), ("sanity", "sanity checks")]
+        ("clean_accuracy", "clean"), ("robust_accuracy", "robust / certified (mean)"), ("ci95", "± 95 % CI"),
+        ("fgsm", "FGSM (same ε)"), ("worst_path", "worst path"), ("margin", "min certified margin (V)"),
+        ("sanity", "sanity checks")]
 C.write_table(table, cols, "robustness_curves")
 display(Markdown(C.markdown_table(table, cols)))"""),
 ]
@@ -466,14 +540,26 @@ SUMMARY = [
 Every cell: mean over training seeds (± 95 % t-interval when there are several), followed by ✓
 when every automatic sanity check behind it passed (in-ball, converged equilibria, monotone in
 ε, ≈0 at unbounded ε, iterative ≥ single-step, black box ≤ white box, finite non-zero
-gradients, clean accuracy with the attack's own predictor), or ✗ and the names of the checks
-that failed."""),
+gradients, clean accuracy with the attack's own predictor, certified ≤ robust), or ✗ and the
+names of the checks that failed. The *certified* columns (circuit models only) give the
+accuracy the circuit's monotonicity certificate guarantees at the headline ε (a lower bound
+beside the attack's upper bound); software models have none (—), and a circuit whose results
+come from a run without `certify-*` says "not run"."""),
     new_code_cell(SETUP),
     new_code_cell("""\
 display(Markdown(C.headline_markdown(R)))
 md = C.figures_dir() / "summary_table.md"
 md.write_text(C.headline_markdown(R) + "\\n")
 print(f"wrote {md}")"""),
+    new_markdown_cell("## Certified accuracy beside the empirical one (headline white-box ε)"),
+    new_code_cell("""\
+crows = C.certified_rows(R)
+ccols = C.certified_columns(crows)
+C.write_table(crows, ccols, "certified_summary")
+if not any(v not in (C.NO_CERTIFICATE, C.NOT_RUN) for r in crows for k, v in r.items() if k.startswith("certify-")):
+    print("no certificate in these results: the certified columns fill in once the pipeline is rerun "
+          "(python analysis/run_all.py --scale SCALE --out RESULTS_DIR)")
+display(Markdown(C.markdown_table(crows, ccols)))"""),
     new_code_cell("""\
 rows = C.headline_rows(R)
 cols = C.headline_columns(rows)
@@ -493,7 +579,7 @@ for i, r in enumerate(rows):
     for b, f in zip(bars, bad):
         if f:
             b.set_hatch("//"); b.set_edgecolor("red")
-labels = ["clean"] + [f"{a}\\nε={C.eps_label(e)}" for a, e in cols] + ["corruptions\\n(mean)"]
+labels = ["clean"] + [C.column_header((a, e)).replace(" ε=", "\\nε=") for a, e in cols] + ["corruptions\\n(mean)"]
 ax.set_xticks(range(len(labels))); ax.set_xticklabels(labels, fontsize=8)
 ax.set_ylabel("accuracy"); ax.set_ylim(0, 1.05); ax.legend(fontsize=7, ncol=3); ax.grid(axis="y", alpha=0.3)
 ax.set_title(f"headline numbers ({M['scale']} scale; hatched red = a sanity check failed)", fontsize=10)
@@ -636,7 +722,7 @@ NOTEBOOKS = {
 }
 # What each notebook writes to $EPSIM_FIGURES (the notebook test checks these).
 FIGURES = {
-    "01_robustness_curves.ipynb": ["robustness_curves.png", "robustness_paths.png"],
+    "01_robustness_curves.ipynb": ["robustness_curves.png", "certified_vs_empirical.png", "robustness_paths.png"],
     "02_corruptions.ipynb": ["corruptions_severity.png", "corruptions_per_corruption.png", "corruptions_grid.png"],
     "03_adversarial_examples.ipynb": ["adversarial_examples.png", "adversarial_mean_abs_perturbation.png"],
     "04_circuit_fidelity.ipynb": ["fidelity_spice.png", "fidelity_gradients.png"],
@@ -648,7 +734,7 @@ TABLES = {
     "02_corruptions.ipynb": ["corruptions_severity", "corruptions_per_corruption"],
     "03_adversarial_examples.ipynb": ["adversarial_examples"],
     "04_circuit_fidelity.ipynb": ["fidelity"],
-    "05_summary_table.ipynb": ["all_numbers", "run_checks", "manifest_steps"],
+    "05_summary_table.ipynb": ["certified_summary", "all_numbers", "run_checks", "manifest_steps"],
     "06_device_realism.ipynb": ["device_realism"],
 }
 

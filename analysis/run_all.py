@@ -11,8 +11,10 @@ Every step is one command line of the project's CLIs (``python -m epsim.train``,
 ``benchmarks/bench_spice.py``) or of ``analysis/steps.py`` (adversarial examples, ngspice
 vs numba comparison, input-gradient agreement: thin wrappers over the library's public
 functions), run as a subprocess with ``sys.executable``. A step whose output files exist
-is skipped, so an interrupted run continues where it stopped (an interrupted training
-run continues with ``--resume``). ``OUT/manifest.json`` records, for every step, the
+is skipped (a robustness step only if its results hold every attack of its command), so an
+interrupted run continues where it stopped (an interrupted training run continues with
+``--resume``). Circuit models' PGD runs also compute the monotonicity certificate
+(``certify-l2`` / ``certify-linf``) at the same ε; software models get none. ``OUT/manifest.json`` records, for every step, the
 command, its output files, its wall time, exit status and log file, and the scale.
 
 At the end (and with ``--collect-only``) the results are gathered into the compact,
@@ -145,6 +147,36 @@ PLANS = {
 }
 
 
+def parse_eps(text: str) -> list:
+    """``"0.1,8/255,log:0.05:3:8"`` -> [(item as written, value)] (``log:A:B:N`` expanded, written
+    with full precision), as ``python -m epsim.robustness --eps`` reads it."""
+    out = []
+    for item in (t.strip() for t in str(text).split(",")):
+        if not item:
+            continue
+        if item.startswith("log:"):
+            _, lo, hi, k = item.split(":")
+            lo, hi, k = float(lo), float(hi), int(k)
+            vals = [lo * (hi / lo) ** (i / (k - 1)) for i in range(k)] if k > 1 else [lo]
+            out.extend((repr(v), v) for v in vals)
+        elif "/" in item:
+            num, den = item.split("/")
+            out.append((item, float(num) / float(den)))
+        else:
+            out.append((item, float(item)))
+    return out
+
+
+CERTIFY_MAX_EPS = {"l2": 1.0, "linf": math.inf}  # certify-l2 works through the L∞ box of radius ε: ε <= 1
+
+
+def certify_eps(norm: str, eps_text: str) -> tuple:
+    """(the ε of a sweep a ``certify-<norm>`` run accepts, as an --eps value; whether that is every ε)."""
+    items = parse_eps(eps_text)
+    ok = [t for t, v in items if v <= CERTIFY_MAX_EPS[norm] * (1 + 1e-12)]
+    return ",".join(ok), len(ok) == len(items)
+
+
 @dataclass
 class Step:
     name: str
@@ -189,21 +221,32 @@ def build_plan(scale: str, seeds, data_dir: str | None, out: Path, frost_dir: st
         common += ["--device", a["device"]]
     pgd = ["--steps", a["steps"], "--restarts", a["restarts"], "--loss", a["loss"]]
     sq = a.get("square")
-    groups = []
+    groups = []  # (group, argv, families it runs for: None = every model)
     for norm in ("l2", "linf"):
         # Square runs beside PGD at the same ε (the black-box-vs-white-box check needs both in one
         # run): in the PGD sweep itself, or, where Square is too costly for every ε and image
         # (queries x images x relaxation steps), in a run of its own on fewer images and ε.
         attacks = f"pgd-{norm}" if sq else f"pgd-{norm},square-{norm}"
-        groups.append((norm, ["--attack", attacks, "--eps", a[norm], *pgd, *([] if sq else ["--queries", a["queries"]]),
-                              "--n", a["n"]]))
+        tail = [*pgd, *([] if sq else ["--queries", a["queries"]]), "--n", a["n"]]
+        # Circuits also get the monotonicity certificate (certify-*: a lower bound, two solves per
+        # image and ε) in the same run, so the harness checks certified <= robust image by image.
+        # certify-l2 needs ε <= 1 (it certifies through the L∞ box of radius ε): where the L2 sweep
+        # goes beyond 1 the certificate runs on its own at the sweep's ε <= 1, on the same images,
+        # and collect() makes the certified <= robust check across the two runs.
+        cert_eps, whole = certify_eps(norm, a[norm])
+        groups.append((norm, ["--attack", attacks, "--eps", a[norm], *tail], ("software",) if whole else None))
+        if whole:
+            groups.append((norm, ["--attack", f"{attacks},certify-{norm}", "--eps", a[norm], *tail], ("circuit",)))
+        elif cert_eps:
+            groups.append((f"certify-{norm}", ["--attack", f"certify-{norm}", "--eps", cert_eps, "--n", a["n"]],
+                           ("circuit",)))
     if sq:
         for norm in ("l2", "linf"):
             groups.append((f"square-{norm}", ["--attack", f"square-{norm},pgd-{norm}", "--eps", sq[norm], *pgd,
-                                              "--queries", a["queries"], "--n", sq["n"], "--no-large-eps-check"]))
+                                              "--queries", a["queries"], "--n", sq["n"], "--no-large-eps-check"], None))
     groups.append(("corruptions", ["--attack", "corruptions", "--severities", a["severities"], "--n", a["n"]]
                    + (["--corruptions", a["corruptions"]] if a.get("corruptions") else [])
-                   + (["--frost-dir", frost_dir] if frost_dir else [])))
+                   + (["--frost-dir", frost_dir] if frost_dir else []), None))
     # evaluation order: every model's first seed first (so a run cut short still has every curve);
     # they run after the (short) adversarial-example and fidelity steps
     robust_steps = []
@@ -211,7 +254,9 @@ def build_plan(scale: str, seeds, data_dir: str | None, out: Path, frost_dir: st
                    key=lambda t: t[1])
     for model, _, seed, ckpt in order:
         fam = plan["models"][model]["family"]
-        for group, args in groups:
+        for group, args, families in groups:
+            if families is not None and fam not in families:
+                continue
             d = f"robustness/{model}-s{seed}/{group}"
             argv = ["-m", "epsim.robustness", "--checkpoint", o(ckpt), *args, *common, "--out", o(d)]
             robust_steps.append(Step(f"robust/{model}-s{seed}/{group}", "robustness", argv,
@@ -353,6 +398,20 @@ def run_step(step: Step, out: Path, env: dict, log=print) -> dict:
     return rec
 
 
+def step_done(step: Step, out: Path) -> bool:
+    """A step is done when its outputs exist; a robustness step also when its results hold every
+    attack its command asks for (a plan that gained an attack, e.g. certify-* for circuits,
+    reruns that step in an older results folder instead of skipping it)."""
+    if not all((out / p).is_file() for p in step.outputs):
+        return False
+    if step.kind == "robustness" and "--attack" in step.argv:
+        wanted = set(step.argv[step.argv.index("--attack") + 1].split(","))
+        data = _read_json(out / step.outputs[0])
+        have = set(((data or {}).get("config") or {}).get("attacks") or [])
+        return wanted <= have
+    return True
+
+
 def execute(steps, out: Path, scale: str, *, only=None, force=False, driver_command=None, log=print) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     manifest = load_manifest(out)
@@ -371,7 +430,7 @@ def execute(steps, out: Path, scale: str, *, only=None, force=False, driver_comm
         if only and not any(re.fullmatch(pat, step.name) or step.name.startswith(pat) for pat in only):
             continue
         prev = manifest["steps"].get(step.name)
-        done = all((out / p).is_file() for p in step.outputs)
+        done = step_done(step, out)
         if done and not force:
             if prev is None or prev.get("status") != "done":
                 prev = {"kind": step.kind, "command": display_command(step.argv, out), "outputs": step.outputs,
@@ -429,7 +488,7 @@ MODEL_COLUMNS = ("model", "family", "seed", "dataset", "test_accuracy", "n_test"
 CURVE_COLUMNS = ("model", "family", "seed", "group", "attack", "family_attack", "norm", "eps", "n", "clean_accuracy",
                  "robust_accuracy", "n_robust", "fgsm_robust_accuracy", "worst_path", "by_path", "paths", "losses",
                  "steps", "restarts", "queries", "queries_used_mean", "sanity_only", "sanity_ok", "failed_checks",
-                 "checks", "max_perturbation", "wall_s", "step")
+                 "checks", "max_perturbation", "certified_accuracy", "min_certified_margin_V", "wall_s", "step")
 CORRUPTION_COLUMNS = ("model", "family", "seed", "group", "corruption", "severity", "n", "n_corruptions", "skipped",
                       "clean_accuracy", "accuracy", "sanity_ok", "failed_checks", "step")
 RUN_COLUMNS = ("model", "family", "seed", "group", "n", "clean_accuracy", "recorded_test_accuracy", "sanity_ok",
@@ -439,6 +498,43 @@ RUN_COLUMNS = ("model", "family", "seed", "group", "n", "clean_accuracy", "recor
 
 def _checks_str(row):
     return ";".join(f"{k}={v.get('status')}" for k, v in sorted((row.get("sanity") or {}).items()))
+
+
+def _same_eps(a, b) -> bool:
+    return a is not None and b is not None and abs(float(a) - float(b)) <= 1e-9 * max(1.0, abs(float(b)))
+
+
+def _add_check(row, name, status, detail=None):
+    checks = dict(kv.split("=", 1) for kv in str(row.get("checks") or "").split(";") if "=" in kv)
+    checks[name] = status
+    row["checks"] = ";".join(f"{k}={v}" for k, v in sorted(checks.items()))
+    if status == "FAIL":
+        failed = [f for f in str(row.get("failed_checks") or "").split(";") if f]
+        row["failed_checks"] = ";".join(sorted(set(failed) | {name}))
+        row["sanity_ok"] = False
+
+
+def certificate_cross_checks(curves) -> int:
+    """``certified_le_robust``, image by image, for a certificate that ran apart from the attacks
+    (``certify-l2`` at the ε <= 1 of an L2 sweep that goes beyond 1): every attack row of the same
+    model, seed, norm, ε and images (same ``--n``; every run uses ``--seed 0``) in another run gets
+    the check, the certificate row ``certified_le_<attack>``, as the harness does within one run.
+    Returns the number of pairs checked."""
+    certs = [r for r in curves if r.get("family_attack") == "certify" and r.get("_mask")]
+    k = 0
+    for c in certs:
+        key = (c["model"], c["seed"], c.get("norm"), c.get("n"))
+        for r in curves:
+            if (r.get("family_attack") in ("certify", None) or r.get("step") == c.get("step") or not r.get("_mask")
+                    or (r["model"], r["seed"], r.get("norm"), r.get("n")) != key
+                    or not _same_eps(r.get("eps"), c.get("eps")) or len(r["_mask"]) != len(c["_mask"])):
+                continue
+            broken = sum(a == "1" and b == "0" for a, b in zip(c["_mask"], r["_mask"]))
+            status = "FAIL" if broken else "pass"
+            _add_check(r, "certified_le_robust", status)
+            _add_check(c, f"certified_le_{r['attack']}", status)
+            k += 1
+    return k
 
 
 def collect(out: Path, log=print) -> Path:
@@ -502,7 +598,10 @@ def collect(out: Path, log=print) -> Path:
                                    "queries": row.get("queries"), "queries_used_mean": row.get("queries_used_mean"),
                                    "sanity_only": row.get("sanity_only"), "sanity_ok": row.get("sanity_ok"),
                                    "failed_checks": ";".join(row.get("failed_checks", [])), "checks": _checks_str(row),
-                                   "max_perturbation": row.get("max_perturbation"), "wall_s": row.get("wall_s")})
+                                   "max_perturbation": row.get("max_perturbation"), "wall_s": row.get("wall_s"),
+                                   "certified_accuracy": row.get("certified_accuracy"),
+                                   "min_certified_margin_V": row.get("min_certified_margin_V"),
+                                   "_mask": row.get("robust_mask")})
         elif kind == "adversarial":
             src = out / rec["outputs"][0]
             dst = summ / "adversarial" / src.name
@@ -511,6 +610,7 @@ def collect(out: Path, log=print) -> Path:
             meta = src.with_suffix(".json")
             if meta.is_file():
                 shutil.copy2(meta, dst.with_suffix(".json"))
+    n_cross = certificate_cross_checks(curves)
     _write_csv(summ / "models.csv", models, MODEL_COLUMNS)
     _write_csv(summ / "curves.csv", curves, CURVE_COLUMNS)
     _write_csv(summ / "corruptions.csv", corr, CORRUPTION_COLUMNS)
@@ -543,7 +643,10 @@ def collect(out: Path, log=print) -> Path:
     small = {k: v for k, v in manifest.items() if k != "steps"}
     small["steps"] = {k: {kk: vv for kk, vv in v.items() if kk != "argv"} for k, v in steps.items()}
     (summ / MANIFEST).write_text(json.dumps(small, indent=2))
-    log(f"summary: {len(models)} models, {len(curves)} attack rows, {len(corr)} corruption rows -> {summ}")
+    n_cert = sum(r.get("family_attack") == "certify" for r in curves)
+    log(f"summary: {len(models)} models, {len(curves)} attack rows ({n_cert} certificate rows"
+        + (f", {n_cross} certified <= robust checks across runs" if n_cross else "") + f"), "
+        f"{len(corr)} corruption rows -> {summ}")
     return summ
 
 

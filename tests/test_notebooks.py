@@ -51,6 +51,19 @@ def test_smoke_driver_and_notebooks(tmp_path, monkeypatch):
             assert rec["command"].startswith("python ") and rec["wall_s"] >= 0
     for f in ("models.csv", "curves.csv", "corruptions.csv", "runs.csv", "fidelity.json", "manifest.json"):
         assert (out / "summary" / f).is_file(), f
+    # certificates: circuit models only, beside the PGD curves of the same norm, checked against them
+    with open(out / "summary" / "curves.csv", newline="") as fh:
+        curves = list(csv.DictReader(fh))
+    cert = [r for r in curves if r["family_attack"] == "certify"]
+    assert {r["attack"] for r in cert} == {"certify-l2", "certify-linf"}
+    assert {r["family"] for r in cert} == {"circuit"}
+    for r in cert:
+        assert r["certified_accuracy"] == r["robust_accuracy"] and r["sanity_ok"] == "True", r
+        assert "certified_le_clean=pass" in r["checks"] and f"certified_le_pgd-{r['norm']}=pass" in r["checks"], r
+        pgd = [p for p in curves if p["attack"] == f"pgd-{r['norm']}" and p["model"] == r["model"]
+               and abs(float(p["eps"]) - float(r["eps"])) < 1e-9 and p["n"] == r["n"]]
+        assert pgd and all("certified_le_robust=pass" in p["checks"] for p in pgd), r
+        assert all(float(r["robust_accuracy"]) <= float(p["robust_accuracy"]) for p in pgd), r
 
     # resumable: a second run skips every step
     proc2 = _driver("--scale", "smoke", "--out", str(out), "--only", "train/")
@@ -75,6 +88,11 @@ def test_smoke_driver_and_notebooks(tmp_path, monkeypatch):
             assert (figs / f"{table}.md").read_text().count("\n") >= 3, (name, table)
     summary = (figs / "summary_table.md").read_text()
     assert "circuit CNN" in summary and "python -m epsim.robustness" in summary
+    assert "certified l2 ε=0.5" in summary and "certified linf ε=0.1" in summary
+    certified = (figs / "certified_summary.md").read_text()
+    bp = next(line for line in certified.splitlines() if line.startswith("| BP-CNN"))
+    circ = next(line for line in certified.splitlines() if line.startswith("| circuit CNN"))
+    assert "—" in bp and "not run" not in circ and "—" not in circ, certified
     total = time.perf_counter() - t0
     print(f"smoke driver {t_driver:.0f} s, driver + notebooks {total:.0f} s")
     assert total <= BUDGET_S, f"smoke driver + notebooks took {total:.0f} s (budget {BUDGET_S:.0f} s)"
@@ -89,6 +107,97 @@ def test_driver_dry_run_lists_every_scale(tmp_path):
         assert not (tmp_path / scale).exists()
     gpu = _driver("--scale", "gpu", "--out", str(tmp_path / "g"), "--dry-run", timeout=120).stdout
     assert "cifar10-paper" in gpu and "--dataset cifar10" in gpu and "--queries 1000 --n 1000" in gpu
+
+
+def test_certificates_for_circuit_models_only(tmp_path):
+    """Every scale's plan: the PGD groups of circuit models also run certify-* at the same ε
+    (certify-l2 at the ε <= 1 of the sweep, on the same images, in a run of its own where the
+    sweep goes beyond 1); software models are never asked for a certificate."""
+    import run_all
+
+    for scale in run_all.SCALES:
+        steps = run_all.build_plan(scale, run_all.PLANS[scale]["seeds"], None, tmp_path)
+        robust = [s for s in steps if s.kind == "robustness"]
+        for s in robust:
+            attacks = s.argv[s.argv.index("--attack") + 1].split(",")
+            certs = [a for a in attacks if a.startswith("certify-")]
+            if s.meta["family"] != "circuit":
+                assert not certs, (scale, s.name, attacks)
+                continue
+            group = s.meta["group"]
+            if group.startswith("certify-"):
+                assert attacks == [group], (scale, s.name, attacks)
+            elif group not in ("l2", "linf"):
+                assert not certs, (scale, s.name, attacks)
+            assert certs in ([], [f"certify-{group.split('-')[-1]}"]), (scale, s.name, attacks)
+            if "certify-l2" in certs:  # the harness refuses certify-l2 at ε > 1
+                assert all(v <= 1 for _, v in run_all.parse_eps(s.argv[s.argv.index("--eps") + 1])), (scale, s.name)
+        for model, spec in run_all.PLANS[scale]["models"].items():
+            if spec["family"] != "circuit":
+                continue
+            seed = run_all.PLANS[scale]["seeds"][0]
+            by_group = {s.meta["group"]: s for s in robust if s.meta["model"] == model and s.meta["seed"] == seed}
+            for norm in ("l2", "linf"):
+                pgd = by_group[norm]
+                in_run = f"certify-{norm}" in pgd.argv[pgd.argv.index("--attack") + 1]
+                cert = pgd if in_run else by_group[f"certify-{norm}"]
+                sweep = run_all.parse_eps(pgd.argv[pgd.argv.index("--eps") + 1])
+                certified = run_all.parse_eps(cert.argv[cert.argv.index("--eps") + 1])
+                want = [v for _, v in sweep if norm == "linf" or v <= 1]
+                assert [v for _, v in certified] == pytest.approx(want), (scale, model, norm)
+                assert cert.argv[cert.argv.index("--n") + 1] == pgd.argv[pgd.argv.index("--n") + 1]
+        # the software models' commands are the plan's attacks, unchanged
+        for s in robust:
+            if s.meta["family"] == "software" and s.meta["group"] in ("l2", "linf"):
+                norm = s.meta["group"]
+                sq = run_all.PLANS[scale]["attack"].get("square")
+                assert s.argv[s.argv.index("--attack") + 1] == (f"pgd-{norm}" if sq else f"pgd-{norm},square-{norm}")
+
+
+def test_robustness_step_reruns_when_its_results_lack_an_attack(tmp_path):
+    """An older results folder (no certify-* in the circuit runs) reruns those steps, not skips them."""
+    import run_all
+
+    steps = run_all.build_plan("smoke", (0,), None, tmp_path)
+    step = next(s for s in steps if s.name == "robust/circuit-cnn-s0/linf")
+    for rel in step.outputs:
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+    (tmp_path / step.outputs[1]).write_text("")
+    (tmp_path / step.outputs[0]).write_text(json.dumps({"config": {"attacks": ["pgd-linf", "square-linf"]}}))
+    assert not run_all.step_done(step, tmp_path)
+    (tmp_path / step.outputs[0]).write_text(json.dumps({"config": {"attacks": ["certify-linf", "pgd-linf",
+                                                                               "square-linf"]}}))
+    assert run_all.step_done(step, tmp_path)
+
+
+@pytest.mark.timeout(600)
+def test_notebooks_without_certificates(tmp_path, monkeypatch):
+    """The committed cpu results predate certify-*: notebooks 01 and 05 run on them, draw no
+    certified curve, and say "not run" (circuits) / "—" (software) in the certified column."""
+    pytest.importorskip("matplotlib")
+    pytest.importorskip("nbclient")
+    pytest.importorskip("ipykernel")
+    import make_notebooks as mk
+
+    results = ANALYSIS / "results" / "cpu"
+    with open(results / "curves.csv", newline="") as fh:
+        if any(r["family_attack"] == "certify" for r in csv.DictReader(fh)):
+            pytest.skip("the committed results hold certificates")
+    figs = tmp_path / "figures"
+    monkeypatch.setenv("EPSIM_RESULTS", str(results))
+    monkeypatch.setenv("EPSIM_FIGURES", str(figs))
+    for name in ("01_robustness_curves.ipynb", "05_summary_table.ipynb"):
+        nb = mk.build(name)
+        mk.execute(nb, timeout=300)
+        errors = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])
+                  if o.get("output_type") == "error"]
+        assert not errors, (name, errors)
+        for fig in mk.FIGURES[name]:
+            assert (figs / fig).is_file(), (name, fig)
+    certified = (figs / "certified_summary.md").read_text()
+    assert "not run" in next(line for line in certified.splitlines() if line.startswith("| circuit CNN"))
+    assert "—" in next(line for line in certified.splitlines() if line.startswith("| BP-CNN"))
+    assert "certified" not in (figs / "summary_table.md").read_text().split("Commands")[0]
 
 
 def test_driver_user_errors_are_one_line(tmp_path):
