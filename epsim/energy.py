@@ -19,8 +19,9 @@ settling, and with ``--attack-eps``, the robust accuracy of the harness's PGD (i
 gradients of the settled circuit, CE and DLR) against the circuit read at those times
 (:mod:`epsim.robustness.readout`) beside the settled circuit's.
 
-Writes ``OUT/energy.json`` (settings, summary, per-image arrays) and ``OUT/energy.csv``
-(the summary, one row).
+Writes ``OUT/energy.json`` (settings, summary, per-image arrays), ``OUT/energy.csv`` (the
+summary, one row) and ``OUT/traces.npz`` (time points and the voltages of the first three
+nodes of every layer for the first ``--traces`` images of the free phase).
 """
 from __future__ import annotations
 
@@ -71,6 +72,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--attack-norm", default="l2", choices=("l2", "linf"), help="norm of --attack-eps")
     p.add_argument("--attack-n", type=int, default=100, metavar="N", help="images attacked (the first N)")
     p.add_argument("--attack-steps", type=int, default=20, metavar="N", help="PGD iterations")
+    p.add_argument("--traces", type=int, default=4, metavar="K",
+                   help="save the free-phase voltage traces of the first K images (3 nodes per layer) "
+                        "to traces.npz (0: none)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
 
@@ -90,6 +94,7 @@ def _validate(args):
         (args.levels >= 1, "--levels must be at least 1"),
         (np.isfinite(args.pulse_energy) and args.pulse_energy >= 0, "--pulse-energy must be >= 0 J"),
         (args.batch_size >= 1, "--batch-size must be at least 1"),
+        (args.traces >= 0, "--traces must be >= 0"),
         (args.attack_eps is None or (np.isfinite(args.attack_eps) and args.attack_eps > 0),
          "--attack-eps must be a positive radius"),
         (args.attack_n >= 1 and args.attack_steps >= 1, "--attack-n and --attack-steps must be at least 1"),
@@ -150,11 +155,11 @@ def readout_accuracy(tr, labels, times) -> list:
     return out
 
 
-def _phase(net, v_in, caps, args, **kw):
+def _phase(net, v_in, caps, args, probe_nodes=0, **kw):
     from .solvers.transient import simulate
 
     return simulate(net, v_in, caps=caps, t_stop_s=args.t_stop, dt_max_s=args.dt_max, lte_tol_V=args.lte_tol,
-                    tol_A=args.tol, probe_nodes=0, **kw)
+                    tol_A=args.tol, probe_nodes=probe_nodes, **kw)
 
 
 def _update_energy_J(net, config, solver, x, labels, args) -> dict:
@@ -208,7 +213,11 @@ def main(argv=None):
         v_in = net.input_voltages(xb)
         prepared = dc.prepare(net, v_in)
         free = dc.solve(prepared, 0.0)
-        tr = _phase(net, v_in, caps, args)
+        tr = _phase(net, v_in, caps, args, probe_nodes=3 if i == 0 and args.traces else 0)
+        if i == 0 and args.traces:
+            k = min(args.traces, len(yb))
+            traces_npz = {"t_s": tr.t_s, "labels": yb[:k], "v_out": tr.v_out[:, :k],
+                          **{f"layer{l}": p[:, :k] for l, p in tr.probes.items()}}
         settle, decide = settling_times_s(tr, free.v_output, args.settle_tol)
         from .solvers.transient import circuit_powers_W
 
@@ -280,6 +289,8 @@ def main(argv=None):
               "per_image": {k: v.tolist() for k, v in per.items() if v.size},
               "wall_s": time.perf_counter() - t0}
     write_json(out / "energy.json", result)
+    if args.traces:
+        _save_npz(out / "traces.npz", traces_npz)
     _write_csv(out / "energy.csv", settings, summary)
     s = summary
     print(f"settling time median {s['settle_time_s']['median']:.3g} s (p95 {s['settle_time_s']['p95']:.3g} s), "
@@ -313,6 +324,12 @@ def _attack_readout(net, x, y, times, caps, args) -> list:
         print(f"readout {'settled' if t is None else f'{t:.3g} s'}: clean {r['clean_accuracy']:.3f}, "
               f"PGD-{args.attack_norm} eps={args.attack_eps:g} robust {r['robust_accuracy']:.3f}")
     return rows
+
+
+def _save_npz(path, arrays):
+    tmp = Path(str(path) + ".tmp.npz")
+    np.savez_compressed(tmp, **arrays)
+    tmp.replace(path)
 
 
 def _write_csv(path, settings, summary):

@@ -34,6 +34,9 @@ def test_energy_table(checkpoint, tmp_path):
         s["energy_per_inference_J"]["median"]
     assert len(s["early_readout"]) == 5 and all(0 <= r["accuracy"] <= 1 for r in s["early_readout"])
     assert (tmp_path / "energy.csv").read_text().count("\n") == 2
+    traces = np.load(tmp_path / "traces.npz")
+    assert traces["v_out"].shape == (len(traces["t_s"]), 4, 10) and traces["layer1"].shape[2] == 3
+    assert traces["t_s"][0] == 0 and np.all(np.diff(traces["t_s"]) > 0)
 
 
 @pytest.mark.parametrize("args,message", [
