@@ -216,3 +216,38 @@ def test_train_with_spice_backend_end_to_end():
     assert metrics["test_unconverged"] == 0 and metrics["max_residual_A"] < 1e-9
     summary = [ln for ln in lines if ln.startswith("spice backend")]
     assert summary and "ngspice is" in summary[0] and "slower" in summary[0]
+
+
+def _pyspice_available():
+    try:
+        from epsim.solvers.pyspice_engine import PySpiceEngine
+
+        PySpiceEngine()
+        return True
+    except Exception:
+        return False
+
+
+@pytest.mark.skipif(not _pyspice_available(), reason="needs PySpice and ngspice's shared library")
+def test_pyspice_engine_matches_the_subprocess_engine():
+    """The spice backend through the shared ngspice (PySpice) gives the subprocess engine's
+    voltages, and both are certified by epsim's own KCL residual."""
+    from epsim.circuit.devices import DiodeModel
+    from epsim.models.resistive import build_cnn
+    from epsim.solvers.spice_backend import SpiceSolver
+
+    net = build_cnn((1, 6, 6), convs=((4, 3, 1),), num_classes=3, input_gain_V=4.0,
+                    diode=DiodeModel(kind="shockley"), amp_gains=None)
+    rng = np.random.default_rng(0)
+    net.init_params(rng)
+    net.b = [rng.normal(0.0, 0.3, b.shape) for b in net.b]
+    v_in = net.input_voltages(rng.uniform(0, 1, (3, 1, 6, 6)))
+    target = np.eye(3)
+    out = []
+    for engine in ("subprocess", "pyspice"):
+        s = SpiceSolver(engine=engine, compare_numba=False)
+        eq = s.solve(s.prepare(net, v_in), 0.4, target)
+        assert eq.certificate.all_converged
+        out.append(eq.v_free)
+    for a, b in zip(*out):
+        assert np.abs(a - b).max() <= 1e-12

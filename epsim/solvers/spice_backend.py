@@ -26,7 +26,7 @@ import numpy as np
 
 from ..circuit.compile import compile_network, layer_node_names
 from ..circuit.netlist import Netlist
-from ..circuit.spice_writer import write_netlist
+from ..circuit.spice_writer import format_netlist, write_netlist
 from ..errors import ConvergenceError, EpsimError
 from .base import Certificate, Equilibrium
 from .numba_solver import LayeredProblem
@@ -230,6 +230,8 @@ class SpiceSolver:
         compare_numba: also time the numba solver on every circuit (same tolerance) and
             track the largest voltage difference, for :attr:`stats`.
         executable: the ngspice program.
+        engine: ``subprocess`` (``ngspice -b`` per netlist, the default) or ``pyspice``
+            (the shared ngspice library in this process, :mod:`epsim.solvers.pyspice_engine`).
         max_elements_per_run: samples are packed into one netlist up to about this many
             elements; larger batches take several ngspice runs.
     """
@@ -237,14 +239,22 @@ class SpiceSolver:
     name = "spice"
 
     def __init__(self, tol_A=1e-9, max_iter=1000, compare_numba=True, executable="ngspice",
-                 max_elements_per_run=300_000):
+                 max_elements_per_run=300_000, engine="subprocess"):
         self.tol_A = float(tol_A)
         self.max_elements_per_run = int(max_elements_per_run)
         self.max_iter = int(max_iter)
         self.compare_numba = bool(compare_numba)
         self.executable = executable
         self.stats = SpiceStats()
-        find_ngspice(executable)
+        if engine not in ("subprocess", "pyspice"):
+            raise EpsimError(f"unknown spice engine {engine!r}; choose subprocess or pyspice")
+        self.engine = engine
+        if engine == "pyspice":
+            from .pyspice_engine import PySpiceEngine
+
+            self._shared = PySpiceEngine()
+        else:
+            find_ngspice(executable)
 
     def summary(self) -> str:
         """One line: equilibria solved, ngspice time, and the numba comparison."""
@@ -303,9 +313,12 @@ class SpiceSolver:
                             target_V=None if target_V is None else target_V[b],
                             netlist=nl, prefix=prefix, notes=(k == 0))
             names.append(layer_node_names(net, prefix))
-        with tempfile.TemporaryDirectory(prefix="epsim-spice-") as tmp:
-            path = write_netlist(nl, Path(tmp) / "batch.cir", "ngspice")
-            table = run_ngspice(path, executable=self.executable)
+        if self.engine == "pyspice":
+            table = self._shared.op(format_netlist(nl, "ngspice"))
+        else:
+            with tempfile.TemporaryDirectory(prefix="epsim-spice-") as tmp:
+                path = write_netlist(nl, Path(tmp) / "batch.cir", "ngspice")
+                table = run_ngspice(path, executable=self.executable)
         out = []
         for l in range(1, net.num_layers + 1):
             try:
