@@ -12,6 +12,7 @@ from epsim.models.resistive import ResistiveNetwork, build_cnn, build_mlp, one_h
 from epsim.solvers.numba_solver import LayeredProblem, NumbaSolver, solve
 from epsim.solvers.torch_solver import TorchCircuitSolver
 from epsim.training import TrainConfig, make_solver
+from test_ep_gradient import cosine, finite_difference
 
 GAINS = (4.0, 0.5, 10.0)
 
@@ -144,30 +145,6 @@ def test_amplified_ideal_network_is_a_rescaled_passive_network(kind):
                            atol=1e-10 * np.abs(rp.grad_b[l]).max())
 
 
-def _loss(net, x, labels):
-    eq = solve(LayeredProblem(net, net.input_voltages(x)), 0.0, tol_A=1e-16, max_iter=200000)
-    assert eq.certificate.all_converged
-    return squared_error(eq.v_output, one_hot_targets(labels, net.num_outputs)).mean()
-
-
-def _finite_difference(net, x, labels, array, indices, h=1e-6):
-    flat = array.reshape(-1)
-    out = []
-    for i in indices:
-        old = flat[i]
-        flat[i] = old + h
-        up = _loss(net, x, labels)
-        flat[i] = old - h
-        down = _loss(net, x, labels)
-        flat[i] = old
-        out.append((up - down) / (2 * h))
-    return np.array(out)
-
-
-def _cosine(a, b):
-    return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
-
-
 @pytest.mark.parametrize("kind,diode", [("mlp", "ideal"), ("mlp", "shockley"), ("cnn", "ideal")])
 def test_ep_is_exact_with_amplifiers_at_the_training_settings(kind, diode):
     """Centered EP with the trainer's solver (free phase 1e-9 A, relative nudge rule 1e-3)
@@ -181,8 +158,8 @@ def test_ep_is_exact_with_amplifiers_at_the_training_settings(kind, diode):
     for params, grads in ((net.w, result.grad_w), (net.b, result.grad_b)):
         for p, g in zip(params, grads):
             idx = rng.choice(p.size, size=min(8, p.size), replace=False)
-            fd = _finite_difference(net, x, labels, p, idx)
-            assert _cosine(g.reshape(-1)[idx], fd) >= 0.99
+            fd = finite_difference(net, x, labels, p, idx)
+            assert cosine(g.reshape(-1)[idx], fd) >= 0.99
             assert np.linalg.norm(g.reshape(-1)[idx] - fd) <= 0.05 * np.linalg.norm(fd)
 
 
@@ -219,7 +196,7 @@ def test_input_gradients_with_amplifiers():
         assert np.allclose(np.asarray(imp.grad_x).reshape(3, -1)[:, i], fd, rtol=1e-4, atol=1e-9)
     ep = ep_input_gradient(net, NumbaSolver(tol_A=1e-14, max_iter=200000), x, labels, beta=1e-3)
     a, b = np.asarray(ep.grad_x).reshape(-1), np.asarray(imp.grad_x).reshape(-1)
-    assert _cosine(a, b) >= 0.999
+    assert cosine(a, b) >= 0.999
     assert np.linalg.norm(a - b) <= 0.01 * np.linalg.norm(b)
 
 

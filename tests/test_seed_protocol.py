@@ -10,12 +10,7 @@ from epsim.robustness.attacks import seed_pgd
 from epsim.robustness.evaluate import SweepConfig, run_sweep
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def small_ep_cnn():

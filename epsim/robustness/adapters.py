@@ -326,36 +326,33 @@ class TorchAdapter:
         if path not in self.grad_paths:
             raise EpsimError(f"gradient path {path!r} is not available for software model {self.name}; "
                              f"choose from {', '.join(self.grad_paths)}")
-        loss_fn = make_loss(loss, 1.0)
-        grads, losses = [], []
-        for i in range(0, len(x), self.batch_size):
-            xb = self._tensor(x[i:i + self.batch_size]).requires_grad_(True)
-            yb = _labels_tensor(y[i:i + self.batch_size], self.device)
-            with torch.enable_grad():
-                per = loss_fn(self.model(xb).double(), yb)
-                (g,) = torch.autograd.grad(per.sum(), xb)
-            grads.append(g.double().cpu().numpy())
-            losses.append(per.detach().cpu().numpy())
-        return GradientResult(np.concatenate(grads), np.concatenate(losses), np.ones(len(x), bool), path)
+        return self._batched_gradient(x, y, loss, self.model, path)
 
     def unrolled_gradient(self, x, y, loss, n_steps) -> GradientResult:
         """``dL/dx`` through ``n_steps`` synchronous steps of an EP model's dynamics from the zero
         state (the seed's truncated unroll); a feed-forward model's ordinary gradient."""
         if not self.relaxes:
             return self.input_gradient(x, y, loss, "bptt")
+
+        def unrolled(xb):
+            rel = self.model.relax(xb, solver="sync", max_iter=int(n_steps), tol=0.0)
+            return self.model.readout(rel.state)
+
+        return self._batched_gradient(x, y, loss, unrolled, f"unroll-{int(n_steps)}")
+
+    def _batched_gradient(self, x, y, loss, scores_fn, path) -> GradientResult:
+        """``dL/dx`` of ``loss`` on ``scores_fn(x)`` (logits), batch by batch."""
         loss_fn = make_loss(loss, 1.0)
         grads, losses = [], []
         for i in range(0, len(x), self.batch_size):
             xb = self._tensor(x[i:i + self.batch_size]).requires_grad_(True)
             yb = _labels_tensor(y[i:i + self.batch_size], self.device)
             with torch.enable_grad():
-                rel = self.model.relax(xb, solver="sync", max_iter=int(n_steps), tol=0.0)
-                per = loss_fn(self.model.readout(rel.state).double(), yb)
+                per = loss_fn(scores_fn(xb).double(), yb)
                 (g,) = torch.autograd.grad(per.sum(), xb)
             grads.append(g.double().cpu().numpy())
             losses.append(per.detach().cpu().numpy())
-        return GradientResult(np.concatenate(grads), np.concatenate(losses), np.ones(len(x), bool),
-                              f"unroll-{int(n_steps)}")
+        return GradientResult(np.concatenate(grads), np.concatenate(losses), np.ones(len(x), bool), path)
 
 
 def transfer_gradient(surrogate, loss):

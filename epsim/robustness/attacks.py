@@ -183,8 +183,9 @@ def perturbation_norm(x_adv, x, norm) -> np.ndarray:
     return _flat_norm(np.asarray(x_adv, np.float64) - np.asarray(x, np.float64), norm)
 
 
-def project(x_adv, x, eps, norm) -> np.ndarray:
-    """``x_adv`` projected onto the ε-ball around ``x`` (per sample), then clipped to [0, 1].
+def project(x_adv, x, eps, norm, clip=True) -> np.ndarray:
+    """``x_adv`` projected onto the ε-ball around ``x`` (per sample), then clipped to [0, 1]
+    (unless ``clip`` is False).
 
     eps: scalar or (B,). For L2 the ball projection is exact and the clipping keeps the
     point in the ball (it only shrinks |x_adv − x| componentwise).
@@ -196,7 +197,7 @@ def project(x_adv, x, eps, norm) -> np.ndarray:
     else:
         n = _flat_norm(d, "l2").reshape(e.shape)
         d = d * np.minimum(1.0, e / np.maximum(n, 1e-30))
-    return np.clip(x + d, 0.0, 1.0)
+    return np.clip(x + d, 0.0, 1.0) if clip else x + d
 
 
 def _direction(g, norm):
@@ -629,17 +630,8 @@ def seed_pgd(grad_fn, predict_fn, x, y, eps, norm, *, steps=SEED_STEPS, step_fac
         for _ in range(steps):
             _, g = _gradient(grad_fn, xa, y[idx], stats)
             xa = xa + eta * _direction(g, norm)
-            xa = project(xa, xi, ei, norm) if clip else _project_ball(xa, xi, ei, norm)
+            xa = project(xa, xi, ei, norm, clip=clip)
         x_adv[idx] = xa
         robust[idx] = _judge(predict_fn, xa, y[idx], stats)
     return AttackResult(x_adv, robust, stats)
 
-
-def _project_ball(x_adv, x, eps, norm) -> np.ndarray:
-    """``x_adv`` projected onto the ε-ball around ``x``, with no clipping to [0, 1]."""
-    e = _eps_array(eps, x.shape[0]).reshape((-1,) + (1,) * (x.ndim - 1))
-    d = x_adv - x
-    if norm == "linf":
-        return x + np.clip(d, -e, e)
-    n = _flat_norm(d, "l2").reshape(e.shape)
-    return x + d * np.minimum(1.0, e / np.maximum(n, 1e-30))
