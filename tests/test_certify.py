@@ -165,3 +165,22 @@ def test_software_models_are_refused():
     with pytest.raises(EpsimError, match="circuit model"):
         run_sweep(Software(), np.zeros((1, 1, 4, 4)), np.zeros(1, int),
                   SweepConfig(attacks=("certify-linf",), eps=(0.1,)), progress=False, log=lambda *_: None)
+
+
+def test_certificate_holds_with_wire_resistance():
+    """The wire-aware solver's circuit (resistive row/column wires, still positive
+    conductances) obeys the same bounds: random points of the box stay inside them."""
+    from epsim.solvers.wire_solver import WireSolver
+
+    net = random_circuit("mlp", "ideal", False, seed=31)
+    solver = WireSolver(tol_A=1e-13, max_iter=200000, wire_resistance_ohm=2000.0)
+    rng = np.random.default_rng(32)
+    x = rng.uniform(0, 1, (4,) + net.image_shape)
+    y = rng.integers(0, net.num_outputs, 4)
+    res = certify_box(net, solver, x, y, 0.1)
+    plain = certify_box(net, SOLVER, x, y, 0.1)
+    assert not np.allclose(res.upper_V, plain.upper_V)  # the wires change the circuit
+    for k in range(6):
+        xp = np.clip(x + rng.uniform(-0.1, 0.1, x.shape), 0, 1)
+        eq = solver.solve(solver.prepare(net, net.input_voltages(xp)), 0.0)
+        assert np.all(eq.v_output >= res.lower_V - 1e-9) and np.all(eq.v_output <= res.upper_V + 1e-9)
