@@ -9,7 +9,7 @@ from epsim.errors import EpsimError
 from epsim.models.resistive import build_cnn, build_mlp
 from epsim.robustness.adapters import CircuitAdapter
 from epsim.robustness.attacks import pgd
-from epsim.robustness.certify import certify_box, corner_voltages
+from epsim.robustness.certify import certify_box, certify_per_read, corner_voltages
 from epsim.robustness.evaluate import SweepConfig, run_sweep
 from epsim.solvers.numba_solver import NumbaSolver
 from epsim.solvers.torch_solver import TorchCircuitSolver
@@ -184,3 +184,27 @@ def test_certificate_holds_with_wire_resistance():
         xp = np.clip(x + rng.uniform(-0.1, 0.1, x.shape), 0, 1)
         eq = solver.solve(solver.prepare(net, net.input_voltages(xp)), 0.0)
         assert np.all(eq.v_output >= res.lower_V - 1e-9) and np.all(eq.v_output <= res.upper_V + 1e-9)
+
+
+def test_read_noise_is_certified_per_read():
+    """With read noise the two corners must see the same read: a noisy solver is refused,
+    and the per-read certificate bounds every image of the box read with those conductances."""
+    from epsim.learning.devices import DeviceArray, get_device_model
+
+    net = random_circuit("mlp", "ideal", False, seed=41)
+    devices = DeviceArray(get_device_model("rram:read_noise=0.05"), net, seed=1)
+    rng = np.random.default_rng(42)
+    x = rng.uniform(0, 1, (4,) + net.image_shape)
+    y = rng.integers(0, net.num_outputs, 4)
+    with pytest.raises(EpsimError, match="certify_per_read"):
+        certify_box(net, devices.wrap_solver(SOLVER), x, y, 0.1)
+    state = devices.read_rng.bit_generator.state
+    res = certify_per_read(net, devices, SOLVER, x, y, 0.1)
+    devices.read_rng.bit_generator.state = state  # the same read again
+    import copy
+    read = copy.copy(net)
+    read.w = devices.read(net.w)
+    assert not np.allclose(read.w[0], net.w[0])
+    for k in range(6):
+        v = outputs(read, np.clip(x + rng.uniform(-0.1, 0.1, x.shape), 0, 1))
+        assert np.all(v >= res.lower_V - 1e-9) and np.all(v <= res.upper_V + 1e-9)

@@ -91,6 +91,9 @@ def certify_box(net, solver, x, y, eps: float, batch_size: int = 500) -> Certify
     """Certify images ``x`` (B, C, H, W) with labels ``y`` (B,) over the L∞ box of radius
     ``eps`` with ``solver`` (any backend: ``prepare(net, v_input)`` / ``solve``)."""
     check_monotone_circuit(net)
+    if hasattr(solver, "devices") and hasattr(solver, "base"):
+        raise EpsimError("a solver with read noise draws new conductances for each corner: the bounds would "
+                         "belong to different circuits; certify one read with certify_per_read")
     y = np.asarray(y)
     lower, upper = corner_voltages(net, x, eps)
     lo_out, hi_out, conv, worst = [], [], [], 0.0
@@ -110,3 +113,15 @@ def certify_box(net, solver, x, y, eps: float, batch_size: int = 500) -> Certify
     others[rows, y] = -np.inf
     margin = lower_V[rows, y] - others.max(axis=1)
     return CertifyResult(lower_V, upper_V, (margin > 0) & converged, margin, converged, worst)
+
+
+def certify_per_read(net, devices, solver, x, y, eps: float, batch_size: int = 500) -> CertifyResult:
+    """Certificate of one read of a crossbar with read noise: the conductances are read once
+    (``devices.read``, a :class:`~epsim.learning.devices.DeviceArray`) and both corner
+    circuits use that read; the bound holds for every image of the box read with the same
+    conductances, not across reads."""
+    import copy
+
+    read = copy.copy(net)
+    read.w = devices.read(net.w)
+    return certify_box(read, solver, x, y, eps, batch_size=batch_size)
