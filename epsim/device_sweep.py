@@ -49,7 +49,7 @@ from pathlib import Path
 import numpy as np
 
 from .checkpoint import write_json
-from .cli import HelpFormatter, run
+from .cli import HelpFormatter, prepare_out_dir, prepare_out_file, run
 from .errors import EpsimError
 
 SCHEMA = "epsim.device_sweep/1"
@@ -184,8 +184,9 @@ def main(argv=None):
     lrs = args.lrs if args.lrs is not None else [args.lr] * len(args.devices)
     if len(lrs) != len(args.devices) or not all(np.isfinite(v) and v > 0 for v in lrs):
         raise EpsimError("--lrs needs one positive learning rate per --devices entry")
-    out = Path(args.out)
-    runs_dir = Path(args.runs_dir) if args.runs_dir else out.parent / "device_sweep_runs"
+    out = prepare_out_file(args.out)
+    runs_dir = prepare_out_dir(Path(args.runs_dir) if args.runs_dir else out.parent / "device_sweep_runs",
+                               "--runs-dir" if args.runs_dir else "--out")
     dataset = load_dataset(args.dataset, args.data_dir or default_data_dir(), train_subset=args.train_subset,
                            test_subset=args.test_subset, seed=args.seed)
     log = print

@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .cli import HelpFormatter, run
+from .cli import HelpFormatter, prepare_out_dir, run
 from .errors import EpsimError
 
 PHASE_CHOICES = ("free", "plus", "minus", "all")
@@ -51,6 +51,7 @@ def main(argv=None):
         raise EpsimError("--samples must be at least 1")
     if not args.tol > 0:
         raise EpsimError("--tol must be positive (amperes)")
+    prepare_out_dir(args.out)
     from .circuit.compile import PHASES, with_diode
     from .circuit.exporter import export_samples
     from .data import default_data_dir, load_dataset

@@ -601,6 +601,10 @@ def torch_cli_main(argv, build_parser) -> dict:
         if args.torch_threads < 1:
             raise EpsimError("--torch-threads must be at least 1")
         torch.set_num_threads(args.torch_threads)
+    if args.out is not None:
+        from .train import check_run_folder
+
+        check_run_folder(args.out, args.resume)
     from .data import default_data_dir, load_dataset
 
     dataset = load_dataset(config.dataset, args.data_dir or default_data_dir(), download=args.download,

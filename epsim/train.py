@@ -7,14 +7,14 @@ from __future__ import annotations
 
 import sys
 
-from .cli import ArgumentParser, HelpFormatter, explicit_options, run
+from .cli import ArgumentParser, HelpFormatter, explicit_options, prepare_out_dir, run
 from .data import DATASETS, default_data_dir, load_dataset
 from .errors import EpsimError
 from .models.connections import INITS
 from .models.registry import CIRCUIT_MODELS
 from .solvers import BACKENDS
 from .torch_training import TORCH_MODELS, add_torch_arguments, torch_cli_main
-from .training import LR_SCHEDULES, TrainConfig, preset_config, train
+from .training import CHECKPOINT_NAME, LR_SCHEDULES, TrainConfig, preset_config, train
 
 
 def build_parser() -> ArgumentParser:
@@ -128,6 +128,8 @@ def main(argv=None):
     config.validate()
     if args.resume and args.out is None:
         raise EpsimError("--resume needs --out DIR (the folder of the run to continue)")
+    if args.out is not None:
+        check_run_folder(args.out, args.resume)
     dataset = load_dataset(args.dataset, args.data_dir or default_data_dir(), download=args.download,
                            train_subset=args.train_subset, test_subset=args.test_subset, seed=args.seed)
     net_name = args.model if config.arch is None else f"--arch {config.arch}"
@@ -142,6 +144,14 @@ def main(argv=None):
               file=sys.stderr)
     if args.out:
         print(f"wrote {args.out}/metrics.json and {args.out}/checkpoint.pt")
+
+
+def check_run_folder(out, resume: bool):
+    """Before any compute: ``out`` can hold the run's files, and holds no other run unless
+    ``resume`` (raises :class:`EpsimError` otherwise)."""
+    out = prepare_out_dir(out)
+    if (out / CHECKPOINT_NAME).exists() and not resume:
+        raise EpsimError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
 
 
 if __name__ == "__main__":

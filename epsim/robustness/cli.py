@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from ..checkpoint import _atomic_write, write_json
-from ..cli import ArgumentParser, run
+from ..cli import ArgumentParser, prepare_out_dir, run
 from ..errors import EpsimError
 from ..solvers import BACKENDS
 from .adapters import PATHS, load_model
@@ -190,6 +190,7 @@ def main(argv=None):
         raise EpsimError("--large-eps-threshold must be in [0, 1)")
     if not Path(args.checkpoint).is_file():
         raise EpsimError(f"checkpoint {args.checkpoint} not found")
+    prepare_out_dir(args.out)
     _set_threads(args.threads)
 
     circuit_opts = dict(grad_tol_A=args.grad_tol, ep_beta=args.ep_beta, ce_temperature_V=args.ce_temperature,
