@@ -170,6 +170,26 @@ def robustness(config, net, ckpt, dataset, wire_resistance_ohm, args, log) -> di
             "sanity_ok": res.get("sanity_ok"), "failed_checks": res.get("failed_checks"), "rows": rows}
 
 
+def check_attack_options(args):
+    """The --attack-* options of ``--robustness``, checked before any training."""
+    for flag, value in (("--attack-n", args.attack_n), ("--attack-steps", args.attack_steps),
+                        ("--attack-queries", args.attack_queries)):
+        if value < 1:
+            raise EpsimError(f"{flag} must be at least 1")
+    if not args.attack_eps or not all(np.isfinite(e) and e > 0 for e in args.attack_eps):
+        raise EpsimError("--attack-eps must be positive numbers (L2 radii in [0, 1]-pixel units)")
+
+
+def check_attack_eps(eps, image_shape):
+    """--attack-eps against the images' L2 range (sqrt(C*H*W)), before any training."""
+    from .robustness.evaluate import validate_eps
+
+    try:
+        validate_eps(eps, ("pgd-l2",), image_shape)
+    except EpsimError as exc:
+        raise EpsimError(f"--attack-eps: {exc}") from None
+
+
 def main(argv=None):
     args = build_parser().parse_args(argv)
     from .data import default_data_dir, load_dataset
@@ -178,8 +198,12 @@ def main(argv=None):
 
     if any(r < 0 or not np.isfinite(r) for r in args.wire_resistances + list(args.train_wires)):
         raise EpsimError("wire resistances must be non-negative numbers of ohms")
-    if args.read_repeats < 1 or args.eval_batch_size < 1 or args.epochs < 1:
-        raise EpsimError("--read-repeats, --eval-batch-size and --epochs must be at least 1")
+    if args.read_repeats < 1 or args.eval_batch_size < 1 or args.epochs < 1 or args.train_wires_epochs < 1:
+        raise EpsimError("--read-repeats, --eval-batch-size, --epochs and --train-wires-epochs must be at least 1")
+    if args.seed < 0:
+        raise EpsimError("--seed must be non-negative")
+    if args.robustness:
+        check_attack_options(args)
     models = {spec: get_device_model(spec) for spec in args.devices}
     lrs = args.lrs if args.lrs is not None else [args.lr] * len(args.devices)
     if len(lrs) != len(args.devices) or not all(np.isfinite(v) and v > 0 for v in lrs):
@@ -189,6 +213,8 @@ def main(argv=None):
                                "--runs-dir" if args.runs_dir else "--out")
     dataset = load_dataset(args.dataset, args.data_dir or default_data_dir(), train_subset=args.train_subset,
                            test_subset=args.test_subset, seed=args.seed)
+    if args.robustness:
+        check_attack_eps(args.attack_eps, dataset.image_shape)
     log = print
     progress = not args.no_progress
     result = {"schema": SCHEMA, "created": datetime.datetime.now().isoformat(timespec="seconds"),
@@ -200,11 +226,13 @@ def main(argv=None):
     jobs = [(spec if args.lrs is None else f"{spec}@lr={lr:g}", spec, 0.0, args.epochs, lr)
             for spec, lr in zip(args.devices, lrs)]
     jobs += [(f"ideal@wire={r:g}", "ideal", float(r), args.train_wires_epochs, args.lr) for r in args.train_wires]
-    for name, spec, r_train, epochs, lr in jobs:
-        config = preset_config(
-            args.model, dataset=args.dataset, epochs=epochs, lr=lr, seed=args.seed,
-            train_subset=args.train_subset, test_subset=args.test_subset,
-            device_model=spec, wire_resistance_ohm=r_train)
+    configs = [preset_config(args.model, dataset=args.dataset, epochs=epochs, lr=lr, seed=args.seed,
+                             train_subset=args.train_subset, test_subset=args.test_subset,
+                             device_model=spec, wire_resistance_ohm=r_train)
+               for _, spec, r_train, epochs, lr in jobs]
+    for config in configs:  # every run's settings, before the first one trains
+        config.validate()
+    for (name, spec, r_train, epochs, lr), config in zip(jobs, configs):
         run_dir = runs_dir / name.replace(":", "_").replace(",", "_").replace("=", "-")
         log(f"== {name}: training {epochs} epochs in {run_dir}")
         net, metrics = train_chip(config, dataset, run_dir, progress, log)

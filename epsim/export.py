@@ -49,8 +49,10 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     if args.samples < 1:
         raise EpsimError("--samples must be at least 1")
-    if not args.tol > 0:
-        raise EpsimError("--tol must be positive (amperes)")
+    if not (args.tol > 0 and args.tol < float("inf")):
+        raise EpsimError("--tol must be a positive number (amperes)")
+    if args.max_iter < 1:
+        raise EpsimError("--max-iter must be at least 1")
     prepare_out_dir(args.out)
     from .circuit.compile import PHASES, with_diode
     from .circuit.exporter import export_samples

@@ -106,6 +106,16 @@ def main(argv=None):
         raise EpsimError("--batch must be at least 1")
     if not (np.isfinite(args.beta) and args.beta > 0):
         raise EpsimError("--beta must be a positive number")
+    if args.max_iter < 1:
+        raise EpsimError("--max-iter must be at least 1")
+    if args.channels is not None and not (args.channels and all(c >= 1 for c in args.channels)):
+        raise EpsimError("--channels must be at least 1 per conv layer")
+    if not (np.isfinite(args.tol) and args.tol > 0):
+        raise EpsimError("--tol must be a positive number")
+    if not (np.isfinite(args.weight_scale) and args.weight_scale > 0):
+        raise EpsimError("--weight-scale must be a positive number")
+    if args.seed < 0:
+        raise EpsimError("--seed must be non-negative")
     from .data import default_data_dir, load_dataset
 
     ds = load_dataset(args.dataset, args.data_dir or default_data_dir(), train_subset=args.batch,

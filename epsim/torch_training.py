@@ -93,7 +93,10 @@ class TorchTrainConfig:
             (0 <= self.momentum < 1, "--momentum must be in [0, 1)"),
             (self.weight_decay >= 0, "--weight-decay must be non-negative"),
             (self.eval_batch_size >= 1, "eval batch size must be at least 1"),
+            (math.isfinite(self.weight_decay), "--weight-decay must be a finite number"),
+            (self.seed >= 0, "--seed must be non-negative"),
         ]
+        checks += self._shape_checks()
         if self.model == "ep-cnn":
             n = len(self.channels) + 1
             checks += [
@@ -103,7 +106,7 @@ class TorchTrainConfig:
                 (self.t1 >= 1 and self.t2 >= 1, "--t1 and --t2 must be at least 1"),
                 (math.isfinite(self.beta) and self.beta > 0, "--beta must be a positive number"),
                 (self.solver in SOLVERS, f"--solver must be one of {', '.join(SOLVERS)}"),
-                (self.tol >= 0, "--tol must be non-negative"),
+                (math.isfinite(self.tol) and self.tol >= 0, "--ep-tol must be a non-negative number"),
             ]
         else:
             checks.append((math.isfinite(self.lr) and self.lr > 0, "--lr must be a positive number"))
@@ -114,6 +117,22 @@ class TorchTrainConfig:
         for ok, message in checks:
             if not ok:
                 raise EpsimError(message)
+
+    def _shape_checks(self) -> list:
+        """``(ok, message)`` for the architecture fields the model uses (sizes of at least 1)."""
+        checks = []
+        if self.model in ("ep-cnn", "bp-cnn", "adv-cnn"):
+            checks += [(len(self.channels) >= 1 and all(c >= 1 for c in self.channels),
+                        "--channels must be at least 1 per conv layer"),
+                       (self.paddings is None or all(p >= 0 for p in self.paddings),
+                        "--paddings must be non-negative")]
+        if self.model == "vit":
+            for flag, value in (("--embed-dim", self.embed_dim), ("--depth", self.depth),
+                                ("--heads", self.heads), ("patch size", self.patch),
+                                ("MLP width", self.mlp_dim)):
+                checks.append((value is None or value >= 1, f"{flag} must be at least 1"))
+            checks.append((self.dropout is None or 0 <= self.dropout < 1, "dropout must be in [0, 1)"))
+        return checks
 
     def compatible_with(self, other: "TorchTrainConfig") -> list:
         """Names of fields that must match to resume a run but differ."""

@@ -104,6 +104,10 @@ class TrainConfig:
             (self.nudge_rtol is None or (np.isfinite(self.nudge_rtol) and 0 < self.nudge_rtol < 1),
              "--nudge-rtol must be in [0, 1) (0: the nudged phases stop on --tol)"),
             (self.max_iter >= 1, "--max-iter must be at least 1"),
+            (self.seed >= 0, "--seed must be non-negative"),
+            (np.isfinite(self.g_min_S) and np.isfinite(self.g_max_S) and 0 <= self.g_min_S < self.g_max_S,
+             f"--g-min and --g-max must satisfy 0 <= --g-min < --g-max (siemens), "
+             f"got --g-min {self.g_min_S:g} --g-max {self.g_max_S:g}"),
         ]
         for ok, message in checks:
             if not ok:

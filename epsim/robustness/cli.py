@@ -182,8 +182,14 @@ def main(argv=None):
                     ("--batch-size", args.batch_size)):
         if v < 1:
             raise EpsimError(f"{name} must be at least 1")
-    if args.tol is not None and not (args.tol > 0):
-        raise EpsimError("--tol must be positive (amperes)")
+    if args.tol is not None and not (np.isfinite(args.tol) and args.tol > 0):
+        raise EpsimError("--tol must be a positive number (amperes)")
+    for name, v in (("--grad-tol", args.grad_tol), ("--ep-beta", args.ep_beta),
+                    ("--ce-temperature", args.ce_temperature)):
+        if not (np.isfinite(v) and v > 0):
+            raise EpsimError(f"{name} must be a positive number")
+    if args.seed < 0:
+        raise EpsimError("--seed must be non-negative")
     if args.max_iter is not None and args.max_iter < 1:
         raise EpsimError("--max-iter must be at least 1")
     if not (0 <= args.large_eps_threshold < 1):
