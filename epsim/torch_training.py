@@ -28,7 +28,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .checkpoint import load_checkpoint, save_checkpoint, write_json
+from .checkpoint import (check_same_epochs, load_checkpoint, remove_stale_temporaries, save_checkpoint,
+                         write_json)
 from .cli import explicit_options
 from .errors import EpsimError
 from .models.baselines import ADV_PRESETS, BP_PRESETS, VIT_PRESETS, BPCNN, ViT, build_baseline
@@ -375,7 +376,9 @@ def train_torch(config: TorchTrainConfig, dataset, out_dir=None, *, resume=False
         state = load_checkpoint(ckpt_path)
         if state.get("kind") != config.model:
             raise EpsimError(f"cannot resume {ckpt_path}: it holds a {state.get('kind')!r} run, not {config.model}")
-        diff = config.compatible_with(_config_from_state(state))
+        saved = _config_from_state(state)
+        check_same_epochs(ckpt_path, saved.epochs, config.epochs, int(state["epoch"]))
+        diff = config.compatible_with(saved)
         if diff:
             raise EpsimError(f"cannot resume {ckpt_path}: options {', '.join(diff)} differ from the saved run")
         model.load_state_dict(_to_tensors(state["state_dict"]))
@@ -383,6 +386,7 @@ def train_torch(config: TorchTrainConfig, dataset, out_dir=None, *, resume=False
         start_epoch, start_batch = int(state["epoch"]), int(state["batch"])
         history, tally = list(state["history"]), _Tally(state["tally"])
         wall_before = float(state["wall_seconds"])
+        remove_stale_temporaries(ckpt_path)
         log(f"resuming {ckpt_path} at epoch {start_epoch + 1}, batch {start_batch}")
     elif resume:
         log("no checkpoint to resume from; starting a new run")
@@ -482,6 +486,9 @@ def final_metrics(config, model, history, wall_seconds, n_test, device, stopped_
         "torch_threads": torch.get_num_threads(), "config": asdict(config), "history": history,
     }
     if config.model == "ep-cnn":
+        # the EP-CNN's inference is T1 relaxation steps (the published loop): a free phase that
+        # stops at T1 still gives the model's prediction, as in epsim.robustness
+        out["unconverged_counted_as"] = "prediction"
         out["test_unconverged"] = last.get("test_unconverged")
         out["max_residual"] = max((h["max_residual"] for h in history), default=None)
     return out

@@ -13,7 +13,7 @@ from .errors import EpsimError
 from .models.connections import INITS
 from .models.registry import CIRCUIT_MODELS
 from .solvers import BACKENDS
-from .torch_training import TORCH_MODELS, add_torch_arguments, torch_cli_main
+from .torch_training import TORCH_MODELS, TORCH_OPTIONS, add_torch_arguments, torch_cli_main
 from .training import CHECKPOINT_NAME, LR_SCHEDULES, TrainConfig, preset_config, train
 
 
@@ -121,6 +121,12 @@ def main(argv=None):
         torch_cli_main(argv, build_parser)
         return
     given = explicit_options(build_parser, argv)
+    torch_only = sorted(given & TORCH_OPTIONS)
+    if torch_only:
+        raise EpsimError(f"option(s) {', '.join('--' + k.replace('_', '-') for k in torch_only)} apply to "
+                         f"the torch models ({', '.join(TORCH_MODELS)}) only, not the circuit --model "
+                         f"{args.model}" + ("; stop a circuit run with Ctrl-C and continue it with --resume"
+                                            if "time_limit" in torch_only else ""))
     if args.nudge_rtol == 0:
         args.nudge_rtol = None  # 0: the nudged phases stop on --tol
     config = preset_config(args.model, **{CONFIG_FIELDS.get(k, k): getattr(args, k)

@@ -19,7 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .checkpoint import load_checkpoint, save_checkpoint, write_json
+from .checkpoint import (check_same_epochs, load_checkpoint, remove_stale_temporaries, save_checkpoint,
+                         write_json)
 from .circuit.devices import DiodeModel
 from .distributed import DataParallel
 from .errors import EpsimError
@@ -37,6 +38,8 @@ CHECKPOINT_NAME = "checkpoint.pt"
 LR_SCHEDULES = ("cosine", "constant", "exponential")
 DEFAULT_TOL_A = 1e-9
 METRICS_NAME = "metrics.json"
+# accuracies count the prediction of an equilibrium that missed its tolerance as a mistake
+UNCONVERGED_COUNTED_AS = "wrong"
 
 
 @dataclass
@@ -171,7 +174,9 @@ def make_solver(config: TrainConfig):
 def evaluate(net, solver, x, y, batch_size=500, dp: DataParallel | None = None) -> dict:
     """Free-phase accuracy on ``(x, y)`` with the training solver's exact settings.
 
-    With a multi-process ``dp`` each rank solves a shard and the counts are summed.
+    A sample whose equilibrium misses the tolerance counts as wrong (:data:`UNCONVERGED_COUNTED_AS`,
+    the rule of ``epsim.robustness``). With a multi-process ``dp`` each rank solves a shard and
+    the counts are summed.
     """
     dp = dp or DataParallel()
     idx = dp.shard(np.arange(len(y)))
@@ -180,7 +185,7 @@ def evaluate(net, solver, x, y, batch_size=500, dp: DataParallel | None = None) 
     for i in range(0, len(y_local), batch_size):
         eq = free_phase(net, solver, x[i:i + batch_size])
         pred = np.argmax(eq.v_output, axis=1)
-        correct += int(np.sum(pred == y_local[i:i + batch_size]))
+        correct += int(np.sum((pred == y_local[i:i + batch_size]) & eq.certificate.converged))
         unconverged += int(np.sum(~eq.certificate.converged))
         worst = max(worst, eq.certificate.max_residual_A)
     correct, unconverged = (int(v) for v in dp.sum([correct, unconverged]))
@@ -289,6 +294,7 @@ def _train(config: TrainConfig, dataset, out_dir, dp, *, resume, progress, stop_
         state = load_checkpoint(ckpt_path)
         restore_network(net, state, ckpt_path)
         saved = TrainConfig(**state["config"])
+        check_same_epochs(ckpt_path, saved.epochs, config.epochs, int(state["epoch"]))
         diff = config.compatible_with(saved)
         if diff:
             raise EpsimError(f"cannot resume {ckpt_path}: options {', '.join(diff)} differ "
@@ -298,6 +304,7 @@ def _train(config: TrainConfig, dataset, out_dir, dp, *, resume, progress, stop_
         start_epoch, start_batch = int(state["epoch"]), int(state["batch"])
         history, tally = list(state["history"]), _EpochTally(state["tally"])
         wall_before = float(state["wall_seconds"])
+        remove_stale_temporaries(ckpt_path)
         log(f"resuming {ckpt_path} at epoch {start_epoch + 1}, batch {start_batch}")
     elif resume:
         log("no checkpoint to resume from; starting a new run")
@@ -330,7 +337,7 @@ def _train(config: TrainConfig, dataset, out_dir, dp, *, resume, progress, stop_
                                  target_high_V=config.target_high_V, factored=not dp.active)
             n_used = int(result.converged.sum())
             grad_w, grad_b = result.grad_w, result.grad_b
-            totals = [len(labels), int(np.sum(result.predictions == labels)),
+            totals = [len(labels), int(np.sum((result.predictions == labels) & result.free_converged)),
                       float(np.sum(result.loss)), int(np.sum(~result.converged)), result.iterations]
             if dp.active:
                 # means over each shard's converged samples -> mean over the global batch
@@ -418,6 +425,7 @@ def final_metrics(config, net, history, wall_seconds, n_test) -> dict:
         "wall_seconds": wall_seconds, "backend": config.backend, "dataset": config.dataset,
         "model": config.model, "epochs": config.epochs, "n_test": n_test,
         "num_params": net.num_params(), "test_unconverged": last.get("test_unconverged"),
+        "unconverged_counted_as": UNCONVERGED_COUNTED_AS,
         "max_residual_A": max((h["max_residual_A"] for h in history), default=None),
         "config": asdict(config), "history": history,
     }

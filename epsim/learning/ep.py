@@ -36,6 +36,7 @@ class PhaseResult:
                      averaged over the samples that converged in all three phases.
     loss: ``(B,)`` free-phase squared error (V^2); predictions: ``(B,)`` argmax of v_out.
     converged: ``(B,)`` all three phases met the tolerance; residual_A: worst residual.
+    free_converged: ``(B,)`` the free phase (behind ``predictions`` and ``loss``) met it.
     nudge_response_V: per free layer, the RMS over nodes of ``(v^+ - v^-) / 2`` (V), averaged
                       over the converged samples: how far the nudge reached into each layer.
     max_node_V: per free layer, the largest |node voltage| (V) in any of the three phases.
@@ -50,6 +51,7 @@ class PhaseResult:
     iterations: int
     nudge_response_V: list
     max_node_V: list
+    free_converged: np.ndarray
 
 
 def squared_error(v_out, target_V):
@@ -139,4 +141,5 @@ def centered_ep(net, solver, x, labels, beta, *, target_high_V=1.0, factored=Fal
         nudge_response_V=response,
         max_node_V=[float(max(np.abs(f).max(initial=0.0), np.abs(p).max(initial=0.0), np.abs(m).max(initial=0.0)))
                     for f, p, m in zip(free.v_free, plus.v_free, minus.v_free)],
+        free_converged=free.certificate.converged,
     )
