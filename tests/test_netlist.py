@@ -85,10 +85,14 @@ def test_write_read_roundtrip_is_exact(tmp_path):
     assert back.models == [DiodeCard("dclamp", 1e-12, 1.0)]
 
 
-def test_writer_includes_library_relative_and_inlines_other_models(tmp_path):
+def test_writer_inlines_library_models_by_default_and_includes_them_on_request(tmp_path):
     net = small_cnn()
     v = np.zeros(net.layer_sizes[0])
     text = format_netlist(compile_network(net, v), netlist_dir=tmp_path / "a" / "b")
+    assert ".include" not in text
+    assert "* model dclamp of the component library, circuits/clamp_diode.lib\n" \
+           ".model dclamp D(IS=1e-12 N=1.0)\n" in text
+    text = format_netlist(compile_network(net, v), netlist_dir=tmp_path / "a" / "b", standalone=False)
     include = [ln for ln in text.splitlines() if ln.startswith(".include")]
     assert len(include) == 1 and not Path(include[0].split()[1]).is_absolute()
     assert (tmp_path / "a" / "b" / include[0].split()[1]).resolve() == library_dir() / "clamp_diode.lib"

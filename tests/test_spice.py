@@ -87,6 +87,23 @@ def test_committed_reference_netlists_run_in_ngspice():
 
 
 @needs_ngspice
+def test_exported_folder_moved_elsewhere_runs_and_reads_back(tmp_path):
+    """Exports are standalone: a moved folder still runs in ngspice and reads back."""
+    from epsim.circuit.spice_reader import read_netlist
+    from epsim.export import main
+
+    main(["--reference", "--out", str(tmp_path / "export"), "--phase", "all", "--dialect", "all"])
+    moved = tmp_path / "elsewhere" / "deeper" / "netlists"
+    shutil.move(str(tmp_path / "export"), str(moved))
+    for path in sorted(moved.glob("*.cir")):
+        assert ".include" not in path.read_text(), path.name
+        assert read_netlist(path).models[0].name == "dclamp"
+        if not path.name.endswith(".xyce.cir"):
+            op = json.loads((path.parent / (path.name[:-4] + ".op.json")).read_text())
+            assert max_diff(run_ngspice(path), op) <= 1e-6, path.name
+
+
+@needs_ngspice
 def test_ideal_diode_export_is_near_ideal_in_ngspice(tmp_path):
     """SPICE gets the N=0.001 library diode for an ideal one: within a millivolt."""
     net = with_diode(reference_network(), "ideal")

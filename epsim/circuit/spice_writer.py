@@ -1,10 +1,12 @@
 """Write the circuit IR as a standalone SPICE netlist (ngspice or Xyce dialect).
 
 A written file runs as is: ``ngspice -b FILE`` (prints the node voltages; add ``-r out.raw``
-for a binary raw file with every node at full precision) or ``Xyce FILE``. Library files
-are pulled in with ``.include`` paths relative to the netlist's folder, which both
-simulators resolve from the including file, so the run does not depend on the current
-directory. Values are plain Python floats written with ``repr`` (shortest exact round trip).
+for a binary raw file with every node at full precision) or ``Xyce FILE``. It is standalone:
+the diode models of the component library (``circuits/*.lib``) are copied into the netlist as
+``.model`` cards, each under a comment naming its library file, so the file can be moved or
+sent anywhere. ``standalone=False`` writes ``.include`` lines instead, with paths relative to
+the netlist's folder (both simulators resolve them from the including file). Values are plain
+Python floats written with ``repr`` (shortest exact round trip).
 
 Dialects:
 
@@ -98,8 +100,9 @@ def _library_cards(lib_dir):
     return cards
 
 
-def _model_lines(netlist, netlist_dir, lib_dir):
-    """``.include`` lines for library models, ``.model`` cards for the others."""
+def _model_lines(netlist, netlist_dir, lib_dir, standalone=True):
+    """The diode model lines: a library model as its ``.model`` card under a comment naming the
+    library file (``standalone``) or as an ``.include`` of that file; other models as cards."""
     lib = _library_cards(lib_dir)
     lines = []
     for card in netlist.models:
@@ -108,12 +111,20 @@ def _model_lines(netlist, netlist_dir, lib_dir):
             if found is None:
                 raise EpsimError(f"ideal diodes need the near-ideal model {card.name!r} of the "
                                  f"component library (circuits/ideal_diode.lib), not found in {lib_dir}")
-            lines.append(_include_line(found[1], netlist_dir))
-        elif found is not None and (found[0].is_A, found[0].n) == (card.is_A, card.n):
-            lines.append(_include_line(found[1], netlist_dir))
+        elif found is not None and (found[0].is_A, found[0].n) != (card.is_A, card.n):
+            found = None
+        if found is None:
+            lines.append(_model_card(card))
+        elif standalone:
+            lines += [f"* model {card.name} of the component library, circuits/{Path(found[1]).name}",
+                      _model_card(found[0])]
         else:
-            lines.append(f".model {card.name} D(IS={fmt(card.is_A)} N={fmt(card.n)})")
+            lines.append(_include_line(found[1], netlist_dir))
     return sorted(set(lines), key=lines.index)
+
+
+def _model_card(card) -> str:
+    return f".model {card.name} D(IS={fmt(card.is_A)} N={fmt(card.n)})"
 
 
 def _include_line(path, netlist_dir):
@@ -156,16 +167,18 @@ def _element_counts(netlist: Netlist) -> str:
 
 
 def format_netlist(netlist: Netlist, dialect: str = "ngspice", *, netlist_dir=None,
-                   lib_dir=None, header=()) -> str:
+                   lib_dir=None, header=(), standalone: bool = True) -> str:
     """The netlist text.
 
     Args:
         netlist: the circuit.
         dialect: ``ngspice`` or ``xyce``.
-        netlist_dir: folder the file will be written to (``.include`` paths are made relative
-            to it); None writes absolute paths.
+        netlist_dir: folder the file will be written to (with ``standalone=False``, ``.include``
+            paths are made relative to it; None writes absolute paths).
         lib_dir: component library folder (default :func:`library_dir`).
         header: extra comment lines for the header.
+        standalone: copy the library's model cards into the netlist (default) instead of
+            including the library files.
     """
     _check_dialect(dialect)
     lib_dir = library_dir() if lib_dir is None else lib_dir
@@ -177,7 +190,7 @@ def format_netlist(netlist: Netlist, dialect: str = "ngspice", *, netlist_dir=No
     out.append(f"* {netlist.num_nodes - 1} nodes, " + _element_counts(netlist))
     out.append(f"* temperature {netlist.temp_K!r} K in epsim's constants = {temp_C!r} C in "
                f"{dialect}'s (same thermal voltage kT/q)")
-    out += _model_lines(netlist, netlist_dir, lib_dir)
+    out += _model_lines(netlist, netlist_dir, lib_dir, standalone)
     if dialect == "ngspice":
         opts = " ".join(f"{k}={fmt(v) if isinstance(v, float) else v}" for k, v in NGSPICE_OPTIONS.items())
         out.append(f".options temp={temp_C!r} tnom={temp_C!r} {opts}")
@@ -214,11 +227,14 @@ def _xyce_analysis(netlist):
     return lines
 
 
-def write_netlist(netlist: Netlist, path, dialect: str = "ngspice", *, lib_dir=None, header=()) -> Path:
-    """Write ``netlist`` to ``path`` (folders created) and return the path."""
+def write_netlist(netlist: Netlist, path, dialect: str = "ngspice", *, lib_dir=None, header=(),
+                  standalone: bool = True) -> Path:
+    """Write ``netlist`` to ``path`` (folders created) and return the path
+    (``standalone``: see :func:`format_netlist`)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    text = format_netlist(netlist, dialect, netlist_dir=path.parent, lib_dir=lib_dir, header=header)
+    text = format_netlist(netlist, dialect, netlist_dir=path.parent, lib_dir=lib_dir, header=header,
+                          standalone=standalone)
     path.write_text(text)
     return path
 
