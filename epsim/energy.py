@@ -33,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .cli import HelpFormatter, run
+from .cli import HelpFormatter, prepare_out_dir, run
 from .errors import EpsimError
 
 DIGITAL_PJ_PER_MAC = {"fp32_45nm": 3.7 + 0.9, "int8_45nm": 0.2 + 0.03}
@@ -115,20 +115,6 @@ def _validate(args):
     return times
 
 
-def _prepare_out(out) -> Path:
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise EpsimError(f"--out {out} exists and is not a folder")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / ".epsim-write-test"
-        probe.write_text("")
-        probe.unlink()
-    except OSError as exc:
-        raise EpsimError(f"cannot write to --out {out}: {exc.strerror or exc}") from None
-    return out
-
-
 def energy_until(tr, t_end) -> np.ndarray:
     """(B,) energy (J) the sources delivered over ``[0, t_end]`` (B,) (right-endpoint rule,
     the integrator's own; the whole window where ``t_end`` is inf)."""
@@ -180,7 +166,7 @@ def _update_energy_J(net, config, solver, x, labels, args) -> dict:
 def main(argv=None):
     args = build_parser().parse_args(argv)
     readout = _validate(args)
-    out = _prepare_out(args.out)
+    out = prepare_out_dir(args.out)
     from .checkpoint import write_json
     from .circuit.compile import with_diode
     from .data import default_data_dir, load_dataset
