@@ -121,6 +121,47 @@ def step_command(step: str, rdir=None) -> str:
     return (manifest(rdir).get("steps", {}).get(step) or {}).get("command", "")
 
 
+# --------------------------------------------------------------------------- energy and latency
+ENERGY_DIR = "energy"  # the summary's folder of ``python -m epsim.energy`` results (analysis/run_all.py)
+
+
+def energy_results(rdir=None) -> list:
+    """The energy/latency results of the summary, one record per circuit model run
+    (``energy/<model>-s<seed>.json``: model, seed, step, command, settings, summary, traces),
+    in model order; ``[]`` when the results hold none (a run from before the energy step)."""
+    d = (rdir or results_dir()) / ENERGY_DIR
+    recs = [json.loads(p.read_text()) for p in sorted(d.glob("*.json"))] if d.is_dir() else []
+    order = {m: i for i, m in enumerate(MODEL_ORDER)}
+    return sorted(recs, key=lambda r: (order.get(r.get("model"), len(order)), str(r.get("model")), r.get("seed") or 0))
+
+
+def energy_traces(rec, rdir=None):
+    """The voltage traces of one energy record (a dict of arrays: ``t_s``, ``labels``, ``v_out``,
+    ``layer<l>``, and the traced image's ``settle_time_s`` / ``decision_time_s``), or None."""
+    import numpy as np
+
+    name = rec.get("traces")
+    path = (rdir or results_dir()) / ENERGY_DIR / name if name else None
+    if path is None or not path.is_file():
+        return None
+    with np.load(path, allow_pickle=False) as z:
+        return {k: z[k] for k in z.files}
+
+
+def energy_not_run(rdir=None) -> str:
+    """What to say when the results hold no energy/latency results, and how to get them."""
+    rdir = rdir or results_dir()
+    scale = manifest(rdir).get("scale") or "SCALE"
+    try:
+        where = rdir.resolve().relative_to(HERE.parent)
+    except ValueError:
+        where = rdir
+    return (f"not run: the results in {where} hold no energy/latency results (they predate the driver's "
+            f"energy steps). Rerun with `python analysis/run_all.py --scale {scale} --out RESULTS_DIR --only energy/` "
+            "on the results folder they came from (only the energy steps run, on its circuit checkpoints; "
+            "`--publish analysis/results/cpu` refreshes the committed copy).")
+
+
 # --------------------------------------------------------------------------- statistics
 _T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228}
 

@@ -8,14 +8,17 @@
 
 Every step is one command line of the project's CLIs (``python -m epsim.train``,
 ``python -m epsim.robustness``, ``python -m epsim.export``, ``python -m epsim.gdu``,
-``benchmarks/bench_spice.py``) or of ``analysis/steps.py`` (adversarial examples, ngspice
-vs numba comparison, input-gradient agreement: thin wrappers over the library's public
-functions), run as a subprocess with ``sys.executable``. A step whose output files exist
-is skipped (a robustness step only if its results hold every attack of its command), so an
-interrupted run continues where it stopped (an interrupted training run continues with
-``--resume``). Circuit models' PGD runs also compute the monotonicity certificate
-(``certify-l2`` / ``certify-linf``) at the same ε; software models get none. ``OUT/manifest.json`` records, for every step, the
-command, its output files, its wall time, exit status and log file, and the scale.
+``python -m epsim.energy``, ``benchmarks/bench_spice.py``) or of ``analysis/steps.py``
+(adversarial examples, ngspice vs numba comparison, input-gradient agreement: thin wrappers
+over the library's public functions), run as a subprocess with ``sys.executable``. A step
+whose output files exist is skipped (a robustness step only if its results hold every attack
+of its command), so an interrupted run continues where it stopped (an interrupted training
+run continues with ``--resume``). Circuit models' PGD runs also compute the monotonicity
+certificate (``certify-l2`` / ``certify-linf``) at the same ε; software models get none. The
+first seed of every circuit model also gets an ``energy/<model>-s<seed>`` step (transient
+settling time, energy and power, early readout, PGD-L2 against the early readout at the L2
+headline ε). ``OUT/manifest.json`` records, for every step, the command, its output files,
+its wall time, exit status and log file, and the scale.
 
 At the end (and with ``--collect-only``) the results are gathered into the compact,
 notebook-ready folder ``OUT/summary/`` (CSV/JSON/NPZ, a few hundred kB): the notebooks in
@@ -68,10 +71,16 @@ def _software(model, *extra, seeds="first"):
 # crops (4-pixel crops would cut half of an 8x8 digit away), CPU.
 _DIGITS_CONV = ("--channels", "32", "64", "--paddings", "1", "1", "--no-augment", "--device", "cpu")
 
+# Energy and latency (``python -m epsim.energy``) of every circuit model's first seed: transients of
+# the free phase (and the nudged phases of a training step) on the scale's test images, the early
+# readout, and PGD-L2 against the early readout at the L2 headline ε (analysis/common.py HEADLINE,
+# in every scale's L2 sweep), on the first ``attack_n`` of those images.
+ENERGY_ATTACK_EPS = "0.5"
+
 PLANS = {
     "smoke": {
         "what": "digits; circuit CNN (numba, 3 epochs) and a tiny BP-CNN; 20 images, 5 PGD steps, "
-                "50 Square queries, 2 corruptions; SPICE fidelity on 2 samples",
+                "50 Square queries, 2 corruptions; SPICE fidelity on 2 samples; energy/latency transients on 20 images",
         "dataset": "digits",
         "seeds": (0,),
         "models": {
@@ -87,13 +96,15 @@ PLANS = {
                      "gdu": ["--batch", "4", "--max-iter", "1000"], "bench_spice": None},
         "device": ["--model", "cnn", "--epochs", "1", "--devices", "ideal", "rram", "--wire-resistances", "0", "100",
                    "--train-subset", "200", "--test-subset", "60", "--read-repeats", "2"],
+        "energy": {"n": "20", "attack_eps": ENERGY_ATTACK_EPS, "attack_n": "10", "attack_steps": "3", "traces": "4"},
     },
     "cpu": {
         "what": "digits (8x8, 1437 train / 360 test); circuit CNN x3 seeds and circuit MLP (numba); "
                 "software EP-CNN (x1 seed), BP-CNN (x3 seeds), AdvCNN (PGD-L2 0.5), ViT sized for 8x8 (torch, CPU); "
                 "100 test images, APGD 20 steps CE+DLR along every gradient path, 5 eps per norm; "
                 "Square 1000 queries on 50 images at 3 eps per norm; 18 corruptions x 5 severities; "
-                "SPICE fidelity on 5 samples x 3 phases",
+                "SPICE fidelity on 5 samples x 3 phases; energy/latency transients of the circuit models on the 360 "
+                "test images",
         "dataset": "digits",
         "seeds": (0, 1, 2),
         "models": {
@@ -115,11 +126,14 @@ PLANS = {
         "fidelity": {"model": "circuit-cnn", "samples": "5", "grad_n": "50", "grad_betas": "0.5,0.1,0.01,0.001",
                      "gdu": ["--batch", "16"], "bench_spice": ["--repeat", "3"]},
         "device": ["--model", "cnn", "--epochs", "10", "--robustness", "--attack-n", "100"],
+        # the whole digits test set; the early readout attacked on the robustness runs' image count
+        "energy": {"n": "360", "attack_eps": ENERGY_ATTACK_EPS, "attack_n": "100", "attack_steps": "20", "traces": "4"},
     },
     "gpu": {
         "what": "CIFAR-10 at the seed paper's scale: circuit CNN and MLP (torch backend on CUDA), EP-CNN / BP-CNN "
                 "/ AdvCNN / ViT with the cifar10-paper presets; 1000 test images, APGD 50 steps x 2 "
-                "restarts, Square 1000 queries on 1000 images, CIFAR-10-C 19 x 5",
+                "restarts, Square 1000 queries on 1000 images, CIFAR-10-C 19 x 5; energy/latency transients of the circuit "
+                "models on 1000 images",
         "dataset": "cifar10",
         "seeds": (0, 1, 2),
         "models": {
@@ -143,6 +157,8 @@ PLANS = {
         "fidelity": {"model": "circuit-cnn", "samples": "5", "grad_n": "100", "grad_betas": "0.5,0.1,0.01,0.001",
                      "gdu": ["--dataset", "cifar10", "--batch", "16"], "bench_spice": ["--repeat", "3"]},
         "device": ["--model", "cnn", "--dataset", "mnist", "--epochs", "10", "--robustness", "--attack-n", "1000"],
+        # the scale's image count (the first 1000 CIFAR-10 test images); the attack as at the cpu scale
+        "energy": {"n": "1000", "attack_eps": ENERGY_ATTACK_EPS, "attack_n": "100", "attack_steps": "20", "traces": "4"},
     },
 }
 
@@ -192,6 +208,10 @@ class Step:
 
 def model_dir(model, seed):
     return f"models/{model}-s{seed}"
+
+
+def energy_dir(model, seed):
+    return f"energy/{model}-s{seed}"
 
 
 def build_plan(scale: str, seeds, data_dir: str | None, out: Path, frost_dir: str | None = None) -> list:
@@ -273,6 +293,19 @@ def build_plan(scale: str, seeds, data_dir: str | None, out: Path, frost_dir: st
         steps.append(Step(f"adversarial/{model}-s{seed}", "adversarial", argv, [rel],
                           deps=[f"train/{model}-s{seed}"],
                           meta={"model": model, "family": plan["models"][model]["family"], "seed": seed}))
+
+    en = plan.get("energy")
+    for model, lst in trained.items() if en else ():
+        if plan["models"][model]["family"] != "circuit":
+            continue
+        seed, ckpt = lst[0]
+        d = energy_dir(model, seed)
+        argv = ["-m", "epsim.energy", "--checkpoint", o(ckpt), "--n", en["n"], "--attack-eps", en["attack_eps"],
+                "--attack-norm", "l2", "--attack-n", en["attack_n"], "--attack-steps", en["attack_steps"],
+                "--traces", en["traces"], *data_opt, "--no-progress", "--out", o(d)]
+        steps.append(Step(f"energy/{model}-s{seed}", "energy", argv,
+                          [f"{d}/energy.json", f"{d}/energy.csv", f"{d}/traces.npz"], deps=[f"train/{model}-s{seed}"],
+                          meta={"model": model, "family": "circuit", "seed": seed}))
 
     fid = plan["fidelity"]
     fm = fid["model"]
@@ -401,7 +434,8 @@ def run_step(step: Step, out: Path, env: dict, log=print) -> dict:
 def step_done(step: Step, out: Path) -> bool:
     """A step is done when its outputs exist; a robustness step also when its results hold every
     attack its command asks for (a plan that gained an attack, e.g. certify-* for circuits,
-    reruns that step in an older results folder instead of skipping it)."""
+    reruns that step in an older results folder instead of skipping it); an energy step also
+    when its results hold the early-readout attack its command asks for."""
     if not all((out / p).is_file() for p in step.outputs):
         return False
     if step.kind == "robustness" and "--attack" in step.argv:
@@ -409,6 +443,9 @@ def step_done(step: Step, out: Path) -> bool:
         data = _read_json(out / step.outputs[0])
         have = set(((data or {}).get("config") or {}).get("attacks") or [])
         return wanted <= have
+    if step.kind == "energy" and "--attack-eps" in step.argv:  # an energy run without the early-readout attack
+        data = _read_json(out / step.outputs[0])
+        return bool(((data or {}).get("summary") or {}).get("early_readout_attack"))
     return True
 
 
@@ -537,6 +574,74 @@ def certificate_cross_checks(curves) -> int:
     return k
 
 
+ENERGY_DIR = "energy"
+ENERGY_COLUMNS = ("model", "family", "seed", "diode", "n", "unsettled", "accuracy_dc", "settle_time_median_s",
+                  "settle_time_p95_s", "decision_time_median_s", "decision_time_p95_s", "energy_per_inference_median_J",
+                  "energy_per_inference_p95_J", "static_power_median_W", "training_step_energy_median_J_per_image",
+                  "macs_per_inference", "digital_fp32_J_estimate", "digital_int8_J_estimate", "attack_norm",
+                  "attack_eps", "attack_n", "attack_steps", "robust_accuracy_settled", "wall_s", "step", "command")
+
+
+def _option(command: str, flag: str):
+    """The value of ``flag`` in a recorded command line (None when absent)."""
+    try:
+        parts = shlex.split(command or "")
+    except ValueError:
+        return None
+    return parts[parts.index(flag) + 1] if flag in parts[:-1] else None
+
+
+def collect_energy(out: Path, rec: dict, data: dict, dest: Path, base: dict) -> dict:
+    """One ``energy/<model>-s<seed>`` step into the summary: its settings and summary (not the
+    per-image arrays) to ``dest/<model>-s<seed>.json``, the free-phase traces of its first traced
+    image (time points, output voltages, the probed nodes of every layer, and that image's own
+    settling and decision times) to ``dest/<model>-s<seed>_traces.npz``. Returns its
+    ``energy.csv`` row."""
+    import numpy as np
+
+    tag = f"{base['model']}-s{base['seed']}"
+    dest.mkdir(parents=True, exist_ok=True)
+    summary, settings = data.get("summary") or {}, data.get("settings") or {}
+    per = data.get("per_image") or {}
+    attack = summary.get("early_readout_attack") or []
+    steps = _option(rec.get("command"), "--attack-steps")
+    record = {**base, "command": rec.get("command"), "wall_s": data.get("wall_s"), "settings": settings,
+              "summary": summary, "attack_steps": int(steps) if steps and attack else None, "traces": None}
+    src = out / rec["outputs"][2] if len(rec.get("outputs", [])) > 2 else None
+    if src is not None and src.is_file():
+        with np.load(src, allow_pickle=False) as z:
+            arrays = {k: z[k] for k in z.files}
+        if len(arrays.get("labels", [])):
+            small = {"t_s": arrays["t_s"], "labels": arrays["labels"][:1], "v_out": arrays["v_out"][:, :1],
+                     **{k: v[:, :1] for k, v in arrays.items() if k.startswith("layer")}}
+            for key in ("settle_time_s", "decision_time_s"):
+                if per.get(key):
+                    small[key] = np.asarray(per[key][:1], float)
+            np.savez_compressed(dest / f"{tag}_traces.npz", **small)
+            record["traces"] = f"{tag}_traces.npz"
+    (dest / f"{tag}.json").write_text(json.dumps(record, indent=1))
+
+    def med(key, stat="median"):
+        return (summary.get(key) or {}).get(stat)
+
+    digital = summary.get("digital_energy_per_inference_J_estimate") or {}
+    settled = next((r for r in attack if r.get("time_s") is None), {})
+    return {**base, "diode": settings.get("diode"), "n": summary.get("n"), "unsettled": summary.get("unsettled"),
+            "accuracy_dc": summary.get("accuracy_dc"), "settle_time_median_s": med("settle_time_s"),
+            "settle_time_p95_s": med("settle_time_s", "p95"), "decision_time_median_s": med("decision_time_s"),
+            "decision_time_p95_s": med("decision_time_s", "p95"),
+            "energy_per_inference_median_J": med("energy_per_inference_J"),
+            "energy_per_inference_p95_J": med("energy_per_inference_J", "p95"),
+            "static_power_median_W": med("static_power_W"),
+            "training_step_energy_median_J_per_image":
+                ((summary.get("training_step") or {}).get("energy_J_per_image") or {}).get("median"),
+            "macs_per_inference": summary.get("macs_per_inference"),
+            "digital_fp32_J_estimate": digital.get("fp32_45nm"), "digital_int8_J_estimate": digital.get("int8_45nm"),
+            "attack_norm": settled.get("norm"), "attack_eps": settled.get("eps"), "attack_n": settled.get("n"),
+            "attack_steps": record["attack_steps"], "robust_accuracy_settled": settled.get("robust_accuracy"),
+            "wall_s": data.get("wall_s"), "command": rec.get("command")}
+
+
 def collect(out: Path, log=print) -> Path:
     """Gather the results of ``out`` into ``out/summary`` (compact CSV/JSON/NPZ for the notebooks)."""
     manifest = load_manifest(out)
@@ -547,7 +652,7 @@ def collect(out: Path, log=print) -> Path:
     if summ.exists():
         shutil.rmtree(summ)
     summ.mkdir(parents=True)
-    models, curves, corr, runs = [], [], [], []
+    models, curves, corr, runs, energy = [], [], [], [], []
     for name in manifest.get("plan", []):
         rec = steps.get(name) or {}
         if rec.get("status") != "done":
@@ -602,6 +707,10 @@ def collect(out: Path, log=print) -> Path:
                                    "certified_accuracy": row.get("certified_accuracy"),
                                    "min_certified_margin_V": row.get("min_certified_margin_V"),
                                    "_mask": row.get("robust_mask")})
+        elif kind == "energy":
+            data = _read_json(out / rec["outputs"][0])
+            if data is not None:
+                energy.append(collect_energy(out, rec, data, summ / ENERGY_DIR, base))
         elif kind == "adversarial":
             src = out / rec["outputs"][0]
             dst = summ / "adversarial" / src.name
@@ -616,6 +725,8 @@ def collect(out: Path, log=print) -> Path:
     _write_csv(summ / "corruptions.csv", corr, CORRUPTION_COLUMNS)
     extra = sorted({k for r in runs for k in r if k.startswith("check_") and k not in RUN_COLUMNS})
     _write_csv(summ / "runs.csv", runs, RUN_COLUMNS[:-4] + tuple(extra) + RUN_COLUMNS[-4:])
+    if energy:
+        _write_csv(summ / "energy.csv", energy, ENERGY_COLUMNS)
     fidelity = {}
     for name, key in (("fidelity/spice-vs-numba", "spice_vs_numba"), ("fidelity/input-gradients", "input_gradients")):
         rec = steps.get(name) or {}
@@ -646,7 +757,7 @@ def collect(out: Path, log=print) -> Path:
     n_cert = sum(r.get("family_attack") == "certify" for r in curves)
     log(f"summary: {len(models)} models, {len(curves)} attack rows ({n_cert} certificate rows"
         + (f", {n_cross} certified <= robust checks across runs" if n_cross else "") + f"), "
-        f"{len(corr)} corruption rows -> {summ}")
+        f"{len(corr)} corruption rows, {len(energy)} energy runs -> {summ}")
     return summ
 
 

@@ -11,11 +11,13 @@ from __future__ import annotations
 import csv
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
@@ -65,6 +67,20 @@ def test_smoke_driver_and_notebooks(tmp_path, monkeypatch):
         assert pgd and all("certified_le_robust=pass" in p["checks"] for p in pgd), r
         assert all(float(r["robust_accuracy"]) <= float(p["robust_accuracy"]) for p in pgd), r
 
+    # energy and latency: one run per circuit model (first seed), its summary and first image's traces
+    energy = json.loads((out / "summary" / "energy" / "circuit-cnn-s0.json").read_text())
+    assert energy["step"] == "energy/circuit-cnn-s0" and energy["command"].startswith("python -m epsim.energy")
+    assert energy["summary"]["n"] == 20 and energy["summary"]["training_step"]["energy_J_per_image"]["median"] > 0
+    attack = energy["summary"]["early_readout_attack"]
+    assert [r["time_s"] is None for r in attack][0] and len(attack) == 1 + len(energy["summary"]["early_readout"])
+    assert {(r["norm"], r["eps"], r["n"]) for r in attack} == {("l2", 0.5, 10)} and energy["attack_steps"] == 3
+    assert not list((out / "summary" / "energy").glob("bp-cnn*"))
+    with np.load(out / "summary" / "energy" / energy["traces"]) as tr:
+        assert tr["v_out"].shape[1] == 1 and tr["layer1"].shape == (len(tr["t_s"]), 1, 3)
+        assert tr["t_s"][0] == 0 and np.isfinite(tr["settle_time_s"]).all()
+    with open(out / "summary" / "energy.csv", newline="") as fh:
+        assert [r["model"] for r in csv.DictReader(fh)] == ["circuit-cnn"]
+
     # resumable: a second run skips every step
     proc2 = _driver("--scale", "smoke", "--out", str(out), "--only", "train/")
     assert proc2.returncode == 0 and "done earlier, skipped" in proc2.stdout
@@ -86,6 +102,9 @@ def test_smoke_driver_and_notebooks(tmp_path, monkeypatch):
                 rows = list(csv.reader(fh))
             assert len(rows) >= 2, (name, table)
             assert (figs / f"{table}.md").read_text().count("\n") >= 3, (name, table)
+    latency = (figs / "energy_latency.md").read_text()
+    assert "circuit CNN" in latency and "not run" not in latency, latency
+    assert "settled" in (figs / "energy_early_readout.md").read_text()
     summary = (figs / "summary_table.md").read_text()
     assert "circuit CNN" in summary and "python -m epsim.robustness" in summary
     assert "certified l2 ε=0.5" in summary and "certified linf ε=0.1" in summary
@@ -198,6 +217,125 @@ def test_notebooks_without_certificates(tmp_path, monkeypatch):
     assert "not run" in next(line for line in certified.splitlines() if line.startswith("| circuit CNN"))
     assert "—" in next(line for line in certified.splitlines() if line.startswith("| BP-CNN"))
     assert "certified" not in (figs / "summary_table.md").read_text().split("Commands")[0]
+
+
+def test_energy_steps_for_circuit_models(tmp_path):
+    """Every scale: one ``energy/<model>-s<seed>`` step per circuit model (first seed only), on its
+    checkpoint, at the scale's image count, attacking the early readout with PGD-L2 at the L2
+    headline ε (which is in the scale's L2 sweep); software models get none."""
+    import common
+    import run_all
+
+    want = {"smoke": ("20", "10", "3"), "cpu": ("360", "100", "20"), "gpu": ("1000", "100", "20")}
+    headline_l2 = next(e for a, e in common.HEADLINE if a == "pgd-l2")
+    for scale in run_all.SCALES:
+        plan = run_all.PLANS[scale]
+        seed = plan["seeds"][0]
+        steps = run_all.build_plan(scale, plan["seeds"], None, tmp_path)
+        energy = {s.name: s for s in steps if s.kind == "energy"}
+        circuits = [m for m, spec in plan["models"].items() if spec["family"] == "circuit"]
+        assert sorted(energy) == sorted(f"energy/{m}-s{seed}" for m in circuits), (scale, sorted(energy))
+        for m in circuits:
+            s = energy[f"energy/{m}-s{seed}"]
+            opt = {a: s.argv[i + 1] for i, a in enumerate(s.argv[:-1]) if a.startswith("--")}
+            assert s.argv[:2] == ["-m", "epsim.energy"] and "--no-progress" in s.argv
+            assert opt["--checkpoint"] == str(tmp_path / f"models/{m}-s{seed}/checkpoint.pt")
+            assert (opt["--n"], opt["--attack-n"], opt["--attack-steps"]) == want[scale], (scale, s.argv)
+            assert opt["--attack-norm"] == "l2" and float(opt["--attack-eps"]) == pytest.approx(headline_l2)
+            assert any(abs(v - headline_l2) < 1e-12 for _, v in run_all.parse_eps(plan["attack"]["l2"])), scale
+            assert int(opt["--traces"]) >= 1 and s.deps == [f"train/{m}-s{seed}"]
+            assert s.outputs == [f"energy/{m}-s{seed}/{f}" for f in ("energy.json", "energy.csv", "traces.npz")]
+    proc = _driver("--scale", "cpu", "--out", str(tmp_path / "c"), "--dry-run", timeout=120)
+    assert "energy/circuit-mlp-s0\n    python -m epsim.energy --checkpoint $RESULTS/models/circuit-mlp-s0/" in proc.stdout
+
+
+def test_energy_step_reruns_when_its_results_lack_the_attack(tmp_path):
+    import run_all
+
+    step = next(s for s in run_all.build_plan("smoke", (0,), None, tmp_path) if s.kind == "energy")
+    (tmp_path / step.outputs[0]).parent.mkdir(parents=True)
+    for rel in step.outputs[1:]:
+        (tmp_path / rel).write_text("")
+    (tmp_path / step.outputs[0]).write_text(json.dumps({"summary": {"n": 20, "early_readout": []}}))
+    assert not run_all.step_done(step, tmp_path)
+    (tmp_path / step.outputs[0]).write_text(json.dumps({"summary": {"early_readout_attack": [{"time_s": None}]}}))
+    assert run_all.step_done(step, tmp_path)
+
+
+def _run_notebook(mk, name, results, figs, monkeypatch):
+    monkeypatch.setenv("EPSIM_RESULTS", str(results))
+    monkeypatch.setenv("EPSIM_FIGURES", str(figs))
+    nb = mk.build(name)
+    mk.execute(nb, timeout=300)
+    outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])]
+    errors = [o for o in outputs if o.get("output_type") == "error"]
+    assert not errors, (name, errors)
+    text = "".join(o.get("text", "") + "".join(o.get("data", {}).get("text/markdown", "")) for o in outputs)
+    return text
+
+
+@pytest.mark.timeout(600)
+def test_energy_notebook_without_energy_results(tmp_path, monkeypatch):
+    """The committed cpu results predate the energy step: notebook 07 runs on them, says "not run"
+    with the command that adds the results, and shows no number."""
+    pytest.importorskip("matplotlib")
+    pytest.importorskip("nbclient")
+    pytest.importorskip("ipykernel")
+    import make_notebooks as mk
+
+    results = tmp_path / "results"
+    shutil.copytree(ANALYSIS / "results" / "cpu", results)
+    shutil.rmtree(results / "energy", ignore_errors=True)
+    (results / "energy.csv").unlink(missing_ok=True)
+    figs = tmp_path / "figures"
+    text = _run_notebook(mk, "07_energy_latency.ipynb", results, figs, monkeypatch)
+    assert "not run" in text and "python analysis/run_all.py --scale cpu" in text and "--only energy/" in text
+    for fig in mk.FIGURES["07_energy_latency.ipynb"]:
+        assert (figs / fig).is_file(), fig
+    for table in mk.TABLES["07_energy_latency.ipynb"]:
+        with open(figs / f"{table}.csv", newline="") as fh:
+            rows = list(csv.reader(fh))
+        assert rows[0] == ["note"] and len(rows) == 2 and "not run" in rows[1][0], (table, rows)
+
+
+@pytest.mark.timeout(600)
+def test_energy_notebook_with_partial_energy_results(tmp_path, monkeypatch):
+    """An energy run without the early-readout attack, the training step and traces (older
+    options): notebook 07 draws what is there and says "not run" for the rest."""
+    pytest.importorskip("matplotlib")
+    pytest.importorskip("nbclient")
+    pytest.importorskip("ipykernel")
+    import make_notebooks as mk
+
+    results = tmp_path / "results"
+    shutil.copytree(ANALYSIS / "results" / "cpu", results)
+    shutil.rmtree(results / "energy", ignore_errors=True)
+    (results / "energy").mkdir()
+    stats = {"median": 2.8e-8, "p95": 3.1e-8, "mean": 2.8e-8}
+    summary = {"n": 360, "unsettled": 0, "accuracy_dc": 0.97, "settle_time_s": stats,
+               "decision_time_s": {"median": 3e-11, "p95": 1e-10, "mean": 5e-11},
+               "energy_per_inference_J": {"median": 5e-9, "p95": 6e-9, "mean": 5e-9},
+               "static_power_W": {"median": 0.18, "p95": 0.2, "mean": 0.18}, "macs_per_inference": 16128,
+               "digital_energy_per_inference_J_estimate": {"fp32_45nm": 7.4e-8, "int8_45nm": 3.7e-9},
+               "early_readout": [{"time_s": f * 2.8e-8, "accuracy": 0.97} for f in (0.1, 0.5, 1, 2)]}
+    settings = {"diode": "ideal", "input_gain_V": 16.0, "dataset": "digits", "t_stop_s": 1e-6,
+                "cell_capacitance_F": 1e-16, "node_capacitance_F": 1e-14}
+    (results / "energy" / "circuit-cnn-s0.json").write_text(json.dumps(
+        {"model": "circuit-cnn", "family": "circuit", "seed": 0, "step": "energy/circuit-cnn-s0",
+         "command": "python -m epsim.energy --checkpoint X --out Y", "settings": settings, "summary": summary,
+         "traces": None}))
+    figs = tmp_path / "figures"
+    text = _run_notebook(mk, "07_energy_latency.ipynb", results, figs, monkeypatch)
+    assert "circuit CNN" in text
+    for fig in mk.FIGURES["07_energy_latency.ipynb"]:
+        assert (figs / fig).is_file(), fig
+    with open(figs / "energy_latency.csv", newline="") as fh:
+        (row,) = list(csv.DictReader(fh))
+    assert row["images"] == "360" and row["training step / image median (nJ)"] == "not run"
+    assert row["robust accuracy (settled)"] == "not run" and float(row["energy / inference median (nJ)"]) == 5.0
+    with open(figs / "energy_early_readout.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == 4 and all(r["attack sanity"] == "not run" and r["robust (PGD)"] == "" for r in rows)
 
 
 def test_driver_user_errors_are_one_line(tmp_path):
