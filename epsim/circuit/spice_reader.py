@@ -7,22 +7,24 @@ The subset: elements ``R`` (resistor), ``D`` (diode), ``V`` and ``I`` (DC source
 ``.model NAME D(IS=.. N=..)``, ``.include``/``.inc`` (paths relative to the including file),
 ``.param``, ``.options``/``.temp`` (temperature only), analysis and output cards (``.op``,
 ``.dc``, ``.print``, ``.save``, ``.nodeset``, ``.ic``: ignored), ``.control ... .endc``
-(skipped) and ``.end``. Also: comment lines (``*``), inline comments
-(``;`` or `` $ ``), ``+`` continuation lines, case-insensitive names, SPICE number suffixes
-(``t g meg k m mil u n p f a``, trailing unit letters ignored: ``10kOhm``), ``{expr}``
-parameter expressions (``+ - * / **``, parentheses, parameter names).
+(skipped; a ``.control`` without its ``.endc`` is an error, as in ngspice) and ``.end``. Also:
+comment lines (``*``), inline comments (``;`` or `` $ ``), ``+`` continuation lines (joined in
+linear time), case-insensitive names, SPICE number suffixes (``t g meg k m mil u n p f a``,
+trailing unit letters ignored: ``10kOhm``), ``{expr}`` parameter expressions (``+ - * / **``,
+parentheses, parameter names; evaluated in floats with a nesting limit, see :func:`_eval_expr`).
+Every value must be a finite number, every temperature above absolute zero.
 
 The first line of a top-level netlist is its title (SPICE rule); included files have none.
 Temperature: ``.options temp=`` / ``.temp`` are read with ngspice's constants, Xyce's
 ``.options device temp=`` with Xyce's, and converted to epsim's temperature (same ``kT/q``),
 the inverse of :mod:`epsim.circuit.spice_writer`. ``TEMP`` must equal ``TNOM``.
 
-Every problem raises :class:`~epsim.errors.EpsimError` naming ``file:line``.
+Every problem raises :class:`~epsim.errors.EpsimError` naming ``file:line``, quoting at most
+about 80 characters of the offending text.
 """
 from __future__ import annotations
 
-import ast
-import operator
+import math
 import re
 from pathlib import Path
 
@@ -35,7 +37,6 @@ from .spice_writer import epsim_temperature_K
 SUFFIXES = (("meg", 1e6), ("mil", 25.4e-6), ("t", 1e12), ("g", 1e9), ("k", 1e3), ("m", 1e-3),
             ("u", 1e-6), ("n", 1e-9), ("p", 1e-12), ("f", 1e-15), ("a", 1e-18))
 NUMBER = re.compile(r"^([+-]?(?:\d+\.?\d*|\.\d+)(?:e[+-]?\d+)?)([a-z]*)$")
-TOKEN = re.compile(r"\{[^}]*\}|'[^']*'|\"[^\"]*\"|[^\s]+")
 UNSUPPORTED_ELEMENTS = {
     "c": "capacitor", "l": "inductor", "k": "coupled inductors", "x": "subcircuit instance",
     "m": "MOSFET", "q": "bipolar transistor", "j": "JFET", "z": "MESFET", "g": "VCCS",
@@ -48,100 +49,247 @@ IGNORED_CARDS = {".op", ".dc", ".print", ".save", ".probe", ".nodeset", ".ic", "
 DIODE_PARAMS = {"is", "n", "level"}
 ELEMENT_KINDS = "rdvief"
 READ_KINDS = "R, D, V, I, E and F"
+MAX_QUOTE = 80           # characters of netlist text quoted in an error message
+MAX_NUMBER_CHARS = 100   # a longer token is not read as a number (bounds the regex's work)
+MAX_EXPR_DEPTH = 64      # nesting (parentheses, unary signs, powers) of a {expression}
 
 
 class _Loc:
+    """A place in a netlist file: ``file:line`` of error messages."""
+
     def __init__(self, file, line):
         self.file, self.line = file, line
 
     def error(self, message) -> EpsimError:
-        return EpsimError(f"{self.file}:{self.line}: {message}")
+        """An error at this place; netlist text in ``message`` is cut to a readable length."""
+        return EpsimError(f"{self.file}:{self.line}: {_clip_message(message)}")
+
+
+def _clip_message(message: str, limit: int = 4 * MAX_QUOTE) -> str:
+    """``message`` with every run of non-blank characters cut to MAX_QUOTE (runs that
+    :func:`quote` and :func:`clip` already cut are left alone), and at most ``limit`` characters
+    long: an error names the problem, it does not echo the file."""
+    longest = MAX_QUOTE + 10  # what quote() and clip() leave of a long token
+    message = re.sub(r"\S{%d,}" % (longest + 1),
+                     lambda m: f"{m.group()[:MAX_QUOTE]}... ({len(m.group())} characters)", message)
+    return message if len(message) <= limit else message[:limit] + "..."
+
+
+EXPR_TOKEN = re.compile(r"\s*(?:(\d+\.?\d*(?:e[+-]?\d+)?|\.\d+(?:e[+-]?\d+)?)|([a-z_][a-z0-9_]*)|(\*\*|[-+*/()]))")
+
+
+def clip(text: str, limit: int = MAX_QUOTE) -> str:
+    """Netlist text for an error message, cut to ``limit`` characters."""
+    text = str(text)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+
+
+def quote(text: str, limit: int = MAX_QUOTE) -> str:
+    """``repr`` of netlist text for an error message, cut to ``limit`` characters."""
+    text = str(text)
+    return repr(text) if len(text) <= limit else f"{text[:limit]!r}... ({len(text)} characters)"
 
 
 def parse_number(text: str, params: dict | None = None, loc: _Loc | None = None) -> float:
-    """A SPICE value: number with optional scale suffix, ``{expr}`` or a parameter name."""
+    """A finite SPICE value: number with optional scale suffix, ``{expr}`` or a parameter name."""
     t = text.strip().lower()
-    if t.startswith("{") and t.endswith("}"):
+    if (t.startswith("{") and t.endswith("}")) or (len(t) > 1 and t.startswith("'") and t.endswith("'")):
         return _eval_expr(t[1:-1], params or {}, loc)
-    if t.startswith("'") and t.endswith("'"):
-        return _eval_expr(t[1:-1], params or {}, loc)
-    m = NUMBER.match(t)
+    where = loc.error if loc else EpsimError
+    m = NUMBER.match(t) if len(t) <= MAX_NUMBER_CHARS else None
     if m:
         value = float(m.group(1))
         letters = m.group(2)
         for suffix, scale in SUFFIXES:
             if letters.startswith(suffix):
-                return value * scale
+                value *= scale
+                break
+        if not np.isfinite(value):
+            raise where(f"value {quote(text)} is not a finite number")
         return value
     if params and t in params:
         return params[t]
-    where = loc.error if loc else EpsimError
-    raise where(f"cannot read {text!r} as a number")
+    raise where(f"cannot read {quote(text)} as a number")
 
 
-_BINOPS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul,
-           ast.Div: operator.truediv, ast.Pow: operator.pow}
+def _eval_expr(expr: str, params: dict, loc) -> float:
+    """Value of a ``{expr}``: numbers, parameter names, ``+ - * / **`` and parentheses, with
+    Python's precedence (``-2**2 == -4``, ``**`` right-associative).
+
+    Bounded: floats only (no arbitrary-precision integers), every intermediate result must be
+    finite and real, nesting deeper than :data:`MAX_EXPR_DEPTH` is refused; every problem is an
+    :class:`EpsimError` at ``loc``.
+    """
+    return _ExprParser(expr, params, loc).parse()
 
 
-def _eval_expr(expr: str, params: dict, loc):
-    def bad(msg):
-        return loc.error(msg) if loc else EpsimError(msg)
+class _ExprParser:
+    """Recursive-descent evaluator of a parameter expression (see :func:`_eval_expr`)."""
 
-    try:
-        tree = ast.parse(expr.strip(), mode="eval")
-    except SyntaxError:
-        raise bad(f"cannot parse expression {{{expr}}}") from None
+    def __init__(self, expr: str, params: dict, loc):
+        self.expr, self.params, self.loc = expr, params, loc
+        self.tokens = self._tokenize(expr)
+        self.pos = 0
 
-    def ev(node):
-        if isinstance(node, ast.Expression):
-            return ev(node.body)
-        if isinstance(node, ast.Constant) and isinstance(node.value, (int, float)):
-            return float(node.value)
-        if isinstance(node, ast.Name):
-            if node.id.lower() not in params:
-                raise bad(f"unknown parameter {node.id!r} in expression {{{expr}}}")
-            return params[node.id.lower()]
-        if isinstance(node, ast.BinOp) and type(node.op) in _BINOPS:
-            return _BINOPS[type(node.op)](ev(node.left), ev(node.right))
-        if isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.USub, ast.UAdd)):
-            v = ev(node.operand)
-            return -v if isinstance(node.op, ast.USub) else v
-        raise bad(f"unsupported expression {{{expr}}}: only numbers, parameters, + - * / **")
+    def fail(self, message) -> EpsimError:
+        text = f"{message} in expression {{{clip(self.expr)}}}" if self.expr else message
+        return self.loc.error(text) if self.loc else EpsimError(text)
 
-    try:
-        return float(ev(tree))
-    except ZeroDivisionError:
-        raise bad(f"division by zero in {{{expr}}}") from None
+    def _tokenize(self, expr):
+        tokens, pos, n = [], 0, len(expr)
+        while pos < n:
+            m = EXPR_TOKEN.match(expr, pos)
+            if m is None or m.end() == pos:
+                if expr[pos:].strip() == "":
+                    break
+                raise self.fail(f"cannot parse {quote(expr[pos:pos + 20])}")
+            number, name, op = m.groups()
+            if number is not None:
+                tokens.append(("num", float(number)))
+            elif name is not None:
+                tokens.append(("name", name))
+            else:
+                tokens.append(("op", op))
+            pos = m.end()
+        return tokens
+
+    def parse(self) -> float:
+        if not self.tokens:
+            raise self.fail("empty expression")
+        value = self._sum(0)
+        if self.pos != len(self.tokens):
+            raise self.fail(f"unexpected {quote(str(self.tokens[self.pos][1]))}")
+        return value
+
+    def _peek(self):
+        return self.tokens[self.pos] if self.pos < len(self.tokens) else (None, None)
+
+    def _checked(self, value: float) -> float:
+        if not np.isfinite(value):
+            raise self.fail("a result that is not a finite number")
+        return value
+
+    def _sum(self, depth):
+        value = self._product(depth)
+        while self._peek() in (("op", "+"), ("op", "-")):
+            op = self.tokens[self.pos][1]
+            self.pos += 1
+            rhs = self._product(depth)
+            value = self._checked(value + rhs if op == "+" else value - rhs)
+        return value
+
+    def _product(self, depth):
+        value = self._unary(depth)
+        while self._peek() in (("op", "*"), ("op", "/")):
+            op = self.tokens[self.pos][1]
+            self.pos += 1
+            rhs = self._unary(depth)
+            if op == "/" and rhs == 0:
+                raise self.fail("division by zero")
+            value = self._checked(value * rhs if op == "*" else value / rhs)
+        return value
+
+    def _unary(self, depth):
+        if depth > MAX_EXPR_DEPTH:
+            raise self.fail(f"nesting deeper than {MAX_EXPR_DEPTH} levels")
+        if self._peek() in (("op", "-"), ("op", "+")):
+            sign = -1.0 if self.tokens[self.pos][1] == "-" else 1.0
+            self.pos += 1
+            return sign * self._unary(depth + 1)
+        return self._power(depth)
+
+    def _power(self, depth):
+        base = self._atom(depth)
+        if self._peek() != ("op", "**"):
+            return base
+        self.pos += 1
+        exponent = self._unary(depth + 1)
+        try:
+            value = math.pow(base, exponent)
+        except OverflowError:
+            raise self.fail("a power that overflows") from None
+        except ValueError:  # a negative base to a fractional power, or 0 to a negative one
+            raise self.fail(f"a power that is not a real number (({base:g})**({exponent:g}))") from None
+        return self._checked(value)
+
+    def _atom(self, depth):
+        kind, value = self._peek()
+        self.pos += 1
+        if kind == "num":
+            return self._checked(value)
+        if kind == "name":
+            if value not in self.params:
+                raise self.fail(f"unknown parameter {quote(value)}")
+            return self.params[value]
+        if (kind, value) == ("op", "("):
+            inner = self._sum(depth + 1)
+            if self._peek() != ("op", ")"):
+                raise self.fail("a missing ')'")
+            self.pos += 1
+            return inner
+        raise self.fail("a missing operand" if kind is None else f"unexpected {quote(value)}")
 
 
 def _logical_lines(path: Path, has_title: bool):
-    """``(loc, text)`` statements of a file: continuations joined, comments dropped."""
-    try:
-        raw = path.read_text()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise EpsimError(f"cannot read netlist {path}: {exc}") from None
-    title = None
-    out = []
-    for number, line in enumerate(raw.splitlines(), start=1):
+    """``(title, [(loc, text)])``: the statements of a file, continuation lines joined (in
+    linear time), comments dropped, runs of blanks made one space."""
+    title, out = None, []  # out: (loc, [pieces of the statement])
+    for number, line in enumerate(_read_text(path).split("\n"), start=1):
         if has_title and number == 1:
             title = line.strip()
             continue
-        line = re.split(r";|\s\$(?=\s|$)", line, maxsplit=1)[0].rstrip()
-        stripped = line.strip()
+        line = re.split(r";|\s\$(?=\s|$)", line, maxsplit=1)[0]
+        stripped = " ".join(line.split())
         if not stripped or stripped.startswith("*"):
             continue
         if stripped.startswith("+"):
             if not out:
                 raise _Loc(path, number).error("continuation line '+' with nothing to continue")
-            out[-1] = (out[-1][0], out[-1][1] + " " + stripped[1:])
+            out[-1][1].append(stripped[1:])
             continue
-        out.append((_Loc(path, number), stripped))
-    return title, out
+        out.append((_Loc(path, number), [stripped]))
+    return title, [(loc, " ".join(p for p in pieces if p)) for loc, pieces in out]
+
+
+def _read_text(path: Path) -> str:
+    """The file's text (UTF-8); bytes that are not UTF-8 are an error at their line."""
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise EpsimError(f"cannot read netlist {path}: {exc.strerror}") from None
+    try:
+        return raw.decode("utf-8").replace("\r\n", "\n")
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        raise _Loc(path, line).error(f"byte {raw[exc.start]:#04x} is not UTF-8 text") from None
+
+
+_RUN = re.compile(r"\S+")
+_QUOTES = {"{": "}", "'": "'", '"': '"'}
 
 
 def _tokens(text: str) -> list:
-    text = re.sub(r"\s*=\s*", "=", text)
-    return TOKEN.findall(text)
+    """Blank-separated tokens of a statement; ``{...}``, ``'...'`` and ``"..."`` are one token
+    each (blanks inside allowed). Linear in the length of ``text``."""
+    text = re.sub(r" ?= ?", "=", " ".join(text.split()))
+    out, i, n = [], 0, len(text)
+    unclosed = set()  # closing characters absent from the rest of the text
+    while i < n:
+        if text[i] == " ":
+            i += 1
+            continue
+        close = _QUOTES.get(text[i])
+        if close is not None and close not in unclosed:
+            j = text.find(close, i + 1)
+            if j >= 0:
+                out.append(text[i:j + 1])
+                i = j + 1
+                continue
+            unclosed.add(close)
+        run = _RUN.match(text, i)
+        out.append(run.group())
+        i = run.end()
+    return out
 
 
 class _Reader:
@@ -156,19 +304,20 @@ class _Reader:
     def read_file(self, path: Path, has_title: bool):
         path = Path(path)
         key = path.resolve()
-        if key in self.stack:
-            raise EpsimError(f"{path}: .include loop")
         self.stack.append(key)
         title, lines = _logical_lines(path, has_title)
-        in_control = False
+        control = None  # where the open .control block began
         for loc, text in lines:
             tokens = _tokens(text)
             head = tokens[0].lower()
-            if in_control:
-                in_control = head != ".endc"
+            if control is not None:
+                if head == ".endc":
+                    control = None
                 continue
             if head == ".control":
-                in_control = True
+                control = loc
+            elif head == ".endc":
+                raise loc.error(".endc without .control")
             elif head == ".end":
                 break
             elif head in (".include", ".inc", ".lib"):
@@ -182,7 +331,7 @@ class _Reader:
             elif head == ".temp":
                 if len(tokens) != 2:
                     raise loc.error(".temp needs one value (degrees C)")
-                self.temp = (parse_number(tokens[1], self.params, loc), "ngspice", loc)
+                self.temp = (_temperature_C(tokens[1], self.params, loc, "ngspice", "TEMP"), "ngspice", loc)
             elif head.startswith("."):
                 if head in IGNORED_CARDS:
                     continue
@@ -190,6 +339,9 @@ class _Reader:
                                 ".model, .include, .param, .options, .op/.dc/.print, .end)")
             else:
                 self.statements.append((loc, tokens))
+        if control is not None:
+            raise control.error(".control without .endc: the rest of the file would be read as "
+                                "simulator commands, not as the circuit (ngspice stops with an error)")
         self.stack.pop()
         return title
 
@@ -202,6 +354,8 @@ class _Reader:
             target = path.parent / target
         if not target.is_file():
             raise loc.error(f"included file {name} not found (looked for {target})")
+        if target.resolve() in self.stack:
+            raise loc.error(f"{tokens[0]} {name} includes a file that is already being read (an include loop)")
         self.read_file(target, has_title=False)
 
     def _param(self, tokens, loc):
@@ -209,7 +363,7 @@ class _Reader:
             raise loc.error(".param needs name=value")
         for tok in tokens[1:]:
             if "=" not in tok:
-                raise loc.error(f".param expects name=value, got {tok!r}")
+                raise loc.error(f".param expects name=value, got {quote(tok)}")
             name, value = tok.split("=", 1)
             self.params[name.lower()] = parse_number(value, self.params, loc)
 
@@ -223,7 +377,7 @@ class _Reader:
         values = {"is": 1e-14, "n": 1.0}  # SPICE defaults
         for tok in _tokens(body.replace("(", " ").replace(")", " ")):
             if "=" not in tok:
-                raise loc.error(f"diode model {name}: expected PARAM=value, got {tok!r}")
+                raise loc.error(f"diode model {name}: expected PARAM=value, got {quote(tok)}")
             key, value = tok.split("=", 1)
             key = key.lower()
             if key not in DIODE_PARAMS:
@@ -254,9 +408,9 @@ class _Reader:
             key, value = tok.split("=", 1)
             key = key.lower()
             if key == "temp":
-                self.temp = (parse_number(value, self.params, loc), dialect, loc)
+                self.temp = (_temperature_C(value, self.params, loc, dialect, "TEMP"), dialect, loc)
             elif key == "tnom":
-                self.tnom = (parse_number(value, self.params, loc), dialect, loc)
+                self.tnom = (_temperature_C(value, self.params, loc, dialect, "TNOM"), dialect, loc)
 
     def build(self, title, path) -> Netlist:
         temp_C, dialect, loc = self.temp or (27.0, "ngspice", None)
@@ -339,7 +493,7 @@ class _Reader:
                 args = [args[0][2:]]
             if len(args) != 1:
                 raise loc.error(f"resistor {tokens[0]}: expected one value"
-                                + (f", got extra {' '.join(args[1:])!r}" if len(args) > 1 else ""))
+                                + (f", got extra {quote(' '.join(args[1:]))}" if len(args) > 1 else ""))
             value = parse_number(args[0], self.params, loc)
             if value == 0:
                 raise loc.error(f"resistor {tokens[0]} of 0 ohm")
@@ -349,8 +503,16 @@ class _Reader:
         if not args:
             return 0.0
         if len(args) != 1:
-            raise loc.error(f"{label} {tokens[0]}: only DC values are supported, got {' '.join(args)!r}")
+            raise loc.error(f"{label} {tokens[0]}: only DC values are supported, got {quote(' '.join(args))}")
         return parse_number(args[0], self.params, loc)
+
+
+def _temperature_C(text, params, loc, dialect, what) -> float:
+    """A netlist temperature in degrees C, checked to be above absolute zero in ``dialect``."""
+    temp_C = parse_number(text, params, loc)
+    if not epsim_temperature_K(temp_C, dialect) > 0:
+        raise loc.error(f"{what}={temp_C:g} C is at or below absolute zero (-273.15 C)")
+    return temp_C
 
 
 class _Group:
