@@ -7,11 +7,12 @@ The subset: elements ``R`` (resistor), ``D`` (diode), ``V`` and ``I`` (DC source
 ``.model NAME D(IS=.. N=..)``, ``.include``/``.inc`` (paths relative to the including file),
 ``.param``, ``.options``/``.temp`` (temperature only), analysis and output cards (``.op``,
 ``.dc``, ``.print``, ``.save``, ``.nodeset``, ``.ic``: ignored), ``.control ... .endc``
-(skipped; a ``.control`` without its ``.endc`` is an error, as in ngspice) and ``.end``. Also:
-comment lines (``*``), inline comments (``;`` or `` $ ``), ``+`` continuation lines (joined in
-linear time), case-insensitive names, SPICE number suffixes (``t g meg k m mil u n p f a``,
-trailing unit letters ignored: ``10kOhm``), ``{expr}`` parameter expressions (``+ - * / **``,
-parentheses, parameter names; evaluated in floats with a nesting limit, see :func:`_eval_expr`).
+(skipped; a ``.control`` without its ``.endc`` is an error: it would silently drop the rest of
+the circuit) and ``.end``. Also: comment lines (``*``), inline comments (``;`` or `` $ ``),
+``+`` continuation lines (joined in linear time), case-insensitive names, SPICE number suffixes
+(``t g meg k m mil u n p f a``, trailing unit letters ignored: ``10kOhm``), ``{expr}`` parameter
+expressions (``+ - * / **``, parentheses, parameter names; evaluated in floats with a nesting
+limit, see :func:`_eval_expr`).
 Every value must be a finite number, every temperature above absolute zero.
 
 The first line of a top-level netlist is its title (SPICE rule); included files have none.
@@ -340,8 +341,8 @@ class _Reader:
             else:
                 self.statements.append((loc, tokens))
         if control is not None:
-            raise control.error(".control without .endc: the rest of the file would be read as "
-                                "simulator commands, not as the circuit (ngspice stops with an error)")
+            raise control.error(".control without .endc: every line after it would be taken for a "
+                                "simulator command and dropped from the circuit; close the block with .endc")
         self.stack.pop()
         return title
 
