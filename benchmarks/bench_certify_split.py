@@ -10,14 +10,14 @@ at ``--splits`` pixels (2 + 2·2^k solves per image the basic box leaves uncerti
 from __future__ import annotations
 
 import argparse
-import tempfile
 import time
-from pathlib import Path
 
 from epsim.data import load_dataset
 from epsim.robustness.certify import certify_box, certify_split
 from epsim.solvers.numba_solver import NumbaSolver
-from epsim.training import TrainConfig, load_network, train
+from epsim.training import load_network
+
+from _digits import digits_checkpoint
 
 
 def main():
@@ -26,11 +26,7 @@ def main():
     p.add_argument("--eps", type=float, nargs="+", default=[0.0313725, 0.05], help="L-inf radii")
     p.add_argument("--splits", type=int, nargs="+", default=[2, 4, 6], help="pixels split per image")
     args = p.parse_args()
-    ckpt = args.checkpoint
-    if ckpt is None:
-        tmp = Path(tempfile.mkdtemp(prefix="epsim-bench-"))
-        train(TrainConfig(), load_dataset("digits"), tmp, progress=False, log=lambda *_: None)
-        ckpt = tmp / "checkpoint.pt"
+    ckpt = digits_checkpoint(args.checkpoint)
     net, _ = load_network(ckpt)
     ds = load_dataset("digits")
     solver = NumbaSolver(tol_A=1e-9, max_iter=100000)

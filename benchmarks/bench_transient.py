@@ -11,9 +11,7 @@ block sweeps per step, and the median settling time (outputs within 1 mV of DC).
 from __future__ import annotations
 
 import argparse
-import tempfile
 import time
-from pathlib import Path
 
 import numpy as np
 
@@ -21,7 +19,9 @@ from epsim.circuit.compile import with_diode
 from epsim.data import load_dataset
 from epsim.solvers.numba_solver import NumbaSolver
 from epsim.solvers.transient import settling_times_s, simulate
-from epsim.training import TrainConfig, load_network, train
+from epsim.training import load_network
+
+from _digits import digits_checkpoint
 
 
 def main():
@@ -32,11 +32,7 @@ def main():
     p.add_argument("--lte-tol", type=float, default=1e-4, help="truncation error per step (V)")
     p.add_argument("--tol", type=float, default=1e-9, help="KCL tolerance per step (A)")
     args = p.parse_args()
-    ckpt = args.checkpoint
-    if ckpt is None:
-        tmp = Path(tempfile.mkdtemp(prefix="epsim-bench-"))
-        train(TrainConfig(), load_dataset("digits"), tmp, progress=False, log=lambda *_: None)
-        ckpt = tmp / "checkpoint.pt"
+    ckpt = digits_checkpoint(args.checkpoint)
     net0, _ = load_network(ckpt)
     ds = load_dataset("digits")
     print(f"| diodes | images | wall (s) | steps (rejected) | sweeps/step | median settling (ns) |")

@@ -269,21 +269,9 @@ def fgsm(grad_fn, predict_fn, x, y, eps, norm) -> AttackResult:
     """Single-step attack: ``x + ε·sign(g)`` (L∞) or ``x + ε·g/||g||`` (L2), projected.
 
     Samples the predictor already gets wrong at ``x`` are not attacked (``robust`` False).
+    It is one step of :func:`seed_pgd` with the step ε and clipping to [0, 1].
     """
-    _check_norm(norm)
-    x = np.asarray(x, np.float64)
-    y = np.asarray(y)
-    stats = _new_stats(len(y))
-    robust = _judge(predict_fn, x, y, stats)
-    x_adv = x.copy()
-    e = _eps_array(eps, len(y))
-    idx = np.flatnonzero(robust & (e > 0))
-    if len(idx):
-        _, g = _gradient(grad_fn, x[idx], y[idx], stats)
-        ei = e[idx].reshape((-1,) + (1,) * (x.ndim - 1))
-        x_adv[idx] = project(x[idx] + ei * _direction(g, norm), x[idx], e[idx], norm)
-        robust[idx] = _judge(predict_fn, x_adv[idx], y[idx], stats)
-    return AttackResult(x_adv, robust, stats)
+    return seed_pgd(grad_fn, predict_fn, x, y, eps, norm, steps=1, step_factor=1.0, clip=True)
 
 
 # ---- APGD ------------------------------------------------------------------------------
