@@ -33,11 +33,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import numba as nb
 import numpy as np
 
 from ..errors import EpsimError
-from .numba_solver import LayeredProblem, _layer_drive, layer_residual, relax_layer
+from .numba_solver import LayeredProblem, _residual, _run_phase
 from .threads import threads_for
 
 
@@ -104,57 +103,10 @@ class Transient:
     extras: dict = field(default_factory=dict)
 
 
-@nb.njit(cache=True)
-def _implicit_step(kinds, shapes, weights, a, bias, lo, hi, input_drive, v, hist, beta, target, tol_n,
-                   max_iter, shockley, is_n, nvt, layer_p, parallel):
-    """Solve one implicit step in place: the circuit with companion conductances (already in
-    ``a``) and companion currents ``hist`` (tuple of (B, n_l)), nudged by ``beta`` toward
-    ``target`` (the normalised circuit's (B, K); the nudge conductance is in ``a``). Returns
-    the sweeps used;
-    stops per sample once the KCL residual (physical, normalised) is below ``tol_n``."""
-    n_layers = len(v)
-    batch = v[0].shape[0]
-    active = np.ones(batch, dtype=np.bool_)
-    odd = np.arange(0, n_layers, 2)
-    even = np.arange(1, n_layers, 2)
-    drives = [np.empty_like(x) for x in v]
-    res = np.zeros(batch)
-    sweeps = 0
-    for sweeps in range(1, max_iter + 1):
-        for l in odd:
-            _layer_drive(l, kinds, shapes, weights, bias, input_drive, v, beta, target, drives[l])
-            drives[l] += hist[l]
-        if sweeps > 1:
-            res[:] = 0.0
-            for l in odd:
-                layer_residual(a[l], drives[l], lo[l], hi[l], shockley, is_n[l], nvt[l], v[l], layer_p[l],
-                               res, parallel)
-            n_active = 0
-            for b in range(batch):
-                active[b] = active[b] and res[b] > tol_n
-                n_active += active[b]
-            if n_active == 0:
-                break
-        for l in odd:
-            relax_layer(a[l], drives[l], lo[l], hi[l], shockley, is_n[l], nvt[l], active, v[l], parallel)
-        for l in even:
-            _layer_drive(l, kinds, shapes, weights, bias, input_drive, v, beta, target, drives[l])
-            drives[l] += hist[l]
-            relax_layer(a[l], drives[l], lo[l], hi[l], shockley, is_n[l], nvt[l], active, v[l], parallel)
-    return sweeps
-
-
-def _step_residual_A(problem, a, hist, u, beta, target):
-    """(B,) physical KCL residual (A) of state ``u`` for one step's companion circuit."""
-    kinds, shapes, weights = problem.layout
-    res = np.zeros(u[0].shape[0])
-    for l in range(len(u)):
-        c = np.empty_like(u[l])
-        _layer_drive(l, kinds, shapes, weights, problem.bias_tuple, problem.input_drive, u, beta, target, c)
-        c += hist[l]
-        layer_residual(a[l], c, problem.rails_lo[l], problem.rails_hi[l], problem.shockley, problem.is_n[l],
-                       problem.nvt[l], u[l], problem.layer_p[l], res, problem.parallel)
-    return res * problem.net.ranges.g_unit_S
+def _step_sources(problem, hist) -> tuple:
+    """Per-sample sources (B, n_l) of one implicit step: each node's bias plus its capacitor's
+    companion current (the numba sweeps add ``bias[l]`` to the drive, per node or per sample)."""
+    return tuple(np.ascontiguousarray(b + h) for b, h in zip(problem.bias_tuple, hist))
 
 
 def circuit_powers_W(net, v_input, v_free, beta=0.0, target_V=None) -> dict:
@@ -241,6 +193,7 @@ def simulate(net, v_input, *, caps: Capacitances = Capacitances(), t_stop_s: flo
         raise EpsimError("a nudged phase needs target voltages")
     target = problem._target(beta, target_V)
     degree = [problem.self_conductance(l, beta) for l in range(1, net.num_layers + 1)]
+    unused = np.zeros(batch, dtype=np.bool_)
     t = [0.0]
     phys = problem.to_physical(u)
     n_probe = {l: min(probe_nodes, n) for l, n in enumerate(net.layer_sizes[1:], start=1)}
@@ -263,11 +216,12 @@ def simulate(net, v_input, *, caps: Capacitances = Capacitances(), t_stop_s: flo
             hist = tuple((c / h) * (k_old * x - k_prev * y) for c, x, y in zip(cap_n, u, u_prev))
             pred = tuple(x + w * (x - y) for x, y in zip(u, u_prev)) if h_prev is not None else u
             new = tuple(x.copy() for x in pred)
-            n_sweeps = _implicit_step(kinds, shapes, weights, a, problem.bias_tuple, problem.rails_lo,
-                                      problem.rails_hi, problem.input_drive, new, hist, float(beta), target,
-                                      tol_n, int(max_iter),
-                                      problem.shockley, problem.is_n, problem.nvt, problem.layer_p,
-                                      problem.parallel)
+            sources = _step_sources(problem, hist)
+            # one implicit step is the DC problem of the companion circuit: the equilibrium sweeps
+            n_sweeps = _run_phase(kinds, shapes, weights, a, sources, problem.rails_lo, problem.rails_hi,
+                                  problem.input_drive, new, new, float(beta), target, tol_n, 0.0, int(max_iter),
+                                  problem.shockley, problem.is_n, problem.nvt, problem.layer_p, unused,
+                                  problem.parallel)
             # local truncation error of BDF2 from the predictor-corrector distance (physical V);
             # the Euler start is judged by its first-order estimate against the state it left
             diff = max(float(np.abs((x - y) * p).max(initial=0.0))
@@ -277,7 +231,7 @@ def simulate(net, v_input, *, caps: Capacitances = Capacitances(), t_stop_s: flo
                 h *= 0.5
                 rejected += 1
                 continue
-            last_step = (a, hist, new, float(beta), target)
+            last_step = (a, sources, new)
             phys_new, phys_old = problem.to_physical(new), problem.to_physical(u)
             phys_prev = problem.to_physical(u_prev)
             p = circuit_powers_W(net, problem.v_input, phys_new, beta, target_V)
@@ -295,7 +249,12 @@ def simulate(net, v_input, *, caps: Capacitances = Capacitances(), t_stop_s: flo
             grow = 2.0 if lte < 1e-3 * lte_tol_V else float(np.clip(0.9 * np.sqrt(lte_tol_V / max(lte, 1e-300)), 0.5, 2.0))
             h = min(h * grow, dt_max)
     # the kernel stops a sample once its KCL residual is within tol_A; certify the last step
-    worst = float(_step_residual_A(problem, *last_step).max())
+    a, sources, new = last_step
+    res = np.zeros(batch)
+    _residual(kinds, shapes, weights, a, sources, problem.rails_lo, problem.rails_hi, problem.input_drive, new,
+              float(beta), target, problem.shockley, problem.is_n, problem.nvt, problem.layer_p, res,
+              problem.parallel)
+    worst = float(res.max()) * g
     t = np.array(t)
     powers = {k: np.array(v) for k, v in powers.items()}
     energy = {k: np.diff(t) @ p for k, p in powers.items()}
