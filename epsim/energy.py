@@ -170,7 +170,8 @@ def main(argv=None):
     from .checkpoint import write_json
     from .circuit.compile import with_diode
     from .data import default_data_dir, load_dataset
-    from .solvers.transient import Capacitances, settling_times_s
+    from .models.resistive import one_hot_targets
+    from .solvers.transient import Capacitances, circuit_powers_W, settling_times_s
     from .training import TrainConfig, load_network, make_solver
 
     net, state = load_network(args.checkpoint)
@@ -186,7 +187,7 @@ def main(argv=None):
     print(f"energy of {args.checkpoint} ({net.name}, {net.diode.kind} diodes) on {n} {config.dataset} test images")
     t0 = time.perf_counter()
     per = {k: [] for k in ("settle_time_s", "decision_time_s", "energy_per_inference_J", "static_power_W",
-                           "correct", "energy_free_J", "energy_plus_J", "energy_minus_J")}
+                           "correct", "energy_plus_J", "energy_minus_J")}
     traces = []
     batches = range(0, n, args.batch_size)
     bar = None
@@ -205,8 +206,6 @@ def main(argv=None):
             traces_npz = {"t_s": tr.t_s, "labels": yb[:k], "v_out": tr.v_out[:, :k],
                           **{f"layer{l}": p[:, :k] for l, p in tr.probes.items()}}
         settle, decide = settling_times_s(tr, free.v_output, args.settle_tol)
-        from .solvers.transient import circuit_powers_W
-
         per["settle_time_s"].append(settle)
         per["decision_time_s"].append(decide)
         per["energy_per_inference_J"].append(energy_until(tr, settle))
@@ -214,10 +213,7 @@ def main(argv=None):
         per["correct"].append(np.argmax(free.v_output, axis=1) == yb)
         traces.append((tr, yb))
         if not args.no_training_step:
-            from .models.resistive import one_hot_targets
-
             target = one_hot_targets(yb, net.num_outputs, config.target_high_V)
-            per["energy_free_J"].append(per["energy_per_inference_J"][-1])
             for sign, key in ((1.0, "energy_plus_J"), (-1.0, "energy_minus_J")):
                 b = sign * config.beta
                 ref = dc.solve(prepared, b, target, init=free.v_free)
@@ -255,7 +251,7 @@ def main(argv=None):
     }
     if not args.no_training_step:
         upd = _update_energy_J(net, config, make_solver(config), x[:config.batch_size], y[:config.batch_size], args)
-        phases = per["energy_free_J"] + per["energy_plus_J"] + per["energy_minus_J"]
+        phases = per["energy_per_inference_J"] + per["energy_plus_J"] + per["energy_minus_J"]
         summary["training_step"] = {
             "phases_energy_J_per_image": stats(phases),
             "update_pulses_per_batch": upd["pulses"], "update_energy_J_per_batch": upd["energy_J"],
