@@ -18,7 +18,7 @@ import torch
 from epsim.data import load_dataset
 from epsim.errors import EpsimError
 from epsim.models.ep_cnn import ep_gradients
-from epsim.torch_training import load_torch_model
+from epsim.models.loading import load_torch_model
 
 
 def _budget(text: str) -> tuple:

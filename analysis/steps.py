@@ -127,7 +127,7 @@ def spice_compare(args):
     from epsim.models.resistive import one_hot_targets
     from epsim.solvers.numba_solver import LayeredProblem, solve
     from epsim.solvers.spice_backend import run_ngspice
-    from epsim.training import load_network
+    from epsim.models.loading import load_network
 
     folder = Path(args.netlists)
     ops = sorted(folder.glob("sample*_*.op.json"))

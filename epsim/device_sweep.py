@@ -130,7 +130,8 @@ def evaluate_chip(config, net, dataset, wire_resistance_ohm, repeats, batch_size
 
 def train_chip(config, dataset, run_dir: Path, progress, log):
     """Train (or reuse a finished identical run) and return ``(net, metrics)``."""
-    from .training import METRICS_NAME, load_network, train
+    from .models.loading import load_network
+    from .training import METRICS_NAME, train
 
     metrics_path = run_dir / METRICS_NAME
     if metrics_path.is_file():

@@ -172,7 +172,8 @@ def main(argv=None):
     from .data import default_data_dir, load_dataset
     from .models.resistive import one_hot_targets
     from .solvers.transient import Capacitances, circuit_powers_W, settling_times_s
-    from .training import TrainConfig, load_network, make_solver
+    from .models.loading import load_network
+    from .training import TrainConfig, make_solver
 
     net, state = load_network(args.checkpoint)
     if args.diode is not None and args.diode != net.diode.kind:

@@ -65,7 +65,7 @@ def main(argv=None):
         dataset_name, beta, high_V = "digits", REFERENCE_BETA, REFERENCE_TARGET_HIGH_V
         source = "reference circuit (epsim.circuit.reference, seeded, untrained)"
     else:
-        from .training import load_network
+        from .models.loading import load_network
 
         net, state = load_network(args.checkpoint)
         config = state.get("config", {})

@@ -32,13 +32,13 @@ from .checkpoint import (check_same_epochs, load_checkpoint, remove_stale_tempor
                          write_json)
 from .cli import explicit_options
 from .errors import EpsimError
-from .models.baselines import ADV_PRESETS, BP_PRESETS, VIT_PRESETS, BPCNN, ViT, build_baseline
+from .models.baselines import ADV_PRESETS, BP_PRESETS, VIT_PRESETS, build_baseline
 from .models.ep_cnn import EP_PRESETS, SOLVERS, EPCNN, build_ep_cnn, ep_gradients
+from .models.loading import (DEVICES, TORCH_MODELS, load_torch_model, model_from_arch,  # noqa: F401
+                             pick_device, to_tensors as _to_tensors)
 
-TORCH_MODELS = ("ep-cnn", "bp-cnn", "adv-cnn", "vit")
 PRESETS = {"ep-cnn": EP_PRESETS, "bp-cnn": BP_PRESETS, "adv-cnn": ADV_PRESETS, "vit": VIT_PRESETS}
 PRESET_NAMES = ("cifar10-paper", "cifar100-paper", "cifar10-small")
-DEVICES = ("auto", "cpu", "cuda")
 CHECKPOINT_NAME = "checkpoint.pt"
 METRICS_NAME = "metrics.json"
 CROP_PADDING = 4
@@ -179,34 +179,11 @@ def resolve_config(model: str, preset: str, **overrides) -> TorchTrainConfig:
     return config
 
 
-def pick_device(name: str = "auto") -> torch.device:
-    """``auto``: CUDA when available, else CPU; ``cuda`` without a GPU is an error."""
-    if name not in DEVICES:
-        raise EpsimError(f"unknown device {name!r}; choose from {', '.join(DEVICES)}")
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise EpsimError("--device cuda asked for, but torch sees no CUDA GPU (use --device cpu or auto)")
-    return torch.device(name)
-
-
 def build_model(config: TorchTrainConfig, image_shape, num_classes, dataset_name=None) -> torch.nn.Module:
     """The network of ``config`` for images of ``image_shape`` ``(C, H, W)``."""
     if config.model == "ep-cnn":
         return build_ep_cnn(asdict(config), image_shape, num_classes, dataset_name)
     return build_baseline(config.model, asdict(config), image_shape, num_classes, dataset_name)
-
-
-def model_from_arch(kind: str, arch: dict) -> torch.nn.Module:
-    """Rebuild an (untrained) model from its ``describe()`` dict."""
-    arch = dict(arch)
-    if kind == "ep-cnn":
-        return EPCNN(**arch)
-    if kind in ("bp-cnn", "adv-cnn"):
-        return BPCNN(**arch)
-    if kind == "vit":
-        return ViT(**arch)
-    raise EpsimError(f"checkpoint holds a {kind!r} model, not one of {', '.join(TORCH_MODELS)}")
 
 
 def make_optimizer(model, config: TorchTrainConfig):
@@ -326,16 +303,6 @@ def train_step(model, optimizer, config: TorchTrainConfig, xb, yb, gen) -> dict:
         optimizer.step()
     stats.update(batches=1, n=len(yb), correct=int((logits.detach().argmax(1) == yb).sum()), loss_sum=float(loss.detach()))
     return stats
-
-
-def _to_tensors(obj):
-    if isinstance(obj, np.ndarray):
-        return torch.from_numpy(np.ascontiguousarray(obj))
-    if isinstance(obj, dict):
-        return {k: _to_tensors(v) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [_to_tensors(v) for v in obj]
-    return obj
 
 
 def _config_from_state(state: dict) -> TorchTrainConfig:
@@ -492,29 +459,6 @@ def final_metrics(config, model, history, wall_seconds, n_test, device, stopped_
         out["test_unconverged"] = last.get("test_unconverged")
         out["max_residual"] = max((h["max_residual"] for h in history), default=None)
     return out
-
-
-def load_torch_model(path, device="cpu") -> torch.nn.Module:
-    """A trained torch model from ``checkpoint.pt``, in eval mode on ``device``.
-
-    The module maps ``(B, C, H, W)`` pixels in [0, 1] to logits; for the EP-CNN its
-    ``forward`` runs the free phase with the training run's inference settings
-    (``model.relax`` gives the state and convergence certificate).  Attributes
-    ``epsim_kind``, ``epsim_preset`` and ``epsim_dataset`` say what it is.
-    """
-    state = load_checkpoint(path)
-    kind = state.get("kind")
-    if kind not in TORCH_MODELS:
-        raise EpsimError(f"{path} holds a {kind!r} model, not one of the torch models "
-                         f"({', '.join(TORCH_MODELS)})")
-    model = model_from_arch(kind, state["arch"])
-    try:
-        model.load_state_dict(_to_tensors(state["state_dict"]))
-    except RuntimeError as exc:
-        raise EpsimError(f"{path}: weights do not fit the saved architecture ({str(exc).splitlines()[0]})") from None
-    model.epsim_kind, model.epsim_preset = kind, state.get("preset")
-    model.epsim_dataset = state.get("dataset")
-    return model.to(pick_device(device) if isinstance(device, str) else device).eval()
 
 
 def _progress(iterable, total, initial, epoch, config, enabled):

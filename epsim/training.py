@@ -30,6 +30,7 @@ from .learning.low_rank import grad_is_zero, grad_rms
 from .learning.optim import ProjectedSGD
 from .models.arch import parse_arch
 from .models.connections import INITS
+from .models.loading import load_network, restore_network  # noqa: F401  (re-exported)
 from .models.registry import build_circuit_model, preset_settings
 from .models.resistive import CircuitRanges, ResistiveNetwork
 from .solvers import get_solver
@@ -429,29 +430,6 @@ def final_metrics(config, net, history, wall_seconds, n_test) -> dict:
         "max_residual_A": max((h["max_residual_A"] for h in history), default=None),
         "config": asdict(config), "history": history,
     }
-
-
-def restore_network(net: ResistiveNetwork, state: dict, path) -> None:
-    """Load a checkpoint's parameters into ``net`` after checking it is the same circuit."""
-    if state.get("kind") != "circuit":
-        raise EpsimError(f"{path} holds a {state.get('kind')!r} model, not a circuit model")
-    if state["model"]["connections"] != net.describe()["connections"]:
-        raise EpsimError(f"{path} is a checkpoint of a different model shape "
-                         f"({state['model']['name']}, {len(state['model']['connections'])} layers)")
-    try:
-        net.set_params(state["w"], state["b"])
-    except EpsimError as exc:
-        raise EpsimError(f"{path}: {exc}") from None
-
-
-def load_network(path) -> tuple:
-    """``(network, checkpoint dict)`` from a circuit checkpoint file."""
-    state = load_checkpoint(path)
-    if state.get("kind") != "circuit":
-        raise EpsimError(f"{path} holds a {state.get('kind')!r} model, not a circuit model")
-    net = ResistiveNetwork.from_description(state["model"])
-    restore_network(net, state, path)
-    return net, state
 
 
 def _progress(iterable, total, initial, epoch, config, enabled):

@@ -387,19 +387,17 @@ def load_model(path, *, backend=None, tol_A=None, max_iter=None, device="cpu", *
 
     backend/tol_A/max_iter: predictor settings of a circuit (default: those it was trained with).
     circuit_options: passed to :class:`CircuitAdapter` (grad_tol_A, ep_beta, ce_temperature_V, …).
-    Software models are loaded with ``epsim.torch_training.load_torch_model``.
+    The file is read once, by :func:`epsim.models.loading.load_trained`.
     """
-    from ..checkpoint import load_checkpoint
+    from ..models.loading import load_trained
 
     path = Path(path)
-    state = load_checkpoint(path)
-    kind = state.get("kind")
-    if kind == "circuit":
-        from ..training import load_network
-
-        net, state = load_network(path)
-        cfg = dict(state.get("config", {}))
-        last = (state.get("history") or [{}])[-1]
+    trained = load_trained(path)
+    cfg, kind = trained.config, trained.kind
+    hist = trained.state.get("history") or [{}]
+    last = (hist[-1] or {}) if isinstance(hist, list) else {}
+    if trained.is_circuit:
+        net = trained.model
         recorded = {"test_accuracy": last.get("test_accuracy"), "test_subset": cfg.get("test_subset"),
                     "backend": cfg.get("backend"), "tol_A": cfg.get("tol_A"), "max_iter": cfg.get("max_iter")}
         adapter = CircuitAdapter(
@@ -407,16 +405,8 @@ def load_model(path, *, backend=None, tol_A=None, max_iter=None, device="cpu", *
             tol_A=cfg.get("tol_A", 1e-9) if tol_A is None else tol_A,
             max_iter=cfg.get("max_iter", 1000) if max_iter is None else max_iter,
             device=device, name=f"circuit-{cfg.get('model', net.name)}", **circuit_options)
-        return LoadedModel(adapter, cfg.get("dataset"), cfg, recorded)
-    try:
-        from ..torch_training import load_torch_model
-    except ImportError:
-        raise EpsimError(f"{path} holds a {kind!r} model and this epsim has no loader for software "
-                         "models (epsim.torch_training)") from None
-    loaded = load_torch_model(path)
-    model, ckpt = loaded if isinstance(loaded, tuple) else (loaded, state)
-    cfg = dict(ckpt.get("config", {}) or {})
-    dataset = cfg.get("dataset") or ckpt.get("dataset")
+        return LoadedModel(adapter, trained.dataset, cfg, recorded)
+    model, ckpt, dataset = trained.model, trained.state, trained.dataset
     image_shape = getattr(model, "image_shape", None) or cfg.get("image_shape") or ckpt.get("image_shape")
     num_classes = getattr(model, "num_classes", None) or cfg.get("num_classes") or ckpt.get("num_classes")
     if image_shape is None or num_classes is None:
@@ -428,8 +418,7 @@ def load_model(path, *, backend=None, tol_A=None, max_iter=None, device="cpu", *
         if ds is None:
             raise EpsimError(f"{path}: cannot tell the image shape of this {kind!r} model")
         image_shape, num_classes = ds.image_shape, ds.num_classes
-    hist = ckpt.get("history") or [{}]
-    recorded = {"test_accuracy": (hist[-1] or {}).get("test_accuracy") if isinstance(hist, list) else None,
+    recorded = {"test_accuracy": last.get("test_accuracy"),
                 "test_subset": cfg.get("test_subset"), "backend": "torch", "tol_A": None, "max_iter": None}
     name = cfg.get("model") or kind or "torch"
     return LoadedModel(TorchAdapter(model, image_shape, num_classes, device=device, name=str(name)),
