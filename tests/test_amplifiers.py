@@ -6,8 +6,8 @@ import pytest
 from epsim.circuit.devices import DiodeModel
 from epsim.errors import EpsimError
 from epsim.learning.ep import centered_ep, squared_error
-from epsim.learning.input_gradients import (ep_input_gradient, implicit_input_gradient,
-                                            squared_error_loss)
+from epsim.robustness.input_gradients import (ep_input_gradient, implicit_input_gradient,
+                                              squared_error_loss)
 from epsim.models.resistive import ResistiveNetwork, build_cnn, build_mlp, one_hot_targets
 from epsim.solvers.numba_solver import LayeredProblem, NumbaSolver, solve
 from epsim.solvers.torch_solver import TorchCircuitSolver

@@ -6,7 +6,7 @@ import torch
 
 from epsim.circuit.devices import DiodeModel
 from epsim.errors import ConvergenceError, EpsimError
-from epsim.learning.input_gradients import (
+from epsim.robustness.input_gradients import (
     bptt_input_gradient, circuit_forward, ep_input_gradient, implicit_input_gradient,
     input_source_currents_A, squared_error_loss)
 from epsim.models.resistive import build_cnn, build_mlp, one_hot_targets

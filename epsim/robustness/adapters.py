@@ -19,10 +19,10 @@ voltages (V). Gradient paths:
   residual is within the predictor's ``tol_A``, at most its ``max_iter`` sweeps), so the
   horizon is the iteration budget used for prediction, not a truncated one.
 * ``implicit``: implicit differentiation of KCL at the predictor's equilibrium
-  (:func:`epsim.learning.input_gradients.implicit_input_gradient`, reusing the equilibrium
+  (:func:`epsim.robustness.input_gradients.implicit_input_gradient`, reusing the equilibrium
   the predictor just computed for these very images when there is one).
 * ``ep``: the EP estimate read from the input sources' currents in the ``±beta`` nudged
-  phases (:func:`epsim.learning.input_gradients.ep_input_gradient`), solved by the
+  phases (:func:`epsim.robustness.input_gradients.ep_input_gradient`), solved by the
   predictor's backend with a tight tolerance (``grad_tol_A``: with the prediction
   tolerance a small nudge can leave the warm-started state within tolerance, i.e. zero
   gradient). That estimator measures the gradient of the squared error to a target; for
@@ -207,7 +207,7 @@ class CircuitAdapter:
     def unrolled_gradient(self, x, y, loss, n_steps) -> GradientResult:
         """``dL/dx`` by backprop through ``n_steps`` sweeps from 0 V, whatever state they
         reach (the seed's truncated-unroll gradient; path ``unroll-N``)."""
-        from ..learning.input_gradients import circuit_forward
+        from .input_gradients import circuit_forward
 
         x = np.asarray(x, np.float64)
         c = self.circuit
@@ -240,7 +240,7 @@ class CircuitAdapter:
                               (res <= tol_n).cpu().numpy(), "bptt")
 
     def _implicit(self, x, yt, loss_fn) -> GradientResult:
-        from ..learning.input_gradients import implicit_input_gradient
+        from .input_gradients import implicit_input_gradient
 
         eq = None
         if self._last is not None and self._last[0].shape == x.shape and np.array_equal(self._last[0], x):
@@ -250,7 +250,7 @@ class CircuitAdapter:
         return GradientResult(np.asarray(r.grad_x), r.loss, r.converged, "implicit")
 
     def _ep(self, x, y, yt, loss_fn) -> GradientResult:
-        from ..learning.input_gradients import ep_input_gradient
+        from .input_gradients import ep_input_gradient
 
         free = self.grad_solver.solve(self.grad_solver.prepare(self.net, self.net.input_voltages(x)), 0.0)
         v = torch.as_tensor(free.v_output, dtype=torch.float64).requires_grad_(True)

@@ -145,7 +145,7 @@ def certify_split(net, solver, x, y, eps: float, split_pixels: int = 4, batch_si
     solves (B,))``: the equilibrium solves each image cost (2, plus 2 per sub-box)."""
     import torch
 
-    from ..learning.input_gradients import implicit_input_gradient
+    from .input_gradients import implicit_input_gradient
 
     x = np.asarray(x, np.float64)
     y = np.asarray(y)
