@@ -72,6 +72,15 @@ def figures_dir() -> Path:
     return d
 
 
+def output_dir(out=None) -> Path:
+    """``out`` (created if needed), or the figures folder when ``out`` is None."""
+    if out is None:
+        return figures_dir()
+    d = Path(out)
+    d.mkdir(parents=True, exist_ok=True)
+    return d
+
+
 # --------------------------------------------------------------------------- reading
 def _value(v: str):
     if v == "":
@@ -228,8 +237,9 @@ def eps_axis(ax, eps_values):
 
 
 # --------------------------------------------------------------------------- output
-def save_figure(fig, name: str) -> Path:
-    path = figures_dir() / name
+def save_figure(fig, name: str, out=None) -> Path:
+    """Save ``fig`` as ``name`` in ``out`` (default: the figures folder); returns its path."""
+    path = output_dir(out) / name
     fig.savefig(path, dpi=110, bbox_inches="tight")
     print(f"wrote {path}")
     return path
@@ -253,9 +263,10 @@ def markdown_table(rows, columns) -> str:
     return "\n".join([head, sep] + body)
 
 
-def write_table(rows, columns, name: str) -> Path:
-    """Write ``name.csv`` and ``name.md`` (same rows) to the figures folder; returns the .md path."""
-    d = figures_dir()
+def write_table(rows, columns, name: str, out=None) -> Path:
+    """Write ``name.csv`` and ``name.md`` (same rows) to ``out`` (default: the figures folder);
+    returns the .md path."""
+    d = output_dir(out)
     with open(d / f"{name}.csv", "w", newline="") as fh:
         w = csv.writer(fh)
         w.writerow([h for _, h in columns])
