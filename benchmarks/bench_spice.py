@@ -21,7 +21,7 @@ import numba
 import numpy as np
 
 from epsim.circuit.compile import compile_network, layer_node_names
-from epsim.circuit.devices import DiodeModel
+from epsim.circuit.diodes import DiodeModel
 from epsim.circuit.spice_writer import write_netlist
 from epsim.models.resistive import build_mlp
 from epsim.solvers.mna import solve_mna

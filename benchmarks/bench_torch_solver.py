@@ -20,7 +20,7 @@ import numba
 import numpy as np
 import torch
 
-from epsim.circuit.devices import DiodeModel
+from epsim.circuit.diodes import DiodeModel
 from epsim.data import load_dataset
 from epsim.errors import EpsimError
 from epsim.models.registry import build_circuit_model

@@ -16,7 +16,7 @@ import time
 
 import numpy as np
 
-from epsim.circuit.devices import DiodeModel
+from epsim.circuit.diodes import DiodeModel
 from epsim.data import load_dataset
 from epsim.learning.ep import free_phase
 from epsim.models.registry import build_circuit_model

@@ -34,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 
 def build(n, seed=0):
-    from epsim.circuit.devices import DiodeModel
+    from epsim.circuit.diodes import DiodeModel
     from epsim.models.resistive import build_mlp
 
     rng = np.random.default_rng(seed)

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from epsim.circuit.compile import compile_network, layer_node_names
-from epsim.circuit.devices import DiodeModel
+from epsim.circuit.diodes import DiodeModel
 from epsim.circuit.spice_writer import write_netlist
 from epsim.data import load_dataset
 from epsim.learning.ep import free_phase

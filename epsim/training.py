@@ -21,7 +21,7 @@ import numpy as np
 
 from .checkpoint import (check_same_epochs, load_checkpoint, remove_stale_temporaries, save_checkpoint,
                          write_json)
-from .circuit.devices import DiodeModel
+from .circuit.diodes import DiodeModel
 from .distributed import DataParallel
 from .errors import EpsimError
 from .learning.devices import DeviceArray, get_device_model

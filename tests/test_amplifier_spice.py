@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from epsim.circuit.compile import compile_network, layer_node_names, phase_beta
-from epsim.circuit.devices import DiodeModel
+from epsim.circuit.diodes import DiodeModel
 from epsim.circuit.netlist import Netlist
 from epsim.circuit.spice_reader import read_netlist
 from epsim.circuit.spice_writer import format_netlist, write_netlist

@@ -3,7 +3,7 @@ passive network, EP exactness, and agreement of the numba and torch solvers."""
 import numpy as np
 import pytest
 
-from epsim.circuit.devices import DiodeModel
+from epsim.circuit.diodes import DiodeModel
 from epsim.errors import EpsimError
 from epsim.learning.ep import centered_ep, squared_error
 from epsim.robustness.input_gradients import (ep_input_gradient, implicit_input_gradient,

@@ -4,7 +4,7 @@ the harness rows and their checks, and refusals."""
 import numpy as np
 import pytest
 
-from epsim.circuit.devices import DiodeModel
+from epsim.circuit.diodes import DiodeModel
 from epsim.errors import EpsimError
 from epsim.models.resistive import build_cnn, build_mlp
 from epsim.robustness.adapters import CircuitAdapter

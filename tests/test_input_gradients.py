@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from epsim.circuit.devices import DiodeModel
+from epsim.circuit.diodes import DiodeModel
 from epsim.errors import ConvergenceError, EpsimError
 from epsim.robustness.input_gradients import (
     bptt_input_gradient, circuit_forward, ep_input_gradient, implicit_input_gradient,

@@ -7,7 +7,7 @@ import pytest
 from scipy.optimize import brentq, root
 
 from epsim.circuit.compile import compile_network, layer_node_names, phase_beta, with_diode
-from epsim.circuit.devices import BOLTZMANN_J_PER_K, ELEMENTARY_CHARGE_C, DiodeModel
+from epsim.circuit.diodes import BOLTZMANN_J_PER_K, ELEMENTARY_CHARGE_C, DiodeModel
 from epsim.circuit.netlist import DiodeCard, Netlist
 from epsim.circuit.spice_reader import read_netlist
 from epsim.circuit.spice_writer import write_netlist

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from epsim.circuit.compile import compile_network, layer_node_names, with_diode
-from epsim.circuit.devices import DiodeModel
+from epsim.circuit.diodes import DiodeModel
 from epsim.circuit.netlist import DiodeCard, Netlist
 from epsim.circuit.reference import reference_network
 from epsim.circuit.spice_reader import parse_number, read_library, read_netlist

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from circuit_reference import solve_ideal, solve_shockley
-from epsim.circuit.devices import DiodeModel
+from epsim.circuit.diodes import DiodeModel
 from epsim.errors import ConvergenceError, EpsimError
 from epsim.models.resistive import build_cnn, build_mlp, one_hot_targets
 from epsim.solvers.numba_solver import LayeredProblem, solve

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from epsim.circuit.compile import layer_node_names, with_diode
-from epsim.circuit.devices import DiodeModel
+from epsim.circuit.diodes import DiodeModel
 from epsim.circuit.exporter import export_samples
 from epsim.circuit.reference import REFERENCE_BETA, reference_network
 from epsim.data import load_dataset
@@ -249,7 +249,7 @@ def _pyspice_available():
 def test_pyspice_engine_matches_the_subprocess_engine():
     """The spice backend through the shared ngspice (PySpice) gives the subprocess engine's
     voltages, and both are certified by epsim's own KCL residual."""
-    from epsim.circuit.devices import DiodeModel
+    from epsim.circuit.diodes import DiodeModel
     from epsim.models.resistive import build_cnn
     from epsim.solvers.spice_backend import SpiceSolver
 

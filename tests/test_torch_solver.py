@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from circuit_reference import solve_ideal, solve_shockley
-from epsim.circuit.devices import DiodeModel
+from epsim.circuit.diodes import DiodeModel, TorchRails
 from epsim.errors import ConvergenceError, EpsimError
 from epsim.learning.ep import centered_ep
 from epsim.models.resistive import build_cnn, build_mlp, one_hot_targets
@@ -201,7 +201,7 @@ def test_shockley_node_roots_vs_brentq(monkeypatch, fast_steps):
     for rails_single in (lo[:3], hi[:3]), (lo, hi):
         lo_r, hi_r = rails_single
         n = len(lo_r)
-        rails = ts.Rails(torch.tensor(lo_r), torch.tensor(hi_r))
+        rails = TorchRails(torch.tensor(lo_r), torch.tensor(hi_r))
         v = ts.shockley_root(torch.tensor(a[:n]), torch.tensor(c[:, :n]), rails, is_n, nvt).numpy()
 
         def f(x, k, ck):

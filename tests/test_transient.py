@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from epsim.circuit.compile import layer_node_names
-from epsim.circuit.devices import DiodeModel
+from epsim.circuit.diodes import DiodeModel
 from epsim.errors import EpsimError
 from epsim.models.registry import build_circuit_model
 from epsim.models.resistive import build_mlp, one_hot_targets

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from epsim.circuit.compile import compile_network, layer_node_names
-from epsim.circuit.devices import DiodeModel
+from epsim.circuit.diodes import DiodeModel
 from epsim.circuit.wires import crossbar_layout, named_internal_voltages, tile_eliminate, tile_internal
 from epsim.data import load_dataset
 from epsim.errors import EpsimError

@@ -45,7 +45,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..circuit.devices import DiodeModel
+from .diodes import DiodeModel
 from ..errors import EpsimError
 from .netlist import GROUND, DiodeCard, Netlist
 

@@ -20,7 +20,7 @@ Conventions (SPICE):
 Elements are stored kind by kind as arrays (names, node indices, values), so circuits of
 1e5 elements are built, written and solved without per-element Python objects.
 The junction temperature ``temp_K`` defines the thermal voltage ``k T / q`` with the same
-constants as :class:`epsim.circuit.devices.DiodeModel`.
+constants as :class:`epsim.circuit.diodes.DiodeModel`.
 """
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..errors import EpsimError
-from .devices import BOLTZMANN_J_PER_K, ELEMENTARY_CHARGE_C
+from .diodes import BOLTZMANN_J_PER_K, ELEMENTARY_CHARGE_C
 
 GROUND = "0"
 KINDS = ("R", "D", "V", "I", "E", "F")

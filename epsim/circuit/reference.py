@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..circuit.devices import DiodeModel
+from .diodes import DiodeModel
 from ..models.resistive import build_mlp
 
 REFERENCE_SEED = 0

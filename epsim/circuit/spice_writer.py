@@ -37,7 +37,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import EpsimError
-from .devices import BOLTZMANN_J_PER_K, ELEMENTARY_CHARGE_C
+from .diodes import BOLTZMANN_J_PER_K, ELEMENTARY_CHARGE_C
 from .netlist import KINDS, Netlist
 
 DIALECTS = ("ngspice", "xyce")

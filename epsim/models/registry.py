@@ -15,7 +15,7 @@ sweeps per phase, epsim solves every phase to its stopping rule.
 """
 from __future__ import annotations
 
-from ..circuit.devices import DiodeModel
+from ..circuit.diodes import DiodeModel
 from ..errors import EpsimError
 from .arch import connections_from_arch
 from .resistive import CircuitRanges, ResistiveNetwork

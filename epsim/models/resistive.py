@@ -47,7 +47,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..circuit.devices import DiodeModel
+from ..circuit.diodes import DiodeModel
 from ..errors import EpsimError
 from .connections import Conv2d, Dense, connection_from_description, init_conductances
 

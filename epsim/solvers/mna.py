@@ -34,9 +34,9 @@ import numpy as np
 import scipy.sparse as sp
 from scipy.sparse.linalg import MatrixRankWarning, splu
 
+from ..circuit.diodes import shockley_array
 from ..circuit.netlist import Netlist
 from ..errors import ConvergenceError, EpsimError
-from .numba_solver import EXP_ARG_MAX
 
 GMIN_STEPS_S = tuple(10.0 ** -k for k in range(3, 16))
 
@@ -122,8 +122,7 @@ class _System:
 
     def diode(self, vd):
         """Shockley current (A) and conductance (S) at junction voltages ``vd``."""
-        e = np.exp(np.minimum(vd / self.d_nvt, EXP_ARG_MAX))
-        return self.d_is * (e - 1.0), self.d_is * e / self.d_nvt
+        return shockley_array(vd, self.d_is, self.d_nvt)
 
     def stamp_diodes(self, vector, value):
         """Add ``+value`` at anode rows and ``-value`` at cathode rows of a length-n vector."""

@@ -3,7 +3,7 @@
 Nodes of one layer only touch the two neighbouring layers, so given those, every node's
 KCL is a 1-D equation ``a*v - c + i_diode(v) = 0`` with ``a`` its total conductance and
 ``c`` the current its neighbours and sources drive into it (normalised units, see
-:mod:`epsim.models.resistive`). Ideal diodes: ``v = clip(c/a, lo, hi)`` (closed form).
+:mod:`epsim.models.resistive`; the diode law is :mod:`epsim.circuit.diodes`). Ideal diodes: ``v = clip(c/a, lo, hi)`` (closed form).
 Shockley diodes: a bracketed (safeguarded) Newton iteration to machine precision.
 Odd layers are solved together, then even layers: each such sweep decreases the energy
 and the iteration stops per sample once the KCL residual is below ``tol_A``.
@@ -13,30 +13,13 @@ from __future__ import annotations
 import numba as nb
 import numpy as np
 
+from ..circuit.diodes import clamp_current, ideal_violation
 from ..errors import ConvergenceError
-from .base import Certificate, Equilibrium
 from ..models.connections import (SMALL_BATCH, _conv_forward, _conv_transpose, _dense_drive_in,
                                   _dense_drive_out)
+from .base import Certificate, Equilibrium
 from .stop_rule import rule_step
 from .threads import PARALLEL_MIN_NODE_UPDATES, numba_threads, threads_for
-
-EXP_ARG_MAX = 300.0  # exp() argument cap: far beyond any physical diode current
-
-
-@nb.njit(cache=True, inline="always")
-def _diode_current(v, lo, hi, is_n, nvt):
-    """Current (normalised) leaving a node at ``v`` through its clamp diodes, and d/dv."""
-    i = 0.0
-    di = 0.0
-    if hi < np.inf:
-        e = np.exp(min((v - hi) / nvt, EXP_ARG_MAX))
-        i += is_n * (e - 1.0)
-        di += is_n * e / nvt
-    if lo > -np.inf:
-        e = np.exp(min((lo - v) / nvt, EXP_ARG_MAX))
-        i -= is_n * (e - 1.0)
-        di += is_n * e / nvt
-    return i, di
 
 
 @nb.njit(cache=True)
@@ -49,8 +32,8 @@ def _shockley_node(a, c, lo, hi, is_n, nvt, v_warm):
         v = lo
     if v > hi:
         v = hi
-    i, di = _diode_current(v, lo, hi, is_n, nvt)
-    iw, _ = _diode_current(v_warm, lo, hi, is_n, nvt)
+    i, di = clamp_current(v, lo, hi, is_n, nvt)
+    iw, _ = clamp_current(v_warm, lo, hi, is_n, nvt)
     if abs(a * v_warm - c + iw) < abs(a * v - c + i):
         v = v_warm
         i = iw
@@ -62,7 +45,7 @@ def _shockley_node(a, c, lo, hi, is_n, nvt, v_warm):
         right = v
         left = v - step
         while True:
-            il, _ = _diode_current(left, lo, hi, is_n, nvt)
+            il, _ = clamp_current(left, lo, hi, is_n, nvt)
             if a * left - c + il <= 0.0:
                 break
             step *= 2.0
@@ -71,13 +54,13 @@ def _shockley_node(a, c, lo, hi, is_n, nvt, v_warm):
         left = v
         right = v + step
         while True:
-            ir, _ = _diode_current(right, lo, hi, is_n, nvt)
+            ir, _ = clamp_current(right, lo, hi, is_n, nvt)
             if a * right - c + ir >= 0.0:
                 break
             step *= 2.0
             right = v + step
     for _ in range(200):
-        i, di = _diode_current(v, lo, hi, is_n, nvt)
+        i, di = clamp_current(v, lo, hi, is_n, nvt)
         f = a * v - c + i
         if f > 0.0:
             right = v
@@ -99,13 +82,9 @@ def _node_residual(a, c, v, lo, hi, shockley, is_n, nvt):
     """KCL violation (normalised current) at one node."""
     r = a * v - c
     if shockley:
-        i, _ = _diode_current(v, lo, hi, is_n, nvt)
+        i, _ = clamp_current(v, lo, hi, is_n, nvt)
         return abs(r + i)
-    if v <= lo:
-        return max(0.0, -r) + (lo - v) * a  # a node below its rail is infeasible
-    if v >= hi:
-        return max(0.0, r) + (v - hi) * a
-    return abs(r)
+    return ideal_violation(r, v, lo, hi, a)
 
 
 @nb.njit(cache=True, inline="always")

@@ -11,8 +11,8 @@ vectorised with torch ops instead of per-node loops:
 - self-conductances (degrees) are the drives of all-ones states.
 
 Given its neighbours, every node's KCL is the 1-D equation ``a v - c + i_diode(v) = 0``
-(normalised units: conductances ``/ g_unit``, currents ``/ g_unit``, voltages in V).
-Ideal diodes: ``v = clamp(c / a, lo, hi)``. Shockley diodes: all nodes of a layer at
+(normalised units: conductances ``/ g_unit``, currents ``/ g_unit``, voltages in V; the
+diode law is :mod:`epsim.circuit.diodes`). Ideal diodes: ``v = clamp(c / a, lo, hi)``. Shockley diodes: all nodes of a layer at
 once, to machine precision: a closed-form start (one diode per node makes the equation
 solvable with the Lambert W function), Newton steps, and, should any node need it, the
 vectorised safeguarded (bracketed) Newton iteration of the numba solver.
@@ -33,13 +33,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..circuit.diodes import TorchRails, clamp_current_torch, ideal_violation_torch
 from ..errors import ConvergenceError, EpsimError
 from .base import Certificate, Equilibrium
 from .stop_rule import rule_step
 
-EXP_ARG_MAX = 300.0  # exp() argument cap, as in the numba solver
-EXP_ARG_FLOOR = 70.0  # exp() argument floor (float64): exp(-70) ~ 4e-31
-EXP_ARG_FLOOR_F32 = 50.0  # (float32): exp(-50) ~ 2e-22, far above float32 subnormals
 NEWTON_MAX_ITER = 200
 BRACKET_MAX_DOUBLINGS = 200
 LAMBERT_MAX_ITER = 12
@@ -74,56 +72,8 @@ def resolve_dtype(dtype="float64") -> torch.dtype:
     return DTYPES[dtype]
 
 
-# ---- diodes ------------------------------------------------------------------------------
-class Rails:
-    """Clamp rails of one layer's nodes, precomputed for vectorised diode currents.
-
-    lo, hi: (n,) rails in V (``-inf``/``+inf``: no diode); lo0/hi0: the same with missing
-    rails set to 0 V; has_lo/has_hi: (n,) 0/1 masks of the diodes present.
-    """
-
-    def __init__(self, lo, hi):
-        self.lo, self.hi = lo, hi
-        self.has_lo = torch.isfinite(lo).to(lo.dtype)
-        self.has_hi = torch.isfinite(hi).to(hi.dtype)
-        self.lo0 = torch.where(self.has_lo > 0, lo, torch.zeros_like(lo))
-        self.hi0 = torch.where(self.has_hi > 0, hi, torch.zeros_like(hi))
-        # lowest / highest representable start for clamp(c/a, lo, hi)
-        big = torch.finfo(lo.dtype).max
-        self.lo_c = torch.where(self.has_lo > 0, lo, torch.full_like(lo, -big))
-        self.hi_c = torch.where(self.has_hi > 0, hi, torch.full_like(hi, big))
-        # one-diode form: sign +1 (hi-rail diode), -1 (lo-rail diode), 0 (none or both)
-        self.has_any = torch.clamp(self.has_lo + self.has_hi, max=1.0)
-        self.sign = self.has_hi - self.has_lo
-        self.rail = self.has_hi * self.hi0 + self.has_lo * self.lo0
-        self.single = not bool(((self.has_lo * self.has_hi) > 0).any())
-        # exp() argument cap: numba's 300 in float64, below overflow in float32
-        self.exp_cap = min(EXP_ARG_MAX, float(np.log(torch.finfo(lo.dtype).max)) - 4.0)
-        # and a floor: exp() of large negative arguments is slow (underflow, subnormals) on
-        # CPUs; below it the diode current is < Is*exp(floor), i.e. < 1e-30 of Is in
-        # float64, far below the resolution of the other currents at such a node
-        self.exp_floor = -EXP_ARG_FLOOR if lo.dtype == torch.float64 else -EXP_ARG_FLOOR_F32
-
-
-def diode_current(v, rails: Rails, is_n, nvt):
-    """Normalised current leaving nodes at ``v`` (B, n) through their clamp diodes, and d/dv.
-
-    ``is_n = Is / g_unit`` (V), ``nvt = n Vt`` (V). The hi-rail diode conducts from the node
-    to the rail (``Is (exp((v - hi)/nVt) - 1)``), the lo-rail diode from the rail to the
-    node. Exponent arguments are capped (``Rails.exp_cap``) like numba's.
-    """
-    if rails.single:  # at most one diode per node: one exponential
-        e = torch.exp(torch.clamp(rails.sign * (v - rails.rail) / nvt, min=rails.exp_floor,
-                                  max=rails.exp_cap)) * rails.has_any
-        return (is_n * rails.sign) * (e - rails.has_any), (is_n / nvt) * e
-    e_hi = torch.exp(torch.clamp((v - rails.hi0) / nvt, min=rails.exp_floor, max=rails.exp_cap)) * rails.has_hi
-    e_lo = torch.exp(torch.clamp((rails.lo0 - v) / nvt, min=rails.exp_floor, max=rails.exp_cap)) * rails.has_lo
-    i = is_n * ((e_hi - rails.has_hi) - (e_lo - rails.has_lo))
-    di = (is_n / nvt) * (e_hi + e_lo)
-    return i, di
-
-
-def single_diode_root(a, c, rails: Rails, is_n, nvt):
+# ---- node roots with Shockley clamps ------------------------------------------------------
+def single_diode_root(a, c, rails: TorchRails, is_n, nvt):
     """Closed-form root (Lambert W) for nodes with at most one clamp diode, (B, n) in V.
 
     With one diode, ``a v - c + i_diode(v) = 0`` becomes (in the diode's orientation
@@ -154,12 +104,12 @@ def single_diode_root(a, c, rails: Rails, is_n, nvt):
     return torch.where(one, v_one, plain)
 
 
-def shockley_root(a, c, rails: Rails, is_n, nvt, v0=None):
+def shockley_root(a, c, rails: TorchRails, is_n, nvt, v0=None):
     """Root of the strictly increasing ``f(v) = a v - c + i_diode(v)`` for every node.
 
     a: (n,) self-conductance; c: (B, n) driving current (normalised); rails: the layer's
-    :class:`Rails`; v0: optional (B, n) start for nodes with two diodes (V), e.g. the
-    previous sweep's voltages. Returns v (B, n) in V.
+    :class:`~epsim.circuit.diodes.TorchRails`; v0: optional (B, n) start for nodes with two
+    diodes (V), e.g. the previous sweep's voltages. Returns v (B, n) in V.
     Start: the closed form of :func:`single_diode_root` (a node's KCL with one diode is
     solvable by the Lambert W function). Then the bracket search (step ``nVt`` doubled
     until ``f`` changes sign) and Newton steps with bisection fallback of numba's
@@ -173,7 +123,7 @@ def shockley_root(a, c, rails: Rails, is_n, nvt, v0=None):
         v = torch.where((rails.has_hi * rails.has_lo) > 0, v0.detach(), v)
 
     def fun(x):
-        i, di = diode_current(x, rails, is_n, nvt)
+        i, di = clamp_current_torch(x, rails, is_n, nvt)
         return a * x - c + i, a + di
 
     # Fast path: from the closed-form start, plain Newton steps until every node's step is
@@ -234,7 +184,7 @@ class _ShockleyRoot(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_v):
         a, v = ctx.saved_tensors
-        _, di = diode_current(v, ctx.rails, ctx.is_n, ctx.nvt)
+        _, di = clamp_current_torch(v, ctx.rails, ctx.is_n, ctx.nvt)
         g = grad_v / (a + di)
         grad_a = (-(g * v)).sum(dim=0) if ctx.needs_input_grad[0] else None
         grad_c = g if ctx.needs_input_grad[1] else None
@@ -279,7 +229,7 @@ class TorchCircuit:
         self.bias = [t(net.bias_per_node(l) / p[l - 1]) for l in range(1, self.L + 1)]
         self.lo = [t(x / pl) for x, pl in zip(net.rail_lo_V, p)]
         self.hi = [t(x / pl) for x, pl in zip(net.rail_hi_V, p)]
-        self.rails = [Rails(lo, hi) for lo, hi in zip(self.lo, self.hi)]
+        self.rails = [TorchRails(lo, hi) for lo, hi in zip(self.lo, self.hi)]
         self.g_unit_S = float(net.ranges.g_unit_S)
         self.input_gain_V = float(net.input_gain_V)
         self.shockley = net.diode.kind == "shockley"
@@ -383,7 +333,7 @@ class TorchCircuit:
 
     def diode_current(self, l, v):
         """Layer l's clamp-diode currents (B, n_l) leaving the nodes at ``v``, and d/dv."""
-        return diode_current(v, self.rails[l - 1], self.is_n[l - 1], self.nvt[l - 1])
+        return clamp_current_torch(v, self.rails[l - 1], self.is_n[l - 1], self.nvt[l - 1])
 
     def relax(self, l, a, c, v_prev=None):
         """(B, n_l) exact solution of layer l's node equations given the drive ``c`` (B, n_l).
@@ -407,11 +357,7 @@ class TorchCircuit:
             i, _ = self.diode_current(l, v)
             node = (r + i).abs()
         else:
-            lo0 = torch.where(torch.isfinite(lo), lo, torch.zeros_like(lo))
-            hi0 = torch.where(torch.isfinite(hi), hi, torch.zeros_like(hi))
-            below = torch.clamp(-r, min=0.0) + (lo0 - v) * a
-            above = torch.clamp(r, min=0.0) + (v - hi0) * a
-            node = torch.where(v <= lo, below, torch.where(v >= hi, above, r.abs()))
+            node = ideal_violation_torch(r, v, lo, hi, a)
         if node.shape[1] == 0:
             return torch.zeros(v.shape[0], dtype=v.dtype, device=v.device)
         worst = node.amax(dim=1)

@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..circuit.diodes import clamp_power_array
 from ..errors import EpsimError
 from .numba_solver import LayeredProblem, _residual, _run_phase
 from .threads import threads_for
@@ -143,12 +144,7 @@ def circuit_powers_W(net, v_input, v_free, beta=0.0, target_V=None) -> dict:
     for l, v in enumerate(layers[1:]):
         lo, hi = net.rail_lo_V[l], net.rail_hi_V[l]
         if d.kind == "shockley":
-            nvt, is_n = d.n_vt_V, d.is_A / g
-            has_lo, has_hi = np.isfinite(lo), np.isfinite(hi)
-            lo0, hi0 = np.where(has_lo, lo, 0.0), np.where(has_hi, hi, 0.0)
-            i_lo = np.where(has_lo, is_n * np.expm1(np.minimum((lo0 - v) / nvt, 300.0)), 0.0)
-            i_hi = np.where(has_hi, is_n * np.expm1(np.minimum((v - hi0) / nvt, 300.0)), 0.0)
-            p_diode += ((lo0 - v) * i_lo + (v - hi0) * i_hi).sum(axis=1)
+            p_diode += clamp_power_array(v, lo, hi, d.is_A / g, d.n_vt_V)
         # ideal diodes carry current only at zero voltage across them: no power
     return {"sources": p_src * g, "resistors": p_res * g, "diodes": p_diode * g}
 

@@ -30,9 +30,10 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.linalg as sla
 
+from ..circuit.diodes import clamp_cocontent_array, clamp_current_array, ideal_violation_array
 from ..circuit.wires import WiredNetwork
 from .base import Certificate, Equilibrium
-from .numba_solver import EXP_ARG_MAX, LayeredProblem
+from .numba_solver import LayeredProblem
 from .numba_solver import solve as layered_solve
 
 
@@ -126,15 +127,10 @@ class WireSolver:
         r = leave + (np.diag(K) - np.diag(wired.K))[None, :] * v - (q - prepared.q_in) - wired.bias[None, :]
         lo, hi = wired.rail_lo, wired.rail_hi
         if net.diode.kind == "shockley":
-            i_d, _ = _diode(v, lo, hi, net.diode.is_A / net.ranges.g_unit_S, net.diode.n_vt_V)
+            i_d, _ = clamp_current_array(v, lo, hi, net.diode.is_A / net.ranges.g_unit_S, net.diode.n_vt_V)
             res = np.abs(r + i_d)
         else:
-            a = np.diag(K)[None, :]
-            res = np.abs(r)
-            below = v <= lo
-            above = v >= hi
-            res = np.where(below, np.maximum(0.0, -r) + (lo - v) * a, res)
-            res = np.where(above, np.maximum(0.0, r) + (v - hi) * a, res)
+            res = ideal_violation_array(r, v, lo, hi, np.diag(K)[None, :])
         return np.maximum(res.max(axis=1, initial=0.0), worst_internal)
 
 
@@ -174,41 +170,16 @@ def _active_set(K, q, lo, hi, v0, max_iter):
     return v, max_iter
 
 
-def _diode(v, lo, hi, is_n, nvt):
-    """Normalised clamp-diode current leaving nodes at ``v`` and its derivative (vectorised)."""
-    i = np.zeros_like(v)
-    di = np.zeros_like(v)
-    up = np.isfinite(hi)
-    dn = np.isfinite(lo)
-    e = np.exp(np.minimum((v - np.where(up, hi, 0.0)) / nvt, EXP_ARG_MAX))
-    i = np.where(up, is_n * (e - 1.0), i)
-    di = np.where(up, is_n * e / nvt, di)
-    e = np.exp(np.minimum((np.where(dn, lo, 0.0) - v) / nvt, EXP_ARG_MAX))
-    i = np.where(dn, i - is_n * (e - 1.0), i)
-    di = np.where(dn, di + is_n * e / nvt, di)
-    return i, di
-
-
-def _diode_cocontent(v, lo, hi, is_n, nvt):
-    """Sum of the diodes' co-content (integral of their current), normalised (V^2)."""
-    up = np.isfinite(hi)
-    dn = np.isfinite(lo)
-    a = np.minimum((v - np.where(up, hi, 0.0)) / nvt, EXP_ARG_MAX)
-    b = np.minimum((np.where(dn, lo, 0.0) - v) / nvt, EXP_ARG_MAX)
-    p = np.where(up, is_n * (nvt * np.exp(a) - v), 0.0) + np.where(dn, is_n * (nvt * np.exp(b) + v), 0.0)
-    return float(p.sum())
-
-
 def _newton(K, q, lo, hi, is_n, nvt, v0, tol_n, max_iter):
     """Newton with backtracking on the co-content ``1/2 v'Kv - q'v + diodes``; ``(v, its)``."""
     v = v0.copy()
 
     def energy(x):
-        return 0.5 * x @ (K @ x) - q @ x + _diode_cocontent(x, lo, hi, is_n, nvt)
+        return 0.5 * x @ (K @ x) - q @ x + clamp_cocontent_array(x, lo, hi, is_n, nvt)
 
     e_v = energy(v)
     for it in range(1, max_iter + 1):
-        i_d, g_d = _diode(v, lo, hi, is_n, nvt)
+        i_d, g_d = clamp_current_array(v, lo, hi, is_n, nvt)
         r = K @ v - q + i_d
         if np.max(np.abs(r), initial=0.0) <= tol_n:
             return v, it - 1
