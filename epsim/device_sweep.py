@@ -100,7 +100,7 @@ def deployment_solver(config, net, wire_resistance_ohm, read_stream=0):
     """
     from dataclasses import replace
 
-    from .learning.devices import DeviceArray, get_device_model
+    from .learning.memristive import DeviceArray, get_device_model
     from .training import make_solver
 
     solver = make_solver(replace(config, wire_resistance_ohm=wire_resistance_ohm))
@@ -194,7 +194,7 @@ def check_attack_eps(eps, image_shape):
 def main(argv=None):
     args = build_parser().parse_args(argv)
     from .data import default_data_dir, load_dataset
-    from .learning.devices import get_device_model
+    from .learning.memristive import get_device_model
     from .training import preset_config
 
     if any(r < 0 or not np.isfinite(r) for r in args.wire_resistances + list(args.train_wires)):

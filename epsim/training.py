@@ -24,7 +24,7 @@ from .checkpoint import (check_same_epochs, load_checkpoint, remove_stale_tempor
 from .circuit.diodes import DiodeModel
 from .distributed import DataParallel
 from .errors import EpsimError
-from .learning.devices import DeviceArray, get_device_model
+from .learning.memristive import DeviceArray, get_device_model
 from .learning.ep import centered_ep, free_phase
 from .learning.low_rank import grad_is_zero, grad_rms
 from .learning.optim import ProjectedSGD

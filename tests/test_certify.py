@@ -189,7 +189,7 @@ def test_certificate_holds_with_wire_resistance():
 def test_read_noise_is_certified_per_read():
     """With read noise the two corners must see the same read: a noisy solver is refused,
     and the per-read certificate bounds every image of the box read with those conductances."""
-    from epsim.learning.devices import DeviceArray, get_device_model
+    from epsim.learning.memristive import DeviceArray, get_device_model
 
     net = random_circuit("mlp", "ideal", False, seed=41)
     devices = DeviceArray(get_device_model("rram:read_noise=0.05"), net, seed=1)

@@ -10,9 +10,9 @@ import pytest
 
 from epsim.data import load_dataset
 from epsim.errors import EpsimError
-from epsim.learning.devices import (PRESETS, DeviceArray, DeviceModel, ReadNoiseSolver, get_device_model,
-                                    pulse_response, pulses_from_reset)
 from epsim.learning.ep import centered_ep
+from epsim.learning.memristive import (PRESETS, DeviceArray, DeviceModel, ReadNoiseSolver, get_device_model,
+                                       pulse_response, pulses_from_reset)
 from epsim.learning.optim import ProjectedSGD
 from epsim.solvers import get_solver
 from epsim.training import (CHECKPOINT_NAME, TrainConfig, build_network, load_network, lr_scale, train)

@@ -16,7 +16,7 @@ class ProjectedSGD:
 
     lr_w / lr_b: learning rates for conductances and biases (normalised units), scalars
     or one value per layer. Parameters are updated in place in ``net.w`` / ``net.b``.
-    device: an :class:`epsim.learning.devices.DeviceArray` through which every conductance
+    device: an :class:`epsim.learning.memristive.DeviceArray` through which every conductance
     change ``-lr*m`` is written (pulses, nonlinearity, noise, per-device bounds); None or an
     ideal device keeps the exact update clipped to ``[Gmin, Gmax]``.
     """

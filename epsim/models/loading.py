@@ -6,7 +6,7 @@ A checkpoint (:mod:`epsim.checkpoint`) says what it holds in its ``kind`` key:
   rebuilt from ``model`` (its ``describe()`` dict, diode law included) with the normalised
   parameters ``w`` (``G / g_unit``) and ``b`` (``I_bias / g_unit``, V) stored as trained;
   its device technology is the ``device_model`` of the recorded ``config``
-  (:func:`epsim.learning.devices.get_device_model`).
+  (:func:`epsim.learning.memristive.get_device_model`).
 * one of :data:`TORCH_MODELS`: a software model rebuilt from ``arch`` (its ``describe()``
   dict) with the weights of ``state_dict``; it maps ``(B, C, H, W)`` pixels in [0, 1] to
   ``(B, K)`` logits.
@@ -39,7 +39,7 @@ class TrainedModel:
                   mode on the requested device (software).
     config:       the training run's recorded config (a dict; ``{}`` when absent).
     dataset:      the dataset it was trained on (None when not recorded).
-    device_model: the circuit's :class:`~epsim.learning.devices.DeviceModel` (None for software).
+    device_model: the circuit's :class:`~epsim.learning.memristive.DeviceModel` (None for software).
     state:        the whole checkpoint dict (``history``, ``epoch``, ...; arrays as numpy).
     """
 
@@ -84,7 +84,7 @@ def load_trained(path, *, device="cpu", expect: str | None = None) -> TrainedMod
     kind = checkpoint_kind(state, path, expect)
     config = dict(state.get("config") or {})
     if kind == CIRCUIT_KIND:
-        from ..learning.devices import get_device_model
+        from ..learning.memristive import get_device_model
 
         net = ResistiveNetwork.from_description(state["model"])
         restore_network(net, state, path)

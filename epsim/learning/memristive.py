@@ -1,5 +1,5 @@
-"""Device models of the programmable conductances: ranges, levels, nonlinear asymmetric
-pulse response, write and read noise, device-to-device variation.
+"""Memristive (RRAM/PCM) device models of the programmable conductances: ranges, levels,
+nonlinear asymmetric pulse response, write and read noise, device-to-device variation.
 
 A :class:`DeviceModel` holds the parameters of a technology; :data:`PRESETS` names
 ``ideal`` (exact updates clipped to the network's range: today's behaviour, bit for bit),
