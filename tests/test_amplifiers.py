@@ -205,7 +205,7 @@ def _out(net, x):
 
 
 def test_wire_resistance_with_amplifiers_is_refused():
-    from epsim.circuit.wires import WiredNetwork
+    from epsim.solvers.wire_network import WiredNetwork
 
     with pytest.raises(EpsimError, match="amplifiers"):
         WiredNetwork(amplified_net(), 1.0)

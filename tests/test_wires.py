@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from epsim.circuit.compile import compile_network, layer_node_names
+from epsim.circuit.crossbar import crossbar_layout, named_internal_voltages
 from epsim.circuit.diodes import DiodeModel
-from epsim.circuit.wires import crossbar_layout, named_internal_voltages, tile_eliminate, tile_internal
 from epsim.data import load_dataset
 from epsim.errors import EpsimError
 from epsim.learning.ep import centered_ep
@@ -19,6 +19,7 @@ from epsim.models.resistive import build_cnn, build_mlp, one_hot_targets
 from epsim.solvers import get_solver
 from epsim.solvers.mna import solve_mna
 from epsim.solvers.numba_solver import NumbaSolver
+from epsim.solvers.wire_network import tile_eliminate, tile_internal
 from epsim.solvers.wire_solver import WireSolver
 from epsim.training import TrainConfig, train
 

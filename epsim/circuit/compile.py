@@ -141,7 +141,7 @@ def compile_network(net, v_input, *, beta: float = 0.0, target_V=None, netlist: 
         notes: add header notes (model, shapes, phase, node mapping) to the circuit.
         wire_resistance_ohm: resistance of one crossbar wire segment (ohms); > 0 lays every
             connection out as crossbars with resistive row and column wires and internal
-            nodes (:mod:`epsim.circuit.wires`), 0 joins each conductance to its neuron nodes.
+            nodes (:mod:`epsim.circuit.crossbar`), 0 joins each conductance to its neuron nodes.
     """
     v_input = np.asarray(v_input, dtype=np.float64).reshape(-1)
     if v_input.size != net.layer_sizes[0]:
@@ -172,7 +172,7 @@ def compile_network(net, v_input, *, beta: float = 0.0, target_V=None, netlist: 
         node_in = np.array(nl.node_ids(_crossbar_inputs(nl, net, l - 1, names[l - 1])))
         node_out = np.array(nl.node_ids(names[l]))
         if wire_resistance_ohm:
-            from .wires import add_wired_connection
+            from .crossbar import add_wired_connection
 
             add_wired_connection(nl, l, conn, net.w[l - 1], g_unit, wire_resistance_ohm,
                                  node_in, node_out, prefix)
@@ -195,7 +195,7 @@ def compile_network(net, v_input, *, beta: float = 0.0, target_V=None, netlist: 
         if wire_resistance_ohm:
             nl.notes.append(f"wire resistance {float(wire_resistance_ohm)!r} ohm per crossbar segment: "
                             "xr{l}_t{t}_r{r}_c{c} / xc{l}_t{t}_r{r}_c{c} are the row / column wire "
-                            "nodes of device (r, c) of tile t (epsim.circuit.wires)")
+                            "nodes of device (r, c) of tile t (epsim.circuit.crossbar)")
     return nl
 
 

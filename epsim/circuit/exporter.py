@@ -39,7 +39,7 @@ def export_samples(net, x, labels, out_dir, *, beta: float, target_high_V: float
         sample_ids: ``(N,)`` dataset indices to record (default 0..N-1).
         header: extra comment lines for every netlist.
         wire_resistance_ohm: > 0 exports crossbars with resistive wires (internal nodes,
-            :mod:`epsim.circuit.wires`) and solves them with the exact wire solver, whose
+            :mod:`epsim.circuit.crossbar`) and solves them with the exact wire solver, whose
             voltages of every node (internal ones included) go to ``.op.json``.
     """
     out_dir = Path(out_dir)
@@ -85,7 +85,7 @@ def export_samples(net, x, labels, out_dir, *, beta: float, target_high_V: float
             if b_signed != 0.0:
                 volts.update({f"tgt_{j}": float(t) for j, t in enumerate(target[k])})
             if wire_resistance_ohm:
-                from .wires import named_internal_voltages
+                from .crossbar import named_internal_voltages
 
                 volts.update(named_internal_voltages(internal, k))
             op = {

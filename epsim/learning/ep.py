@@ -70,7 +70,7 @@ def param_grads(net, eq_plus, eq_minus, beta, weights, factored=False):
     :class:`~epsim.learning.low_rank.LowRankGrad` (applied by the optimiser without forming it).
     """
     if "device_drop_V" in eq_plus.extras:  # wire resistance: drops across the devices themselves
-        from ..circuit.wires import device_param_grads
+        from .wire_gradients import device_param_grads
 
         return device_param_grads(net, eq_plus, eq_minus, beta, weights)
     # the input layer is one array shared by both phases (its sources do not move)

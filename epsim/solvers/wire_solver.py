@@ -5,7 +5,7 @@ wires, so the layered block coordinate descent of :mod:`.numba_solver` does not 
 solver does nodal analysis on the whole circuit instead:
 
 1. ``prepare``: every crossbar tile's internal wire nodes are eliminated exactly
-   (:class:`epsim.circuit.wires.WiredNetwork`, numba kernels), leaving a dense symmetric
+   (:class:`epsim.solvers.wire_network.WiredNetwork`, numba kernels), leaving a dense symmetric
    system on the free neuron nodes, ``K v + M v_in - b + beta (v_out - y) + i_diode(v) = 0``.
    Built once per batch (the conductances do not change within it).
 2. ``solve``, per sample: ideal diodes are box constraints, solved by a primal-dual active
@@ -20,7 +20,7 @@ solver does nodal analysis on the whole circuit instead:
 
 For the nudged phases the :class:`Equilibrium` carries ``extras["device_drop_V"]``: the
 voltage across every device (between its row-wire and column-wire nodes), the local
-quantity of the EP learning rule (:func:`epsim.circuit.wires.device_param_grads`).
+quantity of the EP learning rule (:func:`epsim.learning.wire_gradients.device_param_grads`).
 """
 from __future__ import annotations
 
@@ -31,10 +31,10 @@ import numpy as np
 import scipy.linalg as sla
 
 from ..circuit.diodes import clamp_cocontent_array, clamp_current_array, ideal_violation_array
-from ..circuit.wires import WiredNetwork
 from .base import Certificate, Equilibrium
 from .numba_solver import LayeredProblem
 from .numba_solver import solve as layered_solve
+from .wire_network import WiredNetwork
 
 
 @dataclass
