@@ -5,7 +5,7 @@
 * Models normalise pixels themselves, so checkpoints and attacks live in pixel space.
 * ``ep-cnn``: free phase, ``±β`` phases, EP gradient (:func:`epsim.models.ep_cnn.ep_gradients`),
   SGD with per-layer learning rates; ``bp-cnn``/``vit``: cross-entropy + backprop;
-  ``adv-cnn``: backprop on PGD examples (:func:`epsim.robustness.pgd.pgd`), made in eval mode.
+  ``adv-cnn``: backprop on PGD examples (:func:`epsim.robustness.attacks.adversarial_examples`), made in eval mode.
 * Learning rates follow a cosine from the preset's values to ``lr_min`` over the run,
   updated every batch.
 * Determinism and resumption as in the circuit trainer: epoch ``e`` visits the training
@@ -290,11 +290,11 @@ def train_step(model, optimizer, config: TorchTrainConfig, xb, yb, gen) -> dict:
                      unused=int((~step.used).sum()))
     else:
         if config.model == "adv-cnn":
-            from .robustness.pgd import pgd
+            from .robustness.attacks import adversarial_examples
 
             model.eval()
-            xb = pgd(model, xb, yb, config.adv_eps, config.adv_norm, config.adv_steps,
-                     config.adv_step_size, rng=gen)
+            xb = adversarial_examples(model, xb, yb, config.adv_eps, config.adv_norm, config.adv_steps,
+                                      config.adv_step_size, rng=gen)
         model.train()
         optimizer.zero_grad(set_to_none=True)
         logits = model(xb)

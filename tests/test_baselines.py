@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from epsim.data import Dataset
 from epsim.errors import EpsimError
 from epsim.models.baselines import ADV_PRESETS, BP_PRESETS, VIT_PRESETS, BPCNN, ViT
-from epsim.robustness.pgd import pgd
+from epsim.robustness.attacks import adversarial_examples as pgd
 from epsim.torch_training import (augment_batch, build_model, load_torch_model, make_optimizer,
                                   pick_device, resolve_config, train_step, train_torch, _generator)
 
@@ -93,17 +93,17 @@ def test_pgd_rejects_bad_arguments():
 
 def test_adversarial_training_sees_perturbed_inputs(monkeypatch):
     """The AdvCNN step trains on PGD examples inside the ball, not on the clean batch."""
-    import epsim.robustness.pgd as pgd_module
+    import epsim.robustness.attacks as pgd_module
 
     seen = {}
-    real = pgd_module.pgd
+    real = pgd_module.adversarial_examples
 
     def spy(model_fn, x, y, eps, norm, steps, step_size, rng=None, **kw):
         out = real(model_fn, x, y, eps, norm, steps, step_size, rng, **kw)
         seen.update(x=x, adv=out, eps=eps, norm=norm, steps=steps)
         return out
 
-    monkeypatch.setattr(pgd_module, "pgd", spy)
+    monkeypatch.setattr(pgd_module, "adversarial_examples", spy)
     cfg = resolve_config("adv-cnn", "cifar10-small", adv_norm="linf", adv_eps=8 / 255, adv_steps=3,
                          **{k: v for k, v in SMALL["adv-cnn"].items() if k != "adv_steps"})
     net = build_model(cfg, (3, 8, 8), 4)
