@@ -19,14 +19,14 @@ train() {  # train NAME ARGS...: resumes an interrupted run
     run "$dir/metrics.json" "$dir.log" python -m epsim.train --dataset cifar10 --data-dir "$DATA" --out "$dir" \
         --no-progress "${resume[@]}" "$@"
 }
-train ep-cnn --model ep-cnn --backend torch --preset cifar10-small --torch-threads 2 --epochs 3 --time-limit 60
+train ep-cnn --model ep-cnn --backend torch --preset cifar10-small --threads 2 --epochs 3 --time-limit 60
 train bp-cnn --model bp-cnn --backend torch --preset cifar10-small
-train adv-cnn --model adv-cnn --backend torch --preset cifar10-small --time-limit 60 --torch-threads 1
+train adv-cnn --model adv-cnn --backend torch --preset cifar10-small --time-limit 60 --threads 1
 train circuit-mlp --model mlp --backend numba --epochs 5 --batch-size 8 --lr 0.05
 train circuit-cnn --model cnn --backend numba --epochs 3 --batch-size 8 --lr 0.05 --lr-layers 3 1 --tol 1e-12 --nudge-rtol 0
 
 frost=(); [ -n "${FROST_DIR:-}" ] && frost=(--frost-dir "$FROST_DIR")
-common=(--n 500 --steps 20 --restarts 1 --loss ce,dlr --queries 1000 --threads 1 --no-progress --data-dir "$DATA")
+common=(--test-subset 500 --steps 20 --restarts 1 --loss ce,dlr --queries 1000 --threads 1 --no-progress --data-dir "$DATA")
 for m in ep-cnn bp-cnn adv-cnn circuit-mlp circuit-cnn; do
     ck="$OUT/$m/checkpoint.pt"
     run "$OUT/rob/$m-linf/robustness.json" "$OUT/rob-$m-linf.log" python -m epsim.robustness --checkpoint "$ck" \

@@ -7,7 +7,7 @@
     python analysis/run_all.py --scale cpu --out runs/analysis-cpu --publish analysis/results/cpu
 
 Every step is one command line of the project's CLIs (``python -m epsim.train``,
-``python -m epsim.robustness``, ``python -m epsim.export``, ``python -m epsim.gdu``,
+``python -m epsim.robustness``, ``python -m epsim.export``, ``python -m epsim.gradcheck``,
 ``python -m epsim.energy``, ``benchmarks/bench_spice.py``) or of ``analysis/steps.py``
 (adversarial examples, ngspice vs numba comparison, input-gradient agreement: thin wrappers
 over the library's public functions), run as a subprocess with ``sys.executable``. A step
@@ -93,7 +93,7 @@ PLANS = {
                    "corruptions": "gaussian_noise,contrast", "severities": "1,2,3,4,5"},
         "adversarial": {"norm": "l2", "eps": "2.0", "n": "4", "steps": "10"},
         "fidelity": {"model": "circuit-cnn", "samples": "2", "grad_n": "8", "grad_betas": "0.1,0.01",
-                     "gdu": ["--batch", "4", "--max-iter", "1000"], "bench_spice": None},
+                     "gdu": ["--batch-size", "4", "--max-iter", "1000"], "bench_spice": None},
         "device": ["--model", "cnn", "--epochs", "1", "--devices", "ideal", "rram", "--wire-resistances", "0", "100",
                    "--train-subset", "200", "--test-subset", "60", "--read-repeats", "2"],
         "energy": {"n": "20", "attack_eps": ENERGY_ATTACK_EPS, "attack_n": "10", "attack_steps": "3", "traces": "4"},
@@ -124,8 +124,8 @@ PLANS = {
                    "corruptions": None, "severities": "1,2,3,4,5"},
         "adversarial": {"norm": "l2", "eps": "2.0", "n": "6", "steps": "50"},
         "fidelity": {"model": "circuit-cnn", "samples": "5", "grad_n": "50", "grad_betas": "0.5,0.1,0.01,0.001",
-                     "gdu": ["--batch", "16"], "bench_spice": ["--repeat", "3"]},
-        "device": ["--model", "cnn", "--epochs", "10", "--robustness", "--attack-n", "100"],
+                     "gdu": ["--batch-size", "16"], "bench_spice": ["--repeat", "3"]},
+        "device": ["--model", "cnn", "--epochs", "10", "--robustness", "--attack-subset", "100"],
         # the whole digits test set; the early readout attacked on the robustness runs' image count
         "energy": {"n": "360", "attack_eps": ENERGY_ATTACK_EPS, "attack_n": "100", "attack_steps": "20", "traces": "4"},
     },
@@ -155,8 +155,8 @@ PLANS = {
                    "corruptions": None, "severities": "1,2,3,4,5", "device": "cuda"},
         "adversarial": {"norm": "l2", "eps": "3.0", "n": "8", "steps": "100"},
         "fidelity": {"model": "circuit-cnn", "samples": "5", "grad_n": "100", "grad_betas": "0.5,0.1,0.01,0.001",
-                     "gdu": ["--dataset", "cifar10", "--batch", "16"], "bench_spice": ["--repeat", "3"]},
-        "device": ["--model", "cnn", "--dataset", "mnist", "--epochs", "10", "--robustness", "--attack-n", "1000"],
+                     "gdu": ["--dataset", "cifar10", "--batch-size", "16"], "bench_spice": ["--repeat", "3"]},
+        "device": ["--model", "cnn", "--dataset", "mnist", "--epochs", "10", "--robustness", "--attack-subset", "1000"],
         # the scale's image count (the first 1000 CIFAR-10 test images); the attack as at the cpu scale
         "energy": {"n": "1000", "attack_eps": ENERGY_ATTACK_EPS, "attack_n": "100", "attack_steps": "20", "traces": "4"},
     },
@@ -247,7 +247,7 @@ def build_plan(scale: str, seeds, data_dir: str | None, out: Path, frost_dir: st
         # run): in the PGD sweep itself, or, where Square is too costly for every ε and image
         # (queries x images x relaxation steps), in a run of its own on fewer images and ε.
         attacks = f"pgd-{norm}" if sq else f"pgd-{norm},square-{norm}"
-        tail = [*pgd, *([] if sq else ["--queries", a["queries"]]), "--n", a["n"]]
+        tail = [*pgd, *([] if sq else ["--queries", a["queries"]]), "--test-subset", a["n"]]
         # Circuits also get the monotonicity certificate (certify-*: a lower bound, two solves per
         # image and ε) in the same run, so the harness checks certified <= robust image by image.
         # certify-l2 needs ε <= 1 (it certifies through the L∞ box of radius ε): where the L2 sweep
@@ -258,13 +258,13 @@ def build_plan(scale: str, seeds, data_dir: str | None, out: Path, frost_dir: st
         if whole:
             groups.append((norm, ["--attack", f"{attacks},certify-{norm}", "--eps", a[norm], *tail], ("circuit",)))
         elif cert_eps:
-            groups.append((f"certify-{norm}", ["--attack", f"certify-{norm}", "--eps", cert_eps, "--n", a["n"]],
+            groups.append((f"certify-{norm}", ["--attack", f"certify-{norm}", "--eps", cert_eps, "--test-subset", a["n"]],
                            ("circuit",)))
     if sq:
         for norm in ("l2", "linf"):
             groups.append((f"square-{norm}", ["--attack", f"square-{norm},pgd-{norm}", "--eps", sq[norm], *pgd,
-                                              "--queries", a["queries"], "--n", sq["n"], "--no-large-eps-check"], None))
-    groups.append(("corruptions", ["--attack", "corruptions", "--severities", a["severities"], "--n", a["n"]]
+                                              "--queries", a["queries"], "--test-subset", sq["n"], "--no-large-eps-check"], None))
+    groups.append(("corruptions", ["--attack", "corruptions", "--severities", a["severities"], "--test-subset", a["n"]]
                    + (["--corruptions", a["corruptions"]] if a.get("corruptions") else [])
                    + (["--frost-dir", frost_dir] if frost_dir else []), None))
     # evaluation order: every model's first seed first (so a run cut short still has every curve);
@@ -300,8 +300,8 @@ def build_plan(scale: str, seeds, data_dir: str | None, out: Path, frost_dir: st
             continue
         seed, ckpt = lst[0]
         d = energy_dir(model, seed)
-        argv = ["-m", "epsim.energy", "--checkpoint", o(ckpt), "--n", en["n"], "--attack-eps", en["attack_eps"],
-                "--attack-norm", "l2", "--attack-n", en["attack_n"], "--attack-steps", en["attack_steps"],
+        argv = ["-m", "epsim.energy", "--checkpoint", o(ckpt), "--test-subset", en["n"], "--attack-eps", en["attack_eps"],
+                "--attack-norm", "l2", "--attack-subset", en["attack_n"], "--attack-steps", en["attack_steps"],
                 "--traces", en["traces"], *data_opt, "--no-progress", "--out", o(d)]
         steps.append(Step(f"energy/{model}-s{seed}", "energy", argv,
                           [f"{d}/energy.json", f"{d}/energy.csv", f"{d}/traces.npz"], deps=[f"train/{model}-s{seed}"],
@@ -315,7 +315,7 @@ def build_plan(scale: str, seeds, data_dir: str | None, out: Path, frost_dir: st
         ops = [f"fidelity/spice/sample{k}_{p}.op.json" for k in range(n) for p in ("free", "plus", "minus")]
         steps.append(Step("fidelity/export", "export",
                           ["-m", "epsim.export", "--checkpoint", o(ckpt), "--out", o("fidelity/spice"),
-                           "--samples", fid["samples"], "--phase", "all", "--diode", "shockley", *data_opt],
+                           "--test-subset", fid["samples"], "--phase", "all", "--diode", "shockley", *data_opt],
                           ops, deps=[f"train/{fm}-s{seed}"], meta={"model": fm, "seed": seed}))
         steps.append(Step("fidelity/spice-vs-numba", "spice",
                           [str(HERE / "steps.py"), "spice-compare", "--checkpoint", o(ckpt),
@@ -328,7 +328,7 @@ def build_plan(scale: str, seeds, data_dir: str | None, out: Path, frost_dir: st
                            "--out", o("fidelity/input_gradients.json")],
                           ["fidelity/input_gradients.json"], deps=[f"train/{fm}-s{seed}"],
                           meta={"model": fm, "seed": seed}))
-    steps.append(Step("fidelity/gdu", "gdu", ["-m", "epsim.gdu", *fid["gdu"], *data_opt],
+    steps.append(Step("fidelity/gdu", "gdu", ["-m", "epsim.gradcheck", *fid["gdu"], *data_opt],
                       ["fidelity/gdu.txt"], stdout_to="fidelity/gdu.txt", meta={"model": "ep-cnn"}))
     if fid.get("bench_spice"):
         steps.append(Step("fidelity/bench-spice", "bench",
@@ -554,7 +554,7 @@ def _add_check(row, name, status, detail=None):
 def certificate_cross_checks(curves) -> int:
     """``certified_le_robust``, image by image, for a certificate that ran apart from the attacks
     (``certify-l2`` at the ε <= 1 of an L2 sweep that goes beyond 1): every attack row of the same
-    model, seed, norm, ε and images (same ``--n``; every run uses ``--seed 0``) in another run gets
+    model, seed, norm, ε and images (same ``--test-subset``; every run uses ``--seed 0``) in another run gets
     the check, the certificate row ``certified_le_<attack>``, as the harness does within one run.
     Returns the number of pairs checked."""
     certs = [r for r in curves if r.get("family_attack") == "certify" and r.get("_mask")]
@@ -765,7 +765,7 @@ _NUM = r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?|nan|inf"
 
 
 def parse_gdu(text: str) -> dict:
-    """Rows of ``python -m epsim.gdu``'s table: layer, cosine, |EP|/|BPTT|; plus its header and verdict."""
+    """Rows of ``python -m epsim.gradcheck``'s table: layer, cosine, |EP|/|BPTT|; plus its header and verdict."""
     rows = []
     for line in text.splitlines():
         m = re.fullmatch(rf"\s*(conv\d+|fc)\s+({_NUM})\s+({_NUM})\s*", line)

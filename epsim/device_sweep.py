@@ -23,7 +23,7 @@ JSON schema (``schema: "epsim.device_sweep/1"``)::
     {"schema", "created", "command", "dataset", "model", "seed", "epochs", "lr",
      "n_test", "devices": {NAME: DeviceModel fields},
      "runs": [                                 # one per trained chip
-       {"name": "rram" | "rram@lr=1" (with --lrs) | "ideal@wire=10", "device_model": spec, "train_wire_resistance_ohm",
+       {"name": "rram" | "rram@lr=1" (with --device-lrs) | "ideal@wire=10", "device_model": spec, "train_wire_resistance_ohm",
         "epochs", "lr", "run_dir", "test_accuracy" (at the end of training, as trained),
         "train_accuracy", "wall_seconds", "history": [per-epoch dicts of metrics.json],
         "eval": [{"wire_resistance_ohm", "read_noise", "repeats", "accuracies": [...],
@@ -38,7 +38,6 @@ Accuracies are fractions in [0, 1]; resistances in ohms; times in seconds.
 """
 from __future__ import annotations
 
-import argparse
 import datetime
 import json
 import sys
@@ -46,51 +45,77 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-import numpy as np
+from .cli import (ArgumentParser, add_attack_subset, add_dataset, add_deprecated_alias, add_list, add_test_subset,
+                  add_threads, prepare_out_dir, prepare_out_file, run, set_command_environment, set_threads)
 
-from .checkpoint import write_json
-from .cli import HelpFormatter, prepare_out_dir, prepare_out_file, run
-from .errors import EpsimError
+set_command_environment()  # before numpy loads
+
+import numpy as np  # noqa: E402
+
+from .checkpoint import write_json  # noqa: E402
+from .data import DATASETS  # noqa: E402
+from .errors import EpsimError  # noqa: E402
+from .models.registry import CIRCUIT_MODELS  # noqa: E402
 
 SCHEMA = "epsim.device_sweep/1"
 
 
-def build_parser():
-    p = argparse.ArgumentParser(
+def build_parser() -> ArgumentParser:
+    p = ArgumentParser(
         prog="python -m epsim.device_sweep",
         description="Train the circuit with each device model, evaluate it on crossbars with wire "
-                    "resistance (and optionally under attack); write one JSON file.",
-        formatter_class=HelpFormatter)
+                    "resistance (and optionally under attack); write one JSON file.")
     p.add_argument("--out", required=True, metavar="PATH", help="JSON file to write")
     p.add_argument("--runs-dir", default=None, metavar="DIR",
                    help="training runs go here (default: next to --out, in device_sweep_runs/)")
-    p.add_argument("--dataset", default="digits")
-    p.add_argument("--data-dir", default=None)
-    p.add_argument("--model", default="cnn")
-    p.add_argument("--devices", nargs="+", default=["ideal", "rram", "pcm"], metavar="SPEC",
-                   help="device models (NAME or NAME:field=value,...)")
-    p.add_argument("--wire-resistances", type=float, nargs="+", default=[0.0, 1.0, 10.0, 100.0, 1000.0],
-                   metavar="OHMS", help="wire resistances every trained chip is evaluated at")
-    p.add_argument("--train-wires", type=float, nargs="*", default=[], metavar="OHMS",
-                   help="also train the ideal device with these wire resistances (slow)")
-    p.add_argument("--train-wires-epochs", type=int, default=3)
-    p.add_argument("--epochs", type=int, default=20)
-    p.add_argument("--lr", type=float, default=0.1)
-    p.add_argument("--lrs", type=float, nargs="+", default=None, metavar="LR",
-                   help="one learning rate per --devices entry (default: --lr for every device)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--train-subset", type=int, default=None, metavar="N")
-    p.add_argument("--test-subset", type=int, default=None, metavar="N")
-    p.add_argument("--read-repeats", type=int, default=5, help="evaluation passes of a read-noisy chip")
-    p.add_argument("--eval-batch-size", type=int, default=36,
+    add_dataset(p, DATASETS, "dataset to train and test on", default="digits")
+    p.add_argument("--data-dir", default=None, metavar="DIR",
+                   help="folder with the dataset files (default: $EPSIM_DATA_DIR or ./data)")
+    p.add_argument("--model", default="cnn", choices=CIRCUIT_MODELS, help="circuit architecture")
+    add_list(p, "--devices", split=split_device_specs, default=["ideal", "rram", "pcm"], metavar="SPEC",
+             help="device models (NAME or NAME:field=value,...)")
+    add_list(p, "--wire-resistances", item=float, default=[0.0, 1.0, 10.0, 100.0, 1000.0],
+             metavar="OHMS", help="wire resistances every trained chip is evaluated at")
+    add_list(p, "--train-wires", item=float, default=[], metavar="OHMS",
+             help="also train the ideal device with these wire resistances (slow)")
+    p.add_argument("--train-wires-epochs", type=int, default=3, metavar="N",
+                   help="epochs of each --train-wires run")
+    p.add_argument("--epochs", type=int, default=20, metavar="N", help="epochs of each device's run")
+    p.add_argument("--lr", type=float, default=0.1,
+                   help="learning rate of conductances (in units of g_unit) of every run")
+    add_list(p, "--device-lrs", item=float, default=None, metavar="LR",
+             help="one learning rate per --devices entry (default: --lr for every device)")
+    add_deprecated_alias(p, "--lrs", "--device-lrs")
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of the training runs, the data subsets and the attacks")
+    p.add_argument("--train-subset", type=int, default=None, metavar="N", help="train on N random training images")
+    add_test_subset(p, "test on N random test images (a seeded subset; default: all)")
+    p.add_argument("--read-repeats", type=int, default=5, metavar="N", help="evaluation passes of a read-noisy chip")
+    p.add_argument("--eval-batch-size", type=int, default=36, metavar="N",
                    help="images per read of the crossbar (one read-noise draw per batch)")
     p.add_argument("--robustness", action="store_true", help="also run a small attack sweep per chip")
-    p.add_argument("--attack-n", type=int, default=100, help="test images attacked")
-    p.add_argument("--attack-eps", type=float, nargs="+", default=[0.5, 1.0, 2.0], help="L2 radii")
-    p.add_argument("--attack-steps", type=int, default=20)
-    p.add_argument("--attack-queries", type=int, default=300)
-    p.add_argument("--no-progress", action="store_true")
+    add_attack_subset(p, "attack N random images of the test set (a seeded subset)", default=100)
+    add_list(p, "--attack-eps", item=float, default=[0.5, 1.0, 2.0], metavar="EPS",
+             help="L2 radii in [0,1]-pixel units")
+    p.add_argument("--attack-steps", type=int, default=20, metavar="N", help="PGD iterations")
+    p.add_argument("--attack-queries", type=int, default=300, metavar="N", help="Square attack queries per image")
+    add_threads(p)
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
     return p
+
+
+def split_device_specs(word: str) -> list:
+    """``"ideal,rram:read_noise=0,write_noise=0,pcm"`` -> ``["ideal", "rram:read_noise=0,write_noise=0",
+    "pcm"]``: a comma starts a new device spec unless what follows is a ``field=value`` of the last one."""
+    specs = []
+    for part in (p.strip() for p in str(word).split(",")):
+        if not part:
+            continue
+        if specs and "=" in part and ":" not in part:
+            specs[-1] += "," + part
+        else:
+            specs.append(part)
+    return specs
 
 
 def deployment_solver(config, net, wire_resistance_ohm, read_stream=0):
@@ -101,7 +126,7 @@ def deployment_solver(config, net, wire_resistance_ohm, read_stream=0):
     from dataclasses import replace
 
     from .learning.memristive import DeviceArray, get_device_model
-    from .training import make_solver
+    from .solvers.factory import make_solver
 
     solver = make_solver(replace(config, wire_resistance_ohm=wire_resistance_ohm))
     devices = DeviceArray(get_device_model(config.device_model), net, config.seed, rank=1000 + read_stream)
@@ -155,7 +180,7 @@ def robustness(config, net, ckpt, dataset, wire_resistance_ohm, args, log) -> di
     loaded = load_model(ckpt)
     adapter = loaded.adapter
     adapter.solver, _ = deployment_solver(config, net, wire_resistance_ohm, read_stream=500)
-    idx = np.random.default_rng([args.seed, 1]).permutation(len(dataset.y_test))[:args.attack_n]
+    idx = np.random.default_rng([args.seed, 1]).permutation(len(dataset.y_test))[:args.attack_subset]
     cfg = SweepConfig(attacks=("pgd-l2", "square-l2"), eps=tuple(args.attack_eps), paths=("implicit",),
                       losses=("ce",), steps=args.attack_steps, queries=args.attack_queries, seed=args.seed)
     res = run_sweep(adapter, dataset.x_test[idx].astype(np.float64), dataset.y_test[idx], cfg,
@@ -173,7 +198,7 @@ def robustness(config, net, ckpt, dataset, wire_resistance_ohm, args, log) -> di
 
 def check_attack_options(args):
     """The --attack-* options of ``--robustness``, checked before any training."""
-    for flag, value in (("--attack-n", args.attack_n), ("--attack-steps", args.attack_steps),
+    for flag, value in (("--attack-subset", args.attack_subset), ("--attack-steps", args.attack_steps),
                         ("--attack-queries", args.attack_queries)):
         if value < 1:
             raise EpsimError(f"{flag} must be at least 1")
@@ -206,10 +231,11 @@ def main(argv=None):
     if args.robustness:
         check_attack_options(args)
     models = {spec: get_device_model(spec) for spec in args.devices}
-    lrs = args.lrs if args.lrs is not None else [args.lr] * len(args.devices)
+    lrs = args.device_lrs if args.device_lrs is not None else [args.lr] * len(args.devices)
     if len(lrs) != len(args.devices) or not all(np.isfinite(v) and v > 0 for v in lrs):
-        raise EpsimError("--lrs needs one positive learning rate per --devices entry")
+        raise EpsimError("--device-lrs needs one positive learning rate per --devices entry")
     out = prepare_out_file(args.out)
+    set_threads(args.threads)
     runs_dir = prepare_out_dir(Path(args.runs_dir) if args.runs_dir else out.parent / "device_sweep_runs",
                                "--runs-dir" if args.runs_dir else "--out")
     dataset = load_dataset(args.dataset, args.data_dir or default_data_dir(), train_subset=args.train_subset,
@@ -224,7 +250,7 @@ def main(argv=None):
               "lr": args.lr, "n_test": int(len(dataset.y_test)),
               "devices": {spec: m.to_dict() for spec, m in models.items()}, "runs": []}
 
-    jobs = [(spec if args.lrs is None else f"{spec}@lr={lr:g}", spec, 0.0, args.epochs, lr)
+    jobs = [(spec if args.device_lrs is None else f"{spec}@lr={lr:g}", spec, 0.0, args.epochs, lr)
             for spec, lr in zip(args.devices, lrs)]
     jobs += [(f"ideal@wire={r:g}", "ideal", float(r), args.train_wires_epochs, args.lr) for r in args.train_wires]
     configs = [preset_config(args.model, dataset=args.dataset, epochs=epochs, lr=lr, seed=args.seed,

@@ -25,28 +25,31 @@ nodes of every layer for the first ``--traces`` images of the free phase).
 """
 from __future__ import annotations
 
-import argparse
 import csv
 import sys
 import time
 from pathlib import Path
 
-import numpy as np
+from .cli import (ArgumentParser, add_attack_subset, add_list, add_test_subset, add_threads, prepare_out_dir, run,
+                  set_command_environment, set_threads)
 
-from .cli import HelpFormatter, prepare_out_dir, run
-from .errors import EpsimError
+set_command_environment()  # before numpy loads
+
+import numpy as np  # noqa: E402
+
+from .errors import EpsimError  # noqa: E402
 
 DIGITAL_PJ_PER_MAC = {"fp32_45nm": 3.7 + 0.9, "int8_45nm": 0.2 + 0.03}
 DIGITAL_SOURCE = "Horowitz, ISSCC 2014, 45 nm (multiply + add; no memory access)"
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m epsim.energy", description=__doc__.split("\n\n")[0],
-                                formatter_class=HelpFormatter)
+def build_parser() -> ArgumentParser:
+    p = ArgumentParser(prog="python -m epsim.energy", description=__doc__.split("\n\n")[0])
     p.add_argument("--checkpoint", required=True, metavar="PATH", help="circuit checkpoint.pt of epsim.train")
     p.add_argument("--out", required=True, metavar="DIR", help="folder for energy.json and energy.csv")
-    p.add_argument("--data-dir", default=None, help="dataset folder (digits needs none)")
-    p.add_argument("--n", type=int, default=None, metavar="N", help="first N test images (default: all)")
+    p.add_argument("--data-dir", default=None, metavar="DIR", help="dataset folder (digits needs none)")
+    add_test_subset(p, "simulate the first N test images (in the dataset's order; default: all)",
+                    aliases=("--n",))
     p.add_argument("--diode", default=None, choices=("ideal", "shockley"), help="clamp diodes (default: the model's)")
     p.add_argument("--cell-capacitance", type=float, default=1e-16, metavar="F",
                    help="capacitance each crossbar cell adds to its row/column line (farads)")
@@ -59,8 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--settle-tol", type=float, default=1e-3, metavar="V",
                    help="settled: every output within this of its DC value (V)")
     p.add_argument("--tol", type=float, default=1e-9, metavar="A", help="KCL tolerance of every step and DC solve")
-    p.add_argument("--readout-times", default=None, metavar="S,S,...",
-                   help="early-readout times (s; default 0.1, 0.25, 0.5, 1, 2 x the median settling time)")
+    add_list(p, "--readout-times", item=float, default=None, metavar="S",
+             help="early-readout times (s; default: 0.1, 0.25, 0.5, 1, 2 x the median settling time)")
     p.add_argument("--no-training-step", action="store_true", help="inference only (skip the nudged phases)")
     p.add_argument("--levels", type=int, default=100, metavar="N",
                    help="programming pulses across the conductance range (dG_pulse = range / N)")
@@ -70,18 +73,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--attack-eps", type=float, default=None, metavar="EPS",
                    help="also attack the early readout: PGD at this radius (pixel units) at every readout time")
     p.add_argument("--attack-norm", default="l2", choices=("l2", "linf"), help="norm of --attack-eps")
-    p.add_argument("--attack-n", type=int, default=100, metavar="N", help="images attacked (the first N)")
+    add_attack_subset(p, "attack the first N of the --test-subset images", default=100)
     p.add_argument("--attack-steps", type=int, default=20, metavar="N", help="PGD iterations")
     p.add_argument("--traces", type=int, default=4, metavar="K",
                    help="save the free-phase voltage traces of the first K images (3 nodes per layer) "
                         "to traces.npz (0: none)")
+    add_threads(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
 
 
 def _validate(args):
     checks = [
-        (args.n is None or args.n >= 1, "--n must be at least 1"),
+        (args.test_subset is None or args.test_subset >= 1, "--test-subset must be at least 1"),
         (np.isfinite(args.cell_capacitance) and args.cell_capacitance >= 0, "--cell-capacitance must be >= 0 farads"),
         (np.isfinite(args.node_capacitance) and args.node_capacitance >= 0, "--node-capacitance must be >= 0 farads"),
         (args.cell_capacitance + args.node_capacitance > 0, "--cell-capacitance and --node-capacitance cannot both be 0"),
@@ -97,21 +101,16 @@ def _validate(args):
         (args.traces >= 0, "--traces must be >= 0"),
         (args.attack_eps is None or (np.isfinite(args.attack_eps) and args.attack_eps > 0),
          "--attack-eps must be a positive radius"),
-        (args.attack_n >= 1 and args.attack_steps >= 1, "--attack-n and --attack-steps must be at least 1"),
+        (args.attack_subset >= 1 and args.attack_steps >= 1, "--attack-subset and --attack-steps must be at least 1"),
         (args.attack_eps is None or args.attack_norm != "linf" or args.attack_eps <= 1,
          "--attack-eps must be <= 1 for linf"),
     ]
     for ok, message in checks:
         if not ok:
             raise EpsimError(message)
-    times = None
-    if args.readout_times is not None:
-        try:
-            times = [float(t) for t in args.readout_times.split(",")]
-        except ValueError:
-            raise EpsimError(f"--readout-times must be comma-separated seconds, got {args.readout_times!r}") from None
-        if not times or not all(np.isfinite(t) and t >= 0 for t in times):
-            raise EpsimError("--readout-times must be non-negative times (s)")
+    times = args.readout_times
+    if times is not None and not all(np.isfinite(t) and t >= 0 for t in times):
+        raise EpsimError("--readout-times must be non-negative times (s)")
     return times
 
 
@@ -167,13 +166,15 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     readout = _validate(args)
     out = prepare_out_dir(args.out)
+    set_threads(args.threads)
     from .checkpoint import write_json
     from .circuit.compile import with_diode
     from .data import default_data_dir, load_dataset
     from .models.resistive import one_hot_targets
     from .solvers.transient import Capacitances, circuit_powers_W, settling_times_s
     from .models.loading import load_network
-    from .training import TrainConfig, make_solver
+    from .solvers.factory import make_solver
+    from .training import TrainConfig
 
     net, state = load_network(args.checkpoint)
     if args.diode is not None and args.diode != net.diode.kind:
@@ -181,7 +182,7 @@ def main(argv=None):
     cfg_dict = state.get("config", {})
     config = TrainConfig(**{k: v for k, v in cfg_dict.items() if k in TrainConfig.__dataclass_fields__})
     dataset = load_dataset(config.dataset, args.data_dir or default_data_dir())
-    n = len(dataset.y_test) if args.n is None else min(args.n, len(dataset.y_test))
+    n = len(dataset.y_test) if args.test_subset is None else min(args.test_subset, len(dataset.y_test))
     x, y = dataset.x_test[:n], dataset.y_test[:n]
     caps = Capacitances(args.cell_capacitance, args.node_capacitance)
     dc = make_solver(TrainConfig(tol_A=args.tol, max_iter=100000, nudge_rtol=None))
@@ -261,7 +262,7 @@ def main(argv=None):
             "pulse_energy_J": args.pulse_energy, "levels": args.levels,
         }
     if args.attack_eps is not None:
-        summary["early_readout_attack"] = _attack_readout(net, x[:args.attack_n], y[:args.attack_n], times, caps,
+        summary["early_readout_attack"] = _attack_readout(net, x[:args.attack_subset], y[:args.attack_subset], times, caps,
                                                           args)
     settings = {"checkpoint": str(args.checkpoint), "model": net.name, "arch": net.arch, "diode": net.diode.kind,
                 "input_gain_V": net.input_gain_V, "amp_gains": net.amp_gains.tolist(),

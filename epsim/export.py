@@ -2,33 +2,34 @@
 
 Per test sample and phase: ``sample{k}_{phase}.cir`` (ngspice; ``.xyce.cir`` for Xyce) and
 ``sample{k}_{phase}.op.json`` (the numba solver's node voltages and certificate). Samples
-are the first N test images of the dataset named in the checkpoint's config.
+are the first ``--test-subset`` test images of the dataset named in the checkpoint's config.
 ``--reference`` exports the seeded reference circuit of ``netlists/`` instead.
 """
 from __future__ import annotations
 
-import argparse
 import sys
 
-from .cli import HelpFormatter, prepare_out_dir, run
+from .cli import (ArgumentParser, add_test_subset, add_threads, prepare_out_dir, run, set_command_environment,
+                  set_threads)
 from .errors import EpsimError
+
+set_command_environment()  # before numpy loads (below, on use)
 
 PHASE_CHOICES = ("free", "plus", "minus", "all")
 DIALECT_CHOICES = ("ngspice", "xyce", "all")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+def build_parser() -> ArgumentParser:
+    p = ArgumentParser(
         prog="python -m epsim.export",
         description="Export a circuit model as standalone SPICE netlists (one per test sample "
-                    "and phase), each with NAME.op.json holding the numba solver's node voltages.",
-        formatter_class=HelpFormatter)
+                    "and phase), each with NAME.op.json holding the numba solver's node voltages.")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--checkpoint", metavar="PATH", help="checkpoint.pt written by epsim.train")
     src.add_argument("--reference", action="store_true",
                      help="the seeded reference circuit of netlists/ (no checkpoint needed)")
     p.add_argument("--out", required=True, metavar="DIR", help="folder for the netlists")
-    p.add_argument("--samples", type=int, default=1, metavar="N", help="first N test images")
+    add_test_subset(p, "export the first N test images (in the dataset's order)", default=1, aliases=("--samples",))
     p.add_argument("--phase", default="free", choices=PHASE_CHOICES,
                    help="free (beta=0), plus (+beta), minus (-beta) or all three")
     p.add_argument("--dialect", default="ngspice", choices=DIALECT_CHOICES, help="SPICE dialect(s)")
@@ -42,18 +43,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--wire-resistance", type=float, default=None, metavar="OHMS",
                    help="crossbar wire resistance per segment (default: the checkpoint's, 0 for "
                         "--reference); > 0 adds the row/column wire nodes of epsim.circuit.wires")
+    add_threads(p)
     return p
 
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
-    if args.samples < 1:
-        raise EpsimError("--samples must be at least 1")
+    if args.test_subset < 1:
+        raise EpsimError("--test-subset must be at least 1")
     if not (args.tol > 0 and args.tol < float("inf")):
         raise EpsimError("--tol must be a positive number (amperes)")
     if args.max_iter < 1:
         raise EpsimError("--max-iter must be at least 1")
     prepare_out_dir(args.out)
+    set_threads(args.threads)
     from .circuit.compile import PHASES, with_diode
     from .circuit.exporter import export_samples
     from .data import default_data_dir, load_dataset
@@ -80,7 +83,7 @@ def main(argv=None):
         wire_resistance_ohm = 0.0 if args.reference else float(config.get("wire_resistance_ohm", 0.0))
     if not (wire_resistance_ohm >= 0 and wire_resistance_ohm < float("inf")):
         raise EpsimError("--wire-resistance must be a non-negative number of ohms")
-    n = min(args.samples, len(dataset.y_test))
+    n = min(args.test_subset, len(dataset.y_test))
     phases = PHASES if args.phase == "all" else (args.phase,)
     dialects = ("ngspice", "xyce") if args.dialect == "all" else (args.dialect,)
     written = export_samples(net, dataset.x_test[:n], dataset.y_test[:n], args.out, beta=beta,

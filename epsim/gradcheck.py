@@ -1,4 +1,4 @@
-"""python -m epsim.gdu: check that EP's gradient estimate matches BPTT's (the GDU property).
+"""python -m epsim.gradcheck: check that EP's gradient estimate matches BPTT's (the GDU property).
 
 For a small software EP-CNN, the symmetric-nudging EP estimate of ``∇θ mean(ℓ)``
 (free phase and ``±β`` phases relaxed to convergence, small ``β``) is compared with
@@ -10,15 +10,19 @@ similarity and norm ratio per layer.  Runs in float64, on digits by default (no 
 """
 from __future__ import annotations
 
-import argparse
 import sys
 
-import numpy as np
-import torch
+from .cli import (ArgumentParser, add_dataset, add_deprecated_alias, add_threads, run, set_command_environment,
+                  set_threads)
 
-from .cli import HelpFormatter, run
-from .errors import EpsimError
-from .models.ep_cnn import EPCNN, bptt_gradients, ep_gradients
+set_command_environment()  # before numpy loads
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from .data import DATASETS  # noqa: E402
+from .errors import EpsimError  # noqa: E402
+from .models.ep_cnn import EPCNN, bptt_gradients, ep_gradients  # noqa: E402
 
 
 def layer_names(model: EPCNN) -> list:
@@ -29,7 +33,7 @@ def _flat_grads(model: EPCNN) -> list:
     return [torch.cat([p.grad.detach().flatten().clone() for p in group]) for group in model.param_groups()]
 
 
-def gdu_check(model: EPCNN, x: torch.Tensor, y: torch.Tensor, *, beta=1e-3, max_iter=2000,
+def gradient_check(model: EPCNN, x: torch.Tensor, y: torch.Tensor, *, beta=1e-3, max_iter=2000,
               tol=1e-13, bptt_steps=None) -> list:
     """Compare EP and BPTT gradients layer by layer.
 
@@ -79,31 +83,35 @@ def small_model(image_shape, num_classes, channels=None, seed=0, weight_scale=1.
     return model
 
 
-def build_parser():
-    p = argparse.ArgumentParser(
-        prog="python -m epsim.gdu",
-        description="GDU check for the software EP-CNN: EP gradient (symmetric nudging, converged "
-                    "phases, small beta) against the BPTT gradient through the free-phase dynamics, "
-                    "per layer (cosine similarity and norm ratio). float64, CPU.",
-        formatter_class=HelpFormatter)
-    p.add_argument("--dataset", default="digits", choices=("digits", "mnist", "cifar10", "cifar100"))
-    p.add_argument("--data-dir", default=None, help="folder with the dataset files (not needed for digits)")
-    p.add_argument("--batch", type=int, default=16, help="number of images")
+def build_parser() -> ArgumentParser:
+    p = ArgumentParser(
+        prog="python -m epsim.gradcheck",
+        description="Gradient check for the software EP-CNN (the GDU property): EP gradient (symmetric "
+                    "nudging, converged phases, small beta) against the BPTT gradient through the "
+                    "free-phase dynamics, per layer (cosine similarity and norm ratio). float64, CPU.")
+    add_dataset(p, DATASETS, "dataset the images come from", default="digits")
+    p.add_argument("--data-dir", default=None, metavar="DIR",
+                   help="folder with the dataset files (not needed for digits)")
+    p.add_argument("--batch-size", type=int, default=16, metavar="N",
+                   help="number of training images (a seeded random subset) the gradients average over")
+    add_deprecated_alias(p, "--batch", "--batch-size")
     p.add_argument("--channels", type=int, nargs="+", default=None,
                    help="hidden channels (default 8 16 on 8x8 images, 8 16 16 32 otherwise)")
     p.add_argument("--beta", type=float, default=1e-3, help="nudging strength")
     p.add_argument("--weight-scale", type=float, default=2.0,
                    help="multiply the default initial weights (larger: stronger recurrent coupling)")
-    p.add_argument("--max-iter", type=int, default=2000, help="max relaxation steps per phase")
-    p.add_argument("--tol", type=float, default=1e-13, help="convergence tolerance of the phases")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--max-iter", type=int, default=2000, metavar="N", help="max relaxation steps per phase")
+    p.add_argument("--tol", type=float, default=1e-13,
+                   help="convergence tolerance of the phases (largest change of a unit in a step)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the image subset and the initial weights")
+    add_threads(p)
     return p
 
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
-    if args.batch < 1:
-        raise EpsimError("--batch must be at least 1")
+    if args.batch_size < 1:
+        raise EpsimError("--batch-size must be at least 1")
     if not (np.isfinite(args.beta) and args.beta > 0):
         raise EpsimError("--beta must be a positive number")
     if args.max_iter < 1:
@@ -116,14 +124,15 @@ def main(argv=None):
         raise EpsimError("--weight-scale must be a positive number")
     if args.seed < 0:
         raise EpsimError("--seed must be non-negative")
+    set_threads(args.threads)
     from .data import default_data_dir, load_dataset
 
-    ds = load_dataset(args.dataset, args.data_dir or default_data_dir(), train_subset=args.batch,
+    ds = load_dataset(args.dataset, args.data_dir or default_data_dir(), train_subset=args.batch_size,
                       test_subset=1, seed=args.seed)
     x = torch.from_numpy(np.asarray(ds.x_train, dtype=np.float64))
     y = torch.from_numpy(ds.y_train)
     model = small_model(ds.image_shape, ds.num_classes, args.channels, args.seed, args.weight_scale)
-    rows = gdu_check(model, x, y, beta=args.beta, max_iter=args.max_iter, tol=args.tol)
+    rows = gradient_check(model, x, y, beta=args.beta, max_iter=args.max_iter, tol=args.tol)
     print(f"EP-CNN channels {list(model.channels)} on {len(y)} {ds.name} images, beta={args.beta:g}, "
           f"free phase converged in {rows[0]['free_steps']} steps (tol {args.tol:g}), "
           f"BPTT through {rows[0]['bptt_steps']} steps")

@@ -7,14 +7,17 @@ from __future__ import annotations
 
 import sys
 
-from .cli import ArgumentParser, HelpFormatter, explicit_options, prepare_out_dir, run
-from .data import DATASETS, default_data_dir, load_dataset
-from .errors import EpsimError
-from .models.connections import INITS
-from .models.registry import CIRCUIT_MODELS
-from .solvers import BACKENDS
-from .torch_training import TORCH_MODELS, TORCH_OPTIONS, add_torch_arguments, torch_cli_main
-from .training import CHECKPOINT_NAME, LR_SCHEDULES, TrainConfig, preset_config, train
+from .cli import ArgumentParser, HelpFormatter, explicit_options, prepare_out_dir, run, set_command_environment
+
+set_command_environment()  # before numpy loads
+
+from .data import DATASETS, default_data_dir, load_dataset  # noqa: E402
+from .errors import EpsimError  # noqa: E402
+from .models.connections import INITS  # noqa: E402
+from .models.registry import CIRCUIT_MODELS  # noqa: E402
+from .solvers import BACKENDS  # noqa: E402
+from .torch_training import TORCH_MODELS, TORCH_OPTIONS, add_torch_arguments, torch_cli_main  # noqa: E402
+from .training import CHECKPOINT_NAME, LR_SCHEDULES, TrainConfig, preset_config, train  # noqa: E402
 
 
 def build_parser() -> ArgumentParser:

@@ -3,7 +3,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-import pytest
+from epsim.cli import set_command_environment  # noqa: E402
+
+set_command_environment()  # the commands' thread settings, before any test module loads numpy
+
+import pytest  # noqa: E402
 
 
 @pytest.fixture

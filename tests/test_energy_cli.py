@@ -19,7 +19,7 @@ def checkpoint(tmp_path_factory):
 
 
 def test_energy_table(checkpoint, tmp_path):
-    main(["--checkpoint", str(checkpoint), "--out", str(tmp_path), "--n", "12", "--no-progress",
+    main(["--checkpoint", str(checkpoint), "--out", str(tmp_path), "--test-subset", "12", "--no-progress",
           "--t-stop", "4e-7"])
     result = json.loads((tmp_path / "energy.json").read_text(),
                         parse_constant=lambda c: pytest.fail(f"non-JSON constant {c}"))
@@ -41,11 +41,19 @@ def test_energy_table(checkpoint, tmp_path):
 
 @pytest.mark.parametrize("args,message", [
     (["--t-stop", "-1"], "--t-stop"), (["--lte-tol", "0"], "--lte-tol"),
-    (["--readout-times", "a,b"], "--readout-times"), (["--n", "0"], "--n"),
+    (["--readout-times", "-0.5"], "--readout-times"), (["--test-subset", "0"], "--test-subset"),
     (["--cell-capacitance", "0", "--node-capacitance", "0"], "both be 0")])
 def test_bad_options_fail_before_any_work(checkpoint, tmp_path, args, message):
     with pytest.raises(EpsimError, match=message):
         main(["--checkpoint", str(checkpoint), "--out", str(tmp_path / "o"), *args])
+    assert not (tmp_path / "o").exists()
+
+
+def test_unreadable_readout_times_are_a_usage_error(checkpoint, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["--checkpoint", str(checkpoint), "--out", str(tmp_path / "o"), "--readout-times", "a,b"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exc.value.code == 2 and len(err) == 1 and "--readout-times" in err[0]
     assert not (tmp_path / "o").exists()
 
 
@@ -74,9 +82,9 @@ def test_early_readout_adapter_reads_the_transient(checkpoint):
 
 
 def test_energy_attack_rows(checkpoint, tmp_path):
-    main(["--checkpoint", str(checkpoint), "--out", str(tmp_path), "--n", "8", "--no-progress",
+    main(["--checkpoint", str(checkpoint), "--out", str(tmp_path), "--test-subset", "8", "--no-progress",
           "--no-training-step", "--t-stop", "2e-7", "--readout-times", "1e-9,1e-7", "--attack-eps", "0.5",
-          "--attack-n", "6", "--attack-steps", "3"])
+          "--attack-subset", "6", "--attack-steps", "3"])
     rows = json.loads((tmp_path / "energy.json").read_text())["summary"]["early_readout_attack"]
     assert [r["time_s"] for r in rows] == [None, 1e-9, 1e-7]
     assert all(0 <= r["robust_accuracy"] <= r["clean_accuracy"] <= 1 for r in rows)

@@ -7,7 +7,7 @@ import torch
 
 from epsim.data import Dataset
 from epsim.errors import EpsimError
-from epsim.gdu import gdu_check, small_model
+from epsim.gradcheck import gradient_check, small_model
 from epsim.models.ep_cnn import EP_PRESETS, EPCNN, _max_change, ep_gradients, hard_sigmoid
 from epsim.torch_training import (load_torch_model, resolve_config, train_step, train_torch,
                                   _generator)
@@ -110,7 +110,7 @@ def test_gdu_ep_gradient_matches_bptt():
     g = torch.Generator().manual_seed(3)
     x = torch.rand((8, 1, 8, 8), generator=g, dtype=torch.float64)
     y = torch.randint(0, 10, (8,), generator=g)
-    rows = gdu_check(m, x, y, beta=1e-3)
+    rows = gradient_check(m, x, y, beta=1e-3)
     assert [r["layer"] for r in rows] == ["conv1", "conv2", "fc"]
     for r in rows:
         assert r["cosine"] >= 0.99, r
@@ -123,14 +123,14 @@ def test_ep_estimate_is_biased_at_large_beta_but_converges_as_beta_shrinks():
     g = torch.Generator().manual_seed(3)
     x = torch.rand((8, 1, 8, 8), generator=g, dtype=torch.float64)
     y = torch.randint(0, 10, (8,), generator=g)
-    err = [1 - min(r["cosine"] for r in gdu_check(m, x[:4], y[:4], beta=b, tol=1e-10)) for b in (0.5, 0.05)]
+    err = [1 - min(r["cosine"] for r in gradient_check(m, x[:4], y[:4], beta=b, tol=1e-10)) for b in (0.5, 0.05)]
     assert err[1] < err[0]
 
 
 def test_gdu_command_prints_per_layer_cosines(capsys):
-    from epsim.gdu import main
+    from epsim.gradcheck import main
 
-    main(["--batch", "4", "--channels", "4", "6", "--tol", "1e-10"])
+    main(["--batch-size", "4", "--channels", "4", "6", "--tol", "1e-10"])
     out = capsys.readouterr().out
     assert "conv1" in out and "conv2" in out and "fc" in out and "PASS" in out
 

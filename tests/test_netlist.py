@@ -206,7 +206,7 @@ def test_reference_netlists_are_up_to_date(tmp_path):
     """netlists/ must equal a fresh export (command in netlists/README.md)."""
     from epsim.export import main
 
-    main(["--reference", "--out", str(tmp_path), "--samples", "1", "--phase", "all", "--dialect", "all"])
+    main(["--reference", "--out", str(tmp_path), "--test-subset", "1", "--phase", "all", "--dialect", "all"])
     committed = REPO / "netlists"
     fresh = sorted(p.name for p in tmp_path.iterdir())
     assert fresh == sorted(p.name for p in committed.iterdir() if p.name != "README.md"), \

@@ -125,7 +125,7 @@ def test_driver_dry_run_lists_every_scale(tmp_path):
         assert "$RESULTS/" in proc.stdout
         assert not (tmp_path / scale).exists()
     gpu = _driver("--scale", "gpu", "--out", str(tmp_path / "g"), "--dry-run", timeout=120).stdout
-    assert "cifar10-paper" in gpu and "--dataset cifar10" in gpu and "--queries 1000 --n 1000" in gpu
+    assert "cifar10-paper" in gpu and "--dataset cifar10" in gpu and "--queries 1000 --test-subset 1000" in gpu
 
 
 def test_certificates_for_circuit_models_only(tmp_path):
@@ -164,7 +164,7 @@ def test_certificates_for_circuit_models_only(tmp_path):
                 certified = run_all.parse_eps(cert.argv[cert.argv.index("--eps") + 1])
                 want = [v for _, v in sweep if norm == "linf" or v <= 1]
                 assert [v for _, v in certified] == pytest.approx(want), (scale, model, norm)
-                assert cert.argv[cert.argv.index("--n") + 1] == pgd.argv[pgd.argv.index("--n") + 1]
+                assert cert.argv[cert.argv.index("--test-subset") + 1] == pgd.argv[pgd.argv.index("--test-subset") + 1]
         # the software models' commands are the plan's attacks, unchanged
         for s in robust:
             if s.meta["family"] == "software" and s.meta["group"] in ("l2", "linf"):
@@ -240,7 +240,7 @@ def test_energy_steps_for_circuit_models(tmp_path):
             opt = {a: s.argv[i + 1] for i, a in enumerate(s.argv[:-1]) if a.startswith("--")}
             assert s.argv[:2] == ["-m", "epsim.energy"] and "--no-progress" in s.argv
             assert opt["--checkpoint"] == str(tmp_path / f"models/{m}-s{seed}/checkpoint.pt")
-            assert (opt["--n"], opt["--attack-n"], opt["--attack-steps"]) == want[scale], (scale, s.argv)
+            assert (opt["--test-subset"], opt["--attack-subset"], opt["--attack-steps"]) == want[scale], (scale, s.argv)
             assert opt["--attack-norm"] == "l2" and float(opt["--attack-eps"]) == pytest.approx(headline_l2)
             assert any(abs(v - headline_l2) < 1e-12 for _, v in run_all.parse_eps(plan["attack"]["l2"])), scale
             assert int(opt["--traces"]) >= 1 and s.deps == [f"train/{m}-s{seed}"]

@@ -64,7 +64,7 @@ def test_tiny_training_and_robustness_runs_write_strict_json(tmp_path, tiny_digi
     metrics = strict_load(run / "metrics.json")
     assert metrics["unconverged_counted_as"] == "wrong"
     robustness(["--checkpoint", str(run / CHECKPOINT_NAME), "--attack", "pgd-l2,square-l2", "--eps", "0.5",
-                "--n", "4", "--steps", "2", "--queries", "5", "--grad-path", "implicit", "--loss", "ce",
+                "--test-subset", "4", "--steps", "2", "--queries", "5", "--grad-path", "implicit", "--loss", "ce",
                 "--no-large-eps-check", "--out", str(tmp_path / "robust"), "--no-progress"])
     result = strict_load(tmp_path / "robust" / "robustness.json")
     assert result["n"] == 4 and result["rows"]

@@ -40,7 +40,7 @@ def _error(capsys, argv):
 
 def test_bad_input_gives_one_line_errors(trained, tmp_path, capsys):
     ckpt, _ = trained
-    base = ["--checkpoint", str(ckpt), "--out", str(tmp_path / "r"), "--n", "4", "--no-progress"]
+    base = ["--checkpoint", str(ckpt), "--out", str(tmp_path / "r"), "--test-subset", "4", "--no-progress"]
     cases = [
         (["--checkpoint", str(tmp_path / "missing.pt"), "--attack", "pgd-l2", "--eps", "0.5",
           "--out", str(tmp_path / "r")], "not found"),
@@ -53,7 +53,7 @@ def test_bad_input_gives_one_line_errors(trained, tmp_path, capsys):
         (base + ["--attack", "pgd-l2", "--eps", "0.5", "--loss", "hinge"], "unknown loss"),
         (base + ["--attack", "pgd-l2", "--eps", "0.5", "--grad-path", "transfer"], "--transfer-from"),
         (base + ["--attack", "pgd-l2", "--eps", "0.5", "--dataset", "mnist"], "trained on digits"),
-        (base[:-3] + ["--n", "9999", "--attack", "pgd-l2", "--eps", "0.5"], "larger than"),
+        (base[:-3] + ["--test-subset", "9999", "--attack", "pgd-l2", "--eps", "0.5"], "larger than"),
         (base + ["--attack", "corruptions", "--corruptions", "saturate"], "not applicable"),
         (base + ["--attack", "corruptions", "--severities", "7"], "severities"),
     ]
@@ -72,7 +72,7 @@ def test_checkpoint_dataset_shape_mismatch(tmp_path, capsys):
     save_checkpoint(path, {"kind": "circuit", "model": net.describe(), "w": net.w, "b": net.b,
                            "config": {"dataset": "digits", "backend": "numba", "tol_A": 1e-9, "max_iter": 100}})
     status, err = _error(capsys, ["--checkpoint", str(path), "--attack", "pgd-l2", "--eps", "0.5",
-                                  "--out", str(tmp_path / "r"), "--n", "4"])
+                                  "--out", str(tmp_path / "r"), "--test-subset", "4"])
     assert status == 2 and "expects (1, 7, 7) images" in err and len(err.strip().splitlines()) == 1
 
 
@@ -94,7 +94,7 @@ def test_tiny_end_to_end_run_writes_json_and_csv(trained, tmp_path, capsys):
     ckpt, metrics = trained
     out = tmp_path / "robust"
     status = cli(["--checkpoint", str(ckpt), "--attack", "pgd-l2,fgsm-l2,square-l2", "--eps", "0.5,2",
-                  "--n", "12", "--steps", "5", "--queries", "30", "--out", str(out), "--no-progress"])
+                  "--test-subset", "12", "--steps", "5", "--queries", "30", "--out", str(out), "--no-progress"])
     printed = capsys.readouterr().out
     assert status == 0
     res = json.loads((out / "robustness.json").read_text())
@@ -131,7 +131,7 @@ def test_full_test_set_reproduces_the_training_accuracy_and_corruptions(trained,
     ckpt, metrics = trained
     out = tmp_path / "c"
     status = cli(["--checkpoint", str(ckpt), "--attack", "corruptions", "--corruptions",
-                  "gaussian_noise,contrast", "--severities", "1,5", "--n", "all", "--out", str(out),
+                  "gaussian_noise,contrast", "--severities", "1,5", "--test-subset", "all", "--out", str(out),
                   "--no-progress"])
     capsys.readouterr()
     assert status == 0

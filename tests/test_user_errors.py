@@ -37,8 +37,8 @@ def _train(argv):
     main(argv + ["--no-progress"])
 
 
-def _gdu(argv):
-    from epsim.gdu import main
+def _gradcheck(argv):
+    from epsim.gradcheck import main
 
     main(argv)
 
@@ -59,12 +59,12 @@ def test_robustness_non_finite_settings(tmp_path, flag, value):
                            flag, value, "--out", str(tmp_path / "r")], flag)
 
 
-def test_gdu_max_iter_zero(no_data):
-    _one_line_error(_gdu, ["--max-iter", "0"], "--max-iter must be at least 1")
+def test_gradcheck_max_iter_zero(no_data):
+    _one_line_error(_gradcheck, ["--max-iter", "0"], "--max-iter must be at least 1")
 
 
-def test_gdu_zero_channels(no_data):
-    _one_line_error(_gdu, ["--channels", "0", "16"], "--channels must be at least 1")
+def test_gradcheck_zero_channels(no_data):
+    _one_line_error(_gradcheck, ["--channels", "0", "16"], "--channels must be at least 1")
 
 
 def test_ep_cnn_zero_channels(no_data):
@@ -110,7 +110,7 @@ def _sweep(argv):
     main(argv + ["--no-progress", "--epochs", "1", "--devices", "ideal"])
 
 
-@pytest.mark.parametrize("flag, value", [("--attack-n", "0"), ("--attack-steps", "0"),
+@pytest.mark.parametrize("flag, value", [("--attack-subset", "0"), ("--attack-steps", "0"),
                                          ("--attack-queries", "0"), ("--attack-eps", "-1")])
 def test_device_sweep_attack_options_before_training(tmp_path, no_training, flag, value):
     _one_line_error(_sweep, ["--out", str(tmp_path / "s.json"), "--robustness", flag, value], flag)
@@ -127,7 +127,7 @@ def test_device_sweep_train_wires_epochs(tmp_path, no_training):
 
 
 @pytest.mark.parametrize("module, argv", [
-    ("epsim.gdu", ["--channels", "0", "16"]),
+    ("epsim.gradcheck", ["--channels", "0", "16"]),
     ("epsim.train", ["--model", "vit", "--heads", "0"]),
 ])
 def test_entry_points_exit_2_with_one_line(module, argv, tmp_path):

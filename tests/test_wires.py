@@ -274,7 +274,7 @@ def test_export_with_wires_round_trips_through_the_sparse_solver(tmp_path):
     from epsim.circuit.spice_reader import read_netlist
     from epsim.export import main as export_main
 
-    export_main(["--reference", "--out", str(tmp_path), "--samples", "1", "--phase", "minus",
+    export_main(["--reference", "--out", str(tmp_path), "--test-subset", "1", "--phase", "minus",
                  "--diode", "shockley", "--wire-resistance", "50"])
     import json
 

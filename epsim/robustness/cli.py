@@ -6,32 +6,38 @@ checkpoint and the test images, run, write ``OUT/robustness.json`` and
 """
 from __future__ import annotations
 
+import argparse
 import csv
 import io
 import sys
-from argparse import RawDescriptionHelpFormatter
 from pathlib import Path
 
-import numpy as np
+from ..cli import (ArgumentParser, add_dataset, add_device, add_list, add_test_subset, add_threads, prepare_out_dir,
+                   run, set_command_environment, set_threads)
 
-from ..checkpoint import _atomic_write, write_json
-from ..cli import ArgumentParser, prepare_out_dir, run
-from ..errors import EpsimError
-from ..solvers import BACKENDS
-from .adapters import PATHS, load_model
-from .attacks import LOSSES
-from .evaluate import ATTACKS, SweepConfig, csv_rows, format_table, run_sweep, split_attack
+set_command_environment()  # before numpy loads
+
+import numpy as np  # noqa: E402
+
+from ..checkpoint import _atomic_write, write_json  # noqa: E402
+from ..data import DATASETS  # noqa: E402
+from ..errors import EpsimError  # noqa: E402
+from ..solvers import BACKENDS  # noqa: E402
+from .adapters import PATHS, load_model  # noqa: E402
+from .attacks import LOSSES  # noqa: E402
+from .evaluate import ATTACKS, SweepConfig, csv_rows, format_table, run_sweep, split_attack  # noqa: E402
 
 EXAMPLES = """\
 examples:
   python -m epsim.robustness --checkpoint runs/digits-cnn/checkpoint.pt --attack pgd-l2,fgsm-l2,square-l2 \\
-      --eps log:0.05:3:8 --n 360 --out runs/digits-cnn/robust-l2
-  python -m epsim.robustness --checkpoint runs/digits-cnn/checkpoint.pt --attack pgd-linf,square-linf \\
-      --eps 0.01,0.02,8/255,0.05,0.1,0.2 --out runs/digits-cnn/robust-linf
+      --eps log:0.05:3:8 --test-subset 360 --out runs/digits-cnn/robust-l2
+  python -m epsim.robustness --checkpoint runs/digits-cnn/checkpoint.pt --attack pgd-linf square-linf \\
+      --eps 0.01 0.02 8/255 0.05 0.1 0.2 --out runs/digits-cnn/robust-linf
   python -m epsim.robustness --checkpoint runs/digits-cnn/checkpoint.pt --attack corruptions --out runs/c
 
 ε is measured on images with pixels in [0, 1] (L2 or L∞ norm of the pixel difference), before
 the images become circuit input voltages, so the same ε means the same for every model.
+List options take values separated by spaces, commas, or both.
 """
 
 
@@ -59,8 +65,8 @@ def parse_eps(text: str) -> list:
     return out
 
 
-def _choices(text, allowed, what, all_word=None):
-    items = [t.strip() for t in str(text).split(",") if t.strip()]
+def _choices(items, allowed, what, all_word=None):
+    """``items`` (a list option's values) after checking each is in ``allowed`` (or ``all_word``)."""
     if not items:
         raise EpsimError(f"--{what} needs at least one value")
     for t in items:
@@ -70,80 +76,90 @@ def _choices(text, allowed, what, all_word=None):
     return items
 
 
-def build_parser():
+def test_subset(text: str):
+    """argparse type of ``--test-subset``: a count, or ``all`` (None)."""
+    if str(text).strip().lower() == "all":
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a positive integer or 'all', got {text!r}") from None
+
+
+def build_parser() -> ArgumentParser:
     p = ArgumentParser(
         prog="python -m epsim.robustness",
         description="Robustness of a trained model (circuit or software) to white-box PGD/FGSM (every "
                     "gradient path, worst case reported), black-box Square and natural corruptions, "
                     "with automatic sanity checks. Writes OUT/robustness.json and OUT/robustness.csv.",
-        epilog=EXAMPLES, formatter_class=RawDescriptionHelpFormatter)
+        epilog=EXAMPLES)
     g = p.add_argument_group("model and data")
-    g.add_argument("--checkpoint", required=True, help="checkpoint.pt of a trained model")
+    g.add_argument("--checkpoint", required=True, metavar="PATH", help="checkpoint.pt of a trained model")
     g.add_argument("--backend", choices=BACKENDS, default=None,
                    help="circuit predictor backend (default: the one it was trained with)")
     g.add_argument("--tol", type=float, default=None, metavar="A",
                    help="predictor KCL tolerance (default: the training run's)")
-    g.add_argument("--max-iter", type=int, default=None, help="predictor sweep budget (default: the training run's)")
-    g.add_argument("--dataset", default=None, help="test set (default: the checkpoint's; must match it)")
-    g.add_argument("--data-dir", default=None, help="folder with the dataset files")
-    g.add_argument("--n", default="100", help="number of test images (a seeded random subset), or 'all' "
-                                              "(default 100; 'all' also checks the clean accuracy against "
-                                              "the training run's)")
-    g.add_argument("--device", default="cpu", help="torch device for gradients and software models")
-    g.add_argument("--batch-size", type=int, default=500, help="images per predictor call")
-    g.add_argument("--threads", type=int, default=None, help="numba and torch threads (default: library default)")
+    g.add_argument("--max-iter", type=int, default=None, metavar="N",
+                   help="predictor sweep budget (default: the training run's)")
+    add_dataset(g, DATASETS, "test set (default: the checkpoint's; must match it)")
+    g.add_argument("--data-dir", default=None, metavar="DIR",
+                   help="folder with the dataset files (default: $EPSIM_DATA_DIR or ./data)")
+    add_test_subset(g, "number of test images: a seeded random subset of N, or 'all' (which also checks "
+                       "the clean accuracy against the training run's)", default=100, aliases=("--n",),
+                    type=test_subset)
+    add_device(g, "torch device of gradients and software models", default="cpu")
+    g.add_argument("--batch-size", type=int, default=500, metavar="N", help="images per predictor call")
+    add_threads(g)
     g = p.add_argument_group("attacks")
-    g.add_argument("--attack", required=True, help=f"comma list of: {', '.join(ATTACKS)}")
-    g.add_argument("--eps", default="", help="comma list of radii in [0,1]-pixel units: 0.5, 8/255, "
-                                             "log:0.05:3:8 (not used by corruptions)")
-    g.add_argument("--grad-path", default="all", help=f"comma list of {', '.join(PATHS)} or all (default all: "
-                                                      "every path the model offers; worst case reported)")
-    g.add_argument("--loss", default="ce,dlr,dlr-t",
-                   help=f"comma list of {', '.join(LOSSES)} or all (default ce,dlr,dlr-t: dlr-t is the targeted "
-                        "DLR of APGD-T, one run per --target-classes)")
-    g.add_argument("--steps", type=int, default=50, help="PGD iterations per restart (default 50)")
+    add_list(g, "--attack", required=True, metavar="ATTACK", help=f"attacks: {', '.join(ATTACKS)}")
+    add_list(g, "--eps", item=parse_eps, default=[], metavar="EPS",
+             help="radii in [0,1]-pixel units: 0.5, 8/255, log:0.05:3:8 (N log-spaced values; "
+                  "not used by corruptions)")
+    add_list(g, "--grad-path", default=["all"], metavar="PATH",
+             help=f"gradient paths: {', '.join(PATHS)}, or all (every path the model offers; the worst "
+                  "case is reported)")
+    add_list(g, "--loss", default=["ce", "dlr", "dlr-t"], metavar="LOSS",
+             help=f"attack losses: {', '.join(LOSSES)}, or all (dlr-t is the targeted DLR of APGD-T, "
+                  "one run per --target-classes)")
+    g.add_argument("--steps", type=int, default=50, metavar="N", help="PGD iterations per restart")
     g.add_argument("--target-classes", type=int, default=3, metavar="K",
                    help="the targeted loss dlr-t (APGD-T) runs once per target: the K highest-scoring "
-                        "other classes at the clean image (default 3)")
+                        "other classes at the clean image")
     g.add_argument("--unroll", type=int, default=29, metavar="N",
                    help="advep-* (the seed's protocol): steps of the truncated unroll from the zero "
-                        "state its EP gradient backpropagates through (default 29, as published)")
-    g.add_argument("--restarts", type=int, default=1, help="PGD random restarts (default 1)")
-    g.add_argument("--queries", type=int, default=1000, help="Square attack queries per image (default 1000)")
-    g.add_argument("--seed", type=int, default=0, help="seed of the image subset, random starts, Square, corruptions")
+                        "state its EP gradient backpropagates through (the default is the published value)")
+    g.add_argument("--restarts", type=int, default=1, metavar="N", help="PGD random restarts")
+    g.add_argument("--queries", type=int, default=1000, metavar="N", help="Square attack queries per image")
+    g.add_argument("--seed", type=int, default=0,
+                   help="seed of the image subset, random starts, Square, corruptions")
     g.add_argument("--transfer-from", default=None, metavar="CHECKPOINT",
                    help="surrogate model for the transfer gradient path")
     g.add_argument("--ce-temperature", type=float, default=1.0, metavar="V",
-                   help="circuits: cross-entropy on softmax(v_out / T), T in volts (default 1 V)")
-    g.add_argument("--ep-beta", type=float, default=0.01, help="nudging of the EP gradient path (default 0.01)")
+                   help="circuits: cross-entropy on softmax(v_out / T), T in volts")
+    g.add_argument("--ep-beta", type=float, default=0.01, metavar="B", help="nudging of the EP gradient path")
     g.add_argument("--grad-tol", type=float, default=1e-12, metavar="A",
-                   help="KCL tolerance of the EP gradient path's solves (default 1e-12 A)")
+                   help="KCL tolerance of the EP gradient path's solves (A)")
     g.add_argument("--no-large-eps-check", action="store_true",
                    help="do not add the unbounded ε (L∞ 1, L2 sqrt(C*H*W)) to PGD sweeps")
-    g.add_argument("--large-eps-threshold", type=float, default=0.02,
-                   help="robust accuracy counted as ≈0 at the largest ε (default 0.02)")
+    g.add_argument("--large-eps-threshold", type=float, default=0.02, metavar="ACC",
+                   help="robust accuracy counted as ≈0 at the largest ε")
     g = p.add_argument_group("corruptions")
-    g.add_argument("--corruptions", default=None, help="comma list (default: every applicable one)")
-    g.add_argument("--severities", default="1,2,3,4,5", help="comma list of severities 1..5")
-    g.add_argument("--frost-dir", default=None, help="folder with the frost textures (default: $EPSIM_FROST_DIR, "
-                                                    "else DATA_DIR/frost; frost is skipped, and said so, "
-                                                    "when they are missing and it was not asked for by name)")
+    add_list(g, "--corruptions", default=None, metavar="NAME", help="corruptions (default: every applicable one)")
+    add_list(g, "--severities", item=int, default=[1, 2, 3, 4, 5], metavar="S", help="severities 1..5")
+    g.add_argument("--frost-dir", default=None, metavar="DIR",
+                   help="folder with the frost textures (default: $EPSIM_FROST_DIR, else DATA_DIR/frost; "
+                        "frost is skipped, and said so, when they are missing and it was not asked for by name)")
     g = p.add_argument_group("output")
     g.add_argument("--out", required=True, metavar="DIR", help="write robustness.json and robustness.csv here")
     g.add_argument("--no-progress", action="store_true", help="no progress bars")
     return p
 
 
-def _set_threads(n):
-    if n is None:
-        return
-    if n < 1:
-        raise EpsimError("--threads must be at least 1")
-    import numba
-    import torch
+def _torch_device(name: str) -> str:
+    """``--device`` resolved (``auto``: CUDA when present); an absent GPU is an error."""
+    from ..models.loading import pick_device
 
-    numba.set_num_threads(min(n, numba.config.NUMBA_NUM_THREADS))
-    torch.set_num_threads(n)
+    return str(pick_device(name))
 
 
 def _write_csv(path: Path, rows):
@@ -161,23 +177,14 @@ def main(argv=None):
     attacks = _choices(args.attack, ATTACKS, "attack")
     for a in attacks:
         split_attack(a)
-    eps = parse_eps(args.eps)
+    eps = list(args.eps)
     paths = _choices(args.grad_path, PATHS, "grad-path", "all")
     losses = _choices(args.loss, LOSSES, "loss", "all")
     losses = list(LOSSES) if "all" in losses else losses
-    try:
-        severities = tuple(int(s) for s in args.severities.split(",") if s.strip())
-    except ValueError:
-        raise EpsimError(f"--severities must be integers 1..5, got {args.severities!r}") from None
-    if args.n.strip().lower() == "all":
-        n = None
-    else:
-        try:
-            n = int(args.n)
-        except ValueError:
-            raise EpsimError(f"--n must be a positive integer or 'all', got {args.n!r}") from None
-        if n < 1:
-            raise EpsimError("--n must be at least 1")
+    severities = tuple(args.severities)
+    n = args.test_subset
+    if n is not None and n < 1:
+        raise EpsimError("--test-subset must be at least 1")
     for name, v in (("--steps", args.steps), ("--restarts", args.restarts), ("--queries", args.queries),
                     ("--batch-size", args.batch_size)):
         if v < 1:
@@ -197,12 +204,13 @@ def main(argv=None):
     if not Path(args.checkpoint).is_file():
         raise EpsimError(f"checkpoint {args.checkpoint} not found")
     prepare_out_dir(args.out)
-    _set_threads(args.threads)
+    set_threads(args.threads)
+    device = _torch_device(args.device)
 
     circuit_opts = dict(grad_tol_A=args.grad_tol, ep_beta=args.ep_beta, ce_temperature_V=args.ce_temperature,
                         batch_size=args.batch_size)
     loaded = load_model(args.checkpoint, backend=args.backend, tol_A=args.tol, max_iter=args.max_iter,
-                        device=args.device, **circuit_opts)
+                        device=device, **circuit_opts)
     adapter = loaded.adapter
     if adapter.kind != "circuit" and (args.backend not in (None, "torch") or args.tol is not None
                                       or args.max_iter is not None):
@@ -219,7 +227,7 @@ def main(argv=None):
     ds = load_dataset(dataset_name, args.data_dir or default_data_dir())
     n_test = len(ds.y_test)
     if n is not None and n > n_test:
-        raise EpsimError(f"--n {n} is larger than the {n_test} test images of {ds.name}")
+        raise EpsimError(f"--test-subset {n} is larger than the {n_test} test images of {ds.name}")
     full = n is None or n == n_test
     if full:
         x, y = ds.x_test.astype(np.float64), ds.y_test
@@ -233,12 +241,12 @@ def main(argv=None):
     if args.transfer_from:
         if not Path(args.transfer_from).is_file():
             raise EpsimError(f"checkpoint {args.transfer_from} (--transfer-from) not found")
-        surrogate = load_model(args.transfer_from, device=args.device, **circuit_opts).adapter
+        surrogate = load_model(args.transfer_from, device=device, **circuit_opts).adapter
         if tuple(surrogate.image_shape) != tuple(adapter.image_shape) or surrogate.num_classes != adapter.num_classes:
             raise EpsimError(f"--transfer-from model takes {surrogate.image_shape} images with "
                              f"{surrogate.num_classes} classes, the attacked model {adapter.image_shape} "
                              f"with {adapter.num_classes}")
-    corruptions = tuple(c.strip() for c in args.corruptions.split(",") if c.strip()) if args.corruptions else None
+    corruptions = tuple(args.corruptions) if args.corruptions else None
     config = SweepConfig(attacks=tuple(attacks), eps=tuple(eps), paths=tuple(paths), losses=tuple(losses),
                          restarts=args.restarts, steps=args.steps, queries=args.queries, seed=args.seed,
                          severities=severities, corruptions=corruptions,
