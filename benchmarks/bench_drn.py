@@ -24,7 +24,8 @@ import time
 import numpy as np
 
 from epsim.data import load_dataset
-from epsim.training import build_network, layer_learning_rates, make_solver, preset_config
+from epsim.solvers import make_solver
+from epsim.training import build_network, layer_learning_rates, preset_config
 from epsim.learning.ep import centered_ep, free_phase
 from epsim.learning.optim import ProjectedSGD
 

@@ -24,16 +24,16 @@ from .checkpoint import (check_same_epochs, load_checkpoint, remove_stale_tempor
 from .circuit.diodes import DiodeModel
 from .distributed import DataParallel
 from .errors import EpsimError
-from .learning.memristive import DeviceArray, get_device_model
 from .learning.ep import centered_ep, free_phase
 from .learning.low_rank import grad_is_zero, grad_rms
+from .learning.memristive import DeviceArray, get_device_model
 from .learning.optim import ProjectedSGD
 from .models.arch import parse_arch
 from .models.connections import INITS
 from .models.loading import load_network, restore_network  # noqa: F401  (re-exported)
 from .models.registry import build_circuit_model, preset_settings
 from .models.resistive import CircuitRanges, ResistiveNetwork
-from .solvers import get_solver
+from .solvers.factory import make_solver
 
 CHECKPOINT_NAME = "checkpoint.pt"
 LR_SCHEDULES = ("cosine", "constant", "exponential")
@@ -159,17 +159,6 @@ def build_network(config: TrainConfig, dataset) -> ResistiveNetwork:
     return build_circuit_model(config.model, dataset.image_shape, dataset.num_classes, arch=config.arch,
                                input_gain_V=config.input_gain_V, diode=diode, ranges=ranges,
                                amp_gains=config.amp_gain)
-
-
-def make_solver(config: TrainConfig):
-    """The equilibrium solver a run's settings ask for (wire-aware when wires have resistance)."""
-    if config.wire_resistance_ohm > 0:
-        return get_solver("wires", tol_A=config.tol_A, max_iter=config.max_iter,
-                          wire_resistance_ohm=config.wire_resistance_ohm)
-    if config.backend in ("numba", "torch"):
-        return get_solver(config.backend, tol_A=config.tol_A, max_iter=config.max_iter,
-                          nudge_rtol=config.nudge_rtol)
-    return get_solver(config.backend, tol_A=config.tol_A, max_iter=config.max_iter)
 
 
 def evaluate(net, solver, x, y, batch_size=500, dp: DataParallel | None = None) -> dict:

@@ -9,9 +9,10 @@ from epsim.learning.ep import centered_ep, squared_error
 from epsim.robustness.input_gradients import (ep_input_gradient, implicit_input_gradient,
                                               squared_error_loss)
 from epsim.models.resistive import ResistiveNetwork, build_cnn, build_mlp, one_hot_targets
+from epsim.solvers.factory import make_solver
 from epsim.solvers.numba_solver import LayeredProblem, NumbaSolver, solve
 from epsim.solvers.torch_solver import TorchCircuitSolver
-from epsim.training import TrainConfig, make_solver
+from epsim.training import TrainConfig
 from test_ep_gradient import cosine, finite_difference
 
 GAINS = (4.0, 0.5, 10.0)

@@ -7,9 +7,9 @@ from epsim.data import load_dataset
 from epsim.learning.ep import centered_ep
 from epsim.learning.optim import ProjectedSGD
 from epsim.models.registry import build_circuit_model
-from epsim.solvers import get_solver
+from epsim.solvers import get_solver, make_solver
 from epsim.solvers.stop_rule import rule_step
-from epsim.training import TrainConfig, make_solver, preset_config
+from epsim.training import TrainConfig, preset_config
 
 CONVERGED_TOL_A = 1e-15
 

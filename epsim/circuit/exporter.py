@@ -17,7 +17,7 @@ import numpy as np
 from ..checkpoint import write_json
 from ..errors import ConvergenceError
 from ..models.resistive import one_hot_targets
-from ..solvers.numba_solver import LayeredProblem, solve
+from ..solvers.factory import SolverConfig, make_solver
 from .compile import PHASES, compile_network, layer_node_names, phase_beta
 from .spice_writer import DIALECTS, write_netlist
 
@@ -51,21 +51,17 @@ def export_samples(net, x, labels, out_dir, *, beta: float, target_high_V: float
             raise ValueError(f"unknown dialect {d}")
     v_input = net.input_voltages(x)
     target = one_hot_targets(labels, net.num_outputs, target_high_V)
-    problem = LayeredProblem(net, v_input)
+    # the wire solver counts active-set / Newton iterations, not sweeps
+    iterations = max(200, min(max_iter, 10000)) if wire_resistance_ohm else max_iter
+    solver = make_solver(SolverConfig("numba", tol_A, iterations, wire_resistance_ohm))
+    prepared = solver.prepare(net, v_input)
     names = layer_node_names(net)
     written = []
     for phase in phases:
         b_signed = phase_beta(phase, beta)
+        eq = solver.solve(prepared, b_signed, target if b_signed else None)
         if wire_resistance_ohm:
-            from ..solvers.wire_solver import WireSolver
-
-            wire_solver = WireSolver(tol_A=tol_A, max_iter=max(200, min(max_iter, 10000)),
-                                     wire_resistance_ohm=wire_resistance_ohm)
-            wired = wire_solver.prepare(net, v_input)
-            eq = wire_solver.solve(wired, b_signed, target if b_signed else None)
-            internal = wired.wired.internal(v_input, eq.v_free)
-        else:
-            eq = solve(problem, b_signed, target, tol_A=tol_A, max_iter=max_iter)
+            internal = prepared.wired.internal(v_input, eq.v_free)
         if not eq.certificate.all_converged:
             raise ConvergenceError(
                 f"numba reference solve of phase {phase} missed {tol_A:.1e} A (max KCL residual "
