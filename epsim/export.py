@@ -58,7 +58,7 @@ def main(argv=None):
     prepare_out_dir(args.out)
     set_threads(args.threads)
     from .circuit.compile import PHASES, with_diode
-    from .circuit.exporter import export_samples
+    from .spice.samples import export_samples
     from .data import default_data_dir, load_dataset
 
     if args.reference:

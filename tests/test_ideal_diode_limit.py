@@ -24,7 +24,7 @@ MODEL_CARD = re.compile(r"\.model dideal D\(IS=(?P<is>[^ )]+) N=(?P<n>[^ )]+)\)"
 def exported(tmp_path_factory):
     """The digits circuit CNN trained for 3 epochs with ideal diodes (as training and the
     attacks use it), 5 test images x (free, +beta, -beta) exported with ideal diodes."""
-    from epsim.circuit.exporter import export_samples
+    from epsim.spice.samples import export_samples
     from epsim.training import TrainConfig, load_network, train
 
     out = tmp_path_factory.mktemp("trained")

@@ -13,9 +13,9 @@ from epsim.circuit.compile import compile_network, layer_node_names, with_diode
 from epsim.circuit.diodes import DiodeModel
 from epsim.circuit.netlist import DiodeCard, Netlist
 from epsim.circuit.reference import reference_network
+from epsim.circuit.spice_dialects import epsim_temperature_K, simulator_temperature_C
 from epsim.circuit.spice_reader import parse_number, read_library, read_netlist
-from epsim.circuit.spice_writer import (epsim_temperature_K, format_netlist, library_dir,
-                                        simulator_temperature_C, write_netlist)
+from epsim.circuit.spice_writer import format_netlist, library_dir, write_netlist
 from epsim.errors import EpsimError
 from epsim.models.resistive import build_cnn
 

@@ -7,11 +7,11 @@ import time
 
 import pytest
 
-from epsim.circuit.exporter import export_samples
 from epsim.circuit.reference import REFERENCE_BETA, reference_network
 from epsim.circuit.spice_reader import parse_number, read_netlist
 from epsim.data import load_dataset
 from epsim.errors import EpsimError
+from epsim.spice.samples import export_samples
 
 MAX_MESSAGE = 400  # characters of an error message, whatever the netlist holds
 

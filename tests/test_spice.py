@@ -12,7 +12,6 @@ import pytest
 
 from epsim.circuit.compile import layer_node_names, with_diode
 from epsim.circuit.diodes import DiodeModel
-from epsim.circuit.exporter import export_samples
 from epsim.circuit.reference import REFERENCE_BETA, reference_network
 from epsim.data import load_dataset
 from epsim.errors import ConvergenceError, EpsimError
@@ -20,6 +19,7 @@ from epsim.models.resistive import build_mlp, one_hot_targets
 from epsim.solvers import spice_backend
 from epsim.solvers.numba_solver import LayeredProblem, solve
 from epsim.solvers.spice_backend import SpiceError, SpiceSolver, read_raw, run_ngspice
+from epsim.spice.samples import export_samples
 
 HINT = "install ngspice: apt-get install -y ngspice libngspice0-dev"
 needs_ngspice = pytest.mark.skipif(shutil.which("ngspice") is None, reason=HINT)

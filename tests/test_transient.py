@@ -89,7 +89,7 @@ def test_capacitances_count_the_cells_on_each_line():
 def test_waveforms_match_ngspice_tran(tmp_path):
     """The digits circuit CNN with Shockley diodes, 3 inputs: every node's waveform against
     ngspice's Gear integration of the exported netlist with the same capacitors."""
-    from epsim.circuit.transient_export import run_ngspice_tran, tran_netlist_text
+    from epsim.spice.transient import run_ngspice_tran, tran_netlist_text
 
     net, v_in = digits_cnn(seed=3)
     caps = Capacitances()

@@ -33,7 +33,7 @@ import numpy as np
 
 from ..errors import EpsimError
 from .netlist import DiodeCard, Netlist
-from .spice_writer import epsim_temperature_K
+from .spice_dialects import epsim_temperature_K
 
 SUFFIXES = (("meg", 1e6), ("mil", 25.4e-6), ("t", 1e12), ("g", 1e9), ("k", 1e3), ("m", 1e-3),
             ("u", 1e-6), ("n", 1e-9), ("p", 1e-12), ("f", 1e-15), ("a", 1e-18))

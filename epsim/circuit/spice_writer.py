@@ -22,7 +22,8 @@ Amplifier elements are written in SPICE's linear forms, the same in both dialect
 Temperature: a simulator computes ``Vt = k T / q`` with its own constants (ngspice 39:
 CODATA 2014; Xyce: the SPICE3 values). The netlist's ``TEMP`` and ``TNOM`` (equal, so ``IS``
 is not temperature-scaled) are chosen so that the simulator's ``Vt`` equals epsim's
-(CODATA 2018) at the IR's ``temp_K``; the reader inverts this.
+(CODATA 2018) at the IR's ``temp_K``; the reader inverts this
+(:mod:`epsim.circuit.spice_dialects`).
 
 Tolerances (ngspice): ``reltol=1e-9 vntol=1e-12 abstol=1e-15`` make ngspice iterate until
 node voltages move by less than ~1e-9 relative, and ``gmin=0`` removes the 1e-12 S that SPICE
@@ -37,16 +38,10 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import EpsimError
-from .diodes import BOLTZMANN_J_PER_K, ELEMENTARY_CHARGE_C
 from .netlist import KINDS, Netlist
+from .spice_dialects import check_dialect, simulator_temperature_C
+from .spice_reader import read_library
 
-DIALECTS = ("ngspice", "xyce")
-KELVIN_AT_0C = 273.15
-EPSIM_K_OVER_Q = BOLTZMANN_J_PER_K / ELEMENTARY_CHARGE_C
-SIMULATOR_K_OVER_Q = {
-    "ngspice": 1.38064852e-23 / 1.6021766208e-19,
-    "xyce": 1.3806226e-23 / 1.6021918e-19,
-}
 NGSPICE_OPTIONS = {"reltol": 1e-9, "vntol": 1e-12, "abstol": 1e-15, "gmin": 0.0, "itl1": 500}
 XYCE_OPTIONS = {"DEVICE": {"GMIN": 0.0},
                 "NONLIN": {"RELTOL": 1e-9, "ABSTOL": 1e-15, "DELTAXTOL": 1e-12, "RHSTOL": 1e-15,
@@ -65,24 +60,6 @@ def library_dir() -> Path:
     return Path(__file__).resolve().parents[2] / "circuits"
 
 
-def simulator_temperature_C(temp_K: float, dialect: str) -> float:
-    """TEMP/TNOM (degrees C) giving the simulator the thermal voltage epsim has at ``temp_K``."""
-    _check_dialect(dialect)
-    t = temp_K * EPSIM_K_OVER_Q / SIMULATOR_K_OVER_Q[dialect] - KELVIN_AT_0C
-    return float(round(t, 12))
-
-
-def epsim_temperature_K(temp_C: float, dialect: str) -> float:
-    """Inverse of :func:`simulator_temperature_C`: epsim temperature (K) of a netlist's TEMP."""
-    _check_dialect(dialect)
-    return float((temp_C + KELVIN_AT_0C) * SIMULATOR_K_OVER_Q[dialect] / EPSIM_K_OVER_Q)
-
-
-def _check_dialect(dialect):
-    if dialect not in DIALECTS:
-        raise EpsimError(f"unknown SPICE dialect {dialect!r}; choose from {', '.join(DIALECTS)}")
-
-
 def fmt(x) -> str:
     """A plain-float SPICE number (``repr`` of a Python float: exact, never a numpy repr)."""
     return repr(float(x))
@@ -90,8 +67,6 @@ def fmt(x) -> str:
 
 def _library_cards(lib_dir):
     """``{model name: (DiodeCard, file)}`` of every ``.lib`` file in the component library."""
-    from .spice_reader import read_library
-
     cards = {}
     if lib_dir is not None and Path(lib_dir).is_dir():
         for path in sorted(Path(lib_dir).glob("*.lib")):
@@ -180,7 +155,7 @@ def format_netlist(netlist: Netlist, dialect: str = "ngspice", *, netlist_dir=No
         standalone: copy the library's model cards into the netlist (default) instead of
             including the library files.
     """
-    _check_dialect(dialect)
+    check_dialect(dialect)
     lib_dir = library_dir() if lib_dir is None else lib_dir
     temp_C = simulator_temperature_C(netlist.temp_K, dialect)
     out = [netlist.title.replace("\n", " "),

@@ -1,10 +1,12 @@
-"""Export a network as per-sample SPICE netlists, each with the numba solver's answer beside it.
+"""Export a network as per-sample SPICE netlists, each with epsim's solution beside it.
 
 For every sample ``k`` and phase ``P`` (``free``, ``plus``, ``minus``) the exporter writes
 ``sample{k}_{P}.cir`` (ngspice dialect) and/or ``sample{k}_{P}.xyce.cir`` (Xyce dialect) and
-``sample{k}_{P}.op.json``: the layered numba solver's node voltages for the same circuit
-(``{node name: volts}``, every node but ground), its convergence certificate, and what the
-circuit is (model, sample, label, phase, beta). The numba solve uses a tight KCL tolerance
+``sample{k}_{P}.op.json``: the layered numba solver's node voltages for the same circuit (the
+exact wire solver's, internal wire nodes included, with wire resistance; the choice is
+:func:`epsim.solvers.factory.make_solver`'s) as ``{node name: volts}``, every node but
+ground, its convergence certificate, and what the circuit is (model, sample, label, phase,
+beta). The numba solve uses a tight KCL tolerance
 (default 1e-15 A) so the JSON voltages are exact to ~1e-12 V; an unconverged solve is an
 error, never written.
 """
@@ -15,11 +17,13 @@ from pathlib import Path
 import numpy as np
 
 from ..checkpoint import write_json
+from ..circuit.compile import PHASES, compile_network, layer_node_names, phase_beta
+from ..circuit.crossbar import named_internal_voltages
+from ..circuit.spice_dialects import DIALECTS
+from ..circuit.spice_writer import write_netlist
 from ..errors import ConvergenceError
 from ..models.resistive import one_hot_targets
 from ..solvers.factory import SolverConfig, make_solver
-from .compile import PHASES, compile_network, layer_node_names, phase_beta
-from .spice_writer import DIALECTS, write_netlist
 
 DIALECT_SUFFIX = {"ngspice": ".cir", "xyce": ".xyce.cir"}
 
@@ -81,8 +85,6 @@ def export_samples(net, x, labels, out_dir, *, beta: float, target_high_V: float
             if b_signed != 0.0:
                 volts.update({f"tgt_{j}": float(t) for j, t in enumerate(target[k])})
             if wire_resistance_ohm:
-                from .crossbar import named_internal_voltages
-
                 volts.update(named_internal_voltages(internal, k))
             op = {
                 "netlists": [stem + DIALECT_SUFFIX[d] for d in dialects],

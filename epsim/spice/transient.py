@@ -14,17 +14,17 @@ from pathlib import Path
 
 import numpy as np
 
+from ..circuit.compile import compile_network, layer_node_names
+from ..circuit.spice_writer import format_netlist
 from ..errors import EpsimError
-from .compile import compile_network, layer_node_names
-from .spice_writer import format_netlist
+from ..solvers.spice_backend import SpiceError, find_ngspice, read_raw
+from ..solvers.transient import node_capacitance_F
 
 
 def tran_netlist_text(net, v_input, caps, *, t_stop_s: float, dt_s: float, max_step_s: float | None = None,
                       netlist_dir=None) -> str:
     """ngspice netlist text of ``net`` for one input (``(n_0,)`` source voltages, V): the free
     phase with node capacitors and ``.tran dt_s t_stop_s 0 max_step_s uic``."""
-    from ..solvers.transient import node_capacitance_F
-
     if not (dt_s > 0 and t_stop_s >= dt_s):
         raise EpsimError("need dt > 0 and t_stop >= dt (seconds)")
     nl = compile_network(net, v_input)
@@ -43,8 +43,6 @@ def tran_netlist_text(net, v_input, caps, *, t_stop_s: float, dt_s: float, max_s
 
 def run_ngspice_tran(path, *, timeout_s: float = 600.0) -> tuple:
     """Run ngspice on a transient netlist; returns ``(t_s (P,), {node: (P,) volts})``."""
-    from ..solvers.spice_backend import SpiceError, find_ngspice, read_raw
-
     exe = find_ngspice()
     path = Path(path).resolve()
     with tempfile.TemporaryDirectory(prefix="epsim-tran-") as tmp:
