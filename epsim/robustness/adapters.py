@@ -14,10 +14,11 @@ predictor is the equilibrium solver of the chosen backend (numba, torch or spice
 tolerance and sweep budget it was trained with, and its scores are the output node
 voltages (V). Gradient paths:
 
-* ``bptt``: autograd through the unrolled block sweeps of the torch circuit equations from
-  0 V, unrolled with the **predictor's own stopping rule** (until every sample's KCL
-  residual is within the predictor's ``tol_A``, at most its ``max_iter`` sweeps), so the
-  horizon is the iteration budget used for prediction, not a truncated one.
+* ``bptt``: autograd through the torch solver's block sweeps from 0 V
+  (:func:`epsim.solvers.torch_solver.sweep_to_tolerance`), unrolled with the **predictor's
+  own stopping rule**: each sample stops once its KCL residual is within the predictor's
+  ``tol_A`` (at most its ``max_iter`` sweeps) while the others go on, so the horizon is the
+  one used for prediction, sample by sample, not a truncated one.
 * ``implicit``: implicit differentiation of KCL at the predictor's equilibrium
   (:func:`epsim.robustness.input_gradients.implicit_input_gradient`, reusing the equilibrium
   the predictor just computed for these very images when there is one).
@@ -221,21 +222,22 @@ class CircuitAdapter:
                               f"unroll-{int(n_steps)}")
 
     def _bptt(self, x, yt, loss_fn) -> GradientResult:
+        """Backprop through the torch solver's own sweeps from 0 V, each sample stopped by the
+        predictor's rule (its KCL residual within ``tol_A``, at most ``max_iter`` sweeps)."""
+        from ..solvers.torch_solver import sweep_to_tolerance
+
         c = self.circuit
         xt = torch.as_tensor(x, dtype=c.dtype, device=c.device).requires_grad_(True)
         tol_n = self.tol_A / c.g_unit_S
         with torch.enable_grad():
             drive = c.drive_out(0, c.input_voltages(xt))
             a = [c.self_conductance(l, 0.0) for l in range(1, c.L + 1)]
-            v = c.zeros_state(len(x))
-            for _ in range(self.max_iter):
-                v = c.sweep(v, drive, a)
-                with torch.no_grad():
-                    res = c.residual([s.detach() for s in v], drive.detach())
-                if bool((res <= tol_n).all()):
-                    break
+            v, _ = sweep_to_tolerance(c, a, c.zeros_state(len(x)), drive, 0.0, None, tol_n, self.max_iter)
             per = loss_fn(c.output_voltages(v), yt)
-            (g,) = torch.autograd.grad(per.sum(), xt)
+            # outputs stopped before the input reached them do not depend on it: zero gradient
+            (g,) = torch.autograd.grad(per.sum(), xt) if per.requires_grad else (torch.zeros_like(xt),)
+        with torch.no_grad():
+            res = c.residual([s.detach() for s in v], drive.detach())
         return GradientResult(g.detach().cpu().numpy(), per.detach().cpu().numpy(),
                               (res <= tol_n).cpu().numpy(), "bptt")
 

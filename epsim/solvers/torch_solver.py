@@ -517,41 +517,56 @@ def solve_tensors(circuit: TorchCircuit, input_drive, beta=0.0, target_V=None, i
             # the certificate is recomputed in float64 on the returned state: keep a margin
             # for the working precision's rounding of the residual
             tol_n *= 0.5
-        odd = list(range(1, L + 1, 2))
-        even = list(range(2, L + 1, 2))
-        idx = torch.arange(batch, device=c.device)
-        work = [x.clone() for x in full]
-        drive0, tgt = input_drive, target_V
         if nudge_rtol is not None:
-            return _relative_sweeps(c, a, full, work, idx, drive0, tgt, beta, nudge_rtol, max_iter, met)
-        sweeps = 0
-        for sweeps in range(1, max_iter + 1):
-            drives = {l: c.drive(l, drive0, work, beta, tgt) for l in odd}
-            if sweeps > 1:
-                res = None
-                for l in odd:
-                    r = c.layer_residual(l, a[l - 1], drives[l], work[l - 1])
-                    res = r if res is None else torch.maximum(res, r)
-                keep = res > tol_n
-                n_keep = int(keep.sum())
-                if n_keep < idx.shape[0]:
-                    for l in range(L):
-                        full[l][idx] = work[l]
-                    if n_keep == 0:
-                        idx = idx[:0]
-                        break
-                    idx = idx[keep]
-                    work = [x[keep] for x in work]
-                    drives = {l: d[keep] for l, d in drives.items()}
-                    drive0 = drive0[keep]
-                    tgt = tgt[keep] if tgt is not None else None
+            work = [x.clone() for x in full]
+            idx = torch.arange(batch, device=c.device)
+            return _relative_sweeps(c, a, full, work, idx, input_drive, target_V, beta, nudge_rtol, max_iter, met)
+        return sweep_to_tolerance(c, a, full, input_drive, beta, target_V, tol_n, max_iter)
+
+
+def sweep_to_tolerance(c: TorchCircuit, a, full, input_drive, beta, target_V, tol_n, max_iter):
+    """Odd/even sweeps from the states ``full`` (list of (B, n_l), written in place) until each
+    sample's KCL residual is within ``tol_n`` (normalised), at most ``max_iter`` sweeps: the
+    per-sample rule of :func:`solve_tensors` and of the numba solver. A sample that meets it
+    is dropped from the working batch, so its state stops changing while the others go on.
+
+    a: the L self-conductances (:meth:`TorchCircuit.self_conductance`). Returns ``(full, sweeps)``.
+    Autograd records through it when enabled (backprop through the predictor's own sweeps).
+    """
+    L = c.L
+    odd = list(range(1, L + 1, 2))
+    even = list(range(2, L + 1, 2))
+    idx = torch.arange(input_drive.shape[0], device=c.device)
+    work = [x.clone() for x in full]
+    drive0, tgt = input_drive, target_V
+    sweeps = 0
+    for sweeps in range(1, max_iter + 1):
+        drives = {l: c.drive(l, drive0, work, beta, tgt) for l in odd}
+        if sweeps > 1:
+            res = None
             for l in odd:
-                work[l - 1] = c.relax(l, a[l - 1], drives[l], work[l - 1])
-            for l in even:
-                work[l - 1] = c.relax(l, a[l - 1], c.drive(l, drive0, work, beta, tgt), work[l - 1])
-        if idx.shape[0]:
-            for l in range(L):
-                full[l][idx] = work[l]
+                r = c.layer_residual(l, a[l - 1], drives[l], work[l - 1])
+                res = r if res is None else torch.maximum(res, r)
+            keep = res > tol_n
+            n_keep = int(keep.sum())
+            if n_keep < idx.shape[0]:
+                for l in range(L):
+                    full[l][idx] = work[l]
+                if n_keep == 0:
+                    idx = idx[:0]
+                    break
+                idx = idx[keep]
+                work = [x[keep] for x in work]
+                drives = {l: d[keep] for l, d in drives.items()}
+                drive0 = drive0[keep]
+                tgt = tgt[keep] if tgt is not None else None
+        for l in odd:
+            work[l - 1] = c.relax(l, a[l - 1], drives[l], work[l - 1])
+        for l in even:
+            work[l - 1] = c.relax(l, a[l - 1], c.drive(l, drive0, work, beta, tgt), work[l - 1])
+    if idx.shape[0]:
+        for l in range(L):
+            full[l][idx] = work[l]
     return full, sweeps
 
 
