@@ -13,9 +13,9 @@ import argparse
 import time
 
 from epsim.data import load_dataset
+from epsim.models.loading import load_network
 from epsim.robustness.certify import certify_box, certify_split
 from epsim.solvers.numba_solver import NumbaSolver
-from epsim.training import load_network
 
 from _digits import digits_checkpoint
 

@@ -91,7 +91,7 @@ def main():
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     if args.checkpoint:
-        from epsim.torch_training import load_torch_model
+        from epsim.models.loading import load_torch_model
 
         model = load_torch_model(args.checkpoint)
         args.channels = list(model.channels)

@@ -17,9 +17,9 @@ import numpy as np
 
 from epsim.circuit.compile import with_diode
 from epsim.data import load_dataset
+from epsim.models.loading import load_network
 from epsim.solvers.numba_solver import NumbaSolver
 from epsim.solvers.transient import settling_times_s, simulate
-from epsim.training import load_network
 
 from _digits import digits_checkpoint
 

@@ -311,7 +311,7 @@ def test_trained_amplified_circuit_matches_ngspice(tmp_path):
     config = TrainConfig(model="mlp-deep", diode="shockley", amp_gain=[3.0, 2.0], epochs=1,
                          input_gain_V=8.0)
     train(config, digits, tmp_path / "run", progress=False, log=lambda *_: None)
-    from epsim.training import load_network
+    from epsim.models.loading import load_network
 
     net, _ = load_network(tmp_path / "run" / "checkpoint.pt")
     assert net.amp_gains.tolist() == [3.0, 2.0]

@@ -67,7 +67,7 @@ def test_out_that_is_a_file_is_refused(checkpoint, tmp_path):
 def test_early_readout_adapter_reads_the_transient(checkpoint):
     from epsim.robustness.adapters import CircuitAdapter
     from epsim.robustness.readout import EarlyReadoutAdapter
-    from epsim.training import load_network
+    from epsim.models.loading import load_network
 
     net, _ = load_network(checkpoint)
     base = CircuitAdapter(net, tol_A=1e-12, max_iter=100000)
