@@ -125,8 +125,8 @@ def spice_compare(args):
     from epsim.circuit.compile import with_diode
     from epsim.data import default_data_dir, load_dataset
     from epsim.models.resistive import one_hot_targets
+    from epsim.solvers.ngspice import run_ngspice
     from epsim.solvers.numba_solver import LayeredProblem, solve
-    from epsim.solvers.spice_backend import run_ngspice
     from epsim.models.loading import load_network
 
     folder = Path(args.netlists)

@@ -25,8 +25,8 @@ from epsim.circuit.diodes import DiodeModel
 from epsim.circuit.spice_writer import write_netlist
 from epsim.models.resistive import build_mlp
 from epsim.solvers.mna import solve_mna
+from epsim.solvers.ngspice import run_ngspice
 from epsim.solvers.numba_solver import LayeredProblem, solve
-from epsim.solvers.spice_backend import run_ngspice
 
 SIZES = {"1e3": ((1, 8, 8), 7), "1e4": ((1, 8, 8), 75), "1e5": ((1, 28, 28), 64)}
 

@@ -53,7 +53,7 @@ def run_size(n, r_ohm, ngspice=True, mna=True):
     from epsim.circuit.compile import compile_network
     from epsim.circuit.spice_writer import write_netlist
     from epsim.solvers.mna import solve_mna
-    from epsim.solvers.spice_backend import run_ngspice
+    from epsim.solvers.ngspice import run_ngspice
     from epsim.solvers.wire_solver import WireSolver
     from test_wires import all_voltages
 

@@ -30,8 +30,8 @@ from epsim.data import load_dataset
 from epsim.learning.ep import free_phase
 from epsim.models.registry import build_circuit_model
 from epsim.models.resistive import build_mlp
+from epsim.solvers.ngspice import run_ngspice
 from epsim.solvers.numba_solver import NumbaSolver
-from epsim.solvers.spice_backend import run_ngspice
 from epsim.training import TrainConfig, train
 
 

@@ -29,7 +29,7 @@ def v(sol, nl, name):
 
 
 def ngspice_voltages(nl, tmp_path, name="c.cir"):
-    from epsim.solvers.spice_backend import run_ngspice, voltages_by_index
+    from epsim.solvers.ngspice import run_ngspice, voltages_by_index
 
     return voltages_by_index(nl, run_ngspice(write_netlist(nl, tmp_path / name)))
 

@@ -40,7 +40,7 @@ def exported(tmp_path_factory):
 def gap_V(netlists, n=None) -> float:
     """Largest |V_ngspice − V_numba,ideal| over every node of ``netlists``, with the
     junction's emission coefficient replaced by ``n`` (None: the library's)."""
-    from epsim.solvers.spice_backend import run_ngspice
+    from epsim.solvers.ngspice import run_ngspice
 
     worst = 0.0
     for path in netlists:

@@ -17,8 +17,9 @@ from epsim.data import load_dataset
 from epsim.errors import ConvergenceError, EpsimError
 from epsim.models.resistive import build_mlp, one_hot_targets
 from epsim.solvers import spice_backend
+from epsim.solvers.ngspice import SpiceError, read_raw, run_ngspice
 from epsim.solvers.numba_solver import LayeredProblem, solve
-from epsim.solvers.spice_backend import SpiceError, SpiceSolver, read_raw, run_ngspice
+from epsim.solvers.spice_backend import SpiceSolver
 from epsim.spice.samples import export_samples
 
 HINT = "install ngspice: apt-get install -y ngspice libngspice0-dev"

@@ -244,7 +244,7 @@ def test_64x64_crossbar_with_wires_matches_ngspice(tmp_path):
     then a 64x2 crossbar to 2 outputs), 100 ohm per wire segment: every node voltage of the
     wire solver (internal wire nodes included) equals ngspice's on the exported netlist
     within 1e-6 V."""
-    from epsim.solvers.spice_backend import ngspice_op
+    from epsim.solvers.ngspice import ngspice_op
 
     rng = np.random.default_rng(11)
     net = build_mlp((1, 4, 8), (64,), 2, input_gain_V=4.0, diode=DiodeModel("shockley"))

@@ -1,7 +1,7 @@
 """ngspice inside this process: the shared library (``libngspice``) driven through PySpice.
 
 The ``spice`` backend's other engine runs ``ngspice -b`` as a subprocess per netlist
-(:func:`epsim.solvers.spice_backend.run_ngspice`); this one loads each netlist into one
+(:func:`epsim.solvers.ngspice.run_ngspice`); this one loads each netlist into one
 long-lived shared ngspice and reads the operating point from memory: no process start, no
 raw file. Answers are never trusted as converged on ngspice's word: the ``spice`` backend
 certifies every solution with its own KCL residual.
@@ -13,7 +13,7 @@ import logging
 import numpy as np
 
 from ..errors import ConvergenceError
-from .spice_backend import SpiceError
+from .ngspice import SpiceError
 
 INSTALL_HINT = ("the pyspice engine needs PySpice (pip install -e '.[spice]') and ngspice's shared "
                 "library (apt-get install -y libngspice0-dev)")

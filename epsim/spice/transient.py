@@ -17,7 +17,7 @@ import numpy as np
 from ..circuit.compile import compile_network, layer_node_names
 from ..circuit.spice_writer import format_netlist
 from ..errors import EpsimError
-from ..solvers.spice_backend import SpiceError, find_ngspice, read_raw
+from ..solvers.ngspice import SpiceError, find_ngspice, read_raw
 from ..solvers.transient import node_capacitance_F
 
 
