@@ -266,6 +266,7 @@ TABLES = {
 
 
 def build(name) -> nbformat.NotebookNode:
+    """The notebook ``name`` (a key of ``NOTEBOOKS``), without outputs."""
     nb = new_notebook(cells=[c.copy() for c in NOTEBOOKS[name]])
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
     nb.metadata["language_info"] = {"name": "python"}
@@ -273,6 +274,7 @@ def build(name) -> nbformat.NotebookNode:
 
 
 def execute(nb, timeout=600):
+    """Run ``nb`` in a python3 kernel started in ``analysis/`` (outputs kept in ``nb``); returns it."""
     from nbclient import NotebookClient
 
     NotebookClient(nb, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": str(HERE)}}).execute()
@@ -280,6 +282,7 @@ def execute(nb, timeout=600):
 
 
 def main(argv=None):
+    """Write every notebook (and with ``--execute`` run it first)."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--execute", action="store_true", help="run each notebook and keep its outputs")
     args = p.parse_args(argv)
