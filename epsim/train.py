@@ -1,23 +1,42 @@
-"""python -m epsim.train: train an EP network compiled to a resistive circuit.
+"""python -m epsim.train: train an EP network compiled to a resistive circuit, or a software model.
 
 With no options it trains the circuit CNN on scikit-learn's 8x8 digits (no download)
-with the numba nodal-analysis solver and prints the held-out test accuracy.
+with the numba nodal-analysis solver and prints the held-out test accuracy. ``--model``
+ep-cnn, bp-cnn, adv-cnn or vit trains a torch model instead (:mod:`epsim.training.software`).
+Every option is defined here; the trainers in :mod:`epsim.training` take config objects.
 """
 from __future__ import annotations
 
 import sys
 
-from .cli import ArgumentParser, HelpFormatter, explicit_options, prepare_out_dir, run, set_command_environment
+from .cli import (ArgumentParser, add_dataset, add_device, add_list, add_test_subset, add_threads, explicit_options,
+                  prepare_out_dir, run, set_command_environment, set_threads)
 
 set_command_environment()  # before numpy loads
 
 from .data import DATASETS, default_data_dir, load_dataset  # noqa: E402
 from .errors import EpsimError  # noqa: E402
 from .models.connections import INITS  # noqa: E402
+from .models.ep_cnn import SOLVERS  # noqa: E402
+from .models.loading import TORCH_MODELS  # noqa: E402
 from .models.registry import CIRCUIT_MODELS  # noqa: E402
 from .solvers import BACKENDS  # noqa: E402
-from .torch_training import TORCH_MODELS, TORCH_OPTIONS, add_torch_arguments, torch_cli_main  # noqa: E402
 from .training import CHECKPOINT_NAME, LR_SCHEDULES, TrainConfig, preset_config, train  # noqa: E402
+from .training.software import PRESET_NAMES, resolve_config, train_torch  # noqa: E402
+
+# Which models an option applies to (argparse destinations): SHARED_OPTIONS mean the same for
+# circuit and torch models, TORCH_OPTIONS apply to the torch models only, every other option
+# to the circuit models only.
+SHARED_OPTIONS = frozenset({
+    "model", "backend", "dataset", "data_dir", "download", "train_subset", "test_subset", "epochs",
+    "batch_size", "lr", "momentum", "lr_schedule", "beta", "seed", "threads", "out", "resume",
+    "checkpoint_interval", "no_progress"})
+TORCH_OPTIONS = frozenset({
+    "preset", "device", "channels", "paddings", "lrs", "weight_decay", "t1", "t2", "solver", "ep_tol",
+    "init_scale", "input_std_scale", "adv_norm", "adv_eps", "adv_steps", "adv_step_size", "embed_dim",
+    "depth", "heads", "no_augment", "time_limit"})
+TORCH_GROUP = "torch models (--model ep-cnn | bp-cnn | adv-cnn | vit, --backend torch)"
+_PRESET = " (default: from the preset)"
 
 
 def build_parser() -> ArgumentParser:
@@ -26,18 +45,37 @@ def build_parser() -> ArgumentParser:
         prog="python -m epsim.train",
         description="Train an Equilibrium-Propagation network built as a resistive-crossbar "
                     "circuit (conductances, clamp diodes, sources) with centered EP and local "
-                    "conductance updates. Writes OUT/metrics.json and OUT/checkpoint.pt.",
-        formatter_class=HelpFormatter)
+                    "conductance updates, or a software model with torch (--model ep-cnn, bp-cnn, "
+                    "adv-cnn, vit). Writes OUT/metrics.json and OUT/checkpoint.pt. List options "
+                    "take values separated by spaces, commas, or both.")
     g = p.add_argument_group("data")
-    g.add_argument("--dataset", default=d.dataset, choices=DATASETS, help="dataset to train on")
-    g.add_argument("--data-dir", default=None,
+    add_dataset(g, DATASETS, f"dataset to train on (default: {d.dataset}; a torch model without --dataset "
+                             "trains on its --preset's)", default=d.dataset)
+    g.add_argument("--data-dir", default=None, metavar="DIR",
                    help="folder with the dataset files (default: $EPSIM_DATA_DIR or ./data)")
     g.add_argument("--download", action="store_true", help="download missing dataset files (checksummed)")
-    g.add_argument("--train-subset", type=int, default=None, metavar="N", help="train on N random training images")
-    g.add_argument("--test-subset", type=int, default=None, metavar="N", help="test on N random test images")
-    g = p.add_argument_group("model and solver")
+    g.add_argument("--train-subset", type=int, default=None, metavar="N",
+                   help="train on N random training images (a seeded subset; default: all)")
+    add_test_subset(g, "test on N random test images (a seeded subset; default: all)")
+    _add_circuit_model_options(p.add_argument_group("model and solver"), d)
+    _add_training_options(p.add_argument_group("training"), d)
+    g = p.add_argument_group("output")
+    g.add_argument("--out", default=None, metavar="DIR", help="write metrics.json and checkpoint.pt here")
+    g.add_argument("--resume", action="store_true", help="continue the run saved in --out")
+    g.add_argument("--checkpoint-interval", type=float, default=60.0, metavar="S",
+                   help="seconds between mid-epoch checkpoints (one is also written after every epoch)")
+    g.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _add_torch_options(p.add_argument_group(
+        TORCH_GROUP,
+        "Software EP-CNN and baselines trained with torch on CPU or CUDA. A preset sets the "
+        "architecture and hyper-parameters; --dataset, --epochs, --batch-size, --lr, --momentum, "
+        "--lr-schedule, --beta, --seed given explicitly override it."))
+    return p
+
+
+def _add_circuit_model_options(g, d: TrainConfig) -> None:
     g.add_argument("--model", default=d.model, choices=CIRCUIT_MODELS + TORCH_MODELS,
-                   help="circuit architecture, or a torch model (see the GPU models group). "
+                   help="circuit architecture, or a torch model (see the torch models group). "
                         "drn-xs, drn-1h, drn-2h, drn-3h, drn-xl: the published deep resistive "
                         "networks (Scellier 2024) with their training settings as defaults "
                         "(input gain, beta, per-layer learning rates, batch 4, plain SGD, lr x0.99 "
@@ -50,25 +88,26 @@ def build_parser() -> ArgumentParser:
                         "conv:C:K[:S] (tied conv, C channels, KxK kernel, stride S, no padding), "
                         "dense:N; the last entry is the output layer, dense:<classes> "
                         "(default: the --model's)")
-    g.add_argument("--backend", default=d.backend, choices=BACKENDS, help="equilibrium solver")
+    g.add_argument("--backend", default=d.backend, choices=BACKENDS,
+                   help="equilibrium solver of the circuit models (torch models: torch)")
     g.add_argument("--diode", default=d.diode, choices=("ideal", "shockley"), help="clamp diode model")
     g.add_argument("--input-gain", type=float, default=d.input_gain_V, metavar="V",
                    help="input source voltage for a pixel of value 1, applied as +V and -V "
                         "(default: per model and image size, e.g. 16 V for the digits cnn/mlp, "
                         "64 V for the MNIST mlp, 480 V for drn-1h, 16 V for an --arch circuit)")
-    g.add_argument("--amp-gain", type=float, nargs="+", default=None, metavar="A",
-                   help="bidirectional amplifier gain between consecutive free layers: one "
-                        "value for every boundary or one per boundary (input side first); 1 = "
-                        "no amplifier (default: none)")
-    g.add_argument("--g-max", type=float, default=d.g_max_S, metavar="S", help="largest conductance")
-    g.add_argument("--g-min", type=float, default=d.g_min_S, metavar="S", help="smallest conductance")
+    add_list(g, "--amp-gain", item=float, default=None, metavar="A",
+             help="bidirectional amplifier gain between consecutive free layers: one "
+                  "value for every boundary or one per boundary (input side first); 1 = "
+                  "no amplifier (default: none)")
+    g.add_argument("--g-max", type=float, default=d.g_max_S, metavar="S", help="largest conductance (siemens)")
+    g.add_argument("--g-min", type=float, default=d.g_min_S, metavar="S", help="smallest conductance (siemens)")
     g.add_argument("--tol", type=float, default=d.tol_A, metavar="A",
                    help="KCL residual tolerance of the free phase (and of prediction)")
     g.add_argument("--nudge-rtol", type=float, default=d.nudge_rtol, metavar="R",
                    help="the nudged phases stop when every layer's remaining voltage error is "
                         "below R times that layer's response to the nudge (numba and torch "
                         "backends; spice, --wire-resistance > 0 and R = 0 stop them on --tol)")
-    g.add_argument("--max-iter", type=int, default=d.max_iter, help="max solver sweeps per phase")
+    g.add_argument("--max-iter", type=int, default=d.max_iter, metavar="N", help="max solver sweeps per phase")
     g.add_argument("--device-model", default=d.device_model, metavar="NAME",
                    help="conductance device model: ideal, rram or pcm (range, levels, nonlinear "
                         "asymmetric pulse response, write/read noise, device variation; "
@@ -76,14 +115,20 @@ def build_parser() -> ArgumentParser:
     g.add_argument("--wire-resistance", type=float, default=d.wire_resistance_ohm, metavar="OHMS",
                    help="resistance of each crossbar row/column wire segment; > 0 solves the "
                         "circuit with its wire nodes by exact nodal analysis (slower)")
-    g = p.add_argument_group("training")
-    g.add_argument("--epochs", type=int, default=d.epochs)
-    g.add_argument("--batch-size", type=int, default=d.batch_size)
-    g.add_argument("--lr", type=float, default=d.lr, help="learning rate of conductances (in units of g_unit)")
+
+
+def _add_training_options(g, d: TrainConfig) -> None:
+    g.add_argument("--epochs", type=int, default=d.epochs, metavar="N",
+                   help=f"passes over the training set (default: {d.epochs}, or the --model's or --preset's)")
+    g.add_argument("--batch-size", type=int, default=d.batch_size, metavar="N",
+                   help=f"images per update (default: {d.batch_size}, or the --model's or --preset's)")
+    g.add_argument("--lr", type=float, default=d.lr,
+                   help="learning rate: of conductances, in units of g_unit (circuit models), or of "
+                        "every layer (torch models)")
     g.add_argument("--lr-bias", type=float, default=None, help="learning rate of bias currents (default: --lr)")
-    g.add_argument("--lr-layers", type=float, nargs="+", default=None, metavar="M",
-                   help="per-layer multipliers of --lr and --lr-bias, one per layer of conductances "
-                        "(input side first), e.g. 3 1 for the cnn on CIFAR-10 (default: all 1)")
+    add_list(g, "--lr-layers", item=float, default=None, metavar="M",
+             help="per-layer multipliers of --lr and --lr-bias, one per layer of conductances "
+                  "(input side first), e.g. 3 1 for the cnn on CIFAR-10 (default: all 1)")
     g.add_argument("--momentum", type=float, default=d.momentum, help="heavy-ball momentum (0: plain SGD)")
     g.add_argument("--lr-schedule", default=d.lr_schedule, choices=LR_SCHEDULES,
                    help="per-epoch learning-rate schedule: cosine decay to 0 over --epochs, "
@@ -97,15 +142,47 @@ def build_parser() -> ArgumentParser:
                    help="scale of the initial conductances (in units of g_unit)")
     g.add_argument("--beta", type=float, default=d.beta,
                    help="nudging strength: nudge conductance beta*g_unit to the target, phases +beta and -beta")
-    g.add_argument("--seed", type=int, default=d.seed)
-    g = p.add_argument_group("output")
-    g.add_argument("--out", default=None, metavar="DIR", help="write metrics.json and checkpoint.pt here")
-    g.add_argument("--resume", action="store_true", help="continue the run saved in --out")
-    g.add_argument("--checkpoint-interval", type=float, default=60.0, metavar="S",
-                   help="seconds between mid-epoch checkpoints (one is also written after every epoch)")
-    g.add_argument("--no-progress", action="store_true", help="no progress bar")
-    add_torch_arguments(p)
-    return p
+    g.add_argument("--seed", type=int, default=d.seed,
+                   help="seed of the initial parameters, the data subsets, the batch order and augmentation")
+    add_threads(g, aliases=("--torch-threads",))
+
+
+def _add_torch_options(g) -> None:
+    g.add_argument("--preset", default=None, choices=PRESET_NAMES,
+                   help="cifar10-paper / cifar100-paper: the seed paper's settings; cifar10-small: "
+                        "an eighth of the width, sized for a 2-core CPU; digits, mnist: sized for their "
+                        "images (default: the --dataset's, else cifar10-small)")
+    add_device(g, "torch device of the torch models")
+    add_list(g, "--channels", item=int, default=None, metavar="C", help="conv channels per layer" + _PRESET)
+    add_list(g, "--paddings", item=int, default=None, metavar="P", help="conv zero padding per layer" + _PRESET)
+    add_list(g, "--lrs", item=float, default=None, metavar="LR",
+             help="ep-cnn: learning rate per synapse (conv layers, then the readout)" + _PRESET)
+    g.add_argument("--weight-decay", type=float, default=None, help="L2 weight decay" + _PRESET)
+    g.add_argument("--t1", type=int, default=None, metavar="N", help="ep-cnn: max free-phase steps" + _PRESET)
+    g.add_argument("--t2", type=int, default=None, metavar="N",
+                   help="ep-cnn: max steps of each nudged phase" + _PRESET)
+    g.add_argument("--solver", default=None, choices=SOLVERS,
+                   help="ep-cnn: sync = the published synchronous loop (samples stop individually "
+                        "once converged to --ep-tol); async = odd/even sweeps (a different fixed point)" + _PRESET)
+    g.add_argument("--ep-tol", type=float, default=None,
+                   help="ep-cnn: a sample's relaxation stops when no unit moves more than this "
+                        "in a step (0: never before T1/T2)" + _PRESET)
+    g.add_argument("--init-scale", type=float, default=None,
+                   help="ep-cnn: multiply the default initial weights and biases" + _PRESET)
+    g.add_argument("--input-std-scale", type=float, default=None,
+                   help="ep-cnn: inputs are (x - mean) / (this * std); the paper uses 3" + _PRESET)
+    g.add_argument("--adv-norm", default=None, choices=("l2", "linf"), help="adv-cnn: PGD norm" + _PRESET)
+    g.add_argument("--adv-eps", type=float, default=None,
+                   help="adv-cnn: PGD radius in [0,1] pixels (e.g. 0.5 or 0.0314)" + _PRESET)
+    g.add_argument("--adv-steps", type=int, default=None, metavar="N", help="adv-cnn: PGD steps" + _PRESET)
+    g.add_argument("--adv-step-size", type=float, default=None, help="adv-cnn: PGD step (default: 2.5*eps/steps)")
+    g.add_argument("--embed-dim", type=int, default=None, metavar="N", help="vit: token width" + _PRESET)
+    g.add_argument("--depth", type=int, default=None, metavar="N", help="vit: encoder layers" + _PRESET)
+    g.add_argument("--heads", type=int, default=None, metavar="N", help="vit: attention heads" + _PRESET)
+    g.add_argument("--no-augment", action="store_true",
+                   help="no random crop + flip (applied by default on CIFAR images only)")
+    g.add_argument("--time-limit", type=float, default=None, metavar="MIN",
+                   help="stop training after this many minutes of wall time, evaluate and write metrics")
 
 
 # TrainConfig field of each circuit option whose name differs from the field's
@@ -116,14 +193,24 @@ CIRCUIT_CONFIG_OPTIONS = ("dataset", "arch", "backend", "diode", "input_gain", "
                           "batch_size", "lr", "lr_bias", "lr_layers", "momentum", "lr_schedule",
                           "lr_decay", "init", "weight_gain", "beta", "seed", "train_subset",
                           "test_subset")
+# TorchTrainConfig field of each torch option whose name differs from the field's
+TORCH_CONFIG_FIELDS = {"lr_schedule": "schedule", "ep_tol": "tol"}
+TORCH_CONFIG_OPTIONS = ("dataset", "epochs", "batch_size", "lr", "lrs", "momentum", "weight_decay", "lr_schedule",
+                        "channels", "paddings", "t1", "t2", "beta", "solver", "ep_tol", "init_scale",
+                        "input_std_scale", "adv_norm", "adv_eps", "adv_steps", "adv_step_size", "embed_dim",
+                        "depth", "heads")
 
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
-    if args.model in TORCH_MODELS:
-        torch_cli_main(argv, build_parser)
-        return
     given = explicit_options(build_parser, argv)
+    if args.model in TORCH_MODELS:
+        return train_software_model(args, given)
+    return train_circuit_model(args, given)
+
+
+def train_circuit_model(args, given: set) -> dict:
+    """``python -m epsim.train`` for a circuit ``--model``; ``given``: the options on the command line."""
     torch_only = sorted(given & TORCH_OPTIONS)
     if torch_only:
         raise EpsimError(f"option(s) {', '.join('--' + k.replace('_', '-') for k in torch_only)} apply to "
@@ -135,10 +222,7 @@ def main(argv=None):
     config = preset_config(args.model, **{CONFIG_FIELDS.get(k, k): getattr(args, k)
                                           for k in CIRCUIT_CONFIG_OPTIONS if k in given})
     config.validate()
-    if args.resume and args.out is None:
-        raise EpsimError("--resume needs --out DIR (the folder of the run to continue)")
-    if args.out is not None:
-        check_run_folder(args.out, args.resume)
+    check_run_options(args)
     dataset = load_dataset(args.dataset, args.data_dir or default_data_dir(), download=args.download,
                            train_subset=args.train_subset, test_subset=args.test_subset, seed=args.seed)
     net_name = args.model if config.arch is None else f"--arch {config.arch}"
@@ -151,16 +235,60 @@ def main(argv=None):
     if metrics.get("test_unconverged"):
         print(f"warning: {metrics['test_unconverged']} test equilibria did not reach the tolerance",
               file=sys.stderr)
-    if args.out:
-        print(f"wrote {args.out}/metrics.json and {args.out}/checkpoint.pt")
+    _print_written(args.out)
+    return metrics
 
 
-def check_run_folder(out, resume: bool):
-    """Before any compute: ``out`` can hold the run's files, and holds no other run unless
-    ``resume`` (raises :class:`EpsimError` otherwise)."""
-    out = prepare_out_dir(out)
-    if (out / CHECKPOINT_NAME).exists() and not resume:
-        raise EpsimError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
+def train_software_model(args, given: set) -> dict:
+    """``python -m epsim.train`` for a torch ``--model``; ``given``: the options on the command line."""
+    if "backend" in given and args.backend != "torch":
+        raise EpsimError(f"--model {args.model} runs on --backend torch only (got --backend {args.backend})")
+    circuit_only = sorted(given - SHARED_OPTIONS - TORCH_OPTIONS)
+    if circuit_only:
+        raise EpsimError(f"option(s) {', '.join('--' + k.replace('_', '-') for k in circuit_only)} "
+                         f"apply to circuit models only, not --model {args.model}")
+    config = resolve_config(
+        args.model, args.preset, augment=False if args.no_augment else None, seed=args.seed,
+        train_subset=args.train_subset, test_subset=args.test_subset,
+        **{TORCH_CONFIG_FIELDS.get(k, k): getattr(args, k) for k in TORCH_CONFIG_OPTIONS if k in given})
+    if args.model == "vit" and (config.embed_dim % config.heads):
+        raise EpsimError(f"--embed-dim {config.embed_dim} must be a multiple of --heads {config.heads}")
+    if args.time_limit is not None and not args.time_limit > 0:
+        raise EpsimError("--time-limit must be a positive number of minutes")
+    check_run_options(args)
+    from .models.loading import pick_device
+
+    device = pick_device(args.device)
+    dataset = load_dataset(config.dataset, args.data_dir or default_data_dir(), download=args.download,
+                           train_subset=args.train_subset, test_subset=args.test_subset, seed=args.seed)
+    print(f"training {config.model} (preset {config.preset}) on {dataset.name} ({len(dataset.y_train)} train / "
+          f"{len(dataset.y_test)} test) with backend torch on {device}, {config.epochs} epochs")
+    metrics = train_torch(config, dataset, args.out, resume=args.resume, device=args.device,
+                          progress=not args.no_progress, checkpoint_interval_s=args.checkpoint_interval,
+                          time_limit_s=None if args.time_limit is None else 60.0 * args.time_limit)
+    print(f"test accuracy: {metrics['test_accuracy']:.4f} ({metrics['n_test']} images), "
+          f"train accuracy: {metrics['train_accuracy']:.4f}, wall time {metrics['wall_seconds']:.1f} s")
+    if metrics.get("test_unconverged"):
+        print(f"note: {metrics['test_unconverged']} test free phases stopped at T1 before reaching the tolerance")
+    _print_written(args.out)
+    return metrics
+
+
+def check_run_options(args) -> None:
+    """Before any compute: ``--resume`` has an ``--out``, ``--out`` can hold the run's files and
+    holds no other run unless resuming; then apply ``--threads``."""
+    if args.resume and args.out is None:
+        raise EpsimError("--resume needs --out DIR (the folder of the run to continue)")
+    if args.out is not None:
+        out = prepare_out_dir(args.out)
+        if (out / CHECKPOINT_NAME).exists() and not args.resume:
+            raise EpsimError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
+    set_threads(args.threads)
+
+
+def _print_written(out) -> None:
+    if out:
+        print(f"wrote {out}/metrics.json and {out}/checkpoint.pt")
 
 
 if __name__ == "__main__":

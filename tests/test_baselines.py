@@ -11,7 +11,7 @@ from epsim.data import Dataset
 from epsim.errors import EpsimError
 from epsim.models.baselines import ADV_PRESETS, BP_PRESETS, VIT_PRESETS, BPCNN, ViT
 from epsim.robustness.attacks import adversarial_examples as pgd
-from epsim.torch_training import (augment_batch, build_model, load_torch_model, make_optimizer,
+from epsim.training.software import (augment_batch, build_model, load_torch_model, make_optimizer,
                                   pick_device, resolve_config, train_step, train_torch, _generator)
 
 

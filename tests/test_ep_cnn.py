@@ -9,7 +9,7 @@ from epsim.data import Dataset
 from epsim.errors import EpsimError
 from epsim.gradcheck import gradient_check, small_model
 from epsim.models.ep_cnn import EP_PRESETS, EPCNN, _max_change, ep_gradients, hard_sigmoid
-from epsim.torch_training import (load_torch_model, resolve_config, train_step, train_torch,
+from epsim.training.software import (load_torch_model, resolve_config, train_step, train_torch,
                                   _generator)
 
 
@@ -151,7 +151,7 @@ def test_ep_gradients_drop_unconverged_samples_with_the_async_solver():
 def test_presets_build_and_train_one_batch_with_tiny_t(preset, classes):
     cfg = resolve_config("ep-cnn", preset, t1=2, t2=1, batch_size=2)
     assert cfg.dataset == EP_PRESETS[preset]["dataset"]
-    from epsim.torch_training import build_model, make_optimizer
+    from epsim.training.software import build_model, make_optimizer
 
     m = build_model(cfg, (3, 32, 32), classes, cfg.dataset)
     assert [s[1] for s in m.state_shapes] == [16, 8, 4, 1]      # paddings 1,1,1,0 + 2x2 pools

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from epsim import data as data_mod
-from epsim import training as training_mod
+from epsim.training import circuit as training_mod
 from epsim.checkpoint import save_checkpoint, write_json
 from epsim.data import Dataset, load_dataset
 from epsim.errors import EpsimError
@@ -90,7 +90,7 @@ def test_resume_with_other_epochs_is_refused_naming_the_recorded_ones(tmp_path, 
 
 
 def test_torch_resume_with_other_epochs_is_refused(tmp_path):
-    from epsim.torch_training import resolve_config, train_torch
+    from epsim.training.software import resolve_config, train_torch
 
     rng = np.random.default_rng(0)
     ds = Dataset("synthetic", rng.random((16, 3, 8, 8), dtype=np.float32), rng.integers(0, 4, 16),

@@ -82,7 +82,15 @@ EP_PRESETS = {
     "cifar10-small": dict(_PAPER, channels=(16, 32, 64, 128), t1=60, t2=15, tol=1e-4,
                           input_std_scale=1.0, epochs=2, batch_size=32,
                           lrs=(0.125, 0.075, 0.05, 0.04, 0.025)),
+    # 8x8 digits: two padded conv layers (8 -> 4 -> 2 after pooling), cifar10-small's dynamics
+    # with a tighter per-sample stop, its layer rates spread over three synapses, no crops or
+    # flips (94.7 % test accuracy after 8 epochs, seed 0, analysis/results/cpu).
+    "digits": dict(_PAPER, dataset="digits", channels=(32, 64), paddings=(1, 1), t1=60, t2=15, tol=1e-5,
+                   input_std_scale=1.0, epochs=8, batch_size=16, lrs=(0.125, 0.05, 0.025), augment=False),
 }
+# 28x28 MNIST: cifar10-small with a padded last layer (28 -> 14 -> 7 -> 3 -> 1 after pooling), no
+# crops or flips; not tuned.
+EP_PRESETS["mnist"] = dict(EP_PRESETS["cifar10-small"], dataset="mnist", paddings=(1, 1, 1, 1), augment=False)
 
 
 def hard_sigmoid(u: torch.Tensor) -> torch.Tensor:

@@ -148,15 +148,21 @@ def model_from_arch(kind: str, arch: dict):
 
 
 def pick_device(name: str = "auto"):
-    """``auto``: CUDA when available, else CPU; ``cuda`` without a GPU is an error."""
+    """The torch device ``name`` names: ``auto`` (CUDA when available, else CPU), ``cpu``,
+    ``cuda`` or ``cuda:N``; a CUDA device torch does not see is an error."""
     import torch
 
-    if name not in DEVICES:
-        raise EpsimError(f"unknown device {name!r}; choose from {', '.join(DEVICES)}")
+    name = str(name).strip().lower()
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise EpsimError("--device cuda asked for, but torch sees no CUDA GPU (use --device cpu or auto)")
+    kind, _, index = name.partition(":")
+    if name not in DEVICES and not (kind == "cuda" and index.isdigit()):
+        raise EpsimError(f"unknown device {name!r}; choose from {', '.join(DEVICES)} or cuda:N")
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise EpsimError(f"--device {name} asked for, but torch sees no CUDA GPU (use --device cpu or auto)")
+    if index and int(index) >= torch.cuda.device_count():
+        raise EpsimError(f"--device {name}: torch sees {torch.cuda.device_count()} CUDA GPU(s), "
+                         f"cuda:0 to cuda:{torch.cuda.device_count() - 1}")
     return torch.device(name)
 
 

@@ -1,10 +1,10 @@
-"""Training loop for circuit models: batches, EP phases, updates, checkpoints, metrics.
+"""The circuit trainer: batches, EP phases, conductance updates; run bookkeeping in :mod:`.run`.
 
-Determinism and resumption: the order of the training set in epoch ``e`` is the
-permutation drawn from ``seed`` and ``e``, and a checkpoint holds the parameters, the
-optimizer's momentum, the position (epoch, next batch) and the running sums of the
-epoch in progress. Resuming from any checkpoint therefore replays exactly the batches
-an uninterrupted run would have seen, with the same results.
+Determinism and resumption (:mod:`.run`): the order of the training set in epoch ``e`` is
+the permutation drawn from ``seed`` and ``e``, and a checkpoint holds the parameters, the
+optimizer's momentum, the device states, the position (epoch, next batch) and the running
+sums of the epoch in progress. Resuming from any checkpoint therefore replays exactly the
+batches an uninterrupted run would have seen, with the same results.
 
 Checkpoint keys: ``kind`` ("circuit"), ``model`` (``ResistiveNetwork.describe()``, which
 holds ``g_unit_S``), ``w``/``b`` (normalised conductances ``G/g_unit`` and bias currents
@@ -13,32 +13,27 @@ holds ``g_unit_S``), ``w``/``b`` (normalised conductances ``G/g_unit`` and bias 
 """
 from __future__ import annotations
 
-import time
 from dataclasses import asdict, dataclass, fields
-from pathlib import Path
 
 import numpy as np
 
-from .checkpoint import (check_same_epochs, load_checkpoint, remove_stale_temporaries, save_checkpoint,
-                         write_json)
-from .circuit.diodes import DiodeModel
-from .distributed import DataParallel
-from .errors import EpsimError
-from .learning.ep import centered_ep, free_phase
-from .learning.low_rank import grad_is_zero, grad_rms
-from .learning.memristive import DeviceArray, get_device_model
-from .learning.optim import ProjectedSGD
-from .models.arch import parse_arch
-from .models.connections import INITS
-from .models.loading import load_network, restore_network  # noqa: F401  (re-exported)
-from .models.registry import build_circuit_model, preset_settings
-from .models.resistive import CircuitRanges, ResistiveNetwork
-from .solvers.factory import make_solver
+from ..circuit.diodes import DiodeModel
+from ..distributed import DataParallel
+from ..errors import EpsimError
+from ..learning.ep import centered_ep, free_phase
+from ..learning.low_rank import grad_is_zero, grad_rms
+from ..learning.memristive import DeviceArray, get_device_model
+from ..learning.optim import ProjectedSGD
+from ..models.arch import parse_arch
+from ..models.connections import INITS
+from ..models.loading import load_network, restore_network  # noqa: F401  (re-exported)
+from ..models.registry import build_circuit_model, preset_settings
+from ..models.resistive import CircuitRanges, ResistiveNetwork
+from ..solvers.factory import make_solver
+from .run import Run, epoch_order, num_batches, progress_bar, show, summary_metrics
 
-CHECKPOINT_NAME = "checkpoint.pt"
 LR_SCHEDULES = ("cosine", "constant", "exponential")
 DEFAULT_TOL_A = 1e-9
-METRICS_NAME = "metrics.json"
 # accuracies count the prediction of an equilibrium that missed its tolerance as a mistake
 UNCONVERGED_COUNTED_AS = "wrong"
 
@@ -274,52 +269,29 @@ def _train(config: TrainConfig, dataset, out_dir, dp, *, resume, progress, stop_
     devices.program(net)
     solver = devices.wrap_solver(solver)
     opt = ProjectedSGD(net, *layer_learning_rates(config, net), config.momentum, device=devices)
-    start_epoch, start_batch, history, tally, wall_before = 0, 0, [], _EpochTally(), 0.0
-    out_dir = Path(out_dir) if out_dir is not None else None
-    ckpt_path = out_dir / CHECKPOINT_NAME if out_dir is not None else None
-    if ckpt_path is not None and ckpt_path.exists():
-        if not resume:
-            raise EpsimError(f"{out_dir} already holds a run; pass --resume to continue it "
-                             "or choose another --out")
-        state = load_checkpoint(ckpt_path)
-        restore_network(net, state, ckpt_path)
-        saved = TrainConfig(**state["config"])
-        check_same_epochs(ckpt_path, saved.epochs, config.epochs, int(state["epoch"]))
-        diff = config.compatible_with(saved)
-        if diff:
-            raise EpsimError(f"cannot resume {ckpt_path}: options {', '.join(diff)} differ "
-                             "from the saved run")
+    run = Run(out_dir, resume=resume, writes=dp.is_main, checkpoint_interval_s=checkpoint_interval_s,
+              stop_after_batches=stop_after_batches, log=log)
+    state = run.saved_state()
+    if state is not None:
+        restore_network(net, state, run.checkpoint_path)
+        run.check_resumable(TrainConfig(**state["config"]), config, state)
         opt.load_state(state["optimizer"])
         devices.load_state(state.get("devices"))
-        start_epoch, start_batch = int(state["epoch"]), int(state["batch"])
-        history, tally = list(state["history"]), _EpochTally(state["tally"])
-        wall_before = float(state["wall_seconds"])
-        remove_stale_temporaries(ckpt_path)
-        log(f"resuming {ckpt_path} at epoch {start_epoch + 1}, batch {start_batch}")
-    elif resume:
-        log("no checkpoint to resume from; starting a new run")
+        run.resume_from(state)
+    tally, history, start_batch = _EpochTally(run.tally), run.history, run.batch
+    run.start_clock()
 
-    t_start = time.perf_counter()
-
-    def wall():
-        return wall_before + time.perf_counter() - t_start
-
-    def checkpoint(epoch, batch):
-        if ckpt_path is None or not dp.is_main:
-            return
-        save_checkpoint(ckpt_path, {
-            "kind": "circuit", "model": net.describe(), "config": asdict(config),
-            "w": net.w, "b": net.b, "optimizer": opt.state(), "devices": devices.state(),
-            "epoch": epoch, "batch": batch, "tally": tally.as_dict(), "history": history,
-            "wall_seconds": wall()})
+    def payload():
+        return {"kind": "circuit", "model": net.describe(), "config": asdict(config), "w": net.w, "b": net.b,
+                "optimizer": opt.state(), "devices": devices.state()}
 
     n_train = len(dataset.y_train)
-    n_batches = (n_train + config.batch_size - 1) // config.batch_size
-    done_batches, last_ckpt = 0, time.perf_counter()
-    for epoch in range(start_epoch, config.epochs):
-        order = np.random.default_rng([config.seed, epoch]).permutation(n_train)
+    n_batches = num_batches(n_train, config.batch_size)
+    for epoch in range(run.epoch, config.epochs):
+        order = epoch_order(config.seed, epoch, n_train)
         opt.scale = lr_scale(config, epoch)
-        bar = _progress(range(start_batch, n_batches), n_batches, start_batch, epoch, config, progress)
+        bar = progress_bar(range(start_batch, n_batches), n_batches, start_batch,
+                           f"epoch {epoch + 1}/{config.epochs}", progress)
         for k in bar:
             idx = dp.shard(order[k * config.batch_size:(k + 1) * config.batch_size])
             labels = dataset.y_train[idx]
@@ -340,16 +312,12 @@ def _train(config: TrainConfig, dataset, out_dir, dp, *, resume, progress, stop_
                 opt.step(grad_w, grad_b)
                 tally.add_signal(grad_w, result.nudge_response_V, result.max_node_V)
             tally.add(totals[0], totals[1], totals[2], totals[3], dp.max(result.residual_A), totals[4])
-            done_batches += 1
-            if hasattr(bar, "set_postfix"):
-                bar.set_postfix(loss=f"{tally.loss_sum / tally.n:.4f}", acc=f"{tally.correct / tally.n:.3f}",
-                                res=f"{tally.max_residual_A:.1e}A", refresh=False)
-            if stop_after_batches is not None and done_batches >= stop_after_batches:
-                checkpoint(epoch, k + 1)
+            show(bar, loss=f"{tally.loss_sum / tally.n:.4f}", acc=f"{tally.correct / tally.n:.3f}",
+                 res=f"{tally.max_residual_A:.1e}A")
+            if run.batch_done():
+                run.save(epoch, k + 1, tally, payload)
                 return {"interrupted": True}
-            if time.perf_counter() - last_ckpt > checkpoint_interval_s:
-                checkpoint(epoch, k + 1)
-                last_ckpt = time.perf_counter()
+            run.save_if_due(epoch, k + 1, tally, payload)
         start_batch = 0
         test = evaluate(net, solver, dataset.x_test, dataset.y_test, config.eval_batch_size, dp)
         history.append({
@@ -359,7 +327,7 @@ def _train(config: TrainConfig, dataset, out_dir, dp, *, resume, progress, stop_
             "max_residual_A": max(tally.max_residual_A, test["max_residual_A"]),
             "mean_iterations_per_batch": tally.iterations / max(tally.batches, 1),
             **tally.signal_summary(),
-            "wall_seconds": wall()})
+            "wall_seconds": run.wall()})
         h = history[-1]
         log(f"epoch {epoch + 1}/{config.epochs}: train loss {h['train_loss']:.4f} "
             f"acc {h['train_accuracy']:.4f}, test acc {h['test_accuracy']:.4f}, "
@@ -375,14 +343,12 @@ def _train(config: TrainConfig, dataset, out_dir, dp, *, resume, progress, stop_
                 + (f" and lower --nudge-rtol (now {config.nudge_rtol:g})" if config.nudge_rtol
                    else f" and lower --tol (now {config.tol_A:g} A)"))
         tally = _EpochTally()
-        checkpoint(epoch + 1, 0)
-        last_ckpt = time.perf_counter()
+        run.save(epoch + 1, 0, tally, payload)
     if hasattr(solver, "summary"):
         log(solver.summary())
-    metrics = final_metrics(config, net, history, wall(), len(dataset.y_test))
+    metrics = final_metrics(config, net, history, run.wall(), len(dataset.y_test))
     metrics["processes"] = dp.world
-    if out_dir is not None and dp.is_main:
-        write_json(out_dir / METRICS_NAME, metrics)
+    run.write_metrics(metrics)
     return metrics
 
 
@@ -409,22 +375,11 @@ def lr_scale(config: TrainConfig, epoch: int) -> float:
 
 
 def final_metrics(config, net, history, wall_seconds, n_test) -> dict:
+    """metrics.json of a circuit run (:func:`.run.summary_metrics` plus the circuit's fields)."""
     last = history[-1] if history else {}
-    return {
-        "test_accuracy": last.get("test_accuracy"), "train_accuracy": last.get("train_accuracy"),
-        "wall_seconds": wall_seconds, "backend": config.backend, "dataset": config.dataset,
-        "model": config.model, "epochs": config.epochs, "n_test": n_test,
-        "num_params": net.num_params(), "test_unconverged": last.get("test_unconverged"),
-        "unconverged_counted_as": UNCONVERGED_COUNTED_AS,
-        "max_residual_A": max((h["max_residual_A"] for h in history), default=None),
-        "config": asdict(config), "history": history,
-    }
+    return summary_metrics(
+        config, history, wall_seconds, backend=config.backend, dataset=config.dataset, model=config.model,
+        epochs=config.epochs, n_test=n_test, num_params=net.num_params(),
+        test_unconverged=last.get("test_unconverged"), unconverged_counted_as=UNCONVERGED_COUNTED_AS,
+        max_residual_A=max((h["max_residual_A"] for h in history), default=None))
 
-
-def _progress(iterable, total, initial, epoch, config, enabled):
-    if not enabled:
-        return iterable
-    from tqdm import tqdm
-
-    return tqdm(iterable, total=total, initial=initial, desc=f"epoch {epoch + 1}/{config.epochs}",
-                leave=False, dynamic_ncols=True)

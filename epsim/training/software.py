@@ -1,16 +1,20 @@
-"""Training loop for the torch models: software EP-CNN and the BP-CNN / AdvCNN / ViT baselines.
+"""The software trainer: the torch EP-CNN and the BP-CNN / AdvCNN / ViT baselines.
 
-* Data: an :class:`epsim.data.Dataset` (pixels in [0, 1]); training batches get
-  random crops (4-pixel edge padding) and horizontal flips, done with torch ops.
+* Presets (``--preset``) set architecture and hyper-parameters: the paper's CIFAR settings,
+  ``cifar10-small`` (an eighth of the width, for a 2-core CPU), ``digits`` (8x8 images) and
+  ``mnist`` (28x28); without one, the dataset picks it (:func:`default_preset`).
+* Data: an :class:`epsim.data.Dataset` (pixels in [0, 1]); on CIFAR images training batches
+  get random crops (4-pixel edge padding) and horizontal flips, done with torch ops
+  (:data:`AUGMENTED_DATASETS`; crops of 8x8 digits would cut half a digit away).
 * Models normalise pixels themselves, so checkpoints and attacks live in pixel space.
 * ``ep-cnn``: free phase, ``±β`` phases, EP gradient (:func:`epsim.models.ep_cnn.ep_gradients`),
   SGD with per-layer learning rates; ``bp-cnn``/``vit``: cross-entropy + backprop;
   ``adv-cnn``: backprop on PGD examples (:func:`epsim.robustness.attacks.adversarial_examples`), made in eval mode.
 * Learning rates follow a cosine from the preset's values to ``lr_min`` over the run,
   updated every batch.
-* Determinism and resumption as in the circuit trainer: epoch ``e`` visits the training
-  set in the permutation drawn from ``(seed, e)``; batch ``k``'s augmentation and attack
-  start are drawn from ``(seed, e, k)``; a checkpoint (atomic, every epoch and every
+* Determinism and resumption as in the circuit trainer (:mod:`.run`): epoch ``e`` visits the
+  training set in the permutation drawn from ``(seed, e)``; batch ``k``'s augmentation and
+  attack start are drawn from ``(seed, e, k)``; a checkpoint (atomic, every epoch and every
   ``checkpoint_interval_s`` seconds) holds weights, optimizer state, position and running
   sums, so ``resume`` replays the batches an uninterrupted run would have seen.
 * Output: ``OUT/checkpoint.pt`` (``kind`` = model name, ``preset``, ``arch``,
@@ -20,28 +24,25 @@
 from __future__ import annotations
 
 import math
-import time
 from dataclasses import asdict, dataclass, fields
-from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .checkpoint import (check_same_epochs, load_checkpoint, remove_stale_temporaries, save_checkpoint,
-                         write_json)
-from .cli import explicit_options
-from .errors import EpsimError
-from .models.baselines import ADV_PRESETS, BP_PRESETS, VIT_PRESETS, build_baseline
-from .models.ep_cnn import EP_PRESETS, SOLVERS, EPCNN, build_ep_cnn, ep_gradients
-from .models.loading import (DEVICES, TORCH_MODELS, load_torch_model, model_from_arch,  # noqa: F401
-                             pick_device, to_tensors as _to_tensors)
+from ..errors import EpsimError
+from ..models.baselines import ADV_PRESETS, BP_PRESETS, VIT_PRESETS, build_baseline
+from ..models.ep_cnn import EP_PRESETS, SOLVERS, EPCNN, build_ep_cnn, ep_gradients
+from ..models.loading import (TORCH_MODELS, load_torch_model, model_from_arch,  # noqa: F401
+                              pick_device, to_tensors as _to_tensors)
+from .run import Run, epoch_order, num_batches, progress_bar, show, summary_metrics
 
 PRESETS = {"ep-cnn": EP_PRESETS, "bp-cnn": BP_PRESETS, "adv-cnn": ADV_PRESETS, "vit": VIT_PRESETS}
-PRESET_NAMES = ("cifar10-paper", "cifar100-paper", "cifar10-small")
-CHECKPOINT_NAME = "checkpoint.pt"
-METRICS_NAME = "metrics.json"
+PRESET_NAMES = ("cifar10-paper", "cifar100-paper", "cifar10-small", "digits", "mnist")
 CROP_PADDING = 4
+# Random crops and flips keep the label of a natural 32x32 image; they do not keep an 8x8 or
+# 28x28 digit's (a 4-pixel crop cuts half of an 8x8 digit away; a flipped 2 is no 2).
+AUGMENTED_DATASETS = ("cifar10", "cifar100")
 
 
 @dataclass
@@ -49,7 +50,7 @@ class TorchTrainConfig:
     """A torch training run. ``None`` fields are filled from the preset by :func:`resolve_config`."""
 
     model: str = "ep-cnn"
-    preset: str = "cifar10-small"
+    preset: str = "cifar10-small"         # see default_preset
     dataset: str | None = None
     epochs: int | None = None
     batch_size: int | None = None
@@ -146,8 +147,20 @@ def _norm(v):
     return list(v) if isinstance(v, (tuple, list)) else v
 
 
-def resolve_config(model: str, preset: str, **overrides) -> TorchTrainConfig:
-    """The preset's settings, with every non-None ``overrides`` value on top."""
+def default_preset(dataset: str | None) -> str:
+    """The preset sized for ``dataset``'s images: ``digits`` (8x8), ``mnist`` (28x28), else
+    ``cifar10-small`` (32x32)."""
+    return dataset if dataset in ("digits", "mnist") else "cifar10-small"
+
+
+def resolve_config(model: str, preset: str | None = None, **overrides) -> TorchTrainConfig:
+    """The preset's settings, with every non-None ``overrides`` value on top.
+
+    ``preset`` None: :func:`default_preset` of the ``dataset`` override. ``augment`` (random
+    crops and flips), unless overridden, is on only for :data:`AUGMENTED_DATASETS`.
+    """
+    if preset is None:
+        preset = default_preset(overrides.get("dataset"))
     if model not in PRESETS:
         raise EpsimError(f"unknown torch model {model!r}; choose from {', '.join(TORCH_MODELS)}")
     if preset not in PRESETS[model]:
@@ -158,6 +171,8 @@ def resolve_config(model: str, preset: str, **overrides) -> TorchTrainConfig:
         raise EpsimError(f"unknown torch training option(s): {', '.join(sorted(unknown))}")
     values = {k: v for k, v in PRESETS[model][preset].items() if k in names}
     values.update({k: v for k, v in overrides.items() if v is not None})
+    if overrides.get("augment") is None:
+        values["augment"] = bool(values.get("augment")) and values.get("dataset") in AUGMENTED_DATASETS
     if model == "ep-cnn" and overrides.get("lr") is not None and overrides.get("lrs") is None:
         values["lrs"] = (overrides["lr"],) * (len(values["channels"]) + 1)
     for key in ("channels", "paddings", "lrs"):
@@ -290,7 +305,7 @@ def train_step(model, optimizer, config: TorchTrainConfig, xb, yb, gen) -> dict:
                      unused=int((~step.used).sum()))
     else:
         if config.model == "adv-cnn":
-            from .robustness.attacks import adversarial_examples
+            from ..robustness.attacks import adversarial_examples
 
             model.eval()
             xb = adversarial_examples(model, xb, yb, config.adv_eps, config.adv_norm, config.adv_steps,
@@ -334,54 +349,36 @@ def train_torch(config: TorchTrainConfig, dataset, out_dir=None, *, resume=False
     torch.manual_seed(config.seed)
     model = build_model(config, dataset.image_shape, dataset.num_classes, dataset.name).to(dev)
     optimizer = make_optimizer(model, config)
-    start_epoch, start_batch, history, tally, wall_before = 0, 0, [], _Tally(), 0.0
-    out_dir = Path(out_dir) if out_dir is not None else None
-    ckpt_path = out_dir / CHECKPOINT_NAME if out_dir is not None else None
-    if ckpt_path is not None and ckpt_path.exists():
-        if not resume:
-            raise EpsimError(f"{out_dir} already holds a run; pass --resume to continue it or choose another --out")
-        state = load_checkpoint(ckpt_path)
+    run = Run(out_dir, resume=resume, checkpoint_interval_s=checkpoint_interval_s, time_limit_s=time_limit_s,
+              stop_after_batches=stop_after_batches, log=log)
+    state = run.saved_state()
+    if state is not None:
         if state.get("kind") != config.model:
-            raise EpsimError(f"cannot resume {ckpt_path}: it holds a {state.get('kind')!r} run, not {config.model}")
-        saved = _config_from_state(state)
-        check_same_epochs(ckpt_path, saved.epochs, config.epochs, int(state["epoch"]))
-        diff = config.compatible_with(saved)
-        if diff:
-            raise EpsimError(f"cannot resume {ckpt_path}: options {', '.join(diff)} differ from the saved run")
+            raise EpsimError(f"cannot resume {run.checkpoint_path}: it holds a {state.get('kind')!r} run, "
+                             f"not {config.model}")
+        run.check_resumable(_config_from_state(state), config, state)
         model.load_state_dict(_to_tensors(state["state_dict"]))
         optimizer.load_state_dict(_to_tensors(state["optimizer"]))
-        start_epoch, start_batch = int(state["epoch"]), int(state["batch"])
-        history, tally = list(state["history"]), _Tally(state["tally"])
-        wall_before = float(state["wall_seconds"])
-        remove_stale_temporaries(ckpt_path)
-        log(f"resuming {ckpt_path} at epoch {start_epoch + 1}, batch {start_batch}")
-    elif resume:
-        log("no checkpoint to resume from; starting a new run")
+        run.resume_from(state)
+    tally, history, start_batch = _Tally(run.tally), run.history, run.batch
+    run.start_clock()
 
-    t_start = time.perf_counter()
-
-    def wall():
-        return wall_before + time.perf_counter() - t_start
-
-    def checkpoint(epoch, batch):
-        if ckpt_path is None:
-            return
-        save_checkpoint(ckpt_path, {
-            "kind": config.model, "preset": config.preset, "config": asdict(config),
-            "arch": model.describe(), "dataset": dataset.name,
-            "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-            "optimizer": optimizer.state_dict(), "epoch": epoch, "batch": batch,
-            "tally": tally.as_dict(), "history": history, "wall_seconds": wall()})
+    def payload():
+        return {"kind": config.model, "preset": config.preset, "config": asdict(config),
+                "arch": model.describe(), "dataset": dataset.name,
+                "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+                "optimizer": optimizer.state_dict()}
 
     x_train, y_train = torch.from_numpy(dataset.x_train).float(), torch.from_numpy(dataset.y_train)
     x_test, y_test = torch.from_numpy(dataset.x_test).float(), torch.from_numpy(dataset.y_test)
     n_train = len(y_train)
-    n_batches = (n_train + config.batch_size - 1) // config.batch_size
-    done_batches, last_ckpt, stopped_early = 0, time.perf_counter(), False
-    for epoch in range(start_epoch, config.epochs):
+    n_batches = num_batches(n_train, config.batch_size)
+    stopped_early = False
+    for epoch in range(run.epoch, config.epochs):
         lr = set_lr(optimizer, config, epoch + start_batch / n_batches)
-        order = torch.from_numpy(np.random.default_rng([config.seed, epoch]).permutation(n_train))
-        bar = _progress(range(start_batch, n_batches), n_batches, start_batch, epoch, config, progress)
+        order = torch.from_numpy(epoch_order(config.seed, epoch, n_train))
+        bar = progress_bar(range(start_batch, n_batches), n_batches, start_batch,
+                           f"{config.model} epoch {epoch + 1}/{config.epochs}", progress)
         for k in bar:
             idx = order[k * config.batch_size:(k + 1) * config.batch_size]
             set_lr(optimizer, config, epoch + k / n_batches)
@@ -392,27 +389,21 @@ def train_torch(config: TorchTrainConfig, dataset, out_dir=None, *, resume=False
             stats = train_step(model, optimizer, config, xb.to(dev), yb.to(dev), gen)
             for key, v in stats.items():
                 setattr(tally, key, max(tally.max_residual, v) if key == "max_residual" else getattr(tally, key) + v)
-            done_batches += 1
-            if hasattr(bar, "set_postfix"):
-                post = dict(loss=f"{tally.loss_sum / tally.n:.3f}", acc=f"{tally.correct / tally.n:.3f}")
-                if config.model == "ep-cnn":
-                    post["steps"] = f"{tally.steps / tally.batches:.0f}"
-                bar.set_postfix(post, refresh=False)
-            if stop_after_batches is not None and done_batches >= stop_after_batches:
-                checkpoint(epoch, k + 1)
+            show(bar, loss=f"{tally.loss_sum / tally.n:.3f}", acc=f"{tally.correct / tally.n:.3f}",
+                 **({"steps": f"{tally.steps / tally.batches:.0f}"} if config.model == "ep-cnn" else {}))
+            if run.batch_done():
+                run.save(epoch, k + 1, tally, payload)
                 return {"interrupted": True}
-            if time_limit_s is not None and wall() >= time_limit_s:
+            if run.out_of_time():
                 stopped_early = True
                 start_batch = k + 1
                 break
-            if time.perf_counter() - last_ckpt > checkpoint_interval_s:
-                checkpoint(epoch, k + 1)
-                last_ckpt = time.perf_counter()
+            run.save_if_due(epoch, k + 1, tally, payload)
         test = evaluate(model, x_test, y_test, dev, config.eval_batch_size)
         entry = {"epoch": epoch + 1 if not stopped_early else epoch + start_batch / n_batches,
                  "lr": lr, "train_loss": tally.loss_sum / max(tally.n, 1),
                  "train_accuracy": tally.correct / max(tally.n, 1), "test_accuracy": test["accuracy"],
-                 "test_loss": test["loss"], "wall_seconds": wall()}
+                 "test_loss": test["loss"], "wall_seconds": run.wall()}
         if stopped_early:
             entry["partial"] = True          # the time limit cut this epoch short
         if config.model == "ep-cnn":
@@ -428,30 +419,27 @@ def train_torch(config: TorchTrainConfig, dataset, out_dir=None, *, resume=False
                f"train {entry['train_unconverged']} test {entry['test_unconverged']}"
                if config.model == "ep-cnn" else ""))
         if stopped_early:
-            checkpoint(epoch, start_batch)
+            run.save(epoch, start_batch, tally, payload)
             log(f"time limit of {time_limit_s:.0f} s reached; stopped in epoch {epoch + 1} "
                 f"(continue with --resume and a larger limit)")
             break
         tally = _Tally()
-        checkpoint(epoch + 1, 0)
-        start_batch, last_ckpt = 0, time.perf_counter()
-    metrics = final_metrics(config, model, history, wall(), len(y_test), dev, stopped_early)
-    if out_dir is not None:
-        write_json(out_dir / METRICS_NAME, metrics)
+        run.save(epoch + 1, 0, tally, payload)
+        start_batch = 0
+    metrics = final_metrics(config, model, history, run.wall(), len(y_test), dev, stopped_early)
+    run.write_metrics(metrics)
     return metrics
 
 
 def final_metrics(config, model, history, wall_seconds, n_test, device, stopped_early=False) -> dict:
+    """metrics.json of a torch run (:func:`.run.summary_metrics` plus the torch trainer's fields)."""
     last = history[-1] if history else {}
-    out = {
-        "test_accuracy": last.get("test_accuracy"), "train_accuracy": last.get("train_accuracy"),
-        "wall_seconds": wall_seconds, "backend": "torch", "dataset": config.dataset,
-        "model": config.model, "preset": config.preset, "epochs": config.epochs,
-        "epochs_completed": last.get("epoch", 0), "stopped_early": stopped_early, "n_test": n_test,
-        "num_params": int(sum(p.numel() for p in model.parameters())), "device": str(device),
-        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-        "torch_threads": torch.get_num_threads(), "config": asdict(config), "history": history,
-    }
+    out = summary_metrics(
+        config, history, wall_seconds, backend="torch", dataset=config.dataset, model=config.model,
+        preset=config.preset, epochs=config.epochs, epochs_completed=last.get("epoch", 0),
+        stopped_early=stopped_early, n_test=n_test, num_params=int(sum(p.numel() for p in model.parameters())),
+        device=str(device), device_name=torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        torch_threads=torch.get_num_threads())
     if config.model == "ep-cnn":
         # the EP-CNN's inference is T1 relaxation steps (the published loop): a free phase that
         # stops at T1 still gives the model's prediction, as in epsim.robustness
@@ -460,135 +448,3 @@ def final_metrics(config, model, history, wall_seconds, n_test, device, stopped_
         out["max_residual"] = max((h["max_residual"] for h in history), default=None)
     return out
 
-
-def _progress(iterable, total, initial, epoch, config, enabled):
-    if not enabled:
-        return iterable
-    from tqdm import tqdm
-
-    return tqdm(iterable, total=total, initial=initial, desc=f"{config.model} epoch {epoch + 1}/{config.epochs}",
-                leave=False, dynamic_ncols=True)
-
-
-# ----------------------------------------------------------------------------- CLI
-_P = " (default: from the preset)%(default).0s"   # %(default).0s: stops argparse adding "None"
-# Options of the circuit trainer that mean the same for the torch models; any other
-# option of python -m epsim.train given with a torch model is a circuit-only one.
-SHARED_OPTIONS = {"model", "backend", "dataset", "data_dir", "download", "train_subset", "test_subset",
-                  "epochs", "batch_size", "lr", "momentum", "lr_schedule", "beta", "seed", "out", "resume",
-                  "checkpoint_interval", "no_progress"}
-TORCH_OPTIONS: set = set()
-
-
-def add_torch_arguments(parser) -> None:
-    """The ``python -m epsim.train`` options of the torch models (one argument group)."""
-    g = parser.add_argument_group(
-        "GPU models (--model ep-cnn | bp-cnn | adv-cnn | vit, --backend torch)",
-        "Software EP-CNN and baselines trained with torch on CPU or CUDA. A preset sets the "
-        "architecture and hyper-parameters; --dataset, --epochs, --batch-size, --lr, --momentum, "
-        "--lr-schedule, --beta, --seed, --out, --resume, --checkpoint-interval given explicitly "
-        "override it.")
-    g = _RecordingGroup(g)
-    g.add_argument("--preset", default="cifar10-small", choices=PRESET_NAMES,
-                   help="cifar10-paper / cifar100-paper: the seed paper's settings; cifar10-small: "
-                        "an eighth of the width, sized for a 2-core CPU")
-    g.add_argument("--device", default="auto", choices=DEVICES, help="auto: CUDA when present")
-    g.add_argument("--channels", type=int, nargs="+", default=None, help="conv channels per layer" + _P)
-    g.add_argument("--paddings", type=int, nargs="+", default=None, help="conv zero padding per layer" + _P)
-    g.add_argument("--lrs", type=float, nargs="+", default=None,
-                   help="ep-cnn: learning rate per synapse (conv layers, then the readout)" + _P)
-    g.add_argument("--weight-decay", type=float, default=None, help="L2 weight decay" + _P)
-    g.add_argument("--t1", type=int, default=None, help="ep-cnn: max free-phase steps" + _P)
-    g.add_argument("--t2", type=int, default=None, help="ep-cnn: max steps of each nudged phase" + _P)
-    g.add_argument("--solver", default=None, choices=SOLVERS,
-                   help="ep-cnn: sync = the published synchronous loop (samples stop individually "
-                        "once converged to --ep-tol); async = odd/even sweeps (a different fixed point)" + _P)
-    g.add_argument("--ep-tol", type=float, default=None,
-                   help="ep-cnn: a sample's relaxation stops when no unit moves more than this "
-                        "in a step (0: never before T1/T2)" + _P)
-    g.add_argument("--init-scale", type=float, default=None,
-                   help="ep-cnn: multiply the default initial weights and biases" + _P)
-    g.add_argument("--input-std-scale", type=float, default=None,
-                   help="ep-cnn: inputs are (x - mean) / (this * std); the paper uses 3" + _P)
-    g.add_argument("--adv-norm", default=None, choices=("l2", "linf"), help="adv-cnn: PGD norm" + _P)
-    g.add_argument("--adv-eps", type=float, default=None, help="adv-cnn: PGD radius in [0,1] pixels (e.g. 0.5 or 0.0314)" + _P)
-    g.add_argument("--adv-steps", type=int, default=None, help="adv-cnn: PGD steps" + _P)
-    g.add_argument("--adv-step-size", type=float, default=None, help="adv-cnn: PGD step (default: 2.5*eps/steps)%(default).0s")
-    g.add_argument("--embed-dim", type=int, default=None, help="vit: token width" + _P)
-    g.add_argument("--depth", type=int, default=None, help="vit: encoder layers" + _P)
-    g.add_argument("--heads", type=int, default=None, help="vit: attention heads" + _P)
-    g.add_argument("--no-augment", action="store_true", help="no random crop + flip")
-    g.add_argument("--torch-threads", type=int, default=None, metavar="N",
-                   help="torch CPU threads (default: torch's choice); on busy shared cores 1 can be "
-                        "several times faster than 2%(default).0s")
-    g.add_argument("--time-limit", type=float, default=None, metavar="MIN",
-                   help="stop training after this many minutes of wall time, evaluate and write metrics")
-
-
-class _RecordingGroup:
-    """An argument group that remembers the destinations of the options added to it."""
-
-    def __init__(self, group):
-        self._group = group
-
-    def add_argument(self, *args, **kwargs):
-        action = self._group.add_argument(*args, **kwargs)
-        TORCH_OPTIONS.add(action.dest)
-        return action
-
-
-def torch_cli_main(argv, build_parser) -> dict:
-    """Run ``python -m epsim.train`` for a torch model; ``build_parser`` is the train CLI's."""
-    args = build_parser().parse_args(argv)
-    given = explicit_options(build_parser, argv)
-    if "backend" in given and args.backend != "torch":
-        raise EpsimError(f"--model {args.model} runs on --backend torch only (got --backend {args.backend})")
-    circuit_only = sorted(given - SHARED_OPTIONS - TORCH_OPTIONS)
-    if circuit_only:
-        raise EpsimError(f"option(s) {', '.join('--' + k.replace('_', '-') for k in circuit_only)} "
-                         f"apply to circuit models only, not --model {args.model}")
-
-    def opt(name):
-        return getattr(args, name) if name in given else None
-
-    config = resolve_config(
-        args.model, args.preset, dataset=opt("dataset"), epochs=opt("epochs"), batch_size=opt("batch_size"),
-        lr=opt("lr"), lrs=opt("lrs"), momentum=opt("momentum"), weight_decay=opt("weight_decay"),
-        schedule=opt("lr_schedule"), channels=opt("channels"), paddings=opt("paddings"),
-        t1=opt("t1"), t2=opt("t2"), beta=opt("beta"), solver=opt("solver"), tol=opt("ep_tol"),
-        init_scale=opt("init_scale"), input_std_scale=opt("input_std_scale"),
-        adv_norm=opt("adv_norm"), adv_eps=opt("adv_eps"), adv_steps=opt("adv_steps"),
-        adv_step_size=opt("adv_step_size"), embed_dim=opt("embed_dim"), depth=opt("depth"),
-        heads=opt("heads"), augment=False if args.no_augment else None, seed=args.seed,
-        train_subset=args.train_subset, test_subset=args.test_subset)
-    if args.model == "vit" and (config.embed_dim % config.heads):
-        raise EpsimError(f"--embed-dim {config.embed_dim} must be a multiple of --heads {config.heads}")
-    if args.resume and args.out is None:
-        raise EpsimError("--resume needs --out DIR (the folder of the run to continue)")
-    if args.time_limit is not None and not args.time_limit > 0:
-        raise EpsimError("--time-limit must be a positive number of minutes")
-    if args.torch_threads is not None:
-        if args.torch_threads < 1:
-            raise EpsimError("--torch-threads must be at least 1")
-        torch.set_num_threads(args.torch_threads)
-    if args.out is not None:
-        from .train import check_run_folder
-
-        check_run_folder(args.out, args.resume)
-    from .data import default_data_dir, load_dataset
-
-    dataset = load_dataset(config.dataset, args.data_dir or default_data_dir(), download=args.download,
-                           train_subset=args.train_subset, test_subset=args.test_subset, seed=args.seed)
-    dev = pick_device(args.device)
-    print(f"training {config.model} (preset {config.preset}) on {dataset.name} ({len(dataset.y_train)} train / "
-          f"{len(dataset.y_test)} test) with backend torch on {dev}, {config.epochs} epochs")
-    metrics = train_torch(config, dataset, args.out, resume=args.resume, device=args.device,
-                          progress=not args.no_progress, checkpoint_interval_s=args.checkpoint_interval,
-                          time_limit_s=None if args.time_limit is None else 60.0 * args.time_limit)
-    print(f"test accuracy: {metrics['test_accuracy']:.4f} ({metrics['n_test']} images), "
-          f"train accuracy: {metrics['train_accuracy']:.4f}, wall time {metrics['wall_seconds']:.1f} s")
-    if metrics.get("test_unconverged"):
-        print(f"note: {metrics['test_unconverged']} test free phases stopped at T1 before reaching the tolerance")
-    if args.out:
-        print(f"wrote {args.out}/metrics.json and {args.out}/checkpoint.pt")
-    return metrics
