@@ -15,10 +15,13 @@ import sys
 
 import torch
 
+from epsim.cli import set_command_environment
 from epsim.data import load_dataset
 from epsim.errors import EpsimError
 from epsim.models.ep_cnn import ep_gradients
 from epsim.models.loading import load_torch_model
+
+set_command_environment()  # the commands' thread settings (OpenMP workers sleep when idle)
 
 
 def _budget(text: str) -> tuple:

@@ -136,7 +136,7 @@ FIDELITY = [
    currents in the ±β nudged phases — against implicit differentiation at the equilibrium
    (itself checked against finite differences) and BPTT through the solver's sweeps.
 3. **Software EP-CNN (GDU check).** EP's parameter gradient against BPTT's, per layer
-   (`python -m epsim.gdu`)."""),
+   (`python -m epsim.gradcheck`)."""),
     new_code_cell(SETUP),
     new_code_cell("show(P.fidelity_spice(R))"),
     new_code_cell("show(P.fidelity_gradients(R))"),

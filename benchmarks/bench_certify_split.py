@@ -12,12 +12,15 @@ from __future__ import annotations
 import argparse
 import time
 
+from epsim.cli import set_command_environment
 from epsim.data import load_dataset
 from epsim.models.loading import load_network
 from epsim.robustness.certify import certify_box, certify_split
 from epsim.solvers.numba_solver import NumbaSolver
 
 from _digits import digits_checkpoint
+
+set_command_environment()  # the commands' thread settings (OpenMP workers sleep when idle)
 
 
 def main():

@@ -5,7 +5,7 @@ and a test slice (``--test-images``) with epsim's numba solver and, when
 ``--published-repo`` points at a checkout of rain-neuromorphics/energy-based-learning,
 with that code's own DRN classes (``DeepResistiveEnergy``, ``QuadraticMinimizer``,
 centered ``EquilibriumProp``, its ``Trainer``/``Evaluator`` loops and per-parameter SGD,
-as its ``papers/fast-drn/drn.py`` sets them up) on ``--torch-threads`` CPU threads. Both
+as its ``papers/fast-drn/drn.py`` sets them up) on ``--threads`` CPU threads. Both
 are extrapolated to the full epoch (60,000 training + 10,000 test images) and the ratio is
 printed. epsim's arithmetic rate is counted from its sweeps (a model of the work: the
 dense products and the conductance update) and set against the machine's DGEMM rate.
@@ -23,11 +23,14 @@ import time
 
 import numpy as np
 
+from epsim.cli import add_deprecated_alias, set_command_environment
 from epsim.data import load_dataset
 from epsim.solvers import make_solver
 from epsim.training import build_network, layer_learning_rates, preset_config
 from epsim.learning.ep import centered_ep, free_phase
 from epsim.learning.optim import ProjectedSGD
+
+set_command_environment()  # the commands' thread settings (OpenMP workers sleep when idle)
 
 TRAIN_FULL, TEST_FULL = 60_000, 10_000
 
@@ -151,7 +154,8 @@ def main():
     p.add_argument("--train-images", type=int, default=6000)
     p.add_argument("--test-images", type=int, default=2000)
     p.add_argument("--published-repo", default=None, help="checkout of rain-neuromorphics/energy-based-learning")
-    p.add_argument("--torch-threads", type=int, default=2)
+    p.add_argument("--threads", type=int, default=2, help="torch CPU threads of the published code")
+    add_deprecated_alias(p, "--torch-threads", "--threads")
     args = p.parse_args()
     ds = load_dataset("mnist", args.data_dir)
     rate = dgemm_rate()
@@ -166,7 +170,7 @@ def main():
         pub, ratio = "-", "-"
         if args.published_repo:
             ptr, pte = published_epoch(model, ds, args.train_images, args.test_images, args.published_repo,
-                                       args.torch_threads)
+                                       args.threads)
             pep = ptr * TRAIN_FULL / args.train_images + pte * TEST_FULL / args.test_images
             pub, ratio = f"{pep:.0f}", f"{pep / ep:.1f}x"
         print(f"| {model} | {ep:.1f} | {pub} | {ratio} | {gflops:.2f} | {gflops / rate:.0%} |", flush=True)

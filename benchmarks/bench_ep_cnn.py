@@ -29,8 +29,11 @@ import time
 import numpy as np
 import torch
 
+from epsim.cli import set_command_environment
 from epsim.models.ep_cnn import EPCNN, _max_change, ep_gradients, hard_sigmoid
 from epsim.models.ep_cnn import PIXEL_MEAN, PIXEL_STD
+
+set_command_environment()  # the commands' thread settings (OpenMP workers sleep when idle)
 
 
 def _cosine(a: torch.Tensor, b: torch.Tensor) -> float:

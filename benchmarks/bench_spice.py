@@ -23,10 +23,13 @@ import numpy as np
 from epsim.circuit.compile import compile_network, layer_node_names
 from epsim.circuit.diodes import DiodeModel
 from epsim.circuit.spice_writer import write_netlist
+from epsim.cli import set_command_environment
 from epsim.models.resistive import build_mlp
 from epsim.solvers.mna import solve_mna
 from epsim.solvers.ngspice import run_ngspice
 from epsim.solvers.numba_solver import LayeredProblem, solve
+
+set_command_environment()  # the commands' thread settings (OpenMP workers sleep when idle)
 
 SIZES = {"1e3": ((1, 8, 8), 7), "1e4": ((1, 8, 8), 75), "1e5": ((1, 28, 28), 64)}
 

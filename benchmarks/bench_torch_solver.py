@@ -21,12 +21,15 @@ import numpy as np
 import torch
 
 from epsim.circuit.diodes import DiodeModel
+from epsim.cli import set_command_environment
 from epsim.data import load_dataset
 from epsim.errors import EpsimError
 from epsim.models.registry import build_circuit_model
 from epsim.models.resistive import build_mlp, one_hot_targets
 from epsim.solvers.numba_solver import NumbaSolver
 from epsim.solvers.torch_solver import TorchCircuitSolver
+
+set_command_environment()  # the commands' thread settings (OpenMP workers sleep when idle)
 
 
 def models(batch, data_dir, diode, seed=0):

@@ -17,11 +17,14 @@ import time
 import numpy as np
 
 from epsim.circuit.diodes import DiodeModel
+from epsim.cli import set_command_environment
 from epsim.data import load_dataset
 from epsim.learning.ep import free_phase
 from epsim.models.registry import build_circuit_model
 from epsim.solvers.numba_solver import NumbaSolver
 from epsim.training import TrainConfig, train
+
+set_command_environment()  # the commands' thread settings (OpenMP workers sleep when idle)
 
 
 def bench_training(models, epochs):

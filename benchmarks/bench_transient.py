@@ -16,12 +16,15 @@ import time
 import numpy as np
 
 from epsim.circuit.compile import with_diode
+from epsim.cli import set_command_environment
 from epsim.data import load_dataset
 from epsim.models.loading import load_network
 from epsim.solvers.numba_solver import NumbaSolver
 from epsim.solvers.transient import settling_times_s, simulate
 
 from _digits import digits_checkpoint
+
+set_command_environment()  # the commands' thread settings (OpenMP workers sleep when idle)
 
 
 def main():

@@ -30,7 +30,10 @@ from pathlib import Path
 
 import numpy as np
 
+from epsim.cli import set_command_environment
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+set_command_environment()  # the commands' thread settings (OpenMP workers sleep when idle)
 
 
 def build(n, seed=0):

@@ -26,6 +26,7 @@ import numpy as np
 from epsim.circuit.compile import compile_network, layer_node_names
 from epsim.circuit.diodes import DiodeModel
 from epsim.circuit.spice_writer import write_netlist
+from epsim.cli import set_command_environment
 from epsim.data import load_dataset
 from epsim.learning.ep import free_phase
 from epsim.models.registry import build_circuit_model
@@ -33,6 +34,8 @@ from epsim.models.resistive import build_mlp
 from epsim.solvers.ngspice import run_ngspice
 from epsim.solvers.numba_solver import NumbaSolver
 from epsim.training import TrainConfig, train
+
+set_command_environment()  # the commands' thread settings (OpenMP workers sleep when idle)
 
 
 def best_time(fn, repeats=3):

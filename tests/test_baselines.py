@@ -182,7 +182,8 @@ def synthetic(n_train=32, n_test=12, shape=(3, 8, 8), classes=4, seed=0):
 @pytest.mark.parametrize("model", ["bp-cnn", "adv-cnn", "vit"])
 def test_metrics_resume_and_reload(model, tmp_path):
     ds = synthetic()
-    cfg = resolve_config(model, "cifar10-small", epochs=2, batch_size=8, dataset="synthetic", **SMALL[model])
+    cfg = resolve_config(model, "cifar10-small", epochs=2, batch_size=8, dataset="synthetic", augment=True,
+                         **SMALL[model])  # crops and flips on: resume must replay their draws too
     quiet = dict(progress=False, log=lambda *a: None)
     ref = train_torch(cfg, ds, tmp_path / "a", **quiet)
     m = json.loads((tmp_path / "a" / "metrics.json").read_text())
