@@ -28,7 +28,9 @@ from __future__ import annotations
 import csv
 import sys
 import time
+from dataclasses import fields
 from pathlib import Path
+from types import SimpleNamespace
 
 from .cli import (ArgumentParser, add_attack_subset, add_list, add_test_subset, add_threads, prepare_out_dir, run,
                   set_command_environment, set_threads)
@@ -147,10 +149,25 @@ def _phase(net, v_in, caps, args, probe_nodes=0, **kw):
                     tol_A=args.tol, probe_nodes=probe_nodes, **kw)
 
 
+def _recorded_config(state) -> SimpleNamespace:
+    """The training settings recorded in a circuit checkpoint (``state["config"]``), with the
+    defaults of settings older checkpoints did not record."""
+    recorded = {"target_high_V": 1.0, "lr_bias": None, "lr_layers": None, **state["config"]}
+    return SimpleNamespace(**recorded)
+
+
+def _recorded_solver(config):
+    """The solver settings of the training run ``config`` (defaults where not recorded)."""
+    from .solvers.factory import SolverConfig
+
+    return SolverConfig(**{f.name: getattr(config, f.name) for f in fields(SolverConfig)
+                           if hasattr(config, f.name)})
+
+
 def _update_energy_J(net, config, solver, x, labels, args) -> dict:
     """Programming pulses and energy of one SGD step on the batch ``(x, labels)``."""
     from .learning.ep import centered_ep
-    from .training import layer_learning_rates
+    from .learning.optim import layer_learning_rates
 
     res = centered_ep(net, solver, x, labels, config.beta, target_high_V=config.target_high_V)
     lr_w, _ = layer_learning_rates(config, net)
@@ -174,18 +191,17 @@ def main(argv=None):
     from .solvers.transient import Capacitances, circuit_powers_W, settling_times_s
     from .models.loading import load_network
     from .solvers.factory import make_solver
-    from .training import TrainConfig
+    from .solvers.factory import SolverConfig
 
     net, state = load_network(args.checkpoint)
     if args.diode is not None and args.diode != net.diode.kind:
         net = with_diode(net, args.diode)
-    cfg_dict = state.get("config", {})
-    config = TrainConfig(**{k: v for k, v in cfg_dict.items() if k in TrainConfig.__dataclass_fields__})
+    config = _recorded_config(state)
     dataset = load_dataset(config.dataset, args.data_dir or default_data_dir())
     n = len(dataset.y_test) if args.test_subset is None else min(args.test_subset, len(dataset.y_test))
     x, y = dataset.x_test[:n], dataset.y_test[:n]
     caps = Capacitances(args.cell_capacitance, args.node_capacitance)
-    dc = make_solver(TrainConfig(tol_A=args.tol, max_iter=100000, nudge_rtol=None))
+    dc = make_solver(SolverConfig(tol_A=args.tol, max_iter=100000, nudge_rtol=None))
     print(f"energy of {args.checkpoint} ({net.name}, {net.diode.kind} diodes) on {n} {config.dataset} test images")
     t0 = time.perf_counter()
     per = {k: [] for k in ("settle_time_s", "decision_time_s", "energy_per_inference_J", "static_power_W",
@@ -252,7 +268,7 @@ def main(argv=None):
         "early_readout": [{"time_s": float(t), "accuracy": float(a)} for t, a in zip(times, acc_at)],
     }
     if not args.no_training_step:
-        upd = _update_energy_J(net, config, make_solver(config), x[:config.batch_size], y[:config.batch_size], args)
+        upd = _update_energy_J(net, config, make_solver(_recorded_solver(config)), x[:config.batch_size], y[:config.batch_size], args)
         phases = per["energy_per_inference_J"] + per["energy_plus_J"] + per["energy_minus_J"]
         summary["training_step"] = {
             "phases_energy_J_per_image": stats(phases),

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..errors import EpsimError
 from ..solvers.threads import threads_for
 from .low_rank import LowRankGrad, as_dense
 
@@ -64,3 +65,19 @@ class ProjectedSGD:
     def load_state(self, state: dict):
         self.m_w = [np.array(m, dtype=float) for m in state["m_w"]]
         self.m_b = [np.array(m, dtype=float) for m in state["m_b"]]
+
+
+def layer_learning_rates(config, net) -> tuple:
+    """``(lr_w, lr_b)``, one value per layer: ``--lr`` / ``--lr-bias`` times ``--lr-layers``.
+
+    ``config``: any object with ``lr``, ``lr_bias``, ``lr_layers`` and ``model`` (a training
+    run's config, or the one recorded in its checkpoint); ``net``: the network they apply to.
+    """
+    lr_b = config.lr if config.lr_bias is None else config.lr_bias
+    if config.lr_layers is None:
+        return config.lr, lr_b
+    if len(config.lr_layers) != net.num_layers:
+        raise EpsimError(f"--lr-layers needs {net.num_layers} values for the {config.model} "
+                         f"({net.num_layers} layers of conductances), got {len(config.lr_layers)}")
+    m = np.asarray(config.lr_layers, dtype=float)
+    return config.lr * m, lr_b * m

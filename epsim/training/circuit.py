@@ -23,7 +23,7 @@ from ..errors import EpsimError
 from ..learning.ep import centered_ep, free_phase
 from ..learning.low_rank import grad_is_zero, grad_rms
 from ..learning.memristive import DeviceArray, get_device_model
-from ..learning.optim import ProjectedSGD
+from ..learning.optim import ProjectedSGD, layer_learning_rates
 from ..models.arch import parse_arch
 from ..models.connections import INITS
 from ..models.loading import load_network, restore_network  # noqa: F401  (re-exported)
@@ -350,18 +350,6 @@ def _train(config: TrainConfig, dataset, out_dir, dp, *, resume, progress, stop_
     metrics["processes"] = dp.world
     run.write_metrics(metrics)
     return metrics
-
-
-def layer_learning_rates(config: TrainConfig, net) -> tuple:
-    """``(lr_w, lr_b)``, one value per layer: ``--lr`` / ``--lr-bias`` times ``--lr-layers``."""
-    lr_b = config.lr if config.lr_bias is None else config.lr_bias
-    if config.lr_layers is None:
-        return config.lr, lr_b
-    if len(config.lr_layers) != net.num_layers:
-        raise EpsimError(f"--lr-layers needs {net.num_layers} values for the {config.model} "
-                         f"({net.num_layers} layers of conductances), got {len(config.lr_layers)}")
-    m = np.asarray(config.lr_layers, dtype=float)
-    return config.lr * m, lr_b * m
 
 
 def lr_scale(config: TrainConfig, epoch: int) -> float:
