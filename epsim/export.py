@@ -42,7 +42,7 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--max-iter", type=int, default=100000, help="max numba sweeps per phase")
     p.add_argument("--wire-resistance", type=float, default=None, metavar="OHMS",
                    help="crossbar wire resistance per segment (default: the checkpoint's, 0 for "
-                        "--reference); > 0 adds the row/column wire nodes of epsim.circuit.wires")
+                        "--reference); > 0 adds the row/column wire nodes of epsim.circuit.crossbar")
     add_threads(p)
     return p
 

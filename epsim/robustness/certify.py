@@ -126,7 +126,7 @@ def certify_corners(net, solver, lower, upper, y, batch_size: int = 500) -> Cert
 
 def certify_per_read(net, devices, solver, x, y, eps: float, batch_size: int = 500) -> CertifyResult:
     """Certificate of one read of a crossbar with read noise: the conductances are read once
-    (``devices.read``, a :class:`~epsim.learning.devices.DeviceArray`) and both corner
+    (``devices.read``, a :class:`~epsim.learning.memristive.DeviceArray`) and both corner
     circuits use that read; the bound holds for every image of the box read with the same
     conductances, not across reads."""
     import copy

@@ -21,7 +21,7 @@ the odd layers' KCL residual (the whole state's, as the even layers were just so
 checked and converged samples leave the working batch, exactly as in the numba solver.
 
 :class:`TorchCircuit` holds a network's parameters as tensors and the differentiable maps
-(``input_voltages``, ``sweep``, ``relax``...) that :mod:`epsim.learning.input_gradients`
+(``input_voltages``, ``sweep``, ``relax``...) that :mod:`epsim.robustness.input_gradients`
 builds its BPTT and implicit gradients on. :class:`TorchCircuitSolver` is the ``torch``
 backend (``prepare`` / ``solve``, numpy in and out, like :class:`NumbaSolver`).
 The certificate is always computed in float64 on the returned state, with the numba

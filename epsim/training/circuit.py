@@ -71,7 +71,7 @@ class TrainConfig:
     train_subset: int | None = None
     test_subset: int | None = None
     eval_batch_size: int = 500
-    device_model: str = "ideal"  # epsim.learning.devices preset, NAME[:field=value,...]
+    device_model: str = "ideal"  # epsim.learning.memristive preset, NAME[:field=value,...]
     wire_resistance_ohm: float = 0.0  # per crossbar wire segment; > 0: the wire-aware solver
 
     def __post_init__(self):
