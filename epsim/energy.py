@@ -128,8 +128,9 @@ def energy_until(tr, t_end) -> np.ndarray:
 
 
 def macs_per_inference(net) -> int:
-    """Multiply-accumulates of one feed-forward pass through the same crossbars."""
-    return int(sum(len(conn.pairs()[0]) for conn in net.connections))
+    """Multiply-accumulates of one feed-forward pass through the same crossbars (a padded
+    conv's kernel positions in the pad included: its conductances to the rail exist too)."""
+    return int(sum(len(conn.pairs()[0]) + len(conn.pad_pairs()[0]) for conn in net.connections))
 
 
 def readout_accuracy(tr, labels, times) -> list:

@@ -85,7 +85,8 @@ def _add_circuit_model_options(g, d: TrainConfig) -> None:
     g.add_argument("--arch", default=None, metavar="SPEC",
                    help="circuit architecture from input to output, e.g. "
                         "'conv:16:3,conv:32:3:2,dense:10' or 'dense:1024,dense:1024,dense:10': "
-                        "conv:C:K[:S] (tied conv, C channels, KxK kernel, stride S, no padding), "
+                        "conv:C:K[:S[:P]] (tied conv, C channels, KxK kernel, stride S, zero padding P < K: "
+                        "conductances to the 0 V rail at the border), "
                         "dense:N; the last entry is the output layer, dense:<classes> "
                         "(default: the --model's)")
     g.add_argument("--backend", default=d.backend, choices=BACKENDS,

@@ -17,7 +17,7 @@ from epsim.train import main as train_main
 def test_spec_round_trip_and_shapes():
     spec = "conv:16:5:2,conv:32:3,dense:64,dense:10"
     layers = parse_arch(spec)
-    assert layers == [("conv", 16, 5, 2), ("conv", 32, 3, 1), ("dense", 64), ("dense", 10)]
+    assert layers == [("conv", 16, 5, 2, 0), ("conv", 32, 3, 1, 0), ("dense", 64), ("dense", 10)]
     assert parse_arch(format_arch(layers)) == layers
     conns = connections_from_arch(spec, (1, 28, 28), 10)
     assert [c.out_shape for c in conns] == [(16, 12, 12), (32, 10, 10), (64,), (10,)]

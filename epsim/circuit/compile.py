@@ -21,6 +21,9 @@ Elements::
     r{l}_{e}                conductance e of connection l (layer l-1 -> l), in the order of
                             ``net.connections[l-1].pairs()``; a zero conductance is an open
                             circuit and is left out
+    rpad{l}_{e}             conductance e to the 0 V rail of a padded conv connection l: from
+                            the output node to ground, one per kernel position in the pad, in
+                            the order of ``net.connections[l-1].pad_pairs()`` (left out if 0)
     dlo_{node} / dhi_{node} clamp diode keeping the node above its low rail (anode = rail,
                             cathode = node: excitatory units) / below its high rail (anode =
                             node, cathode = rail: inhibitory units)
@@ -117,6 +120,10 @@ def describe_mapping(net) -> list:
         lines.append(f"  layer {l} {what} {tuple(shape)}: {pattern}{extra}")
     lines.append("  tgt_{k}: nudging target of out_{k}; r{l}_{e}: e-th conductance of "
                  "connection l (layer l-1 -> l) in Connection.pairs() order")
+    for l, conn in enumerate(net.connections, start=1):
+        if getattr(conn, "padding", 0):
+            lines.append(f"  connection {l} is a conv padded by {conn.padding}: rpad{l}_{{e}} joins an output "
+                         "node to ground (0 V pad) through the tied conductance, Connection.pad_pairs() order")
     for l in range(1, net.num_layers):
         gain = net.crossbar_input_gain(l)
         if gain != 1.0:
@@ -179,6 +186,7 @@ def compile_network(net, v_input, *, beta: float = 0.0, target_V=None, netlist: 
         else:
             nl.add("R", [f"r{prefix}{l}_{e}" for e in keep], node_in[i[keep]], node_out[j[keep]],
                    1.0 / g_S[keep])
+            _add_pad_conductances(nl, net, l, node_out, prefix)
         _add_clamps(nl, net, l, names[l], card.name)
         bias_A = net.bias_per_node(l) * g_unit
         nz = np.nonzero(bias_A)[0]
@@ -214,6 +222,19 @@ def _crossbar_inputs(nl, net, k, names) -> list:
     nl.add("V", sense, amp, term, 0.0)
     nl.add("F", [f"f_{n}" for n in names], names, [GROUND] * len(names), 1.0 / gain, control=sense)
     return term
+
+
+def _add_pad_conductances(nl, net, l, node_out, prefix):
+    """Resistors ``rpad{l}_{e}`` of a padded conv connection ``l``: each kernel position in
+    the pad joins its output node (``node_out``: layer ``l``'s node ids in ``nl``) to ground
+    through the tied conductance."""
+    t, j = net.connections[l - 1].pad_pairs()
+    if not t.size:
+        return
+    g_S = net.w[l - 1].reshape(-1)[t] * net.ranges.g_unit_S
+    keep = np.nonzero(g_S)[0]
+    nl.add("R", [f"rpad{prefix}{l}_{e}" for e in keep], node_out[j[keep]], [GROUND] * keep.size,
+           1.0 / g_S[keep])
 
 
 def _add_clamps(nl, net, l, names, model):

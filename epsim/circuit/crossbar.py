@@ -15,7 +15,8 @@ by ``C`` columns (:func:`crossbar_layout`):
 - ``Conv2d`` (tied): the unrolled (im2col) mapping, one tile per output position ``(y, x)``:
   row ``r = (ci*k + dy)*k + dx`` is driven by input node ``(ci, y*s + dy, x*s + dx)``, column
   ``c = co`` ends at output node ``(co, y, x)``, device ``(r, c)`` = ``g[co, ci, dy, dx]``.
-  Every tile holds the same (tied) conductances.
+  Every tile holds the same (tied) conductances. Padded conv layers (conductances to the
+  0 V rail at the border) have no wired layout: refused.
 
 Which node each conductance attaches to
 ---------------------------------------
@@ -85,6 +86,9 @@ def crossbar_layout(conn) -> CrossbarLayout:
         return CrossbarLayout(R, C, 1, idx, np.arange(R, dtype=np.int64)[None],
                               np.arange(C, dtype=np.int64)[None], idx[None].copy())
     if conn.kind == "conv":
+        if conn.padding:
+            raise EpsimError(f"wire resistance is not available for padded conv layers (padding "
+                             f"{conn.padding}): use padding 0 or wire resistance 0")
         co_n, ci_n, k, _ = conn.param_shape
         _, h, w = conn.in_shape
         _, h_out, w_out = conn.out_shape

@@ -11,6 +11,10 @@ units (conductance / g_unit) a connection provides the linear maps the solver ne
   the local quantity of the EP learning rule (V^2), summed over the batch, and
   ``sq_drop_diff`` the difference of two such sums (the two nudged phases).
 
+A padded conv layer also has conductances ``g[t]`` from an output node ``j`` to the 0 V
+rail (``pad_pairs()``): they add to ``degree_out`` and, with ``v_in = 0`` at the rail, to
+``sq_drop_sum``, but drive no current.
+
 All node arrays are flat, shape ``(batch, n_nodes)``, float64, in volts.
 """
 from __future__ import annotations
@@ -143,28 +147,46 @@ class Dense:
         t = np.arange(self.n_in * self.n_out)
         return t, i.ravel(), j.ravel()
 
+    def pad_pairs(self):
+        """(param_index, out_node) of conductances to the 0 V rail: none in a dense crossbar."""
+        empty = np.zeros(0, dtype=np.int64)
+        return empty, empty.copy()
+
 
 class Conv2d:
     """Locally connected resistive layer with tied (weight-shared) conductances.
 
     ``g`` has shape ``(c_out, c_in, k, k)``; output node ``(co, y, x)`` connects to input
-    node ``(ci, y*stride + dy, x*stride + dx)`` through ``g[co, ci, dy, dx]``. No padding
-    ("valid"): a padded border would be a conductance to ground, not a shared weight.
+    node ``(ci, y*stride + dy - p, x*stride + dx - p)`` through ``g[co, ci, dy, dx]``.
+
+    Zero padding ``p`` (``padding``, default 0: "valid"): the kernel positions that fall
+    outside the input connect the output node through the same tied conductance to the 0 V
+    rail (ground). Equivalently, a valid convolution of the input zero-padded by ``p``, whose
+    pad entries are fixed at 0 V and are not free nodes: a border output node carries the
+    full kernel's conductance on its diagonal (:meth:`degree_out`), the pad drives no current
+    into it (:meth:`drive_out`), and the learning rule's squared drops include the pad
+    positions' ``(0 - v_j)^2`` (:meth:`sq_drop_sum`). :meth:`pairs` lists the conductances
+    between two nodes, :meth:`pad_pairs` those from an output node to the rail.
     """
 
     kind = "conv"
 
-    def __init__(self, in_shape: tuple, c_out: int, kernel: int, stride: int = 1):
+    def __init__(self, in_shape: tuple, c_out: int, kernel: int, stride: int = 1, padding: int = 0):
         if len(in_shape) != 3:
             raise EpsimError(f"a conv layer needs a (C, H, W) input, got shape {tuple(in_shape)}")
         c_in, h, w = in_shape
-        if kernel > h or kernel > w:
-            raise EpsimError(f"conv kernel {kernel} larger than its {h}x{w} input")
+        if not 0 <= padding < kernel:
+            raise EpsimError(f"conv padding {padding} must be at least 0 and smaller than the kernel {kernel}")
+        if kernel > h + 2 * padding or kernel > w + 2 * padding:
+            raise EpsimError(f"conv kernel {kernel} larger than its {h}x{w} input"
+                             + (f" padded by {padding}" if padding else ""))
         self.in_shape = tuple(int(s) for s in in_shape)
         self.kernel = int(kernel)
         self.stride = int(stride)
-        h_out = (h - kernel) // stride + 1
-        w_out = (w - kernel) // stride + 1
+        self.padding = int(padding)
+        self.padded_shape = (int(c_in), int(h) + 2 * self.padding, int(w) + 2 * self.padding)
+        h_out = (self.padded_shape[1] - kernel) // stride + 1
+        w_out = (self.padded_shape[2] - kernel) // stride + 1
         self.out_shape = (int(c_out), h_out, w_out)
         self.n_in = int(np.prod(self.in_shape))
         self.n_out = int(np.prod(self.out_shape))
@@ -175,31 +197,50 @@ class Conv2d:
         return self.in_shape[0] * self.kernel * self.kernel
 
     def describe(self) -> dict:
-        return {"kind": self.kind, "in_shape": list(self.in_shape), "c_out": self.out_shape[0],
-                "kernel": self.kernel, "stride": self.stride}
+        d = {"kind": self.kind, "in_shape": list(self.in_shape), "c_out": self.out_shape[0],
+             "kernel": self.kernel, "stride": self.stride}
+        if self.padding:
+            d["padding"] = self.padding
+        return d
 
     def _4d(self, v, shape):
         return np.ascontiguousarray(v).reshape((v.shape[0],) + shape)
 
+    def _padded_input(self, v_in):
+        """(B, C, H + 2p, W + 2p) input voltages (V) with the 0 V pad (the input itself when p = 0)."""
+        x = self._4d(v_in, self.in_shape)
+        if not self.padding:
+            return x
+        return _zero_pad(np.ascontiguousarray(x, dtype=np.float64), self.padding)
+
     def drive_out(self, w, v_in):
         out = np.zeros((v_in.shape[0],) + self.out_shape)
-        _conv_forward(w, self._4d(v_in, self.in_shape), self.stride, out)
+        _conv_forward(w, self._padded_input(v_in), self.stride, out)
         return out.reshape(v_in.shape[0], -1)
 
     def drive_in(self, w, v_out):
         out = np.zeros((v_out.shape[0],) + self.in_shape)
-        _conv_transpose(w, self._4d(v_out, self.out_shape), self.stride, out)
+        y = self._4d(v_out, self.out_shape)
+        if self.padding:
+            _conv_transpose_padded(w, np.ascontiguousarray(y, dtype=np.float64), self.stride, self.padding, out)
+        else:
+            _conv_transpose(w, y, self.stride, out)
         return out.reshape(v_out.shape[0], -1)
 
     def degree_out(self, w):
-        return self.drive_out(w, np.ones((1, self.n_in)))[0]
+        """(n_out,) total conductance at each output node: the whole kernel at every
+        position, the pad's conductances to the rail included."""
+        out = np.zeros((1,) + self.out_shape)
+        _conv_forward(w, np.ones((1,) + self.padded_shape), self.stride, out)
+        return out.reshape(-1)
 
     def degree_in(self, w):
         return self.drive_in(w, np.ones((1, self.n_out)))[0]
 
     def sq_drop_sum(self, v_in, v_out):
+        """(c_out, c_in, k, k) summed squared drops (V^2), the pad's ``(0 - v_j)^2`` included."""
         per_sample = np.zeros((v_in.shape[0],) + self.param_shape)
-        _conv_sq_drop(self._4d(v_in, self.in_shape), self._4d(v_out, self.out_shape),
+        _conv_sq_drop(self._padded_input(v_in), self._4d(v_out, self.out_shape),
                       self.stride, per_sample)
         return per_sample.sum(axis=0)
 
@@ -207,22 +248,60 @@ class Conv2d:
         """``sq_drop_sum(in_p, out_p) - sq_drop_sum(in_m, out_m)``."""
         return self.sq_drop_sum(in_p, out_p) - self.sq_drop_sum(in_m, out_m)
 
-    def pairs(self):
+    def _all_pairs(self):
+        """(param index, padded input position, output node) of every kernel position, and
+        whether that position lies inside the input: int arrays and a bool array."""
         co, ci, k, _ = self.param_shape
         _, h_out, w_out = self.out_shape
+        _, hp, wp = self.padded_shape
+        a, y, x, c, dy, dx = np.meshgrid(np.arange(co), np.arange(h_out), np.arange(w_out), np.arange(ci),
+                                         np.arange(k), np.arange(k), indexing="ij")
+        a, y, x, c, dy, dx = (v.ravel() for v in (a, y, x, c, dy, dx))
+        t = ((a * ci + c) * k + dy) * k + dx
+        j = (a * h_out + y) * w_out + x
+        py, px = y * self.stride + dy - self.padding, x * self.stride + dx - self.padding
         _, h, w = self.in_shape
-        t_list, i_list, j_list = [], [], []
-        for a in range(co):
-            for y in range(h_out):
-                for x in range(w_out):
-                    j = (a * h_out + y) * w_out + x
-                    for c in range(ci):
-                        for dy in range(k):
-                            for dx in range(k):
-                                t_list.append(((a * ci + c) * k + dy) * k + dx)
-                                i_list.append((c * h + y * self.stride + dy) * w + x * self.stride + dx)
-                                j_list.append(j)
-        return np.array(t_list), np.array(i_list), np.array(j_list)
+        inside = (py >= 0) & (py < h) & (px >= 0) & (px < w)
+        i = (c * h + np.clip(py, 0, h - 1)) * w + np.clip(px, 0, w - 1)
+        return t, i, j, inside
+
+    def pairs(self):
+        """(param_index, in_node, out_node) of every conductance between two nodes (in
+        output-channel, row, column, input-channel, kernel-row, kernel-column order); for
+        export and tests."""
+        t, i, j, inside = self._all_pairs()
+        return t[inside], i[inside], j[inside]
+
+    def pad_pairs(self):
+        """(param_index, out_node) of every conductance from an output node to the 0 V rail
+        (kernel positions in the pad), in :meth:`pairs` order; empty without padding."""
+        t, _, j, inside = self._all_pairs()
+        return t[~inside], j[~inside]
+
+
+@nb.njit(cache=True)
+def _zero_pad(v, pad):
+    """(B, C, H + 2 pad, W + 2 pad) copy of ``v`` (B, C, H, W) with a 0 V border."""
+    b, c, h, w = v.shape
+    out = np.zeros((b, c, h + 2 * pad, w + 2 * pad))
+    out[:, :, pad:pad + h, pad:pad + w] = v
+    return out
+
+
+@nb.njit(cache=True)
+def _conv_forward_padded(w, v_in, stride, pad, out):
+    """``out`` (B, C_out, H_out, W_out) = the drive of inputs ``v_in`` (B, C, H, W) zero-padded by ``pad``."""
+    _conv_forward(w, _zero_pad(v_in, pad), stride, out)
+
+
+@nb.njit(cache=True)
+def _conv_transpose_padded(w, v_out, stride, pad, out):
+    """``out`` (B, C, H, W) += the transpose drive of ``v_out`` (B, C_out, H_out, W_out) into the
+    input nodes of a conv padded by ``pad``: the current into the pad (fixed at 0 V) is dropped."""
+    b, c, h, wd = out.shape
+    full = np.zeros((b, c, h + 2 * pad, wd + 2 * pad))
+    _conv_transpose(w, v_out, stride, full)
+    out += full[:, :, pad:pad + h, pad:pad + wd]
 
 
 @nb.njit(parallel=True, cache=True)
@@ -297,5 +376,5 @@ def connection_from_description(d: dict):
     if d["kind"] == "dense":
         return Dense(tuple(d["in_shape"]), tuple(d["out_shape"]))
     if d["kind"] == "conv":
-        return Conv2d(tuple(d["in_shape"]), d["c_out"], d["kernel"], d["stride"])
+        return Conv2d(tuple(d["in_shape"]), d["c_out"], d["kernel"], d["stride"], d.get("padding", 0))
     raise EpsimError(f"unknown connection kind {d['kind']!r}")

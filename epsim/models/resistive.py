@@ -313,15 +313,16 @@ def build_mlp(image_shape, hidden=(64,), num_classes=10, **kw) -> ResistiveNetwo
 
 
 def build_cnn(image_shape, convs=((16, 3, 1),), hidden=(), num_classes=10, **kw) -> ResistiveNetwork:
-    """Resistive CNN: tied conv layers ``(channels, kernel, stride)``, then dense layers.
+    """Resistive CNN: tied conv layers ``(channels, kernel, stride)`` or ``(channels, kernel,
+    stride, padding)``, then dense layers.
 
     Pooling is done by strided convolutions (a resistive circuit has no max-pool).
     """
     c, h, w = image_shape
     shape = (2 * c, h, w)
     conns = []
-    for ch, k, s in convs:
-        conv = Conv2d(shape, ch, k, s)
+    for ch, k, s, *padding in convs:
+        conv = Conv2d(shape, ch, k, s, *padding)
         conns.append(conv)
         shape = conv.out_shape
     for n in list(hidden) + [num_classes]:

@@ -15,8 +15,8 @@ import numpy as np
 
 from ..circuit.diodes import clamp_current, ideal_violation
 from ..errors import ConvergenceError
-from ..models.connections import (SMALL_BATCH, _conv_forward, _conv_transpose, _dense_drive_in,
-                                  _dense_drive_out)
+from ..models.connections import (SMALL_BATCH, _conv_forward, _conv_forward_padded, _conv_transpose,
+                                  _conv_transpose_padded, _dense_drive_in, _dense_drive_out)
 from .base import Certificate, Equilibrium
 from .stop_rule import rule_step
 from .threads import PARALLEL_MIN_NODE_UPDATES, numba_threads, threads_for
@@ -214,13 +214,13 @@ def _residual(kinds, shapes, weights, a, bias, lo, hi, input_drive, v, beta, tar
 def connection_layout(net):
     """``(kinds, shapes, weights)`` describing ``net``'s connections to the jitted sweeps.
 
-    kinds: (L,) int64, :data:`KIND_DENSE` or :data:`KIND_CONV`; shapes: (L, 8) int64, a
-    dense ``(n_in, n_out)`` or a conv ``(c_out, c_in, k, stride, h, w, h_out, w_out)``;
+    kinds: (L,) int64, :data:`KIND_DENSE` or :data:`KIND_CONV`; shapes: (L, 9) int64, a
+    dense ``(n_in, n_out)`` or a conv ``(c_out, c_in, k, stride, h, w, h_out, w_out, padding)``;
     weights: tuple of flat float64 views of ``net.w`` (no copies).
     """
     L = net.num_layers
     kinds = np.zeros(L, dtype=np.int64)
-    shapes = np.zeros((L, 8), dtype=np.int64)
+    shapes = np.zeros((L, 9), dtype=np.int64)
     for l, conn in enumerate(net.connections):
         if conn.kind == "dense":
             kinds[l] = KIND_DENSE
@@ -230,7 +230,7 @@ def connection_layout(net):
             co, ci, k, _ = conn.param_shape
             _, h, w = conn.in_shape
             _, h_out, w_out = conn.out_shape
-            shapes[l] = (co, ci, k, conn.stride, h, w, h_out, w_out)
+            shapes[l] = (co, ci, k, conn.stride, h, w, h_out, w_out, conn.padding)
     weights = tuple(np.ascontiguousarray(w, dtype=np.float64).reshape(-1) for w in net.w)
     return kinds, shapes, weights
 
@@ -251,11 +251,17 @@ def _add_drive(kind, shape, w_flat, v, out, into_inputs):
         else:
             _dense_drive_out(v, w, tmp)
     else:
-        co, ci, k, stride, h, wd, h_out, w_out = shape
+        co, ci, k, stride, h, wd, h_out, w_out, pad = shape
         w = w_flat.reshape((co, ci, k, k))
         if into_inputs:
             tmp[:, :] = 0.0
-            _conv_transpose(w, v.reshape((batch, co, h_out, w_out)), stride, tmp.reshape((batch, ci, h, wd)))
+            if pad:
+                _conv_transpose_padded(w, v.reshape((batch, co, h_out, w_out)), stride, pad,
+                                       tmp.reshape((batch, ci, h, wd)))
+            else:
+                _conv_transpose(w, v.reshape((batch, co, h_out, w_out)), stride, tmp.reshape((batch, ci, h, wd)))
+        elif pad:
+            _conv_forward_padded(w, v.reshape((batch, ci, h, wd)), stride, pad, tmp.reshape((batch, co, h_out, w_out)))
         else:
             _conv_forward(w, v.reshape((batch, ci, h, wd)), stride, tmp.reshape((batch, co, h_out, w_out)))
     out += tmp

@@ -4,11 +4,15 @@ Same circuit, same algorithm and same stopping rule as :mod:`epsim.solvers.numba
 vectorised with torch ops instead of per-node loops:
 
 - dense crossbars: ``drive_out = v_in @ w``, ``drive_in = v_out @ w.T``;
-- tied conv crossbars (valid, stride ``s``): ``drive_out = conv2d(v_in, w, stride=s)``,
-  ``drive_in = conv_transpose2d(v_out, w, stride=s, output_padding=p)`` with
-  ``p = H_in - ((H_out - 1) * s + k)`` (the input rows/columns the last window does not
-  reach), so the transpose returns exactly the input grid;
-- self-conductances (degrees) are the drives of all-ones states.
+- tied conv crossbars (stride ``s``, zero padding ``p``): ``drive_out = conv2d(v_in, w,
+  stride=s, padding=p)`` (the pad sits at 0 V and drives nothing), ``drive_in =
+  conv_transpose2d(v_out, w, stride=s, padding=p, output_padding=q)`` with
+  ``q = H_in - ((H_out - 1) * s - 2 p + k)`` (the input rows/columns the last window does
+  not reach), so the transpose returns exactly the input grid (the current into the pad,
+  a fixed rail, is dropped);
+- self-conductances (degrees) are the drives of all-ones states; on the output side of a
+  padded conv the all-ones state covers the pad too (its conductances to the rail load
+  every border node with the whole kernel).
 
 Given its neighbours, every node's KCL is the 1-D equation ``a v - c + i_diode(v) = 0``
 (normalised units: conductances ``/ g_unit``, currents ``/ g_unit``, voltages in V; the
@@ -237,8 +241,7 @@ class TorchCircuit:
         self.nvt = [float(net.diode.n_vt_V) / pl for pl in p]
         self.degree = []
         for l in range(1, self.L + 1):
-            n_in = net.layer_sizes[l - 1]
-            d = self.drive_out(l - 1, torch.ones(1, n_in, dtype=self.dtype, device=self.device))[0]
+            d = self.degree_out(l - 1)
             if l < self.L:
                 n_out = net.layer_sizes[l + 1]
                 d = d + self.drive_in(l, torch.ones(1, n_out, dtype=self.dtype, device=self.device))[0]
@@ -276,7 +279,19 @@ class TorchCircuit:
         if conn.kind == "dense":
             return v_in @ w
         x = v_in.reshape((v_in.shape[0],) + conn.in_shape)
+        if conn.padding:
+            return F.conv2d(x, w, stride=conn.stride, padding=conn.padding).reshape(v_in.shape[0], -1)
         return F.conv2d(x, w, stride=conn.stride).reshape(v_in.shape[0], -1)
+
+    def degree_out(self, k):
+        """(n_{k+1},) total conductance connection k puts on each node of layer k+1: a padded
+        conv's conductances to the rail (the pad) included."""
+        conn = self.net.connections[k]
+        if conn.kind == "dense" or not conn.padding:
+            ones = torch.ones(1, self.net.layer_sizes[k], dtype=self.dtype, device=self.device)
+            return self.drive_out(k, ones)[0]
+        ones = torch.ones((1,) + conn.padded_shape, dtype=self.dtype, device=self.device)
+        return F.conv2d(ones, self.w[k], stride=conn.stride).reshape(-1)
 
     def drive_in(self, k, v_out):
         """(B, n_k) current ``sum_j w_ij v_out_j`` into layer k from layer k+1 (B, n_{k+1})."""
@@ -285,10 +300,12 @@ class TorchCircuit:
             return v_out @ w.T
         _, h, wd = conn.in_shape
         _, ho, wo = conn.out_shape
-        s, kk = conn.stride, conn.kernel
-        pad = (h - ((ho - 1) * s + kk), wd - ((wo - 1) * s + kk))
+        s, kk, p = conn.stride, conn.kernel, conn.padding
+        extra = (h - ((ho - 1) * s - 2 * p + kk), wd - ((wo - 1) * s - 2 * p + kk))
         y = v_out.reshape((v_out.shape[0],) + conn.out_shape)
-        return F.conv_transpose2d(y, w, stride=s, output_padding=pad).reshape(v_out.shape[0], -1)
+        if p:
+            return F.conv_transpose2d(y, w, stride=s, padding=p, output_padding=extra).reshape(v_out.shape[0], -1)
+        return F.conv_transpose2d(y, w, stride=s, output_padding=extra).reshape(v_out.shape[0], -1)
 
     # ---- inputs and node equations ------------------------------------------------------
     def input_voltages(self, x):

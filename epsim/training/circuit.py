@@ -24,7 +24,7 @@ from ..learning.ep import centered_ep, free_phase
 from ..learning.low_rank import grad_is_zero, grad_rms
 from ..learning.memristive import DeviceArray, get_device_model
 from ..learning.optim import ProjectedSGD, layer_learning_rates
-from ..models.arch import parse_arch
+from ..models.arch import has_padded_conv, parse_arch
 from ..models.connections import INITS
 from ..models.loading import load_network, restore_network  # noqa: F401  (re-exported)
 from ..models.registry import build_circuit_model, preset_settings
@@ -128,6 +128,9 @@ class TrainConfig:
             raise EpsimError("--wire-resistance must be a non-negative number of ohms")
         if r > 0 and self.amp_gain is not None and any(a != 1.0 for a in self.amp_gain):
             raise EpsimError("--wire-resistance > 0 with amplifiers (--amp-gain != 1) is not supported")
+        if r > 0 and self.arch is not None and has_padded_conv(self.arch):
+            raise EpsimError("--wire-resistance > 0 with a padded conv layer (conv:C:K:S:P, P > 0) is "
+                             "not supported: use padding 0 or wire resistance 0")
         if r > 0 and self.backend != "numba":
             raise EpsimError("--wire-resistance > 0 is solved by the CPU nodal solver: use --backend numba")
 
