@@ -67,6 +67,11 @@ def test_smoke_driver_and_notebooks(tmp_path, monkeypatch):
         assert pgd and all("certified_le_robust=pass" in p["checks"] for p in pgd), r
         assert all(float(r["robust_accuracy"]) <= float(p["robust_accuracy"]) for p in pgd), r
 
+    # the seed's protocol beside the harness's PGD: every model, both norms, checked against it
+    advep = [r for r in curves if r["attack"].startswith("advep-")]
+    assert {(r["model"], r["norm"]) for r in advep} == {(m, n) for m in ("circuit-cnn", "bp-cnn") for n in ("l2", "linf")}
+    assert all("advep_ge_harness=pass" in r["checks"] and r["sanity_ok"] == "True" for r in advep), advep
+
     # energy and latency: one run per circuit model (first seed), its summary and first image's traces
     energy = json.loads((out / "summary" / "energy" / "circuit-cnn-s0.json").read_text())
     assert energy["step"] == "energy/circuit-cnn-s0" and energy["command"].startswith("python -m epsim.energy")
@@ -118,7 +123,7 @@ def test_smoke_driver_and_notebooks(tmp_path, monkeypatch):
 
 
 def test_driver_dry_run_lists_every_scale(tmp_path):
-    for scale in ("smoke", "cpu", "gpu"):
+    for scale in ("smoke", "cpu", "mnist", "gpu"):
         proc = _driver("--scale", scale, "--out", str(tmp_path / scale), "--dry-run", timeout=120)
         assert proc.returncode == 0, proc.stderr
         assert "python -m epsim.train" in proc.stdout and "python -m epsim.robustness" in proc.stdout
@@ -126,6 +131,12 @@ def test_driver_dry_run_lists_every_scale(tmp_path):
         assert not (tmp_path / scale).exists()
     gpu = _driver("--scale", "gpu", "--out", str(tmp_path / "g"), "--dry-run", timeout=120).stdout
     assert "cifar10-paper" in gpu and "--dataset cifar10" in gpu and "--queries 1000 --test-subset 1000" in gpu
+    mnist = _driver("--scale", "mnist", "--out", str(tmp_path / "m"), "--dry-run", timeout=120).stdout
+    assert "--model drn-1h" in mnist and "--model cnn-deep" in mnist and "--dataset mnist" in mnist
+    for model in ("circuit-drn1h", "circuit-cnn-deep", "ep-cnn", "bp-cnn", "adv-cnn", "vit"):
+        # the seed's protocol beside the harness's PGD, same images and ε, for every model
+        assert f"robust/{model}-s0/advep-l2" in mnist and f"robust/{model}-s0/advep-linf" in mnist
+    assert "--attack advep-l2,pgd-l2 --eps 1,2,3" in mnist and "--unroll 29 --test-subset 1000" in mnist
 
 
 def test_certificates_for_circuit_models_only(tmp_path):

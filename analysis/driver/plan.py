@@ -123,6 +123,14 @@ def build_plan(scale: str, seeds, data_dir: str | None, out: Path, frost_dir: st
         for norm in ("l2", "linf"):
             groups.append((f"square-{norm}", ["--attack", f"square-{norm},pgd-{norm}", "--eps", sq[norm], *pgd,
                                               "--queries", a["queries"], "--test-subset", sq["n"], "--no-large-eps-check"], None))
+    # The seed paper's protocol (PGD-20 with its step rule, no restarts, BPTT through a truncated
+    # zero-start unroll for EP models) beside the harness's PGD on the same images and ε, so the
+    # difference between the two protocols is a reported number.
+    seed_protocol = a.get("advep")
+    for norm in ("l2", "linf") if seed_protocol else ():
+        groups.append((f"advep-{norm}", ["--attack", f"advep-{norm},pgd-{norm}", "--eps", seed_protocol[norm], *pgd,
+                                         "--unroll", seed_protocol["unroll"], "--test-subset", a["n"],
+                                         "--no-large-eps-check"], None))
     groups.append(("corruptions", ["--attack", "corruptions", "--severities", a["severities"], "--test-subset", a["n"]]
                    + (["--corruptions", a["corruptions"]] if a.get("corruptions") else [])
                    + (["--frost-dir", frost_dir] if frost_dir else []), None))

@@ -1,14 +1,15 @@
-"""What each scale of the analysis runs: ``PLANS[scale]`` (``smoke``, ``cpu``, ``gpu``).
+"""What each scale of the analysis runs: ``PLANS[scale]`` (``smoke``, ``cpu``, ``mnist``, ``gpu``).
 
 A plan names the dataset, the training seeds, the models (``family`` circuit or software, the
 ``python -m epsim.train`` options, one model per seed or only the first seed), the attacks (images,
-APGD steps and restarts, losses, Square queries, ε per norm, corruptions and severities), the
+APGD steps and restarts, losses, Square queries, ε per norm, corruptions and severities, and,
+where given, the seed paper's attack protocol ``advep`` beside the harness's), the
 adversarial-example, fidelity, device-sweep and energy settings. :func:`.plan.build_plan` turns
 a plan into command lines.
 """
 from __future__ import annotations
 
-SCALES = ("smoke", "cpu", "gpu")
+SCALES = ("smoke", "cpu", "mnist", "gpu")
 
 
 # Models: label -> how to train it. ``family`` is "circuit" (resistive EP network solved by
@@ -36,7 +37,7 @@ ENERGY_ATTACK_EPS = "0.5"
 PLANS = {
     "smoke": {
         "what": "digits; circuit CNN (numba, 3 epochs) and a tiny BP-CNN; 20 images, 5 PGD steps, "
-                "50 Square queries, 2 corruptions; SPICE fidelity on 2 samples; energy/latency transients on 20 images",
+                "50 Square queries, the seed's protocol at one eps per norm, 2 corruptions; SPICE fidelity on 2 samples; energy/latency transients on 20 images",
         "dataset": "digits",
         "seeds": (0,),
         "models": {
@@ -45,7 +46,7 @@ PLANS = {
                                 "--device", "cpu", "--epochs", "3", "--batch-size", "64"),
         },
         "attack": {"n": "20", "steps": "5", "restarts": "1", "loss": "ce", "queries": "50",
-                   "l2": "0.5,2", "linf": "0.1,0.3",
+                   "l2": "0.5,2", "linf": "0.1,0.3", "advep": {"l2": "2", "linf": "0.3", "unroll": "29"},
                    "corruptions": "gaussian_noise,contrast", "severities": "1,2,3,4,5"},
         "adversarial": {"norm": "l2", "eps": "2.0", "n": "4", "steps": "10"},
         "fidelity": {"model": "circuit-cnn", "samples": "2", "grad_n": "8", "grad_betas": "0.1,0.01",
@@ -84,6 +85,36 @@ PLANS = {
         "device": ["--model", "cnn", "--epochs", "10", "--robustness", "--attack-subset", "100"],
         # the whole digits test set; the early readout attacked on the robustness runs' image count
         "energy": {"n": "360", "attack_eps": ENERGY_ATTACK_EPS, "attack_n": "100", "attack_steps": "20", "traces": "4"},
+    },
+    "mnist": {
+        "what": "MNIST (60,000 train / the first seeded 1,000 test images attacked); circuits: DRN-1H (20 epochs) "
+                "and the deep circuit CNN cnn-deep (3 epochs), numba, ideal diodes, one seed each; software "
+                "EP-CNN, BP-CNN (x3 seeds), AdvCNN (PGD-L2 1.0), ViT with the mnist presets (torch, CPU); "
+                "APGD 20 steps CE+DLR+targeted DLR along every gradient path, 5 L2 / 4 Linf eps; the seed's "
+                "protocol (PGD-20, unroll 29) beside it at 3 L2 / 2 Linf eps; Square 1000 queries on 200 images; "
+                "certificates; 18 corruptions x 5 severities; energy/latency of the circuits on 1,000 images; "
+                "several hours on two cores, resumable",
+        "dataset": "mnist",
+        "seeds": (0, 1, 2),
+        "models": {
+            "circuit-drn1h": _circuit("drn-1h", "--epochs", "20", seeds="first"),
+            "circuit-cnn-deep": _circuit("cnn-deep", "--epochs", "3", seeds="first"),
+            "ep-cnn": _software("ep-cnn", "--preset", "mnist", "--device", "cpu", "--threads", "1"),
+            "bp-cnn": _software("bp-cnn", "--preset", "mnist", "--device", "cpu", "--threads", "1", seeds="all"),
+            "adv-cnn": _software("adv-cnn", "--preset", "mnist", "--device", "cpu", "--threads", "1",
+                                 "--adv-norm", "l2", "--adv-eps", "1.0"),
+            "vit": _software("vit", "--preset", "mnist", "--device", "cpu", "--threads", "1"),
+        },
+        "attack": {"n": "1000", "steps": "20", "restarts": "1", "loss": "ce,dlr,dlr-t", "queries": "1000",
+                   "l2": "0.5,1,1.5,2,3", "linf": "0.05,0.1,0.2,0.3",
+                   "square": {"n": "200", "l2": "1,2", "linf": "0.1,0.2"},
+                   "advep": {"l2": "1,2,3", "linf": "0.1,0.2", "unroll": "29"},
+                   "corruptions": None, "severities": "1,2,3,4,5"},
+        "adversarial": {"norm": "l2", "eps": "3.0", "n": "6", "steps": "50"},
+        "fidelity": {"model": "circuit-drn1h", "samples": "3", "grad_n": "100", "grad_betas": "0.5,0.1,0.01,0.001",
+                     "gdu": ["--dataset", "mnist", "--batch-size", "16"], "bench_spice": None},
+        "device": ["--model", "drn-xs", "--dataset", "mnist", "--epochs", "3", "--robustness", "--attack-subset", "200"],
+        "energy": {"n": "1000", "attack_eps": ENERGY_ATTACK_EPS, "attack_n": "100", "attack_steps": "20", "traces": "4"},
     },
     "gpu": {
         "what": "CIFAR-10 at the seed paper's scale: circuit CNN and MLP (torch backend on CUDA), EP-CNN / BP-CNN "
