@@ -138,22 +138,19 @@ def execute(steps, out: Path, scale: str, *, only=None, force=False, driver_comm
             status[step.name] = "done"
             log(f"[{now()}] {step.name}: done earlier, skipped")
             continue
-        if step.requires and shutil.which(step.requires) is None:
+        def not_run(state, error, why):
             manifest["steps"][step.name] = {"kind": step.kind, "command": display_command(step.argv, out),
-                                            "outputs": step.outputs, "status": "skipped",
-                                            "error": f"{step.requires} is not installed", **step.meta}
-            status[step.name] = "skipped"
-            log(f"[{now()}] {step.name}: skipped ({step.requires} is not installed)")
+                                            "outputs": step.outputs, "status": state, "error": error, **step.meta}
+            status[step.name] = state
+            log(f"[{now()}] {step.name}: {state} {why}")
             save_manifest(out, manifest)
+
+        if step.requires and shutil.which(step.requires) is None:
+            not_run("skipped", f"{step.requires} is not installed", f"({step.requires} is not installed)")
             continue
         blocked = [d for d in step.deps if status.get(d, manifest["steps"].get(d, {}).get("status")) != "done"]
         if blocked:
-            manifest["steps"][step.name] = {"kind": step.kind, "command": display_command(step.argv, out),
-                                            "outputs": step.outputs, "status": "blocked",
-                                            "error": f"needs {', '.join(blocked)}", **step.meta}
-            status[step.name] = "blocked"
-            log(f"[{now()}] {step.name}: blocked by {', '.join(blocked)}")
-            save_manifest(out, manifest)
+            not_run("blocked", f"needs {', '.join(blocked)}", f"by {', '.join(blocked)}")
             continue
         rec = run_step(step, out, env, log)
         manifest["steps"][step.name] = rec

@@ -1,4 +1,4 @@
-"""What every figure function shares: a new figure, saving it, a placeholder figure.
+"""What every figure function shares: a new figure, saving it, a placeholder figure or panel.
 
 Figures are :class:`matplotlib.figure.Figure` objects made without ``pyplot``: nothing is
 shown or kept open, whatever the backend, and each one is saved as PNG by
@@ -30,3 +30,10 @@ def placeholder(name: str, why: str, out=None) -> Path:
     ax.text(0.5, 0.5, why, ha="center", va="center", fontsize=9, wrap=True)
     ax.set_axis_off()
     return save(fig, name, out)
+
+
+def blank_panels(axes, why: str) -> None:
+    """Write ``why`` across each of ``axes`` (the panels a missing result would fill) and hide them."""
+    for ax in axes:
+        ax.text(0.5, 0.5, why, ha="center")
+        ax.set_axis_off()

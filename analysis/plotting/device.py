@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import common as C
 
-from .base import save, subplots
+from .base import blank_panels, save, subplots
 
 
 def load(results=None, quiet=False):
@@ -69,9 +69,7 @@ def device_realism(results=None, out=None):
             ax.text(0.5, 0.5, "the sweep ran no attacks", ha="center")
             ax.set_axis_off()
     else:
-        for a in axes[0]:
-            a.text(0.5, 0.5, "no device sweep in these results", ha="center")
-            a.set_axis_off()
+        blank_panels(axes[0], "no device sweep in these results")
     fig.tight_layout()
     return save(fig, "device_realism.png", out)
 

@@ -11,7 +11,7 @@ import numpy as np
 
 import common as C
 
-from .base import save, subplots
+from .base import blank_panels, save, subplots
 
 
 def load(results=None) -> dict:
@@ -52,9 +52,7 @@ def fidelity_spice(results=None, out=None):
         ax.legend(fontsize=7)
         ax.set_title(f"median ratio ngspice/numba = {sp['median_time_ratio']:.0f}×", fontsize=9)
     else:
-        for a in axes[0][:2]:
-            a.text(0.5, 0.5, "no SPICE comparison in these results", ha="center")
-            a.set_axis_off()
+        blank_panels(axes[0][:2], "no SPICE comparison in these results")
     if ncol == 3:
         ax = axes[0][2]
         b = bench["rows"]
@@ -113,9 +111,7 @@ def fidelity_gradients(results=None, out=None):
                      fontsize=9)
         ax.grid(alpha=0.3)
     else:
-        for a in axes[0]:
-            a.text(0.5, 0.5, "no input-gradient comparison in these results", ha="center")
-            a.set_axis_off()
+        blank_panels(axes[0], "no input-gradient comparison in these results")
     fig.tight_layout()
     return save(fig, "fidelity_gradients.png", out)
 
