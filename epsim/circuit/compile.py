@@ -71,12 +71,13 @@ def diode_card(diode: DiodeModel) -> DiodeCard:
     return DiodeCard(SHOCKLEY_MODEL, float(diode.is_A), float(diode.n))
 
 
-def with_diode(net, kind: str):
-    """Copy of ``net`` (same parameters) whose clamp diodes are ``kind`` (ideal|shockley)."""
+def with_diode(net, kind: str, **params):
+    """Copy of ``net`` (same parameters) whose clamp diodes are ``kind`` (ideal|shockley);
+    ``params`` replace diode parameters (``is_A`` in A, ``n``, ``temp_K`` in K)."""
     from ..models.resistive import ResistiveNetwork
 
     d = net.describe()
-    d["diode"] = dict(d["diode"], kind=kind)
+    d["diode"] = dict(d["diode"], kind=kind, **params)
     out = ResistiveNetwork.from_description(d)
     out.w = [w.copy() for w in net.w]
     out.b = [b.copy() for b in net.b]

@@ -1,0 +1,88 @@
+"""A trained circuit's test accuracy with its ideal diodes and with Shockley diodes, same conductances.
+
+    python analysis/diode_gap.py --checkpoint runs/cnn-deep/checkpoint.pt --data-dir DATA \
+        --test-subset 1000
+
+Training and the attacks use ideal clamp diodes (exact box constraints); a fabricated circuit
+has junctions with a soft knee and reverse leakage. This solves the free phase of the same
+seeded test images twice, with the checkpoint's conductances, biases and amplifiers, once with
+ideal diodes and once with Shockley diodes ``I = Is (exp(V / (n Vt)) - 1)`` at ``--is-a`` and
+``--n``, and prints the two accuracies and their difference as JSON. A sample whose free phase
+misses the KCL tolerance counts as wrong.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+import numpy as np
+
+from epsim.cli import set_command_environment
+from epsim.errors import EpsimError
+
+set_command_environment()  # the commands' thread settings (OpenMP workers sleep when idle)
+
+
+def accuracy(net, solver, x, y, batch_size=500) -> dict:
+    """Free-phase accuracy of ``net`` on images ``x`` (N, C, H, W), labels ``y`` (N,)."""
+    from epsim.learning.ep import free_phase
+
+    correct = unconverged = 0
+    worst = 0.0
+    for i in range(0, len(y), batch_size):
+        eq = free_phase(net, solver, x[i:i + batch_size])
+        ok = eq.certificate.converged
+        correct += int(np.sum(ok & (np.argmax(eq.v_free[-1], axis=1) == y[i:i + batch_size])))
+        unconverged += int(np.sum(~ok))
+        worst = max(worst, float(eq.certificate.max_residual_A))
+    return {"accuracy": correct / len(y), "unconverged": unconverged, "max_residual_A": worst}
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--checkpoint", required=True, help="checkpoint.pt of a circuit run of epsim.train")
+    p.add_argument("--data-dir", default=None, help="folder with the checkpoint's dataset (digits needs none)")
+    p.add_argument("--test-subset", type=int, default=1000, metavar="N",
+                   help="seeded random N test images (default: 1000)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the image subset (default: 0)")
+    p.add_argument("--is-a", type=float, default=1e-12, help="Shockley saturation current Is, A (default: 1e-12)")
+    p.add_argument("--n", type=float, default=1.0, help="Shockley emission coefficient (default: 1)")
+    p.add_argument("--tol", type=float, default=1e-9, help="free-phase KCL tolerance, A (default: 1e-9)")
+    p.add_argument("--threads", type=int, default=1, help="numba threads (default: 1)")
+    args = p.parse_args(argv)
+    try:
+        if args.test_subset < 1 or args.is_a <= 0 or args.n <= 0 or args.tol <= 0:
+            raise EpsimError("--test-subset, --is-a, --n and --tol must be positive")
+        import numba
+
+        from epsim.circuit.compile import with_diode
+        from epsim.data import default_data_dir, load_dataset
+        from epsim.models.loading import load_network
+        from epsim.solvers.factory import SolverConfig, make_solver
+
+        numba.set_num_threads(args.threads)
+        net, state = load_network(args.checkpoint)
+        dataset = state.get("config", {}).get("dataset", "digits")
+        ds = load_dataset(dataset, args.data_dir or default_data_dir())
+    except EpsimError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    n = min(args.test_subset, len(ds.y_test))
+    idx = np.sort(np.random.default_rng(args.seed).choice(len(ds.y_test), n, replace=False))
+    x, y = ds.x_test[idx], ds.y_test[idx]
+    solver = make_solver(SolverConfig(tol_A=args.tol, max_iter=100000))
+    ideal = with_diode(net, "ideal")
+    shockley = with_diode(net, "shockley", is_A=args.is_a, n=args.n)
+    result = {"checkpoint": str(args.checkpoint), "dataset": dataset, "n": n, "seed": args.seed,
+              "tol_A": args.tol, "shockley_diode": {"is_A": args.is_a, "n": args.n}}
+    for name, circuit in (("ideal", ideal), ("shockley", shockley)):
+        t0 = time.perf_counter()
+        result[name] = {**accuracy(circuit, solver, x, y), "wall_s": round(time.perf_counter() - t0, 1)}
+    result["gap_points"] = 100 * (result["ideal"]["accuracy"] - result["shockley"]["accuracy"])
+    print(json.dumps(result, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
