@@ -2,14 +2,17 @@
 
 ``_conv_forward`` / ``_conv_transpose`` (and their ``_padded`` forms, which the numba solver
 calls) work on whole windows (C_in, k, k) as contiguous vectors and skip nodes at exactly
-0 V; the references below are the straightforward loops over every kernel position. The
+0 V; the references are the straightforward loops over every kernel position (in the
+benchmark that times the two). The
 kernels sum the same terms in another order (the forward dot products in SIMD lanes), so the
 results differ by rounding: the tests allow 1e-12 of the output's largest magnitude (measured:
 about 1e-15).
 """
 from __future__ import annotations
 
-import numba as nb
+import importlib.util
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -19,39 +22,12 @@ from epsim.models.connections import (Conv2d, _conv_forward, _conv_forward_padde
 RTOL = 1e-12
 
 
-@nb.njit(cache=True)
-def reference_forward(w, v_in, stride, out):
-    """``out`` (B, C_out, H_out, W_out) = sum over (C_in, dy, dx) of ``w`` (C_out, C_in, k, k)
-    times the valid window of ``v_in`` (B, C_in, H, W)."""
-    co_n, ci_n, k, _ = w.shape
-    h_out, w_out = out.shape[2], out.shape[3]
-    for b in range(v_in.shape[0]):
-        for co in range(co_n):
-            for y in range(h_out):
-                for x in range(w_out):
-                    acc = 0.0
-                    for ci in range(ci_n):
-                        for dy in range(k):
-                            for dx in range(k):
-                                acc += w[co, ci, dy, dx] * v_in[b, ci, y * stride + dy, x * stride + dx]
-                    out[b, co, y, x] = acc
-
-
-@nb.njit(cache=True)
-def reference_transpose(w, v_out, stride, out):
-    """``out`` (B, C_in, H, W) += the scatter of every output ``v_out`` (B, C_out, H_out, W_out)
-    through ``w`` (C_out, C_in, k, k) into its window."""
-    co_n, ci_n, k, _ = w.shape
-    h_out, w_out = v_out.shape[2], v_out.shape[3]
-    for b in range(v_out.shape[0]):
-        for co in range(co_n):
-            for y in range(h_out):
-                for x in range(w_out):
-                    v = v_out[b, co, y, x]
-                    for ci in range(ci_n):
-                        for dy in range(k):
-                            for dx in range(k):
-                                out[b, ci, y * stride + dy, x * stride + dx] += w[co, ci, dy, dx] * v
+# the plain loops over every kernel position, which benchmarks/bench_conv_kernels.py times
+SPEC = importlib.util.spec_from_file_location(
+    "bench_conv_kernels", Path(__file__).resolve().parents[1] / "benchmarks" / "bench_conv_kernels.py")
+bench = importlib.util.module_from_spec(SPEC)
+SPEC.loader.exec_module(bench)
+reference_forward, reference_transpose = bench.reference_forward, bench.reference_transpose
 
 
 def _sparse_normal(rng, shape, zero_fraction):
