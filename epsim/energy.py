@@ -28,7 +28,7 @@ from __future__ import annotations
 import csv
 import sys
 import time
-from dataclasses import fields
+from dataclasses import asdict
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -152,17 +152,13 @@ def _phase(net, v_in, caps, args, probe_nodes=0, **kw):
 
 def _recorded_config(state) -> SimpleNamespace:
     """The training settings recorded in a circuit checkpoint (``state["config"]``), with the
-    defaults of settings older checkpoints did not record."""
-    recorded = {"target_high_V": 1.0, "lr_bias": None, "lr_layers": None, **state["config"]}
-    return SimpleNamespace(**recorded)
-
-
-def _recorded_solver(config):
-    """The solver settings of the training run ``config`` (defaults where not recorded)."""
+    defaults of settings older checkpoints did not record (solver settings included, so the
+    result serves :func:`~epsim.solvers.factory.make_solver` as it is)."""
     from .solvers.factory import SolverConfig
 
-    return SolverConfig(**{f.name: getattr(config, f.name) for f in fields(SolverConfig)
-                           if hasattr(config, f.name)})
+    recorded = {**asdict(SolverConfig()), "target_high_V": 1.0, "lr_bias": None, "lr_layers": None,
+                **state["config"]}
+    return SimpleNamespace(**recorded)
 
 
 def _update_energy_J(net, config, solver, x, labels, args) -> dict:
@@ -269,7 +265,7 @@ def main(argv=None):
         "early_readout": [{"time_s": float(t), "accuracy": float(a)} for t, a in zip(times, acc_at)],
     }
     if not args.no_training_step:
-        upd = _update_energy_J(net, config, make_solver(_recorded_solver(config)), x[:config.batch_size], y[:config.batch_size], args)
+        upd = _update_energy_J(net, config, make_solver(config), x[:config.batch_size], y[:config.batch_size], args)
         phases = per["energy_per_inference_J"] + per["energy_plus_J"] + per["energy_minus_J"]
         summary["training_step"] = {
             "phases_energy_J_per_image": stats(phases),
