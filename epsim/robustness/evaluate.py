@@ -507,34 +507,37 @@ def _cross_checks(rows, masks, sw, paths, correct, cfg):
                     f_mask, _, _, _ = sw.white_box("fgsm", norm, r["eps"], paths, cfg.losses, correct, None)
                 r["fgsm_robust_accuracy"] = float(f_mask.mean())
                 r["_checks"].append(S.check_iterative_vs_single(masks[attack, r["eps"]], f_mask, r["eps"]))
+
+    def protocol_gap(r, attack_mask, pgd_mask, norm):
+        r["harness_robust_accuracy"] = float(pgd_mask.mean())
+        r["protocol_gap"] = r["robust_accuracy"] - float(pgd_mask.mean())
+        r["_checks"].append(S.check_protocol_gap(attack_mask, pgd_mask, r["eps"]))
+
+    def blackbox_vs_whitebox(r, attack_mask, pgd_mask, norm):
+        c = S.check_blackbox_vs_whitebox(attack_mask, pgd_mask, r["eps"])
+        r["_checks"].append(c)
+        for w in by_attack.get(f"pgd-{norm}", []):
+            if w["eps"] == r["eps"]:
+                w["_checks"].append(c)
+
+    _against_pgd(by_attack, masks, "advep", "advep_ge_harness", protocol_gap)
+    _against_pgd(by_attack, masks, "square", "blackbox_vs_whitebox", blackbox_vs_whitebox)
+
+
+def _against_pgd(by_attack, masks, family, check_name, compare):
+    """For every row of the attacks of ``family``, ``compare(row, its mask, the PGD mask, norm)``
+    against the harness's PGD of the same norm and ε in this run, or a not-applicable
+    ``check_name`` where the run has no such PGD. Masks are ``(N,)`` bool, robust per image."""
     for attack, rs in by_attack.items():
-        family, norm = split_attack(attack)
-        if family != "advep":
+        fam, norm = split_attack(attack)
+        if fam != family:
             continue
         for r in rs:
             key = (f"pgd-{norm}", r["eps"])
             if key in masks:
-                harness = masks[key]
-                r["harness_robust_accuracy"] = float(harness.mean())
-                r["protocol_gap"] = r["robust_accuracy"] - float(harness.mean())
-                r["_checks"].append(S.check_protocol_gap(masks[attack, r["eps"]], harness, r["eps"]))
+                compare(r, masks[attack, r["eps"]], masks[key], norm)
             else:
-                r["_checks"].append(S.Check("advep_ge_harness", S.NA, f"no pgd-{norm} at ε={r['eps']:g} in this run"))
-    for attack, rs in by_attack.items():
-        family, norm = split_attack(attack)
-        if family != "square":
-            continue
-        for r in rs:
-            key = (f"pgd-{norm}", r["eps"])
-            if key in masks:
-                c = S.check_blackbox_vs_whitebox(masks[attack, r["eps"]], masks[key], r["eps"])
-                r["_checks"].append(c)
-                for w in by_attack.get(f"pgd-{norm}", []):
-                    if w["eps"] == r["eps"]:
-                        w["_checks"].append(c)
-            else:
-                r["_checks"].append(S.Check("blackbox_vs_whitebox", S.NA,
-                                            f"no pgd-{norm} at ε={r['eps']:g} in this run"))
+                r["_checks"].append(S.Check(check_name, S.NA, f"no pgd-{norm} at ε={r['eps']:g} in this run"))
 
 
 def _corruption_rows(sw, correct, clean_acc, clean_check) -> list:
