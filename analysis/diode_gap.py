@@ -24,18 +24,11 @@ from epsim.errors import EpsimError
 set_command_environment()  # the commands' thread settings (OpenMP workers sleep when idle)
 
 
-def accuracy(net, solver, x, y, batch_size=500) -> dict:
+def accuracy(net, solver, x, y) -> dict:
     """Free-phase accuracy of ``net`` on images ``x`` (N, C, H, W), labels ``y`` (N,)."""
-    from epsim.learning.ep import free_phase
+    from epsim.learning.ep import free_phase_counts
 
-    correct = unconverged = 0
-    worst = 0.0
-    for i in range(0, len(y), batch_size):
-        eq = free_phase(net, solver, x[i:i + batch_size])
-        ok = eq.certificate.converged
-        correct += int(np.sum(ok & (np.argmax(eq.v_free[-1], axis=1) == y[i:i + batch_size])))
-        unconverged += int(np.sum(~ok))
-        worst = max(worst, float(eq.certificate.max_residual_A))
+    correct, unconverged, worst = free_phase_counts(net, solver, x, y)
     return {"accuracy": correct / len(y), "unconverged": unconverged, "max_residual_A": worst}
 
 

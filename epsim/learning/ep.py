@@ -63,6 +63,20 @@ def free_phase(net, solver, x):
     return solver.solve(solver.prepare(net, net.input_voltages(x)), 0.0)
 
 
+def free_phase_counts(net, solver, x, y, batch_size=500) -> tuple:
+    """Free-phase predictions of images ``x`` (N, C, H, W) against labels ``y`` (N,), in
+    batches: ``(correct, unconverged, worst residual in A)``. A sample whose equilibrium
+    misses the solver's tolerance is counted as unconverged and never as correct."""
+    correct, unconverged, worst = 0, 0, 0.0
+    for i in range(0, len(y), batch_size):
+        eq = free_phase(net, solver, x[i:i + batch_size])
+        pred = np.argmax(eq.v_output, axis=1)
+        correct += int(np.sum((pred == y[i:i + batch_size]) & eq.certificate.converged))
+        unconverged += int(np.sum(~eq.certificate.converged))
+        worst = max(worst, float(eq.certificate.max_residual_A))
+    return correct, unconverged, worst
+
+
 def param_grads(net, eq_plus, eq_minus, beta, weights, factored=False):
     """Centered-EP parameter gradients from two nudged states (per-sample ``weights`` (B,)).
 

@@ -20,7 +20,7 @@ import numpy as np
 from ..circuit.diodes import DiodeModel
 from ..distributed import DataParallel
 from ..errors import EpsimError
-from ..learning.ep import centered_ep, free_phase
+from ..learning.ep import centered_ep, free_phase_counts
 from ..learning.low_rank import grad_is_zero, grad_rms
 from ..learning.memristive import DeviceArray, get_device_model
 from ..learning.optim import ProjectedSGD, layer_learning_rates
@@ -168,14 +168,7 @@ def evaluate(net, solver, x, y, batch_size=500, dp: DataParallel | None = None) 
     """
     dp = dp or DataParallel()
     idx = dp.shard(np.arange(len(y)))
-    x, y_local = x[idx], y[idx]
-    correct, unconverged, worst = 0, 0, 0.0
-    for i in range(0, len(y_local), batch_size):
-        eq = free_phase(net, solver, x[i:i + batch_size])
-        pred = np.argmax(eq.v_output, axis=1)
-        correct += int(np.sum((pred == y_local[i:i + batch_size]) & eq.certificate.converged))
-        unconverged += int(np.sum(~eq.certificate.converged))
-        worst = max(worst, eq.certificate.max_residual_A)
+    correct, unconverged, worst = free_phase_counts(net, solver, x[idx], y[idx], batch_size)
     correct, unconverged = (int(v) for v in dp.sum([correct, unconverged]))
     n = max(len(y), 1)
     return {"accuracy": correct / n, "unconverged": unconverged, "max_residual_A": dp.max(worst),
