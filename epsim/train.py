@@ -34,7 +34,7 @@ SHARED_OPTIONS = frozenset({
 TORCH_OPTIONS = frozenset({
     "preset", "device", "channels", "paddings", "lrs", "weight_decay", "t1", "t2", "solver", "ep_tol",
     "init_scale", "input_std_scale", "adv_norm", "adv_eps", "adv_steps", "adv_step_size", "embed_dim",
-    "depth", "heads", "no_augment", "time_limit"})
+    "depth", "heads", "no_augment", "time_limit", "stop_at_accuracy", "val_subset", "val_every"})
 TORCH_GROUP = "torch models (--model ep-cnn | bp-cnn | adv-cnn | vit, --backend torch)"
 _PRESET = " (default: from the preset)"
 
@@ -184,6 +184,14 @@ def _add_torch_options(g) -> None:
                    help="no random crop + flip (applied by default on CIFAR images only)")
     g.add_argument("--time-limit", type=float, default=None, metavar="MIN",
                    help="stop training after this many minutes of wall time, evaluate and write metrics")
+    g.add_argument("--stop-at-accuracy", type=float, default=None, metavar="FRACTION",
+                   help="stop training once the accuracy on --val-subset held-out training images reaches "
+                        "this fraction (e.g. 0.5), to compare models at matched clean accuracy; the test "
+                        "set is not looked at (default: train every epoch)")
+    g.add_argument("--val-subset", type=int, default=None, metavar="N",
+                   help="with --stop-at-accuracy: training images held out for the check (default: 2000)")
+    g.add_argument("--val-every", type=int, default=None, metavar="BATCHES",
+                   help="with --stop-at-accuracy: batches between checks, and at every epoch's end (default: 50)")
 
 
 # TrainConfig field of each circuit option whose name differs from the field's
@@ -199,7 +207,7 @@ TORCH_CONFIG_FIELDS = {"lr_schedule": "schedule", "ep_tol": "tol"}
 TORCH_CONFIG_OPTIONS = ("dataset", "epochs", "batch_size", "lr", "lrs", "momentum", "weight_decay", "lr_schedule",
                         "channels", "paddings", "t1", "t2", "beta", "solver", "ep_tol", "init_scale",
                         "input_std_scale", "adv_norm", "adv_eps", "adv_steps", "adv_step_size", "embed_dim",
-                        "depth", "heads")
+                        "depth", "heads", "stop_at_accuracy", "val_subset", "val_every")
 
 
 def main(argv=None):
@@ -256,6 +264,8 @@ def train_software_model(args, given: set) -> dict:
         raise EpsimError(f"--embed-dim {config.embed_dim} must be a multiple of --heads {config.heads}")
     if args.time_limit is not None and not args.time_limit > 0:
         raise EpsimError("--time-limit must be a positive number of minutes")
+    if ({"val_subset", "val_every"} & given) and args.stop_at_accuracy is None:
+        raise EpsimError("--val-subset and --val-every apply with --stop-at-accuracy only")
     check_run_options(args)
     from .models.loading import pick_device
 

@@ -215,3 +215,47 @@ def test_time_limit_stops_and_still_writes_metrics(tmp_path):
     m = train_torch(cfg, ds, tmp_path, time_limit_s=1e-9, progress=False, log=lambda *a: None)
     assert m["stopped_early"] and m["epochs_completed"] < 1
     assert json.loads((tmp_path / "metrics.json").read_text())["stopped_early"] is True
+
+
+def test_hold_out_is_a_seeded_disjoint_split():
+    from epsim.training.software import hold_out
+
+    x, y = torch.arange(50.0).reshape(50, 1), torch.arange(50)
+    xt, yt, xv, yv = hold_out(x, y, 10, seed=3)
+    assert len(yv) == 10 and len(yt) == 40
+    assert set(yt.tolist()).isdisjoint(yv.tolist()) and set(yt.tolist()) | set(yv.tolist()) == set(range(50))
+    assert torch.equal(hold_out(x, y, 10, seed=3)[3], yv) and not torch.equal(hold_out(x, y, 10, seed=4)[3], yv)
+    with pytest.raises(EpsimError, match="leaves no training images"):
+        hold_out(x, y, 50, seed=0)
+
+
+def _learnable(n_train=400, n_test=40, seed=0):
+    """Two classes told apart by the mean brightness: a small CNN learns them in a few batches."""
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 2, n_train + n_test)
+    x = (rng.random((n_train + n_test, 3, 8, 8)) * 0.5 + 0.5 * y[:, None, None, None]).astype(np.float32)
+    return Dataset("synthetic", x[:n_train], y[:n_train], x[n_train:], y[n_train:], 2)
+
+
+def test_stop_at_accuracy_stops_on_held_out_images(tmp_path):
+    ds = _learnable()
+    cfg = resolve_config("bp-cnn", "cifar10-small", epochs=20, batch_size=8, dataset="synthetic",
+                         stop_at_accuracy=0.9, val_subset=100, val_every=5, **SMALL["bp-cnn"])
+    m = train_torch(cfg, ds, tmp_path, progress=False, log=lambda *a: None)
+    assert m["stop_reason"] == "accuracy" and m["stopped_early"] and m["epochs_completed"] < 20
+    assert m["validation_accuracy"] >= 0.9 and m["n_validation"] == 100
+    # the check sees only held-out training images: the last entry's validation accuracy is
+    # the one that stopped the run, recorded apart from the test accuracy
+    last = m["history"][-1]
+    assert last["validation_accuracy"] == m["validation_accuracy"]
+    saved = json.loads((tmp_path / "metrics.json").read_text())
+    assert saved["stop_reason"] == "accuracy"
+
+
+def test_unreachable_accuracy_target_runs_every_epoch():
+    ds = synthetic()   # random labels: 0.99 on held-out images is out of reach
+    cfg = resolve_config("bp-cnn", "cifar10-small", epochs=2, batch_size=8, dataset="synthetic",
+                         stop_at_accuracy=0.99, val_subset=8, **SMALL["bp-cnn"])
+    m = train_torch(cfg, ds, None, progress=False, log=lambda *a: None)
+    assert m["stop_reason"] is None and not m["stopped_early"] and m["epochs_completed"] == 2
+    assert len(m["history"]) == 2 and all("validation_accuracy" in h for h in m["history"])

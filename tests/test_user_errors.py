@@ -142,3 +142,14 @@ def test_export_infinite_tolerance(tmp_path, no_data):
     from epsim.export import main
 
     _one_line_error(main, ["--reference", "--out", str(tmp_path / "x"), "--tol", "inf"], "--tol")
+
+
+@pytest.mark.parametrize("argv, pattern", [
+    (["--model", "bp-cnn", "--stop-at-accuracy", "1.5"], "--stop-at-accuracy"),
+    (["--model", "bp-cnn", "--stop-at-accuracy", "0"], "--stop-at-accuracy"),
+    (["--model", "bp-cnn", "--val-every", "10"], "apply with --stop-at-accuracy only"),
+    (["--model", "bp-cnn", "--stop-at-accuracy", "0.5", "--val-subset", "0"], "--val-subset"),
+    (["--model", "cnn", "--stop-at-accuracy", "0.5"], "torch models"),
+])
+def test_train_accuracy_target_options(no_data, argv, pattern):
+    _one_line_error(_train, argv, pattern)

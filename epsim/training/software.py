@@ -85,6 +85,9 @@ class TorchTrainConfig:
     train_subset: int | None = None
     test_subset: int | None = None
     eval_batch_size: int = 256
+    stop_at_accuracy: float | None = None  # stop once the held-out validation accuracy reaches this
+    val_subset: int = 2000                # training images held out for that check (with stop_at_accuracy)
+    val_every: int = 50                   # batches between validation checks (and at every epoch's end)
 
     def validate(self):
         checks = [
@@ -97,6 +100,10 @@ class TorchTrainConfig:
             (self.eval_batch_size >= 1, "eval batch size must be at least 1"),
             (math.isfinite(self.weight_decay), "--weight-decay must be a finite number"),
             (self.seed >= 0, "--seed must be non-negative"),
+            (self.stop_at_accuracy is None or 0 < self.stop_at_accuracy < 1,
+             "--stop-at-accuracy must be a fraction in (0, 1), e.g. 0.5"),
+            (self.val_subset >= 1, "--val-subset must be at least 1"),
+            (self.val_every >= 1, "--val-every must be at least 1"),
         ]
         checks += self._shape_checks()
         if self.model == "ep-cnn":
@@ -371,9 +378,12 @@ def train_torch(config: TorchTrainConfig, dataset, out_dir=None, *, resume=False
 
     x_train, y_train = torch.from_numpy(dataset.x_train).float(), torch.from_numpy(dataset.y_train)
     x_test, y_test = torch.from_numpy(dataset.x_test).float(), torch.from_numpy(dataset.y_test)
+    x_val = y_val = None
+    if config.stop_at_accuracy is not None:
+        x_train, y_train, x_val, y_val = hold_out(x_train, y_train, config.val_subset, config.seed)
     n_train = len(y_train)
     n_batches = num_batches(n_train, config.batch_size)
-    stopped_early = False
+    stop_reason, val_accuracy = None, None
     for epoch in range(run.epoch, config.epochs):
         lr = set_lr(optimizer, config, epoch + start_batch / n_batches)
         order = torch.from_numpy(epoch_order(config.seed, epoch, n_train))
@@ -395,17 +405,24 @@ def train_torch(config: TorchTrainConfig, dataset, out_dir=None, *, resume=False
                 run.save(epoch, k + 1, tally, payload)
                 return {"interrupted": True}
             if run.out_of_time():
-                stopped_early = True
-                start_batch = k + 1
+                stop_reason, start_batch = "time limit", k + 1
                 break
+            if x_val is not None and ((k + 1) % config.val_every == 0 or k + 1 == n_batches):
+                val_accuracy = evaluate(model, x_val, y_val, dev, config.eval_batch_size)["accuracy"]
+                if val_accuracy >= config.stop_at_accuracy and k + 1 < n_batches:
+                    stop_reason, start_batch = "accuracy", k + 1
+                    break
             run.save_if_due(epoch, k + 1, tally, payload)
+        stopped_early = stop_reason is not None
         test = evaluate(model, x_test, y_test, dev, config.eval_batch_size)
         entry = {"epoch": epoch + 1 if not stopped_early else epoch + start_batch / n_batches,
                  "lr": lr, "train_loss": tally.loss_sum / max(tally.n, 1),
                  "train_accuracy": tally.correct / max(tally.n, 1), "test_accuracy": test["accuracy"],
                  "test_loss": test["loss"], "wall_seconds": run.wall()}
         if stopped_early:
-            entry["partial"] = True          # the time limit cut this epoch short
+            entry["partial"] = True          # the time limit or the accuracy target cut this epoch short
+        if val_accuracy is not None:
+            entry["validation_accuracy"] = val_accuracy
         if config.model == "ep-cnn":
             entry.update(mean_steps_per_sample=tally.steps / max(tally.batches, 1),
                          train_unconverged=int(tally.unconverged), train_unused=int(tally.unused),
@@ -418,28 +435,62 @@ def train_torch(config: TorchTrainConfig, dataset, out_dir=None, *, resume=False
             + (f", {entry['mean_steps_per_sample']:.0f} relaxation steps/sample (3 phases), unconverged "
                f"train {entry['train_unconverged']} test {entry['test_unconverged']}"
                if config.model == "ep-cnn" else ""))
-        if stopped_early:
+        if stop_reason == "time limit":
             run.save(epoch, start_batch, tally, payload)
             log(f"time limit of {time_limit_s:.0f} s reached; stopped in epoch {epoch + 1} "
                 f"(continue with --resume and a larger limit)")
             break
+        if stop_reason == "accuracy":
+            run.save(epoch, start_batch, tally, payload)
+            log(f"validation accuracy {val_accuracy:.4f} reached --stop-at-accuracy "
+                f"{config.stop_at_accuracy:g} in epoch {entry['epoch']:.3g}; stopped")
+            break
+        if x_val is not None and val_accuracy >= config.stop_at_accuracy and epoch + 1 < config.epochs:
+            stop_reason = "accuracy"        # reached at the end of an epoch
+            run.save(epoch + 1, 0, _Tally(), payload)
+            log(f"validation accuracy {val_accuracy:.4f} reached --stop-at-accuracy "
+                f"{config.stop_at_accuracy:g} at the end of epoch {epoch + 1}; stopped")
+            break
         tally = _Tally()
         run.save(epoch + 1, 0, tally, payload)
         start_batch = 0
-    metrics = final_metrics(config, model, history, run.wall(), len(y_test), dev, stopped_early)
+    metrics = final_metrics(config, model, history, run.wall(), len(y_test), dev, stop_reason)
     run.write_metrics(metrics)
     return metrics
 
 
-def final_metrics(config, model, history, wall_seconds, n_test, device, stopped_early=False) -> dict:
-    """metrics.json of a torch run (:func:`.run.summary_metrics` plus the torch trainer's fields)."""
+def hold_out(x: torch.Tensor, y: torch.Tensor, n_val: int, seed: int):
+    """``(x_train, y_train, x_val, y_val)``: ``n_val`` training images drawn with ``seed`` and
+    held out for validation; the rest, in their original order, for training.
+
+    Raises:
+        EpsimError: ``n_val`` leaves no training images.
+    """
+    if n_val >= len(y):
+        raise EpsimError(f"--val-subset {n_val} leaves no training images (the training set has {len(y)})")
+    val = np.sort(np.random.default_rng([seed, 1]).permutation(len(y))[:n_val])
+    keep = np.ones(len(y), dtype=bool)
+    keep[val] = False
+    keep_t, val_t = torch.from_numpy(np.flatnonzero(keep)), torch.from_numpy(val)
+    return x[keep_t], y[keep_t], x[val_t], y[val_t]
+
+
+def final_metrics(config, model, history, wall_seconds, n_test, device, stop_reason=None) -> dict:
+    """metrics.json of a torch run (:func:`.run.summary_metrics` plus the torch trainer's fields).
+
+    ``stop_reason``: None (every epoch ran), ``"time limit"`` or ``"accuracy"`` (the held-out
+    validation accuracy reached ``config.stop_at_accuracy``).
+    """
     last = history[-1] if history else {}
     out = summary_metrics(
         config, history, wall_seconds, backend="torch", dataset=config.dataset, model=config.model,
         preset=config.preset, epochs=config.epochs, epochs_completed=last.get("epoch", 0),
-        stopped_early=stopped_early, n_test=n_test, num_params=int(sum(p.numel() for p in model.parameters())),
+        stopped_early=stop_reason is not None, stop_reason=stop_reason, n_test=n_test,
+        num_params=int(sum(p.numel() for p in model.parameters())),
         device=str(device), device_name=torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         torch_threads=torch.get_num_threads())
+    if config.stop_at_accuracy is not None:
+        out.update(validation_accuracy=last.get("validation_accuracy"), n_validation=config.val_subset)
     if config.model == "ep-cnn":
         # the EP-CNN's inference is T1 relaxation steps (the published loop): a free phase that
         # stops at T1 still gives the model's prediction, as in epsim.robustness
