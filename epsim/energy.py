@@ -278,7 +278,7 @@ def main(argv=None):
         summary["early_readout_attack"] = _attack_readout(net, x[:args.attack_subset], y[:args.attack_subset], times, caps,
                                                           args)
     settings = {"checkpoint": str(args.checkpoint), "model": net.name, "arch": net.arch, "diode": net.diode.kind,
-                "input_gain_V": net.input_gain_V, "amp_gains": net.amp_gains.tolist(),
+                "input_gain_V": net.input_gain_V, "input_center": net.input_center, "amp_gains": net.amp_gains.tolist(),
                 "cell_capacitance_F": args.cell_capacitance, "node_capacitance_F": args.node_capacitance,
                 "t_stop_s": args.t_stop, "dt_max_s": args.dt_max, "lte_tol_V": args.lte_tol,
                 "settle_tol_V": args.settle_tol, "tol_A": args.tol, "dataset": config.dataset}

@@ -96,6 +96,10 @@ def _add_circuit_model_options(g, d: TrainConfig) -> None:
                    help="input source voltage for a pixel of value 1, applied as +V and -V "
                         "(default: per model and image size, e.g. 16 V for the digits cnn/mlp, "
                         "64 V for the MNIST mlp, 480 V for drn-1h, 16 V for an --arch circuit)")
+    g.add_argument("--input-center", type=float, default=d.input_center, metavar="PIXEL",
+                   help="pixel value whose input sources sit at 0 V: a pixel x drives +gain*(x - PIXEL) "
+                        "and -gain*(x - PIXEL); 0.5 centres natural images such as CIFAR-10 "
+                        f"(default: {d.input_center:g}, black at 0 V)")
     add_list(g, "--amp-gain", item=float, default=None, metavar="A",
              help="bidirectional amplifier gain between consecutive free layers: one "
                   "value for every boundary or one per boundary (input side first); 1 = "
@@ -197,7 +201,7 @@ def _add_torch_options(g) -> None:
 # TrainConfig field of each circuit option whose name differs from the field's
 CONFIG_FIELDS = {"input_gain": "input_gain_V", "amp_gain": "amp_gain", "g_max": "g_max_S", "g_min": "g_min_S", "tol": "tol_A",
                  "device_model": "device_model", "wire_resistance": "wire_resistance_ohm"}
-CIRCUIT_CONFIG_OPTIONS = ("dataset", "arch", "backend", "diode", "input_gain", "amp_gain", "g_max", "g_min", "tol",
+CIRCUIT_CONFIG_OPTIONS = ("dataset", "arch", "backend", "diode", "input_gain", "input_center", "amp_gain", "g_max", "g_min", "tol",
                           "nudge_rtol", "max_iter", "device_model", "wire_resistance", "epochs",
                           "batch_size", "lr", "lr_bias", "lr_layers", "momentum", "lr_schedule",
                           "lr_decay", "init", "weight_gain", "beta", "seed", "train_subset",

@@ -268,7 +268,8 @@ def _notes(net, beta) -> list:
     lines = [
         f"model: {net.name}, layers {' -> '.join(str(tuple(s)) for s in net.layer_shapes)}",
         "connections: " + ", ".join(c.kind for c in net.connections)
-        + f"; g_unit {net.ranges.g_unit_S!r} S; input gain {net.input_gain_V!r} V",
+        + f"; g_unit {net.ranges.g_unit_S!r} S; input gain {net.input_gain_V!r} V"
+        + (f" around pixel value {net.input_center!r}" if net.input_center else ""),
         f"clamp diodes: {diode}",
         f"phase: {phase}, signed beta = {beta!r} (nudge conductance beta*g_unit to tgt_k)",
     ]

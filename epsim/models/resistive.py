@@ -2,8 +2,9 @@
 
 Circuit
 -------
-- Layer 0: input nodes held by ideal voltage sources at ``input_gain_V * (+x, -x)``
-  (both polarities, so positive conductances can produce signed effects).
+- Layer 0: input nodes held by ideal voltage sources at ``input_gain_V * (+(x - c), -(x - c))``
+  (both polarities, so positive conductances can produce signed effects), with ``c`` the
+  ``input_center`` pixel value that maps to 0 V (default 0: black is 0 V).
 - Hidden layers: free nodes with clamp diodes to the 0 V rail. Excitatory units have a
   diode from the rail to the node (``v >= 0``); inhibitory units a diode from the node to
   the rail (``v <= 0``). Channels (CNN) or units (MLP) are split half/half.
@@ -79,10 +80,13 @@ class ResistiveNetwork:
     """
 
     def __init__(self, image_shape, connections, *, input_gain_V=1.0, diode=None,
-                 ranges=None, name="custom", amp_gains=None):
+                 ranges=None, name="custom", amp_gains=None, input_center=0.0):
         self.image_shape = tuple(int(s) for s in image_shape)
         self.connections = list(connections)
         self.input_gain_V = float(input_gain_V)
+        self.input_center = float(input_center)
+        if not (np.isfinite(self.input_center) and 0.0 <= self.input_center <= 1.0):
+            raise EpsimError(f"input center must be a pixel value in [0, 1], got {input_center!r}")
         self.diode = diode or DiodeModel()
         self.ranges = ranges or CircuitRanges()
         self.name = name
@@ -176,6 +180,7 @@ class ResistiveNetwork:
             "image_shape": list(self.image_shape),
             "connections": [c.describe() for c in self.connections],
             "input_gain_V": self.input_gain_V,
+            "input_center": self.input_center,
             "diode": self.diode.to_dict(),
             "amp_gains": [float(a) for a in self.amp_gains],
             "ranges": {"g_unit_S": self.ranges.g_unit_S, "g_min_S": self.ranges.g_min_S,
@@ -187,7 +192,7 @@ class ResistiveNetwork:
         net = cls(d["image_shape"], [connection_from_description(c) for c in d["connections"]],
                   input_gain_V=d["input_gain_V"], diode=DiodeModel.from_dict(d["diode"]),
                   ranges=CircuitRanges(**d["ranges"]), name=d["name"],
-                  amp_gains=d.get("amp_gains"))
+                  amp_gains=d.get("amp_gains"), input_center=d.get("input_center", 0.0))
         net.arch = d.get("arch")
         return net
 
@@ -258,8 +263,15 @@ class ResistiveNetwork:
             raise EpsimError(f"input images have shape {x.shape[1:]}, model expects {self.image_shape}")
         if not np.all(np.isfinite(x)):
             raise EpsimError("input contains NaN or inf values")
-        v = self.input_gain_V * np.concatenate([x, -x], axis=1)
-        return v.reshape(x.shape[0], -1)
+        return self.pixels_to_voltages(x, x)
+
+    def pixels_to_voltages(self, x_plus: np.ndarray, x_minus: np.ndarray) -> np.ndarray:
+        """``(B, n_0)`` input source voltages (V) with the ``+`` sources driven by images
+        ``x_plus`` and the ``-`` sources by ``x_minus`` (both (B, C, H, W) in [0, 1]; the same
+        array for an ordinary input, the two ends of a box for a certificate)."""
+        c = self.input_center
+        v = self.input_gain_V * np.concatenate([x_plus - c, c - x_minus], axis=1)
+        return v.reshape(x_plus.shape[0], -1)
 
     def energy(self, v_input, v_free, beta=0.0, target_V=None) -> np.ndarray:
         """Normalised total energy ``F`` (V^2) per sample for ideal diodes, shape ``(B,)``.

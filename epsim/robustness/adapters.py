@@ -170,7 +170,7 @@ class CircuitAdapter:
     def settings(self) -> dict:
         return {"model": self.name, "kind": self.kind, "backend": self.backend, "tol_A": self.tol_A,
                 "max_iter": self.max_iter, "diode": self.net.diode.kind,
-                "input_gain_V": self.net.input_gain_V, "scores": "output node voltages (V)",
+                "input_gain_V": self.net.input_gain_V, "input_center": self.net.input_center, "scores": "output node voltages (V)",
                 "ce": f"softmax cross-entropy of v_out / {self.ce_temperature_V:g} V",
                 "grad_tol_A": self.grad_tol_A, "ep_beta": self.ep_beta}
 

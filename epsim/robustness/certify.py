@@ -73,11 +73,7 @@ def box_corner_voltages(net, lo, hi) -> tuple:
     """``(lower, upper)`` input source voltages (B, n_0) of the pixel box ``[lo, hi]``
     (both (B, C, H, W)): the lower circuit has ``+`` sources at ``g lo`` and ``-`` sources at
     ``-g hi``, the upper one the opposite."""
-    g = net.input_gain_V
-    b = lo.shape[0]
-    upper = g * np.concatenate([hi, -lo], axis=1).reshape(b, -1)
-    lower = g * np.concatenate([lo, -hi], axis=1).reshape(b, -1)
-    return lower, upper
+    return net.pixels_to_voltages(lo, hi), net.pixels_to_voltages(hi, lo)
 
 
 def check_monotone_circuit(net):

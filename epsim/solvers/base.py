@@ -75,3 +75,22 @@ class Equilibrium:
     @property
     def v_output(self) -> np.ndarray:
         return self.v_free[-1]
+
+
+def check_no_floating_nodes(degrees) -> None:
+    """Refuse a circuit with a free node that no conductance connects (total conductance 0):
+    its KCL has no solution (a bias current into it) or no unique one.
+
+    Args:
+        degrees: per free layer ``1..L``, ``(n_l,)`` total normalised conductance of each node
+            (numpy arrays or torch tensors).
+
+    Raises:
+        ConvergenceError: naming the layer and the number of floating nodes.
+    """
+    for l, d in enumerate(degrees, start=1):
+        n_floating = int((d <= 0).sum())
+        if n_floating:
+            raise ConvergenceError(
+                f"layer {l} has {n_floating} node(s) with every conductance at 0 S (floating nodes have "
+                "no equilibrium): training drove them there; lower the learning rate or set --g-min above 0")

@@ -17,7 +17,7 @@ from ..circuit.diodes import clamp_current, ideal_violation
 from ..errors import ConvergenceError
 from ..models.connections import (SMALL_BATCH, _conv_forward, _conv_forward_padded, _conv_transpose,
                                   _conv_transpose_padded, _dense_drive_in, _dense_drive_out)
-from .base import Certificate, Equilibrium
+from .base import Certificate, Equilibrium, check_no_floating_nodes
 from .stop_rule import rule_step
 from .threads import PARALLEL_MIN_NODE_UPDATES, numba_threads, threads_for
 
@@ -402,6 +402,7 @@ class LayeredProblem:
             if l < L:
                 d = d + net.connections[l].degree_in(net.w[l])
             self.degree.append(np.ascontiguousarray(d))
+        check_no_floating_nodes(self.degree)
         with threads_for(self.node_updates):
             self.input_drive = net.connections[0].drive_out(net.w[0], self.v_input)
         self.layer_p = np.ascontiguousarray(net.layer_scale, dtype=np.float64)

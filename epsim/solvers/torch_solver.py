@@ -39,7 +39,7 @@ import torch.nn.functional as F
 
 from ..circuit.diodes import TorchRails, clamp_current_torch, ideal_violation_torch
 from ..errors import ConvergenceError, EpsimError
-from .base import Certificate, Equilibrium
+from .base import Certificate, Equilibrium, check_no_floating_nodes
 from .stop_rule import rule_step
 
 NEWTON_MAX_ITER = 200
@@ -236,6 +236,7 @@ class TorchCircuit:
         self.rails = [TorchRails(lo, hi) for lo, hi in zip(self.lo, self.hi)]
         self.g_unit_S = float(net.ranges.g_unit_S)
         self.input_gain_V = float(net.input_gain_V)
+        self.input_center = float(net.input_center)
         self.shockley = net.diode.kind == "shockley"
         self.is_n = [float(net.diode.is_A / net.ranges.g_unit_S) / pl for pl in p]
         self.nvt = [float(net.diode.n_vt_V) / pl for pl in p]
@@ -246,6 +247,7 @@ class TorchCircuit:
                 n_out = net.layer_sizes[l + 1]
                 d = d + self.drive_in(l, torch.ones(1, n_out, dtype=self.dtype, device=self.device))[0]
             self.degree.append(d)
+        check_no_floating_nodes(self.degree)
 
     def tensor(self, x):
         """``x`` (array or tensor) as a tensor of this circuit's dtype and device."""
@@ -309,7 +311,8 @@ class TorchCircuit:
 
     # ---- inputs and node equations ------------------------------------------------------
     def input_voltages(self, x):
-        """(B, n_0) input source voltages ``gain * (x, -x)`` (V) from images (B, C, H, W) in [0, 1].
+        """(B, n_0) input source voltages ``gain * (x - c, c - x)`` (V; ``c`` the network's
+        ``input_center``) from images (B, C, H, W) in [0, 1].
 
         Differentiable: keeps ``x``'s autograd graph (``x`` is cast to this circuit's dtype).
         """
@@ -320,6 +323,7 @@ class TorchCircuit:
         if tuple(x.shape[1:]) != self.net.image_shape:
             raise EpsimError(f"input images have shape {tuple(x.shape[1:])}, model expects {self.net.image_shape}")
         x = x.to(device=self.device, dtype=self.dtype)
+        x = x - self.input_center
         return (self.input_gain_V * torch.cat([x, -x], dim=1)).reshape(x.shape[0], -1)
 
     def self_conductance(self, l, beta=0.0):

@@ -57,6 +57,7 @@ class TrainConfig:
     beta: float = 0.5
     seed: int = 0
     input_gain_V: float | None = None  # None: the model's default
+    input_center: float = 0.0  # pixel value whose input sources sit at 0 V
     amp_gain: list | None = None  # amplifier gains between free layers (one, or one per boundary)
     target_high_V: float = 1.0
     weight_gain: float = 1.0
@@ -97,6 +98,8 @@ class TrainConfig:
             (np.isfinite(self.beta) and self.beta > 0, "--beta must be a positive number"),
             (self.input_gain_V is None or (np.isfinite(self.input_gain_V) and self.input_gain_V > 0),
              "--input-gain must be positive (volts)"),
+            (np.isfinite(self.input_center) and 0 <= self.input_center <= 1,
+             "--input-center must be a pixel value in [0, 1]"),
             (self.amp_gain is None or (len(self.amp_gain) > 0 and all(
                 np.isfinite(a) and a > 0 for a in self.amp_gain)), "--amp-gain must be positive numbers"),
             (np.isfinite(self.tol_A) and self.tol_A > 0, "--tol must be positive (amperes)"),
@@ -155,7 +158,8 @@ def build_network(config: TrainConfig, dataset) -> ResistiveNetwork:
     ranges = CircuitRanges(config.g_unit_S, config.g_min_S, config.g_max_S)
     ranges = get_device_model(config.device_model).circuit_ranges(ranges)
     return build_circuit_model(config.model, dataset.image_shape, dataset.num_classes, arch=config.arch,
-                               input_gain_V=config.input_gain_V, diode=diode, ranges=ranges,
+                               input_gain_V=config.input_gain_V, input_center=config.input_center,
+                               diode=diode, ranges=ranges,
                                amp_gains=config.amp_gain)
 
 
