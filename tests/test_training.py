@@ -84,6 +84,30 @@ def test_layers_without_ep_signal_are_reported(tmp_path, digits):
     assert all(r > 0 for r in h["nudge_response_V_per_layer"]) and all(g > 0 for g in h["grad_rms_per_layer"])
 
 
+def test_dead_units_are_counted_per_hidden_layer(digits):
+    """A node held at its clamp on every image is dead: the count agrees with the free
+    equilibria solved directly, and a bias that pins a channel at its clamp raises it."""
+    from epsim.learning.ep import active_nodes, free_phase
+    from epsim.solvers.factory import make_solver
+    from epsim.training.circuit import build_network, evaluate
+
+    cfg = config()
+    net = build_network(cfg, digits)
+    net.init_params(np.random.default_rng(0), 1.0)
+    solver = make_solver(cfg)
+    x, y = digits.x_test, digits.y_test
+    dead = evaluate(net, solver, x, y, batch_size=25)["dead_units_per_layer"]
+    assert len(dead) == net.num_layers - 1
+    direct = active_nodes(net, free_phase(net, solver, x).v_free[:-1])
+    assert dead == [float(1.0 - a.any(axis=0).mean()) for a in direct]
+    excitatory = np.flatnonzero(net.rail_lo_V[0][::net.layer_shapes[1][1] * net.layer_shapes[1][2]] == 0)
+    net.b[0][excitatory[0]] = -1e3   # a large current out of an excitatory channel's nodes
+    pinned = evaluate(net, solver, x, y)["dead_units_per_layer"][0]
+    active = active_nodes(net, free_phase(net, solver, x).v_free[:1])[0].reshape((len(y),) + net.layer_shapes[1])
+    assert not active[:, excitatory[0]].any() and active[:, excitatory[0]].size > 0
+    assert pinned == float(1.0 - active.any(axis=0).mean()) > dead[0]
+
+
 @pytest.mark.parametrize("stop_after", [3, 15, 20])
 def test_interrupted_run_resumes_to_identical_result(tmp_path, digits, stop_after):
     full = train(config(), digits, tmp_path / "full", progress=False, log=lambda *_: None)

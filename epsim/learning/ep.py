@@ -63,10 +63,14 @@ def free_phase(net, solver, x):
     return solver.solve(solver.prepare(net, net.input_voltages(x)), 0.0)
 
 
-def free_phase_counts(net, solver, x, y, batch_size=500) -> tuple:
+def free_phase_counts(net, solver, x, y, batch_size=500, ever_active=None) -> tuple:
     """Free-phase predictions of images ``x`` (N, C, H, W) against labels ``y`` (N,), in
     batches: ``(correct, unconverged, worst residual in A)``. A sample whose equilibrium
-    misses the solver's tolerance is counted as unconverged and never as correct."""
+    misses the solver's tolerance is counted as unconverged and never as correct.
+
+    ever_active: optional list of ``L - 1`` boolean arrays ``(n_l,)``, one per hidden layer:
+    nodes off their clamp (:func:`active_nodes`) for any of these images are set True.
+    """
     correct, unconverged, worst = 0, 0, 0.0
     for i in range(0, len(y), batch_size):
         eq = free_phase(net, solver, x[i:i + batch_size])
@@ -74,7 +78,17 @@ def free_phase_counts(net, solver, x, y, batch_size=500) -> tuple:
         correct += int(np.sum((pred == y[i:i + batch_size]) & eq.certificate.converged))
         unconverged += int(np.sum(~eq.certificate.converged))
         worst = max(worst, float(eq.certificate.max_residual_A))
+        if ever_active is not None:
+            for seen, active in zip(ever_active, active_nodes(net, eq.v_free[:-1])):
+                seen |= active.any(axis=0)
     return correct, unconverged, worst
+
+
+def active_nodes(net, v_hidden) -> list:
+    """Per hidden layer, ``(B, n_l)`` True where a node is off its clamp: strictly inside its
+    diode's allowed side (``v > 0`` for an excitatory unit, ``v < 0`` for an inhibitory one).
+    An ideal diode holds a clamped node at exactly 0 V, a Shockley diode just past it."""
+    return [(v > lo) & (v < hi) for v, lo, hi in zip(v_hidden, net.rail_lo_V, net.rail_hi_V)]
 
 
 def param_grads(net, eq_plus, eq_minus, beta, weights, factored=False):

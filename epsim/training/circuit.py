@@ -168,15 +168,18 @@ def evaluate(net, solver, x, y, batch_size=500, dp: DataParallel | None = None) 
 
     A sample whose equilibrium misses the tolerance counts as wrong (:data:`UNCONVERGED_COUNTED_AS`,
     the rule of ``epsim.robustness``). With a multi-process ``dp`` each rank solves a shard and
-    the counts are summed.
+    the counts are summed. ``dead_units_per_layer``: per hidden layer, the fraction of nodes
+    held at their clamp for every image of ``x`` (they pass no signal and get no EP update).
     """
     dp = dp or DataParallel()
     idx = dp.shard(np.arange(len(y)))
-    correct, unconverged, worst = free_phase_counts(net, solver, x[idx], y[idx], batch_size)
+    ever_active = [np.zeros(n, dtype=bool) for n in net.layer_sizes[1:-1]]
+    correct, unconverged, worst = free_phase_counts(net, solver, x[idx], y[idx], batch_size, ever_active)
     correct, unconverged = (int(v) for v in dp.sum([correct, unconverged]))
+    ever_active = [a > 0 for a in dp.sum([a.astype(np.int64) for a in ever_active])]
     n = max(len(y), 1)
     return {"accuracy": correct / n, "unconverged": unconverged, "max_residual_A": dp.max(worst),
-            "n": len(y)}
+            "n": len(y), "dead_units_per_layer": [float(1.0 - a.mean()) for a in ever_active]}
 
 
 class _EpochTally:
@@ -327,6 +330,7 @@ def _train(config: TrainConfig, dataset, out_dir, dp, *, resume, progress, stop_
             "max_residual_A": max(tally.max_residual_A, test["max_residual_A"]),
             "mean_iterations_per_batch": tally.iterations / max(tally.batches, 1),
             **tally.signal_summary(),
+            "dead_units_per_layer": test["dead_units_per_layer"],
             "wall_seconds": run.wall()})
         h = history[-1]
         log(f"epoch {epoch + 1}/{config.epochs}: train loss {h['train_loss']:.4f} "
