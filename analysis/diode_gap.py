@@ -9,6 +9,16 @@ seeded test images twice, with the checkpoint's conductances, biases and amplifi
 ideal diodes and once with Shockley diodes ``I = Is (exp(V / (n Vt)) - 1)`` at ``--is-a`` and
 ``--n``, and prints the two accuracies and their difference as JSON. A sample whose free phase
 misses the KCL tolerance counts as wrong.
+
+``--hidden-rms V`` first moves the trained circuit to another operating point: every hidden
+layer's voltages are scaled to an RMS of ``V`` volts over its active nodes (measured on 200
+seeded *training* images with ideal diodes) by rescaling the input gain, the amplifier gains
+and the biases (:func:`epsim.circuit.compile.with_layer_scales`). With ideal diodes this is the
+same function (the JSON's ``ideal`` accuracy is that of the rescaled circuit, and
+``ideal_before_rescaling`` that of the checkpoint's); a Shockley diode's knee (a few tenths of
+a volt) stays where it is, so a larger ``V`` leaves it smaller beside the signals. The JSON
+reports the factors, the resulting input gain and amplifier gains, and the largest node
+voltage per layer on the test images.
 """
 from __future__ import annotations
 
@@ -32,6 +42,41 @@ def accuracy(net, solver, x, y) -> dict:
     return {"accuracy": correct / len(y), "unconverged": unconverged, "max_residual_A": worst}
 
 
+def active_rms(net, solver, x) -> list:
+    """Per hidden layer, the RMS voltage (V) over nodes off their clamp, free phase of ``x``."""
+    from epsim.learning.ep import active_nodes, free_phase
+
+    eq = free_phase(net, solver, x)
+    return [float(np.sqrt(np.mean(v[a] ** 2))) if a.any() else 0.0
+            for v, a in zip(eq.v_free[:-1], active_nodes(net, eq.v_free[:-1]))]
+
+
+def rescaled(net, solver, x_train, hidden_rms_V: float, seed: int) -> tuple:
+    """``(circuit, report)``: ``net`` with every hidden layer's active-node RMS moved to
+    ``hidden_rms_V`` on 200 seeded training images (ideal diodes), and what changed."""
+    from epsim.circuit.compile import with_layer_scales
+
+    idx = np.random.default_rng([seed, 2]).choice(len(x_train), min(200, len(x_train)), replace=False)
+    rms = active_rms(net, solver, x_train[np.sort(idx)])
+    if min(rms) <= 0:
+        raise EpsimError("a hidden layer has no active node on the calibration images: cannot rescale it")
+    factors = [hidden_rms_V / r for r in rms]
+    out = with_layer_scales(net, factors)
+    return out, {"hidden_rms_V": hidden_rms_V, "rms_before_V": rms, "factors": factors,
+                 "input_gain_V": out.input_gain_V, "amp_gains": [float(a) for a in out.amp_gains]}
+
+
+def max_node_voltages(net, solver, x) -> list:
+    """Per free layer, the largest |node voltage| (V) over the free phases of ``x``."""
+    from epsim.learning.ep import free_phase
+
+    peak = np.zeros(net.num_layers)
+    for i in range(0, len(x), 500):
+        eq = free_phase(net, solver, x[i:i + 500])
+        peak = np.maximum(peak, [float(np.abs(v).max()) for v in eq.v_free])
+    return peak.tolist()
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--checkpoint", required=True, help="checkpoint.pt of a circuit run of epsim.train")
@@ -43,10 +88,15 @@ def main(argv=None) -> int:
     p.add_argument("--n", type=float, default=1.0, help="Shockley emission coefficient (default: 1)")
     p.add_argument("--tol", type=float, default=1e-9, help="free-phase KCL tolerance, A (default: 1e-9)")
     p.add_argument("--threads", type=int, default=1, help="numba threads (default: 1)")
+    p.add_argument("--hidden-rms", type=float, default=None, metavar="V",
+                   help="scale every hidden layer to this RMS voltage over its active nodes before "
+                        "comparing (default: the checkpoint's operating point)")
     args = p.parse_args(argv)
     try:
         if args.test_subset < 1 or args.is_a <= 0 or args.n <= 0 or args.tol <= 0:
             raise EpsimError("--test-subset, --is-a, --n and --tol must be positive")
+        if args.hidden_rms is not None and not (np.isfinite(args.hidden_rms) and args.hidden_rms > 0):
+            raise EpsimError("--hidden-rms must be a positive number of volts")
         import numba
 
         from epsim.circuit.compile import with_diode
@@ -66,12 +116,20 @@ def main(argv=None) -> int:
     x, y = ds.x_test[idx], ds.y_test[idx]
     solver = make_solver(SolverConfig(tol_A=args.tol, max_iter=100000))
     ideal = with_diode(net, "ideal")
-    shockley = with_diode(net, "shockley", is_A=args.is_a, n=args.n)
     result = {"checkpoint": str(args.checkpoint), "dataset": dataset, "n": n, "seed": args.seed,
               "tol_A": args.tol, "shockley_diode": {"is_A": args.is_a, "n": args.n}}
+    if args.hidden_rms is not None:
+        result["ideal_before_rescaling"] = accuracy(ideal, solver, x, y)
+        try:
+            ideal, result["operating_point"] = rescaled(ideal, solver, ds.x_train, args.hidden_rms, args.seed)
+        except EpsimError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+    shockley = with_diode(ideal, "shockley", is_A=args.is_a, n=args.n)
     for name, circuit in (("ideal", ideal), ("shockley", shockley)):
         t0 = time.perf_counter()
         result[name] = {**accuracy(circuit, solver, x, y), "wall_s": round(time.perf_counter() - t0, 1)}
+    result["max_node_V_per_layer"] = max_node_voltages(ideal, solver, x)
     result["gap_points"] = 100 * (result["ideal"]["accuracy"] - result["shockley"]["accuracy"])
     print(json.dumps(result, indent=1))
     return 0

@@ -51,3 +51,38 @@ def test_bad_values_are_one_line_errors(checkpoint, capsys, bad):
     assert diode_gap.main(["--checkpoint", str(checkpoint), *bad]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error:")
+
+
+def test_layer_scales_keep_the_ideal_function_and_scale_each_hidden_layer():
+    from epsim.circuit.compile import with_layer_scales
+    from epsim.models.resistive import build_cnn
+    from epsim.solvers.numba_solver import NumbaSolver
+
+    net = build_cnn((1, 6, 6), convs=((4, 3, 1), (6, 2, 2)), hidden=(), num_classes=4, input_gain_V=3.0,
+                    amp_gains=(2.0, 0.5))
+    rng = np.random.default_rng(0)
+    net.init_params(rng, 1.0)
+    net.b = [rng.normal(0, 0.3, b.shape) * p for b, p in zip(net.b, net.layer_scale)]
+    k = [4.0, 0.3]
+    out = with_layer_scales(net, k)
+    assert out.input_gain_V == 12.0 and np.allclose(out.amp_gains, [2.0 * 0.3 / 4.0, 0.5 / 0.3])
+    solver = NumbaSolver(tol_A=1e-14, max_iter=100000)
+    x = rng.uniform(0, 1, (5, 1, 6, 6))
+    a = solver.solve(solver.prepare(net, net.input_voltages(x)), 0.0)
+    b = solver.solve(solver.prepare(out, out.input_voltages(x)), 0.0)
+    # equal up to the solves' KCL tolerance (1e-14 A over node conductances of ~1e-6 S)
+    for l, kl in enumerate(k):
+        np.testing.assert_allclose(b.v_free[l], kl * a.v_free[l], rtol=0, atol=1e-7)
+    np.testing.assert_allclose(b.v_output, a.v_output, rtol=0, atol=1e-7)
+    assert np.abs(b.v_free[0]).max() > 1.0 and np.abs(b.v_free[1]).max() > 1e-2
+    with pytest.raises(Exception, match="positive finite layer factors"):
+        with_layer_scales(net, [1.0])
+
+
+def test_hidden_rms_rescales_and_keeps_the_ideal_accuracy(checkpoint, capsys):
+    r = _gap(capsys, "--checkpoint", str(checkpoint), "--test-subset", "120", "--hidden-rms", "5")
+    assert r["ideal"]["accuracy"] == r["ideal_before_rescaling"]["accuracy"]
+    op = r["operating_point"]
+    assert op["hidden_rms_V"] == 5 and len(op["factors"]) == 1
+    assert op["factors"][0] == pytest.approx(5 / op["rms_before_V"][0])
+    assert len(r["max_node_V_per_layer"]) == 2 and r["max_node_V_per_layer"][0] > 5

@@ -84,6 +84,39 @@ def with_diode(net, kind: str, **params):
     return out
 
 
+def with_layer_scales(net, factors):
+    """Copy of ``net`` whose hidden layers ``1..L-1`` run at ``factors[l-1]`` times their
+    voltages, computing the same function with ideal diodes.
+
+    The input gain is multiplied by ``k_1``, the amplifier between layers ``l`` and ``l+1`` by
+    ``k_{l+1} / k_l`` (``k_L = 1``: the outputs keep their voltages) and the biases of layer
+    ``l`` by ``k_l``; conductances are unchanged. In the normalised circuit of the amplified
+    network (voltages ``v_l / P_l``) every source, bias and target is then multiplied by ``k_1``,
+    so with diodes clamped at 0 V (positive homogeneity) every hidden voltage becomes
+    ``k_l v_l`` and every output voltage stays. With Shockley diodes the knee does not scale:
+    larger factors put the signals further above it. This is how a designer picks the
+    operating voltages of a trained circuit.
+
+    Args:
+        net: a :class:`~epsim.models.resistive.ResistiveNetwork`.
+        factors: ``L - 1`` positive numbers (dimensionless), one per hidden layer.
+    """
+    from ..models.resistive import ResistiveNetwork
+
+    k = np.asarray(factors, dtype=np.float64).reshape(-1)
+    if k.size != net.num_layers - 1 or not np.all(np.isfinite(k)) or np.any(k <= 0):
+        raise EpsimError(f"need {net.num_layers - 1} positive finite layer factors (one per hidden layer), "
+                         f"got {list(np.atleast_1d(factors))}")
+    k_all = np.concatenate([k, [1.0]])
+    d = net.describe()
+    d["input_gain_V"] = net.input_gain_V * float(k_all[0])
+    d["amp_gains"] = [float(a * k_all[l + 1] / k_all[l]) for l, a in enumerate(net.amp_gains)]
+    out = ResistiveNetwork.from_description(d)
+    out.w = [w.copy() for w in net.w]
+    out.b = [b * float(k_all[l]) for l, b in enumerate(net.b)]
+    return out
+
+
 def _grid_names(stem: str, shape) -> list:
     if len(shape) == 3:
         c, h, w = shape
