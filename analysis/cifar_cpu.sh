@@ -24,14 +24,19 @@ train bp-cnn --model bp-cnn --backend torch --preset cifar10-small
 train adv-cnn --model adv-cnn --backend torch --preset cifar10-small --time-limit 60 --threads 1
 train circuit-mlp --model mlp --backend numba --epochs 5 --batch-size 8 --lr 0.05
 train circuit-cnn --model cnn --backend numba --epochs 3 --batch-size 8 --lr 0.05 --lr-layers 3 1 --tol 1e-12 --nudge-rtol 0
+train circuit-cnn-deep --model cnn-deep --backend numba --epochs 3 --input-center 0.5 --lr 0.15 --lr-bias 0.015
 # the baselines early-stopped at the circuit CNN's and the EP-CNN's clean accuracy (about 48 %),
 # judged on 2,000 held-out training images, so that robustness is compared at matched accuracy
 train bp-cnn-matched --model bp-cnn --backend torch --preset cifar10-small --threads 1 --stop-at-accuracy 0.48 --val-every 5
 train adv-cnn-matched --model adv-cnn --backend torch --preset cifar10-small --threads 1 --stop-at-accuracy 0.48 --val-every 5
+# ... and at the deep circuit CNN's (about 30 %)
+train bp-cnn-matched-30 --model bp-cnn --backend torch --preset cifar10-small --threads 1 --stop-at-accuracy 0.3 --val-every 2
+train adv-cnn-matched-30 --model adv-cnn --backend torch --preset cifar10-small --threads 1 --stop-at-accuracy 0.3 --val-every 2
 
 frost=(); [ -n "${FROST_DIR:-}" ] && frost=(--frost-dir "$FROST_DIR")
 common=(--test-subset 500 --steps 20 --restarts 1 --loss ce,dlr --queries 1000 --threads 1 --no-progress --data-dir "$DATA")
-for m in ep-cnn bp-cnn adv-cnn circuit-mlp circuit-cnn bp-cnn-matched adv-cnn-matched; do
+for m in ep-cnn bp-cnn adv-cnn circuit-mlp circuit-cnn circuit-cnn-deep bp-cnn-matched adv-cnn-matched \
+         bp-cnn-matched-30 adv-cnn-matched-30; do
     ck="$OUT/$m/checkpoint.pt"
     run "$OUT/rob/$m-linf/robustness.json" "$OUT/rob-$m-linf.log" python -m epsim.robustness --checkpoint "$ck" \
         --attack pgd-linf,fgsm-linf,square-linf --eps 2/255,8/255 "${common[@]}" --out "$OUT/rob/$m-linf"
@@ -44,5 +49,7 @@ done
 cols() { echo "$OUT/rob/$1-l2,$OUT/rob/$1-linf,$OUT/rob/$1-corruptions"; }
 python "$(dirname "$0")/robustness_table.py" "EP-CNN (torch)=$(cols ep-cnn)" "circuit CNN (numba)=$(cols circuit-cnn)" \
     "circuit MLP (numba)=$(cols circuit-mlp)" "BP-CNN=$(cols bp-cnn)" "AdvCNN (PGD-L2 0.5)=$(cols adv-cnn)" \
+    "deep circuit CNN (numba)=$(cols circuit-cnn-deep)" \
     "BP-CNN, early-stopped=$(cols bp-cnn-matched)" "AdvCNN (PGD-L2 0.5), early-stopped=$(cols adv-cnn-matched)" \
+    "BP-CNN, stopped at 30 %=$(cols bp-cnn-matched-30)" "AdvCNN (PGD-L2 0.5), stopped at 30 %=$(cols adv-cnn-matched-30)" \
     | tee "$OUT/table.md"
