@@ -270,7 +270,7 @@ class ResistiveNetwork:
         ``x_plus`` and the ``-`` sources by ``x_minus`` (both (B, C, H, W) in [0, 1]; the same
         array for an ordinary input, the two ends of a box for a certificate)."""
         c = self.input_center
-        v = self.input_gain_V * np.concatenate([x_plus - c, c - x_minus], axis=1)
+        v = self.input_gain_V * np.concatenate([x_plus - c, -(x_minus - c)], axis=1)
         return v.reshape(x_plus.shape[0], -1)
 
     def energy(self, v_input, v_free, beta=0.0, target_V=None) -> np.ndarray:
