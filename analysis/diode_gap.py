@@ -19,6 +19,12 @@ same function (the JSON's ``ideal`` accuracy is that of the rescaled circuit, an
 a volt) stays where it is, so a larger ``V`` leaves it smaller beside the signals. The JSON
 reports the factors, the resulting input gain and amplifier gains, and the largest node
 voltage per layer on the test images.
+
+``--spice-images K`` also solves the first ``K`` of the images with ngspice (``.op`` on the
+exported Shockley circuit, written afresh for each batch): the JSON's ``spice`` entry holds
+ngspice's accuracy on them beside numba's Shockley accuracy on the same images, the largest
+node-voltage difference between the two, and ngspice's wall time. A physical check of the
+Shockley numbers, not of the ideal ones (SPICE has no ideal diode).
 """
 from __future__ import annotations
 
@@ -32,6 +38,8 @@ from epsim.cli import set_command_environment
 from epsim.errors import EpsimError
 
 set_command_environment()  # the commands' thread settings (OpenMP workers sleep when idle)
+
+SPICE_REFERENCE_TOL_A = 1e-13   # KCL tolerance of the numba solve ngspice is compared with
 
 
 def accuracy(net, solver, x, y) -> dict:
@@ -77,6 +85,36 @@ def max_node_voltages(net, solver, x) -> list:
     return peak.tolist()
 
 
+def spice_check(shockley, solver, x, y, tol_A: float) -> dict:
+    """The Shockley circuit's free phase of ``x`` (K, C, H, W) by ngspice and by ``solver``
+    (numba): both accuracies on labels ``y`` (K,), ngspice's wall time, and the largest
+    |V_ngspice − V_numba| (V) against a numba solve at ``SPICE_REFERENCE_TOL_A`` (at the
+    accuracy's ``tol_A`` the numba voltages are only good to about ``tol_A`` over a node's
+    conductance). A sample ngspice cannot solve, or whose answer misses ``tol_A``, counts as
+    wrong, as in the numba count."""
+    from epsim.learning.ep import free_phase
+    from epsim.solvers.factory import SolverConfig, make_solver
+    from epsim.solvers.spice_backend import SpiceSolver
+
+    spice = SpiceSolver(tol_A=tol_A, compare_numba=False)
+    t0 = time.perf_counter()
+    by_spice = free_phase(shockley, spice, x)
+    wall_s = time.perf_counter() - t0
+    by_numba = free_phase(shockley, solver, x)
+    tight = free_phase(shockley, make_solver(SolverConfig(tol_A=SPICE_REFERENCE_TOL_A, max_iter=10**6)), x)
+    both = by_spice.certificate.converged & tight.certificate.converged
+    diff = max((float(np.abs(a[both] - b[both]).max()) if both.any() else float("nan"))
+               for a, b in zip(by_spice.v_free, tight.v_free))
+
+    def acc(eq):
+        return float(np.mean((np.argmax(eq.v_output, axis=1) == y) & eq.certificate.converged))
+
+    return {"n": int(len(y)), "accuracy_ngspice": acc(by_spice), "accuracy_numba": acc(by_numba),
+            "unconverged_ngspice": int(np.sum(~by_spice.certificate.converged)),
+            "max_abs_diff_V": diff, "reference_tol_A": SPICE_REFERENCE_TOL_A,
+            "ngspice_wall_s": round(wall_s, 1)}
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--checkpoint", required=True, help="checkpoint.pt of a circuit run of epsim.train")
@@ -91,12 +129,21 @@ def main(argv=None) -> int:
     p.add_argument("--hidden-rms", type=float, default=None, metavar="V",
                    help="scale every hidden layer to this RMS voltage over its active nodes before "
                         "comparing (default: the checkpoint's operating point)")
+    p.add_argument("--spice-images", type=int, default=0, metavar="K",
+                   help="also solve the first K images' Shockley circuit with ngspice and compare "
+                        "(default: 0, none)")
     args = p.parse_args(argv)
     try:
         if args.test_subset < 1 or args.is_a <= 0 or args.n <= 0 or args.tol <= 0:
             raise EpsimError("--test-subset, --is-a, --n and --tol must be positive")
         if args.hidden_rms is not None and not (np.isfinite(args.hidden_rms) and args.hidden_rms > 0):
             raise EpsimError("--hidden-rms must be a positive number of volts")
+        if args.spice_images < 0:
+            raise EpsimError("--spice-images must be 0 or more")
+        if args.spice_images:
+            from epsim.solvers.ngspice import find_ngspice
+
+            find_ngspice()
         import numba
 
         from epsim.circuit.compile import with_diode
@@ -131,6 +178,9 @@ def main(argv=None) -> int:
         result[name] = {**accuracy(circuit, solver, x, y), "wall_s": round(time.perf_counter() - t0, 1)}
     result["max_node_V_per_layer"] = max_node_voltages(ideal, solver, x)
     result["gap_points"] = 100 * (result["ideal"]["accuracy"] - result["shockley"]["accuracy"])
+    if args.spice_images:
+        k = min(args.spice_images, n)
+        result["spice"] = spice_check(shockley, solver, x[:k], y[:k], args.tol)
     print(json.dumps(result, indent=1))
     return 0
 

@@ -1,6 +1,7 @@
 """analysis/diode_gap.py: a trained circuit's accuracy with ideal and with Shockley diodes."""
 import importlib.util
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -46,7 +47,17 @@ def test_ideal_accuracy_is_the_trainers_and_a_steep_junction_closes_the_gap(chec
     assert steep["shockley"]["accuracy"] == steep["ideal"]["accuracy"] and steep["gap_points"] == 0
 
 
-@pytest.mark.parametrize("bad", [["--n", "0"], ["--is-a", "-1"], ["--test-subset", "0"]])
+@pytest.mark.skipif(shutil.which("ngspice") is None, reason="install ngspice: apt-get install -y ngspice")
+def test_ngspice_solves_the_same_shockley_circuit(checkpoint, capsys):
+    out = _gap(capsys, "--checkpoint", str(checkpoint), "--test-subset", "40", "--spice-images", "6")
+    spice = out["spice"]
+    assert spice["n"] == 6 and spice["unconverged_ngspice"] == 0
+    assert spice["max_abs_diff_V"] <= 1e-6
+    assert spice["accuracy_ngspice"] == spice["accuracy_numba"]
+
+
+@pytest.mark.parametrize("bad", [["--n", "0"], ["--is-a", "-1"], ["--test-subset", "0"],
+                                 ["--spice-images", "-1"]])
 def test_bad_values_are_one_line_errors(checkpoint, capsys, bad):
     assert diode_gap.main(["--checkpoint", str(checkpoint), *bad]) == 2
     err = capsys.readouterr().err.strip().splitlines()
