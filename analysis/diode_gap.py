@@ -20,6 +20,11 @@ a volt) stays where it is, so a larger ``V`` leaves it smaller beside the signal
 reports the factors, the resulting input gain and amplifier gains, and the largest node
 voltage per layer on the test images.
 
+``--rail-offset V`` puts the Shockley circuit's clamp rails at ``+V`` (excitatory units) and
+``-V`` (inhibitory) instead of 0 V: a Shockley clamp holds its node about one forward drop
+``n Vt ln(I / Is)`` beyond its rail, and the offset brings it back near the ideal diode's 0 V
+(two bias sources in the circuit).
+
 ``--spice-images K`` also solves the first ``K`` of the images with ngspice (``.op`` on the
 exported Shockley circuit, written afresh for each batch): the JSON's ``spice`` entry holds
 ngspice's accuracy on them beside numba's Shockley accuracy on the same images, the largest
@@ -129,6 +134,10 @@ def main(argv=None) -> int:
     p.add_argument("--hidden-rms", type=float, default=None, metavar="V",
                    help="scale every hidden layer to this RMS voltage over its active nodes before "
                         "comparing (default: the checkpoint's operating point)")
+    p.add_argument("--rail-offset", type=float, default=0.0, metavar="V",
+                   help="Shockley clamp rails at +V (excitatory) and -V (inhibitory) instead of 0 V, "
+                        "to cancel the diodes' forward drop, about n Vt ln(I/Is) at the nodes' "
+                        "currents I (default: 0)")
     p.add_argument("--spice-images", type=int, default=0, metavar="K",
                    help="also solve the first K images' Shockley circuit with ngspice and compare "
                         "(default: 0, none)")
@@ -138,6 +147,8 @@ def main(argv=None) -> int:
             raise EpsimError("--test-subset, --is-a, --n and --tol must be positive")
         if args.hidden_rms is not None and not (np.isfinite(args.hidden_rms) and args.hidden_rms > 0):
             raise EpsimError("--hidden-rms must be a positive number of volts")
+        if not (np.isfinite(args.rail_offset) and args.rail_offset >= 0):
+            raise EpsimError("--rail-offset must be a voltage >= 0")
         if args.spice_images < 0:
             raise EpsimError("--spice-images must be 0 or more")
         if args.spice_images:
@@ -164,7 +175,8 @@ def main(argv=None) -> int:
     solver = make_solver(SolverConfig(tol_A=args.tol, max_iter=100000))
     ideal = with_diode(net, "ideal")
     result = {"checkpoint": str(args.checkpoint), "dataset": dataset, "n": n, "seed": args.seed,
-              "tol_A": args.tol, "shockley_diode": {"is_A": args.is_a, "n": args.n}}
+              "tol_A": args.tol, "shockley_diode": {"is_A": args.is_a, "n": args.n,
+                                                    "rail_offset_V": args.rail_offset}}
     if args.hidden_rms is not None:
         result["ideal_before_rescaling"] = accuracy(ideal, solver, x, y)
         try:
@@ -172,7 +184,7 @@ def main(argv=None) -> int:
         except EpsimError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2
-    shockley = with_diode(ideal, "shockley", is_A=args.is_a, n=args.n)
+    shockley = with_diode(ideal, "shockley", is_A=args.is_a, n=args.n, rail_offset_V=args.rail_offset)
     for name, circuit in (("ideal", ideal), ("shockley", shockley)):
         t0 = time.perf_counter()
         result[name] = {**accuracy(circuit, solver, x, y), "wall_s": round(time.perf_counter() - t0, 1)}

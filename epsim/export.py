@@ -36,6 +36,10 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--diode", default=None, choices=("ideal", "shockley"),
                    help="clamp diodes (default: the model's). SPICE has no ideal diode: ideal "
                         "exports use the near-ideal library model circuits/ideal_diode.lib")
+    p.add_argument("--rail-offset", type=float, default=None, metavar="V",
+                   help="Shockley diodes only: clamp rails at +V (excitatory units) and -V "
+                        "(inhibitory) instead of 0 V, cancelling the diodes' forward drop "
+                        "(default: the model's, 0 V unless set)")
     p.add_argument("--data-dir", default=None, help="dataset folder (digits needs none)")
     p.add_argument("--tol", type=float, default=1e-15, metavar="A",
                    help="KCL tolerance of the numba solve written to .op.json")
@@ -55,6 +59,8 @@ def main(argv=None):
         raise EpsimError("--tol must be a positive number (amperes)")
     if args.max_iter < 1:
         raise EpsimError("--max-iter must be at least 1")
+    if args.rail_offset is not None and not (args.rail_offset >= 0 and args.rail_offset < float("inf")):
+        raise EpsimError("--rail-offset must be a voltage >= 0")
     prepare_out_dir(args.out)
     set_threads(args.threads)
     from .circuit.compile import PHASES, with_diode
@@ -77,6 +83,10 @@ def main(argv=None):
         source = f"checkpoint {args.checkpoint}"
     if args.diode is not None and args.diode != net.diode.kind:
         net = with_diode(net, args.diode)
+    if args.rail_offset is not None:
+        if net.diode.kind != "shockley":
+            raise EpsimError("--rail-offset offsets Shockley clamp rails: add --diode shockley")
+        net = with_diode(net, "shockley", rail_offset_V=args.rail_offset)
     dataset = load_dataset(dataset_name, args.data_dir or default_data_dir())
     wire_resistance_ohm = args.wire_resistance
     if wire_resistance_ohm is None:

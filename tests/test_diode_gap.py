@@ -40,7 +40,7 @@ def test_ideal_accuracy_is_the_trainers_and_a_steep_junction_closes_the_gap(chec
     net, _ = load_network(checkpoint)
     ref = evaluate(net, make_solver(SolverConfig(tol_A=1e-9, max_iter=100000)), ds.x_test[idx], ds.y_test[idx])
     assert soft["ideal"]["accuracy"] == pytest.approx(ref["accuracy"])
-    assert soft["shockley_diode"] == {"is_A": 1e-12, "n": 1.0} and soft["n"] == 120
+    assert soft["shockley_diode"] == {"is_A": 1e-12, "n": 1.0, "rail_offset_V": 0.0} and soft["n"] == 120
     assert soft["gap_points"] == pytest.approx(100 * (soft["ideal"]["accuracy"] - soft["shockley"]["accuracy"]))
     # the ideal diode is the steep-junction limit: at n = 1e-6 the predictions are the ideal ones
     steep = _gap(capsys, "--checkpoint", str(checkpoint), "--test-subset", "120", "--n", "1e-6")
@@ -49,7 +49,8 @@ def test_ideal_accuracy_is_the_trainers_and_a_steep_junction_closes_the_gap(chec
 
 @pytest.mark.skipif(shutil.which("ngspice") is None, reason="install ngspice: apt-get install -y ngspice")
 def test_ngspice_solves_the_same_shockley_circuit(checkpoint, capsys):
-    out = _gap(capsys, "--checkpoint", str(checkpoint), "--test-subset", "40", "--spice-images", "6")
+    out = _gap(capsys, "--checkpoint", str(checkpoint), "--test-subset", "40", "--spice-images", "6",
+               "--rail-offset", "0.3")
     spice = out["spice"]
     assert spice["n"] == 6 and spice["unconverged_ngspice"] == 0
     assert spice["max_abs_diff_V"] <= 1e-6
@@ -57,7 +58,7 @@ def test_ngspice_solves_the_same_shockley_circuit(checkpoint, capsys):
 
 
 @pytest.mark.parametrize("bad", [["--n", "0"], ["--is-a", "-1"], ["--test-subset", "0"],
-                                 ["--spice-images", "-1"]])
+                                 ["--spice-images", "-1"], ["--rail-offset", "-0.2"]])
 def test_bad_values_are_one_line_errors(checkpoint, capsys, bad):
     assert diode_gap.main(["--checkpoint", str(checkpoint), *bad]) == 2
     err = capsys.readouterr().err.strip().splitlines()

@@ -73,11 +73,14 @@ def diode_card(diode: DiodeModel) -> DiodeCard:
 
 def with_diode(net, kind: str, **params):
     """Copy of ``net`` (same parameters) whose clamp diodes are ``kind`` (ideal|shockley);
-    ``params`` replace diode parameters (``is_A`` in A, ``n``, ``temp_K`` in K)."""
+    ``params`` replace diode parameters (``is_A`` in A, ``n``, ``temp_K`` in K,
+    ``rail_offset_V`` in V; going to ideal diodes drops the rail offset)."""
     from ..models.resistive import ResistiveNetwork
 
     d = net.describe()
     d["diode"] = dict(d["diode"], kind=kind, **params)
+    if kind == "ideal":
+        d["diode"]["rail_offset_V"] = 0.0   # ideal diodes clamp at the rails, at 0 V
     out = ResistiveNetwork.from_description(d)
     out.w = [w.copy() for w in net.w]
     out.b = [b.copy() for b in net.b]

@@ -67,18 +67,31 @@ class DiodeModel:
     is_A:        saturation current Is in amperes (Shockley only).
     n:           emission coefficient (dimensionless, Shockley only).
     temp_K:      junction temperature in kelvin; the thermal voltage is k*T/q.
+    rail_offset_V: how far each hidden clamp rail sits inside its node's allowed side, in
+                 volts (Shockley only; 0: rails at 0 V). A Shockley clamp holds its node about
+                 one forward drop ``nVt ln(I / Is)`` beyond its rail (a few tenths of a volt
+                 at µA currents), where the ideal diode holds it at the rail; rails at
+                 ``+offset`` (excitatory units, ``v >= 0``) and ``-offset`` (inhibitory,
+                 ``v <= 0``) bring the soft clamp back to about 0 V. In a circuit these are
+                 two bias sources, one per polarity.
     """
 
     kind: str = "ideal"
     is_A: float = 1e-12
     n: float = 1.0
     temp_K: float = 300.15
+    rail_offset_V: float = 0.0
 
     def __post_init__(self):
         if self.kind not in ("ideal", "shockley"):
             raise EpsimError(f"unknown diode model {self.kind!r}; choose 'ideal' or 'shockley'")
         if not (self.is_A > 0 and self.n > 0 and self.temp_K > 0):
             raise EpsimError("diode parameters Is, n and T must all be positive")
+        if not np.isfinite(self.rail_offset_V) or self.rail_offset_V < 0:
+            raise EpsimError(f"the clamp rail offset must be a finite voltage >= 0, got {self.rail_offset_V!r}")
+        if self.kind == "ideal" and self.rail_offset_V != 0:
+            raise EpsimError("a clamp rail offset compensates a Shockley diode's forward drop; "
+                             "ideal diodes clamp at 0 V (use the shockley diode)")
 
     @property
     def vt_V(self) -> float:
@@ -91,7 +104,12 @@ class DiodeModel:
         return self.n * self.vt_V
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """The fields as a dict; ``rail_offset_V`` only when set (descriptions of circuits
+        with rails at 0 V read as they did before the field existed)."""
+        d = asdict(self)
+        if d["rail_offset_V"] == 0.0:
+            del d["rail_offset_V"]
+        return d
 
     @classmethod
     def from_dict(cls, d: dict) -> "DiodeModel":

@@ -7,7 +7,9 @@ Circuit
   ``input_center`` pixel value that maps to 0 V (default 0: black is 0 V).
 - Hidden layers: free nodes with clamp diodes to the 0 V rail. Excitatory units have a
   diode from the rail to the node (``v >= 0``); inhibitory units a diode from the node to
-  the rail (``v <= 0``). Channels (CNN) or units (MLP) are split half/half.
+  the rail (``v <= 0``). Channels (CNN) or units (MLP) are split half/half. A Shockley
+  diode model may carry a rail offset (:class:`~epsim.circuit.diodes.DiodeModel`): the
+  excitatory rail then sits at ``+offset``, the inhibitory one at ``-offset``.
 - Output layer: free, linear nodes (no diode).
 - Each pair of adjacent layers is joined by a crossbar of conductances ``G >= 0``
   (dense or tied-convolutional, see :mod:`epsim.models.connections`).
@@ -101,7 +103,7 @@ class ResistiveNetwork:
         self.layer_sizes = [int(np.prod(s)) for s in shapes]
         self.rail_lo_V, self.rail_hi_V = [], []
         for l, shape in enumerate(shapes[1:], start=1):
-            lo, hi = self._rails(shape, is_output=(l == len(shapes) - 1))
+            lo, hi = self._rails(shape, is_output=(l == len(shapes) - 1), offset_V=self.diode.rail_offset_V)
             self.rail_lo_V.append(lo)
             self.rail_hi_V.append(hi)
         self.w = [np.zeros(conn.param_shape) for conn in self.connections]
@@ -159,7 +161,7 @@ class ResistiveNetwork:
         return [u * p for u, p in zip(u_free, self.layer_scale)]
 
     @staticmethod
-    def _rails(shape, is_output):
+    def _rails(shape, is_output, offset_V=0.0):
         n = int(np.prod(shape))
         lo = np.full(n, -np.inf)
         hi = np.full(n, np.inf)
@@ -168,8 +170,8 @@ class ResistiveNetwork:
         units = shape[0]
         per_unit = n // units
         excitatory = np.repeat(np.arange(units) < (units + 1) // 2, per_unit)
-        lo[excitatory] = 0.0
-        hi[~excitatory] = 0.0
+        lo[excitatory] = offset_V
+        hi[~excitatory] = -offset_V
         return lo, hi
 
     def describe(self) -> dict:
