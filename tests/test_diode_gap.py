@@ -57,8 +57,20 @@ def test_ngspice_solves_the_same_shockley_circuit(checkpoint, capsys):
     assert spice["accuracy_ngspice"] == spice["accuracy_numba"]
 
 
+@pytest.mark.skipif(shutil.which("ngspice") is None, reason="install ngspice: apt-get install -y ngspice")
+def test_an_ngspice_timeout_is_reported_beside_the_numba_results(checkpoint, capsys):
+    assert diode_gap.main(["--checkpoint", str(checkpoint), "--test-subset", "20", "--spice-images", "2",
+                           "--spice-timeout", "0.001"]) == 0
+    captured = capsys.readouterr()
+    out = json.loads(captured.out)
+    assert "within" in out["spice"]["error"] and out["spice"]["n"] == 2
+    assert 0 <= out["shockley"]["accuracy"] <= 1
+    assert captured.err.strip().startswith("warning: ngspice:")
+
+
 @pytest.mark.parametrize("bad", [["--n", "0"], ["--is-a", "-1"], ["--test-subset", "0"],
-                                 ["--spice-images", "-1"], ["--rail-offset", "-0.2"]])
+                                 ["--spice-images", "-1"], ["--rail-offset", "-0.2"],
+                                 ["--spice-timeout", "0"]])
 def test_bad_values_are_one_line_errors(checkpoint, capsys, bad):
     assert diode_gap.main(["--checkpoint", str(checkpoint), *bad]) == 2
     err = capsys.readouterr().err.strip().splitlines()

@@ -84,13 +84,15 @@ class SpiceSolver:
             (the shared ngspice library in this process, :mod:`epsim.solvers.pyspice_engine`).
         max_elements_per_run: samples are packed into one netlist up to about this many
             elements; larger batches take several ngspice runs.
+        timeout_s: wall-clock limit of one ngspice run (subprocess engine), in seconds.
     """
 
     name = "spice"
 
     def __init__(self, tol_A=1e-9, max_iter=1000, compare_numba=True, executable="ngspice",
-                 max_elements_per_run=300_000, engine="subprocess"):
+                 max_elements_per_run=300_000, engine="subprocess", timeout_s=600.0):
         self.tol_A = float(tol_A)
+        self.timeout_s = float(timeout_s)
         self.max_elements_per_run = int(max_elements_per_run)
         self.max_iter = int(max_iter)
         self.compare_numba = bool(compare_numba)
@@ -168,7 +170,7 @@ class SpiceSolver:
         else:
             with tempfile.TemporaryDirectory(prefix="epsim-spice-") as tmp:
                 path = write_netlist(nl, Path(tmp) / "batch.cir", "ngspice")
-                table = run_ngspice(path, executable=self.executable)
+                table = run_ngspice(path, executable=self.executable, timeout_s=self.timeout_s)
         out = []
         for l in range(1, net.num_layers + 1):
             try:
