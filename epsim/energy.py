@@ -53,6 +53,9 @@ def build_parser() -> ArgumentParser:
     add_test_subset(p, "simulate the first N test images (in the dataset's order; default: all)",
                     aliases=("--n",))
     p.add_argument("--diode", default=None, choices=("ideal", "shockley"), help="clamp diodes (default: the model's)")
+    p.add_argument("--rail-offset", type=float, default=None, metavar="V",
+                   help="Shockley diodes only: clamp rails at +V (excitatory units) and -V "
+                        "(inhibitory) instead of 0 V (default: the model's)")
     p.add_argument("--cell-capacitance", type=float, default=1e-16, metavar="F",
                    help="capacitance each crossbar cell adds to its row/column line (farads)")
     p.add_argument("--node-capacitance", type=float, default=1e-14, metavar="F",
@@ -97,6 +100,8 @@ def _validate(args):
         (np.isfinite(args.lte_tol) and args.lte_tol > 0, "--lte-tol must be a positive voltage"),
         (np.isfinite(args.settle_tol) and args.settle_tol > 0, "--settle-tol must be a positive voltage"),
         (np.isfinite(args.tol) and args.tol > 0, "--tol must be a positive current (A)"),
+        (args.rail_offset is None or (np.isfinite(args.rail_offset) and args.rail_offset >= 0),
+         "--rail-offset must be a voltage >= 0"),
         (args.levels >= 1, "--levels must be at least 1"),
         (np.isfinite(args.pulse_energy) and args.pulse_energy >= 0, "--pulse-energy must be >= 0 J"),
         (args.batch_size >= 1, "--batch-size must be at least 1"),
@@ -182,7 +187,7 @@ def main(argv=None):
     out = prepare_out_dir(args.out)
     set_threads(args.threads)
     from .checkpoint import write_json
-    from .circuit.compile import with_diode
+    from .circuit.compile import with_diode_options
     from .data import default_data_dir, load_dataset
     from .models.resistive import one_hot_targets
     from .solvers.transient import Capacitances, circuit_powers_W, settling_times_s
@@ -191,8 +196,7 @@ def main(argv=None):
     from .solvers.factory import SolverConfig
 
     net, state = load_network(args.checkpoint)
-    if args.diode is not None and args.diode != net.diode.kind:
-        net = with_diode(net, args.diode)
+    net = with_diode_options(net, args.diode, args.rail_offset)
     config = _recorded_config(state)
     dataset = load_dataset(config.dataset, args.data_dir or default_data_dir())
     n = len(dataset.y_test) if args.test_subset is None else min(args.test_subset, len(dataset.y_test))
@@ -278,6 +282,7 @@ def main(argv=None):
         summary["early_readout_attack"] = _attack_readout(net, x[:args.attack_subset], y[:args.attack_subset], times, caps,
                                                           args)
     settings = {"checkpoint": str(args.checkpoint), "model": net.name, "arch": net.arch, "diode": net.diode.kind,
+                "rail_offset_V": net.diode.rail_offset_V,
                 "input_gain_V": net.input_gain_V, "input_center": net.input_center, "amp_gains": net.amp_gains.tolist(),
                 "cell_capacitance_F": args.cell_capacitance, "node_capacitance_F": args.node_capacitance,
                 "t_stop_s": args.t_stop, "dt_max_s": args.dt_max, "lte_tol_V": args.lte_tol,

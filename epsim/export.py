@@ -63,7 +63,7 @@ def main(argv=None):
         raise EpsimError("--rail-offset must be a voltage >= 0")
     prepare_out_dir(args.out)
     set_threads(args.threads)
-    from .circuit.compile import PHASES, with_diode
+    from .circuit.compile import PHASES, with_diode_options
     from .spice.samples import export_samples
     from .data import default_data_dir, load_dataset
 
@@ -81,12 +81,7 @@ def main(argv=None):
         dataset_name = config.get("dataset", "digits")
         beta, high_V = float(config.get("beta", 0.5)), float(config.get("target_high_V", 1.0))
         source = f"checkpoint {args.checkpoint}"
-    if args.diode is not None and args.diode != net.diode.kind:
-        net = with_diode(net, args.diode)
-    if args.rail_offset is not None:
-        if net.diode.kind != "shockley":
-            raise EpsimError("--rail-offset offsets Shockley clamp rails: add --diode shockley")
-        net = with_diode(net, "shockley", rail_offset_V=args.rail_offset)
+    net = with_diode_options(net, args.diode, args.rail_offset)
     dataset = load_dataset(dataset_name, args.data_dir or default_data_dir())
     wire_resistance_ohm = args.wire_resistance
     if wire_resistance_ohm is None:

@@ -92,6 +92,10 @@ def _add_circuit_model_options(g, d: TrainConfig) -> None:
     g.add_argument("--backend", default=d.backend, choices=BACKENDS,
                    help="equilibrium solver of the circuit models (torch models: torch)")
     g.add_argument("--diode", default=d.diode, choices=("ideal", "shockley"), help="clamp diode model")
+    g.add_argument("--rail-offset", type=float, default=d.rail_offset_V, metavar="V",
+                   help="with --diode shockley: clamp rails at +V (excitatory units) and -V "
+                        "(inhibitory) instead of 0 V, cancelling the diodes' forward drop "
+                        f"(default: {d.rail_offset_V:g})")
     g.add_argument("--input-gain", type=float, default=d.input_gain_V, metavar="V",
                    help="input source voltage for a pixel of value 1, applied as +V and -V "
                         "(default: per model and image size, e.g. 16 V for the digits cnn/mlp, "
@@ -199,9 +203,9 @@ def _add_torch_options(g) -> None:
 
 
 # TrainConfig field of each circuit option whose name differs from the field's
-CONFIG_FIELDS = {"input_gain": "input_gain_V", "amp_gain": "amp_gain", "g_max": "g_max_S", "g_min": "g_min_S", "tol": "tol_A",
+CONFIG_FIELDS = {"input_gain": "input_gain_V", "rail_offset": "rail_offset_V", "amp_gain": "amp_gain", "g_max": "g_max_S", "g_min": "g_min_S", "tol": "tol_A",
                  "device_model": "device_model", "wire_resistance": "wire_resistance_ohm"}
-CIRCUIT_CONFIG_OPTIONS = ("dataset", "arch", "backend", "diode", "input_gain", "input_center", "amp_gain", "g_max", "g_min", "tol",
+CIRCUIT_CONFIG_OPTIONS = ("dataset", "arch", "backend", "diode", "rail_offset", "input_gain", "input_center", "amp_gain", "g_max", "g_min", "tol",
                           "nudge_rtol", "max_iter", "device_model", "wire_resistance", "epochs",
                           "batch_size", "lr", "lr_bias", "lr_layers", "momentum", "lr_schedule",
                           "lr_decay", "init", "weight_gain", "beta", "seed", "train_subset",

@@ -147,3 +147,36 @@ def test_export_refuses_an_offset_for_ideal_diodes(tmp_path):
     with pytest.raises(EpsimError, match="--diode shockley"):
         main(["--reference", "--diode", "ideal", "--rail-offset", "0.25", "--out", str(tmp_path)])
 
+
+
+def test_training_refuses_an_offset_without_shockley_diodes_before_loading_data(monkeypatch):
+    import epsim.train as train_cli
+
+    monkeypatch.setattr(train_cli, "load_dataset", lambda *a, **k: pytest.fail("data loaded"))
+    for argv, match in ((["--rail-offset", "0.3"], "--diode shockley"),
+                        (["--diode", "shockley", "--rail-offset", "-1"], "voltage >= 0")):
+        with pytest.raises(EpsimError, match=match) as exc:
+            train_cli.main([*argv, "--no-progress"])
+        assert "\n" not in str(exc.value)
+
+
+def test_a_shockley_circuit_trained_on_offset_rails_records_them(tmp_path):
+    from epsim.models.loading import load_network
+    from epsim.train import main
+
+    main(["--model", "mlp", "--epochs", "1", "--train-subset", "32", "--test-subset", "16", "--diode", "shockley",
+          "--rail-offset", "0.3", "--out", str(tmp_path), "--no-progress"])
+    net, state = load_network(tmp_path / "checkpoint.pt")
+    assert net.diode.kind == "shockley" and net.diode.rail_offset_V == 0.3
+    assert state["config"]["rail_offset_V"] == 0.3
+
+
+def test_energy_refuses_an_offset_on_ideal_diodes(tmp_path):
+    from epsim.energy import main
+    from epsim.train import main as train
+
+    train(["--model", "mlp", "--epochs", "1", "--train-subset", "32", "--test-subset", "16", "--out",
+           str(tmp_path / "run"), "--no-progress"])
+    with pytest.raises(EpsimError, match="--diode shockley"):
+        main(["--checkpoint", str(tmp_path / "run" / "checkpoint.pt"), "--rail-offset", "0.3",
+              "--out", str(tmp_path / "energy")])

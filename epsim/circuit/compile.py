@@ -87,6 +87,18 @@ def with_diode(net, kind: str, **params):
     return out
 
 
+def with_diode_options(net, kind=None, rail_offset_V=None):
+    """``net`` with the clamp diodes a command's ``--diode`` / ``--rail-offset`` ask for
+    (``None``: the model's). Raises EpsimError for an offset on ideal diodes."""
+    if kind is not None and kind != net.diode.kind:
+        net = with_diode(net, kind)
+    if rail_offset_V is not None:
+        if net.diode.kind != "shockley":
+            raise EpsimError("--rail-offset offsets Shockley clamp rails: add --diode shockley")
+        net = with_diode(net, "shockley", rail_offset_V=rail_offset_V)
+    return net
+
+
 def with_layer_scales(net, factors):
     """Copy of ``net`` whose hidden layers ``1..L-1`` run at ``factors[l-1]`` times their
     voltages, computing the same function with ideal diodes.

@@ -63,6 +63,7 @@ class TrainConfig:
     weight_gain: float = 1.0
     init: str = "uniform"  # conductance init, epsim.models.connections.INITS
     diode: str = "ideal"
+    rail_offset_V: float = 0.0  # Shockley clamp rails at +/- this (V), see DiodeModel
     g_unit_S: float = 1e-6
     g_min_S: float = 0.0
     g_max_S: float = 2e-5
@@ -102,6 +103,9 @@ class TrainConfig:
              "--input-center must be a pixel value in [0, 1]"),
             (self.amp_gain is None or (len(self.amp_gain) > 0 and all(
                 np.isfinite(a) and a > 0 for a in self.amp_gain)), "--amp-gain must be positive numbers"),
+            (np.isfinite(self.rail_offset_V) and self.rail_offset_V >= 0, "--rail-offset must be a voltage >= 0"),
+            (self.rail_offset_V == 0 or self.diode == "shockley",
+             "--rail-offset offsets Shockley clamp rails: add --diode shockley"),
             (np.isfinite(self.tol_A) and self.tol_A > 0, "--tol must be positive (amperes)"),
             (self.nudge_rtol is None or (np.isfinite(self.nudge_rtol) and 0 < self.nudge_rtol < 1),
              "--nudge-rtol must be in [0, 1) (0: the nudged phases stop on --tol)"),
@@ -154,7 +158,7 @@ def preset_config(model: str = TrainConfig.model, **given) -> TrainConfig:
 
 
 def build_network(config: TrainConfig, dataset) -> ResistiveNetwork:
-    diode = DiodeModel(kind=config.diode)
+    diode = DiodeModel(kind=config.diode, rail_offset_V=config.rail_offset_V)
     ranges = CircuitRanges(config.g_unit_S, config.g_min_S, config.g_max_S)
     ranges = get_device_model(config.device_model).circuit_ranges(ranges)
     return build_circuit_model(config.model, dataset.image_shape, dataset.num_classes, arch=config.arch,
