@@ -108,6 +108,11 @@ def _add_circuit_model_options(g, d: TrainConfig) -> None:
              help="bidirectional amplifier gain between consecutive free layers: one "
                   "value for every boundary or one per boundary (input side first); 1 = "
                   "no amplifier (default: none)")
+    g.add_argument("--differential", action="store_true", default=d.differential,
+                   help="present every hidden layer to the crossbar above it as +v and -v (an "
+                        "inverting and a non-inverting amplifier per node, as the input sources), "
+                        "so each unit reaches the next layer with either sign; that crossbar has "
+                        "twice the inputs (default: off, +v only)")
     g.add_argument("--g-max", type=float, default=d.g_max_S, metavar="S", help="largest conductance (siemens)")
     g.add_argument("--g-min", type=float, default=d.g_min_S, metavar="S", help="smallest conductance (siemens)")
     g.add_argument("--tol", type=float, default=d.tol_A, metavar="A",
@@ -205,7 +210,8 @@ def _add_torch_options(g) -> None:
 # TrainConfig field of each circuit option whose name differs from the field's
 CONFIG_FIELDS = {"input_gain": "input_gain_V", "rail_offset": "rail_offset_V", "amp_gain": "amp_gain", "g_max": "g_max_S", "g_min": "g_min_S", "tol": "tol_A",
                  "device_model": "device_model", "wire_resistance": "wire_resistance_ohm"}
-CIRCUIT_CONFIG_OPTIONS = ("dataset", "arch", "backend", "diode", "rail_offset", "input_gain", "input_center", "amp_gain", "g_max", "g_min", "tol",
+CIRCUIT_CONFIG_OPTIONS = ("dataset", "arch", "backend", "diode", "rail_offset", "input_gain", "input_center", "amp_gain",
+                          "differential", "g_max", "g_min", "tol",
                           "nudge_rtol", "max_iter", "device_model", "wire_resistance", "epochs",
                           "batch_size", "lr", "lr_bias", "lr_layers", "momentum", "lr_schedule",
                           "lr_decay", "init", "weight_gain", "beta", "seed", "train_subset",

@@ -39,6 +39,11 @@ Elements::
                             from the amplifier; ``f_{node}`` (F, gain 1/A_l) draws I / A_l out
                             of {node} to ground. Gain 1: none of these, the crossbar attaches
                             to {node} itself. Not available with wire resistance.
+    en_{node}, vsn_{node},  inverting copy of a node of a differentially presented hidden
+    fn_{node}, an_{node},   layer l (always present, whatever A_l): ``en_{node}`` sets
+    xn_{node}               an_{node} to -A_l * v({node}), ``fn_{node}`` (gain -1/A_l) draws
+                            -I / A_l out of {node}; the next connection's second half of input
+                            terminals (channels or units C..2C-1) attach to xn_{node}.
 
 With amplifiers, KCL at a node j of layer l+1 reads ``sum_i G_ij (A_l v_i - v_j) + I_bias +
 I_diode = 0`` and a node i of layer l carries the extra current
@@ -208,9 +213,9 @@ def compile_network(net, v_input, *, beta: float = 0.0, target_V=None, netlist: 
         target_V = np.asarray(target_V, dtype=np.float64).reshape(-1)
         if target_V.size != net.num_outputs:
             raise EpsimError(f"target has {target_V.size} voltages, the network {net.num_outputs} outputs")
-    if wire_resistance_ohm and net.has_amplifiers:
-        raise EpsimError("wire resistance with amplifiers is not supported: set every "
-                         "amplifier gain to 1 or the wire resistance to 0")
+    if wire_resistance_ohm and (net.has_amplifiers or net.is_differential):
+        raise EpsimError("wire resistance with amplifiers or differential layers is not supported: "
+                         "set every amplifier gain to 1 or the wire resistance to 0")
     card = diode_card(net.diode)
     nl = netlist if netlist is not None else Netlist(title=f"epsim {net.name}", temp_K=net.diode.temp_K)
     if nl.temp_K != net.diode.temp_K:
@@ -257,19 +262,29 @@ def compile_network(net, v_input, *, beta: float = 0.0, target_V=None, netlist: 
 
 
 def _crossbar_inputs(nl, net, k, names) -> list:
-    """Node names connection ``k+1`` attaches to on its input side: layer ``k``'s nodes, or
-    their crossbar terminals ``x_{node}`` after adding the amplifiers of layer ``k`` (gain
-    ``net.crossbar_input_gain(k)`` != 1)."""
+    """Node names connection ``k+1`` attaches to on its input side, in the order of its
+    input terminals: layer ``k``'s nodes, or their crossbar terminals ``x_{node}`` after
+    adding the amplifiers of layer ``k`` (gain ``net.crossbar_input_gain(k)`` != 1); for a
+    differentially presented layer, followed by the inverting copies ``xn_{node}``."""
     gain = net.crossbar_input_gain(k)
-    if gain == 1.0:
-        return names
-    amp = [f"a_{n}" for n in names]
-    term = [f"x_{n}" for n in names]
-    sense = [f"vs_{n}" for n in names]
-    nl.add("E", [f"e_{n}" for n in names], amp, [GROUND] * len(names), gain,
+    term = names if gain == 1.0 else _add_amplifiers(nl, names, gain, "")
+    if k > 0 and net.differential[k - 1]:
+        term = list(term) + _add_amplifiers(nl, names, -gain, "n")
+    return term
+
+
+def _add_amplifiers(nl, names, gain, tag) -> list:
+    """Bidirectional amplifiers of gain ``gain`` (negative: inverting) on nodes ``names``;
+    returns their crossbar terminals ``x{tag}_{node}``. ``e{tag}_N`` sets ``a{tag}_N`` to
+    ``gain * v(N)``, ``vs{tag}_N`` (0 V) senses the current I the crossbar takes, ``f{tag}_N``
+    draws ``I / gain`` out of N."""
+    amp = [f"a{tag}_{n}" for n in names]
+    term = [f"x{tag}_{n}" for n in names]
+    sense = [f"vs{tag}_{n}" for n in names]
+    nl.add("E", [f"e{tag}_{n}" for n in names], amp, [GROUND] * len(names), gain,
            c=names, d=[GROUND] * len(names))
     nl.add("V", sense, amp, term, 0.0)
-    nl.add("F", [f"f_{n}" for n in names], names, [GROUND] * len(names), 1.0 / gain, control=sense)
+    nl.add("F", [f"f{tag}_{n}" for n in names], names, [GROUND] * len(names), 1.0 / gain, control=sense)
     return term
 
 
@@ -324,4 +339,8 @@ def _notes(net, beta) -> list:
     if net.has_amplifiers:
         lines.append("bidirectional amplifiers, gains A_l (layer l -> l+1): "
                      + ", ".join(repr(float(a)) for a in net.amp_gains))
+    if net.is_differential:
+        lines.append("differential layers (each node also presented as -A_l v through an inverting "
+                     "amplifier en_N / vsn_N / fn_N, terminal xn_N): "
+                     + ", ".join(str(l) for l in range(1, net.num_layers) if net.differential[l - 1]))
     return lines + describe_mapping(net)

@@ -119,10 +119,13 @@ def param_grads(net, eq_plus, eq_minus, beta, weights, factored=False):
     for l, conn in enumerate(net.connections):
         gain = net.crossbar_input_gain(l)
         weight = (layer_p[-1] / layer_p[l]) ** 2  # layer l + 1's weight in the co-content
+        # the crossbar's input terminals: the layer's nodes, its amplifier outputs, or
+        # both polarities of them (a differentially presented layer)
+        in_p, in_m = net.presented(l, layers_p[l]), net.presented(l, layers_m[l])
         if gain == 1.0:
-            args = (layers_p[l], layers_p[l + 1], layers_m[l], layers_m[l + 1])
-        else:  # the crossbar's input terminals sit at the amplifier outputs
-            args = (gain * layers_p[l], layers_p[l + 1], gain * layers_m[l], layers_m[l + 1])
+            args = (in_p, layers_p[l + 1], in_m, layers_m[l + 1])
+        else:
+            args = (gain * in_p, layers_p[l + 1], gain * in_m, layers_m[l + 1])
         if factored and conn.kind == "dense":
             grad_w.append(dense_drop_diff(*args).scaled(scale * weight))
         else:

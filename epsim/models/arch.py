@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from ..errors import EpsimError
 from .connections import Conv2d, Dense
+from .presentation import presented_shape
 
 
 def parse_arch(spec: str) -> list:
@@ -65,8 +66,10 @@ def format_arch(layers) -> str:
     return ",".join(out)
 
 
-def connections_from_arch(spec: str, image_shape, num_classes: int) -> list:
-    """Connection objects for images of ``image_shape`` (C, H, W); checks every size."""
+def connections_from_arch(spec: str, image_shape, num_classes: int, differential: bool = False) -> list:
+    """Connection objects for images of ``image_shape`` (C, H, W); checks every size.
+    ``differential``: every hidden layer presented as ``+v`` and ``-v`` to the crossbar
+    above it, which then has twice its input channels (:mod:`.presentation`)."""
     layers = parse_arch(spec)
     if layers[-1] != ("dense", num_classes):
         raise EpsimError(f"--arch must end with the output layer dense:{num_classes} "
@@ -88,6 +91,7 @@ def connections_from_arch(spec: str, image_shape, num_classes: int) -> list:
         else:
             conns.append(Dense(shape, (layer[1],)))
             shape = (layer[1],)
+        shape = presented_shape(shape, differential)
     return conns
 
 

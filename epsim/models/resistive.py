@@ -53,6 +53,8 @@ import numpy as np
 from ..circuit.diodes import DiodeModel
 from ..errors import EpsimError
 from .connections import Conv2d, Dense, connection_from_description, init_conductances
+from .presentation import (crossbar_views, initial_conductances, present, presented_shape,
+                           validate_differential)
 
 
 @dataclass
@@ -82,7 +84,7 @@ class ResistiveNetwork:
     """
 
     def __init__(self, image_shape, connections, *, input_gain_V=1.0, diode=None,
-                 ranges=None, name="custom", amp_gains=None, input_center=0.0):
+                 ranges=None, name="custom", amp_gains=None, input_center=0.0, differential=False):
         self.image_shape = tuple(int(s) for s in image_shape)
         self.connections = list(connections)
         self.input_gain_V = float(input_gain_V)
@@ -94,10 +96,13 @@ class ResistiveNetwork:
         self.name = name
         self.arch = None  # the architecture spec it was built from, when there is one
         c, h, w = self.image_shape
+        self.differential = validate_differential(differential, len(self.connections))
         shapes = [(2 * c, h, w)]
-        for conn in self.connections:
-            if int(np.prod(conn.in_shape)) != int(np.prod(shapes[-1])):
-                raise EpsimError(f"connection input {conn.in_shape} does not match layer {shapes[-1]}")
+        for l, conn in enumerate(self.connections):
+            presented = presented_shape(shapes[-1], l > 0 and bool(self.differential[l - 1]))
+            if int(np.prod(conn.in_shape)) != int(np.prod(presented)):
+                raise EpsimError(f"connection input {conn.in_shape} does not match layer {shapes[-1]}"
+                                 + (" presented differentially" if l > 0 and self.differential[l - 1] else ""))
             shapes.append(conn.out_shape)
         self.layer_shapes = shapes
         self.layer_sizes = [int(np.prod(s)) for s in shapes]
@@ -143,6 +148,30 @@ class ResistiveNetwork:
         between a layer's node voltages and the normalised voltages the solvers use."""
         return np.concatenate([[1.0], np.cumprod(self.amp_gains)])
 
+    @property
+    def is_differential(self) -> bool:
+        """Whether any hidden layer is presented differentially (:mod:`.presentation`)."""
+        return bool(np.any(self.differential))
+
+    def presented(self, k: int, v):
+        """(B, m_k) voltages connection ``k``'s input side sees from layer ``k``'s (B, n_k)
+        voltages ``v`` (in whatever units ``v`` is): ``[+v, -v]`` for a differential layer,
+        else ``v``; the amplifier gain not applied."""
+        return present(v, k > 0 and bool(self.differential[k - 1]))
+
+    def per_node(self, k: int, x):
+        """(..., m_k) values on connection ``k``'s input terminals -> (..., n_k) per node of
+        layer ``k``: the two copies of a differential layer summed."""
+        if k > 0 and self.differential[k - 1]:
+            n = self.layer_sizes[k]
+            return x[..., :n] + x[..., n:]
+        return x
+
+    def crossbar_views(self) -> list:
+        """The crossbars over the layers' own nodes, as the solvers use them
+        (:func:`~epsim.models.presentation.crossbar_views`)."""
+        return crossbar_views(self)
+
     def crossbar_input_gain(self, k: int) -> float:
         """Gain between layer ``k``'s nodes and connection ``k``'s input terminals (the
         amplifier of layer ``k``; 1 for the input layer, whose sources drive it directly)."""
@@ -185,6 +214,7 @@ class ResistiveNetwork:
             "input_center": self.input_center,
             "diode": self.diode.to_dict(),
             "amp_gains": [float(a) for a in self.amp_gains],
+            **({"differential": [bool(f) for f in self.differential]} if self.is_differential else {}),
             "ranges": {"g_unit_S": self.ranges.g_unit_S, "g_min_S": self.ranges.g_min_S,
                        "g_max_S": self.ranges.g_max_S},
         }
@@ -194,7 +224,8 @@ class ResistiveNetwork:
         net = cls(d["image_shape"], [connection_from_description(c) for c in d["connections"]],
                   input_gain_V=d["input_gain_V"], diode=DiodeModel.from_dict(d["diode"]),
                   ranges=CircuitRanges(**d["ranges"]), name=d["name"],
-                  amp_gains=d.get("amp_gains"), input_center=d.get("input_center", 0.0))
+                  amp_gains=d.get("amp_gains"), input_center=d.get("input_center", 0.0),
+                  differential=d.get("differential", False))
         net.arch = d.get("arch")
         return net
 
@@ -216,9 +247,10 @@ class ResistiveNetwork:
         return [b * self.ranges.g_unit_S for b in self.b]
 
     def init_params(self, rng: np.random.Generator, weight_gain: float = 1.0, init: str = "uniform"):
-        """Draw conductances (:func:`~epsim.models.connections.init_conductances`), zero biases."""
+        """Draw conductances (:func:`~epsim.models.presentation.initial_conductances`), zero biases."""
         lo, hi = self.w_bounds
-        self.w = [np.clip(init_conductances(c, rng, weight_gain, init), lo, hi) for c in self.connections]
+        self.w = [np.clip(initial_conductances(self, l, rng, weight_gain, init), lo, hi)
+                  for l in range(self.num_layers)]
         self.b = [np.zeros(self.bias_shape(l)) for l in range(1, self.num_layers + 1)]
 
     def set_params_SI(self, g_S, i_bias_A):
@@ -291,7 +323,7 @@ class ResistiveNetwork:
         e = np.zeros(v_input.shape[0])
         for l, conn in enumerate(self.connections):
             w = self.w[l]
-            vi, vo = layers[l], layers[l + 1]
+            vi, vo = self.presented(l, layers[l]), layers[l + 1]
             e += 0.5 * (np.einsum("bi,i->b", vi * vi, conn.degree_in(w))
                         + np.einsum("bj,j->b", vo * vo, conn.degree_out(w))
                         - 2.0 * np.einsum("bj,bj->b", conn.drive_out(w, vi), vo))

@@ -86,6 +86,9 @@ def check_monotone_circuit(net):
             raise EpsimError("certification needs non-negative conductances")
     if np.any(net.amp_gains <= 0):
         raise EpsimError("certification needs positive amplifier gains")
+    if net.is_differential:
+        raise EpsimError("certification needs a monotone circuit: differential layers (inverting "
+                         "amplifiers) are not")
 
 
 def certify_box(net, solver, x, y, eps: float, batch_size: int = 500) -> CertifyResult:

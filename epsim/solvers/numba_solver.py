@@ -211,17 +211,21 @@ def _residual(kinds, shapes, weights, a, bias, lo, hi, input_drive, v, beta, tar
         layer_residual(a[l], c, lo[l], hi[l], shockley, is_n[l], nvt[l], v[l], layer_p[l], res, parallel)
 
 
-def connection_layout(net):
-    """``(kinds, shapes, weights)`` describing ``net``'s connections to the jitted sweeps.
+def connection_layout(net, views=None):
+    """``(kinds, shapes, weights)`` describing ``net``'s connections to the jitted sweeps,
+    over the layers' own nodes (:meth:`~epsim.models.resistive.ResistiveNetwork.crossbar_views`;
+    ``views``: those views, when already built).
 
     kinds: (L,) int64, :data:`KIND_DENSE` or :data:`KIND_CONV`; shapes: (L, 9) int64, a
     dense ``(n_in, n_out)`` or a conv ``(c_out, c_in, k, stride, h, w, h_out, w_out, padding)``;
-    weights: tuple of flat float64 views of ``net.w`` (no copies).
+    weights: tuple of flat float64 drive weights (views of ``net.w``, no copies, unless a
+    layer is presented differentially).
     """
+    views = views if views is not None else net.crossbar_views()
     L = net.num_layers
     kinds = np.zeros(L, dtype=np.int64)
     shapes = np.zeros((L, 9), dtype=np.int64)
-    for l, conn in enumerate(net.connections):
+    for l, conn in enumerate(view.conn for view in views):
         if conn.kind == "dense":
             kinds[l] = KIND_DENSE
             shapes[l, :2] = conn.param_shape
@@ -231,7 +235,7 @@ def connection_layout(net):
             _, h, w = conn.in_shape
             _, h_out, w_out = conn.out_shape
             shapes[l] = (co, ci, k, conn.stride, h, w, h_out, w_out, conn.padding)
-    weights = tuple(np.ascontiguousarray(w, dtype=np.float64).reshape(-1) for w in net.w)
+    weights = tuple(np.ascontiguousarray(view.w_drive, dtype=np.float64).reshape(-1) for view in views)
     return kinds, shapes, weights
 
 
@@ -396,11 +400,12 @@ class LayeredProblem:
         self.v_input = np.ascontiguousarray(v_input, dtype=np.float64)
         L = net.num_layers
         self.node_updates = self.v_input.shape[0] * sum(net.layer_sizes[1:])
+        views = net.crossbar_views()
         self.degree = []
         for l in range(1, L + 1):
-            d = net.connections[l - 1].degree_out(net.w[l - 1])
+            d = views[l - 1].degree_out
             if l < L:
-                d = d + net.connections[l].degree_in(net.w[l])
+                d = d + views[l].degree_in
             self.degree.append(np.ascontiguousarray(d))
         check_no_floating_nodes(self.degree)
         with threads_for(self.node_updates):
@@ -411,7 +416,7 @@ class LayeredProblem:
                                 for b, p in zip(self.bias, self.layer_p))
         self.rails_lo = tuple(lo / p for lo, p in zip(net.rail_lo_V, self.layer_p))
         self.rails_hi = tuple(hi / p for hi, p in zip(net.rail_hi_V, self.layer_p))
-        self.layout = connection_layout(net)
+        self.layout = connection_layout(net, views)
         d = net.diode
         self.shockley = d.kind == "shockley"
         self.is_n = d.is_A / net.ranges.g_unit_S / self.layer_p

@@ -212,7 +212,9 @@ class TorchCircuit:
     :meth:`to_normalised` and :meth:`output_voltages` convert states.
 
     Attributes:
-        w: L tensors, normalised conductances, ``connections[l].param_shape``.
+        conns: L connection objects over the layers' own nodes; w: L tensors, their
+            normalised drive weights (the conductances, or ``g+ - g-`` of a differentially
+            presented layer: :mod:`epsim.models.presentation`).
         bias: L tensors (n_l,), normalised bias current (V) per node of layer l+1, / P_l.
         lo, hi: L tensors (n_l,), clamp rails (V) / P_l, ``-inf``/``+inf`` = no diode.
         is_n, nvt: L floats, ``Is / (g_unit P_l)`` and ``n Vt / P_l`` (V).
@@ -226,7 +228,9 @@ class TorchCircuit:
         self.dtype = resolve_dtype(dtype)
         t = self.tensor
         self.L = net.num_layers
-        self.w = [t(w) for w in net.w]
+        views = net.crossbar_views()
+        self.conns = [view.conn for view in views]  # over the layers' own nodes
+        self.w = [t(view.w_drive) for view in views]  # signed where a layer is differential
         self.layer_p = [float(p) for p in net.layer_scale]
         self.amplified = net.has_amplifiers
         p = self.layer_p
@@ -242,11 +246,10 @@ class TorchCircuit:
         self.nvt = [float(net.diode.n_vt_V) / pl for pl in p]
         self.degree = []
         for l in range(1, self.L + 1):
-            d = self.degree_out(l - 1)
+            d = views[l - 1].degree_out
             if l < self.L:
-                n_out = net.layer_sizes[l + 1]
-                d = d + self.drive_in(l, torch.ones(1, n_out, dtype=self.dtype, device=self.device))[0]
-            self.degree.append(d)
+                d = d + views[l].degree_in
+            self.degree.append(t(d))
         check_no_floating_nodes(self.degree)
 
     def tensor(self, x):
@@ -277,7 +280,7 @@ class TorchCircuit:
     # ---- crossbar maps (connection index k joins layer k to layer k+1) -----------------
     def drive_out(self, k, v_in):
         """(B, n_{k+1}) current ``sum_i w_ij v_in_i`` into layer k+1 from layer k (B, n_k)."""
-        conn, w = self.net.connections[k], self.w[k]
+        conn, w = self.conns[k], self.w[k]
         if conn.kind == "dense":
             return v_in @ w
         x = v_in.reshape((v_in.shape[0],) + conn.in_shape)
@@ -285,19 +288,9 @@ class TorchCircuit:
             return F.conv2d(x, w, stride=conn.stride, padding=conn.padding).reshape(v_in.shape[0], -1)
         return F.conv2d(x, w, stride=conn.stride).reshape(v_in.shape[0], -1)
 
-    def degree_out(self, k):
-        """(n_{k+1},) total conductance connection k puts on each node of layer k+1: a padded
-        conv's conductances to the rail (the pad) included."""
-        conn = self.net.connections[k]
-        if conn.kind == "dense" or not conn.padding:
-            ones = torch.ones(1, self.net.layer_sizes[k], dtype=self.dtype, device=self.device)
-            return self.drive_out(k, ones)[0]
-        ones = torch.ones((1,) + conn.padded_shape, dtype=self.dtype, device=self.device)
-        return F.conv2d(ones, self.w[k], stride=conn.stride).reshape(-1)
-
     def drive_in(self, k, v_out):
         """(B, n_k) current ``sum_j w_ij v_out_j`` into layer k from layer k+1 (B, n_{k+1})."""
-        conn, w = self.net.connections[k], self.w[k]
+        conn, w = self.conns[k], self.w[k]
         if conn.kind == "dense":
             return v_out @ w.T
         _, h, wd = conn.in_shape

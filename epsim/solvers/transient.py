@@ -72,7 +72,7 @@ def node_capacitance_F(net, caps: Capacitances) -> list:
         cells = conn_in.degree_out(np.ones(conn_in.param_shape))
         if l < net.num_layers:
             conn_out = net.connections[l]
-            cells = cells + conn_out.degree_in(np.ones(conn_out.param_shape))
+            cells = cells + net.per_node(l, conn_out.degree_in(np.ones(conn_out.param_shape)))
         out.append(caps.node_F + caps.cell_F * cells)
     return out
 
@@ -122,7 +122,7 @@ def circuit_powers_W(net, v_input, v_free, beta=0.0, target_V=None) -> dict:
     for k, conn in enumerate(net.connections):
         w = net.w[k]
         gain = net.crossbar_input_gain(k)
-        vi, vo = gain * layers[k], layers[k + 1]  # the crossbar's terminals
+        vi, vo = gain * net.presented(k, layers[k]), layers[k + 1]  # the crossbar's terminals
         deg_in, deg_out = conn.degree_in(w), conn.degree_out(w)
         drive_in = conn.drive_in(w, np.ascontiguousarray(vo))  # (B, n_k): sum_j w_ij v_j
         # current each input-side terminal supplies into the crossbar: deg_in v_i - sum_j w_ij v_j
@@ -132,8 +132,9 @@ def circuit_powers_W(net, v_input, v_free, beta=0.0, target_V=None) -> dict:
         if k == 0:
             p_src += np.einsum("bi,bi->b", vi, supplied)  # the input voltage sources
         elif gain != 1.0:
-            # VCVS delivers (A v) I, its CCCS absorbs v I / A
-            p_src += np.einsum("bi,bi->b", layers[k], supplied) * (gain - 1.0 / gain)
+            # a VCVS delivers (s A v) I, its CCCS absorbs v s I / A (s = -1 on the inverting
+            # copy of a differential layer)
+            p_src += np.einsum("bi,bi->b", net.presented(k, layers[k]), supplied) * (gain - 1.0 / gain)
         p_src += vo @ net.bias_per_node(k + 1)
     if beta != 0.0:
         y, v_out = np.asarray(target_V, np.float64), layers[-1]

@@ -59,6 +59,7 @@ class TrainConfig:
     input_gain_V: float | None = None  # None: the model's default
     input_center: float = 0.0  # pixel value whose input sources sit at 0 V
     amp_gain: list | None = None  # amplifier gains between free layers (one, or one per boundary)
+    differential: bool = False  # hidden layers presented as +v and -v to the next crossbar
     target_high_V: float = 1.0
     weight_gain: float = 1.0
     init: str = "uniform"  # conductance init, epsim.models.connections.INITS
@@ -138,6 +139,8 @@ class TrainConfig:
         if r > 0 and self.arch is not None and has_padded_conv(self.arch):
             raise EpsimError("--wire-resistance > 0 with a padded conv layer (conv:C:K:S:P, P > 0) is "
                              "not supported: use padding 0 or wire resistance 0")
+        if r > 0 and self.differential:
+            raise EpsimError("--wire-resistance > 0 with --differential is not supported")
         if r > 0 and self.backend != "numba":
             raise EpsimError("--wire-resistance > 0 is solved by the CPU nodal solver: use --backend numba")
 
@@ -164,7 +167,7 @@ def build_network(config: TrainConfig, dataset) -> ResistiveNetwork:
     return build_circuit_model(config.model, dataset.image_shape, dataset.num_classes, arch=config.arch,
                                input_gain_V=config.input_gain_V, input_center=config.input_center,
                                diode=diode, ranges=ranges,
-                               amp_gains=config.amp_gain)
+                               amp_gains=config.amp_gain, differential=config.differential)
 
 
 def evaluate(net, solver, x, y, batch_size=500, dp: DataParallel | None = None) -> dict:
