@@ -20,6 +20,7 @@ from .models.connections import INITS  # noqa: E402
 from .models.ep_cnn import SOLVERS  # noqa: E402
 from .models.loading import TORCH_MODELS  # noqa: E402
 from .models.registry import CIRCUIT_MODELS  # noqa: E402
+from .models.resistive import UNIT_POLARITIES  # noqa: E402
 from .solvers import BACKENDS  # noqa: E402
 from .training import CHECKPOINT_NAME, LR_SCHEDULES, TrainConfig, preset_config, train  # noqa: E402
 from .training.software import PRESET_NAMES, resolve_config, train_torch  # noqa: E402
@@ -113,6 +114,10 @@ def _add_circuit_model_options(g, d: TrainConfig) -> None:
                         "inverting and a non-inverting amplifier per node, as the input sources), "
                         "so each unit reaches the next layer with either sign; that crossbar has "
                         "twice the inputs (default: off, +v only)")
+    g.add_argument("--unit-polarity", default=d.unit_polarity, choices=UNIT_POLARITIES,
+                   help="hidden units: half excitatory (v >= 0) and half inhibitory (v <= 0), or all "
+                        "excitatory (with --differential, every unit still reaches the next layer "
+                        "with both signs)")
     g.add_argument("--g-max", type=float, default=d.g_max_S, metavar="S", help="largest conductance (siemens)")
     g.add_argument("--g-min", type=float, default=d.g_min_S, metavar="S", help="smallest conductance (siemens)")
     g.add_argument("--tol", type=float, default=d.tol_A, metavar="A",
@@ -211,7 +216,7 @@ def _add_torch_options(g) -> None:
 CONFIG_FIELDS = {"input_gain": "input_gain_V", "rail_offset": "rail_offset_V", "amp_gain": "amp_gain", "g_max": "g_max_S", "g_min": "g_min_S", "tol": "tol_A",
                  "device_model": "device_model", "wire_resistance": "wire_resistance_ohm"}
 CIRCUIT_CONFIG_OPTIONS = ("dataset", "arch", "backend", "diode", "rail_offset", "input_gain", "input_center", "amp_gain",
-                          "differential", "g_max", "g_min", "tol",
+                          "differential", "unit_polarity", "g_max", "g_min", "tol",
                           "nudge_rtol", "max_iter", "device_model", "wire_resistance", "epochs",
                           "batch_size", "lr", "lr_bias", "lr_layers", "momentum", "lr_schedule",
                           "lr_decay", "init", "weight_gain", "beta", "seed", "train_subset",

@@ -275,3 +275,21 @@ def test_refusals():
                           "--wire-resistance", "1"], capture_output=True, text=True)
     assert run.returncode != 0
     assert run.stderr.strip().splitlines()[-1].startswith("error: --wire-resistance > 0 with --differential")
+
+
+def test_all_excitatory_units():
+    """``unit_polarity="excitatory"``: every hidden node clamped at v >= 0 (one diode each in
+    the export), recorded in the description; the default split is left out of it."""
+    net = build_circuit_model("test", (1, 4, 4), 3, arch=ARCHS["cnn"], differential=True,
+                              unit_polarity="excitatory")
+    for lo, hi in zip(net.rail_lo_V[:-1], net.rail_hi_V[:-1]):
+        assert np.all(lo == 0.0) and np.all(np.isposinf(hi))
+    back = ResistiveNetwork.from_description(net.describe())
+    assert back.unit_polarity == "excitatory"
+    assert "unit_polarity" not in diff_net("cnn").describe()
+    net.init_params(np.random.default_rng(0))
+    nl = compile_network(net, net.input_voltages(np.full((1, 1, 4, 4), 0.5))[0])
+    names = [n.lower() for n in nl.elements("D").names]
+    assert names and all(n.startswith("dlo_") for n in names)
+    with pytest.raises(EpsimError, match="unit polarity"):
+        build_circuit_model("test", (1, 4, 4), 3, arch=ARCHS["cnn"], unit_polarity="mixed")

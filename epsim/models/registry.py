@@ -121,13 +121,16 @@ def preset_settings(name: str) -> dict:
 def build_circuit_model(name: str, image_shape, num_classes: int, *, arch: str | None = None,
                         input_gain_V=None, diode: DiodeModel | None = None,
                         ranges: CircuitRanges | None = None, amp_gains=None,
-                        input_center: float = 0.0, differential: bool = False) -> ResistiveNetwork:
+                        input_center: float = 0.0, differential: bool = False,
+                        unit_polarity: str = "split") -> ResistiveNetwork:
     """Circuit network ``name`` (or the spec ``arch``) for images of ``image_shape`` (C, H, W).
 
     ``input_gain_V=None`` takes the model's default (:func:`default_input_gain_V`);
     ``amp_gains``: amplifier gains between free layers (None: no amplifiers);
     ``input_center``: the pixel value whose input sources sit at 0 V;
-    ``differential``: every hidden layer presented as ``+v`` and ``-v`` to the next crossbar.
+    ``differential``: every hidden layer presented as ``+v`` and ``-v`` to the next crossbar;
+    ``unit_polarity``: hidden units half excitatory / half inhibitory (``split``) or all
+    excitatory.
     """
     spec = arch if arch is not None else model_arch(name, image_shape, num_classes)
     if input_gain_V is None:
@@ -135,6 +138,7 @@ def build_circuit_model(name: str, image_shape, num_classes: int, *, arch: str |
     conns = connections_from_arch(spec, image_shape, num_classes, differential)
     net = ResistiveNetwork(image_shape, conns, input_gain_V=input_gain_V, diode=diode, ranges=ranges,
                            name=name if arch is None else "arch", amp_gains=amp_gains,
-                           input_center=input_center, differential=differential)
+                           input_center=input_center, differential=differential,
+                           unit_polarity=unit_polarity)
     net.arch = spec
     return net

@@ -7,7 +7,9 @@ Circuit
   ``input_center`` pixel value that maps to 0 V (default 0: black is 0 V).
 - Hidden layers: free nodes with clamp diodes to the 0 V rail. Excitatory units have a
   diode from the rail to the node (``v >= 0``); inhibitory units a diode from the node to
-  the rail (``v <= 0``). Channels (CNN) or units (MLP) are split half/half. A Shockley
+  the rail (``v <= 0``). Channels (CNN) or units (MLP) are split half/half, or
+  (``unit_polarity="excitatory"``, for differentially presented layers, which give each
+  unit both signs downstream) all excitatory. A Shockley
   diode model may carry a rail offset (:class:`~epsim.circuit.diodes.DiodeModel`): the
   excitatory rail then sits at ``+offset``, the inhibitory one at ``-offset``.
 - Output layer: free, linear nodes (no diode).
@@ -22,6 +24,9 @@ Circuit
   every layer-l node to the next crossbar; backward, a current-controlled current source
   draws ``1/A_l`` of the current that crossbar takes from the amplifier out of the layer-l
   node. Gain 1 is a plain wire (today's passive circuit, bit for bit).
+- Differential presentation (optional, per boundary): a hidden layer also reaches the next
+  crossbar through inverting amplifiers, as ``-A_l * v``; that crossbar has twice the inputs
+  (:mod:`epsim.models.presentation`).
 
 Units
 -----
@@ -57,6 +62,9 @@ from .presentation import (crossbar_views, initial_conductances, present, presen
                            validate_differential)
 
 
+UNIT_POLARITIES = ("split", "excitatory")  # hidden units: half v >= 0 / half v <= 0, or all v >= 0
+
+
 @dataclass
 class CircuitRanges:
     """Physical scale of the crossbar: conductance unit and programmable range, in siemens."""
@@ -84,7 +92,8 @@ class ResistiveNetwork:
     """
 
     def __init__(self, image_shape, connections, *, input_gain_V=1.0, diode=None,
-                 ranges=None, name="custom", amp_gains=None, input_center=0.0, differential=False):
+                 ranges=None, name="custom", amp_gains=None, input_center=0.0, differential=False,
+                 unit_polarity="split"):
         self.image_shape = tuple(int(s) for s in image_shape)
         self.connections = list(connections)
         self.input_gain_V = float(input_gain_V)
@@ -97,6 +106,9 @@ class ResistiveNetwork:
         self.arch = None  # the architecture spec it was built from, when there is one
         c, h, w = self.image_shape
         self.differential = validate_differential(differential, len(self.connections))
+        if unit_polarity not in UNIT_POLARITIES:
+            raise EpsimError(f"unknown unit polarity {unit_polarity!r}; choose from {', '.join(UNIT_POLARITIES)}")
+        self.unit_polarity = unit_polarity
         shapes = [(2 * c, h, w)]
         for l, conn in enumerate(self.connections):
             presented = presented_shape(shapes[-1], l > 0 and bool(self.differential[l - 1]))
@@ -108,7 +120,8 @@ class ResistiveNetwork:
         self.layer_sizes = [int(np.prod(s)) for s in shapes]
         self.rail_lo_V, self.rail_hi_V = [], []
         for l, shape in enumerate(shapes[1:], start=1):
-            lo, hi = self._rails(shape, is_output=(l == len(shapes) - 1), offset_V=self.diode.rail_offset_V)
+            lo, hi = self._rails(shape, is_output=(l == len(shapes) - 1), offset_V=self.diode.rail_offset_V,
+                                 excitatory_only=unit_polarity == "excitatory")
             self.rail_lo_V.append(lo)
             self.rail_hi_V.append(hi)
         self.w = [np.zeros(conn.param_shape) for conn in self.connections]
@@ -190,7 +203,7 @@ class ResistiveNetwork:
         return [u * p for u, p in zip(u_free, self.layer_scale)]
 
     @staticmethod
-    def _rails(shape, is_output, offset_V=0.0):
+    def _rails(shape, is_output, offset_V=0.0, excitatory_only=False):
         n = int(np.prod(shape))
         lo = np.full(n, -np.inf)
         hi = np.full(n, np.inf)
@@ -198,7 +211,8 @@ class ResistiveNetwork:
             return lo, hi
         units = shape[0]
         per_unit = n // units
-        excitatory = np.repeat(np.arange(units) < (units + 1) // 2, per_unit)
+        n_exc = units if excitatory_only else (units + 1) // 2
+        excitatory = np.repeat(np.arange(units) < n_exc, per_unit)
         lo[excitatory] = offset_V
         hi[~excitatory] = -offset_V
         return lo, hi
@@ -215,6 +229,7 @@ class ResistiveNetwork:
             "diode": self.diode.to_dict(),
             "amp_gains": [float(a) for a in self.amp_gains],
             **({"differential": [bool(f) for f in self.differential]} if self.is_differential else {}),
+            **({"unit_polarity": self.unit_polarity} if self.unit_polarity != "split" else {}),
             "ranges": {"g_unit_S": self.ranges.g_unit_S, "g_min_S": self.ranges.g_min_S,
                        "g_max_S": self.ranges.g_max_S},
         }
@@ -225,7 +240,7 @@ class ResistiveNetwork:
                   input_gain_V=d["input_gain_V"], diode=DiodeModel.from_dict(d["diode"]),
                   ranges=CircuitRanges(**d["ranges"]), name=d["name"],
                   amp_gains=d.get("amp_gains"), input_center=d.get("input_center", 0.0),
-                  differential=d.get("differential", False))
+                  differential=d.get("differential", False), unit_polarity=d.get("unit_polarity", "split"))
         net.arch = d.get("arch")
         return net
 

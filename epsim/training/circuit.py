@@ -28,7 +28,7 @@ from ..models.arch import has_padded_conv, parse_arch
 from ..models.connections import INITS
 from ..models.loading import load_network, restore_network  # noqa: F401  (re-exported)
 from ..models.registry import build_circuit_model, preset_settings
-from ..models.resistive import CircuitRanges, ResistiveNetwork
+from ..models.resistive import UNIT_POLARITIES, CircuitRanges, ResistiveNetwork
 from ..solvers.factory import make_solver
 from .run import Run, epoch_order, num_batches, progress_bar, show, summary_metrics
 
@@ -60,6 +60,7 @@ class TrainConfig:
     input_center: float = 0.0  # pixel value whose input sources sit at 0 V
     amp_gain: list | None = None  # amplifier gains between free layers (one, or one per boundary)
     differential: bool = False  # hidden layers presented as +v and -v to the next crossbar
+    unit_polarity: str = "split"  # hidden units: half excitatory / half inhibitory, or "excitatory"
     target_high_V: float = 1.0
     weight_gain: float = 1.0
     init: str = "uniform"  # conductance init, epsim.models.connections.INITS
@@ -96,6 +97,7 @@ class TrainConfig:
             (self.lr_schedule in LR_SCHEDULES, f"--lr-schedule must be one of {', '.join(LR_SCHEDULES)}"),
             (np.isfinite(self.lr_decay) and 0 < self.lr_decay <= 1, "--lr-decay must be in (0, 1]"),
             (self.init in INITS, f"--init must be one of {', '.join(INITS)}"),
+            (self.unit_polarity in UNIT_POLARITIES, f"--unit-polarity must be one of {', '.join(UNIT_POLARITIES)}"),
             (np.isfinite(self.weight_gain) and self.weight_gain > 0, "--weight-gain must be positive"),
             (np.isfinite(self.beta) and self.beta > 0, "--beta must be a positive number"),
             (self.input_gain_V is None or (np.isfinite(self.input_gain_V) and self.input_gain_V > 0),
@@ -167,7 +169,8 @@ def build_network(config: TrainConfig, dataset) -> ResistiveNetwork:
     return build_circuit_model(config.model, dataset.image_shape, dataset.num_classes, arch=config.arch,
                                input_gain_V=config.input_gain_V, input_center=config.input_center,
                                diode=diode, ranges=ranges,
-                               amp_gains=config.amp_gain, differential=config.differential)
+                               amp_gains=config.amp_gain, differential=config.differential,
+                               unit_polarity=config.unit_polarity)
 
 
 def evaluate(net, solver, x, y, batch_size=500, dp: DataParallel | None = None) -> dict:
