@@ -301,6 +301,9 @@ def run_sweep(adapter, x, y, config: SweepConfig, *, surrogate=None, recorded=No
         if adapter.kind != "circuit":
             raise EpsimError(f"certify-l2/certify-linf need a circuit model; {adapter.name} is a "
                              f"{adapter.kind} model (signed weights, max-pool: no monotonicity certificate)")
+        from .certify import check_monotone_circuit
+
+        check_monotone_circuit(adapter.net)
     white = [a for a in attacks if split_attack(a)[0] in ("pgd", "fgsm")]
     paths = resolve_paths(adapter, cfg.paths, surrogate) if white else ()
     sw = _Sweep(adapter, x, y, cfg, surrogate, progress, log)
