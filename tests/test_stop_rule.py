@@ -1,5 +1,6 @@
 """The nudged phases' relative stop rule: EP gradients at the training settings match the
-converged ones in every layer, for deep MLPs, a DRN-3H-shaped circuit and a two-conv CNN."""
+converged ones in every layer, for deep MLPs, a DRN-3H-shaped circuit and two-conv CNNs (plain
+and differential)."""
 import numpy as np
 import pytest
 
@@ -26,6 +27,7 @@ CIRCUITS = [
     ("drn-3h-shaped", "drn-3h", "dense:32,dense:32,dense:32,dense:10", 4000.0, 0.5, "clamped-uniform",
      [0.005, 0.02, 0.08, 0.005]),
     ("two-conv cnn", "cnn", "conv:8:3,conv:16:3,dense:10", 16.0, 0.5, "uniform", 0.05),
+    ("differential two-conv cnn", "cnn-differential", "conv:8:3,conv:16:3,dense:10", 16.0, 0.5, "uniform", 0.05),
 ]
 
 
@@ -48,10 +50,13 @@ def test_training_settings_give_the_converged_ep_gradient(digits, name, model, a
     """Acceptance: with the solver settings training uses (TrainConfig defaults), every layer's
     EP gradient has cosine >= 0.999 and norm within 1 % of the converged (1e-15 A) one, at
     initialisation and after some training."""
-    cfg = preset_config(model, arch=arch, input_gain_V=gain, beta=beta, init=init)
+    differential = model.endswith("-differential")
+    model = model.removesuffix("-differential")
+    cfg = preset_config(model, arch=arch, input_gain_V=gain, beta=beta, init=init, differential=differential)
     assert cfg.tol_A == TrainConfig().tol_A and cfg.nudge_rtol == TrainConfig().nudge_rtol
     solver = make_solver(cfg)
-    net = build_circuit_model(model, digits.image_shape, 10, arch=arch, input_gain_V=gain)
+    net = build_circuit_model(model, digits.image_shape, 10, arch=arch, input_gain_V=gain,
+                              differential=differential)
     net.init_params(np.random.default_rng(0), 1.0, init)
     lrs = lr if isinstance(lr, list) else [lr] * net.num_layers
     opt = ProjectedSGD(net, lrs, lrs, 0.0)
@@ -60,6 +65,8 @@ def test_training_settings_give_the_converged_ep_gradient(digits, name, model, a
     for k in range(40):
         r = centered_ep(net, solver, x[8 + 4 * k:12 + 4 * k], y[8 + 4 * k:12 + 4 * k], beta)
         opt.step(r.grad_w, r.grad_b)
+    if differential:  # training has grown the -v halves from 0
+        assert net.w[1][:, net.layer_shapes[1][0]:].max() > 0 and net.w[2][net.layer_sizes[2]:].max() > 0
     checks["trained"] = layer_agreement(net, x[200:208], y[200:208], beta, solver)
     for when, per_layer in checks.items():
         for l, (cos, ratio) in enumerate(per_layer):
