@@ -229,7 +229,7 @@ def test_export_read_mna_matches_numba(kind, tmp_path):
 
 @needs_ngspice
 def test_numba_matches_ngspice(tmp_path):
-    net = diff_net("cnn", "shockley", seed=23, is_A=1e-9)
+    net = diff_net("cnn", "shockley", seed=23, is_A=1e-15)  # ngspice's reverse knee: see README
     x, labels = data(net, batch=1, seed=24)
     v_in = net.input_voltages(x)
     target = one_hot_targets(labels, net.num_outputs)
@@ -243,7 +243,7 @@ def test_numba_matches_ngspice(tmp_path):
         spice = ngspice_voltages(nl, tmp_path, f"{phase}.cir")
         diff = max(abs(layer[0, k] - spice[nl.node_index(n)])
                    for layer, layer_names in zip(eq.v_free, names[1:]) for k, n in enumerate(layer_names))
-        assert diff <= 1e-6, f"{phase}: max |V_numba - V_ngspice| = {diff:.3g} V"
+        assert diff <= 1e-9, f"{phase}: max |V_numba - V_ngspice| = {diff:.3g} V"
 
 
 def test_the_energy_is_minimal_at_the_equilibrium():
