@@ -36,7 +36,18 @@ def amplified_mlp(diode="shockley", seed=1):
     return net, net.input_voltages(rng.uniform(0, 1, (4, 1, 4, 4)))
 
 
-@pytest.mark.parametrize("make", [digits_cnn, amplified_mlp])
+def differential_mlp(diode="shockley", seed=2):
+    """An amplified MLP whose hidden layers are presented as +A v and -A v (both halves of
+    every crossbar conducting)."""
+    net = build_circuit_model("test", (1, 4, 4), 4, arch="dense:8,dense:6,dense:4", input_gain_V=2.0,
+                              diode=DiodeModel(kind=diode), amp_gains=[4.0, 2.0], differential=True)
+    rng = np.random.default_rng(seed)
+    net.w = [rng.uniform(0.0, 2.0, w.shape) / np.sqrt(c.fan_in) for c, w in zip(net.connections, net.w)]
+    net.b = [rng.normal(0.0, 0.2, b.shape) * p for b, p in zip(net.b, net.layer_scale)]
+    return net, net.input_voltages(rng.uniform(0, 1, (4, 1, 4, 4)))
+
+
+@pytest.mark.parametrize("make", [digits_cnn, amplified_mlp, differential_mlp])
 @pytest.mark.parametrize("diode", ["ideal", "shockley"])
 def test_transient_settles_on_the_dc_equilibrium_and_conserves_energy(make, diode):
     net, v_in = make(diode)
