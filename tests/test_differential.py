@@ -17,13 +17,11 @@ from epsim.models.registry import build_circuit_model
 from epsim.models.resistive import ResistiveNetwork, one_hot_targets
 from epsim.robustness.certify import certify_box
 from epsim.robustness.input_gradients import implicit_input_gradient, squared_error_loss
-from epsim.solvers.factory import make_solver
 from epsim.solvers.mna import solve_mna
 from epsim.solvers.numba_solver import LayeredProblem, NumbaSolver, solve
-from epsim.solvers.torch_solver import TorchCircuitSolver
-from epsim.training import TrainConfig
 from test_amplifier_spice import needs_ngspice, ngspice_voltages
-from test_ep_gradient import cosine, finite_difference
+from test_amplifiers import (assert_element_laws_hold, assert_energy_minimal, assert_ep_matches_finite_differences,
+                             assert_torch_matches_numba)
 
 ARCHS = {"mlp": "dense:7,dense:6,dense:3", "cnn": "conv:4:3:1:1,conv:4:2:2,dense:5,dense:3"}
 
@@ -47,41 +45,6 @@ def diff_net(kind="mlp", diode="ideal", gains=(3.0, 0.5, 2.0), seed=0, is_A=1e-1
 def data(net, batch=4, seed=1):
     rng = np.random.default_rng(seed)
     return rng.uniform(0, 1, (batch,) + net.image_shape), rng.integers(0, net.num_outputs, batch)
-
-
-def physical_kcl_A(net, v_input, v_free, beta=0.0, target_V=None):
-    """(B,) max |KCL| (A) of a dense differential circuit written from the element laws:
-    crossbar currents from the amplifier outputs +A v and -A v, the currents the
-    amplifiers draw back (/A, sign flipped on the inverting copy), biases, Shockley diodes,
-    the nudge."""
-    g = net.ranges.g_unit_S
-    d = net.diode
-    layers = [v_input] + list(v_free)
-    worst = np.zeros(v_input.shape[0])
-    for l in range(1, net.num_layers + 1):
-        v = layers[l]
-        gain_in = net.crossbar_input_gain(l - 1)
-        w_in = net.w[l - 1]
-        below = layers[l - 1] if l == 1 else np.concatenate([layers[l - 1], -layers[l - 1]], axis=1)
-        i_node = (gain_in * below) @ w_in - v * w_in.sum(axis=0)
-        if l < net.num_layers:
-            gain_out = net.crossbar_input_gain(l)
-            w_out = net.w[l]
-            n = v.shape[1]
-            for sign, rows in ((1.0, w_out[:n]), (-1.0, w_out[n:])):
-                # current the (sign) amplifier output supplies to the next crossbar
-                supplied = sign * gain_out * v * rows.sum(axis=1) - layers[l + 1] @ rows.T
-                i_node -= sign * supplied / gain_out
-        i_node += net.bias_per_node(l)
-        lo, hi = net.rail_lo_V[l - 1], net.rail_hi_V[l - 1]
-        has_lo, has_hi = np.isfinite(lo), np.isfinite(hi)
-        is_n, nvt = d.is_A / g, d.n_vt_V
-        i_node += np.where(has_lo, is_n * (np.exp((np.where(has_lo, lo, 0) - v) / nvt) - 1), 0.0)
-        i_node -= np.where(has_hi, is_n * (np.exp((v - np.where(has_hi, hi, 0)) / nvt) - 1), 0.0)
-        if l == net.num_layers and beta != 0.0:
-            i_node += beta * (target_V - v)
-        worst = np.maximum(worst, np.abs(i_node).max(axis=1) * g)
-    return worst
 
 
 def test_training_starts_from_the_plain_circuit():
@@ -111,15 +74,7 @@ def test_crossbars_take_both_polarities():
 
 @pytest.mark.parametrize("beta", [0.0, 0.4, -0.4])
 def test_numba_state_satisfies_the_element_laws(beta):
-    net = diff_net("mlp", "shockley", seed=5)
-    x, labels = data(net)
-    v_in = net.input_voltages(x)
-    target = one_hot_targets(labels, net.num_outputs)
-    eq = solve(LayeredProblem(net, v_in), beta, target, tol_A=1e-14, max_iter=100000)
-    assert eq.certificate.all_converged
-    kcl = physical_kcl_A(net, v_in, eq.v_free, beta, target)
-    assert kcl.max() <= 1e-12
-    assert np.allclose(eq.certificate.residual_A, kcl, rtol=1e-3, atol=1e-15)
+    assert_element_laws_hold(diff_net("mlp", "shockley", seed=5), beta)
 
 
 def test_an_empty_inverting_half_is_the_plain_circuit():
@@ -155,30 +110,13 @@ def test_ep_is_exact_with_differential_layers_at_the_training_settings(kind, dio
     """Centered EP with the trainer's solver (free phase 1e-9 A, relative nudge rule 1e-3)
     and a small beta against finite differences of the loss, every layer, gains != 1."""
     net = diff_net(kind, diode, seed=11)
-    x, labels = data(net, seed=12)
-    result = centered_ep(net, make_solver(TrainConfig()), x, labels, beta=0.01)
-    assert result.converged.all()
-    rng = np.random.default_rng(13)
-    for params, grads in ((net.w, result.grad_w), (net.b, result.grad_b)):
-        for p, g in zip(params, grads):
-            idx = rng.choice(p.size, size=min(8, p.size), replace=False)
-            fd = finite_difference(net, x, labels, p, idx)
-            assert cosine(g.reshape(-1)[idx], fd) >= 0.99
-            assert np.linalg.norm(g.reshape(-1)[idx] - fd) <= 0.05 * np.linalg.norm(fd)
+    assert_ep_matches_finite_differences(net, *data(net, seed=12))
 
 
 @pytest.mark.parametrize("beta", [0.0, 0.5])
 def test_torch_solver_matches_numba(beta):
     net = diff_net("cnn", "shockley", seed=15)
-    x, labels = data(net, seed=16)
-    target = one_hot_targets(labels, net.num_outputs)
-    numba = NumbaSolver(tol_A=1e-13, max_iter=100000)
-    tch = TorchCircuitSolver(tol_A=1e-13, max_iter=100000, device="cpu")
-    a = numba.solve(numba.prepare(net, net.input_voltages(x)), beta, target)
-    b = tch.solve(tch.prepare(net, net.input_voltages(x)), beta, target)
-    assert a.certificate.all_converged and b.certificate.all_converged
-    for va, vb in zip(a.v_free, b.v_free):
-        assert np.abs(va - vb).max() <= 1e-9
+    assert_torch_matches_numba(net, *data(net, seed=16), beta)
 
 
 def test_input_gradient_against_finite_differences():
@@ -205,44 +143,45 @@ def phase_netlists(net, v_in, target, beta=0.5):
             for phase in ("free", "plus", "minus")}
 
 
-@pytest.mark.parametrize("kind", ["mlp", "cnn"])
-def test_export_read_mna_matches_numba(kind, tmp_path):
-    """compile -> write -> read -> MNA against the layered solver, free and +-beta, every
-    node (the inverting amplifiers are E and F elements with negative gains)."""
-    net = diff_net(kind, "shockley", seed=21)
-    x, labels = data(net, batch=1, seed=22)
+def max_phase_difference_V(net, seed, reference) -> dict:
+    """Per phase (free, plus, minus), the largest |V_numba - V_reference| over every free
+    node of one random input; ``reference(netlist, phase)`` gives the voltage of each node
+    of the netlist, in ``netlist.nodes`` order."""
+    x, labels = data(net, batch=1, seed=seed)
     v_in = net.input_voltages(x)
     target = one_hot_targets(labels, net.num_outputs)
     solver = NumbaSolver(tol_A=1e-16, max_iter=200000)
     prepared = solver.prepare(net, v_in)
     free = solver.solve(prepared, 0.0)
     names = layer_node_names(net)
+    out = {}
     for phase, nl in phase_netlists(net, v_in[0], target[0]).items():
         beta = phase_beta(phase, 0.5)
         eq = free if beta == 0.0 else solver.solve(prepared, beta, target, init=free.v_free)
+        ref = reference(nl, phase)
+        out[phase] = max(abs(layer[0, k] - ref[nl.node_index(n)])
+                         for layer, layer_names in zip(eq.v_free, names[1:]) for k, n in enumerate(layer_names))
+    return out
+
+
+@pytest.mark.parametrize("kind", ["mlp", "cnn"])
+def test_export_read_mna_matches_numba(kind, tmp_path):
+    """compile -> write -> read -> MNA against the layered solver, free and +-beta, every
+    node (the inverting amplifiers are E and F elements with negative gains)."""
+    def mna(nl, phase):
         back = read_netlist(write_netlist(nl, tmp_path / f"{phase}.cir"))
-        mna = solve_mna(back, tol_A=1e-16)
-        diff = max(abs(layer[0, k] - mna.voltages_V[back.node_index(n)])
-                   for layer, layer_names in zip(eq.v_free, names[1:]) for k, n in enumerate(layer_names))
+        volts = solve_mna(back, tol_A=1e-16).voltages_V
+        return [volts[back.node_index(n)] for n in nl.nodes]
+
+    for phase, diff in max_phase_difference_V(diff_net(kind, "shockley", seed=21), 22, mna).items():
         assert diff <= 1e-9, f"{phase}: max |V_numba - V_mna| = {diff:.3g} V"
 
 
 @needs_ngspice
 def test_numba_matches_ngspice(tmp_path):
     net = diff_net("cnn", "shockley", seed=23, is_A=1e-15)  # ngspice's reverse knee: see README
-    x, labels = data(net, batch=1, seed=24)
-    v_in = net.input_voltages(x)
-    target = one_hot_targets(labels, net.num_outputs)
-    solver = NumbaSolver(tol_A=1e-16, max_iter=200000)
-    prepared = solver.prepare(net, v_in)
-    free = solver.solve(prepared, 0.0)
-    names = layer_node_names(net)
-    for phase, nl in phase_netlists(net, v_in[0], target[0]).items():
-        beta = phase_beta(phase, 0.5)
-        eq = free if beta == 0.0 else solver.solve(prepared, beta, target, init=free.v_free)
-        spice = ngspice_voltages(nl, tmp_path, f"{phase}.cir")
-        diff = max(abs(layer[0, k] - spice[nl.node_index(n)])
-                   for layer, layer_names in zip(eq.v_free, names[1:]) for k, n in enumerate(layer_names))
+    spice = max_phase_difference_V(net, 24, lambda nl, phase: ngspice_voltages(nl, tmp_path, f"{phase}.cir"))
+    for phase, diff in spice.items():
         assert diff <= 1e-9, f"{phase}: max |V_numba - V_ngspice| = {diff:.3g} V"
 
 
@@ -250,16 +189,7 @@ def test_the_energy_is_minimal_at_the_equilibrium():
     """Ideal diodes: no feasible random perturbation of the numba equilibrium lowers the
     layer-weighted co-content of the presented network."""
     net = diff_net("cnn", seed=25)
-    x, labels = data(net, batch=2, seed=26)
-    v_in = net.input_voltages(x)
-    target = one_hot_targets(labels, net.num_outputs)
-    eq = solve(LayeredProblem(net, v_in), 0.3, target, tol_A=1e-15, max_iter=200000)
-    e0 = net.energy(v_in, eq.v_free, 0.3, target)
-    rng = np.random.default_rng(27)
-    for _ in range(20):
-        v = [np.clip(s + 1e-3 * rng.normal(size=s.shape) * p, lo, hi)
-             for s, p, lo, hi in zip(eq.v_free, net.layer_scale, net.rail_lo_V, net.rail_hi_V)]
-        assert np.all(net.energy(v_in, v, 0.3, target) >= e0 - 1e-12)
+    assert_energy_minimal(net, *data(net, batch=2, seed=26), seed=27)
 
 
 def test_refusals():

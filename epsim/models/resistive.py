@@ -57,7 +57,7 @@ import numpy as np
 
 from ..circuit.diodes import DiodeModel
 from ..errors import EpsimError
-from .connections import Conv2d, Dense, connection_from_description, init_conductances
+from .connections import Conv2d, Dense, connection_from_description
 from .presentation import (crossbar_views, initial_conductances, present, presented_shape,
                            validate_differential)
 
