@@ -170,14 +170,16 @@ def test_cuda_matches_cpu():
     assert max_dv(a.v_free, b.v_free) <= 1e-9
 
 
-def test_training_with_torch_backend_matches_numba():
+@pytest.mark.parametrize("arch,differential", [(None, False), ("conv:8:3,dense:12,dense:10", True)])
+def test_training_with_torch_backend_matches_numba(arch, differential):
     from epsim.data import load_dataset
     from epsim.training import TrainConfig, train
 
     data = load_dataset("digits", train_subset=64, test_subset=40)
     runs = {}
     for backend in ("numba", "torch"):
-        cfg = TrainConfig(backend=backend, epochs=1, batch_size=8, train_subset=64, test_subset=40)
+        cfg = TrainConfig(backend=backend, epochs=1, batch_size=8, train_subset=64, test_subset=40,
+                          arch=arch, differential=differential)
         runs[backend] = train(cfg, data, None, progress=False, log=lambda *_: None)
     assert runs["torch"]["backend"] == "torch"
     assert runs["torch"]["test_unconverged"] == 0
