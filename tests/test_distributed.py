@@ -34,3 +34,33 @@ def test_two_processes_match_one(tmp_path):
     h1, h2 = state1["history"][-1], state2["history"][-1]
     assert h1["test_accuracy"] == h2["test_accuracy"]
     assert h1["train_accuracy"] == h2["train_accuracy"]
+
+
+@pytest.mark.parametrize("model", ["ep-cnn", "bp-cnn"])
+def test_two_processes_match_one_for_software_models(model, tmp_path):
+    """The torch trainer under torchrun: each rank relaxes / back-propagates its share of the
+    global batch and gradients are averaged over all ranks' samples, so the EP-CNN's weights
+    after two epochs are one process's up to float32 summation order. The BP-CNN's batch
+    normalisation sees each rank's share only (its statistics, hence its gradients, differ
+    from one process's), so there only the run and its accuracy are compared."""
+    pytest.importorskip("torch.distributed")
+    import torch
+
+    args = ["-m", "epsim.train", "--model", model, "--dataset", "digits", "--train-subset", "64",
+            "--test-subset", "40", "--epochs", "2", "--batch-size", "8", "--threads", "1", "--no-progress"]
+    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
+    one = subprocess.run([sys.executable, *args, "--out", str(tmp_path / "one")], env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert one.returncode == 0, one.stderr
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                          *args, "--out", str(tmp_path / "two")], env=env, capture_output=True, text=True,
+                         timeout=300)
+    assert two.returncode == 0, two.stderr[-2000:]
+    m1 = json.loads((tmp_path / "one" / "metrics.json").read_text())
+    m2 = json.loads((tmp_path / "two" / "metrics.json").read_text())
+    assert m2["processes"] == 2 and m1["processes"] == 1
+    s1 = torch.load(tmp_path / "one" / CHECKPOINT_NAME, weights_only=False)["state_dict"]
+    s2 = torch.load(tmp_path / "two" / CHECKPOINT_NAME, weights_only=False)["state_dict"]
+    for key in s1 if model == "ep-cnn" else ():
+        np.testing.assert_allclose(s2[key].numpy(), s1[key].numpy(), rtol=1e-4, atol=1e-5, err_msg=key)
+    assert abs(m1["test_accuracy"] - m2["test_accuracy"]) <= (1 if model == "ep-cnn" else 8) / 40

@@ -30,6 +30,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..distributed import DataParallel
 from ..errors import EpsimError
 from ..models.baselines import ADV_PRESETS, BP_PRESETS, VIT_PRESETS, build_baseline
 from ..models.ep_cnn import EP_PRESETS, SOLVERS, EPCNN, build_ep_cnn, ep_gradients
@@ -257,12 +258,17 @@ def augment_batch(x: torch.Tensor, gen: torch.Generator, padding: int = CROP_PAD
 
 
 @torch.no_grad()
-def evaluate(model, x: torch.Tensor, y: torch.Tensor, device, batch_size=256) -> dict:
+def evaluate(model, x: torch.Tensor, y: torch.Tensor, device, batch_size=256,
+             dp: DataParallel | None = None) -> dict:
     """Accuracy and mean cross-entropy with the model's inference settings.
 
     For the EP-CNN also the number of test samples whose free phase missed the tolerance
-    and the largest final residual.
+    and the largest final residual. With a multi-process ``dp`` each rank evaluates a
+    strided shard and the sums are all-reduced.
     """
+    dp = dp or DataParallel()
+    if dp.active:
+        x, y = x[dp.rank::dp.world], y[dp.rank::dp.world]
     model.eval()
     correct, loss, unconverged, worst, n = 0, 0.0, 0, 0.0, len(y)
     for i in range(0, n, batch_size):
@@ -276,6 +282,9 @@ def evaluate(model, x: torch.Tensor, y: torch.Tensor, device, batch_size=256) ->
             logits = model(xb)
         correct += int((logits.argmax(1) == yb).sum())
         loss += float(F.cross_entropy(logits, yb, reduction="sum"))
+    if dp.active:
+        correct, loss, unconverged, n = dp.sum([correct, loss, unconverged, n])
+        correct, unconverged, n, worst = int(correct), int(unconverged), int(n), dp.max(worst)
     out = {"accuracy": correct / max(n, 1), "loss": loss / max(n, 1), "n": n}
     if isinstance(model, EPCNN):
         out.update(unconverged=unconverged, max_residual=worst)
@@ -296,14 +305,18 @@ class _Tally:
         return {k: getattr(self, k) for k in self.keys}
 
 
-def train_step(model, optimizer, config: TorchTrainConfig, xb, yb, gen) -> dict:
-    """One update on the batch ``(xb, yb)``; returns per-batch statistics."""
+def train_step(model, optimizer, config: TorchTrainConfig, xb, yb, gen, dp: DataParallel | None = None) -> dict:
+    """One update on the batch ``(xb, yb)`` (this rank's shard of the global batch under a
+    multi-process ``dp``: the gradients are then averaged over every rank's samples before
+    the step, so all ranks apply the update one process would); returns per-batch
+    statistics (this rank's)."""
+    dp = dp or DataParallel()
     stats = {}
     if config.model == "ep-cnn":
         model.train()
         step = ep_gradients(model, xb, yb, beta=config.beta, t1=config.t1, t2=config.t2,
                             solver=config.solver, tol=config.tol)
-        if bool(step.used.any()):
+        if _average_gradients(model, int(step.used.sum()), dp) > 0:
             optimizer.step()
         logits, loss = step.logits, step.loss.sum()
         stats.update(steps=step.mean_sample_steps, unconverged=int((~step.free.converged).sum()),
@@ -322,9 +335,23 @@ def train_step(model, optimizer, config: TorchTrainConfig, xb, yb, gen) -> dict:
         logits = model(xb)
         loss = F.cross_entropy(logits, yb, reduction="sum")
         (loss / len(yb)).backward()
+        _average_gradients(model, len(yb), dp)
         optimizer.step()
     stats.update(batches=1, n=len(yb), correct=int((logits.detach().argmax(1) == yb).sum()), loss_sum=float(loss.detach()))
     return stats
+
+
+def _average_gradients(model, n_local: int, dp: DataParallel) -> int:
+    """Turn each rank's ``p.grad`` (a mean over its ``n_local`` samples) into the mean over
+    every rank's samples; returns the global sample count (``n_local`` in one process)."""
+    if not dp.active:
+        return n_local
+    params = [p for p in model.parameters() if p.grad is not None]
+    summed = dp.sum([p.grad.detach().cpu().numpy() * n_local for p in params] + [n_local])
+    n_total = int(summed[-1])
+    for p, g in zip(params, summed[:-1]):
+        p.grad.copy_(torch.from_numpy(g / max(n_total, 1)).to(p.grad))
+    return n_total
 
 
 def _config_from_state(state: dict) -> TorchTrainConfig:
@@ -352,12 +379,25 @@ def train_torch(config: TorchTrainConfig, dataset, out_dir=None, *, resume=False
             leaving the checkpoint behind; used to test resumption.
     """
     config.validate()
+    dp = DataParallel()
+    try:
+        return _train_torch(config, dataset, out_dir, dp, resume=resume, device=device, progress=progress,
+                            checkpoint_interval_s=checkpoint_interval_s, time_limit_s=time_limit_s,
+                            stop_after_batches=stop_after_batches, log=log)
+    finally:
+        dp.close()
+
+
+def _train_torch(config, dataset, out_dir, dp, *, resume, device, progress, checkpoint_interval_s,
+                 time_limit_s, stop_after_batches, log) -> dict:
+    if not dp.is_main:
+        progress, log = False, (lambda *_: None)
     dev = pick_device(device)
     torch.manual_seed(config.seed)
     model = build_model(config, dataset.image_shape, dataset.num_classes, dataset.name).to(dev)
     optimizer = make_optimizer(model, config)
-    run = Run(out_dir, resume=resume, checkpoint_interval_s=checkpoint_interval_s, time_limit_s=time_limit_s,
-              stop_after_batches=stop_after_batches, log=log)
+    run = Run(out_dir, resume=resume, writes=dp.is_main, checkpoint_interval_s=checkpoint_interval_s,
+              time_limit_s=time_limit_s, stop_after_batches=stop_after_batches, log=log)
     state = run.saved_state()
     if state is not None:
         if state.get("kind") != config.model:
@@ -396,7 +436,9 @@ def train_torch(config: TorchTrainConfig, dataset, out_dir=None, *, resume=False
             xb, yb = x_train[idx], y_train[idx]
             if config.augment:
                 xb = augment_batch(xb, gen)
-            stats = train_step(model, optimizer, config, xb.to(dev), yb.to(dev), gen)
+            if dp.active:  # the global batch's augmentation, then this rank's share of it
+                xb, yb = xb[dp.rank::dp.world], yb[dp.rank::dp.world]
+            stats = _global_stats(train_step(model, optimizer, config, xb.to(dev), yb.to(dev), gen, dp), dp)
             for key, v in stats.items():
                 setattr(tally, key, max(tally.max_residual, v) if key == "max_residual" else getattr(tally, key) + v)
             show(bar, loss=f"{tally.loss_sum / tally.n:.3f}", acc=f"{tally.correct / tally.n:.3f}",
@@ -404,17 +446,17 @@ def train_torch(config: TorchTrainConfig, dataset, out_dir=None, *, resume=False
             if run.batch_done():
                 run.save(epoch, k + 1, tally, payload)
                 return {"interrupted": True}
-            if run.out_of_time():
+            if dp.max(float(run.out_of_time())) > 0:  # every rank stops after the same batch
                 stop_reason, start_batch = "time limit", k + 1
                 break
             if x_val is not None and ((k + 1) % config.val_every == 0 or k + 1 == n_batches):
-                val_accuracy = evaluate(model, x_val, y_val, dev, config.eval_batch_size)["accuracy"]
+                val_accuracy = evaluate(model, x_val, y_val, dev, config.eval_batch_size, dp)["accuracy"]
                 if val_accuracy >= config.stop_at_accuracy and k + 1 < n_batches:
                     stop_reason, start_batch = "accuracy", k + 1
                     break
             run.save_if_due(epoch, k + 1, tally, payload)
         stopped_early = stop_reason is not None
-        test = evaluate(model, x_test, y_test, dev, config.eval_batch_size)
+        test = evaluate(model, x_test, y_test, dev, config.eval_batch_size, dp)
         entry = {"epoch": epoch + 1 if not stopped_early else epoch + start_batch / n_batches,
                  "lr": lr, "train_loss": tally.loss_sum / max(tally.n, 1),
                  "train_accuracy": tally.correct / max(tally.n, 1), "test_accuracy": test["accuracy"],
@@ -455,8 +497,25 @@ def train_torch(config: TorchTrainConfig, dataset, out_dir=None, *, resume=False
         run.save(epoch + 1, 0, tally, payload)
         start_batch = 0
     metrics = final_metrics(config, model, history, run.wall(), len(y_test), dev, stop_reason)
+    metrics["processes"] = dp.world
     run.write_metrics(metrics)
     return metrics
+
+
+def _global_stats(stats: dict, dp: DataParallel) -> dict:
+    """One batch's statistics over all ranks: counts and sums added, the residual's maximum
+    taken, the mean relaxation steps per sample averaged (every rank's shard is one batch)."""
+    if not dp.active:
+        return stats
+    keys = [k for k in stats if k not in ("max_residual", "batches", "steps")]
+    out = dict(zip(keys, dp.sum([stats[k] for k in keys])))
+    out = {k: (int(v) if isinstance(stats[k], int) else float(v)) for k, v in out.items()}
+    out["batches"] = 1
+    if "steps" in stats:
+        out["steps"] = float(dp.sum([stats["steps"]])[0]) / dp.world
+    if "max_residual" in stats:
+        out["max_residual"] = dp.max(stats["max_residual"])
+    return out
 
 
 def hold_out(x: torch.Tensor, y: torch.Tensor, n_val: int, seed: int):
