@@ -110,9 +110,11 @@ def test_padding_zero_solvers_and_torch_maps_are_unchanged():
     _, shapes, _ = connection_layout(net)
     assert shapes.shape == (3, 9) and np.all(shapes[:2, 8] == 0)
     c = TorchCircuit(net, "cpu")
-    for k in range(2):
-        ones = torch.ones(1, net.layer_sizes[k], dtype=torch.float64)
-        assert torch.equal(c.degree_out(k), c.drive_out(k, ones)[0])
+    for l in range(1, net.num_layers + 1):
+        below = c.drive_out(l - 1, torch.ones(1, net.layer_sizes[l - 1], dtype=torch.float64))[0]
+        above = c.drive_in(l, torch.ones(1, net.layer_sizes[l + 1], dtype=torch.float64))[0] \
+            if l < net.num_layers else 0.0
+        assert torch.allclose(c.degree[l - 1], below + above, rtol=1e-14, atol=0)
 
 
 # ---- (b) padded conv = valid conv on the zero-padded input, as a dense crossbar ---------------
