@@ -7,6 +7,7 @@ Every option is defined here; the trainers in :mod:`epsim.training` take config 
 """
 from __future__ import annotations
 
+import os
 import sys
 
 from .cli import (ArgumentParser, add_dataset, add_device, add_list, add_test_subset, add_threads, explicit_options,
@@ -254,14 +255,14 @@ def train_circuit_model(args, given: set) -> dict:
     dataset = load_dataset(args.dataset, args.data_dir or default_data_dir(), download=args.download,
                            train_subset=args.train_subset, test_subset=args.test_subset, seed=args.seed)
     net_name = args.model if config.arch is None else f"--arch {config.arch}"
-    print(f"training circuit {net_name} on {dataset.name} ({len(dataset.y_train)} train / "
+    report(f"training circuit {net_name} on {dataset.name} ({len(dataset.y_train)} train / "
           f"{len(dataset.y_test)} test) with backend {config.backend}, {config.epochs} epochs")
     metrics = train(config, dataset, args.out, resume=args.resume, progress=not args.no_progress,
                     checkpoint_interval_s=args.checkpoint_interval)
-    print(f"test accuracy: {metrics['test_accuracy']:.4f} ({metrics['n_test']} images), "
+    report(f"test accuracy: {metrics['test_accuracy']:.4f} ({metrics['n_test']} images), "
           f"train accuracy: {metrics['train_accuracy']:.4f}, wall time {metrics['wall_seconds']:.1f} s")
     if metrics.get("test_unconverged"):
-        print(f"warning: {metrics['test_unconverged']} test equilibria did not reach the tolerance",
+        report(f"warning: {metrics['test_unconverged']} test equilibria did not reach the tolerance",
               file=sys.stderr)
     _print_written(args.out)
     return metrics
@@ -291,15 +292,15 @@ def train_software_model(args, given: set) -> dict:
     device = pick_device(args.device)
     dataset = load_dataset(config.dataset, args.data_dir or default_data_dir(), download=args.download,
                            train_subset=args.train_subset, test_subset=args.test_subset, seed=args.seed)
-    print(f"training {config.model} (preset {config.preset}) on {dataset.name} ({len(dataset.y_train)} train / "
+    report(f"training {config.model} (preset {config.preset}) on {dataset.name} ({len(dataset.y_train)} train / "
           f"{len(dataset.y_test)} test) with backend torch on {device}, {config.epochs} epochs")
     metrics = train_torch(config, dataset, args.out, resume=args.resume, device=args.device,
                           progress=not args.no_progress, checkpoint_interval_s=args.checkpoint_interval,
                           time_limit_s=None if args.time_limit is None else 60.0 * args.time_limit)
-    print(f"test accuracy: {metrics['test_accuracy']:.4f} ({metrics['n_test']} images), "
+    report(f"test accuracy: {metrics['test_accuracy']:.4f} ({metrics['n_test']} images), "
           f"train accuracy: {metrics['train_accuracy']:.4f}, wall time {metrics['wall_seconds']:.1f} s")
     if metrics.get("test_unconverged"):
-        print(f"note: {metrics['test_unconverged']} test free phases stopped at T1 before reaching the tolerance")
+        report(f"note: {metrics['test_unconverged']} test free phases stopped at T1 before reaching the tolerance")
     _print_written(args.out)
     return metrics
 
@@ -318,7 +319,14 @@ def check_run_options(args) -> None:
 
 def _print_written(out) -> None:
     if out:
-        print(f"wrote {out}/metrics.json and {out}/checkpoint.pt")
+        report(f"wrote {out}/metrics.json and {out}/checkpoint.pt")
+
+
+def report(*args, **kwargs) -> None:
+    """``print`` in a single process and on rank 0 of a torchrun job (the other ranks train
+    silently)."""
+    if os.environ.get("RANK", "0") == "0":
+        print(*args, **kwargs)
 
 
 if __name__ == "__main__":

@@ -56,6 +56,7 @@ def test_two_processes_match_one_for_software_models(model, tmp_path):
                           *args, "--out", str(tmp_path / "two")], env=env, capture_output=True, text=True,
                          timeout=300)
     assert two.returncode == 0, two.stderr[-2000:]
+    assert two.stdout.count("test accuracy:") == 1  # rank 0 reports, the other rank is silent
     m1 = json.loads((tmp_path / "one" / "metrics.json").read_text())
     m2 = json.loads((tmp_path / "two" / "metrics.json").read_text())
     assert m2["processes"] == 2 and m1["processes"] == 1
