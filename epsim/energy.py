@@ -284,6 +284,7 @@ def main(argv=None):
     settings = {"checkpoint": str(args.checkpoint), "model": net.name, "arch": net.arch, "diode": net.diode.kind,
                 "rail_offset_V": net.diode.rail_offset_V,
                 "input_gain_V": net.input_gain_V, "input_center": net.input_center, "amp_gains": net.amp_gains.tolist(),
+                "differential": net.differential.tolist(), "unit_polarity": net.unit_polarity,
                 "cell_capacitance_F": args.cell_capacitance, "node_capacitance_F": args.node_capacitance,
                 "t_stop_s": args.t_stop, "dt_max_s": args.dt_max, "lte_tol_V": args.lte_tol,
                 "settle_tol_V": args.settle_tol, "tol_A": args.tol, "dataset": config.dataset}
