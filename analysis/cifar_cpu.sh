@@ -14,15 +14,18 @@ run() {  # run OUTPUT_FILE LOG COMMAND...: skip when OUTPUT_FILE exists
     if [ -e "$done" ]; then echo "skip: $done exists"; return; fi
     echo "run: $*"; "$@" > "$log" 2>&1
 }
-train() {  # train NAME ARGS...: resumes an interrupted run
+train() {  # train NAME ARGS...: resumes an interrupted run (LAUNCH: how python is started)
     local dir="$OUT/$1"; shift
     local resume=(); [ -e "$dir/checkpoint.pt" ] && resume=(--resume)
-    run "$dir/metrics.json" "$dir.log" python -m epsim.train --dataset cifar10 --data-dir "$DATA" --out "$dir" \
-        --no-progress "${resume[@]}" "$@"
+    run "$dir/metrics.json" "$dir.log" ${LAUNCH:-python} -m epsim.train --dataset cifar10 --data-dir "$DATA" \
+        --out "$dir" --no-progress "${resume[@]}" "$@"
 }
 train ep-cnn --model ep-cnn --backend torch --preset cifar10-small --threads 2 --epochs 3 --time-limit 60
 # the same preset for 7 epochs: more accurate in the same hour (55.5 % in 46.7 min on one thread)
 train ep-cnn-7 --model ep-cnn --backend torch --preset cifar10-small --threads 1 --epochs 7 --time-limit 60
+# the same preset for 14 epochs on two data-parallel processes (one thread each), stopped at 59 min
+LAUNCH="torchrun --standalone --nproc_per_node=2" \
+    train ep-cnn-14dp --model ep-cnn --backend torch --preset cifar10-small --threads 1 --epochs 14 --time-limit 59
 train bp-cnn --model bp-cnn --backend torch --preset cifar10-small
 train adv-cnn --model adv-cnn --backend torch --preset cifar10-small --time-limit 60 --threads 1
 train circuit-mlp --model mlp --backend numba --epochs 5 --batch-size 8 --lr 0.05
@@ -38,11 +41,15 @@ train adv-cnn-matched-30 --model adv-cnn --backend torch --preset cifar10-small 
 # ... and at the 7-epoch EP-CNN's (about 55 %)
 train bp-cnn-matched-55 --model bp-cnn --backend torch --preset cifar10-small --threads 1 --stop-at-accuracy 0.555 --val-every 5
 train adv-cnn-matched-55 --model adv-cnn --backend torch --preset cifar10-small --threads 1 --stop-at-accuracy 0.555 --val-every 5
+# ... and at the 14-epoch data-parallel EP-CNN's (about 61.5 %)
+train bp-cnn-matched-61 --model bp-cnn --backend torch --preset cifar10-small --threads 1 --stop-at-accuracy 0.615 --val-every 5
+train adv-cnn-matched-61 --model adv-cnn --backend torch --preset cifar10-small --threads 1 --stop-at-accuracy 0.615 --val-every 5
 
 frost=(); [ -n "${FROST_DIR:-}" ] && frost=(--frost-dir "$FROST_DIR")
 common=(--test-subset 500 --steps 20 --restarts 1 --loss ce,dlr --queries 1000 --threads 1 --no-progress --data-dir "$DATA")
 for m in ep-cnn bp-cnn adv-cnn circuit-mlp circuit-cnn circuit-cnn-deep bp-cnn-matched adv-cnn-matched \
-         bp-cnn-matched-30 adv-cnn-matched-30 ep-cnn-7 bp-cnn-matched-55 adv-cnn-matched-55; do
+         bp-cnn-matched-30 adv-cnn-matched-30 ep-cnn-7 bp-cnn-matched-55 adv-cnn-matched-55 \
+         ep-cnn-14dp bp-cnn-matched-61 adv-cnn-matched-61; do
     ck="$OUT/$m/checkpoint.pt"
     run "$OUT/rob/$m-linf/robustness.json" "$OUT/rob-$m-linf.log" python -m epsim.robustness --checkpoint "$ck" \
         --attack pgd-linf,fgsm-linf,square-linf --eps 2/255,8/255 "${common[@]}" --out "$OUT/rob/$m-linf"
@@ -60,4 +67,6 @@ python "$(dirname "$0")/robustness_table.py" "EP-CNN (torch)=$(cols ep-cnn)" "ci
     "BP-CNN, stopped at 30 %=$(cols bp-cnn-matched-30)" "AdvCNN (PGD-L2 0.5), stopped at 30 %=$(cols adv-cnn-matched-30)" \
     "EP-CNN, 7 epochs (torch)=$(cols ep-cnn-7)" \
     "BP-CNN, stopped at 55.5 %=$(cols bp-cnn-matched-55)" "AdvCNN (PGD-L2 0.5), stopped at 55.5 %=$(cols adv-cnn-matched-55)" \
+    "EP-CNN, 14 epochs on 2 processes (torch)=$(cols ep-cnn-14dp)" \
+    "BP-CNN, stopped at 61.5 %=$(cols bp-cnn-matched-61)" "AdvCNN (PGD-L2 0.5), stopped at 61.5 %=$(cols adv-cnn-matched-61)" \
     | tee "$OUT/table.md"
