@@ -363,6 +363,7 @@ def _train(config: TrainConfig, dataset, out_dir, dp, *, resume, progress, stop_
     metrics = final_metrics(config, net, history, run.wall(), len(dataset.y_test))
     metrics["processes"] = dp.world
     run.write_metrics(metrics)
+    dp.barrier()  # no rank leaves (and tears its connections down) while another still writes
     return metrics
 
 

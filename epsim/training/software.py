@@ -499,6 +499,7 @@ def _train_torch(config, dataset, out_dir, dp, *, resume, device, progress, chec
     metrics = final_metrics(config, model, history, run.wall(), len(y_test), dev, stop_reason)
     metrics["processes"] = dp.world
     run.write_metrics(metrics)
+    dp.barrier()  # no rank leaves (and tears its connections down) while another still writes
     return metrics
 
 
