@@ -3,8 +3,8 @@
 Both circuits are built from the same ``--model``/``--arch`` and seed; the differential one
 presents every hidden layer as ``+A v`` and ``-A v`` (twice the crossbar inputs above the
 first layer, ``--differential`` of ``epsim.train``). Its ``-v`` halves are given random
-conductances too (``--trained-like``, default) so that the drive kernels do the same work as
-in a trained circuit; otherwise they start at 0, as training does. The two alternate in the
+conductances too (default) so that the drive kernels do the same work as in a trained
+circuit; with ``--start-from-zero`` they start at 0, as training does. The two alternate in the
 same process, ``--rounds`` rounds of ``--steps`` EP steps (free, +beta and -beta phases and
 the learning rule) on MNIST training batches; the median seconds per step and the sweeps
 per step are printed, and the ratio is the figure to read on a shared machine.
@@ -30,6 +30,7 @@ import numpy as np  # noqa: E402
 
 from epsim.data import load_dataset  # noqa: E402
 from epsim.learning.ep import centered_ep  # noqa: E402
+from epsim.models.presentation import halves  # noqa: E402
 from epsim.solvers import make_solver  # noqa: E402
 from epsim.training import build_network, preset_config  # noqa: E402
 
@@ -41,14 +42,8 @@ def build(model, arch, differential, dataset, seed, trained_like):
     net.init_params(rng, cfg.weight_gain, cfg.init)
     if differential and trained_like:
         for l in range(1, net.num_layers):
-            w = net.w[l]
-            half = w.shape[0] // 2 if net.connections[l].kind == "dense" else w.shape[1] // 2
-            pos = w[:half] if net.connections[l].kind == "dense" else w[:, :half]
-            neg = rng.permutation(pos.reshape(-1)).reshape(pos.shape)  # same distribution as +v's
-            if net.connections[l].kind == "dense":
-                w[half:] = neg
-            else:
-                w[:, half:] = neg
+            pos, neg = halves(net.connections[l], net.w[l], net.layer_shapes[l])
+            neg[...] = rng.permutation(pos.reshape(-1)).reshape(pos.shape)  # same distribution as +v's
     return cfg, net
 
 

@@ -39,7 +39,8 @@ class DataParallel:
         return self._dist is not None
 
     def shard(self, indices: np.ndarray) -> np.ndarray:
-        """This rank's share of a global batch (strided, so shards differ by at most one)."""
+        """This rank's share of a global batch's indices, arrays or tensors (strided along the
+        first axis, so shards differ by at most one)."""
         return indices[self.rank::self.world]
 
     def sum(self, arrays: list) -> list:
@@ -56,6 +57,16 @@ class DataParallel:
             out.append(flat[pos:pos + n].numpy().reshape(np.shape(a)))
             pos += n
         return out
+
+    def mean(self, arrays: list, n_local: int) -> tuple:
+        """``(means, n_total)``: ``arrays`` are this rank's means over its ``n_local``
+        samples; the means over every rank's samples (over ``n_total`` of them) are returned.
+        In one process: ``arrays`` and ``n_local`` unchanged."""
+        if not self.active:
+            return list(arrays), int(n_local)
+        summed = self.sum([np.asarray(a) * n_local for a in arrays] + [n_local])
+        n_total = int(summed[-1])
+        return [a / max(n_total, 1) for a in summed[:-1]], n_total
 
     def max(self, value: float) -> float:
         if not self.active:

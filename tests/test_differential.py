@@ -13,6 +13,7 @@ from epsim.circuit.spice_reader import read_netlist
 from epsim.circuit.spice_writer import write_netlist
 from epsim.errors import EpsimError
 from epsim.learning.ep import centered_ep, squared_error
+from epsim.models.presentation import halves
 from epsim.models.registry import build_circuit_model
 from epsim.models.resistive import ResistiveNetwork, one_hot_targets
 from epsim.robustness.certify import certify_box
@@ -56,9 +57,7 @@ def test_training_starts_from_the_plain_circuit():
     plain.init_params(np.random.default_rng(3), 1.0, "clamped-uniform")
     assert np.array_equal(diff.w[0], plain.w[0])
     for l in range(1, diff.num_layers):
-        n = plain.w[l].shape[0 if diff.connections[l].kind == "dense" else 1]
-        pos, neg = (diff.w[l][:n], diff.w[l][n:]) if diff.connections[l].kind == "dense" else (
-            diff.w[l][:, :n], diff.w[l][:, n:])
+        pos, neg = halves(diff.connections[l], diff.w[l], diff.layer_shapes[l])
         assert np.array_equal(pos, plain.w[l]) and not neg.any()
 
 
@@ -82,24 +81,17 @@ def test_an_empty_inverting_half_is_the_plain_circuit():
     one: same voltages, and EP gives the plain gradient on the +v half."""
     diff = diff_net("cnn", gains=None, seed=7)
     plain = build_circuit_model("test", (1, 4, 4), 3, arch=ARCHS["cnn"], input_gain_V=2.0)
-    w_plain = []
-    for l, (conn, w) in enumerate(zip(diff.connections, diff.w)):
-        if l == 0:
-            w_plain.append(w.copy())
-            continue
-        n = plain.connections[l].param_shape[0 if conn.kind == "dense" else 1]
-        if conn.kind == "dense":
-            w[n:] = 0.0
-            w_plain.append(w[:n].copy())
-        else:
-            w[:, n:] = 0.0
-            w_plain.append(w[:, :n].copy())
+    w_plain = [diff.w[0].copy()]
+    for l in range(1, diff.num_layers):
+        pos, neg = halves(diff.connections[l], diff.w[l], diff.layer_shapes[l])
+        neg[...] = 0.0
+        w_plain.append(pos.copy())
     plain.set_params(w_plain, [b.copy() for b in diff.b])
     x, labels = data(diff, seed=8)
     solver = NumbaSolver(tol_A=1e-15, max_iter=100000, nudge_rtol=None)
     rd, rp = centered_ep(diff, solver, x, labels, 0.5), centered_ep(plain, solver, x, labels, 0.5)
     for l, (gd, gp) in enumerate(zip(rd.grad_w, rp.grad_w)):
-        half = gd if l == 0 else (gd[:gp.shape[0]] if gd.ndim == 2 else gd[:, :gp.shape[1]])
+        half = gd if l == 0 else halves(diff.connections[l], gd, diff.layer_shapes[l])[0]
         assert np.allclose(half, gp, rtol=1e-7, atol=1e-9 * np.abs(gp).max())
     for gd, gp in zip(rd.grad_b, rp.grad_b):
         assert np.allclose(gd, gp, rtol=1e-7, atol=1e-9 * np.abs(gp).max())
@@ -241,7 +233,8 @@ def test_a_trained_differential_circuit_exports_and_ngspice_agrees(tmp_path):
     train(["--dataset", "digits", "--arch", "conv:4:3,dense:8,dense:10", "--differential", "--epochs", "1",
            "--train-subset", "120", "--test-subset", "20", "--no-progress", "--out", str(run)])
     trained, _ = load_network(run / "checkpoint.pt")
-    assert trained.differential.tolist() == [True, True] and trained.w[1][144:].max() > 0  # -v half grew
+    assert trained.differential.tolist() == [True, True]
+    assert halves(trained.connections[1], trained.w[1], trained.layer_shapes[1])[1].max() > 0  # -v half grew
     export(["--checkpoint", str(run / "checkpoint.pt"), "--diode", "shockley", "--phase", "all",
             "--out", str(tmp_path / "spice")])
     netlists = sorted((tmp_path / "spice").glob("*.cir"))

@@ -7,6 +7,7 @@ import pytest
 from epsim.data import load_dataset
 from epsim.learning.ep import centered_ep
 from epsim.learning.optim import ProjectedSGD
+from epsim.models.presentation import halves
 from epsim.models.registry import build_circuit_model
 from epsim.solvers import get_solver, make_solver
 from epsim.solvers.stop_rule import rule_step
@@ -66,7 +67,7 @@ def test_training_settings_give_the_converged_ep_gradient(digits, name, model, a
         r = centered_ep(net, solver, x[8 + 4 * k:12 + 4 * k], y[8 + 4 * k:12 + 4 * k], beta)
         opt.step(r.grad_w, r.grad_b)
     if differential:  # training has grown the -v halves from 0
-        assert net.w[1][:, net.layer_shapes[1][0]:].max() > 0 and net.w[2][net.layer_sizes[2]:].max() > 0
+        assert all(halves(net.connections[l], net.w[l], net.layer_shapes[l])[1].max() > 0 for l in (1, 2))
     checks["trained"] = layer_agreement(net, x[200:208], y[200:208], beta, solver)
     for when, per_layer in checks.items():
         for l, (cos, ratio) in enumerate(per_layer):

@@ -55,20 +55,10 @@ def presented_shape(node_shape: tuple, differential: bool) -> tuple:
 
 
 def present(v: np.ndarray, differential: bool) -> np.ndarray:
-    """(B, n) layer voltages -> (B, 2n) ``[+v, -v]`` when ``differential``, else ``v``.
-    Works for numpy arrays and torch tensors."""
+    """(B, n) layer voltages -> (B, 2n) ``[+v, -v]`` when ``differential``, else ``v``."""
     if not differential:
         return v
-    if isinstance(v, np.ndarray):
-        return np.concatenate([v, -v], axis=1)
-    import torch
-
-    return torch.cat([v, -v], dim=1)
-
-
-def fold(x, n: int):
-    """(..., 2n) values on the presented ``[+, -]`` copies -> (..., n): ``x+ - x-``."""
-    return x[..., :n] - x[..., n:]
+    return np.concatenate([v, -v], axis=1)
 
 
 @dataclass
@@ -96,15 +86,18 @@ def node_connection(conn, node_shape: tuple):
     return Conv2d(node_shape, conn.out_shape[0], conn.kernel, conn.stride, conn.padding)
 
 
-def signed_weights(conn, w: np.ndarray, node_shape: tuple) -> tuple:
-    """``(g+ - g-, g+ + g-)`` of a differential crossbar's conductances ``w`` whose input
-    layer has ``node_shape``: the halves along the input axis (dense rows, conv input
-    channels)."""
+def halves(conn, w: np.ndarray, node_shape: tuple) -> tuple:
+    """``(g+, g-)``: views of a differential crossbar's conductances ``w`` on the ``+v`` and
+    ``-v`` copies of an input layer of ``node_shape`` (dense rows, conv input channels)."""
     if conn.kind == "dense":
         n = int(np.prod(node_shape))
-        pos, neg = w[:n], w[n:]
-    else:
-        pos, neg = w[:, :node_shape[0]], w[:, node_shape[0]:]
+        return w[:n], w[n:]
+    return w[:, :node_shape[0]], w[:, node_shape[0]:]
+
+
+def signed_weights(conn, w: np.ndarray, node_shape: tuple) -> tuple:
+    """``(g+ - g-, g+ + g-)`` of a differential crossbar's conductances ``w`` (:func:`halves`)."""
+    pos, neg = halves(conn, w, node_shape)
     return np.ascontiguousarray(pos - neg), np.ascontiguousarray(pos + neg)
 
 

@@ -316,11 +316,9 @@ def _train(config: TrainConfig, dataset, out_dir, dp, *, resume, progress, stop_
                       float(np.sum(result.loss)), int(np.sum(~result.converged)), result.iterations]
             if dp.active:
                 # means over each shard's converged samples -> mean over the global batch
-                summed = dp.sum([g * n_used for g in grad_w + grad_b] + [n_used] + totals)
-                n_used = int(summed[len(grad_w) + len(grad_b)])
-                grads = [g / max(n_used, 1) for g in summed[:len(grad_w) + len(grad_b)]]
+                grads, n_used = dp.mean(grad_w + grad_b, n_used)
                 grad_w, grad_b = grads[:len(grad_w)], grads[len(grad_w):]
-                totals = summed[len(grad_w) + len(grad_b) + 1:]
+                totals = dp.sum(totals)
             if n_used:
                 opt.step(grad_w, grad_b)
                 tally.add_signal(grad_w, result.nudge_response_V, result.max_node_V)

@@ -267,8 +267,7 @@ def evaluate(model, x: torch.Tensor, y: torch.Tensor, device, batch_size=256,
     strided shard and the sums are all-reduced.
     """
     dp = dp or DataParallel()
-    if dp.active:
-        x, y = x[dp.rank::dp.world], y[dp.rank::dp.world]
+    x, y = dp.shard(x), dp.shard(y)
     model.eval()
     correct, loss, unconverged, worst, n = 0, 0.0, 0, 0.0, len(y)
     for i in range(0, n, batch_size):
@@ -347,10 +346,9 @@ def _average_gradients(model, n_local: int, dp: DataParallel) -> int:
     if not dp.active:
         return n_local
     params = [p for p in model.parameters() if p.grad is not None]
-    summed = dp.sum([p.grad.detach().cpu().numpy() * n_local for p in params] + [n_local])
-    n_total = int(summed[-1])
-    for p, g in zip(params, summed[:-1]):
-        p.grad.copy_(torch.from_numpy(g / max(n_total, 1)).to(p.grad))
+    means, n_total = dp.mean([p.grad.detach().cpu().numpy() for p in params], n_local)
+    for p, g in zip(params, means):
+        p.grad.copy_(torch.from_numpy(g).to(p.grad))
     return n_total
 
 
@@ -436,8 +434,7 @@ def _train_torch(config, dataset, out_dir, dp, *, resume, device, progress, chec
             xb, yb = x_train[idx], y_train[idx]
             if config.augment:
                 xb = augment_batch(xb, gen)
-            if dp.active:  # the global batch's augmentation, then this rank's share of it
-                xb, yb = xb[dp.rank::dp.world], yb[dp.rank::dp.world]
+            xb, yb = dp.shard(xb), dp.shard(yb)  # the global batch's augmentation, this rank's share
             stats = _global_stats(train_step(model, optimizer, config, xb.to(dev), yb.to(dev), gen, dp), dp)
             for key, v in stats.items():
                 setattr(tally, key, max(tally.max_residual, v) if key == "max_residual" else getattr(tally, key) + v)
