@@ -68,13 +68,14 @@ class CrossbarView:
     conn: connection object over the layers' own node shapes; w_drive: signed drive
     weights (``conn.param_shape``, normalised; the stored conductances unless
     differential); degree_out (n_out,) / degree_in (n_in,): total normalised conductance
-    the crossbar puts on each node above / below it.
+    the crossbar puts on each node above / below it (``degree_in`` is None for the input
+    crossbar, whose input side is the sources).
     """
 
     conn: object
     w_drive: np.ndarray
     degree_out: np.ndarray
-    degree_in: np.ndarray
+    degree_in: np.ndarray | None
 
 
 def node_connection(conn, node_shape: tuple):
@@ -119,7 +120,10 @@ def crossbar_views(net) -> list:
     views = []
     for l, (conn, w) in enumerate(zip(net.connections, net.w)):
         w = np.ascontiguousarray(w, dtype=np.float64)
-        if l == 0 or not net.differential[l - 1]:
+        if l == 0:
+            views.append(CrossbarView(conn, w, conn.degree_out(w), None))
+            continue
+        if not net.differential[l - 1]:
             views.append(CrossbarView(conn, w, conn.degree_out(w), conn.degree_in(w)))
             continue
         node_shape = tuple(net.layer_shapes[l])

@@ -411,6 +411,7 @@ class LayeredProblem:
         with threads_for(self.node_updates):
             self.input_drive = net.connections[0].drive_out(net.w[0], self.v_input)
         self.layer_p = np.ascontiguousarray(net.layer_scale, dtype=np.float64)
+        self.unit_scale = bool(np.all(self.layer_p == 1.0))  # no amplifiers: normalised = physical
         self.bias = [net.bias_per_node(l) for l in range(1, L + 1)]
         self.bias_tuple = tuple(np.ascontiguousarray(b / p, dtype=np.float64)
                                 for b, p in zip(self.bias, self.layer_p))
@@ -450,7 +451,7 @@ class LayeredProblem:
 
     def to_physical(self, u_free) -> list:
         """The sweeps' state -> node voltages (V), list of (B, n_l)."""
-        if np.all(self.layer_p == 1.0):
+        if self.unit_scale:
             return list(u_free)
         return [u * p for u, p in zip(u_free, self.layer_p)]
 
