@@ -5,8 +5,10 @@
 
 For each ``T1:T2`` budget (free-phase steps : steps of each nudged phase, synchronous
 solver), prints per parameter the cosine between the EP gradient estimate at that budget
-and at the long ``--reference`` budget, on ``--batch`` training images. A low cosine means
-the phases stop far from their fixed points and the update is not the EP gradient.
+and at the long ``--reference`` budget, on ``--batch`` training images, and the fraction of
+free / nudged phases whose last step moved no unit by more than ``--tol`` (converged). A low
+cosine means the phases stop far from their fixed points and the update is not the EP
+gradient; a reference whose phases have not all converged is not a converged reference.
 """
 from __future__ import annotations
 
@@ -34,9 +36,12 @@ def _budget(text: str) -> tuple:
     return t1, t2
 
 
-def gradients(model, x, y, budget, beta, tol) -> list:
-    ep_gradients(model, x, y, beta=beta, t1=budget[0], t2=budget[1], solver="sync", tol=tol)
-    return [p.grad.detach().clone() for p in model.parameters()]
+def gradients(model, x, y, budget, beta, tol) -> tuple:
+    """(per-parameter EP gradients, fraction of free phases converged, of nudged phases)."""
+    step = ep_gradients(model, x, y, beta=beta, t1=budget[0], t2=budget[1], solver="sync", tol=tol)
+    nudged = torch.cat([step.plus.converged, step.minus.converged]).float().mean()
+    return ([p.grad.detach().clone() for p in model.parameters()], float(step.free.converged.float().mean()),
+            float(nudged))
 
 
 def main(argv=None) -> int:
@@ -64,14 +69,16 @@ def main(argv=None) -> int:
         return 2
     x, y = torch.from_numpy(ds.x_train).float(), torch.from_numpy(ds.y_train).long()
     names = [n for n, _ in model.named_parameters()]
-    ref = gradients(model, x, y, args.reference, args.beta, args.tol)
+    ref, free_ok, nudged_ok = gradients(model, x, y, args.reference, args.beta, args.tol)
     print(f"{args.checkpoint}: {args.batch} training images, reference T1:T2 = "
-          f"{args.reference[0]}:{args.reference[1]}; cosine with the reference EP gradient")
-    print(f"{'T1:T2':<9}" + " ".join(f"{n:>18}" for n in names))
+          f"{args.reference[0]}:{args.reference[1]} ({free_ok:.0%} of free, {nudged_ok:.0%} of nudged phases "
+          f"converged to {args.tol:g}); cosine with the reference EP gradient")
+    print(f"{'T1:T2':<9}" + " ".join(f"{n:>18}" for n in names) + f"{'free conv.':>12}{'nudged conv.':>14}")
     for budget in args.budgets:
-        g = gradients(model, x, y, budget, args.beta, args.tol)
+        g, free_ok, nudged_ok = gradients(model, x, y, budget, args.beta, args.tol)
         cos = [float(torch.nn.functional.cosine_similarity(a.flatten(), b.flatten(), dim=0)) for a, b in zip(g, ref)]
-        print(f"{budget[0]}:{budget[1]}".ljust(9) + " ".join(f"{c:>18.3f}" for c in cos))
+        print(f"{budget[0]}:{budget[1]}".ljust(9) + " ".join(f"{c:>18.3f}" for c in cos)
+              + f"{free_ok:>12.0%}{nudged_ok:>14.0%}")
     return 0
 
 

@@ -1,0 +1,34 @@
+"""analysis/ep_budget.py: the EP-CNN's gradient at capped relaxation budgets against a long one."""
+import importlib.util
+import re
+from pathlib import Path
+
+from epsim.data import load_dataset
+from epsim.training.software import resolve_config
+
+SPEC = importlib.util.spec_from_file_location("ep_budget",
+                                              Path(__file__).resolve().parents[1] / "analysis" / "ep_budget.py")
+ep_budget = importlib.util.module_from_spec(SPEC)
+SPEC.loader.exec_module(ep_budget)
+
+
+def test_budget_rows_report_cosines_and_converged_fractions(tmp_path, capsys):
+    from epsim.training.software import train_torch
+
+    cfg = resolve_config("ep-cnn", "digits", channels=(4, 6), epochs=1, batch_size=16, t1=30, t2=10)
+    train_torch(cfg, load_dataset("digits", train_subset=64, test_subset=16), tmp_path,
+                progress=False, log=lambda *a: None)
+    assert ep_budget.main(["--checkpoint", str(tmp_path / "checkpoint.pt"), "--data-dir", str(tmp_path),
+                           "--batch", "16", "--budgets", "1:1", "300:150", "--reference", "300:150"]) == 0
+    out = capsys.readouterr().out
+    header = re.search(r"\((\d+)% of free, (\d+)% of nudged phases converged to 1e-06\)", out)
+    assert header, out
+    rows = {line.split()[0]: line.split()[1:] for line in out.splitlines() if re.match(r"\d+:\d+ ", line)}
+    # 6 parameters (2 conv + readout, weights and biases), then the two converged fractions
+    assert len(rows["1:1"]) == 8 and len(rows["300:150"]) == 8
+    # the reference budget against itself: the same gradient, the header's fractions
+    assert all(c == "1.000" for c in rows["300:150"][:6])
+    assert rows["300:150"][6:] == [f"{header.group(1)}%", f"{header.group(2)}%"]
+    # one step from the zero state moves the units: no free phase has converged
+    assert rows["1:1"][6] == "0%"
+    assert min(float(c) for c in rows["1:1"][:6]) < 0.999
