@@ -3,8 +3,8 @@
     python analysis/ep_budget.py --checkpoint runs/ep/checkpoint.pt --data-dir DATA \
         --budgets 60:15 100:30 --reference 400:200
 
-For each ``T1:T2`` budget (free-phase steps : steps of each nudged phase, synchronous
-solver), prints per parameter the cosine between the EP gradient estimate at that budget
+For each ``T1:T2`` budget (free-phase steps : steps of each nudged phase of the synchronous
+solver, or sweeps of the odd/even ``--solver async``), prints per parameter the cosine between the EP gradient estimate at that budget
 and at the long ``--reference`` budget, on ``--batch`` training images, and the fraction of
 free / nudged phases whose last step moved no unit by more than ``--tol`` (converged). A low
 cosine means the phases stop far from their fixed points and the update is not the EP
@@ -20,7 +20,7 @@ import torch
 from epsim.cli import set_command_environment
 from epsim.data import load_dataset
 from epsim.errors import EpsimError
-from epsim.models.ep_cnn import ep_gradients
+from epsim.models.ep_cnn import SOLVERS, ep_gradients
 from epsim.models.loading import load_torch_model
 
 set_command_environment()  # the commands' thread settings (OpenMP workers sleep when idle)
@@ -36,9 +36,11 @@ def _budget(text: str) -> tuple:
     return t1, t2
 
 
-def gradients(model, x, y, budget, beta, tol) -> tuple:
-    """(per-parameter EP gradients, fraction of free phases converged, of nudged phases)."""
-    step = ep_gradients(model, x, y, beta=beta, t1=budget[0], t2=budget[1], solver="sync", tol=tol)
+def gradients(model, x, y, budget, beta, tol, solver="sync") -> tuple:
+    """(per-parameter EP gradients over every sample, fraction of free phases converged, of
+    nudged phases)."""
+    step = ep_gradients(model, x, y, beta=beta, t1=budget[0], t2=budget[1], solver=solver, tol=tol,
+                        require_convergence=False)
     nudged = torch.cat([step.plus.converged, step.minus.converged]).float().mean()
     return ([p.grad.detach().clone() for p in model.parameters()], float(step.free.converged.float().mean()),
             float(nudged))
@@ -48,15 +50,23 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--checkpoint", required=True, help="checkpoint.pt of an ep-cnn run")
     p.add_argument("--data-dir", required=True, help="folder with the checkpoint's dataset")
-    p.add_argument("--budgets", type=_budget, nargs="+", default=[(60, 15), (100, 30)], metavar="T1:T2")
-    p.add_argument("--reference", type=_budget, default=(400, 200), metavar="T1:T2")
-    p.add_argument("--batch", type=int, default=64)
-    p.add_argument("--beta", type=float, default=0.5)
-    p.add_argument("--tol", type=float, default=1e-6, help="per-sample stop of the relaxations")
-    p.add_argument("--seed", type=int, default=1)
-    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--budgets", type=_budget, nargs="+", default=[(60, 15), (100, 30)], metavar="T1:T2",
+                   help="capped budgets to compare: free-phase and nudged-phase steps (default: 60:15 100:30)")
+    p.add_argument("--reference", type=_budget, default=(400, 200), metavar="T1:T2",
+                   help="the long budget taken as converged (its converged fractions are printed; default: 400:200)")
+    p.add_argument("--solver", choices=SOLVERS, default="sync",
+                   help="relaxation of every phase: synchronous steps or odd/even sweeps (default: sync)")
+    p.add_argument("--batch", type=int, default=64, help="training images the gradients are taken on (default: 64)")
+    p.add_argument("--beta", type=float, default=0.5, help="nudging strength of the ±beta phases (default: 0.5)")
+    p.add_argument("--tol", type=float, default=1e-6, help="per-sample stop of the relaxations (default: 1e-6)")
+    p.add_argument("--seed", type=int, default=1, help="seed of the image subset (default: 1)")
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default: 1)")
     args = p.parse_args(argv)
     try:
+        if args.batch < 1 or args.threads < 1:
+            raise EpsimError("--batch and --threads must be at least 1")
+        if not args.beta > 0 or not args.tol >= 0:
+            raise EpsimError("--beta must be positive and --tol non-negative")
         torch.set_num_threads(args.threads)
         model = load_torch_model(args.checkpoint)
         if getattr(model, "epsim_kind", None) != "ep-cnn":
@@ -69,13 +79,13 @@ def main(argv=None) -> int:
         return 2
     x, y = torch.from_numpy(ds.x_train).float(), torch.from_numpy(ds.y_train).long()
     names = [n for n, _ in model.named_parameters()]
-    ref, free_ok, nudged_ok = gradients(model, x, y, args.reference, args.beta, args.tol)
+    ref, free_ok, nudged_ok = gradients(model, x, y, args.reference, args.beta, args.tol, args.solver)
     print(f"{args.checkpoint}: {args.batch} training images, reference T1:T2 = "
-          f"{args.reference[0]}:{args.reference[1]} ({free_ok:.0%} of free, {nudged_ok:.0%} of nudged phases "
+          f"{args.reference[0]}:{args.reference[1]} ({args.solver}; {free_ok:.0%} of free, {nudged_ok:.0%} of nudged phases "
           f"converged to {args.tol:g}); cosine with the reference EP gradient")
     print(f"{'T1:T2':<9}" + " ".join(f"{n:>18}" for n in names) + f"{'free conv.':>12}{'nudged conv.':>14}")
     for budget in args.budgets:
-        g, free_ok, nudged_ok = gradients(model, x, y, budget, args.beta, args.tol)
+        g, free_ok, nudged_ok = gradients(model, x, y, budget, args.beta, args.tol, args.solver)
         cos = [float(torch.nn.functional.cosine_similarity(a.flatten(), b.flatten(), dim=0)) for a, b in zip(g, ref)]
         print(f"{budget[0]}:{budget[1]}".ljust(9) + " ".join(f"{c:>18.3f}" for c in cos)
               + f"{free_ok:>12.0%}{nudged_ok:>14.0%}")

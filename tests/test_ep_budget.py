@@ -3,6 +3,8 @@ import importlib.util
 import re
 from pathlib import Path
 
+import pytest
+
 from epsim.data import load_dataset
 from epsim.training.software import resolve_config
 
@@ -12,16 +14,23 @@ ep_budget = importlib.util.module_from_spec(SPEC)
 SPEC.loader.exec_module(ep_budget)
 
 
-def test_budget_rows_report_cosines_and_converged_fractions(tmp_path, capsys):
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
     from epsim.training.software import train_torch
 
+    out = tmp_path_factory.mktemp("ep")
     cfg = resolve_config("ep-cnn", "digits", channels=(4, 6), epochs=1, batch_size=16, t1=30, t2=10)
-    train_torch(cfg, load_dataset("digits", train_subset=64, test_subset=16), tmp_path,
-                progress=False, log=lambda *a: None)
-    assert ep_budget.main(["--checkpoint", str(tmp_path / "checkpoint.pt"), "--data-dir", str(tmp_path),
-                           "--batch", "16", "--budgets", "1:1", "300:150", "--reference", "300:150"]) == 0
+    train_torch(cfg, load_dataset("digits", train_subset=64, test_subset=16), out, progress=False,
+                log=lambda *a: None)
+    return out / "checkpoint.pt"
+
+
+@pytest.mark.parametrize("solver", ["sync", "async"])
+def test_budget_rows_report_cosines_and_converged_fractions(checkpoint, solver, capsys):
+    assert ep_budget.main(["--checkpoint", str(checkpoint), "--data-dir", str(checkpoint.parent), "--batch", "16",
+                           "--solver", solver, "--budgets", "1:1", "300:150", "--reference", "300:150"]) == 0
     out = capsys.readouterr().out
-    header = re.search(r"\((\d+)% of free, (\d+)% of nudged phases converged to 1e-06\)", out)
+    header = re.search(rf"\({solver}; (\d+)% of free, (\d+)% of nudged phases converged to 1e-06\)", out)
     assert header, out
     rows = {line.split()[0]: line.split()[1:] for line in out.splitlines() if re.match(r"\d+:\d+ ", line)}
     # 6 parameters (2 conv + readout, weights and biases), then the two converged fractions
@@ -32,3 +41,10 @@ def test_budget_rows_report_cosines_and_converged_fractions(tmp_path, capsys):
     # one step from the zero state moves the units: no free phase has converged
     assert rows["1:1"][6] == "0%"
     assert min(float(c) for c in rows["1:1"][:6]) < 0.999
+
+
+def test_bad_options_are_one_line_errors(tmp_path, capsys):
+    for argv in (["--batch", "0"], ["--beta", "0"], ["--tol", "-1"]):
+        assert ep_budget.main(["--checkpoint", str(tmp_path / "none.pt"), "--data-dir", str(tmp_path)] + argv) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("error: ") and "\n" not in err
