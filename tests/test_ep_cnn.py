@@ -89,6 +89,29 @@ def test_samples_stop_individually_without_changing_the_others():
     assert len(set(together.sample_steps.tolist())) > 1
 
 
+def test_async_samples_stop_individually_without_changing_the_others():
+    m = tiny_model()
+    x, y = batch(8)
+    with torch.no_grad():
+        together = m.relax(x, solver="async", max_iter=300, tol=1e-12)
+        alone = m.relax(x[3:4], solver="async", max_iter=300, tol=1e-12)
+        nudged = m.relax(x, y, 0.5, together.state, solver="async", max_iter=300, tol=1e-12)
+        nudged_alone = m.relax(x[3:4], y[3:4], 0.5, [s[3:4] for s in together.state], solver="async",
+                               max_iter=300, tol=1e-12)
+    assert bool(together.converged.all()) and bool(nudged.converged.all())
+    assert len(set(together.sample_steps.tolist())) > 1      # samples stopped at different sweeps
+    assert int(together.iterations) == int(together.sample_steps.max())
+    for whole, one in ((together, alone), (nudged, nudged_alone)):
+        assert int(one.sample_steps[0]) == int(whole.sample_steps[3])
+        for a, b in zip(one.state, whole.state):
+            assert torch.allclose(a[0], b[3], atol=1e-14)
+    # each stopped sample is a fixed point of its own phase
+    xn = m.normalize(x)
+    for rel, beta in ((together, 0.0), (nudged, 0.5)):
+        again = [hard_sigmoid(u) for u in m.phi_grad(xn, rel.state, beta, y)]
+        assert float(_max_change(again, rel.state).max()) < 1e-10
+
+
 def test_async_sweeps_decrease_the_energy_and_reach_a_fixed_point():
     m = tiny_model()
     x, _ = batch(4)

@@ -31,9 +31,9 @@ Two relaxation solvers:
   strong coupling the synchronous loop can oscillate with period 2 (units flipping
   0 ↔ 1) — such samples run to the cap and are reported as unconverged.
 * ``"async"`` — odd/even (block Gauss–Seidel) sweeps: layers 1, 3, … then 2, 4, …,
-  each from its neighbours' newest values, stopped when no unit moves by more than
-  ``tol`` in a sweep (``max_iter`` sweeps at most), convolutions whose input did not
-  change not recomputed.  In the free phase each update maximises a linear minorant
+  each from its neighbours' newest values, each sample stopped (without autograd) after
+  the first sweep that moves none of its units by more than ``tol`` (``max_iter`` sweeps at
+  most), convolutions whose input did not change not recomputed.  In the free phase each update maximises a linear minorant
   of Φ, so the energy decreases monotonically (no oscillation).  But Φ is not
   concave (max-pool), the energy has several stationary points, and these sweeps
   generally reach a *different* one than the synchronous loop (max |Δs| ≈ 1e-2 on
@@ -108,8 +108,8 @@ class Relaxation:
         residual: ``(B,)`` largest change of any unit in the last step/sweep
             (dimensionless, units are in ``[0, 1]``).
         tol: the tolerance ``converged`` refers to.
-        sample_steps: ``(B,)`` steps each sample ran (the sync solver stops samples
-            individually once converged; async sweeps all samples together).
+        sample_steps: ``(B,)`` steps or sweeps each sample ran (without autograd both
+            solvers stop samples individually once converged).
     """
 
     state: list
@@ -119,7 +119,7 @@ class Relaxation:
     sample_steps: torch.Tensor = None
 
     def __post_init__(self):
-        if self.sample_steps is None:    # async: every sample ran every sweep
+        if self.sample_steps is None:    # every sample ran every step
             self.sample_steps = torch.full_like(self.residual, self.iterations, dtype=torch.long)
 
     @property
@@ -327,7 +327,12 @@ class EPCNN(nn.Module):
         return [hard_sigmoid(self._drive(l, layers, caches, beta, y)) for l in range(self.num_hidden)]
 
     def _relax_async(self, xn, state, beta, y, max_sweeps, tol) -> Relaxation:
+        """Odd/even sweeps; without autograd, each sample stops after the first sweep that moves
+        none of its units by more than ``tol`` (samples are independent, so the others'
+        trajectories are unchanged). With autograd recording, all samples sweep until every
+        one has converged or ``max_sweeps`` is reached."""
         n = self.num_hidden
+        n_batch = xn.shape[0]
         layers = [xn] + state
         version = [0] * (n + 1)          # bumped whenever layers[i] changes
         caches, cache_version = [None] * n, [-1] * n   # conv_l(layers[l]) and the version it saw
@@ -338,11 +343,15 @@ class EPCNN(nn.Module):
                 caches[l], cache_version[l] = self._conv_pool(l, layers[l]), version[l]
             return caches[l]
 
-        residual = torch.full((xn.shape[0],), float("inf"), device=xn.device)
-        sweeps = 0
+        per_sample = not torch.is_grad_enabled()
+        residual = torch.full((n_batch,), float("inf"), dtype=xn.dtype, device=xn.device)
+        sample_steps = torch.full((n_batch,), max_sweeps, dtype=torch.long, device=xn.device)
+        out = [s.clone() for s in state] if per_sample else None
+        active = torch.arange(n_batch, device=xn.device)
+        res, ya, sweeps = residual, y, 0
         while sweeps < max_sweeps:
             sweeps += 1
-            change = torch.zeros(xn.shape[0], dtype=xn.dtype, device=xn.device)
+            change = torch.zeros(layers[0].shape[0], dtype=xn.dtype, device=xn.device)
             for group in parities:
                 # Every layer of a group depends only on the other group: compute all
                 # drives first (they read the current state), then write.
@@ -352,16 +361,40 @@ class EPCNN(nn.Module):
                     if l + 1 < n:
                         u = u + self._top_down(l + 1, layers[l + 2], cache(l + 1))
                     elif beta != 0.0:
-                        u = u + self._nudge(layers[l + 1], beta, y)
+                        u = u + self._nudge(layers[l + 1], beta, ya)
                     drives.append((l, hard_sigmoid(u)))
                 for l, new in drives:
                     change = torch.maximum(change, (new - layers[l + 1]).detach().abs().flatten(1).amax(1))
                     layers[l + 1] = new
                     version[l + 1] += 1
-            residual = change
-            if bool((residual <= tol).all()):
+            res = change
+            stop = res <= tol
+            if not per_sample:
+                if bool(stop.all()):
+                    break
+                continue
+            if sweeps == max_sweeps or not bool(stop.any()):
+                continue
+            # write back the converged samples, go on with the rest
+            idx = active[stop]
+            for o, s in zip(out, layers[1:]):
+                o[idx] = s[stop]
+            residual[idx], sample_steps[idx] = res[stop], sweeps
+            keep = ~stop
+            active, res = active[keep], res[keep]
+            if active.numel() == 0:
                 break
-        return Relaxation(layers[1:], sweeps, residual, tol)
+            layers = [_cl(t[keep]) for t in layers]
+            ya = None if ya is None else ya[keep]
+            caches = [None if c is None else (_cl(c[0][keep]), _cl(c[1][keep]), c[2]) for c in caches]
+        if not per_sample:
+            return Relaxation(layers[1:], sweeps, res, tol)
+        if active.numel():
+            for o, s in zip(out, layers[1:]):
+                o[active] = s
+            residual[active] = res
+            sample_steps[active] = sweeps
+        return Relaxation(out, sweeps, residual, tol, sample_steps)
 
     # ---------------------------------------------------------------- usage
     def forward(self, x: torch.Tensor) -> torch.Tensor:
