@@ -58,15 +58,20 @@ def main(argv=None) -> int:
                    help="relaxation of every phase: synchronous steps or odd/even sweeps (default: sync)")
     p.add_argument("--batch", type=int, default=64, help="training images the gradients are taken on (default: 64)")
     p.add_argument("--beta", type=float, default=0.5, help="nudging strength of the ±beta phases (default: 0.5)")
-    p.add_argument("--tol", type=float, default=1e-6, help="per-sample stop of the relaxations (default: 1e-6)")
+    p.add_argument("--tol", type=float, default=1e-6,
+                   help="per-sample stop of the budgets' relaxations, e.g. the preset's (default: 1e-6)")
+    p.add_argument("--reference-tol", type=float, default=None,
+                   help="per-sample stop of the reference's relaxations (default: --tol)")
     p.add_argument("--seed", type=int, default=1, help="seed of the image subset (default: 1)")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default: 1)")
     args = p.parse_args(argv)
     try:
         if args.batch < 1 or args.threads < 1:
             raise EpsimError("--batch and --threads must be at least 1")
-        if not args.beta > 0 or not args.tol >= 0:
-            raise EpsimError("--beta must be positive and --tol non-negative")
+        if args.reference_tol is None:
+            args.reference_tol = args.tol
+        if not args.beta > 0 or not args.tol >= 0 or not args.reference_tol >= 0:
+            raise EpsimError("--beta must be positive, --tol and --reference-tol non-negative")
         torch.set_num_threads(args.threads)
         model = load_torch_model(args.checkpoint)
         if getattr(model, "epsim_kind", None) != "ep-cnn":
@@ -79,10 +84,10 @@ def main(argv=None) -> int:
         return 2
     x, y = torch.from_numpy(ds.x_train).float(), torch.from_numpy(ds.y_train).long()
     names = [n for n, _ in model.named_parameters()]
-    ref, free_ok, nudged_ok = gradients(model, x, y, args.reference, args.beta, args.tol, args.solver)
+    ref, free_ok, nudged_ok = gradients(model, x, y, args.reference, args.beta, args.reference_tol, args.solver)
     print(f"{args.checkpoint}: {args.batch} training images, reference T1:T2 = "
           f"{args.reference[0]}:{args.reference[1]} ({args.solver}; {free_ok:.0%} of free, {nudged_ok:.0%} of nudged phases "
-          f"converged to {args.tol:g}); cosine with the reference EP gradient")
+          f"converged to {args.reference_tol:g}); budgets stop at {args.tol:g}; cosine with the reference EP gradient")
     print(f"{'T1:T2':<9}" + " ".join(f"{n:>18}" for n in names) + f"{'free conv.':>12}{'nudged conv.':>14}")
     for budget in args.budgets:
         g, free_ok, nudged_ok = gradients(model, x, y, budget, args.beta, args.tol, args.solver)

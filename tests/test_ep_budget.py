@@ -48,3 +48,14 @@ def test_bad_options_are_one_line_errors(tmp_path, capsys):
         assert ep_budget.main(["--checkpoint", str(tmp_path / "none.pt"), "--data-dir", str(tmp_path)] + argv) == 2
         err = capsys.readouterr().err.strip()
         assert err.startswith("error: ") and "\n" not in err
+
+
+def test_the_reference_can_stop_tighter_than_the_budgets(checkpoint, capsys):
+    assert ep_budget.main(["--checkpoint", str(checkpoint), "--data-dir", str(checkpoint.parent), "--batch", "8",
+                           "--budgets", "300:150", "--reference", "300:150", "--tol", "0.5",
+                           "--reference-tol", "1e-9"]) == 0
+    out = capsys.readouterr().out
+    assert "converged to 1e-09); budgets stop at 0.5;" in out
+    row = next(line.split()[1:] for line in out.splitlines() if line.startswith("300:150 "))
+    # a stop at 0.5 leaves the phases after a sweep or two: not the reference's gradient
+    assert min(float(c) for c in row[:6]) < 0.999
