@@ -10,23 +10,19 @@ about 1e-15).
 """
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from epsim.models.connections import (Conv2d, _conv_forward, _conv_forward_padded, _conv_transpose,
                                       _conv_transpose_padded)
+from scripts import load_script
 
 RTOL = 1e-12
 
 
 # the plain loops over every kernel position, which benchmarks/bench_conv_kernels.py times
-SPEC = importlib.util.spec_from_file_location(
-    "bench_conv_kernels", Path(__file__).resolve().parents[1] / "benchmarks" / "bench_conv_kernels.py")
-bench = importlib.util.module_from_spec(SPEC)
-SPEC.loader.exec_module(bench)
+bench = load_script("benchmarks/bench_conv_kernels.py")
 reference_forward, reference_transpose = bench.reference_forward, bench.reference_transpose
 
 

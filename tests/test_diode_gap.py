@@ -1,18 +1,14 @@
 """analysis/diode_gap.py: a trained circuit's accuracy with ideal and with Shockley diodes."""
-import importlib.util
 import json
 import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from epsim.data import load_dataset
+from scripts import load_script
 
-SPEC = importlib.util.spec_from_file_location("diode_gap",
-                                              Path(__file__).resolve().parents[1] / "analysis" / "diode_gap.py")
-diode_gap = importlib.util.module_from_spec(SPEC)
-SPEC.loader.exec_module(diode_gap)
+diode_gap = load_script("analysis/diode_gap.py")
 
 
 @pytest.fixture(scope="module")

@@ -1,17 +1,13 @@
 """analysis/ep_budget.py: the EP-CNN's gradient at capped relaxation budgets against a long one."""
-import importlib.util
 import re
-from pathlib import Path
 
 import pytest
 
 from epsim.data import load_dataset
 from epsim.training.software import resolve_config
+from scripts import load_script
 
-SPEC = importlib.util.spec_from_file_location("ep_budget",
-                                              Path(__file__).resolve().parents[1] / "analysis" / "ep_budget.py")
-ep_budget = importlib.util.module_from_spec(SPEC)
-SPEC.loader.exec_module(ep_budget)
+ep_budget = load_script("analysis/ep_budget.py")
 
 
 @pytest.fixture(scope="module")

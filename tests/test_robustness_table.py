@@ -1,14 +1,11 @@
 """analysis/robustness_table.py reads the rows of robustness.json files into one table."""
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 
-SPEC = importlib.util.spec_from_file_location("robustness_table",
-                                              Path(__file__).resolve().parents[1] / "analysis" / "robustness_table.py")
-robustness_table = importlib.util.module_from_spec(SPEC)
-SPEC.loader.exec_module(robustness_table)
+from scripts import load_script
+
+robustness_table = load_script("analysis/robustness_table.py")
 
 
 def _run(tmp_path, name, rows, failed=()):
