@@ -8,7 +8,7 @@ import torch
 from epsim.data import Dataset
 from epsim.errors import EpsimError
 from epsim.gradcheck import gradient_check, small_model
-from epsim.models.ep_cnn import EP_PRESETS, EPCNN, _max_change, ep_gradients, hard_sigmoid
+from epsim.models.ep_cnn import EP_PRESETS, EPCNN, SOLVERS, _max_change, ep_gradients, hard_sigmoid
 from epsim.training.software import (load_torch_model, resolve_config, train_step, train_torch,
                                   _generator)
 
@@ -77,29 +77,18 @@ def test_sync_early_stop_reaches_the_full_loops_fixed_point():
     assert float(_max_change(again, fast.state).max()) < 1e-11
 
 
-def test_samples_stop_individually_without_changing_the_others():
-    m = tiny_model()
-    x, _ = batch(8)
-    with torch.no_grad():
-        together = m.relax(x, solver="sync", max_iter=300, tol=1e-12)
-        alone = m.relax(x[3:4], solver="sync", max_iter=300, tol=1e-12)
-    assert int(alone.sample_steps[0]) == int(together.sample_steps[3])
-    for a, b in zip(alone.state, together.state):
-        assert torch.allclose(a[0], b[3], atol=1e-14)
-    assert len(set(together.sample_steps.tolist())) > 1
-
-
-def test_async_samples_stop_individually_without_changing_the_others():
+@pytest.mark.parametrize("solver", SOLVERS)
+def test_samples_stop_individually_without_changing_the_others(solver):
     m = tiny_model()
     x, y = batch(8)
     with torch.no_grad():
-        together = m.relax(x, solver="async", max_iter=300, tol=1e-12)
-        alone = m.relax(x[3:4], solver="async", max_iter=300, tol=1e-12)
-        nudged = m.relax(x, y, 0.5, together.state, solver="async", max_iter=300, tol=1e-12)
-        nudged_alone = m.relax(x[3:4], y[3:4], 0.5, [s[3:4] for s in together.state], solver="async",
+        together = m.relax(x, solver=solver, max_iter=300, tol=1e-12)
+        alone = m.relax(x[3:4], solver=solver, max_iter=300, tol=1e-12)
+        nudged = m.relax(x, y, 0.5, together.state, solver=solver, max_iter=300, tol=1e-12)
+        nudged_alone = m.relax(x[3:4], y[3:4], 0.5, [s[3:4] for s in together.state], solver=solver,
                                max_iter=300, tol=1e-12)
     assert bool(together.converged.all()) and bool(nudged.converged.all())
-    assert len(set(together.sample_steps.tolist())) > 1      # samples stopped at different sweeps
+    assert len(set(together.sample_steps.tolist())) > 1      # samples stopped at different steps
     assert int(together.iterations) == int(together.sample_steps.max())
     for whole, one in ((together, alone), (nudged, nudged_alone)):
         assert int(one.sample_steps[0]) == int(whole.sample_steps[3])
