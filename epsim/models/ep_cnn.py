@@ -282,43 +282,29 @@ class EPCNN(nn.Module):
         unit by more than ``tol`` (its trajectory is the full loop's, cut at convergence;
         ``tol = 0`` stops only at an exact fixed point, i.e. bit-identical to ``steps`` steps).
         With autograd recording, all ``steps`` are run so BPTT sees the full unrolled loop."""
-        n_batch = xn.shape[0]
-        residual = torch.full((n_batch,), float("inf"), dtype=xn.dtype, device=xn.device)
-        sample_steps = torch.full((n_batch,), steps, dtype=torch.long, device=xn.device)
         c0 = self._conv_pool(0, xn)                     # the input never changes
         if torch.is_grad_enabled():
+            residual = torch.full((xn.shape[0],), float("inf"), dtype=xn.dtype, device=xn.device)
             for _ in range(steps):
                 new = self._sync_step(xn, state, beta, y, c0)
                 residual, state = _max_change(new, state), new
-            return Relaxation(state, steps, residual, tol, sample_steps)
-        out = [s.clone() for s in state]
-        active = torch.arange(n_batch, device=xn.device)
-        xa, ya, done_steps, res = xn, y, 0, residual
+            return Relaxation(state, steps, residual, tol)
+        stops = _SampleStops(state, steps)
+        xa, ya, done_steps = xn, y, 0
         for t in range(steps):
             new = self._sync_step(xa, state, beta, ya, c0)
             res = _max_change(new, state)
             state, done_steps = new, t + 1
-            stop = res <= tol
-            if t + 1 == steps or not bool(stop.any()):
+            keep = stops.record(state, res, done_steps, tol, last=done_steps == steps)
+            if keep is None:
                 continue
-            # Samples are independent: write back the converged ones, go on with the rest.
-            idx = active[stop]
-            for o, s in zip(out, state):
-                o[idx] = s[stop]
-            residual[idx], sample_steps[idx] = res[stop], t + 1
-            keep = ~stop
-            active, res = active[keep], res[keep]
-            if active.numel() == 0:
+            if stops.done:
                 break
             state = [_cl(s[keep]) for s in state]
             xa = _cl(xa[keep])
             ya = None if ya is None else ya[keep]
             c0 = (_cl(c0[0][keep]), _cl(c0[1][keep]), c0[2])
-        if active.numel():
-            for o, s in zip(out, state):
-                o[active] = s
-            residual[active] = res
-        return Relaxation(out, done_steps, residual, tol, sample_steps)
+        return stops.finish(state, done_steps, tol)
 
     def _sync_step(self, xn, state, beta, y, c0):
         """One synchronous update ``s ← σ(∂Φ/∂s)`` of every hidden layer from the old state."""
@@ -332,7 +318,6 @@ class EPCNN(nn.Module):
         trajectories are unchanged). With autograd recording, all samples sweep until every
         one has converged or ``max_sweeps`` is reached."""
         n = self.num_hidden
-        n_batch = xn.shape[0]
         layers = [xn] + state
         version = [0] * (n + 1)          # bumped whenever layers[i] changes
         caches, cache_version = [None] * n, [-1] * n   # conv_l(layers[l]) and the version it saw
@@ -344,11 +329,9 @@ class EPCNN(nn.Module):
             return caches[l]
 
         per_sample = not torch.is_grad_enabled()
-        residual = torch.full((n_batch,), float("inf"), dtype=xn.dtype, device=xn.device)
-        sample_steps = torch.full((n_batch,), max_sweeps, dtype=torch.long, device=xn.device)
-        out = [s.clone() for s in state] if per_sample else None
-        active = torch.arange(n_batch, device=xn.device)
-        res, ya, sweeps = residual, y, 0
+        stops = _SampleStops(state, max_sweeps) if per_sample else None
+        res = torch.full((xn.shape[0],), float("inf"), dtype=xn.dtype, device=xn.device)
+        ya, sweeps = y, 0
         while sweeps < max_sweeps:
             sweeps += 1
             change = torch.zeros(layers[0].shape[0], dtype=xn.dtype, device=xn.device)
@@ -368,33 +351,21 @@ class EPCNN(nn.Module):
                     layers[l + 1] = new
                     version[l + 1] += 1
             res = change
-            stop = res <= tol
             if not per_sample:
-                if bool(stop.all()):
+                if bool((res <= tol).all()):
                     break
                 continue
-            if sweeps == max_sweeps or not bool(stop.any()):
+            keep = stops.record(layers[1:], res, sweeps, tol, last=sweeps == max_sweeps)
+            if keep is None:
                 continue
-            # write back the converged samples, go on with the rest
-            idx = active[stop]
-            for o, s in zip(out, layers[1:]):
-                o[idx] = s[stop]
-            residual[idx], sample_steps[idx] = res[stop], sweeps
-            keep = ~stop
-            active, res = active[keep], res[keep]
-            if active.numel() == 0:
+            if stops.done:
                 break
             layers = [_cl(t[keep]) for t in layers]
             ya = None if ya is None else ya[keep]
             caches = [None if c is None else (_cl(c[0][keep]), _cl(c[1][keep]), c[2]) for c in caches]
         if not per_sample:
             return Relaxation(layers[1:], sweeps, res, tol)
-        if active.numel():
-            for o, s in zip(out, layers[1:]):
-                o[active] = s
-            residual[active] = res
-            sample_steps[active] = sweeps
-        return Relaxation(out, sweeps, residual, tol, sample_steps)
+        return stops.finish(layers[1:], sweeps, tol)
 
     # ---------------------------------------------------------------- usage
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -415,6 +386,54 @@ def _max_change(new: list, old: list) -> torch.Tensor:
     """``(B,)`` largest absolute change of any unit between two states."""
     per_layer = [(a - b).detach().abs().flatten(1).amax(1) for a, b in zip(new, old)]
     return torch.stack(per_layer, 1).amax(1)
+
+
+class _SampleStops:
+    """Per-sample stops of a relaxation run without autograd: samples are independent, so
+    each converged one is written back and dropped from the working batch while the rest
+    go on unchanged.
+
+    state: the initial list of ``(B, ...)`` hidden states; cap: the step/sweep limit.
+    """
+
+    def __init__(self, state: list, cap: int):
+        ref = state[0]
+        n = ref.shape[0]
+        self.out = [s.clone() for s in state]
+        self.residual = torch.full((n,), float("inf"), dtype=ref.dtype, device=ref.device)
+        self.steps = torch.full((n,), cap, dtype=torch.long, device=ref.device)
+        self.active = torch.arange(n, device=ref.device)
+        self.res = self.residual
+
+    @property
+    def done(self) -> bool:
+        return self.active.numel() == 0
+
+    def record(self, state: list, res: torch.Tensor, step: int, tol: float, last: bool):
+        """After ``step`` steps, the working batch is ``state`` and moved by ``res`` (its
+        ``(B_active,)`` largest change): retire the samples with ``res <= tol``. Returns the
+        ``keep`` mask to compact the working tensors with, or None when nothing retired (or
+        on the ``last`` step, which :meth:`finish` writes)."""
+        self.res = res
+        stop = res <= tol
+        if last or not bool(stop.any()):
+            return None
+        idx = self.active[stop]
+        for o, s in zip(self.out, state):
+            o[idx] = s[stop]
+        self.residual[idx], self.steps[idx] = res[stop], step
+        keep = ~stop
+        self.active, self.res = self.active[keep], res[keep]
+        return keep
+
+    def finish(self, state: list, step: int, tol: float) -> Relaxation:
+        """The relaxation of the whole batch, the still-active samples at ``state`` after ``step``."""
+        if not self.done:
+            for o, s in zip(self.out, state):
+                o[self.active] = s
+            self.residual[self.active] = self.res
+            self.steps[self.active] = step
+        return Relaxation(self.out, step, self.residual, tol, self.steps)
 
 
 @dataclass
