@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numba as nb
 import numpy as np
 
 from ..models.resistive import one_hot_targets
@@ -159,8 +160,7 @@ def centered_ep(net, solver, x, labels, beta, *, target_high_V=1.0, factored=Fal
         n_ok = int(converged.sum())
         weights = converged / max(n_ok, 1)
         grad_w, grad_b = param_grads(net, plus, minus, beta, weights, factored)
-    response = [float(np.sqrt(np.mean(0.25 * (p - m) ** 2, axis=1)) @ weights)
-                for p, m in zip(plus.v_free, minus.v_free)]
+    signal = [_layer_signal(f, p, m, weights) for f, p, m in zip(free.v_free, plus.v_free, minus.v_free)]
     return PhaseResult(
         grad_w=grad_w, grad_b=grad_b,
         loss=squared_error(free.v_output, target),
@@ -169,8 +169,26 @@ def centered_ep(net, solver, x, labels, beta, *, target_high_V=1.0, factored=Fal
         residual_A=max(free.certificate.max_residual_A, plus.certificate.max_residual_A,
                        minus.certificate.max_residual_A),
         iterations=free.certificate.iterations + plus.certificate.iterations + minus.certificate.iterations,
-        nudge_response_V=response,
-        max_node_V=[float(max(np.abs(f).max(initial=0.0), np.abs(p).max(initial=0.0), np.abs(m).max(initial=0.0)))
-                    for f, p, m in zip(free.v_free, plus.v_free, minus.v_free)],
+        nudge_response_V=[response for response, _ in signal],
+        max_node_V=[peak for _, peak in signal],
         free_converged=free.certificate.converged,
     )
+
+
+@nb.njit(cache=True)
+def _layer_signal(v_free, v_plus, v_minus, weights):
+    """One layer's ``(nudge response, peak)`` in V from its ``(B, n)`` free, +beta and -beta
+    voltages: the per-sample RMS over nodes of ``(v^+ - v^-) / 2`` weighted by ``weights``
+    (B,), and the largest |voltage| of the three phases."""
+    batch, n = v_plus.shape
+    response = 0.0
+    peak = 0.0
+    for b in range(batch):
+        sq = 0.0
+        for j in range(n):
+            d = 0.5 * (v_plus[b, j] - v_minus[b, j])
+            sq += d * d
+            peak = max(peak, abs(v_free[b, j]), abs(v_plus[b, j]), abs(v_minus[b, j]))
+        if n:
+            response += weights[b] * np.sqrt(sq / n)
+    return response, peak

@@ -126,7 +126,7 @@ class ResistiveNetwork:
             self.rail_hi_V.append(hi)
         self.w = [np.zeros(conn.param_shape) for conn in self.connections]
         self.b = [np.zeros(self.bias_shape(l)) for l in range(1, len(shapes))]
-        self.amp_gains = validate_amp_gains(amp_gains, len(self.connections))
+        self.amp_gains = amp_gains
 
     # ---- structure -------------------------------------------------------------------
     @property
@@ -151,15 +151,30 @@ class ResistiveNetwork:
         return bias
 
     @property
+    def amp_gains(self) -> np.ndarray:
+        """(L-1,) gains of the amplifiers between free layers (1: a plain wire); read-only,
+        set as a whole (which re-derives :attr:`layer_scale`)."""
+        return self._amp_gains
+
+    @amp_gains.setter
+    def amp_gains(self, gains):
+        g = validate_amp_gains(gains, len(self.connections))
+        scale = np.concatenate([[1.0], np.cumprod(g)])
+        g.setflags(write=False)
+        scale.setflags(write=False)
+        self._amp_gains, self._layer_scale = g, scale
+        self._has_amplifiers = bool(np.any(g != 1.0))
+
+    @property
     def has_amplifiers(self) -> bool:
         """Whether any boundary between free layers carries an amplifier (gain != 1)."""
-        return bool(np.any(self.amp_gains != 1.0))
+        return self._has_amplifiers
 
     @property
     def layer_scale(self) -> np.ndarray:
         """(L,) ``P_l = A_1 ... A_{l-1}`` of free layers ``1..L`` (``P_1 = 1``): the factor
-        between a layer's node voltages and the normalised voltages the solvers use."""
-        return np.concatenate([[1.0], np.cumprod(self.amp_gains)])
+        between a layer's node voltages and the normalised voltages the solvers use (read-only)."""
+        return self._layer_scale
 
     @property
     def is_differential(self) -> bool:

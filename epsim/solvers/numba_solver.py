@@ -410,8 +410,8 @@ class LayeredProblem:
         check_no_floating_nodes(self.degree)
         with threads_for(self.node_updates):
             self.input_drive = net.connections[0].drive_out(net.w[0], self.v_input)
-        self.layer_p = np.ascontiguousarray(net.layer_scale, dtype=np.float64)
-        self.unit_scale = bool(np.all(self.layer_p == 1.0))  # no amplifiers: normalised = physical
+        self.layer_p = net.layer_scale.copy()
+        self.unit_scale = not net.has_amplifiers  # normalised = physical
         self.bias = [net.bias_per_node(l) for l in range(1, L + 1)]
         self.bias_tuple = tuple(np.ascontiguousarray(b / p, dtype=np.float64)
                                 for b, p in zip(self.bias, self.layer_p))
@@ -427,14 +427,16 @@ class LayeredProblem:
         """(n_l,) total normalised conductance of layer l's nodes, nudging included."""
         if l < self.net.num_layers or beta == 0.0:
             return self.degree[l - 1]
-        a = self.degree[l - 1]
-        if l == self.net.num_layers and beta != 0.0:
-            a = a + beta
-            if np.any(a <= 0):
-                raise ConvergenceError(
-                    f"nudging beta={beta} makes an output node's conductance non-positive "
-                    f"(min output self-conductance {self.degree[-1].min():.3g} g_unit): lower --beta")
-        return np.ascontiguousarray(a)
+        a = self.degree[l - 1] + beta
+        if beta < 0.0 and np.any(a <= 0):
+            raise ConvergenceError(
+                f"nudging beta={beta} makes an output node's conductance non-positive "
+                f"(min output self-conductance {self.degree[-1].min():.3g} g_unit): lower --beta")
+        return a
+
+    def conductances(self, beta) -> tuple:
+        """The L self-conductances of one phase (:meth:`self_conductance` of layers 1..L)."""
+        return (*self.degree[:-1], self.self_conductance(self.net.num_layers, beta))
 
     def drive(self, l, v_free, beta, target_V):
         """(B, n_l) normalised current driven into layer l by neighbours and sources, for
@@ -472,7 +474,7 @@ class LayeredProblem:
         L = net.num_layers
         res = np.zeros(self.v_input.shape[0])
         kinds, shapes, weights = self.layout
-        a = tuple(self.self_conductance(l, beta) for l in range(1, L + 1))
+        a = self.conductances(beta)
         _residual(kinds, shapes, weights, a, self.bias_tuple, self.rails_lo, self.rails_hi,
                   self.input_drive, self.to_normalised(v_free), float(beta),
                   self._target(beta, target_V), self.shockley, self.is_n, self.nvt, self.layer_p, res,
@@ -511,7 +513,7 @@ def solve(problem: LayeredProblem, beta=0.0, target_V=None, init=None, tol_A=1e-
         raise ValueError("a nudged phase needs target voltages")
     relative = nudge_rtol is not None and beta != 0.0 and init is not None
     target = problem._target(beta, target_V)
-    a = tuple(problem.self_conductance(l, beta) for l in range(1, L + 1))
+    a = problem.conductances(beta)
     v = problem.to_normalised(v)
     v_ref = tuple(x.copy() for x in v) if relative else v
     met = np.zeros(batch, dtype=np.bool_)
@@ -552,7 +554,7 @@ class NumbaSolver:
         L = net.num_layers
         batch = prepared.v_input.shape[0]
         target = prepared._target(beta, target_V)
-        a = [tuple(prepared.self_conductance(l, b) for l in range(1, L + 1)) for b in (0.0, beta, -beta)]
+        a = [prepared.conductances(b) for b in (0.0, beta, -beta)]
         states = [tuple(np.zeros((batch, n)) for n in net.layer_sizes[1:]) for _ in range(3)]
         met = [np.zeros(batch, dtype=np.bool_) for _ in range(2)]
         residuals = np.zeros((3, batch))

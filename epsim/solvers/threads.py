@@ -1,8 +1,6 @@
 """When to let numba's parallel loops use more than one thread."""
 from __future__ import annotations
 
-from contextlib import contextmanager
-
 import numba
 
 # Below this many node updates per sweep (batch x free nodes), waking the thread pool for
@@ -19,18 +17,29 @@ def numba_threads() -> int:
 _single_depth = 0  # > 0 while a threads_for block has already set one thread
 
 
-@contextmanager
-def threads_for(node_updates: int):
-    """Run the enclosed numba kernels on one thread when the work is small."""
-    global _single_depth
-    if _single_depth or node_updates >= PARALLEL_MIN_NODE_UPDATES or numba.get_num_threads() == 1:
-        yield
-        return
-    previous = numba.get_num_threads()
-    numba.set_num_threads(1)
-    _single_depth += 1
-    try:
-        yield
-    finally:
-        _single_depth -= 1
-        numba.set_num_threads(previous)
+class threads_for:
+    """``with threads_for(node_updates):`` runs the enclosed numba kernels on one thread when
+    the work is small (a plain class: entered several times per training batch)."""
+
+    __slots__ = ("_previous",)
+
+    def __init__(self, node_updates: int):
+        self._previous = None
+        if not _single_depth and node_updates < PARALLEL_MIN_NODE_UPDATES:
+            n = numba.get_num_threads()
+            if n > 1:
+                self._previous = n
+
+    def __enter__(self):
+        global _single_depth
+        if self._previous is not None:
+            numba.set_num_threads(1)
+            _single_depth += 1
+        return self
+
+    def __exit__(self, *exc):
+        global _single_depth
+        if self._previous is not None:
+            _single_depth -= 1
+            numba.set_num_threads(self._previous)
+        return False
