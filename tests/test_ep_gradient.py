@@ -95,3 +95,21 @@ def test_update_lowers_the_loss_and_keeps_conductances_in_range():
     for g in net.g_S:
         assert g.min() >= net.ranges.g_min_S and g.max() <= net.ranges.g_max_S
     assert any(np.any(w == lo) for w in net.w) and any(np.any(w == hi) for w in net.w)
+
+
+def test_per_layer_signal_is_the_weighted_rms_of_the_nudge_and_the_peak_voltage():
+    net = random_net("mlp", "ideal", seed=3)
+    rng = np.random.default_rng(5)
+    x = rng.uniform(0, 1, (4,) + net.image_shape)
+    labels = rng.integers(0, net.num_outputs, 4)
+    solver = NumbaSolver(tol_A=1e-12, max_iter=20000)
+    result = centered_ep(net, solver, x, labels, beta=0.5)
+    prepared = solver.prepare(net, net.input_voltages(x))
+    target = one_hot_targets(labels, net.num_outputs)
+    free, plus, minus = solver.solve_centered(prepared, 0.5, target)
+    weights = result.converged / max(int(result.converged.sum()), 1)
+    for l, (f, p, m) in enumerate(zip(free.v_free, plus.v_free, minus.v_free)):
+        rms = np.sqrt(np.mean((0.5 * (p - m)) ** 2, axis=1))
+        assert result.nudge_response_V[l] == pytest.approx(float(rms @ weights), rel=1e-12)
+        assert result.max_node_V[l] == max(np.abs(f).max(), np.abs(p).max(), np.abs(m).max())
+    assert min(result.nudge_response_V) > 0
