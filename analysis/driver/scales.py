@@ -92,7 +92,8 @@ PLANS = {
                 "EP-CNN, BP-CNN (x3 seeds), AdvCNN (PGD-L2 1.0), ViT with the mnist presets (torch, CPU); "
                 "APGD 20 steps CE+DLR+targeted DLR along every gradient path, 5 L2 / 4 Linf eps; the seed's "
                 "protocol (PGD-20, unroll 29) beside it at 3 L2 / 2 Linf eps; Square 1000 queries on 200 images; "
-                "certificates; 18 corruptions x 5 severities; energy/latency of the circuits on 1,000 images; "
+                "certificates; 18 corruptions x 5 severities; energy/latency of the circuits on 200 images "
+                "(transients of the amplified cnn-deep: about 4 s per image on one core); "
                 "several hours on two cores, resumable",
         "dataset": "mnist",
         "seeds": (0, 1, 2),
@@ -114,7 +115,7 @@ PLANS = {
         "fidelity": {"model": "circuit-drn1h", "samples": "3", "grad_n": "100", "grad_betas": "0.5,0.1,0.01,0.001",
                      "gdu": ["--dataset", "mnist", "--batch-size", "16"], "bench_spice": None},
         "device": ["--model", "drn-xs", "--dataset", "mnist", "--epochs", "3", "--robustness", "--attack-subset", "200"],
-        "energy": {"n": "1000", "attack_eps": ENERGY_ATTACK_EPS, "attack_n": "100", "attack_steps": "20", "traces": "4"},
+        "energy": {"n": "200", "attack_eps": ENERGY_ATTACK_EPS, "attack_n": "100", "attack_steps": "20", "traces": "4"},
     },
     "gpu": {
         "what": "CIFAR-10 at the seed paper's scale: circuit CNN and MLP (torch backend on CUDA), EP-CNN / BP-CNN "
