@@ -237,7 +237,7 @@ def test_energy_steps_for_circuit_models(tmp_path):
     import common
     import run_all
 
-    want = {"smoke": ("20", "10", "3"), "cpu": ("360", "100", "20"), "mnist": ("1000", "100", "20"),
+    want = {"smoke": ("20", "10", "3"), "cpu": ("360", "100", "20"), "mnist": ("200", "100", "20"),
             "gpu": ("1000", "100", "20")}
     headline_l2 = next(e for a, e in common.HEADLINE if a == "pgd-l2")
     for scale in run_all.SCALES:
