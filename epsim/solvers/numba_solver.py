@@ -471,7 +471,6 @@ class LayeredProblem:
     def residual_A(self, v_free, beta=0.0, target_V=None):
         """(B,) exact max KCL residual in amperes of node voltages ``v_free`` (V, all layers)."""
         net = self.net
-        L = net.num_layers
         res = np.zeros(self.v_input.shape[0])
         kinds, shapes, weights = self.layout
         a = self.conductances(beta)
@@ -506,7 +505,6 @@ def solve(problem: LayeredProblem, beta=0.0, target_V=None, init=None, tol_A=1e-
         :class:`Equilibrium` whose certificate holds the exact final residual per sample.
     """
     net = problem.net
-    L = net.num_layers
     batch = problem.v_input.shape[0]
     v = init if init is not None else problem.initial_state()
     if beta != 0.0 and target_V is None:
@@ -551,7 +549,6 @@ class NumbaSolver:
         """``(free, plus, minus)`` equilibria of centered EP in one jitted call: the same
         states as :meth:`solve` at 0, then +beta and -beta from the free state."""
         net = prepared.net
-        L = net.num_layers
         batch = prepared.v_input.shape[0]
         target = prepared._target(beta, target_V)
         a = [prepared.conductances(b) for b in (0.0, beta, -beta)]
