@@ -11,9 +11,6 @@ def load_script(relative_path: str):
     and registered under its file name, so that numba can find the module of its cached
     (``cache=True``) functions again in a later run."""
     path = ROOT / relative_path
-    loaded = sys.modules.get(path.stem)
-    if loaded is not None and Path(getattr(loaded, "__file__", "")).resolve() == path:
-        return loaded
     spec = importlib.util.spec_from_file_location(path.stem, path)
     module = importlib.util.module_from_spec(spec)
     sys.modules[path.stem] = module

@@ -158,7 +158,7 @@ class ResistiveNetwork:
 
     @amp_gains.setter
     def amp_gains(self, gains):
-        g = validate_amp_gains(gains, len(self.connections))
+        g = validate_amp_gains(gains, len(self.connections)).copy()  # never a view of the caller's array
         scale = np.concatenate([[1.0], np.cumprod(g)])
         g.setflags(write=False)
         scale.setflags(write=False)

@@ -410,7 +410,7 @@ class LayeredProblem:
         check_no_floating_nodes(self.degree)
         with threads_for(self.node_updates):
             self.input_drive = net.connections[0].drive_out(net.w[0], self.v_input)
-        self.layer_p = net.layer_scale.copy()
+        self.layer_p = net.layer_scale.copy()  # writable: numba compiles read-only arrays separately
         self.unit_scale = not net.has_amplifiers  # normalised = physical
         self.bias = [net.bias_per_node(l) for l in range(1, L + 1)]
         self.bias_tuple = tuple(np.ascontiguousarray(b / p, dtype=np.float64)
