@@ -13,7 +13,8 @@ Every step is one command line of the project's CLIs (``python -m epsim.train``,
 over the library's public functions), run as a subprocess with ``sys.executable``. A step
 whose output files exist is skipped (a robustness step only if its results hold every attack
 of its command), so an interrupted run continues where it stopped (an interrupted training
-run continues with ``--resume``). Circuit models' PGD runs also compute the monotonicity
+run continues with ``--resume``, an interrupted robustness sweep with ``--resume`` from the
+attack runs it recorded). Circuit models' PGD runs also compute the monotonicity
 certificate (``certify-l2`` / ``certify-linf``) at the same ε; software models get none. The
 first seed of every circuit model also gets an ``energy/<model>-s<seed>`` step (transient
 settling time, energy and power, early readout, PGD-L2 against the early readout at the L2

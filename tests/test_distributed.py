@@ -1,8 +1,10 @@
 """torchrun data-parallel training reproduces single-process training (gloo, loopback)."""
 import json
 import os
+import re
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +15,32 @@ from epsim.training import CHECKPOINT_NAME, load_network
 REPO = Path(__file__).resolve().parents[1]
 ARGS = ["-m", "epsim.train", "--train-subset", "96", "--test-subset", "40", "--epochs", "2",
         "--batch-size", "8", "--no-progress"]
+_SIGNAL_DEATH = re.compile(r"exitcode\s*:\s*-\d+")
+_RANK_TRACEBACK = re.compile(r"\[rank\d+\]: Traceback")
+_NATIVE_ERROR = re.compile(r"terminate called|what\(\)|Fatal Python error|Signal \d+|\w+Error:")
+
+
+def _torchrun(args, out, env):
+    """``torchrun --standalone --nproc_per_node=2 args --out out``; returns the CompletedProcess.
+
+    A rank killed by a signal (gloo's loopback TCP transport aborts the process on a socket
+    error, outside Python) is retried once in a fresh folder with a warning: it says nothing
+    about the training code, which fails with a Python traceback and a positive exit code."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", *args]
+    run = subprocess.run([*cmd, "--out", str(out)], env=env, capture_output=True, text=True, timeout=300)
+    if run.returncode != 0 and _SIGNAL_DEATH.search(run.stderr) and not _RANK_TRACEBACK.search(run.stderr):
+        native = [ln for ln in run.stderr.splitlines() if _NATIVE_ERROR.search(ln)][:8]
+        warnings.warn("a torchrun rank died by a signal; retried once. " + " | ".join(native))
+        run = subprocess.run([*cmd, "--out", str(out) + "-retry"], env=env, capture_output=True, text=True,
+                             timeout=300)
+        run.out = Path(str(out) + "-retry")
+    else:
+        run.out = Path(out)
+    if run.returncode != 0:
+        native = [ln for ln in run.stderr.splitlines() if _NATIVE_ERROR.search(ln)][:12]
+        raise AssertionError("torchrun failed (rc %d); error lines:\n%s\n--- stderr tail ---\n%s"
+                             % (run.returncode, "\n".join(native), run.stderr[-2000:]))
+    return run
 
 
 def test_two_processes_match_one(tmp_path):
@@ -21,13 +49,10 @@ def test_two_processes_match_one(tmp_path):
     one = subprocess.run([sys.executable, *ARGS, "--out", str(tmp_path / "one")], env=env,
                          capture_output=True, text=True, timeout=300)
     assert one.returncode == 0, one.stderr
-    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
-                          "--nproc_per_node=2", *ARGS, "--out", str(tmp_path / "two")], env=env,
-                         capture_output=True, text=True, timeout=300)
-    assert two.returncode == 0, two.stderr[-2000:]
-    assert json.loads((tmp_path / "two" / "metrics.json").read_text())["processes"] == 2
+    two = _torchrun(ARGS, tmp_path / "two", env)
+    assert json.loads((two.out / "metrics.json").read_text())["processes"] == 2
     net1, state1 = load_network(tmp_path / "one" / CHECKPOINT_NAME)
-    net2, state2 = load_network(tmp_path / "two" / CHECKPOINT_NAME)
+    net2, state2 = load_network(two.out / CHECKPOINT_NAME)
     assert state1["epoch"] == state2["epoch"] == 2
     for a, b in zip(net1.w + net1.b, net2.w + net2.b):
         np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-12)
@@ -52,16 +77,13 @@ def test_two_processes_match_one_for_software_models(model, tmp_path):
     one = subprocess.run([sys.executable, *args, "--out", str(tmp_path / "one")], env=env,
                          capture_output=True, text=True, timeout=300)
     assert one.returncode == 0, one.stderr
-    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                          *args, "--out", str(tmp_path / "two")], env=env, capture_output=True, text=True,
-                         timeout=300)
-    assert two.returncode == 0, two.stderr[-2000:]
+    two = _torchrun(args, tmp_path / "two", env)
     assert two.stdout.count("test accuracy:") == 1  # rank 0 reports, the other rank is silent
     m1 = json.loads((tmp_path / "one" / "metrics.json").read_text())
-    m2 = json.loads((tmp_path / "two" / "metrics.json").read_text())
+    m2 = json.loads((two.out / "metrics.json").read_text())
     assert m2["processes"] == 2 and m1["processes"] == 1
     s1 = torch.load(tmp_path / "one" / CHECKPOINT_NAME, weights_only=False)["state_dict"]
-    s2 = torch.load(tmp_path / "two" / CHECKPOINT_NAME, weights_only=False)["state_dict"]
+    s2 = torch.load(two.out / CHECKPOINT_NAME, weights_only=False)["state_dict"]
     for key in s1 if model == "ep-cnn" else ():
         np.testing.assert_allclose(s2[key].numpy(), s1[key].numpy(), rtol=1e-4, atol=1e-5, err_msg=key)
     assert abs(m1["test_accuracy"] - m2["test_accuracy"]) <= (1 if model == "ep-cnn" else 8) / 40

@@ -148,6 +148,7 @@ def build_plan(scale: str, seeds, data_dir: str | None, out: Path, frost_dir: st
             argv = ["-m", "epsim.robustness", "--checkpoint", o(ckpt), *args, *common, "--out", o(d)]
             robust_steps.append(Step(f"robust/{model}-s{seed}/{group}", "robustness", argv,
                               [f"{d}/robustness.json", f"{d}/robustness.csv"], deps=[f"train/{model}-s{seed}"],
+                              resume_if=f"{d}/sweep-progress.json",
                               meta={"model": model, "family": fam, "seed": seed, "group": group}))
 
     adv = plan["adversarial"]

@@ -10,6 +10,7 @@ import argparse
 import csv
 import io
 import sys
+from dataclasses import asdict
 from pathlib import Path
 
 from ..cli import (ArgumentParser, add_dataset, add_device, add_list, add_test_subset, add_threads, prepare_out_dir,
@@ -26,6 +27,7 @@ from ..solvers import BACKENDS  # noqa: E402
 from .adapters import PATHS, load_model  # noqa: E402
 from .attacks import LOSSES  # noqa: E402
 from .evaluate import ATTACKS, SweepConfig, csv_rows, format_table, run_sweep, split_attack  # noqa: E402
+from .journal import SweepJournal, sweep_digest  # noqa: E402
 
 EXAMPLES = """\
 examples:
@@ -151,6 +153,9 @@ def build_parser() -> ArgumentParser:
                         "frost is skipped, and said so, when they are missing and it was not asked for by name)")
     g = p.add_argument_group("output")
     g.add_argument("--out", required=True, metavar="DIR", help="write robustness.json and robustness.csv here")
+    g.add_argument("--resume", action="store_true",
+                   help="continue the sweep interrupted in --out: its finished attack runs (recorded in "
+                        "OUT/sweep-progress.json) are not rerun, and the results equal an uninterrupted run's")
     g.add_argument("--no-progress", action="store_true", help="no progress bars")
     return p
 
@@ -254,15 +259,19 @@ def main(argv=None):
                          large_eps_check=not args.no_large_eps_check,
                          large_eps_threshold=args.large_eps_threshold, unroll=args.unroll,
                          target_classes=args.target_classes)
+    digest = sweep_digest(Path(args.checkpoint), Path(args.transfer_from) if args.transfer_from else None,
+                          x, np.asarray(y), asdict(config), adapter.settings())
+    journal = SweepJournal(args.out, digest, resume=args.resume)
     print(f"{adapter.name} on {ds.name}: {len(y)} test images, attacks {', '.join(attacks)}", flush=True)
     results = run_sweep(adapter, x, y, config, surrogate=surrogate, recorded=loaded.recorded,
-                        full_test_set=full,
+                        full_test_set=full, journal=journal,
                         progress=not args.no_progress, log=lambda m: print(m, flush=True))
     results.update({"checkpoint": str(args.checkpoint), "dataset": ds.name,
                     "transfer_from": args.transfer_from, "command": " ".join(sys.argv)})
     out = Path(args.out)
     write_json(out / "robustness.json", results)
     _write_csv(out / "robustness.csv", csv_rows(results))
+    journal.finish()
     print(format_table(results))
     print(f"wrote {out / 'robustness.json'} and {out / 'robustness.csv'}"
           + ("" if results["sanity_ok"] else f"; FAILED sanity checks: {', '.join(results['failed_checks'])}"))

@@ -142,11 +142,24 @@ def resolve_paths(adapter, requested, surrogate) -> tuple:
 
 
 class _Sweep:
-    def __init__(self, adapter, x, y, config, surrogate, progress, log):
+    def __init__(self, adapter, x, y, config, surrogate, progress, log, journal=None):
         self.a, self.x, self.y, self.cfg = adapter, np.asarray(x, np.float64), np.asarray(y), config
         self.surrogate, self.progress, self.log = surrogate, progress, log
+        self.journal = journal
         self.n = len(self.y)
         self.clean_scores = None  # (N, K), set once the clean predictions are known
+
+    def unit(self, key, idx, compute, bar=None, bar_steps=0):
+        """``compute()`` -> ``(robust (len(idx),) bool, stats, geo)`` of one unit of the sweep,
+        or its record from an interrupted run of the same sweep (the bar is then advanced by
+        ``bar_steps``)."""
+        if self.journal is None:
+            return compute()
+        n_before = self.journal.reused
+        out = self.journal.run(key, idx, compute)
+        if self.journal.reused > n_before and bar is not None:
+            bar.update(bar_steps)
+        return out
 
     # ---- gradients -------------------------------------------------------------------
     def grad_fn(self, path, loss):
@@ -197,22 +210,29 @@ class _Sweep:
                     if bar is not None:
                         bar.update(cfg.restarts if family == "pgd" else 1)
                     continue
-                gf = self.grad_fn(path, loss)
-                rng = _rng(cfg.seed, family, norm, repr(eps), path, loss, *([rank] if rank else []))
-                if family == "pgd":
-                    targets = target_classes(self.clean_scores[idx], self.y[idx], rank) if rank else None
-                    res = pgd(gf, self.a.predict, self.x[idx], self.y[idx], eps, norm, cfg.steps, rng,
-                              restarts=cfg.restarts, progress=bar.update if bar is not None else None,
-                              targets=targets)
-                else:
-                    res = fgsm(gf, self.a.predict, self.x[idx], self.y[idx], eps, norm)
-                    if bar is not None:
-                        bar.update(1)
-                merge_stats(stats, res.stats)
-                geo["max_norm"] = max(geo["max_norm"], float(perturbation_norm(res.x_adv, self.x[idx], norm).max()))
-                geo["lo"] = min(geo["lo"], float(res.x_adv.min()))
-                geo["hi"] = max(geo["hi"], float(res.x_adv.max()))
-                r_path[idx] = res.robust
+                keys = (family, norm, repr(eps), path, loss, *([rank] if rank else []))
+
+                def attack(idx=idx, path=path, loss=loss, rank=rank, keys=keys):
+                    gf = self.grad_fn(path, loss)
+                    rng = _rng(cfg.seed, *keys)
+                    if family == "pgd":
+                        targets = target_classes(self.clean_scores[idx], self.y[idx], rank) if rank else None
+                        res = pgd(gf, self.a.predict, self.x[idx], self.y[idx], eps, norm, cfg.steps, rng,
+                                  restarts=cfg.restarts, progress=bar.update if bar is not None else None,
+                                  targets=targets)
+                    else:
+                        res = fgsm(gf, self.a.predict, self.x[idx], self.y[idx], eps, norm)
+                        if bar is not None:
+                            bar.update(1)
+                    return res.robust, res.stats, _geometry(res.x_adv, self.x[idx], norm)
+
+                robust, unit_stats, unit_geo = self.unit("|".join(map(str, keys)), idx, attack, bar,
+                                                         cfg.restarts if family == "pgd" else 1)
+                merge_stats(stats, unit_stats)
+                geo["max_norm"] = max(geo["max_norm"], unit_geo["max_norm"])
+                geo["lo"] = min(geo["lo"], unit_geo["lo"])
+                geo["hi"] = max(geo["hi"], unit_geo["hi"])
+                r_path[idx] = robust
             by_path[path] = r_path
             robust_all &= r_path
         return robust_all, by_path, stats, geo
@@ -239,12 +259,14 @@ class _Sweep:
         geo = {"max_norm": 0.0, "lo": 0.0, "hi": 1.0}
         if len(idx):
             unroll = int(self.cfg.unroll)
-            res = seed_pgd(lambda x, y: self.a.unrolled_gradient(x, y, "ce", unroll), self.a.predict,
-                           self.x[idx], self.y[idx], eps, norm)
-            robust[idx] = res.robust
-            merge_stats(stats, res.stats)
-            geo = {"max_norm": float(perturbation_norm(res.x_adv, self.x[idx], norm).max()),
-                   "lo": float(res.x_adv.min()), "hi": float(res.x_adv.max())}
+
+            def attack():
+                res = seed_pgd(lambda x, y: self.a.unrolled_gradient(x, y, "ce", unroll), self.a.predict,
+                               self.x[idx], self.y[idx], eps, norm)
+                return res.robust, res.stats, _geometry(res.x_adv, self.x[idx], norm)
+
+            robust[idx], unit_stats, geo = self.unit(f"advep|{norm}|{eps!r}|unroll-{unroll}", idx, attack)
+            merge_stats(stats, unit_stats)
         return robust, stats, geo
 
     # ---- black box -------------------------------------------------------------------
@@ -254,15 +276,25 @@ class _Sweep:
         stats, queries = {}, np.zeros(0)
         geo = {"max_norm": 0.0, "lo": 0.0, "hi": 1.0}
         if len(idx):
-            rng = _rng(self.cfg.seed, "square", norm, repr(eps))
-            res = square_attack(self.a.predict, self.x[idx], self.y[idx], eps, norm, self.cfg.queries, rng,
-                                progress=bar.update if bar is not None else None)
-            robust[idx] = res.robust
-            merge_stats(stats, res.stats)
-            queries = res.stats["queries"]
-            geo["max_norm"] = float(perturbation_norm(res.x_adv, self.x[idx], norm).max())
-            geo["lo"], geo["hi"] = min(0.0, float(res.x_adv.min())), max(1.0, float(res.x_adv.max()))
+            def attack():
+                rng = _rng(self.cfg.seed, "square", norm, repr(eps))
+                res = square_attack(self.a.predict, self.x[idx], self.y[idx], eps, norm, self.cfg.queries, rng,
+                                    progress=bar.update if bar is not None else None)
+                return res.robust, res.stats, _geometry(res.x_adv, self.x[idx], norm)
+
+            robust[idx], unit_stats, unit_geo = self.unit(f"square|{norm}|{eps!r}|{self.cfg.queries}", idx,
+                                                          attack, bar, max(self.cfg.queries - 1, 1))
+            merge_stats(stats, unit_stats)
+            queries = unit_stats["queries"]
+            geo["max_norm"] = unit_geo["max_norm"]
+            geo["lo"], geo["hi"] = min(0.0, unit_geo["lo"]), max(1.0, unit_geo["hi"])
         return robust, stats, queries, geo
+
+
+def _geometry(x_adv, x, norm) -> dict:
+    """Largest perturbation norm and the range of the perturbed pixels of one attack run."""
+    return {"max_norm": float(perturbation_norm(x_adv, x, norm).max()), "lo": float(x_adv.min()),
+            "hi": float(x_adv.max())}
 
 
 def _conv_check(adapter, n_solves, n_unconverged, max_residual) -> S.Check:
@@ -273,7 +305,7 @@ def _conv_check(adapter, n_solves, n_unconverged, max_residual) -> S.Check:
 
 
 def run_sweep(adapter, x, y, config: SweepConfig, *, surrogate=None, recorded=None, full_test_set=False,
-              progress=True, log=print) -> dict:
+              progress=True, log=print, journal=None) -> dict:
     """Evaluate ``adapter`` on ``(x, y)`` under ``config``; returns the results dict.
 
     Args:
@@ -283,6 +315,8 @@ def run_sweep(adapter, x, y, config: SweepConfig, *, surrogate=None, recorded=No
             "max_iter"}`` for the clean-accuracy check; full_test_set: ``x`` is the whole
             test set, in which case the clean accuracy must reproduce it.
         progress: tqdm bars on stderr; log: a ``print``-like function for status lines.
+        journal: a :class:`~epsim.robustness.journal.SweepJournal` recording every finished
+            attack run (and supplying those of an interrupted run of the same sweep).
     """
     t_start = time.perf_counter()
     cfg = config
@@ -306,7 +340,9 @@ def run_sweep(adapter, x, y, config: SweepConfig, *, surrogate=None, recorded=No
         check_monotone_circuit(adapter.net)
     white = [a for a in attacks if split_attack(a)[0] in ("pgd", "fgsm")]
     paths = resolve_paths(adapter, cfg.paths, surrogate) if white else ()
-    sw = _Sweep(adapter, x, y, cfg, surrogate, progress, log)
+    sw = _Sweep(adapter, x, y, cfg, surrogate, progress, log, journal)
+    if journal is not None and len(journal):
+        log(f"resuming: {len(journal)} finished attack runs recorded")
     n = sw.n
 
     # ---- clean accuracy with the predictor used under attack --------------------------
@@ -433,6 +469,7 @@ def run_sweep(adapter, x, y, config: SweepConfig, *, surrogate=None, recorded=No
         "failed_checks": all_failed,
         "rows": rows,
         "wall_s": time.perf_counter() - t_start,
+        "resumed_runs": journal.reused if journal is not None else 0,
     }
 
 
