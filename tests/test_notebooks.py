@@ -200,6 +200,25 @@ def test_robustness_step_reruns_when_its_results_lack_an_attack(tmp_path):
     assert run_all.step_done(step, tmp_path)
 
 
+def test_two_drivers_in_one_folder_keep_each_others_step_records(tmp_path):
+    """Two run_all processes on disjoint --only sets: each writes back only its own steps'
+    records, so neither erases what the other recorded meanwhile."""
+    from driver.manifest import load_manifest, save_manifest
+
+    first = {"scale": "smoke", "steps": {"train/a": {"status": "done", "wall_s": 1.0}}}
+    save_manifest(tmp_path, first, {"train/a"})
+    second = {"scale": "smoke", "steps": {"train/a": {"status": "failed"}, "train/b": {"status": "done"}}}
+    save_manifest(tmp_path, second, {"train/b"})  # its stale copy of train/a is not written back
+    first["steps"]["robust/a"] = {"status": "done"}
+    save_manifest(tmp_path, first, {"train/a", "robust/a"})
+    steps = load_manifest(tmp_path)["steps"]
+    assert steps == {"train/a": {"status": "done", "wall_s": 1.0}, "train/b": {"status": "done"},
+                     "robust/a": {"status": "done"}}
+    save_manifest(tmp_path, {"scale": "smoke", "steps": {}})  # no owner set: the manifest as given
+    assert load_manifest(tmp_path)["steps"] == {}
+    assert not list(tmp_path.glob("*.tmp"))
+
+
 @pytest.mark.timeout(600)
 def test_notebooks_without_certificates(tmp_path, monkeypatch):
     """The committed cpu results predate certify-*: notebooks 01 and 05 run on them, draw no

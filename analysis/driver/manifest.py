@@ -1,13 +1,17 @@
 """The results folder's bookkeeping: ``OUT/manifest.json`` and reading its result files.
 
 The manifest records the scale, the plan (step names in order), the git commit, and for every
-step its command, outputs, wall time, exit status and log file.
+step its command, outputs, wall time, exit status and log file. Several ``run_all.py``
+processes may work in one folder at once on disjoint ``--only`` sets (one per core): each
+writes back only the steps it ran or looked at, merged into the manifest on disk under a lock.
 """
 from __future__ import annotations
 
 import datetime as _dt
+import fcntl
 import json
 import os
+import tempfile
 from pathlib import Path
 
 MANIFEST = "manifest.json"
@@ -33,11 +37,24 @@ def load_manifest(out: Path) -> dict:
     return {}
 
 
-def save_manifest(out: Path, manifest: dict):
-    """Write ``out/manifest.json`` (through a temporary file, so an interrupted write leaves the old one)."""
-    tmp = out / (MANIFEST + ".tmp")
-    tmp.write_text(json.dumps(manifest, indent=2))
-    os.replace(tmp, out / MANIFEST)
+def save_manifest(out: Path, manifest: dict, steps=None):
+    """Write ``out/manifest.json`` atomically (an interrupted write leaves the old one).
+
+    ``steps``: the names of the steps whose records this process owns; the others are taken
+    from the manifest on disk, so that processes running other steps in the same folder keep
+    theirs (None: every record of ``manifest``). The read-merge-write holds a lock on
+    ``out/.manifest.lock``."""
+    with open(out / ".manifest.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        merged = dict(manifest)
+        if steps is not None:
+            on_disk = load_manifest(out).get("steps", {})
+            mine = manifest.get("steps", {})
+            merged["steps"] = {**on_disk, **{k: mine[k] for k in steps if k in mine}}
+        fd, tmp = tempfile.mkstemp(prefix=f".{MANIFEST}.", suffix=".tmp", dir=out)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(json.dumps(merged, indent=2))
+        os.replace(tmp, out / MANIFEST)
 
 
 def read_json(path: Path):

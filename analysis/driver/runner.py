@@ -125,9 +125,11 @@ def execute(steps, out: Path, scale: str, *, only=None, force=False, driver_comm
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
     status = {}
+    touched = set()  # the steps whose manifest records this process writes
     for step in steps:
         if only and not any(re.fullmatch(pat, step.name) or step.name.startswith(pat) for pat in only):
             continue
+        touched.add(step.name)
         prev = manifest["steps"].get(step.name)
         done = step_done(step, out)
         if done and not force:
@@ -143,7 +145,7 @@ def execute(steps, out: Path, scale: str, *, only=None, force=False, driver_comm
                                             "outputs": step.outputs, "status": state, "error": error, **step.meta}
             status[step.name] = state
             log(f"[{now()}] {step.name}: {state} {why}")
-            save_manifest(out, manifest)
+            save_manifest(out, manifest, touched)
 
         if step.requires and shutil.which(step.requires) is None:
             not_run("skipped", f"{step.requires} is not installed", f"({step.requires} is not installed)")
@@ -156,7 +158,8 @@ def execute(steps, out: Path, scale: str, *, only=None, force=False, driver_comm
         manifest["steps"][step.name] = rec
         status[step.name] = rec["status"]
         manifest["updated"] = now()
-        save_manifest(out, manifest)
+        save_manifest(out, manifest, touched)
     manifest["updated"] = now()
-    save_manifest(out, manifest)
+    save_manifest(out, manifest, touched)
+    manifest["steps"] = load_manifest(out).get("steps", manifest["steps"])
     return manifest
