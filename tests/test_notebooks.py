@@ -190,6 +190,8 @@ def test_robustness_step_reruns_when_its_results_lack_an_attack(tmp_path):
 
     steps = run_all.build_plan("smoke", (0,), None, tmp_path)
     step = next(s for s in steps if s.name == "robust/circuit-cnn-s0/linf")
+    # an interrupted sweep continues from its record
+    assert step.resume_if == "robustness/circuit-cnn-s0/linf/sweep-progress.json"
     for rel in step.outputs:
         (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
     (tmp_path / step.outputs[1]).write_text("")
