@@ -558,9 +558,10 @@ def sweep_to_tolerance(c: TorchCircuit, a, full, input_drive, beta, target_V, to
         drives = {l: c.drive(l, drive0, work, beta, tgt) for l in odd}
         if sweeps > 1:
             res = None
-            for l in odd:
-                r = c.layer_residual(l, a[l - 1], drives[l], work[l - 1])
-                res = r if res is None else torch.maximum(res, r)
+            with torch.no_grad():  # the stopping test: no part of what autograd differentiates
+                for l in odd:
+                    r = c.layer_residual(l, a[l - 1], drives[l], work[l - 1])
+                    res = r if res is None else torch.maximum(res, r)
             keep = res > tol_n
             n_keep = int(keep.sum())
             if n_keep < idx.shape[0]:
