@@ -153,12 +153,18 @@ class _Sweep:
         """``compute()`` -> ``(robust (len(idx),) bool, stats, geo)`` of one unit of the sweep,
         or its record from an interrupted run of the same sweep (the bar is then advanced by
         ``bar_steps``)."""
+        t0 = time.perf_counter()
         if self.journal is None:
-            return compute()
-        n_before = self.journal.reused
-        out = self.journal.run(key, idx, compute)
-        if self.journal.reused > n_before and bar is not None:
-            bar.update(bar_steps)
+            out = compute()
+        else:
+            n_before = self.journal.reused
+            out = self.journal.run(key, idx, compute)
+            if self.journal.reused > n_before:
+                if bar is not None:
+                    bar.update(bar_steps)
+                return out
+        if not self.progress:  # no bars: one line per finished run, for logs of long sweeps
+            self.log(f"  {key}: {int(np.sum(out[0]))}/{len(idx)} robust ({time.perf_counter() - t0:.1f} s)")
         return out
 
     # ---- gradients -------------------------------------------------------------------
