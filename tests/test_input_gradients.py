@@ -188,3 +188,24 @@ def test_implicit_gradient_at_a_given_numba_equilibrium():
     np.testing.assert_allclose(given.grad_x, own.grad_x, rtol=1e-6, atol=1e-9)
     with pytest.raises(EpsimError):
         implicit_input_gradient(net, x[::-1].copy(), squared_error_loss(target), device="cpu", equilibrium=eq)
+
+
+@pytest.mark.parametrize("diode", ["ideal", "shockley"])
+def test_ep_gradient_from_a_given_free_phase(diode):
+    """A free phase solved beforehand (as the circuit adapter does, warm-started from the
+    predictor's equilibrium) gives the EP gradient of a fresh solve, and one of other images
+    or of a nudged phase is refused."""
+    net = random_net("cnn", diode)
+    x, labels, _ = batch(net, n=3)
+    own = ep_input_gradient(net, TIGHT, x, labels, 1e-3)
+    prepared = TIGHT.prepare(net, net.input_voltages(x))
+    rough = NumbaSolver(tol_A=1e-9, max_iter=5000).solve(prepared, 0.0)  # the predictor's tolerance
+    free = TIGHT.solve(prepared, 0.0, init=rough.v_free)
+    assert free.certificate.all_converged
+    given = ep_input_gradient(net, TIGHT, x, labels, 1e-3, free=free)
+    np.testing.assert_allclose(given.grad_x, own.grad_x, rtol=0, atol=1e-7 * np.abs(own.grad_x).max())
+    with pytest.raises(EpsimError, match="other input images"):
+        ep_input_gradient(net, TIGHT, x[::-1].copy(), labels, 1e-3, free=free)
+    nudged = TIGHT.solve(prepared, 1e-3, one_hot_targets(labels, net.num_outputs), init=free.v_free)
+    with pytest.raises(EpsimError, match="another beta"):
+        ep_input_gradient(net, TIGHT, x, labels, 1e-3, free=nudged)

@@ -254,7 +254,11 @@ class CircuitAdapter:
     def _ep(self, x, y, yt, loss_fn) -> GradientResult:
         from .input_gradients import ep_input_gradient
 
-        free = self.grad_solver.solve(self.grad_solver.prepare(self.net, self.net.input_voltages(x)), 0.0)
+        init = None  # warm start from the predictor's equilibrium of these images, when it has one
+        if self._last is not None and self._last[0].shape == x.shape and np.array_equal(self._last[0], x):
+            init = self._last[1].v_free
+        free = self.grad_solver.solve(self.grad_solver.prepare(self.net, self.net.input_voltages(x)), 0.0,
+                                      init=init)
         v = torch.as_tensor(free.v_output, dtype=torch.float64).requires_grad_(True)
         with torch.enable_grad():
             per = loss_fn(v, yt)
@@ -263,7 +267,7 @@ class CircuitAdapter:
         scale = np.abs(g_out).max(axis=1)
         safe = np.where(scale > 0, scale, 1.0)
         target = free.v_output - g_out / safe[:, None]
-        r = ep_input_gradient(self.net, self.grad_solver, x, target, self.ep_beta, strict=False)
+        r = ep_input_gradient(self.net, self.grad_solver, x, target, self.ep_beta, strict=False, free=free)
         grad = np.asarray(r.grad_x) * scale.reshape((-1,) + (1,) * (x.ndim - 1))
         return GradientResult(grad, per.detach().numpy(), r.converged & free.certificate.converged, "ep")
 

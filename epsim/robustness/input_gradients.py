@@ -341,7 +341,7 @@ def input_source_currents_A(net, v_input, v_1) -> np.ndarray:
 
 
 def ep_input_gradient(net, solver, x, labels_or_target, beta, *, target_high_V=1.0,
-                      strict=True) -> InputGradient:
+                      strict=True, free=None) -> InputGradient:
     """EP estimate of ``dL/dx`` for ``L = 1/2 ||v_out - y||^2`` from measured source currents.
 
     Runs the free phase and the ``+beta`` / ``-beta`` phases (warm-started from the free
@@ -356,6 +356,8 @@ def ep_input_gradient(net, solver, x, labels_or_target, beta, *, target_high_V=1
         beta: nudging strength (> 0; small for an accurate estimate, error O(beta^2)).
         strict: raise :class:`ConvergenceError` if any phase of any sample is unconverged;
             otherwise flag them in ``converged``.
+        free: optional free-phase :class:`Equilibrium` of these images already solved with
+            ``solver``: used instead of solving it again.
     """
     if not (np.isfinite(beta) and beta > 0):
         raise EpsimError("beta must be a positive number")
@@ -374,7 +376,10 @@ def ep_input_gradient(net, solver, x, labels_or_target, beta, *, target_high_V=1
         raise EpsimError(f"labels_or_target must be ({x_np.shape[0]},) labels or "
                          f"({x_np.shape[0]}, {net.num_outputs}) target voltages, got shape {y.shape}")
     prepared = solver.prepare(net, net.input_voltages(x_np))
-    free = solver.solve(prepared, 0.0)
+    if free is None:
+        free = solver.solve(prepared, 0.0)
+    elif free.beta != 0.0 or not np.array_equal(free.v_input, prepared.v_input):
+        raise EpsimError("the free equilibrium passed was solved at another beta or for other input images")
     plus = solver.solve(prepared, beta, target, init=free.v_free)
     minus = solver.solve(prepared, -beta, target, init=free.v_free)
     converged = free.certificate.converged & plus.certificate.converged & minus.certificate.converged
