@@ -36,11 +36,11 @@ examples:
   python -m epsim.robustness --checkpoint runs/digits-cnn/checkpoint.pt --attack pgd-linf square-linf \\
       --eps 0.01 0.02 8/255 0.05 0.1 0.2 --out runs/digits-cnn/robust-linf
   python -m epsim.robustness --checkpoint runs/digits-cnn/checkpoint.pt --attack corruptions --out runs/c
-  python -m epsim.robustness ... --out DIR --resume    # continue a sweep interrupted in DIR
 
 ε is measured on images with pixels in [0, 1] (L2 or L∞ norm of the pixel difference), before
 the images become circuit input voltages, so the same ε means the same for every model.
-List options take values separated by spaces, commas, or both.
+List options take values separated by spaces, commas, or both. An interrupted sweep continues
+with the same command and --resume.
 """
 
 
