@@ -16,7 +16,9 @@ them as subprocesses and records their command lines in its manifest.
 * ``spice-compare``: for every ``sample*_*.cir`` written by ``python -m epsim.export``,
   ngspice's operating point (``-b -r``, process start included) against the numba
   solution in the matching ``.op.json``, and the time of a numba solve of the same
-  circuit (one sample, JIT warm, one thread).
+  circuit (one sample, JIT warm, one thread). Each netlist's row is kept in
+  ``OUT.partial.json`` as it is done, so a rerun after an interruption compares only the
+  netlists not done yet (a netlist rewritten since is compared again).
 * ``input-gradients``: the circuit's input gradient along its paths (EP estimate from
   the input sources' currents at several nudging strengths β, BPTT through the solver's
   sweeps, implicit differentiation at the equilibrium) compared per image by cosine and
@@ -138,11 +140,17 @@ def spice_compare(args):
     cfg = state.get("config", {})
     high_V = float(cfg.get("target_high_V", 1.0))
     ds = load_dataset(cfg.get("dataset", "digits"), args.data_dir or default_data_dir())
+    partial_path = Path(str(args.out) + ".partial.json")
+    done = (json.loads(partial_path.read_text()) if partial_path.is_file() else {}).get("rows", {})
     rows = []
     shock = None
     for op_path in ops:
         op = json.loads(op_path.read_text())
         cir = folder / op["netlists"][0]
+        stamp = f"{cir.stat().st_size}:{cir.stat().st_mtime_ns}:{op_path.stat().st_mtime_ns}"
+        if done.get(cir.name, {}).get("stamp") == stamp:
+            rows.append(done[cir.name]["row"])
+            continue
         if shock is None or shock.diode.kind != op["diode"]["kind"]:
             shock = with_diode(net, op["diode"]["kind"]) if op["diode"]["kind"] != net.diode.kind else net
         t0 = time.perf_counter()
@@ -171,6 +179,8 @@ def spice_compare(args):
                      "numba_iterations": int(eq.certificate.iterations),
                      "numba_converged": bool(eq.certificate.all_converged),
                      "op_json_residual_A": op["certificate"]["residual_A"]})
+        done[cir.name] = {"stamp": stamp, "row": rows[-1]}
+        _write_json(partial_path, {"rows": done})
     worst = max(r["max_abs_diff_V"] for r in rows)
     ratio = [r["ngspice_s"] / r["numba_s"] for r in rows]
     result = {"model": net.name, "checkpoint": args.checkpoint, "dataset": ds.name, "numba_tol_A": args.tol,
@@ -182,6 +192,7 @@ def spice_compare(args):
                       "numba time is one warm solve of the same single-sample circuit",
               "command": " ".join(sys.argv)}
     _write_json(Path(args.out), result)
+    partial_path.unlink(missing_ok=True)
     print(f"{len(rows)} netlists: max |V_ngspice - V_numba| = {worst:.3g} V, "
           f"median ngspice/numba time ratio {result['median_time_ratio']:.0f}x -> {args.out}")
 

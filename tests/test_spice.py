@@ -269,3 +269,46 @@ def test_pyspice_engine_matches_the_subprocess_engine():
         out.append(eq.v_free)
     for a, b in zip(*out):
         assert np.abs(a - b).max() <= 1e-12
+
+
+@needs_ngspice
+def test_spice_compare_step_resumes_from_the_netlists_it_has_done(tmp_path, monkeypatch):
+    """analysis/steps.py spice-compare keeps each netlist's row as it is done: interrupted
+    after the first netlist, a rerun runs ngspice on the second only, and the partial record
+    is gone once the results are written."""
+    import epsim.solvers.ngspice as ngspice_module
+    from epsim.export import main as export_main
+    from epsim.training import TrainConfig, train
+
+    from scripts import load_script
+
+    train(TrainConfig(model="mlp", epochs=1, train_subset=100), load_dataset("digits", train_subset=100, seed=0),
+          tmp_path / "model", progress=False, log=lambda *a: None)
+    ckpt = str(tmp_path / "model" / "checkpoint.pt")
+    export_main(["--checkpoint", ckpt, "--out", str(tmp_path / "netlists"), "--test-subset", "2", "--phase", "free",
+                 "--diode", "shockley"])
+    steps = load_script("analysis/steps.py")
+    out = tmp_path / "compare.json"
+    argv = ["spice-compare", "--checkpoint", ckpt, "--netlists", str(tmp_path / "netlists"), "--repeat", "1",
+            "--out", str(out)]
+    real, calls = ngspice_module.run_ngspice, []
+
+    def interrupted_at_the_second(path):
+        calls.append(Path(path).name)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(path)
+
+    monkeypatch.setattr(ngspice_module, "run_ngspice", interrupted_at_the_second)
+    with pytest.raises(KeyboardInterrupt):
+        steps.main(argv)
+    partial = tmp_path / "compare.json.partial.json"
+    assert list(json.loads(partial.read_text())["rows"]) == calls[:1] and not out.exists()
+
+    again = []
+    monkeypatch.setattr(ngspice_module, "run_ngspice", lambda path: again.append(Path(path).name) or real(path))
+    steps.main(argv)
+    assert again == calls[1:]
+    result = json.loads(out.read_text())
+    assert [r["netlist"] for r in result["rows"]] == calls and result["max_abs_diff_V"] <= 1e-6
+    assert not partial.exists()
