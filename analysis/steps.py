@@ -154,7 +154,7 @@ def spice_compare(args):
         if shock is None or shock.diode.kind != op["diode"]["kind"]:
             shock = with_diode(net, op["diode"]["kind"]) if op["diode"]["kind"] != net.diode.kind else net
         t0 = time.perf_counter()
-        table = run_ngspice(cir)
+        table = run_ngspice(cir, timeout_s=args.timeout)
         t_spice = time.perf_counter() - t0
         ref = op["node_voltages_V"]
         missing = [k for k in ref if k not in table]
@@ -293,6 +293,8 @@ def build_parser():
     s.add_argument("--tol", type=float, default=1e-12, help="numba KCL tolerance of the timed solves (A)")
     s.add_argument("--max-iter", type=int, default=100000)
     s.add_argument("--repeat", type=int, default=3, help="timed numba solves per netlist (median)")
+    s.add_argument("--timeout", type=float, default=600.0, metavar="S",
+                   help="seconds one ngspice run may take before the step fails")
     s.add_argument("--data-dir", default=None)
     s.add_argument("--out", required=True)
     g = sub.add_parser("input-gradients", help="EP / BPTT / implicit input gradients of a circuit (json)")

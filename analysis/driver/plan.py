@@ -187,7 +187,9 @@ def build_plan(scale: str, seeds, data_dir: str | None, out: Path, frost_dir: st
                           ops, deps=[f"train/{fm}-s{seed}"], meta={"model": fm, "seed": seed}))
         steps.append(Step("fidelity/spice-vs-numba", "spice",
                           [str(ANALYSIS / "steps.py"), "spice-compare", "--checkpoint", o(ckpt),
-                           "--netlists", o("fidelity/spice"), *data_opt, "--out", o("fidelity/spice_vs_numba.json")],
+                           "--netlists", o("fidelity/spice"), *data_opt,
+                           *(["--timeout", fid["spice_timeout_s"]] if fid.get("spice_timeout_s") else []),
+                           "--out", o("fidelity/spice_vs_numba.json")],
                           ["fidelity/spice_vs_numba.json"], deps=["fidelity/export"], meta={"model": fm, "seed": seed},
                           requires="ngspice"))
         steps.append(Step("fidelity/input-gradients", "gradients",

@@ -113,7 +113,8 @@ PLANS = {
                    "corruptions": None, "severities": "1,2,3,4,5"},
         "adversarial": {"norm": "l2", "eps": "3.0", "n": "6", "steps": "50"},
         "fidelity": {"model": "circuit-drn1h", "samples": "3", "grad_n": "100", "grad_betas": "0.5,0.1,0.01,0.001",
-                     "gdu": ["--dataset", "mnist", "--batch-size", "16"], "bench_spice": None},
+                     "gdu": ["--dataset", "mnist", "--batch-size", "16"], "bench_spice": None,
+                     "spice_timeout_s": "3600"},  # a DRN-1H netlist (1.6 million conductances) takes ngspice up to 10 min on a shared core
         "device": ["--model", "drn-xs", "--dataset", "mnist", "--epochs", "3", "--robustness", "--attack-subset", "200"],
         "energy": {"n": "200", "attack_eps": ENERGY_ATTACK_EPS, "attack_n": "100", "attack_steps": "20", "traces": "4"},
     },
