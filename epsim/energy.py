@@ -21,7 +21,10 @@ gradients of the settled circuit, CE and DLR) against the circuit read at those 
 
 Writes ``OUT/energy.json`` (settings, summary, per-image arrays), ``OUT/energy.csv`` (the
 summary, one row) and ``OUT/traces.npz`` (time points and the voltages of the first three
-nodes of every layer for the first ``--traces`` images of the free phase).
+nodes of every layer for the first ``--traces`` images of the free phase). A long run keeps
+its transients' results in ``OUT/energy-progress.npz`` once they are done and every finished
+early-readout attack run under ``OUT/readout-progress/``; ``--resume`` continues from them
+(both are removed when the results are written).
 """
 from __future__ import annotations
 
@@ -84,6 +87,9 @@ def build_parser() -> ArgumentParser:
                    help="save the free-phase voltage traces of the first K images (3 nodes per layer) "
                         "to traces.npz (0: none)")
     add_threads(p)
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run interrupted in --out: its transients (kept in OUT/energy-progress.npz "
+                        "once done) and its finished early-readout attack runs are not recomputed")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
 
@@ -189,8 +195,7 @@ def main(argv=None):
     from .checkpoint import write_json
     from .circuit.compile import with_diode_options
     from .data import default_data_dir, load_dataset
-    from .models.resistive import one_hot_targets
-    from .solvers.transient import Capacitances, circuit_powers_W, settling_times_s
+    from .solvers.transient import Capacitances
     from .models.loading import load_network
     from .solvers.factory import make_solver
     from .solvers.factory import SolverConfig
@@ -205,16 +210,94 @@ def main(argv=None):
     dc = make_solver(SolverConfig(tol_A=args.tol, max_iter=100000, nudge_rtol=None))
     print(f"energy of {args.checkpoint} ({net.name}, {net.diode.kind} diodes) on {n} {config.dataset} test images")
     t0 = time.perf_counter()
+    from .robustness.journal import sweep_digest
+
+    digest = sweep_digest(Path(args.checkpoint), np.asarray(x), np.asarray(y),
+                          {k: v for k, v in vars(args).items() if k not in ("resume", "no_progress", "threads", "out", "data_dir")})
+    stage = _TransientRecord(out, digest, args.resume)
+    if stage.done:
+        per, traces_npz, times, acc_at, upd = stage.load()
+        print(f"resuming: the transients of the {n} images are recorded")
+    else:
+        per, traces_npz, times, acc_at = _transients(net, config, dc, caps, x, y, readout, args)
+        upd = None
+        if not args.no_training_step:
+            upd = _update_energy_J(net, config, make_solver(config), x[:config.batch_size], y[:config.batch_size],
+                                   args)
+        stage.save(per, traces_npz, times, acc_at, upd)
+    settled = np.isfinite(per["settle_time_s"])
+    macs = macs_per_inference(net)
+
+    def stats(a):
+        a = a[np.isfinite(a)]
+        return {"median": float(np.median(a)), "p95": float(np.percentile(a, 95)), "mean": float(np.mean(a))} \
+            if a.size else {"median": None, "p95": None, "mean": None}
+
+    summary = {
+        "n": n, "unsettled": int((~settled).sum()), "accuracy_dc": float(per["correct"].mean()),
+        "settle_time_s": stats(per["settle_time_s"]), "decision_time_s": stats(per["decision_time_s"]),
+        "energy_per_inference_J": stats(per["energy_per_inference_J"]),
+        "static_power_W": stats(per["static_power_W"]),
+        "macs_per_inference": macs,
+        "digital_energy_per_inference_J_estimate": {k: macs * v * 1e-12 for k, v in DIGITAL_PJ_PER_MAC.items()},
+        "digital_source": DIGITAL_SOURCE,
+        "early_readout": [{"time_s": float(t), "accuracy": float(a)} for t, a in zip(times, acc_at)],
+    }
+    if upd is not None:
+        phases = per["energy_per_inference_J"] + per["energy_plus_J"] + per["energy_minus_J"]
+        summary["training_step"] = {
+            "phases_energy_J_per_image": stats(phases),
+            "update_pulses_per_batch": upd["pulses"], "update_energy_J_per_batch": upd["energy_J"],
+            "batch_size": upd["batch"],
+            "energy_J_per_image": stats(phases + upd["energy_J"] / upd["batch"]),
+            "pulse_energy_J": args.pulse_energy, "levels": args.levels,
+        }
+    if args.attack_eps is not None:
+        summary["early_readout_attack"] = _attack_readout(net, x[:args.attack_subset], y[:args.attack_subset], times, caps,
+                                                          args, out / "readout-progress", digest)
+    settings = {"checkpoint": str(args.checkpoint), "model": net.name, "arch": net.arch, "diode": net.diode.kind,
+                "rail_offset_V": net.diode.rail_offset_V,
+                "input_gain_V": net.input_gain_V, "input_center": net.input_center, "amp_gains": net.amp_gains.tolist(),
+                "differential": net.differential.tolist(), "unit_polarity": net.unit_polarity,
+                "cell_capacitance_F": args.cell_capacitance, "node_capacitance_F": args.node_capacitance,
+                "t_stop_s": args.t_stop, "dt_max_s": args.dt_max, "lte_tol_V": args.lte_tol,
+                "settle_tol_V": args.settle_tol, "tol_A": args.tol, "dataset": config.dataset}
+    result = {"tool": "epsim.energy", "settings": settings, "summary": summary,
+              "per_image": {k: v.tolist() for k, v in per.items() if v.size},
+              "wall_s": time.perf_counter() - t0}
+    write_json(out / "energy.json", result)
+    if args.traces:
+        _save_npz(out / "traces.npz", traces_npz)
+    _write_csv(out / "energy.csv", settings, summary)
+    stage.finish()
+    s = summary
+    print(f"settling time median {s['settle_time_s']['median']:.3g} s (p95 {s['settle_time_s']['p95']:.3g} s), "
+          f"energy per inference median {s['energy_per_inference_J']['median']:.3g} J, static power median "
+          f"{s['static_power_W']['median']:.3g} W; digital estimate {macs} MACs = "
+          f"{s['digital_energy_per_inference_J_estimate']['fp32_45nm']:.3g} J (fp32) / "
+          f"{s['digital_energy_per_inference_J_estimate']['int8_45nm']:.3g} J (int8)")
+    if s["unsettled"]:
+        print(f"warning: {s['unsettled']} images did not settle within --t-stop {args.t_stop:g} s", file=sys.stderr)
+    print(f"wrote {out}/energy.json and {out}/energy.csv ({result['wall_s']:.1f} s)")
+
+
+def _transients(net, config, dc, caps, x, y, readout, args) -> tuple:
+    """The transient simulations of every image: ``(per, traces_npz, times, acc_at)`` — the
+    per-image arrays of the summary, the free-phase traces of the first ``--traces`` images,
+    the early-readout times (s) and the test accuracy read at each."""
+    from .models.resistive import one_hot_targets
+    from .solvers.transient import circuit_powers_W, settling_times_s
+
+    n = len(y)
     per = {k: [] for k in ("settle_time_s", "decision_time_s", "energy_per_inference_J", "static_power_W",
                            "correct", "energy_plus_J", "energy_minus_J")}
-    traces = []
-    batches = range(0, n, args.batch_size)
+    traces, traces_npz = [], {}
     bar = None
     if not args.no_progress:
         from tqdm import tqdm
 
         bar = tqdm(total=n, desc="transients", unit="img", dynamic_ncols=True)
-    for i in batches:
+    for i in range(0, n, args.batch_size):
         xb, yb = x[i:i + args.batch_size], y[i:i + args.batch_size]
         v_in = net.input_voltages(xb)
         prepared = dc.prepare(net, v_in)
@@ -251,75 +334,71 @@ def main(argv=None):
     for tr, yb in traces:
         acc_at += np.asarray(readout_accuracy(tr, yb, times)) * len(yb)
     acc_at /= max(n, 1)
-    macs = macs_per_inference(net)
-
-    def stats(a):
-        a = a[np.isfinite(a)]
-        return {"median": float(np.median(a)), "p95": float(np.percentile(a, 95)), "mean": float(np.mean(a))} \
-            if a.size else {"median": None, "p95": None, "mean": None}
-
-    summary = {
-        "n": n, "unsettled": int((~settled).sum()), "accuracy_dc": float(per["correct"].mean()),
-        "settle_time_s": stats(per["settle_time_s"]), "decision_time_s": stats(per["decision_time_s"]),
-        "energy_per_inference_J": stats(per["energy_per_inference_J"]),
-        "static_power_W": stats(per["static_power_W"]),
-        "macs_per_inference": macs,
-        "digital_energy_per_inference_J_estimate": {k: macs * v * 1e-12 for k, v in DIGITAL_PJ_PER_MAC.items()},
-        "digital_source": DIGITAL_SOURCE,
-        "early_readout": [{"time_s": float(t), "accuracy": float(a)} for t, a in zip(times, acc_at)],
-    }
-    if not args.no_training_step:
-        upd = _update_energy_J(net, config, make_solver(config), x[:config.batch_size], y[:config.batch_size], args)
-        phases = per["energy_per_inference_J"] + per["energy_plus_J"] + per["energy_minus_J"]
-        summary["training_step"] = {
-            "phases_energy_J_per_image": stats(phases),
-            "update_pulses_per_batch": upd["pulses"], "update_energy_J_per_batch": upd["energy_J"],
-            "batch_size": upd["batch"],
-            "energy_J_per_image": stats(phases + upd["energy_J"] / upd["batch"]),
-            "pulse_energy_J": args.pulse_energy, "levels": args.levels,
-        }
-    if args.attack_eps is not None:
-        summary["early_readout_attack"] = _attack_readout(net, x[:args.attack_subset], y[:args.attack_subset], times, caps,
-                                                          args)
-    settings = {"checkpoint": str(args.checkpoint), "model": net.name, "arch": net.arch, "diode": net.diode.kind,
-                "rail_offset_V": net.diode.rail_offset_V,
-                "input_gain_V": net.input_gain_V, "input_center": net.input_center, "amp_gains": net.amp_gains.tolist(),
-                "differential": net.differential.tolist(), "unit_polarity": net.unit_polarity,
-                "cell_capacitance_F": args.cell_capacitance, "node_capacitance_F": args.node_capacitance,
-                "t_stop_s": args.t_stop, "dt_max_s": args.dt_max, "lte_tol_V": args.lte_tol,
-                "settle_tol_V": args.settle_tol, "tol_A": args.tol, "dataset": config.dataset}
-    result = {"tool": "epsim.energy", "settings": settings, "summary": summary,
-              "per_image": {k: v.tolist() for k, v in per.items() if v.size},
-              "wall_s": time.perf_counter() - t0}
-    write_json(out / "energy.json", result)
-    if args.traces:
-        _save_npz(out / "traces.npz", traces_npz)
-    _write_csv(out / "energy.csv", settings, summary)
-    s = summary
-    print(f"settling time median {s['settle_time_s']['median']:.3g} s (p95 {s['settle_time_s']['p95']:.3g} s), "
-          f"energy per inference median {s['energy_per_inference_J']['median']:.3g} J, static power median "
-          f"{s['static_power_W']['median']:.3g} W; digital estimate {macs} MACs = "
-          f"{s['digital_energy_per_inference_J_estimate']['fp32_45nm']:.3g} J (fp32) / "
-          f"{s['digital_energy_per_inference_J_estimate']['int8_45nm']:.3g} J (int8)")
-    if s["unsettled"]:
-        print(f"warning: {s['unsettled']} images did not settle within --t-stop {args.t_stop:g} s", file=sys.stderr)
-    print(f"wrote {out}/energy.json and {out}/energy.csv ({result['wall_s']:.1f} s)")
+    return per, traces_npz, list(times), acc_at
 
 
-def _attack_readout(net, x, y, times, caps, args) -> list:
-    """PGD robust accuracy of the settled circuit and of the circuit read at each time."""
+class _TransientRecord:
+    """``OUT/energy-progress.npz``: the transients' results of a run, kept once they are done
+    so that ``--resume`` goes straight to the early-readout attack; tagged with the run's
+    digest (checkpoint, images, options). Without ``resume`` an existing record is an error."""
+
+    def __init__(self, out: Path, digest: str, resume: bool):
+        self.path = Path(out) / "energy-progress.npz"
+        self.progress_dir = Path(out) / "readout-progress"
+        self.digest = digest
+        self.done = False
+        if not self.path.exists() and not self.progress_dir.exists():
+            return
+        if not resume:
+            raise EpsimError(f"{out} holds an interrupted energy run ({self.path.name}); pass --resume to "
+                             "continue it or choose another --out")
+        if self.path.exists():
+            with np.load(self.path) as data:
+                if str(data["digest"]) != digest:
+                    raise EpsimError(f"{self.path} records a run of another checkpoint, image set or options; "
+                                     f"choose another --out, or delete it to start over")
+            self.done = True
+
+    def save(self, per, traces_npz, times, acc_at, upd):
+        arrays = {"digest": np.array(self.digest), "times": np.asarray(times, float), "acc_at": acc_at,
+                  **{f"per_{k}": v for k, v in per.items()}, **{f"trace_{k}": v for k, v in traces_npz.items()}}
+        if upd is not None:
+            arrays.update({"upd_pulses": np.array(upd["pulses"]), "upd_energy_J": np.array(upd["energy_J"]),
+                           "upd_batch": np.array(upd["batch"])})
+        _save_npz(self.path, arrays)
+
+    def load(self) -> tuple:
+        with np.load(self.path) as data:
+            per = {k[4:]: data[k] for k in data.files if k.startswith("per_")}
+            traces_npz = {k[6:]: data[k] for k in data.files if k.startswith("trace_")}
+            upd = ({"pulses": float(data["upd_pulses"]), "energy_J": float(data["upd_energy_J"]),
+                    "batch": int(data["upd_batch"])} if "upd_pulses" in data.files else None)
+            return per, traces_npz, [float(t) for t in data["times"]], data["acc_at"], upd
+
+    def finish(self):
+        import shutil
+
+        self.path.unlink(missing_ok=True)
+        shutil.rmtree(self.progress_dir, ignore_errors=True)
+
+
+def _attack_readout(net, x, y, times, caps, args, progress_dir: Path, digest: str) -> list:
+    """PGD robust accuracy of the settled circuit and of the circuit read at each time; each
+    readout's finished attack runs are recorded under ``progress_dir/<k>``."""
     from .robustness.adapters import CircuitAdapter
     from .robustness.evaluate import SweepConfig, run_sweep
+    from .robustness.journal import SweepJournal, sweep_digest
     from .robustness.readout import EarlyReadoutAdapter
 
     base = CircuitAdapter(net, tol_A=args.tol, max_iter=100000, batch_size=args.batch_size)
     cfg = SweepConfig(attacks=(f"pgd-{args.attack_norm}",), eps=(float(args.attack_eps),), paths=("implicit",),
                       losses=("ce", "dlr"), steps=args.attack_steps, large_eps_check=False)
     rows = []
-    for t in [None] + list(times):
+    for k, t in enumerate([None] + list(times)):
         adapter = base if t is None else EarlyReadoutAdapter(base, t, caps=caps, lte_tol_V=args.lte_tol,
                                                              tol_A=args.tol)
-        out = run_sweep(adapter, x, y, cfg, progress=False, log=lambda *_: None)
+        journal = SweepJournal(progress_dir / str(k), sweep_digest(digest, k, t), resume=args.resume)
+        out = run_sweep(adapter, x, y, cfg, progress=False, log=lambda *_: None, journal=journal)
         r = out["rows"][0]
         rows.append({"time_s": t, "clean_accuracy": r["clean_accuracy"], "robust_accuracy": r["robust_accuracy"],
                      "norm": args.attack_norm, "eps": float(args.attack_eps), "n": r["n"],

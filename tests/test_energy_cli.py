@@ -88,3 +88,42 @@ def test_energy_attack_rows(checkpoint, tmp_path):
     rows = json.loads((tmp_path / "energy.json").read_text())["summary"]["early_readout_attack"]
     assert [r["time_s"] for r in rows] == [None, 1e-9, 1e-7]
     assert all(0 <= r["robust_accuracy"] <= r["clean_accuracy"] <= 1 for r in rows)
+
+
+def test_interrupted_run_resumes_to_the_uninterrupted_results(checkpoint, tmp_path, monkeypatch):
+    """Killed during the early-readout attack, a run continues with --resume: the transients
+    are read back (not simulated again), the finished attack runs are reused, and the results
+    equal an uninterrupted run's; without --resume the record is refused."""
+    import epsim.energy as energy
+    from epsim.robustness import journal as J
+
+    args = ["--checkpoint", str(checkpoint), "--test-subset", "8", "--no-progress", "--t-stop", "2e-7",
+            "--readout-times", "1e-9,1e-7", "--attack-eps", "0.5", "--attack-subset", "6", "--attack-steps", "3"]
+    main([*args, "--out", str(tmp_path / "whole")])
+    whole = json.loads((tmp_path / "whole" / "energy.json").read_text())
+    assert not (tmp_path / "whole" / "energy-progress.npz").exists()
+
+    computed, original = [], J.SweepJournal.run
+
+    def stop_after_three(self, key, idx, compute):
+        def counted():
+            if len(computed) == 3:
+                raise KeyboardInterrupt
+            computed.append(key)
+            return compute()
+        return original(self, key, idx, counted)
+
+    part = tmp_path / "part"
+    monkeypatch.setattr(J.SweepJournal, "run", stop_after_three)
+    with pytest.raises(KeyboardInterrupt):
+        main([*args, "--out", str(part)])
+    monkeypatch.undo()
+    assert (part / "energy-progress.npz").exists() and not (part / "energy.json").exists()
+    with pytest.raises(EpsimError, match="--resume"):
+        main([*args, "--out", str(part)])
+    monkeypatch.setattr(energy, "_transients", lambda *a: pytest.fail("transients simulated again"))
+    main([*args, "--out", str(part), "--resume"])
+    resumed = json.loads((part / "energy.json").read_text())
+    assert resumed["summary"] == whole["summary"]
+    assert resumed["per_image"] == whole["per_image"]
+    assert not (part / "energy-progress.npz").exists() and not (part / "readout-progress").exists()

@@ -260,6 +260,8 @@ def test_energy_steps_for_circuit_models(tmp_path):
 
     want = {"smoke": ("20", "10", "3"), "cpu": ("360", "100", "20"), "mnist": ("200", "100", "20"),
             "gpu": ("1000", "100", "20")}
+    # the amplified deep CNN's early readout costs a transient per prediction: a smaller attack
+    want_by_model = {("mnist", "circuit-cnn-deep"): ("200", "20", "10")}
     headline_l2 = next(e for a, e in common.HEADLINE if a == "pgd-l2")
     for scale in run_all.SCALES:
         plan = run_all.PLANS[scale]
@@ -273,7 +275,9 @@ def test_energy_steps_for_circuit_models(tmp_path):
             opt = {a: s.argv[i + 1] for i, a in enumerate(s.argv[:-1]) if a.startswith("--")}
             assert s.argv[:2] == ["-m", "epsim.energy"] and "--no-progress" in s.argv
             assert opt["--checkpoint"] == str(tmp_path / f"models/{m}-s{seed}/checkpoint.pt")
-            assert (opt["--test-subset"], opt["--attack-subset"], opt["--attack-steps"]) == want[scale], (scale, s.argv)
+            assert (opt["--test-subset"], opt["--attack-subset"], opt["--attack-steps"]) == \
+                want_by_model.get((scale, m), want[scale]), (scale, s.argv)
+            assert s.resume_if == f"energy/{m}-s{seed}/energy-progress.npz"
             assert opt["--attack-norm"] == "l2" and float(opt["--attack-eps"]) == pytest.approx(headline_l2)
             assert any(abs(v - headline_l2) < 1e-12 for _, v in run_all.parse_eps(plan["attack"]["l2"])), scale
             assert int(opt["--traces"]) >= 1 and s.deps == [f"train/{m}-s{seed}"]

@@ -168,11 +168,13 @@ def build_plan(scale: str, seeds, data_dir: str | None, out: Path, frost_dir: st
             continue
         seed, ckpt = lst[0]
         d = energy_dir(model, seed)
+        attack = {**en, **en.get("attack_by_model", {}).get(model, {})}
         argv = ["-m", "epsim.energy", "--checkpoint", o(ckpt), "--test-subset", en["n"], "--attack-eps", en["attack_eps"],
-                "--attack-norm", "l2", "--attack-subset", en["attack_n"], "--attack-steps", en["attack_steps"],
+                "--attack-norm", "l2", "--attack-subset", attack["attack_n"], "--attack-steps", attack["attack_steps"],
                 "--traces", en["traces"], *data_opt, "--no-progress", "--out", o(d)]
         steps.append(Step(f"energy/{model}-s{seed}", "energy", argv,
                           [f"{d}/energy.json", f"{d}/energy.csv", f"{d}/traces.npz"], deps=[f"train/{model}-s{seed}"],
+                          resume_if=f"{d}/energy-progress.npz",
                           meta={"model": model, "family": "circuit", "seed": seed}))
 
     fid = plan["fidelity"]

@@ -116,7 +116,10 @@ PLANS = {
                      "gdu": ["--dataset", "mnist", "--batch-size", "16"], "bench_spice": None,
                      "spice_timeout_s": "3600"},  # a DRN-1H netlist (1.6 million conductances) takes ngspice up to 10 min on a shared core
         "device": ["--model", "drn-xs", "--dataset", "mnist", "--epochs", "3", "--robustness", "--attack-subset", "200"],
-        "energy": {"n": "200", "attack_eps": ENERGY_ATTACK_EPS, "attack_n": "100", "attack_steps": "20", "traces": "4"},
+        "energy": {"n": "200", "attack_eps": ENERGY_ATTACK_EPS, "attack_n": "100", "attack_steps": "20", "traces": "4",
+                   # the amplified deep CNN read early is a transient simulation per prediction and gradient:
+                   # about 4.5 s per image and PGD step on one core
+                   "attack_by_model": {"circuit-cnn-deep": {"attack_n": "20", "attack_steps": "10"}}},
     },
     "gpu": {
         "what": "CIFAR-10 at the seed paper's scale: circuit CNN and MLP (torch backend on CUDA), EP-CNN / BP-CNN "

@@ -64,7 +64,6 @@ import io
 import math
 import os
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 from scipy import ndimage
