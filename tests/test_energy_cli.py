@@ -95,7 +95,7 @@ def test_interrupted_run_resumes_to_the_uninterrupted_results(checkpoint, tmp_pa
     are read back (not simulated again), the finished attack runs are reused, and the results
     equal an uninterrupted run's; without --resume the record is refused."""
     import epsim.energy as energy
-    from epsim.robustness import journal as J
+    from interrupt import Interrupted, stop_sweeps_after
 
     args = ["--checkpoint", str(checkpoint), "--test-subset", "8", "--no-progress", "--t-stop", "2e-7",
             "--readout-times", "1e-9,1e-7", "--attack-eps", "0.5", "--attack-subset", "6", "--attack-steps", "3"]
@@ -103,19 +103,9 @@ def test_interrupted_run_resumes_to_the_uninterrupted_results(checkpoint, tmp_pa
     whole = json.loads((tmp_path / "whole" / "energy.json").read_text())
     assert not (tmp_path / "whole" / "energy-progress.npz").exists()
 
-    computed, original = [], J.SweepJournal.run
-
-    def stop_after_three(self, key, idx, compute):
-        def counted():
-            if len(computed) == 3:
-                raise KeyboardInterrupt
-            computed.append(key)
-            return compute()
-        return original(self, key, idx, counted)
-
     part = tmp_path / "part"
-    monkeypatch.setattr(J.SweepJournal, "run", stop_after_three)
-    with pytest.raises(KeyboardInterrupt):
+    stop_sweeps_after(monkeypatch, 3)
+    with pytest.raises(Interrupted):
         main([*args, "--out", str(part)])
     monkeypatch.undo()
     assert (part / "energy-progress.npz").exists() and not (part / "energy.json").exists()

@@ -9,6 +9,8 @@ from epsim.robustness import journal as J
 from epsim.robustness.cli import cli
 from epsim.training import TrainConfig, train
 
+from interrupt import Interrupted, stop_sweeps_after
+
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 SWEEP = ["--attack", "pgd-l2,square-l2,advep-l2", "--eps", "0.5,2", "--test-subset", "12", "--steps", "4",
@@ -33,30 +35,15 @@ def _stable(results):
     return results
 
 
-class _Interrupt(Exception):
-    pass
-
-
 def test_interrupted_sweep_resumes_to_the_uninterrupted_results(checkpoint, tmp_path, monkeypatch, capsys):
     assert cli(["--checkpoint", checkpoint, *SWEEP, "--out", str(tmp_path / "whole")]) == 0
     whole = json.loads((tmp_path / "whole" / "robustness.json").read_text())
     assert not (tmp_path / "whole" / J.PROGRESS_NAME).exists()
     assert whole["resumed_runs"] == 0
 
-    computed = []
-    original = J.SweepJournal.run
-
-    def run_then_stop(self, key, idx, compute):
-        def counted():
-            if len(computed) == 3:
-                raise _Interrupt(key)
-            computed.append(key)
-            return compute()
-        return original(self, key, idx, counted)
-
     part = tmp_path / "part"
-    monkeypatch.setattr(J.SweepJournal, "run", run_then_stop)
-    with pytest.raises(_Interrupt):
+    computed = stop_sweeps_after(monkeypatch, 3)
+    with pytest.raises(Interrupted):
         cli(["--checkpoint", checkpoint, *SWEEP, "--out", str(part)])
     monkeypatch.undo()
     record = json.loads((part / J.PROGRESS_NAME).read_text())
