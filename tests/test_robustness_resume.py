@@ -47,7 +47,7 @@ def test_interrupted_sweep_resumes_to_the_uninterrupted_results(checkpoint, tmp_
         cli(["--checkpoint", checkpoint, *SWEEP, "--out", str(part)])
     monkeypatch.undo()
     record = json.loads((part / J.PROGRESS_NAME).read_text())
-    assert sorted(record["units"]) == sorted(computed) and len(computed) == 3
+    assert sorted(record["units"]) == sorted(computed) and len(computed) == 3 and computed[0] == "gradient-probe"
     assert not (part / "robustness.json").exists()
 
     capsys.readouterr()
@@ -59,7 +59,7 @@ def test_interrupted_sweep_resumes_to_the_uninterrupted_results(checkpoint, tmp_
     assert "another checkpoint, image set or settings" in capsys.readouterr().err
 
     assert cli(["--checkpoint", checkpoint, *SWEEP, "--out", str(part), "--resume"]) == 0
-    assert "resuming: 3 finished attack runs recorded" in capsys.readouterr().out
+    assert "resuming: 3 finished runs recorded" in capsys.readouterr().out  # the gradient probe and 2 attacks
     resumed = json.loads((part / "robustness.json").read_text())
     assert resumed["resumed_runs"] == 3
     assert not (part / J.PROGRESS_NAME).exists()

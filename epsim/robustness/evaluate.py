@@ -150,9 +150,9 @@ class _Sweep:
         self.clean_scores = None  # (N, K), set once the clean predictions are known
 
     def unit(self, key, idx, compute, bar=None, bar_steps=0):
-        """``compute()`` -> ``(robust (len(idx),) bool, stats, geo)`` of one unit of the sweep,
-        or its record from an interrupted run of the same sweep (the bar is then advanced by
-        ``bar_steps``)."""
+        """``compute()`` -> ``(robust (len(idx),) bool, stats, geo)`` of one unit of the sweep (an
+        attack run, or the gradient probe with an empty mask), or its record from an interrupted
+        run of the same sweep (the bar is then advanced by ``bar_steps``)."""
         t0 = time.perf_counter()
         if self.journal is None:
             out = compute()
@@ -164,7 +164,8 @@ class _Sweep:
                     bar.update(bar_steps)
                 return out
         if not self.progress:  # no bars: one line per finished run, for logs of long sweeps
-            self.log(f"  {key}: {int(np.sum(out[0]))}/{len(idx)} robust ({time.perf_counter() - t0:.1f} s)")
+            what = f"{int(np.sum(out[0]))}/{len(idx)} robust" if len(out[0]) == len(idx) else "done"
+            self.log(f"  {key}: {what} ({time.perf_counter() - t0:.1f} s)")
         return out
 
     # ---- gradients -------------------------------------------------------------------
@@ -348,7 +349,7 @@ def run_sweep(adapter, x, y, config: SweepConfig, *, surrogate=None, recorded=No
     paths = resolve_paths(adapter, cfg.paths, surrogate) if white else ()
     sw = _Sweep(adapter, x, y, cfg, surrogate, progress, log, journal)
     if journal is not None and len(journal):
-        log(f"resuming: {len(journal)} finished attack runs recorded")
+        log(f"resuming: {len(journal)} finished runs recorded (attack runs and the gradient probe)")
     n = sw.n
 
     # ---- clean accuracy with the predictor used under attack --------------------------
@@ -373,7 +374,16 @@ def run_sweep(adapter, x, y, config: SweepConfig, *, surrogate=None, recorded=No
     run_checks = {"clean_settings": clean_check, "clean_converged": clean_conv}
     grad_check_base = None
     if white:
-        probe = sw.gradient_probe(paths, cfg.losses, correct)
+        idx = np.flatnonzero(correct)
+
+        def probe_run():
+            found = sw.gradient_probe(paths, cfg.losses, correct)
+            counts = {k: found[k] for k in ("n", "zero", "nonfinite")}
+            return np.zeros(0, bool), {**counts, **{f"cos:{k}": v for k, v in found["cosines"].items()}}, {}
+
+        _, recorded_probe, _ = sw.unit("gradient-probe", idx, probe_run)
+        probe = {k: recorded_probe[k] for k in ("n", "zero", "nonfinite")}
+        probe["cosines"] = {k[4:]: np.asarray(v) for k, v in recorded_probe.items() if k.startswith("cos:")}
         run_checks["paths_agree"] = S.check_paths_agree(probe["cosines"])
         grad_check_base = probe
         run_checks["gradients_at_clean"] = S.check_gradients(0, 0, 0, probe_n=probe["n"], probe_zero=probe["zero"],

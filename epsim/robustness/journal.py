@@ -1,8 +1,8 @@
 """The finished parts of a robustness sweep, kept on disk so an interrupted sweep resumes.
 
-A sweep is a sequence of units: one white-box attack run (a gradient path × loss × target at
-one ε, on the images still robust), one run of the seed's protocol or one Square run at one
-ε. Each finished unit is recorded in ``OUT/sweep-progress.json`` (written atomically) with
+A sweep is a sequence of units: the gradient probe at the clean images, one white-box attack
+run (a gradient path × loss × target at one ε, on the images still robust), one run of the
+seed's protocol or one Square run at one ε. Each finished unit is recorded in ``OUT/sweep-progress.json`` (written atomically) with
 the indices it attacked, its robust mask over them, its counters and the geometry of its
 perturbations. Every unit draws its random numbers from a generator seeded by its own key,
 so a resumed sweep skips the recorded units and computes the others exactly as an
