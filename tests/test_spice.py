@@ -290,14 +290,14 @@ def test_spice_compare_step_resumes_from_the_netlists_it_has_done(tmp_path, monk
     steps = load_script("analysis/steps.py")
     out = tmp_path / "compare.json"
     argv = ["spice-compare", "--checkpoint", ckpt, "--netlists", str(tmp_path / "netlists"), "--repeat", "1",
-            "--out", str(out)]
+            "--timeout", "120", "--out", str(out)]
     real, calls = ngspice_module.run_ngspice, []
 
-    def interrupted_at_the_second(path):
+    def interrupted_at_the_second(path, **options):
         calls.append(Path(path).name)
         if len(calls) == 2:
             raise KeyboardInterrupt
-        return real(path)
+        return real(path, **options)
 
     monkeypatch.setattr(ngspice_module, "run_ngspice", interrupted_at_the_second)
     with pytest.raises(KeyboardInterrupt):
@@ -306,7 +306,8 @@ def test_spice_compare_step_resumes_from_the_netlists_it_has_done(tmp_path, monk
     assert list(json.loads(partial.read_text())["rows"]) == calls[:1] and not out.exists()
 
     again = []
-    monkeypatch.setattr(ngspice_module, "run_ngspice", lambda path: again.append(Path(path).name) or real(path))
+    monkeypatch.setattr(ngspice_module, "run_ngspice",
+                        lambda path, **options: again.append(Path(path).name) or real(path, **options))
     steps.main(argv)
     assert again == calls[1:]
     result = json.loads(out.read_text())
