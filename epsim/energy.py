@@ -347,17 +347,19 @@ class _TransientRecord:
         self.progress_dir = Path(out) / "readout-progress"
         self.digest = digest
         self.done = False
+        from .robustness.journal import check_record
+
         if not self.path.exists() and not self.progress_dir.exists():
             return
-        if not resume:
-            raise EpsimError(f"{out} holds an interrupted energy run ({self.path.name}); pass --resume to "
-                             "continue it or choose another --out")
-        if self.path.exists():
+
+        def recorded_digest():
+            if not self.path.exists():  # only the attack's records are left: each checks its own digest
+                return digest
             with np.load(self.path) as data:
-                if str(data["digest"]) != digest:
-                    raise EpsimError(f"{self.path} records a run of another checkpoint, image set or options; "
-                                     f"choose another --out, or delete it to start over")
-            self.done = True
+                return str(data["digest"])
+
+        check_record(self.path, recorded_digest, digest, resume, "energy run")
+        self.done = self.path.exists()
 
     def save(self, per, traces_npz, times, acc_at, upd):
         arrays = {"digest": np.array(self.digest), "times": np.asarray(times, float), "acc_at": acc_at,

@@ -215,13 +215,13 @@ def _batched_cg(apply, rhs, tol_rel, max_iter, inv_diag=None):
     def dot(u, v):
         return sum((ui * vi).sum(dim=1) for ui, vi in zip(u, v))
 
-    def precondition(u):
-        return [t.clone() for t in u] if inv_diag is None else [m * t for m, t in zip(inv_diag, u)]
+    def precondition(u):  # every update below is out of place: no copies needed
+        return u if inv_diag is None else [m * t for m, t in zip(inv_diag, u)]
 
     x = [torch.zeros_like(r) for r in rhs]
-    r = [t.clone() for t in rhs]
+    r = list(rhs)
     z = precondition(r)
-    p = [t.clone() for t in z]
+    p = list(z)
     rz = dot(r, z)
     b_norm = dot(rhs, rhs).sqrt()
     tiny = torch.finfo(rz.dtype).tiny

@@ -43,6 +43,17 @@ def sweep_digest(*parts) -> str:
     return h.hexdigest()
 
 
+def check_record(path: Path, recorded_digest, digest: str, resume: bool, what: str):
+    """Refuse the progress record ``path`` of an interrupted ``what`` (e.g. "robustness sweep")
+    unless ``resume`` is on and ``recorded_digest`` (a callable reading it) is ``digest``."""
+    if not resume:
+        raise EpsimError(f"{path.parent} holds an interrupted {what} ({path.name}); "
+                         "pass --resume to continue it or choose another --out")
+    if recorded_digest() != digest:
+        raise EpsimError(f"{path} records a {what} of another checkpoint, image set or settings; "
+                         f"choose another --out, or delete {path.name} to start over")
+
+
 def _indices_digest(idx) -> str:
     return hashlib.sha256(np.asarray(idx, np.int64).tobytes()).hexdigest()[:16]
 
@@ -82,19 +93,19 @@ class SweepJournal:
         self.reused = 0
         if not self.path.exists():
             return
-        if not resume:
-            raise EpsimError(f"{self.path.parent} holds an interrupted robustness sweep ({self.path.name}); "
-                             "pass --resume to continue it or choose another --out")
-        try:
-            data = json.loads(self.path.read_text())
-            units = data["units"]
-        except (OSError, ValueError, KeyError, TypeError):
-            raise EpsimError(f"{self.path} is not a readable sweep record; delete it to start the sweep "
-                             "over") from None
-        if data.get("digest") != digest:
-            raise EpsimError(f"{self.path} records a sweep of another checkpoint, image set or settings; "
-                             f"choose another --out, or delete {self.path.name} to start over")
-        self.units = units
+        data = {}
+
+        def recorded_digest():
+            try:
+                data.update(json.loads(self.path.read_text()))
+                data["units"]
+            except (OSError, ValueError, KeyError, TypeError):
+                raise EpsimError(f"{self.path} is not a readable sweep record; delete it to start the sweep "
+                                 "over") from None
+            return data.get("digest")
+
+        check_record(self.path, recorded_digest, digest, resume, "robustness sweep")
+        self.units = data["units"]
 
     def __len__(self) -> int:
         return len(self.units)
