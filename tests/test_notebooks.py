@@ -139,6 +139,31 @@ def test_driver_dry_run_lists_every_scale(tmp_path):
     assert "--attack advep-l2,pgd-l2 --eps 1,2,3" in mnist and "--unroll 29 --test-subset 1000" in mnist
 
 
+def test_white_box_runs_of_one_model_on_fewer_images(tmp_path):
+    """``n_by_model`` (mnist: the deep circuit CNN) sets the images of that model's white-box runs
+    (PGD sweeps, their certificates, the seed's protocol); its Square and corruption runs and every
+    other model's runs keep the plan's counts."""
+    import run_all
+
+    plan = run_all.PLANS["mnist"]
+    a = plan["attack"]
+    steps = run_all.build_plan("mnist", plan["seeds"], None, tmp_path)
+    seen = set()
+    for s in (s for s in steps if s.kind == "robustness"):
+        n = s.argv[s.argv.index("--test-subset") + 1]
+        group = s.meta["group"]
+        if group.startswith("square-"):
+            want = a["square"]["n"]
+        elif group == "corruptions":
+            want = a["n"]
+        else:
+            want = a["n_by_model"].get(s.meta["model"], a["n"])
+        assert n == want, (s.name, n)
+        seen.add((s.meta["model"], n))
+    assert ("circuit-cnn-deep", "200") in seen and ("circuit-cnn-deep", "1000") in seen
+    assert ("circuit-drn1h", "1000") in seen and a["n"] == "1000"
+
+
 def test_certificates_for_circuit_models_only(tmp_path):
     """Every scale's plan: the PGD groups of circuit models also run certify-* at the same ε
     (certify-l2 at the ε <= 1 of the sweep, on the same images, in a run of its own where the

@@ -70,6 +70,51 @@ def energy_dir(model, seed):
     return f"energy/{model}-s{seed}"
 
 
+def robust_groups(a: dict, n_white: str, frost_dir: str | None = None) -> list:
+    """The robustness runs of one model: ``(group, argv, families it runs for: None = every model)``.
+
+    ``a`` is a plan's ``attack`` dict; ``n_white`` the test images of the white-box runs (the PGD
+    sweeps with their certificates and the seed's protocol; Square and corruptions keep the plan's own
+    image counts)."""
+    pgd = ["--steps", a["steps"], "--restarts", a["restarts"], "--loss", a["loss"]]
+    sq = a.get("square")
+    groups = []
+    for norm in ("l2", "linf"):
+        # Square runs beside PGD at the same ε (the black-box-vs-white-box check needs both in one
+        # run): in the PGD sweep itself, or, where Square is too costly for every ε and image
+        # (queries x images x relaxation steps), in a run of its own on fewer images and ε.
+        attacks = f"pgd-{norm}" if sq else f"pgd-{norm},square-{norm}"
+        tail = [*pgd, *([] if sq else ["--queries", a["queries"]]), "--test-subset", n_white]
+        # Circuits also get the monotonicity certificate (certify-*: a lower bound, two solves per
+        # image and ε) in the same run, so the harness checks certified <= robust image by image.
+        # certify-l2 needs ε <= 1 (it certifies through the L∞ box of radius ε): where the L2 sweep
+        # goes beyond 1 the certificate runs on its own at the sweep's ε <= 1, on the same images,
+        # and collect() makes the certified <= robust check across the two runs.
+        cert_eps, whole = certify_eps(norm, a[norm])
+        groups.append((norm, ["--attack", attacks, "--eps", a[norm], *tail], ("software",) if whole else None))
+        if whole:
+            groups.append((norm, ["--attack", f"{attacks},certify-{norm}", "--eps", a[norm], *tail], ("circuit",)))
+        elif cert_eps:
+            groups.append((f"certify-{norm}", ["--attack", f"certify-{norm}", "--eps", cert_eps, "--test-subset", n_white],
+                           ("circuit",)))
+    if sq:
+        for norm in ("l2", "linf"):
+            groups.append((f"square-{norm}", ["--attack", f"square-{norm},pgd-{norm}", "--eps", sq[norm], *pgd,
+                                              "--queries", a["queries"], "--test-subset", sq["n"], "--no-large-eps-check"], None))
+    # The seed paper's protocol (PGD-20 with its step rule, no restarts, BPTT through a truncated
+    # zero-start unroll for EP models) beside the harness's PGD on the same images and ε, so the
+    # difference between the two protocols is a reported number.
+    seed_protocol = a.get("advep")
+    for norm in ("l2", "linf") if seed_protocol else ():
+        groups.append((f"advep-{norm}", ["--attack", f"advep-{norm},pgd-{norm}", "--eps", seed_protocol[norm], *pgd,
+                                         "--unroll", seed_protocol["unroll"], "--test-subset", n_white,
+                                         "--no-large-eps-check"], None))
+    groups.append(("corruptions", ["--attack", "corruptions", "--severities", a["severities"], "--test-subset", a["n"]]
+                   + (["--corruptions", a["corruptions"]] if a.get("corruptions") else [])
+                   + (["--frost-dir", frost_dir] if frost_dir else []), None))
+    return groups
+
+
 def build_plan(scale: str, seeds, data_dir: str | None, out: Path, frost_dir: str | None = None) -> list:
     """Every step of ``scale`` for the training ``seeds``, writing under ``out``, in the order they run
     (training, adversarial examples, energy, fidelity, device sweep, then the robustness runs, every
@@ -98,42 +143,6 @@ def build_plan(scale: str, seeds, data_dir: str | None, out: Path, frost_dir: st
     common = ["--seed", "0", "--no-progress"] + data_opt
     if a.get("device"):
         common += ["--device", a["device"]]
-    pgd = ["--steps", a["steps"], "--restarts", a["restarts"], "--loss", a["loss"]]
-    sq = a.get("square")
-    groups = []  # (group, argv, families it runs for: None = every model)
-    for norm in ("l2", "linf"):
-        # Square runs beside PGD at the same ε (the black-box-vs-white-box check needs both in one
-        # run): in the PGD sweep itself, or, where Square is too costly for every ε and image
-        # (queries x images x relaxation steps), in a run of its own on fewer images and ε.
-        attacks = f"pgd-{norm}" if sq else f"pgd-{norm},square-{norm}"
-        tail = [*pgd, *([] if sq else ["--queries", a["queries"]]), "--test-subset", a["n"]]
-        # Circuits also get the monotonicity certificate (certify-*: a lower bound, two solves per
-        # image and ε) in the same run, so the harness checks certified <= robust image by image.
-        # certify-l2 needs ε <= 1 (it certifies through the L∞ box of radius ε): where the L2 sweep
-        # goes beyond 1 the certificate runs on its own at the sweep's ε <= 1, on the same images,
-        # and collect() makes the certified <= robust check across the two runs.
-        cert_eps, whole = certify_eps(norm, a[norm])
-        groups.append((norm, ["--attack", attacks, "--eps", a[norm], *tail], ("software",) if whole else None))
-        if whole:
-            groups.append((norm, ["--attack", f"{attacks},certify-{norm}", "--eps", a[norm], *tail], ("circuit",)))
-        elif cert_eps:
-            groups.append((f"certify-{norm}", ["--attack", f"certify-{norm}", "--eps", cert_eps, "--test-subset", a["n"]],
-                           ("circuit",)))
-    if sq:
-        for norm in ("l2", "linf"):
-            groups.append((f"square-{norm}", ["--attack", f"square-{norm},pgd-{norm}", "--eps", sq[norm], *pgd,
-                                              "--queries", a["queries"], "--test-subset", sq["n"], "--no-large-eps-check"], None))
-    # The seed paper's protocol (PGD-20 with its step rule, no restarts, BPTT through a truncated
-    # zero-start unroll for EP models) beside the harness's PGD on the same images and ε, so the
-    # difference between the two protocols is a reported number.
-    seed_protocol = a.get("advep")
-    for norm in ("l2", "linf") if seed_protocol else ():
-        groups.append((f"advep-{norm}", ["--attack", f"advep-{norm},pgd-{norm}", "--eps", seed_protocol[norm], *pgd,
-                                         "--unroll", seed_protocol["unroll"], "--test-subset", a["n"],
-                                         "--no-large-eps-check"], None))
-    groups.append(("corruptions", ["--attack", "corruptions", "--severities", a["severities"], "--test-subset", a["n"]]
-                   + (["--corruptions", a["corruptions"]] if a.get("corruptions") else [])
-                   + (["--frost-dir", frost_dir] if frost_dir else []), None))
     # evaluation order: every model's first seed first (so a run cut short still has every curve);
     # they run after the (short) adversarial-example and fidelity steps
     robust_steps = []
@@ -141,7 +150,8 @@ def build_plan(scale: str, seeds, data_dir: str | None, out: Path, frost_dir: st
                    key=lambda t: t[1])
     for model, _, seed, ckpt in order:
         fam = plan["models"][model]["family"]
-        for group, args, families in groups:
+        n_white = a.get("n_by_model", {}).get(model, a["n"])
+        for group, args, families in robust_groups(a, n_white, frost_dir):
             if families is not None and fam not in families:
                 continue
             d = f"robustness/{model}-s{seed}/{group}"

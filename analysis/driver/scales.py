@@ -90,11 +90,12 @@ PLANS = {
         "what": "MNIST (60,000 train / the first seeded 1,000 test images attacked); circuits: DRN-1H (20 epochs) "
                 "and the deep circuit CNN cnn-deep (3 epochs), numba, ideal diodes, one seed each; software "
                 "EP-CNN, BP-CNN (x3 seeds), AdvCNN (PGD-L2 1.0), ViT with the mnist presets (torch, CPU); "
-                "APGD 20 steps CE+DLR+targeted DLR along every gradient path, 5 L2 / 4 Linf eps; the seed's "
-                "protocol (PGD-20, unroll 29) beside it at 3 L2 / 2 Linf eps; Square 1000 queries on 200 images; "
-                "certificates; 18 corruptions x 5 severities; energy/latency of the circuits on 200 images "
-                "(transients of the amplified cnn-deep: about 4 s per image on one core); "
-                "several hours on two cores, resumable",
+                "APGD 20 steps CE+DLR+targeted DLR along every gradient path, 5 L2 / 4 Linf eps (cnn-deep: on "
+                "the first 200 of the 1,000 images); the seed's protocol (PGD-20, unroll 29) beside it at "
+                "3 L2 / 2 Linf eps; Square 1000 queries on 200 images; certificates; 18 corruptions x 5 "
+                "severities; SPICE fidelity on 1 DRN-1H sample x 3 phases; energy/latency of the circuits on "
+                "200 images (transients of the amplified cnn-deep: about 4 s per image on one core); "
+                "about a day of one core, resumable",
         "dataset": "mnist",
         "seeds": (0, 1, 2),
         "models": {
@@ -107,14 +108,18 @@ PLANS = {
             "vit": _software("vit", "--preset", "mnist", "--device", "cpu", "--threads", "1"),
         },
         "attack": {"n": "1000", "steps": "20", "restarts": "1", "loss": "ce,dlr,dlr-t", "queries": "1000",
+                   # white-box runs of the deep circuit CNN on the first 200 of the 1,000 images: its three
+                   # gradient paths cost about 40 ms per image and PGD step on one core, about 12 h per norm
+                   # on 1,000 images
+                   "n_by_model": {"circuit-cnn-deep": "200"},
                    "l2": "0.5,1,1.5,2,3", "linf": "0.05,0.1,0.2,0.3",
                    "square": {"n": "200", "l2": "1,2", "linf": "0.1,0.2"},
                    "advep": {"l2": "1,2,3", "linf": "0.1,0.2", "unroll": "29"},
                    "corruptions": None, "severities": "1,2,3,4,5"},
         "adversarial": {"norm": "l2", "eps": "3.0", "n": "6", "steps": "50"},
-        "fidelity": {"model": "circuit-drn1h", "samples": "3", "grad_n": "100", "grad_betas": "0.5,0.1,0.01,0.001",
+        "fidelity": {"model": "circuit-drn1h", "samples": "1", "grad_n": "100", "grad_betas": "0.5,0.1,0.01,0.001",
                      "gdu": ["--dataset", "mnist", "--batch-size", "16"], "bench_spice": None,
-                     "spice_timeout_s": "3600"},  # a DRN-1H netlist (1.6 million conductances) takes ngspice up to 10 min on a shared core
+                     "spice_timeout_s": "3600"},  # a DRN-1H netlist (1.6 million conductances) takes ngspice about 17 min on a shared core
         "device": ["--model", "drn-xs", "--dataset", "mnist", "--epochs", "3", "--robustness", "--attack-subset", "200"],
         "energy": {"n": "200", "attack_eps": ENERGY_ATTACK_EPS, "attack_n": "100", "attack_steps": "20", "traces": "4",
                    # the amplified deep CNN read early is a transient simulation per prediction and gradient:
