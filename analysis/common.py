@@ -286,10 +286,20 @@ def eps_label(eps) -> str:
     return f"{float(eps):g}"
 
 
+def headline_keys(rdir=None) -> tuple:
+    """The ``(attack, ε)`` columns of a results folder's headline table: its scale's ``headline``
+    (analysis/driver/scales.py) where the plan names one, else :data:`HEADLINE`."""
+    from driver.scales import PLANS
+
+    scale = manifest(results_dir(rdir)).get("scale")
+    return tuple(PLANS.get(scale, {}).get("headline", HEADLINE))
+
+
 def headline_rows(rdir=None) -> list:
     """One row per model: clean accuracy and the headline robust accuracies, mean ± CI over seeds,
     each with its sanity status (``ok`` or the failed checks)."""
     rdir = rdir or results_dir()
+    keys = headline_keys(rdir)
     curves = read_csv("curves.csv", rdir)
     runs = read_csv("runs.csv", rdir)
     corr = read_csv("corruptions.csv", rdir)
@@ -305,9 +315,10 @@ def headline_rows(rdir=None) -> list:
             row["clean"] = mean_ci(r["clean_accuracy"] for r in rs if r.get("group") == "l2")
             row["clean_ok"] = all("pass" in str(r.get("check_clean_settings")) for r in rs)
             row["n"] = rs[0].get("n")
-        for attack, eps in HEADLINE:
+        for attack, eps in keys:
+            # a PGD run beside Square or the seed's protocol repeats the sweep's PGD: counted once
             pts = [r for r in curves if r["model"] == model and r["attack"] == attack and same_eps(r["eps"], eps)
-                   and not (attack.startswith("pgd") and str(r.get("group") or "").startswith("square-"))]
+                   and not (attack.startswith("pgd") and str(r.get("group") or "").startswith(("square-", "advep-")))]
             if pts:
                 failed = sorted({f for r in pts for f in str(r.get("failed_checks") or "").split(";") if f})
                 row[(attack, eps)] = (mean_ci(r["robust_accuracy"] for r in pts), failed)
@@ -345,11 +356,11 @@ def _cell(entry) -> str:
     return _pm(mci) + (" ✓" if not failed else f" ✗ ({', '.join(failed)})")
 
 
-def headline_columns(rows) -> list:
-    """The attack columns of the headline table (those some model has), each white-box column
-    followed by its certified column where some model has a certificate at that ε."""
+def headline_columns(rows, keys=HEADLINE) -> list:
+    """The attack columns of the headline table (those of ``keys`` some model has), each white-box
+    column followed by its certified column where some model has a certificate at that ε."""
     present = []
-    for a, e in HEADLINE:
+    for a, e in keys:
         if any((a, e) in r for r in rows):
             present.append((a, e))
             cert = CERTIFY_FOR.get(a)
@@ -381,7 +392,7 @@ def certified_rows(rdir=None) -> list:
     out = []
     for r in rows:
         row = {"model": r["label"], "family": r.get("family")}
-        for a, e in HEADLINE:
+        for a, e in headline_keys(rdir):
             cert = CERTIFY_FOR.get(a)
             if cert is None or not any((a, e) in x for x in rows):
                 continue
@@ -404,12 +415,24 @@ def _wall(rec) -> str:
     return f"{w:.0f} s" if isinstance(w, (int, float)) else "time not recorded"
 
 
+def attacked_subset_text(rows) -> str:
+    """How many test images the white-box runs attacked: one count, or the common count and the
+    models attacked on fewer (the first images of the same seeded subset)."""
+    counts = {r["label"]: int(r["n"]) for r in rows if r.get("n") not in (None, "")}
+    if not counts:
+        return "Attacked subset: none yet."
+    common_n = max(set(counts.values()), key=lambda n: (list(counts.values()).count(n), n))
+    fewer = [f"{m}: the first {n}" for m, n in counts.items() if n != common_n]
+    return (f"Attacked subset: n = {common_n} test images (the same seeded subset for every model"
+            + (f"; {', '.join(fewer)} of them" if fewer else "") + ").")
+
+
 def headline_markdown(rdir=None, source: str | None = None) -> str:
     """The headline table (Markdown) with the commands that produced each number."""
     rdir = results_dir(rdir)
     man = manifest(rdir)
     rows = headline_rows(rdir)
-    cols = headline_columns(rows)
+    cols = headline_columns(rows, headline_keys(rdir))
     models = read_csv("models.csv", rdir)
     datasets = sorted({str(m.get("dataset")) for m in models})
     lines = [f"Scale **{man.get('scale')}** ({man.get('what', '')}); results: `{source or rdir}` "
@@ -428,8 +451,7 @@ def headline_markdown(rdir=None, source: str | None = None) -> str:
             [certified_cell(r, c) if c[0].startswith("certify-") else _cell(r.get(c)) for c in cols] + \
             [_cell(r.get("corruptions")), _cell(r.get("corruptions_s5"))]
         lines.append("| " + " | ".join(cells) + " |")
-    lines += ["", f"Dataset: {', '.join(datasets)}. Attacked subset: n = "
-              f"{rows[0].get('n') if rows else '?'} test images (the same seeded subset for every model). "
+    lines += ["", f"Dataset: {', '.join(datasets)}. {attacked_subset_text(rows)} "
               "Commands (``$RESULTS`` = the results folder; other seeds differ only in `--seed` and paths):", ""]
     steps = man.get("steps", {})
     done = [(n, steps[n]) for n in man.get("plan", []) if (steps.get(n) or {}).get("status") == "done"]

@@ -86,6 +86,17 @@ def test_smoke_driver_and_notebooks(tmp_path, monkeypatch):
     with open(out / "summary" / "energy.csv", newline="") as fh:
         assert [r["model"] for r in csv.DictReader(fh)] == ["circuit-cnn"]
 
+    # publishing rewrites the scale's own headline block of a README and keeps another scale's
+    from driver.publish import headline_markers, publish
+
+    readme = tmp_path / "README.md"
+    cpu_block = "{}\ncpu numbers\n{}".format(*headline_markers("cpu"))
+    readme.write_text("# results\n{}\n{}\nold smoke numbers\n{}\n".format(cpu_block, *headline_markers("smoke")))
+    publish(out / "summary", tmp_path / "published", readme=readme, log=lambda *_: None)
+    text = readme.read_text()
+    assert cpu_block in text and "old smoke numbers" not in text and "Scale **smoke**" in text, text
+    assert "| circuit CNN (numba) |" in text and (tmp_path / "published" / "curves.csv").is_file()
+
     # resumable: a second run skips every step
     proc2 = _driver("--scale", "smoke", "--out", str(out), "--only", "train/")
     assert proc2.returncode == 0 and "done earlier, skipped" in proc2.stdout
@@ -137,6 +148,24 @@ def test_driver_dry_run_lists_every_scale(tmp_path):
         # the seed's protocol beside the harness's PGD, same images and ε, for every model
         assert f"robust/{model}-s0/advep-l2" in mnist and f"robust/{model}-s0/advep-linf" in mnist
     assert "--attack advep-l2,pgd-l2 --eps 1,2,3" in mnist and "--unroll 29 --test-subset 1000" in mnist
+
+
+def test_headline_columns_and_attacked_subset_per_scale(tmp_path):
+    """A results folder's headline columns are its scale's (mnist names its own; the others use
+    ``HEADLINE``), and the table's note names the models attacked on fewer images."""
+    import common
+    from driver.scales import PLANS
+
+    for scale, want in (("cpu", common.HEADLINE), ("mnist", PLANS["mnist"]["headline"])):
+        (tmp_path / scale).mkdir()
+        (tmp_path / scale / "manifest.json").write_text(json.dumps({"scale": scale}))
+        assert common.headline_keys(tmp_path / scale) == tuple(want)
+    assert ("pgd-l2", 2.0) in common.headline_keys(tmp_path / "mnist")
+    rows = [{"label": "DRN-1H", "n": "1000"}, {"label": "deep CNN", "n": "200"}, {"label": "BP-CNN", "n": "1000"}]
+    assert common.attacked_subset_text(rows) == ("Attacked subset: n = 1000 test images (the same seeded subset for "
+                                                 "every model; deep CNN: the first 200 of them).")
+    assert common.attacked_subset_text(rows[:1]).startswith("Attacked subset: n = 1000 test images (the same")
+    assert common.attacked_subset_text([{"label": "x"}]) == "Attacked subset: none yet."
 
 
 def test_white_box_runs_of_one_model_on_fewer_images(tmp_path):

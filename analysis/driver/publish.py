@@ -8,13 +8,17 @@ from pathlib import Path
 from common import headline_markdown
 
 from . import REPO
+from .manifest import MANIFEST, read_json
 
 
-HEAD_START, HEAD_END = "<!-- headline:start -->", "<!-- headline:end -->"
+def headline_markers(scale: str) -> tuple:
+    """The lines that open and close a scale's headline block in the README."""
+    return f"<!-- headline:{scale}:start -->", f"<!-- headline:{scale}:end -->"
 
 
 def publish(summary: Path, dest: Path, readme: Path | None = None, log=print):
-    """Copy ``summary`` to ``dest`` and rewrite the headline block of ``readme`` from it."""
+    """Copy ``summary`` to ``dest`` and rewrite the headline block of its scale in ``readme``
+    (``<!-- headline:SCALE:start -->`` … ``<!-- headline:SCALE:end -->``) from it."""
     dest.mkdir(parents=True, exist_ok=True)
     for p in summary.rglob("*"):
         if p.is_file():
@@ -24,12 +28,16 @@ def publish(summary: Path, dest: Path, readme: Path | None = None, log=print):
     log(f"published {summary} -> {dest}")
     if readme is not None and readme.is_file():
         text = readme.read_text()
-        if HEAD_START in text and HEAD_END in text:
+        scale = (read_json(dest / MANIFEST) or {}).get("scale")
+        start, end = headline_markers(scale)
+        if start not in text or end not in text:
+            log(f"{readme} has no headline block for scale {scale} ({start} … {end}): left unchanged")
+        else:
             try:
                 rel = dest.resolve().relative_to(REPO)
             except ValueError:
                 rel = dest
-            block = f"{HEAD_START}\n{headline_markdown(dest, source=str(rel))}\n{HEAD_END}"
-            text = re.sub(re.escape(HEAD_START) + r".*?" + re.escape(HEAD_END), lambda _: block, text, flags=re.S)
+            block = f"{start}\n{headline_markdown(dest, source=str(rel))}\n{end}"
+            text = re.sub(re.escape(start) + r".*?" + re.escape(end), lambda _: block, text, flags=re.S)
             readme.write_text(text)
             log(f"updated the headline block of {readme}")

@@ -116,6 +116,10 @@ PLANS = {
                    "square": {"n": "200", "l2": "1,2", "linf": "0.1,0.2"},
                    "advep": {"l2": "1,2,3", "linf": "0.1,0.2", "unroll": "29"},
                    "corruptions": None, "severities": "1,2,3,4,5"},
+        # the headline table's columns (the other scales: analysis/common.py HEADLINE); each PGD
+        # column gets its certified column where a circuit has a certificate at that ε
+        "headline": (("pgd-l2", 1.0), ("pgd-l2", 2.0), ("square-l2", 2.0), ("advep-l2", 2.0), ("pgd-linf", 0.1),
+                     ("square-linf", 0.1), ("advep-linf", 0.1), ("pgd-linf", 0.3)),
         "adversarial": {"norm": "l2", "eps": "3.0", "n": "6", "steps": "50"},
         "fidelity": {"model": "circuit-drn1h", "samples": "1", "grad_n": "100", "grad_betas": "0.5,0.1,0.01,0.001",
                      "gdu": ["--dataset", "mnist", "--batch-size", "16"], "bench_spice": None,
