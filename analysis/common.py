@@ -20,17 +20,22 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 
-MODEL_ORDER = ("circuit-cnn", "circuit-mlp", "ep-cnn", "bp-cnn", "adv-cnn", "vit")
+MODEL_ORDER = ("circuit-cnn", "circuit-mlp", "circuit-drn1h", "circuit-cnn2", "circuit-cnn-deep", "ep-cnn", "bp-cnn",
+               "adv-cnn", "vit")
 MODEL_LABELS = {
     "circuit-cnn": "circuit CNN (numba)",
     "circuit-mlp": "circuit MLP (numba)",
+    "circuit-drn1h": "DRN-1H circuit (numba)",
+    "circuit-cnn2": "two-conv circuit CNN (numba)",
+    "circuit-cnn-deep": "four-conv circuit CNN (numba)",
     "ep-cnn": "EP-CNN (torch)",
     "bp-cnn": "BP-CNN",
     "adv-cnn": "AdvCNN",
     "vit": "ViT",
 }
 MODEL_COLORS = {
-    "circuit-cnn": "#d62728", "circuit-mlp": "#ff7f0e", "ep-cnn": "#1f77b4",
+    "circuit-cnn": "#d62728", "circuit-mlp": "#ff7f0e", "circuit-drn1h": "#ff7f0e", "circuit-cnn2": "#d62728",
+    "circuit-cnn-deep": "#e377c2", "ep-cnn": "#1f77b4",
     "bp-cnn": "#2ca02c", "adv-cnn": "#9467bd", "vit": "#8c564b",
 }
 ATTACK_LABELS = {"pgd-l2": "PGD-L2 (APGD, white box)", "pgd-linf": "PGD-L∞ (APGD, white box)",
