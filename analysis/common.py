@@ -300,6 +300,17 @@ def headline_keys(rdir=None) -> tuple:
     return tuple(PLANS.get(scale, {}).get("headline", HEADLINE))
 
 
+def certifiable_model(model: str, rdir=None) -> bool:
+    """Whether a model of a results folder can have a certificate: a circuit its scale's plan does
+    not mark ``certify: False`` (differential layers: not monotone)."""
+    from driver.plan import certifiable
+    from driver.scales import PLANS
+
+    scale = manifest(results_dir(rdir)).get("scale")
+    spec = PLANS.get(scale, {}).get("models", {}).get(model)
+    return certifiable(spec) if spec else model.startswith("circuit-")
+
+
 def headline_rows(rdir=None) -> list:
     """One row per model: clean accuracy and the headline robust accuracies, mean ± CI over seeds,
     each with its sanity status (``ok`` or the failed checks)."""
@@ -312,7 +323,8 @@ def headline_rows(rdir=None) -> list:
     rows = []
     for model in models_present(models):
         ms = [m for m in models if m["model"] == model]
-        row = {"model": model, "label": label(model), "family": ms[0].get("family")}
+        row = {"model": model, "label": label(model), "family": ms[0].get("family"),
+               "certifiable": certifiable_model(model, rdir)}
         row["seeds"] = len(ms)
         row["test_accuracy"] = mean_ci(m["test_accuracy"] for m in ms)
         rs = [r for r in runs if r["model"] == model and r.get("group") in ("l2", "linf")]
@@ -376,10 +388,11 @@ def headline_columns(rows, keys=HEADLINE) -> list:
 
 def certified_cell(row, key) -> str:
     """A certified-accuracy cell: the value (✓/✗) for a circuit model, ``—`` for a software
-    model (no certificate exists), ``not run`` for a circuit whose results hold none."""
+    model or a circuit with differential layers (no certificate exists), ``not run`` for a
+    monotone circuit whose results hold none."""
     if key in row:
         return _cell(row[key])
-    return NO_CERTIFICATE if row.get("family") != "circuit" else NOT_RUN
+    return NOT_RUN if row.get("family") == "circuit" and row.get("certifiable", True) else NO_CERTIFICATE
 
 
 def column_header(key) -> str:

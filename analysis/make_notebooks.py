@@ -155,8 +155,9 @@ when every automatic sanity check behind it passed (in-ball, converged equilibri
 gradients, clean accuracy with the attack's own predictor, certified ≤ robust), or ✗ and the
 names of the checks that failed. The *certified* columns (circuit models only) give the
 accuracy the circuit's monotonicity certificate guarantees at the headline ε (a lower bound
-beside the attack's upper bound); software models have none (—), and a circuit whose results
-come from a run without `certify-*` says "not run"."""),
+beside the attack's upper bound); software models and circuits with differential layers (not
+monotone) have none (—), and a circuit whose results come from a run without `certify-*` says
+"not run"."""),
     new_code_cell(SETUP),
     new_code_cell("show(P.summary_table(R))"),
     new_markdown_cell("## Certified accuracy beside the empirical one (headline white-box ε)"),

@@ -45,14 +45,14 @@ if str(HERE) not in sys.path:  # the driver package and common.py live beside th
 
 from driver.manifest import UserError  # noqa: E402
 from driver.parsers import parse_bench_spice, parse_gdu  # noqa: E402
-from driver.plan import build_plan, parse_eps  # noqa: E402
+from driver.plan import build_plan, certifiable, parse_eps  # noqa: E402
 from driver.publish import publish  # noqa: E402
 from driver.runner import display_command, execute, step_done  # noqa: E402
 from driver.scales import PLANS, SCALES  # noqa: E402
 from driver.summary import collect  # noqa: E402
 
 # The CLI below, and the pieces of the driver it is made of (imported from here by the tests).
-__all__ = ["PLANS", "SCALES", "UserError", "build_parser", "build_plan", "cli", "collect", "display_command",
+__all__ = ["PLANS", "SCALES", "UserError", "build_parser", "build_plan", "certifiable", "cli", "collect", "display_command",
            "driver_command", "execute", "main", "parse_bench_spice", "parse_eps", "parse_gdu", "publish", "step_done"]
 
 

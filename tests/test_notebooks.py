@@ -191,12 +191,17 @@ def test_white_box_runs_of_one_model_on_fewer_images(tmp_path):
         seen.add((s.meta["model"], n))
     assert ("circuit-cnn-deep", "200") in seen and ("circuit-cnn-deep", "1000") in seen
     assert ("circuit-drn1h", "1000") in seen and a["n"] == "1000"
+    # the differential circuit is not monotone: no certificate, as for software models
+    cnn2 = [s for s in steps if s.kind == "robustness" and s.meta["model"] == "circuit-cnn2"]
+    assert cnn2 and not any("certify" in " ".join(s.argv) for s in cnn2)
+    assert any("certify-l2" in " ".join(s.argv) for s in steps if s.meta.get("model") == "circuit-drn1h")
 
 
 def test_certificates_for_circuit_models_only(tmp_path):
-    """Every scale's plan: the PGD groups of circuit models also run certify-* at the same ε
+    """Every scale's plan: the PGD groups of monotone circuit models also run certify-* at the same ε
     (certify-l2 at the ε <= 1 of the sweep, on the same images, in a run of its own where the
-    sweep goes beyond 1); software models are never asked for a certificate."""
+    sweep goes beyond 1); software models and circuits with differential layers are never asked
+    for a certificate."""
     import run_all
 
     for scale in run_all.SCALES:
@@ -205,7 +210,7 @@ def test_certificates_for_circuit_models_only(tmp_path):
         for s in robust:
             attacks = s.argv[s.argv.index("--attack") + 1].split(",")
             certs = [a for a in attacks if a.startswith("certify-")]
-            if s.meta["family"] != "circuit":
+            if not run_all.certifiable(run_all.PLANS[scale]["models"][s.meta["model"]]):
                 assert not certs, (scale, s.name, attacks)
                 continue
             group = s.meta["group"]
@@ -217,7 +222,7 @@ def test_certificates_for_circuit_models_only(tmp_path):
             if "certify-l2" in certs:  # the harness refuses certify-l2 at ε > 1
                 assert all(v <= 1 for _, v in run_all.parse_eps(s.argv[s.argv.index("--eps") + 1])), (scale, s.name)
         for model, spec in run_all.PLANS[scale]["models"].items():
-            if spec["family"] != "circuit":
+            if not run_all.certifiable(spec):
                 continue
             seed = run_all.PLANS[scale]["seeds"][0]
             by_group = {s.meta["group"]: s for s in robust if s.meta["model"] == model and s.meta["seed"] == seed}
@@ -230,9 +235,9 @@ def test_certificates_for_circuit_models_only(tmp_path):
                 want = [v for _, v in sweep if norm == "linf" or v <= 1]
                 assert [v for _, v in certified] == pytest.approx(want), (scale, model, norm)
                 assert cert.argv[cert.argv.index("--test-subset") + 1] == pgd.argv[pgd.argv.index("--test-subset") + 1]
-        # the software models' commands are the plan's attacks, unchanged
+        # the other models' commands are the plan's attacks, unchanged
         for s in robust:
-            if s.meta["family"] == "software" and s.meta["group"] in ("l2", "linf"):
+            if not run_all.certifiable(run_all.PLANS[scale]["models"][s.meta["model"]]) and s.meta["group"] in ("l2", "linf"):
                 norm = s.meta["group"]
                 sq = run_all.PLANS[scale]["attack"].get("square")
                 assert s.argv[s.argv.index("--attack") + 1] == (f"pgd-{norm}" if sq else f"pgd-{norm},square-{norm}")
@@ -315,7 +320,7 @@ def test_energy_steps_for_circuit_models(tmp_path):
     want = {"smoke": ("20", "10", "3"), "cpu": ("360", "100", "20"), "mnist": ("200", "100", "20"),
             "gpu": ("1000", "100", "20")}
     # the amplified deep CNN's early readout costs a transient per prediction: a smaller attack
-    want_by_model = {("mnist", "circuit-cnn-deep"): ("200", "20", "10")}
+    want_by_model = {("mnist", "circuit-cnn-deep"): ("200", "20", "10"), ("mnist", "circuit-cnn2"): ("200", "20", "10")}
     headline_l2 = next(e for a, e in common.HEADLINE if a == "pgd-l2")
     for scale in run_all.SCALES:
         plan = run_all.PLANS[scale]

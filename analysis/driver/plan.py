@@ -70,12 +70,18 @@ def energy_dir(model, seed):
     return f"energy/{model}-s{seed}"
 
 
-def robust_groups(a: dict, n_white: str, frost_dir: str | None = None) -> list:
-    """The robustness runs of one model: ``(group, argv, families it runs for: None = every model)``.
+def certifiable(spec: dict) -> bool:
+    """Whether a plan's model gets certificates: circuits, unless the spec says ``certify: False``
+    (differential layers are inverting amplifiers: the circuit is not monotone)."""
+    return spec["family"] == "circuit" and spec.get("certify", True)
+
+
+def robust_groups(a: dict, n_white: str, certify: bool, frost_dir: str | None = None) -> list:
+    """The robustness runs of one model: ``(group, argv)`` pairs.
 
     ``a`` is a plan's ``attack`` dict; ``n_white`` the test images of the white-box runs (the PGD
     sweeps with their certificates and the seed's protocol; Square and corruptions keep the plan's own
-    image counts)."""
+    image counts); ``certify``: the model is a monotone circuit, which gets the certificates."""
     pgd = ["--steps", a["steps"], "--restarts", a["restarts"], "--loss", a["loss"]]
     sq = a.get("square")
     groups = []
@@ -85,22 +91,22 @@ def robust_groups(a: dict, n_white: str, frost_dir: str | None = None) -> list:
         # (queries x images x relaxation steps), in a run of its own on fewer images and ε.
         attacks = f"pgd-{norm}" if sq else f"pgd-{norm},square-{norm}"
         tail = [*pgd, *([] if sq else ["--queries", a["queries"]]), "--test-subset", n_white]
-        # Circuits also get the monotonicity certificate (certify-*: a lower bound, two solves per
+        # Monotone circuits also get the certificate (certify-*: a lower bound, two solves per
         # image and ε) in the same run, so the harness checks certified <= robust image by image.
         # certify-l2 needs ε <= 1 (it certifies through the L∞ box of radius ε): where the L2 sweep
         # goes beyond 1 the certificate runs on its own at the sweep's ε <= 1, on the same images,
         # and collect() makes the certified <= robust check across the two runs.
         cert_eps, whole = certify_eps(norm, a[norm])
-        groups.append((norm, ["--attack", attacks, "--eps", a[norm], *tail], ("software",) if whole else None))
-        if whole:
-            groups.append((norm, ["--attack", f"{attacks},certify-{norm}", "--eps", a[norm], *tail], ("circuit",)))
-        elif cert_eps:
-            groups.append((f"certify-{norm}", ["--attack", f"certify-{norm}", "--eps", cert_eps, "--test-subset", n_white],
-                           ("circuit",)))
+        with_cert = certify and whole
+        groups.append((norm, ["--attack", f"{attacks},certify-{norm}" if with_cert else attacks, "--eps", a[norm],
+                              *tail]))
+        if certify and not whole and cert_eps:
+            groups.append((f"certify-{norm}", ["--attack", f"certify-{norm}", "--eps", cert_eps, "--test-subset",
+                                               n_white]))
     if sq:
         for norm in ("l2", "linf"):
             groups.append((f"square-{norm}", ["--attack", f"square-{norm},pgd-{norm}", "--eps", sq[norm], *pgd,
-                                              "--queries", a["queries"], "--test-subset", sq["n"], "--no-large-eps-check"], None))
+                                              "--queries", a["queries"], "--test-subset", sq["n"], "--no-large-eps-check"]))
     # The seed paper's protocol (PGD-20 with its step rule, no restarts, BPTT through a truncated
     # zero-start unroll for EP models) beside the harness's PGD on the same images and ε, so the
     # difference between the two protocols is a reported number.
@@ -108,10 +114,10 @@ def robust_groups(a: dict, n_white: str, frost_dir: str | None = None) -> list:
     for norm in ("l2", "linf") if seed_protocol else ():
         groups.append((f"advep-{norm}", ["--attack", f"advep-{norm},pgd-{norm}", "--eps", seed_protocol[norm], *pgd,
                                          "--unroll", seed_protocol["unroll"], "--test-subset", n_white,
-                                         "--no-large-eps-check"], None))
+                                         "--no-large-eps-check"]))
     groups.append(("corruptions", ["--attack", "corruptions", "--severities", a["severities"], "--test-subset", a["n"]]
                    + (["--corruptions", a["corruptions"]] if a.get("corruptions") else [])
-                   + (["--frost-dir", frost_dir] if frost_dir else []), None))
+                   + (["--frost-dir", frost_dir] if frost_dir else [])))
     return groups
 
 
@@ -151,9 +157,7 @@ def build_plan(scale: str, seeds, data_dir: str | None, out: Path, frost_dir: st
     for model, _, seed, ckpt in order:
         fam = plan["models"][model]["family"]
         n_white = a.get("n_by_model", {}).get(model, a["n"])
-        for group, args, families in robust_groups(a, n_white, frost_dir):
-            if families is not None and fam not in families:
-                continue
+        for group, args in robust_groups(a, n_white, certifiable(plan["models"][model]), frost_dir):
             d = f"robustness/{model}-s{seed}/{group}"
             argv = ["-m", "epsim.robustness", "--checkpoint", o(ckpt), *args, *common, "--out", o(d)]
             robust_steps.append(Step(f"robust/{model}-s{seed}/{group}", "robustness", argv,
