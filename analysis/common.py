@@ -313,7 +313,8 @@ def certifiable_model(model: str, rdir=None) -> bool:
 
 def headline_rows(rdir=None) -> list:
     """One row per model: clean accuracy and the headline robust accuracies, mean ± CI over seeds,
-    each with its sanity status (``ok`` or the failed checks)."""
+    each with its sanity status (``ok`` or the failed checks); ``n`` the white-box runs' images,
+    ``n_by_column`` each headline column's, ``corruptions_n`` the corruption runs'."""
     rdir = rdir or results_dir()
     keys = headline_keys(rdir)
     curves = read_csv("curves.csv", rdir)
@@ -339,6 +340,7 @@ def headline_rows(rdir=None) -> list:
             if pts:
                 failed = sorted({f for r in pts for f in str(r.get("failed_checks") or "").split(";") if f})
                 row[(attack, eps)] = (mean_ci(r["robust_accuracy"] for r in pts), failed)
+                row.setdefault("n_by_column", {})[(attack, eps)] = pts[0].get("n")
             cert = CERTIFY_FOR.get(attack)
             cpts = [r for r in curves if cert and r["model"] == model and r["attack"] == cert
                     and same_eps(r["eps"], eps)]
@@ -352,6 +354,7 @@ def headline_rows(rdir=None) -> list:
             for r in cm:
                 per_seed.setdefault(r["seed"], []).append(r["accuracy"])
             row["corruptions"] = (mean_ci(sum(v) / len(v) for v in per_seed.values()), failed)
+            row["corruptions_n"] = cm[0].get("n")
             s5 = [r for r in cm if r["severity"] == 5]
             if s5:
                 row["corruptions_s5"] = (mean_ci(r["accuracy"] for r in s5), failed)

@@ -86,6 +86,18 @@ def test_smoke_driver_and_notebooks(tmp_path, monkeypatch):
     with open(out / "summary" / "energy.csv", newline="") as fh:
         assert [r["model"] for r in csv.DictReader(fh)] == ["circuit-cnn"]
 
+    # the seed's claims: the circuit CNN against the BP-CNN on every headline column both have
+    with open(out / "summary" / "claims.csv", newline="") as fh:
+        claims = list(csv.DictReader(fh))
+    white = [r for r in claims if r["claim"].endswith("(white box)") and r["model"] == "circuit CNN (numba)"]
+    assert white and all(r["baseline"] == "BP-CNN" and r["verdict"] != "not measured" for r in white), claims
+    assert {r["measure"] for r in white} >= {"pgd-l2 ε=0.5", "pgd-linf ε=0.1"}
+    for r in white:
+        assert float(r["delta_points"]) == pytest.approx(float(r["model_pct"]) - float(r["baseline_pct"]))
+    assert [r["verdict"] for r in claims if r["claim"] == "EP more robust than ViT"] == ["not measured"]
+    assert "| EP more robust than BP-CNN (white box) | circuit CNN (numba) | BP-CNN |" in \
+        (out / "summary" / "claims.md").read_text()
+
     # publishing rewrites the scale's own headline block of a README and keeps another scale's
     from driver.publish import headline_markers, publish
 
@@ -166,6 +178,20 @@ def test_headline_columns_and_attacked_subset_per_scale(tmp_path):
                                                  "every model; deep CNN: the first 200 of them).")
     assert common.attacked_subset_text(rows[:1]).startswith("Attacked subset: n = 1000 test images (the same")
     assert common.attacked_subset_text([{"label": "x"}]) == "Attacked subset: none yet."
+
+
+def test_claim_verdicts_weigh_the_difference_against_its_uncertainty():
+    import claims
+
+    # one seed each: binomial 95 % half-widths on the images, combined in quadrature
+    hw = claims._half_width((0.5, None, 1), 100)
+    assert hw == pytest.approx(1.96 * 0.05)
+    assert claims._half_width((0.5, 0.03, 3), 100) == 0.03  # several seeds: their t-interval
+    assert claims._half_width((0.0, None, 1), 100) > 0  # an accuracy of 0 is not exact either
+    both = (2 * hw * hw) ** 0.5
+    assert claims.verdict(0.5 * both, both).startswith("within noise")
+    assert claims.verdict(1.1 * both, both).startswith("higher") and claims.verdict(-1.1 * both, both).startswith("lower")
+    assert claims.verdict(0.2, None) == "no uncertainty"
 
 
 def test_white_box_runs_of_one_model_on_fewer_images(tmp_path):
