@@ -195,9 +195,10 @@ def test_claim_verdicts_weigh_the_difference_against_its_uncertainty():
 
 
 def test_white_box_runs_of_one_model_on_fewer_images(tmp_path):
-    """``n_by_model`` (mnist: the deep circuit CNN) sets the images of that model's white-box runs
-    (PGD sweeps, their certificates, the seed's protocol); its Square and corruption runs and every
-    other model's runs keep the plan's counts."""
+    """``n_by_model`` (mnist: the four-conv circuit CNN and the EP-CNN) sets the images of that
+    model's white-box runs (PGD sweeps, their certificates, the seed's protocol), Square's own
+    ``n_by_model`` its Square runs'; its corruption runs and every other model's runs keep the
+    plan's counts."""
     import run_all
 
     plan = run_all.PLANS["mnist"]
@@ -208,14 +209,14 @@ def test_white_box_runs_of_one_model_on_fewer_images(tmp_path):
         n = s.argv[s.argv.index("--test-subset") + 1]
         group = s.meta["group"]
         if group.startswith("square-"):
-            want = a["square"]["n"]
+            want = a["square"].get("n_by_model", {}).get(s.meta["model"], a["square"]["n"])
         elif group == "corruptions":
             want = a["n"]
         else:
             want = a["n_by_model"].get(s.meta["model"], a["n"])
         assert n == want, (s.name, n)
         seen.add((s.meta["model"], n))
-    assert ("circuit-cnn-deep", "200") in seen and ("circuit-cnn-deep", "1000") in seen
+    assert ("circuit-cnn-deep", "200") in seen and ("circuit-cnn-deep", "1000") in seen and ("ep-cnn", "100") in seen
     assert ("circuit-drn1h", "1000") in seen and a["n"] == "1000"
     # the differential circuit is not monotone: no certificate, as for software models
     cnn2 = [s for s in steps if s.kind == "robustness" and s.meta["model"] == "circuit-cnn2"]

@@ -76,13 +76,15 @@ def certifiable(spec: dict) -> bool:
     return spec["family"] == "circuit" and spec.get("certify", True)
 
 
-def robust_groups(a: dict, n_white: str, certify: bool, frost_dir: str | None = None) -> list:
+def robust_groups(a: dict, model: str, certify: bool, frost_dir: str | None = None) -> list:
     """The robustness runs of one model: ``(group, argv)`` pairs.
 
-    ``a`` is a plan's ``attack`` dict; ``n_white`` the test images of the white-box runs (the PGD
-    sweeps with their certificates and the seed's protocol; Square and corruptions keep the plan's own
-    image counts); ``certify``: the model is a monotone circuit, which gets the certificates."""
+    ``a`` is a plan's ``attack`` dict: its ``n`` test images for every run, its ``n_by_model`` for
+    one model's white-box runs (the PGD sweeps with their certificates and the seed's protocol), its
+    ``square`` runs' own ``n`` and ``n_by_model``; ``certify``: the model is a monotone circuit, which
+    gets the certificates."""
     pgd = ["--steps", a["steps"], "--restarts", a["restarts"], "--loss", a["loss"]]
+    n_white = a.get("n_by_model", {}).get(model, a["n"])
     sq = a.get("square")
     groups = []
     for norm in ("l2", "linf"):
@@ -106,7 +108,8 @@ def robust_groups(a: dict, n_white: str, certify: bool, frost_dir: str | None = 
     if sq:
         for norm in ("l2", "linf"):
             groups.append((f"square-{norm}", ["--attack", f"square-{norm},pgd-{norm}", "--eps", sq[norm], *pgd,
-                                              "--queries", a["queries"], "--test-subset", sq["n"], "--no-large-eps-check"]))
+                                              "--queries", a["queries"], "--test-subset",
+                                              sq.get("n_by_model", {}).get(model, sq["n"]), "--no-large-eps-check"]))
     # The seed paper's protocol (PGD-20 with its step rule, no restarts, BPTT through a truncated
     # zero-start unroll for EP models) beside the harness's PGD on the same images and ε, so the
     # difference between the two protocols is a reported number.
@@ -156,8 +159,7 @@ def build_plan(scale: str, seeds, data_dir: str | None, out: Path, frost_dir: st
                    key=lambda t: t[1])
     for model, _, seed, ckpt in order:
         fam = plan["models"][model]["family"]
-        n_white = a.get("n_by_model", {}).get(model, a["n"])
-        for group, args in robust_groups(a, n_white, certifiable(plan["models"][model]), frost_dir):
+        for group, args in robust_groups(a, model, certifiable(plan["models"][model]), frost_dir):
             d = f"robustness/{model}-s{seed}/{group}"
             argv = ["-m", "epsim.robustness", "--checkpoint", o(ckpt), *args, *common, "--out", o(d)]
             robust_steps.append(Step(f"robust/{model}-s{seed}/{group}", "robustness", argv,

@@ -98,9 +98,10 @@ PLANS = {
                 "the deep circuit CNN cnn-deep (3 epochs) and the passive two-conv differential circuit CNN "
                 "(10 epochs), numba, ideal diodes, one seed each; software "
                 "EP-CNN, BP-CNN (x3 seeds), AdvCNN (PGD-L2 1.0), ViT with the mnist presets (torch, CPU); "
-                "APGD 20 steps CE+DLR+targeted DLR along every gradient path, 5 L2 / 4 Linf eps (cnn-deep: on "
-                "the first 200 of the 1,000 images); the seed's protocol (PGD-20, unroll 29) beside it at "
-                "3 L2 / 2 Linf eps; Square 1000 queries on 200 images; certificates; 18 corruptions x 5 "
+                "APGD 20 steps CE+DLR+targeted DLR along every gradient path, 5 L2 / 4 Linf eps (cnn-deep and "
+                "EP-CNN: on the first 200 of the 1,000 images); the seed's protocol (PGD-20, unroll 29) beside it "
+                "at 3 L2 / 2 Linf eps; Square 1000 queries on 200 images (EP-CNN: 100); certificates of the "
+                "monotone circuits; 18 corruptions x 5 "
                 "severities; SPICE fidelity on 1 DRN-1H sample x 3 phases; energy/latency of the circuits on "
                 "200 images (transients of the amplified cnn-deep: about 4 s per image on one core); "
                 "about a day of one core, resumable",
@@ -120,12 +121,14 @@ PLANS = {
             "vit": _software("vit", "--preset", "mnist", "--device", "cpu", "--threads", "1"),
         },
         "attack": {"n": "1000", "steps": "20", "restarts": "1", "loss": "ce,dlr,dlr-t", "queries": "1000",
-                   # white-box runs of the deep circuit CNN on the first 200 of the 1,000 images: its three
-                   # gradient paths cost about 40 ms per image and PGD step on one core, about 12 h per norm
-                   # on 1,000 images
-                   "n_by_model": {"circuit-cnn-deep": "200"},
+                   # white-box runs of the four-conv circuit CNN and the software EP-CNN on the first 200 of
+                   # the 1,000 images: a PGD step costs about 40 ms per image on one core along the
+                   # circuit's three gradient paths, and about 50 ms for the EP-CNN's BPTT through its
+                   # 60-step relaxation and prediction (up to 6-8 h per norm on 1,000 images); the
+                   # EP-CNN's Square on 100 images (a 60-step relaxation per query)
+                   "n_by_model": {"circuit-cnn-deep": "200", "ep-cnn": "200"},
                    "l2": "0.5,1,1.5,2,3", "linf": "0.05,0.1,0.2,0.3",
-                   "square": {"n": "200", "l2": "1,2", "linf": "0.1,0.2"},
+                   "square": {"n": "200", "l2": "1,2", "linf": "0.1,0.2", "n_by_model": {"ep-cnn": "100"}},
                    "advep": {"l2": "1,2,3", "linf": "0.1,0.2", "unroll": "29"},
                    "corruptions": None, "severities": "1,2,3,4,5"},
         # the headline table's columns (the other scales: analysis/common.py HEADLINE); each PGD
