@@ -10,9 +10,12 @@ quadrature. A comparison whose numbers failed a sanity check names the checks.
 """
 from __future__ import annotations
 
+import argparse
+import csv
 import math
+import sys
 
-from common import eps_label, headline_keys, headline_rows, read_csv, results_dir
+from common import MissingResults, eps_label, headline_keys, headline_rows, read_csv, results_dir
 
 # (claim, baseline model, measure): measure "white-box" = the PGD and seed-protocol columns,
 # "black-box" = the Square columns, "clean" = full test-set accuracy, "corruptions" = mean over
@@ -113,3 +116,37 @@ def claims_markdown(rdir=None) -> str:
         lines.append(f"| {r['claim']} | {r['model']} | {r['baseline']} | {r['measure']} | {r['model_pct']:.1f} | "
                      f"{r['baseline_pct']:.1f} | {r['delta_points']:+.1f} | {v} |")
     return "\n".join(lines)
+
+
+
+def write_claims(rdir) -> int:
+    """Write ``claims.csv`` and ``claims.md`` into the summary folder ``rdir``; returns the row count."""
+    rows = claims_rows(rdir)
+    with open(rdir / "claims.csv", "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=CLAIM_COLUMNS)
+        w.writeheader()
+        w.writerows({k: ("" if r.get(k) is None else r[k]) for k in CLAIM_COLUMNS} for r in rows)
+    (rdir / "claims.md").write_text(claims_markdown(rdir) + "\n")
+    return len(rows)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python analysis/claims.py",
+                                description="Write claims.csv and claims.md (the seed's claims, each EP model against "
+                                            "its baseline) into a results summary folder.")
+    p.add_argument("results", nargs="?", default=None,
+                   help="summary folder, or a results folder holding summary/ (default: $EPSIM_RESULTS, else "
+                        "analysis/results/cpu)")
+    args = p.parse_args(argv)
+    try:
+        rdir = results_dir(args.results)
+        n = write_claims(rdir)
+    except MissingResults as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"wrote {rdir / 'claims.csv'} and {rdir / 'claims.md'} ({n} comparisons)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

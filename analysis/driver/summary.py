@@ -15,7 +15,7 @@ import shlex
 import shutil
 from pathlib import Path
 
-from claims import CLAIM_COLUMNS, claims_markdown, claims_rows
+from claims import write_claims
 from common import ENERGY_DIR, same_eps
 
 from .manifest import MANIFEST, UserError, load_manifest, read_json
@@ -263,9 +263,7 @@ def collect(out: Path, log=print) -> Path:
     small = {k: v for k, v in manifest.items() if k != "steps"}
     small["steps"] = {k: {kk: vv for kk, vv in v.items() if kk != "argv"} for k, v in steps.items()}
     (summ / MANIFEST).write_text(json.dumps(small, indent=2))
-    claims = claims_rows(summ)
-    _write_csv(summ / "claims.csv", claims, CLAIM_COLUMNS)
-    (summ / "claims.md").write_text(claims_markdown(summ) + "\n")
+    write_claims(summ)
     n_cert = sum(r.get("family_attack") == "certify" for r in curves)
     log(f"summary: {len(models)} models, {len(curves)} attack rows ({n_cert} certificate rows"
         + (f", {n_cross} certified <= robust checks across runs" if n_cross else "") + f"), "
