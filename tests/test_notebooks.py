@@ -194,6 +194,21 @@ def test_claim_verdicts_weigh_the_difference_against_its_uncertainty():
     assert claims.verdict(0.2, None) == "no uncertainty"
 
 
+def test_claims_command_on_the_committed_summary(tmp_path):
+    """``python analysis/claims.py RESULTS`` rewrites the claims files of a summary; a folder without
+    results is a one-line error."""
+    committed = ANALYSIS / "results" / "cpu"
+    shutil.copytree(committed, tmp_path / "cpu")
+    (tmp_path / "cpu" / "claims.md").unlink()
+    proc = subprocess.run([sys.executable, str(ANALYSIS / "claims.py"), str(tmp_path / "cpu")], capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "cpu" / "claims.md").read_text() == (committed / "claims.md").read_text()
+    bad = subprocess.run([sys.executable, str(ANALYSIS / "claims.py"), str(tmp_path / "none")], capture_output=True,
+                         text=True, timeout=120)
+    assert bad.returncode == 2 and bad.stderr.startswith("error: no results in") and bad.stderr.count("\n") == 1
+
+
 def test_white_box_runs_of_one_model_on_fewer_images(tmp_path):
     """``n_by_model`` (mnist: the four-conv circuit CNN and the EP-CNN) sets the images of that
     model's white-box runs (PGD sweeps, their certificates, the seed's protocol), Square's own
