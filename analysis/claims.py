@@ -106,7 +106,11 @@ def claims_rows(rdir=None) -> list:
 
 def claims_markdown(rdir=None) -> str:
     """:func:`claims_rows` as a Markdown table (accuracies in %, Δ in points)."""
-    lines = ["| claim | EP model | baseline | measure | EP model % | baseline % | Δ points | verdict |",
+    lines = ["Δ = EP model − baseline, in points. Verdict: higher or lower where |Δ| exceeds the 95 % half-width of "
+             "the difference (± points: the t-interval over seeds where a model has several, else the binomial "
+             "interval on its test images, combined in quadrature), else within noise; ✗ names the sanity checks "
+             "either number failed.", "",
+             "| claim | EP model | baseline | measure | EP model % | baseline % | Δ points | verdict |",
              "|---|---|---|---|---|---|---|---|"]
     for r in claims_rows(rdir):
         if r["model_pct"] is None:
