@@ -436,6 +436,17 @@ def _wall(rec) -> str:
     return f"{w:.0f} s" if isinstance(w, (int, float)) else "time not recorded"
 
 
+def progress_lines(man) -> list:
+    """A line saying which of the plan's steps have not run yet (none when every step has)."""
+    steps = man.get("steps", {})
+    plan = man.get("plan", [])
+    missing = [n for n in plan if (steps.get(n) or {}).get("status") not in ("done", "skipped")]
+    if not missing:
+        return []
+    return [f"**Partial run**: {len(plan) - len(missing)} of {len(plan)} steps done; not run yet: "
+            + ", ".join(f"`{n}`" for n in missing) + ".", ""]
+
+
 def attacked_subset_text(rows) -> str:
     """How many test images the white-box runs attacked: one count, or the common count and the
     models attacked on fewer (the first images of the same seeded subset)."""
@@ -458,6 +469,7 @@ def headline_markdown(rdir=None, source: str | None = None) -> str:
     datasets = sorted({str(m.get("dataset")) for m in models})
     lines = [f"Scale **{man.get('scale')}** ({man.get('what', '')}); results: `{source or rdir}` "
              f"(git {str(man.get('git_head') or '?')[:10]}, run {man.get('created', '?')} – {man.get('updated', '?')}).",
+             "", *progress_lines(man),
              "",
              "Accuracy in %, mean ± 95 % t-interval over seeds where a model has several; "
              "✓ = every sanity check of every number behind the cell passed, ✗ = the failed checks are named.",

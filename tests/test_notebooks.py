@@ -164,7 +164,8 @@ def test_driver_dry_run_lists_every_scale(tmp_path):
 
 def test_headline_columns_and_attacked_subset_per_scale(tmp_path):
     """A results folder's headline columns are its scale's (mnist names its own; the others use
-    ``HEADLINE``), and the table's note names the models attacked on fewer images."""
+    ``HEADLINE``), the table's note names the models attacked on fewer images, and a partial run
+    says which steps have not run."""
     import common
     from driver.scales import PLANS
 
@@ -173,6 +174,11 @@ def test_headline_columns_and_attacked_subset_per_scale(tmp_path):
         (tmp_path / scale / "manifest.json").write_text(json.dumps({"scale": scale}))
         assert common.headline_keys(tmp_path / scale) == tuple(want)
     assert ("pgd-l2", 2.0) in common.headline_keys(tmp_path / "mnist")
+    man = {"plan": ["train/a", "train/b", "robust/a/l2"],
+           "steps": {"train/a": {"status": "done"}, "train/b": {"status": "skipped"}, "robust/a/l2": {"status": "failed"}}}
+    assert common.progress_lines(man) == ["**Partial run**: 2 of 3 steps done; not run yet: `robust/a/l2`.", ""]
+    man["steps"]["robust/a/l2"]["status"] = "done"
+    assert common.progress_lines(man) == []
     rows = [{"label": "DRN-1H", "n": "1000"}, {"label": "deep CNN", "n": "200"}, {"label": "BP-CNN", "n": "1000"}]
     assert common.attacked_subset_text(rows) == ("Attacked subset: n = 1000 test images (the same seeded subset for "
                                                  "every model; deep CNN: the first 200 of them).")
