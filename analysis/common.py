@@ -443,8 +443,12 @@ def progress_lines(man) -> list:
     missing = [n for n in plan if (steps.get(n) or {}).get("status") not in ("done", "skipped")]
     if not missing:
         return []
+    groups = {}  # "robust/<model>" -> its missing steps
+    for n in missing:
+        groups.setdefault("/".join(n.split("/")[:2]), []).append(n)
+    names = [f"`{g}`" if len(v) == 1 and v[0] == g else f"`{g}/…` ({len(v)} steps)" for g, v in groups.items()]
     return [f"**Partial run**: {len(plan) - len(missing)} of {len(plan)} steps done; not run yet: "
-            + ", ".join(f"`{n}`" for n in missing) + ".", ""]
+            + ", ".join(names) + ".", ""]
 
 
 def attacked_subset_text(rows) -> str:

@@ -174,10 +174,12 @@ def test_headline_columns_and_attacked_subset_per_scale(tmp_path):
         (tmp_path / scale / "manifest.json").write_text(json.dumps({"scale": scale}))
         assert common.headline_keys(tmp_path / scale) == tuple(want)
     assert ("pgd-l2", 2.0) in common.headline_keys(tmp_path / "mnist")
-    man = {"plan": ["train/a", "train/b", "robust/a/l2"],
+    man = {"plan": ["train/a", "train/b", "robust/a/l2", "robust/a/linf", "energy/a"],
            "steps": {"train/a": {"status": "done"}, "train/b": {"status": "skipped"}, "robust/a/l2": {"status": "failed"}}}
-    assert common.progress_lines(man) == ["**Partial run**: 2 of 3 steps done; not run yet: `robust/a/l2`.", ""]
-    man["steps"]["robust/a/l2"]["status"] = "done"
+    assert common.progress_lines(man) == ["**Partial run**: 2 of 5 steps done; not run yet: `robust/a/…` (2 steps), "
+                                          "`energy/a`.", ""]
+    for n in man["plan"][2:]:
+        man["steps"][n] = {"status": "done"}
     assert common.progress_lines(man) == []
     rows = [{"label": "DRN-1H", "n": "1000"}, {"label": "deep CNN", "n": "200"}, {"label": "BP-CNN", "n": "1000"}]
     assert common.attacked_subset_text(rows) == ("Attacked subset: n = 1000 test images (the same seeded subset for "
