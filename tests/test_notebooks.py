@@ -71,6 +71,9 @@ def test_smoke_driver_and_notebooks(tmp_path, monkeypatch):
     advep = [r for r in curves if r["attack"].startswith("advep-")]
     assert {(r["model"], r["norm"]) for r in advep} == {(m, n) for m in ("circuit-cnn", "bp-cnn") for n in ("l2", "linf")}
     assert all("advep_ge_harness=pass" in r["checks"] and r["sanity_ok"] == "True" for r in advep), advep
+    # its final iterates judged again clipped to [0, 1], reported beside
+    assert all(0 <= float(r["in_domain_robust_accuracy"]) <= float(r["clean_accuracy"]) for r in advep), advep
+    assert all(r["harness_robust_accuracy"] != "" for r in advep), advep
 
     # energy and latency: one run per circuit model (first seed), its summary and first image's traces
     energy = json.loads((out / "summary" / "energy" / "circuit-cnn-s0.json").read_text())

@@ -31,7 +31,8 @@ def own_labels(adapter, n=24, seed=1):
 
 def test_seed_pgd_steps_project_without_clipping():
     """Linear scores: every step moves 2.5 eps / 20 along sign(g); the result stays in the
-    eps-ball but may leave [0, 1]; only the final iterate is judged."""
+    eps-ball but may leave [0, 1]; only the final iterate is judged, and again clipped to
+    [0, 1] (where this one is not adversarial)."""
     w = np.zeros((1, 1, 2, 2))
     w[0, 0, 0, 0] = 1.0
     calls = []
@@ -50,7 +51,11 @@ def test_seed_pgd_steps_project_without_clipping():
     res = seed_pgd(grad_fn, predict, x, np.array([0]), 0.1, "linf")
     assert np.isclose(res.x_adv[0, 0, 0, 0], 1.09)  # 20 steps of 0.0125, projected at +0.1: past 1
     assert np.allclose(res.x_adv.reshape(-1)[1:], 0.99)
-    assert len(calls) == 2 and not res.robust[0]  # the clean image, then the final iterate
+    assert len(calls) == 3 and not res.robust[0]  # the clean image, the final iterate, then it clipped
+    # the break needs the pixel at 1.09: the same iterate clipped to [0, 1] is still classified right
+    assert np.isclose(calls[2].max(), 1.0) and res.stats["robust_in_domain"].tolist() == [True]
+    clipped = seed_pgd(grad_fn, predict, x, np.array([0]), 0.1, "linf", clip=True)
+    assert clipped.x_adv.max() <= 1.0 and clipped.robust[0] and "robust_in_domain" not in clipped.stats
 
 
 def test_seed_protocol_weakens_as_the_unroll_shortens_and_never_beats_the_harness():

@@ -39,7 +39,8 @@ MODEL_COLUMNS = ("model", "family", "seed", "dataset", "test_accuracy", "n_test"
 CURVE_COLUMNS = ("model", "family", "seed", "group", "attack", "family_attack", "norm", "eps", "n", "clean_accuracy",
                  "robust_accuracy", "n_robust", "fgsm_robust_accuracy", "worst_path", "by_path", "paths", "losses",
                  "steps", "restarts", "queries", "queries_used_mean", "sanity_only", "sanity_ok", "failed_checks",
-                 "checks", "max_perturbation", "certified_accuracy", "min_certified_margin_V", "wall_s", "step")
+                 "checks", "max_perturbation", "certified_accuracy", "min_certified_margin_V",
+                 "in_domain_robust_accuracy", "harness_robust_accuracy", "wall_s", "step")
 CORRUPTION_COLUMNS = ("model", "family", "seed", "group", "corruption", "severity", "n", "n_corruptions", "skipped",
                       "clean_accuracy", "accuracy", "sanity_ok", "failed_checks", "step")
 RUN_COLUMNS = ("model", "family", "seed", "group", "n", "clean_accuracy", "recorded_test_accuracy", "sanity_ok",
@@ -215,6 +216,8 @@ def collect(out: Path, log=print) -> Path:
                                    "max_perturbation": row.get("max_perturbation"), "wall_s": row.get("wall_s"),
                                    "certified_accuracy": row.get("certified_accuracy"),
                                    "min_certified_margin_V": row.get("min_certified_margin_V"),
+                                   "in_domain_robust_accuracy": row.get("in_domain_robust_accuracy"),
+                                   "harness_robust_accuracy": row.get("harness_robust_accuracy"),
                                    "_mask": row.get("robust_mask")})
         elif kind == "energy":
             data = read_json(out / rec["outputs"][0])

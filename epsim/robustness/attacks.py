@@ -638,6 +638,10 @@ def seed_pgd(grad_fn, predict_fn, x, y, eps, norm, *, steps=SEED_STEPS, step_fac
     gets wrong are not attacked. The gradient is whatever ``grad_fn`` returns; the seed's
     EP gradient is backprop through a truncated unroll from the zero state (see
     :meth:`epsim.robustness.adapters.CircuitAdapter.unrolled_gradient`).
+
+    Without clipping the final iterate may hold pixels outside [0, 1], a larger threat model
+    than the harness's; ``stats["robust_in_domain"]`` ((N,) bool) then judges the same
+    iterates clipped to [0, 1] (still inside the ε-ball), which a valid image could be.
     """
     _check_norm(norm)
     if steps < 1:
@@ -653,7 +657,13 @@ def seed_pgd(grad_fn, predict_fn, x, y, eps, norm, *, steps=SEED_STEPS, step_fac
         xa = fixed_step_pgd(lambda xk: _gradient(grad_fn, xk, y[idx], stats)[1], x[idx], e[idx], norm,
                             steps, step_factor * e[idx] / steps, clip=clip)
         x_adv[idx] = xa
+        in_domain = robust.copy()
         robust[idx] = _judge(predict_fn, xa, y[idx], stats)
+        if not clip:
+            in_domain[idx] = _judge(predict_fn, np.clip(xa, 0.0, 1.0), y[idx], stats)
+            stats["robust_in_domain"] = in_domain
+    elif not clip:
+        stats["robust_in_domain"] = robust.copy()
     return AttackResult(x_adv, robust, stats)
 
 

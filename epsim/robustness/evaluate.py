@@ -17,10 +17,14 @@ image and ε; L2 through the L∞ box of the same radius).
 :func:`epsim.robustness.attacks.seed_pgd`): 20 fixed steps of 2.5ε/20 from the clean image,
 cross-entropy, no restarts, no clipping to [0, 1], the final iterate judged, and for EP
 models (circuits and the software EP-CNN) the gradient of a truncated unroll of
-``unroll`` steps from the zero state. Beside a ``pgd-*`` row of the same norm and ε its row
-reports ``harness_robust_accuracy`` and ``protocol_gap`` (seed − harness) and gets the check
-``advep_ge_harness``: the seed's protocol must not break images the harness's worst case
-leaves robust, beyond noise.
+``unroll`` steps from the zero state. Its ``robust_accuracy`` is the seed's own judgement of
+the unclipped final iterates; ``in_domain_robust_accuracy`` judges the same iterates clipped
+to [0, 1] (valid images, inside the same ε-ball). Beside a ``pgd-*`` row of the same norm and
+ε its row reports ``harness_robust_accuracy`` and ``protocol_gap`` (seed − harness) and gets
+the check ``advep_ge_harness``: the seed's clipped iterates must not break images the
+harness's worst case leaves robust, beyond noise (pixels outside [0, 1] are a larger threat
+model, not a weakness of the harness: on MNIST, whose pixels sit mostly at 0 and 1, they
+break many more images).
 
 Every attack row with a certificate row of the same norm and ε gets the check
 ``certified_le_robust``: no image the certificate proves robust may be broken by the attack
@@ -258,10 +262,13 @@ class _Sweep:
 
     # ---- the seed's protocol ---------------------------------------------------------
     def seed_protocol(self, norm, eps, correct):
+        """``(robust, robust with the final iterates clipped to [0, 1], stats, geo)`` of the seed's
+        protocol at one ε: (N,) masks, the first its own (unclipped) judgement."""
         from .attacks import seed_pgd
 
         idx = np.flatnonzero(correct)
         robust = correct.copy()
+        in_domain = correct.copy()
         stats = {}
         geo = {"max_norm": 0.0, "lo": 0.0, "hi": 1.0}
         if len(idx):
@@ -273,8 +280,9 @@ class _Sweep:
                 return res.robust, res.stats, _geometry(res.x_adv, self.x[idx], norm)
 
             robust[idx], unit_stats, geo = self.unit(f"advep|{norm}|{eps!r}|unroll-{unroll}", idx, attack)
+            in_domain[idx] = unit_stats.pop("robust_in_domain", robust[idx])  # absent from older records
             merge_stats(stats, unit_stats)
-        return robust, stats, geo
+        return robust, in_domain, stats, geo
 
     # ---- black box -------------------------------------------------------------------
     def black_box(self, norm, eps, correct, bar):
@@ -424,10 +432,12 @@ def run_sweep(adapter, x, y, config: SweepConfig, *, surrogate=None, recorded=No
                             "restarts": cfg.restarts if family == "pgd" else 1,
                             "by_path": accs, "worst_path": min(accs, key=accs.get) if accs else None})
             elif family == "advep":
-                robust, stats, geo = sw.seed_protocol(norm, eps, correct)
+                robust, in_domain, stats, geo = sw.seed_protocol(norm, eps, correct)
                 if bar is not None:
                     bar.update(1)
+                masks["in-domain", attack, eps] = in_domain
                 row.update({"paths": [f"unroll-{int(cfg.unroll)}"], "losses": ["ce"], "steps": 20,
+                            "in_domain_robust_accuracy": float(in_domain.mean()) if n else 0.0,
                             "restarts": 1, "unroll": int(cfg.unroll), "worst_path": f"unroll-{int(cfg.unroll)}",
                             "protocol": "advep (20 steps of 2.5 eps/20, no restarts, no [0, 1] clipping, "
                                         "final iterate judged)"})
@@ -567,7 +577,9 @@ def _cross_checks(rows, masks, sw, paths, correct, cfg):
     def protocol_gap(r, attack_mask, pgd_mask, norm):
         r["harness_robust_accuracy"] = float(pgd_mask.mean())
         r["protocol_gap"] = r["robust_accuracy"] - float(pgd_mask.mean())
-        r["_checks"].append(S.check_protocol_gap(attack_mask, pgd_mask, r["eps"]))
+        # pixels pushed outside [0, 1] are the seed's larger threat model, not a weakness of the
+        # harness: the check judges the seed's final iterates clipped to the image domain
+        r["_checks"].append(S.check_protocol_gap(masks["in-domain", r["attack"], r["eps"]], pgd_mask, r["eps"]))
 
     def blackbox_vs_whitebox(r, attack_mask, pgd_mask, norm):
         c = S.check_blackbox_vs_whitebox(attack_mask, pgd_mask, r["eps"])
@@ -660,8 +672,8 @@ def _corruption_rows(sw, correct, clean_acc, clean_check) -> list:
 
 # ---- output ----------------------------------------------------------------------------
 CSV_COLUMNS = ("attack", "norm", "eps", "corruption", "severity", "n", "clean_accuracy", "robust_accuracy",
-               "certified_accuracy", "min_certified_margin_V", "unroll", "harness_robust_accuracy",
-               "protocol_gap",
+               "certified_accuracy", "min_certified_margin_V", "unroll", "in_domain_robust_accuracy",
+               "harness_robust_accuracy", "protocol_gap",
                "n_robust", "worst_path", "by_path", "fgsm_robust_accuracy", "paths", "losses", "steps",
                "restarts", "queries", "queries_used_mean", "sanity_only", "sanity_ok", "failed_checks",
                "unconverged", "max_residual", "max_perturbation", "wall_s")

@@ -33,8 +33,9 @@ The checks:
   proves robust at the same ε (certified ≤ robust, sample by sample), and
   :func:`check_certified_le_clean` — every certified image is classified correctly.
   Either failing means a bug in the certificate or in the attack's predictor.
-* :func:`check_protocol_gap` — the seed's attack protocol does not find images the
-  harness's worst case missed (beyond noise): if it does, the harness is the weaker attack.
+* :func:`check_protocol_gap` — the seed's attack protocol, its final iterates clipped to
+  [0, 1], does not find images the harness's worst case missed (beyond noise): if it does,
+  the harness is the weaker attack.
 """
 from __future__ import annotations
 
@@ -249,7 +250,8 @@ def check_certified_le_clean(cert_mask, clean_mask, eps: float) -> Check:
 
 def check_protocol_gap(seed_mask, harness_mask, eps: float) -> Check:
     """The seed's protocol does not break images the harness's worst case leaves robust,
-    beyond noise (paired sign test); the gap itself is a result, reported beside."""
+    beyond noise (paired sign test); the gap itself is a result, reported beside.
+    ``seed_mask``: robust under the seed's iterates as valid images (clipped to [0, 1])."""
     k_harness_only, k_seed_only = _paired(harness_mask, seed_mask)
     seed, harness = float(np.mean(seed_mask)), float(np.mean(harness_mask))
     detail = (f"ε={eps:g}: seed protocol {seed:.3f} vs harness {harness:.3f} ({k_harness_only} images robust only "
