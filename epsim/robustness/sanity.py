@@ -254,8 +254,8 @@ def check_protocol_gap(seed_mask, harness_mask, eps: float) -> Check:
     ``seed_mask``: robust under the seed's iterates as valid images (clipped to [0, 1])."""
     k_harness_only, k_seed_only = _paired(harness_mask, seed_mask)
     seed, harness = float(np.mean(seed_mask)), float(np.mean(harness_mask))
-    detail = (f"ε={eps:g}: seed protocol {seed:.3f} vs harness {harness:.3f} ({k_harness_only} images robust only "
-              f"under the harness, {k_seed_only} only under the seed protocol)")
+    detail = (f"ε={eps:g}: seed protocol, iterates clipped to [0, 1], {seed:.3f} vs harness {harness:.3f} "
+              f"({k_harness_only} images robust only under the harness, {k_seed_only} only under the seed protocol)")
     return Check("advep_ge_harness", FAIL if significantly_more(k_harness_only, k_seed_only) else PASS, detail)
 
 
