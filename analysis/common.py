@@ -436,6 +436,18 @@ def _wall(rec) -> str:
     return f"{w:.0f} s" if isinstance(w, (int, float)) else "time not recorded"
 
 
+def code_version_text(man) -> str:
+    """The commits the run's steps ran from (each step records its own; older manifests only the
+    driver's), or that they were not recorded (a run from a copy outside git)."""
+    heads = sorted({str(r.get("git_head"))[:10] for r in man.get("steps", {}).values()
+                    if r.get("status") == "done" and r.get("git_head")})
+    if not heads and man.get("git_head"):
+        heads = [str(man["git_head"])[:10]]
+    if not heads:
+        return "git commit not recorded"
+    return f"git {heads[0]}" if len(heads) == 1 else f"steps run from git {', '.join(heads)}"
+
+
 def progress_lines(man) -> list:
     """A line saying which of the plan's steps have not run yet (none when every step has)."""
     steps = man.get("steps", {})
@@ -472,7 +484,7 @@ def headline_markdown(rdir=None, source: str | None = None) -> str:
     models = read_csv("models.csv", rdir)
     datasets = sorted({str(m.get("dataset")) for m in models})
     lines = [f"Scale **{man.get('scale')}** ({man.get('what', '')}); results: `{source or rdir}` "
-             f"(git {str(man.get('git_head') or '?')[:10]}, run {man.get('created', '?')} – {man.get('updated', '?')}).",
+             f"({code_version_text(man)}, run {man.get('created', '?')} – {man.get('updated', '?')}).",
              "", *progress_lines(man),
              "",
              "Accuracy in %, mean ± 95 % t-interval over seeds where a model has several; "

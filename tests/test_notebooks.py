@@ -181,6 +181,11 @@ def test_headline_columns_and_attacked_subset_per_scale(tmp_path):
            "steps": {"train/a": {"status": "done"}, "train/b": {"status": "skipped"}, "robust/a/l2": {"status": "failed"}}}
     assert common.progress_lines(man) == ["**Partial run**: 2 of 5 steps done; not run yet: `robust/a/…` (2 steps), "
                                           "`energy/a`.", ""]
+    assert common.code_version_text(man) == "git commit not recorded"
+    man["steps"]["train/a"]["git_head"] = "0123456789abcdef"
+    assert common.code_version_text(man) == "git 0123456789"
+    man["steps"]["robust/a/l2"].update(status="done", git_head="fedcba9876543210")
+    assert common.code_version_text(man) == "steps run from git 0123456789, fedcba9876"
     for n in man["plan"][2:]:
         man["steps"][n] = {"status": "done"}
     assert common.progress_lines(man) == []

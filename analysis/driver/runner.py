@@ -57,7 +57,8 @@ def run_step(step: Step, out: Path, env: dict, log=print) -> dict:
         resumed = True
     cmd = [sys.executable, *argv]
     rec = {"kind": step.kind, "argv": cmd, "command": display_command(argv, out), "outputs": step.outputs,
-           "log": str(log_path.relative_to(out)), "started": now(), "resumed": resumed, **step.meta}
+           "log": str(log_path.relative_to(out)), "started": now(), "resumed": resumed, "git_head": git_state(),
+           **step.meta}
     log(f"[{now()}] {step.name}: {rec['command']}")
     t0 = time.perf_counter()
     with open(log_path, "w") as lf:
