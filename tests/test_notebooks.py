@@ -321,7 +321,8 @@ def test_robustness_step_reruns_when_its_results_lack_an_attack(tmp_path):
 
 def test_two_drivers_in_one_folder_keep_each_others_step_records(tmp_path):
     """Two run_all processes on disjoint --only sets: each writes back only its own steps'
-    records, so neither erases what the other recorded meanwhile."""
+    records, so neither erases what the other recorded meanwhile, nor the steps of the other's
+    plan."""
     from driver.manifest import load_manifest, save_manifest
 
     first = {"scale": "smoke", "steps": {"train/a": {"status": "done", "wall_s": 1.0}}}
@@ -333,6 +334,10 @@ def test_two_drivers_in_one_folder_keep_each_others_step_records(tmp_path):
     steps = load_manifest(tmp_path)["steps"]
     assert steps == {"train/a": {"status": "done", "wall_s": 1.0}, "train/b": {"status": "done"},
                      "robust/a": {"status": "done"}}
+    # a process started from older code knows fewer steps: the plan keeps the newer one's too
+    save_manifest(tmp_path, {"scale": "smoke", "plan": ["train/a", "train/b", "train/c"], "steps": {}}, set())
+    save_manifest(tmp_path, {"scale": "smoke", "plan": ["train/a", "train/b"], "steps": {}}, set())
+    assert load_manifest(tmp_path)["plan"] == ["train/a", "train/b", "train/c"]
     save_manifest(tmp_path, {"scale": "smoke", "steps": {}})  # no owner set: the manifest as given
     assert load_manifest(tmp_path)["steps"] == {}
     assert not list(tmp_path.glob("*.tmp"))

@@ -42,15 +42,20 @@ def save_manifest(out: Path, manifest: dict, steps=None):
 
     ``steps``: the names of the steps whose records this process owns; the others are taken
     from the manifest on disk, so that processes running other steps in the same folder keep
-    theirs (None: every record of ``manifest``). The read-merge-write holds a lock on
-    ``out/.manifest.lock``."""
+    theirs (None: every record of ``manifest``), and the plan is the union of theirs and this
+    process's (one started from older code may know fewer steps). The read-merge-write holds a
+    lock on ``out/.manifest.lock``."""
     with open(out / ".manifest.lock", "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         merged = dict(manifest)
         if steps is not None:
-            on_disk = load_manifest(out).get("steps", {})
+            disk = load_manifest(out)
+            on_disk = disk.get("steps", {})
             mine = manifest.get("steps", {})
             merged["steps"] = {**on_disk, **{k: mine[k] for k in steps if k in mine}}
+            # a process started from older code may know fewer steps: it never drops another's
+            plan = list(disk.get("plan", []))
+            merged["plan"] = plan + [n for n in manifest.get("plan", []) if n not in set(plan)]
         fd, tmp = tempfile.mkstemp(prefix=f".{MANIFEST}.", suffix=".tmp", dir=out)
         with os.fdopen(fd, "w") as fh:
             fh.write(json.dumps(merged, indent=2))
