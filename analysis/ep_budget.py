@@ -9,6 +9,11 @@ and at the long ``--reference`` budget, on ``--batch`` training images, and the 
 free / nudged phases whose last step moved no unit by more than ``--tol`` (converged). A low
 cosine means the phases stop far from their fixed points and the update is not the EP
 gradient; a reference whose phases have not all converged is not a converged reference.
+A budget passes the gradient check when every parameter's cosine is at least ``--min-cosine``.
+
+By default every sample counts. ``--as-trained`` compares the update training applies: the
+odd/even solver leaves samples whose phases did not all converge out of it (the synchronous loop
+keeps them), and the reference is taken on the samples that update uses (``used`` column).
 """
 from __future__ import annotations
 
@@ -36,14 +41,15 @@ def _budget(text: str) -> tuple:
     return t1, t2
 
 
-def gradients(model, x, y, budget, beta, tol, solver="sync") -> tuple:
-    """(per-parameter EP gradients over every sample, fraction of free phases converged, of
-    nudged phases)."""
+def gradients(model, x, y, budget, beta, tol, solver="sync", as_trained=False) -> tuple:
+    """(per-parameter EP gradients, fraction of free phases converged, of nudged phases, the
+    ``(B,)`` bool mask of the samples the gradients average over: every sample, or with
+    ``as_trained`` those the trainer keeps for ``solver``)."""
     step = ep_gradients(model, x, y, beta=beta, t1=budget[0], t2=budget[1], solver=solver, tol=tol,
-                        require_convergence=False)
+                        require_convergence=None if as_trained else False)
     nudged = torch.cat([step.plus.converged, step.minus.converged]).float().mean()
     return ([p.grad.detach().clone() for p in model.parameters()], float(step.free.converged.float().mean()),
-            float(nudged))
+            float(nudged), step.used.bool())
 
 
 def main(argv=None) -> int:
@@ -62,6 +68,11 @@ def main(argv=None) -> int:
                    help="per-sample stop of the budgets' relaxations, e.g. the preset's (default: 1e-6)")
     p.add_argument("--reference-tol", type=float, default=None,
                    help="per-sample stop of the reference's relaxations (default: --tol)")
+    p.add_argument("--min-cosine", type=float, default=0.99,
+                   help="a budget passes when every parameter's cosine is at least this (default: 0.99)")
+    p.add_argument("--as-trained", action="store_true",
+                   help="compare the update training applies (the odd/even solver leaves samples with an "
+                        "unconverged phase out) against the reference on the same samples")
     p.add_argument("--seed", type=int, default=1, help="seed of the image subset (default: 1)")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default: 1)")
     args = p.parse_args(argv)
@@ -72,6 +83,8 @@ def main(argv=None) -> int:
             args.reference_tol = args.tol
         if not args.beta > 0 or not args.tol >= 0 or not args.reference_tol >= 0:
             raise EpsimError("--beta must be positive, --tol and --reference-tol non-negative")
+        if not -1.0 <= args.min_cosine <= 1.0:
+            raise EpsimError("--min-cosine must be between -1 and 1")
         torch.set_num_threads(args.threads)
         model = load_torch_model(args.checkpoint)
         if getattr(model, "epsim_kind", None) != "ep-cnn":
@@ -84,16 +97,26 @@ def main(argv=None) -> int:
         return 2
     x, y = torch.from_numpy(ds.x_train).float(), torch.from_numpy(ds.y_train).long()
     names = [n for n, _ in model.named_parameters()]
-    ref, free_ok, nudged_ok = gradients(model, x, y, args.reference, args.beta, args.reference_tol, args.solver)
+    ref, free_ok, nudged_ok, _ = gradients(model, x, y, args.reference, args.beta, args.reference_tol, args.solver)
     print(f"{args.checkpoint}: {args.batch} training images, reference T1:T2 = "
           f"{args.reference[0]}:{args.reference[1]} ({args.solver}; {free_ok:.0%} of free, {nudged_ok:.0%} of nudged phases "
-          f"converged to {args.reference_tol:g}); budgets stop at {args.tol:g}; cosine with the reference EP gradient")
-    print(f"{'T1:T2':<9}" + " ".join(f"{n:>18}" for n in names) + f"{'free conv.':>12}{'nudged conv.':>14}")
+          f"converged to {args.reference_tol:g}); budgets stop at {args.tol:g}; cosine with the reference EP gradient"
+          + (" on the samples each update uses" if args.as_trained else ""))
+    print(f"{'T1:T2':<9}" + " ".join(f"{n:>18}" for n in names)
+          + f"{'free conv.':>12}{'nudged conv.':>14}{'used':>6}  cos>={args.min_cosine:g}")
     for budget in args.budgets:
-        g, free_ok, nudged_ok = gradients(model, x, y, budget, args.beta, args.tol, args.solver)
-        cos = [float(torch.nn.functional.cosine_similarity(a.flatten(), b.flatten(), dim=0)) for a, b in zip(g, ref)]
+        g, free_ok, nudged_ok, used = gradients(model, x, y, budget, args.beta, args.tol, args.solver,
+                                                args.as_trained)
+        if not bool(used.any()):
+            cos = [float("nan")] * len(g)
+        else:
+            ref_used = ref if bool(used.all()) else gradients(model, x[used], y[used], args.reference, args.beta,
+                                                              args.reference_tol, args.solver)[0]
+            cos = [float(torch.nn.functional.cosine_similarity(a.flatten(), b.flatten(), dim=0))
+                   for a, b in zip(g, ref_used)]
+        verdict = "pass" if all(c >= args.min_cosine for c in cos) else "fail"
         print(f"{budget[0]}:{budget[1]}".ljust(9) + " ".join(f"{c:>18.3f}" for c in cos)
-              + f"{free_ok:>12.0%}{nudged_ok:>14.0%}")
+              + f"{free_ok:>12.0%}{nudged_ok:>14.0%}{float(used.float().mean()):>6.0%}  {verdict}")
     return 0
 
 

@@ -24,23 +24,41 @@ def checkpoint(tmp_path_factory):
 @pytest.mark.parametrize("solver", ["sync", "async"])
 def test_budget_rows_report_cosines_and_converged_fractions(checkpoint, solver, capsys):
     assert ep_budget.main(["--checkpoint", str(checkpoint), "--data-dir", str(checkpoint.parent), "--batch", "16",
-                           "--solver", solver, "--budgets", "1:1", "300:150", "--reference", "300:150"]) == 0
+                           "--solver", solver, "--budgets", "1:1", "300:150", "--reference", "300:150",
+                           "--min-cosine", "0.999"]) == 0
     out = capsys.readouterr().out
     header = re.search(rf"\({solver}; (\d+)% of free, (\d+)% of nudged phases converged to 1e-06\)", out)
     assert header, out
     rows = {line.split()[0]: line.split()[1:] for line in out.splitlines() if re.match(r"\d+:\d+ ", line)}
-    # 6 parameters (2 conv + readout, weights and biases), then the two converged fractions
-    assert len(rows["1:1"]) == 8 and len(rows["300:150"]) == 8
+    # 6 parameters (2 conv + readout, weights and biases), the two converged fractions, the
+    # samples used (all of them without --as-trained) and the verdict
+    assert len(rows["1:1"]) == 10 and len(rows["300:150"]) == 10
     # the reference budget against itself: the same gradient, the header's fractions
     assert all(c == "1.000" for c in rows["300:150"][:6])
-    assert rows["300:150"][6:] == [f"{header.group(1)}%", f"{header.group(2)}%"]
+    assert rows["300:150"][6:] == [f"{header.group(1)}%", f"{header.group(2)}%", "100%", "pass"]
     # one step from the zero state moves the units: no free phase has converged
-    assert rows["1:1"][6] == "0%"
-    assert min(float(c) for c in rows["1:1"][:6]) < 0.999
+    assert rows["1:1"][6] == "0%" and rows["1:1"][8] == "100%"
+    assert min(float(c) for c in rows["1:1"][:6]) < 0.999 and rows["1:1"][9] == "fail"
+
+
+def test_as_trained_compares_the_update_training_applies(checkpoint, capsys):
+    argv = ["--checkpoint", str(checkpoint), "--data-dir", str(checkpoint.parent), "--batch", "16", "--as-trained",
+            "--tol", "1e-4", "--reference-tol", "1e-9", "--reference", "300:150"]
+    assert ep_budget.main(argv + ["--solver", "async", "--budgets", "1:1", "300:150"]) == 0
+    out = capsys.readouterr().out
+    assert "on the samples each update uses" in out
+    rows = {line.split()[0]: line.split()[1:] for line in out.splitlines() if re.match(r"\d+:\d+ ", line)}
+    # the odd/even solver keeps only samples whose three phases converged: none after one sweep
+    assert rows["1:1"][8] == "0%" and rows["1:1"][9] == "fail"
+    assert rows["300:150"][8] == "100%" and rows["300:150"][9] == "pass"
+    # the synchronous loop keeps every sample, converged or not
+    assert ep_budget.main(argv + ["--solver", "sync", "--budgets", "1:1"]) == 0
+    row = next(line.split()[1:] for line in capsys.readouterr().out.splitlines() if line.startswith("1:1 "))
+    assert row[6] == "0%" and row[8] == "100%"
 
 
 def test_bad_options_are_one_line_errors(tmp_path, capsys):
-    for argv in (["--batch", "0"], ["--beta", "0"], ["--tol", "-1"]):
+    for argv in (["--batch", "0"], ["--beta", "0"], ["--tol", "-1"], ["--min-cosine", "2"]):
         assert ep_budget.main(["--checkpoint", str(tmp_path / "none.pt"), "--data-dir", str(tmp_path)] + argv) == 2
         err = capsys.readouterr().err.strip()
         assert err.startswith("error: ") and "\n" not in err
