@@ -19,9 +19,11 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 import torch
 
+from epsim.checkpoint import write_json
 from epsim.cli import set_command_environment
 from epsim.data import load_dataset
 from epsim.errors import EpsimError
@@ -73,6 +75,8 @@ def main(argv=None) -> int:
     p.add_argument("--as-trained", action="store_true",
                    help="compare the update training applies (the odd/even solver leaves samples with an "
                         "unconverged phase out) against the reference on the same samples")
+    p.add_argument("--out", default=None, metavar="PATH",
+                   help="also write the reference and every budget's row to this JSON file")
     p.add_argument("--seed", type=int, default=1, help="seed of the image subset (default: 1)")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default: 1)")
     args = p.parse_args(argv)
@@ -85,6 +89,8 @@ def main(argv=None) -> int:
             raise EpsimError("--beta must be positive, --tol and --reference-tol non-negative")
         if not -1.0 <= args.min_cosine <= 1.0:
             raise EpsimError("--min-cosine must be between -1 and 1")
+        if args.out is not None and (Path(args.out).is_dir() or not Path(args.out).parent.is_dir()):
+            raise EpsimError(f"--out {args.out}: need a file path in an existing folder")
         torch.set_num_threads(args.threads)
         model = load_torch_model(args.checkpoint)
         if getattr(model, "epsim_kind", None) != "ep-cnn":
@@ -104,6 +110,11 @@ def main(argv=None) -> int:
           + (" on the samples each update uses" if args.as_trained else ""))
     print(f"{'T1:T2':<9}" + " ".join(f"{n:>18}" for n in names)
           + f"{'free conv.':>12}{'nudged conv.':>14}{'used':>6}  cos>={args.min_cosine:g}")
+    report = {"checkpoint": str(args.checkpoint), "solver": args.solver, "batch": args.batch, "beta": args.beta,
+              "as_trained": args.as_trained, "min_cosine": args.min_cosine, "tol": args.tol,
+              "reference": {"t1": args.reference[0], "t2": args.reference[1], "tol": args.reference_tol,
+                            "free_converged": free_ok, "nudged_converged": nudged_ok},
+              "budgets": []}
     for budget in args.budgets:
         g, free_ok, nudged_ok, used = gradients(model, x, y, budget, args.beta, args.tol, args.solver,
                                                 args.as_trained)
@@ -117,6 +128,12 @@ def main(argv=None) -> int:
         verdict = "pass" if all(c >= args.min_cosine for c in cos) else "fail"
         print(f"{budget[0]}:{budget[1]}".ljust(9) + " ".join(f"{c:>18.3f}" for c in cos)
               + f"{free_ok:>12.0%}{nudged_ok:>14.0%}{float(used.float().mean()):>6.0%}  {verdict}")
+        report["budgets"].append({"t1": budget[0], "t2": budget[1], "cosine": dict(zip(names, cos)),
+                                  "free_converged": free_ok, "nudged_converged": nudged_ok,
+                                  "used": float(used.float().mean()), "passes": verdict == "pass"})
+    if args.out is not None:
+        write_json(args.out, report)
+        print(f"wrote {args.out}")
     return 0
 
 

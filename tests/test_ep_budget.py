@@ -1,4 +1,5 @@
 """analysis/ep_budget.py: the EP-CNN's gradient at capped relaxation budgets against a long one."""
+import json
 import re
 
 import pytest
@@ -58,17 +59,26 @@ def test_as_trained_compares_the_update_training_applies(checkpoint, capsys):
 
 
 def test_bad_options_are_one_line_errors(tmp_path, capsys):
-    for argv in (["--batch", "0"], ["--beta", "0"], ["--tol", "-1"], ["--min-cosine", "2"]):
+    for argv in (["--batch", "0"], ["--beta", "0"], ["--tol", "-1"], ["--min-cosine", "2"],
+                 ["--out", str(tmp_path / "missing" / "b.json")], ["--out", str(tmp_path)]):
         assert ep_budget.main(["--checkpoint", str(tmp_path / "none.pt"), "--data-dir", str(tmp_path)] + argv) == 2
         err = capsys.readouterr().err.strip()
-        assert err.startswith("error: ") and "\n" not in err
+        # the option named, before the (missing) checkpoint is read
+        assert err.startswith("error: ") and "\n" not in err and argv[0] in err
 
 
-def test_the_reference_can_stop_tighter_than_the_budgets(checkpoint, capsys):
+def test_the_reference_can_stop_tighter_than_the_budgets(checkpoint, capsys, tmp_path):
     assert ep_budget.main(["--checkpoint", str(checkpoint), "--data-dir", str(checkpoint.parent), "--batch", "8",
                            "--budgets", "300:150", "--reference", "300:150", "--tol", "0.5",
-                           "--reference-tol", "1e-9"]) == 0
+                           "--reference-tol", "1e-9", "--out", str(tmp_path / "budget.json")]) == 0
     out = capsys.readouterr().out
+    report = json.loads((tmp_path / "budget.json").read_text())
+    assert report["reference"]["tol"] == 1e-9 and len(report["budgets"]) == 1
+    # the file holds the printed row
+    b = report["budgets"][0]
+    printed = next(line.split()[1:] for line in out.splitlines() if line.startswith("300:150 "))
+    assert [f"{c:.3f}" for c in b["cosine"].values()] == printed[:6]
+    assert b["passes"] == (printed[9] == "pass")
     assert "converged to 1e-09); budgets stop at 0.5;" in out
     row = next(line.split()[1:] for line in out.splitlines() if line.startswith("300:150 "))
     # a stop at 0.5 leaves the phases after a sweep or two: not the reference's gradient
