@@ -335,9 +335,11 @@ def test_two_drivers_in_one_folder_keep_each_others_step_records(tmp_path):
     assert steps == {"train/a": {"status": "done", "wall_s": 1.0}, "train/b": {"status": "done"},
                      "robust/a": {"status": "done"}}
     # a process started from older code knows fewer steps: the plan keeps the newer one's too
-    save_manifest(tmp_path, {"scale": "smoke", "plan": ["train/a", "train/b", "train/c"], "steps": {}}, set())
-    save_manifest(tmp_path, {"scale": "smoke", "plan": ["train/a", "train/b"], "steps": {}}, set())
+    save_manifest(tmp_path, {"scale": "smoke", "plan": ["train/a", "train/b", "train/c"], "steps": {},
+                             "what": "a, b and c"}, set())
+    save_manifest(tmp_path, {"scale": "smoke", "plan": ["train/a", "train/b"], "steps": {}, "what": "a and b"}, set())
     assert load_manifest(tmp_path)["plan"] == ["train/a", "train/b", "train/c"]
+    assert load_manifest(tmp_path)["what"] == "a, b and c"
     save_manifest(tmp_path, {"scale": "smoke", "steps": {}})  # no owner set: the manifest as given
     assert load_manifest(tmp_path)["steps"] == {}
     assert not list(tmp_path.glob("*.tmp"))

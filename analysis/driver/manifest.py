@@ -43,7 +43,8 @@ def save_manifest(out: Path, manifest: dict, steps=None):
     ``steps``: the names of the steps whose records this process owns; the others are taken
     from the manifest on disk, so that processes running other steps in the same folder keep
     theirs (None: every record of ``manifest``), and the plan is the union of theirs and this
-    process's (one started from older code may know fewer steps). The read-merge-write holds a
+    process's (one started from older code may know fewer steps; the description ``what`` is
+    that of the last process whose plan added steps). The read-merge-write holds a
     lock on ``out/.manifest.lock``."""
     with open(out / ".manifest.lock", "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
@@ -53,9 +54,13 @@ def save_manifest(out: Path, manifest: dict, steps=None):
             on_disk = disk.get("steps", {})
             mine = manifest.get("steps", {})
             merged["steps"] = {**on_disk, **{k: mine[k] for k in steps if k in mine}}
-            # a process started from older code may know fewer steps: it never drops another's
+            # a process started from older code may know fewer steps: it never drops another's,
+            # and the scale's description stays the one of the plan that added steps last
             plan = list(disk.get("plan", []))
-            merged["plan"] = plan + [n for n in manifest.get("plan", []) if n not in set(plan)]
+            added = [n for n in manifest.get("plan", []) if n not in set(plan)]
+            merged["plan"] = plan + added
+            if not added and "what" in disk:
+                merged["what"] = disk["what"]
         fd, tmp = tempfile.mkstemp(prefix=f".{MANIFEST}.", suffix=".tmp", dir=out)
         with os.fdopen(fd, "w") as fh:
             fh.write(json.dumps(merged, indent=2))
