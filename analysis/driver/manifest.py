@@ -57,7 +57,8 @@ def save_manifest(out: Path, manifest: dict, steps=None):
             # a process started from older code may know fewer steps: it never drops another's,
             # and the scale's description stays the one of the plan that added steps last
             plan = list(disk.get("plan", []))
-            added = [n for n in manifest.get("plan", []) if n not in set(plan)]
+            known = set(plan)
+            added = [n for n in manifest.get("plan", []) if n not in known]
             merged["plan"] = plan + added
             if not added and "what" in disk:
                 merged["what"] = disk["what"]
