@@ -653,17 +653,16 @@ def seed_pgd(grad_fn, predict_fn, x, y, eps, norm, *, steps=SEED_STEPS, step_fac
     x_adv = x.copy()
     e = _eps_array(eps, len(y))
     idx = np.flatnonzero(robust & (e > 0))
+    in_domain = robust.copy()
     if len(idx):
         xa = fixed_step_pgd(lambda xk: _gradient(grad_fn, xk, y[idx], stats)[1], x[idx], e[idx], norm,
                             steps, step_factor * e[idx] / steps, clip=clip)
         x_adv[idx] = xa
-        in_domain = robust.copy()
         robust[idx] = _judge(predict_fn, xa, y[idx], stats)
         if not clip:
             in_domain[idx] = _judge(predict_fn, np.clip(xa, 0.0, 1.0), y[idx], stats)
-            stats["robust_in_domain"] = in_domain
-    elif not clip:
-        stats["robust_in_domain"] = robust.copy()
+    if not clip:
+        stats["robust_in_domain"] = in_domain
     return AttackResult(x_adv, robust, stats)
 
 
