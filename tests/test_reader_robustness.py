@@ -3,7 +3,6 @@ names file:line and quotes little of the file; bounded expressions, linear-time 
 .control without .endc and temperatures below absolute zero refused; a seeded mutation fuzzer."""
 import random
 import re
-import time
 
 import pytest
 
@@ -69,13 +68,13 @@ def test_long_text_is_quoted_short(tmp_path):
     assert "100001 characters" in read_error(tmp_path, "R1 a 0 " + "1" * 100_000 + "#\n")
 
 
-def test_continuation_lines_take_linear_time(tmp_path):
-    """320,000 '+' lines (2.2 MB; 14.6 s with repeated string concatenation)."""
+def test_320000_continuation_lines_are_read(tmp_path):
+    """320,000 '+' lines (2.2 MB) join their card; reading time against length is
+    benchmarks/bench_reader.py's (linear: 0.7 s here, 14.6 s with repeated concatenation)."""
     path = tmp_path / "long.cir"
     path.write_text("title\nV1 a 0 1\nR1 a 0 1k\n.print dc\n" + "+ v(a)\n" * 320_000 + ".end\n")
-    t0 = time.perf_counter()
-    read_netlist(path)
-    assert time.perf_counter() - t0 < 5.0
+    netlist = read_netlist(path)
+    assert netlist.num_elements() == 2 and list(netlist.resistors.value) == [1000.0]
 
 
 def test_control_without_endc_is_a_located_error(tmp_path):
@@ -157,7 +156,7 @@ def mutate(text: str, rng: random.Random, self_name: str) -> str:
 
 def test_fuzzed_netlists_give_only_located_errors(tmp_path):
     """600 seeded mutations of the reference circuit's exported netlists (ngspice and Xyce
-    dialects, -beta phase) in at most 30 s: each reads, or fails with an EpsimError naming
+    dialects, -beta phase): each reads, or fails with an EpsimError naming
     file:line in one short line; no other exception escapes."""
     ds = load_dataset("digits")
     written = export_samples(reference_network(), ds.x_test[:1], ds.y_test[:1], tmp_path / "export",
@@ -165,7 +164,7 @@ def test_fuzzed_netlists_give_only_located_errors(tmp_path):
     bases = [p.read_text() for p in written if p.name.endswith(".cir")]
     path = tmp_path / "export" / "case.cir"
     location = re.compile(re.escape(str(path)) + r":\d+: ")
-    t0, read, failed = time.perf_counter(), 0, []
+    read, failed = 0, []
     for seed in range(600):
         rng = random.Random(seed)
         path.write_text(mutate(rng.choice(bases), rng, path.name), encoding="utf-8", errors="surrogatepass")
@@ -176,6 +175,5 @@ def test_fuzzed_netlists_give_only_located_errors(tmp_path):
             message = str(exc)
             if not location.match(message) or len(message) > MAX_MESSAGE or "\n" in message:
                 failed.append((seed, message[:200]))
-    assert time.perf_counter() - t0 <= 30.0
     assert not failed, failed[:5]
     assert 50 < read < 550  # the mutations hit both outcomes
