@@ -527,3 +527,29 @@ def test_output_parsers():
                                       "  1e3       801    135     0.0412    0.00010   0.0035           412x   3.1e-13\n")
     assert bench == [{"size": "1e3", "elements": 801, "nodes": 135, "ngspice_s": 0.0412, "numba_s": 0.0001,
                       "mna_s": 0.0035, "ratio": 412.0, "agree_V": 3.1e-13}]
+
+
+def test_published_energy_traces_are_thinned_to_a_plot_s_points(tmp_path):
+    from driver.summary import TRACE_POINTS, collect_energy, trace_points
+
+    t = np.concatenate([[0.0], np.geomspace(1e-12, 1e-6, 4999)])
+    v = np.random.default_rng(0).normal(size=(len(t), 2, 10))
+    run = tmp_path / "run"
+    (run / "e").mkdir(parents=True)
+    np.savez_compressed(run / "e" / "traces.npz", t_s=t, labels=np.array([3, 4]), v_out=v, layer1=v[:, :, :3])
+    rec = {"command": "python -m epsim.energy --attack-steps 2", "outputs": ["e/energy.json", "e/energy.csv", "e/traces.npz"]}
+    data = {"summary": {}, "settings": {}, "per_image": {"settle_time_s": [1e-7, 2e-7]}}
+    collect_energy(run, rec, data, tmp_path / "dest", {"model": "circuit-x", "seed": 0})
+    with np.load(tmp_path / "dest" / "circuit-x-s0_traces.npz") as z:
+        kept_t, kept_v, layer1 = z["t_s"], z["v_out"], z["layer1"]
+        assert list(z["labels"]) == [3] and list(z["settle_time_s"]) == [1e-7]
+    assert TRACE_POINTS // 2 < len(kept_t) <= TRACE_POINTS + 2
+    assert kept_t[0] == 0.0 and kept_t[-1] == t[-1] and np.all(np.diff(kept_t) > 0)
+    keep = trace_points(t)
+    assert kept_v.dtype == np.float32 and kept_v.shape == (len(keep), 1, 10)
+    np.testing.assert_array_equal(kept_v, v[keep, :1].astype(np.float32))
+    np.testing.assert_array_equal(layer1, v[keep, :1, :3].astype(np.float32))
+    # log-spaced: each decade of time keeps about the same number of points
+    decades = np.histogram(np.log10(kept_t[1:]), bins=np.arange(-12, -5))[0]
+    assert decades.min() > 0.5 * decades.max(), decades
+    assert list(trace_points(t[:50])) == list(range(50))

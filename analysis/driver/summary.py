@@ -101,11 +101,29 @@ def _option(command: str, flag: str):
     return parts[parts.index(flag) + 1] if flag in parts[:-1] else None
 
 
+TRACE_POINTS = 400  # time points of a published voltage trace
+
+
+def trace_points(t_s, n: int = TRACE_POINTS):
+    """Indices, increasing, of at most about ``n`` of the time points ``t_s`` (s, ascending) that
+    a plot of the trace needs: the first and last, and those nearest to ``n`` times spaced
+    evenly in log time (a transient's adaptive steps crowd its first nanoseconds)."""
+    import numpy as np
+
+    t = np.asarray(t_s, float)
+    if len(t) <= n:
+        return np.arange(len(t))
+    positive = t[t > 0]
+    grid = np.geomspace(positive[0], t[-1], n) if len(positive) else np.linspace(t[0], t[-1], n)
+    idx = np.clip(np.searchsorted(t, grid), 0, len(t) - 1)
+    return np.unique(np.concatenate([[0, len(t) - 1], idx]))
+
+
 def collect_energy(out: Path, rec: dict, data: dict, dest: Path, base: dict) -> dict:
     """One ``energy/<model>-s<seed>`` step into the summary: its settings and summary (not the
     per-image arrays) to ``dest/<model>-s<seed>.json``, the free-phase traces of its first traced
-    image (time points, output voltages, the probed nodes of every layer, and that image's own
-    settling and decision times) to ``dest/<model>-s<seed>_traces.npz``. Returns its
+    image (at most about ``TRACE_POINTS`` time points, voltages in float32: output voltages,
+    the probed nodes of every layer, and that image's own settling and decision times) to ``dest/<model>-s<seed>_traces.npz``. Returns its
     ``energy.csv`` row."""
     import numpy as np
 
@@ -122,8 +140,10 @@ def collect_energy(out: Path, rec: dict, data: dict, dest: Path, base: dict) -> 
         with np.load(src, allow_pickle=False) as z:
             arrays = {k: z[k] for k in z.files}
         if len(arrays.get("labels", [])):
-            small = {"t_s": arrays["t_s"], "labels": arrays["labels"][:1], "v_out": arrays["v_out"][:, :1],
-                     **{k: v[:, :1] for k, v in arrays.items() if k.startswith("layer")}}
+            keep = trace_points(arrays["t_s"])
+            small = {"t_s": arrays["t_s"][keep], "labels": arrays["labels"][:1],
+                     "v_out": arrays["v_out"][keep, :1].astype(np.float32),
+                     **{k: v[keep, :1].astype(np.float32) for k, v in arrays.items() if k.startswith("layer")}}
             for key in ("settle_time_s", "decision_time_s"):
                 if per.get(key):
                     small[key] = np.asarray(per[key][:1], float)
