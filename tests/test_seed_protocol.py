@@ -143,3 +143,43 @@ def test_harness_with_the_targeted_loss_is_at_least_as_strong():
         rows = run_sweep(adapter, x, y, cfg, progress=False, log=lambda *_: None)["rows"]
         out[losses] = np.array(list(rows[0]["robust_mask"])) == "1"
     assert not np.any(out["ce", "dlr-t"] & ~out["ce",])
+
+
+def _tiny_torch_checkpoint(tmp_path, model, channels=(4,), **extra):
+    from epsim.data import Dataset
+    from epsim.training.software import resolve_config, train_torch
+
+    rng = np.random.default_rng(0)
+    ds = Dataset("synthetic", rng.random((16, 1, 8, 8), dtype=np.float32), rng.integers(0, 3, 16),
+                 rng.random((6, 1, 8, 8), dtype=np.float32), rng.integers(0, 3, 6), 3)
+    cfg = resolve_config(model, "digits", epochs=1, batch_size=8, dataset="synthetic", augment=False,
+                         channels=channels, paddings=(1,) * len(channels), **extra)
+    train_torch(cfg, ds, tmp_path / model, progress=False, log=lambda *a: None)
+    return tmp_path / model / "checkpoint.pt", ds
+
+
+def test_max_iter_sets_an_ep_model_s_inference_budget_and_its_bptt_unroll(tmp_path):
+    """``--max-iter N`` on a software EP model relaxes every prediction and BPTT gradient for N
+    steps (recorded as ``inference_t1``); a feed-forward model refuses it before any attack."""
+    from epsim.errors import EpsimError
+    from epsim.robustness.adapters import load_model
+    from epsim.robustness.cli import main
+
+    path, ds = _tiny_torch_checkpoint(tmp_path, "ep-cnn", channels=(4, 6), t1=6, t2=2, tol=1e-12)
+    trained = load_model(path).adapter
+    longer = load_model(path, max_iter=9).adapter
+    assert trained.settings()["inference_t1"] == 6 and longer.settings()["inference_t1"] == 9
+    x, y = ds.x_test.astype(np.float64), ds.y_test
+    xt = torch.as_tensor(x, dtype=longer.dtype)
+    with torch.no_grad():
+        for adapter, steps in ((trained, 6), (longer, 9)):
+            own = adapter.model.readout(adapter.model.relax(xt, max_iter=steps, solver="sync").state)
+            np.testing.assert_allclose(adapter.predict(x).scores, own.double().numpy(), rtol=1e-6, atol=1e-7)
+    assert not np.allclose(trained.predict(x).scores, longer.predict(x).scores)
+    g6, g9 = (a.input_gradient(x, y, "ce", "bptt").grad for a in (trained, longer))
+    assert not np.allclose(g6, g9)  # the gradient runs through the longer relaxation
+    bp, _ = _tiny_torch_checkpoint(tmp_path, "bp-cnn")
+    with pytest.raises(EpsimError, match="feed-forward bp-cnn.*--max-iter") as exc:
+        main(["--checkpoint", str(bp), "--attack", "pgd-l2", "--eps", "0.5", "--max-iter", "5",
+              "--out", str(tmp_path / "r"), "--no-progress"])
+    assert "\n" not in str(exc.value) and not (tmp_path / "r" / "robustness.json").exists()

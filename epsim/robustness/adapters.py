@@ -391,7 +391,9 @@ class LoadedModel:
 def load_model(path, *, backend=None, tol_A=None, max_iter=None, device="cpu", **circuit_options) -> LoadedModel:
     """Adapter for checkpoint ``path``: circuit checkpoints (``kind: circuit``) or software models.
 
-    backend/tol_A/max_iter: predictor settings of a circuit (default: those it was trained with).
+    backend/tol_A/max_iter: predictor settings of a circuit (default: those it was trained with);
+        max_iter also sets a software EP model's inference relaxation budget (its ``t1``: steps,
+        or sweeps of the odd/even solver), which its BPTT gradients then run through.
     circuit_options: passed to :class:`CircuitAdapter` (grad_tol_A, ep_beta, ce_temperature_V, …).
     The file is read once, by :func:`epsim.models.loading.load_trained`.
     """
@@ -424,8 +426,13 @@ def load_model(path, *, backend=None, tol_A=None, max_iter=None, device="cpu", *
         if ds is None:
             raise EpsimError(f"{path}: cannot tell the image shape of this {kind!r} model")
         image_shape, num_classes = ds.image_shape, ds.num_classes
+    name = cfg.get("model") or kind or "torch"
+    if max_iter is not None:
+        if not (hasattr(model, "relax") and hasattr(model, "t1")):
+            raise EpsimError(f"{path} holds a feed-forward {name}: a relaxation budget (--max-iter) applies "
+                             "to circuits and EP models only")
+        model.t1 = int(max_iter)  # the free phase of every prediction and BPTT gradient
     recorded = {"test_accuracy": last.get("test_accuracy"),
                 "test_subset": cfg.get("test_subset"), "backend": "torch", "tol_A": None, "max_iter": None}
-    name = cfg.get("model") or kind or "torch"
     return LoadedModel(TorchAdapter(model, image_shape, num_classes, device=device, name=str(name)),
                        dataset, cfg, recorded)

@@ -103,7 +103,8 @@ def build_parser() -> ArgumentParser:
     g.add_argument("--tol", type=float, default=None, metavar="A",
                    help="predictor KCL tolerance (default: the training run's)")
     g.add_argument("--max-iter", type=int, default=None, metavar="N",
-                   help="predictor sweep budget (default: the training run's)")
+                   help="predictor sweep budget; for a software EP model its inference relaxation "
+                        "budget T1, which the BPTT gradient also runs through (default: the training run's)")
     add_dataset(g, DATASETS, "test set (default: the checkpoint's; must match it)")
     g.add_argument("--data-dir", default=None, metavar="DIR",
                    help="folder with the dataset files (default: $EPSIM_DATA_DIR or ./data)")
@@ -218,10 +219,9 @@ def main(argv=None):
     loaded = load_model(args.checkpoint, backend=args.backend, tol_A=args.tol, max_iter=args.max_iter,
                         device=device, **circuit_opts)
     adapter = loaded.adapter
-    if adapter.kind != "circuit" and (args.backend not in (None, "torch") or args.tol is not None
-                                      or args.max_iter is not None):
-        raise EpsimError(f"{args.checkpoint} is a software model ({adapter.name}): --backend, --tol and "
-                         "--max-iter apply to circuit checkpoints only")
+    if adapter.kind != "circuit" and (args.backend not in (None, "torch") or args.tol is not None):
+        raise EpsimError(f"{args.checkpoint} is a software model ({adapter.name}): --backend and --tol "
+                         "apply to circuit checkpoints only")
     dataset_name = args.dataset or loaded.dataset
     if dataset_name is None:
         raise EpsimError(f"{args.checkpoint} does not record its dataset: pass --dataset")
