@@ -1,5 +1,5 @@
 """The netlist reader never crashes (issue 17): every problem in a netlist is an EpsimError that
-names file:line and quotes little of the file; bounded expressions, linear-time continuations,
+names file:line and quotes little of the file; bounded expressions, long continuations,
 .control without .endc and temperatures below absolute zero refused; a seeded mutation fuzzer."""
 import random
 import re
@@ -69,8 +69,8 @@ def test_long_text_is_quoted_short(tmp_path):
 
 
 def test_320000_continuation_lines_are_read(tmp_path):
-    """320,000 '+' lines (2.2 MB) join their card; reading time against length is
-    benchmarks/bench_reader.py's (linear: 0.7 s here, 14.6 s with repeated concatenation)."""
+    """320,000 '+' lines (2.2 MB) join their card; that this takes linear time is timed by
+    benchmarks/bench_reader.py (BENCHMARKS.md), not here."""
     path = tmp_path / "long.cir"
     path.write_text("title\nV1 a 0 1\nR1 a 0 1k\n.print dc\n" + "+ v(a)\n" * 320_000 + ".end\n")
     netlist = read_netlist(path)

@@ -123,8 +123,8 @@ def collect_energy(out: Path, rec: dict, data: dict, dest: Path, base: dict) -> 
     """One ``energy/<model>-s<seed>`` step into the summary: its settings and summary (not the
     per-image arrays) to ``dest/<model>-s<seed>.json``, the free-phase traces of its first traced
     image (at most about ``TRACE_POINTS`` time points, voltages in float32: output voltages,
-    the probed nodes of every layer, and that image's own settling and decision times) to ``dest/<model>-s<seed>_traces.npz``. Returns its
-    ``energy.csv`` row."""
+    the probed nodes of every layer, and that image's own settling and decision times) to
+    ``dest/<model>-s<seed>_traces.npz``. Returns its ``energy.csv`` row."""
     import numpy as np
 
     tag = f"{base['model']}-s{base['seed']}"
