@@ -23,6 +23,7 @@ REPO = Path(__file__).resolve().parents[1]
 ANALYSIS = REPO / "analysis"
 sys.path.insert(0, str(ANALYSIS))
 
+
 def _driver(*args, timeout=900):
     return subprocess.run([sys.executable, str(ANALYSIS / "run_all.py"), *args], cwd=REPO, capture_output=True,
                           text=True, timeout=timeout)
@@ -537,7 +538,8 @@ def test_published_energy_traces_are_thinned_to_a_plot_s_points(tmp_path):
     run = tmp_path / "run"
     (run / "e").mkdir(parents=True)
     np.savez_compressed(run / "e" / "traces.npz", t_s=t, labels=np.array([3, 4]), v_out=v, layer1=v[:, :, :3])
-    rec = {"command": "python -m epsim.energy --attack-steps 2", "outputs": ["e/energy.json", "e/energy.csv", "e/traces.npz"]}
+    rec = {"command": "python -m epsim.energy --attack-steps 2",
+           "outputs": ["e/energy.json", "e/energy.csv", "e/traces.npz"]}
     data = {"summary": {}, "settings": {}, "per_image": {"settle_time_s": [1e-7, 2e-7]}}
     collect_energy(run, rec, data, tmp_path / "dest", {"model": "circuit-x", "seed": 0})
     with np.load(tmp_path / "dest" / "circuit-x-s0_traces.npz") as z:
