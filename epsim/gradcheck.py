@@ -22,7 +22,7 @@ import torch  # noqa: E402
 
 from .data import DATASETS  # noqa: E402
 from .errors import EpsimError  # noqa: E402
-from .models.ep_cnn import EPCNN, bptt_gradients, ep_gradients  # noqa: E402
+from .models.ep_cnn import COSTS, SOLVERS, EPCNN, bptt_gradients, ep_gradients  # noqa: E402
 
 
 def layer_names(model: EPCNN) -> list:
@@ -34,21 +34,23 @@ def _flat_grads(model: EPCNN) -> list:
 
 
 def gradient_check(model: EPCNN, x: torch.Tensor, y: torch.Tensor, *, beta=1e-3, max_iter=2000,
-              tol=1e-13, bptt_steps=None) -> list:
+              tol=1e-13, bptt_steps=None, solver="sync") -> list:
     """Compare EP and BPTT gradients layer by layer.
 
     Args:
         model: the EP-CNN (float64 recommended). x: ``(B, C, H, W)`` pixels in [0, 1].
         y: ``(B,)`` labels. beta: nudging strength. max_iter, tol: relaxation cap and
         convergence tolerance of all three EP phases. bptt_steps: unrolled steps for
-        BPTT (default: the number the free phase needed, plus 50).
+        BPTT (default: the number the free phase needed, plus 50). solver: the dynamics
+        of both, ``"sync"`` steps or ``"async"`` odd/even sweeps (the two can reach
+        different fixed points; each is compared with its own).
     Returns:
         One dict per synapse: ``layer``, ``cosine``, ``norm_ratio`` (|EP| / |BPTT|),
         plus ``free_steps``, ``converged`` (all three phases reached ``tol``).
     Raises:
         EpsimError: a phase did not converge within ``max_iter``.
     """
-    step = ep_gradients(model, x, y, beta=beta, t1=max_iter, t2=max_iter, solver="sync", tol=tol,
+    step = ep_gradients(model, x, y, beta=beta, t1=max_iter, t2=max_iter, solver=solver, tol=tol,
                         require_convergence=False)
     converged = bool(step.free.converged.all() and step.plus.converged.all() and step.minus.converged.all())
     if not converged:
@@ -56,7 +58,7 @@ def gradient_check(model: EPCNN, x: torch.Tensor, y: torch.Tensor, *, beta=1e-3,
                          "raise --max-iter or loosen --tol")
     g_ep = _flat_grads(model)
     steps = bptt_steps if bptt_steps is not None else int(step.free.iterations) + 50
-    bptt_gradients(model, x, y, steps=steps)
+    bptt_gradients(model, x, y, steps=steps, solver=solver)
     g_bptt = _flat_grads(model)
     rows = []
     for name, a, b in zip(layer_names(model), g_ep, g_bptt):
@@ -66,7 +68,8 @@ def gradient_check(model: EPCNN, x: torch.Tensor, y: torch.Tensor, *, beta=1e-3,
     return rows
 
 
-def small_model(image_shape, num_classes, channels=None, seed=0, weight_scale=1.0) -> EPCNN:
+def small_model(image_shape, num_classes, channels=None, seed=0, weight_scale=1.0,
+                cost="cross-entropy") -> EPCNN:
     """A small float64 EP-CNN for the check; paddings keep every layer non-empty."""
     c, h, w = image_shape
     if channels is None:
@@ -75,7 +78,8 @@ def small_model(image_shape, num_classes, channels=None, seed=0, weight_scale=1.
     if h >= 32 and len(channels) == 4:
         paddings = [1, 1, 1, 0]
     torch.manual_seed(seed)
-    model = EPCNN(image_shape, num_classes, channels, paddings, t1=2000, solver="sync", tol=1e-13).double()
+    model = EPCNN(image_shape, num_classes, channels, paddings, t1=2000, solver="sync", tol=1e-13,
+                  cost=cost).double()
     with torch.no_grad():
         for p in model.parameters():
             if p.dim() > 1:
@@ -103,6 +107,11 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--max-iter", type=int, default=2000, metavar="N", help="max relaxation steps per phase")
     p.add_argument("--tol", type=float, default=1e-13,
                    help="convergence tolerance of the phases (largest change of a unit in a step)")
+    p.add_argument("--solver", default="sync", choices=SOLVERS,
+                   help="dynamics of the EP phases and of BPTT: sync steps or async odd/even sweeps (default: sync)")
+    p.add_argument("--cost", default="cross-entropy", choices=COSTS,
+                   help="cross-entropy readout outside the energy, or squared-error with the output layer "
+                        "inside it (default: cross-entropy)")
     p.add_argument("--seed", type=int, default=0, help="seed of the image subset and the initial weights")
     add_threads(p)
     return p
@@ -131,9 +140,9 @@ def main(argv=None):
                       test_subset=1, seed=args.seed)
     x = torch.from_numpy(np.asarray(ds.x_train, dtype=np.float64))
     y = torch.from_numpy(ds.y_train)
-    model = small_model(ds.image_shape, ds.num_classes, args.channels, args.seed, args.weight_scale)
-    rows = gradient_check(model, x, y, beta=args.beta, max_iter=args.max_iter, tol=args.tol)
-    print(f"EP-CNN channels {list(model.channels)} on {len(y)} {ds.name} images, beta={args.beta:g}, "
+    model = small_model(ds.image_shape, ds.num_classes, args.channels, args.seed, args.weight_scale, args.cost)
+    rows = gradient_check(model, x, y, beta=args.beta, max_iter=args.max_iter, tol=args.tol, solver=args.solver)
+    print(f"EP-CNN channels {list(model.channels)}, {args.cost} cost, {args.solver} solver, on {len(y)} {ds.name} images, beta={args.beta:g}, "
           f"free phase converged in {rows[0]['free_steps']} steps (tol {args.tol:g}), "
           f"BPTT through {rows[0]['bptt_steps']} steps")
     print(f"{'layer':<8}{'cosine':>12}{'|EP|/|BPTT|':>14}")

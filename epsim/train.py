@@ -18,7 +18,7 @@ set_command_environment()  # before numpy loads
 from .data import DATASETS, default_data_dir, load_dataset  # noqa: E402
 from .errors import EpsimError  # noqa: E402
 from .models.connections import INITS  # noqa: E402
-from .models.ep_cnn import SOLVERS  # noqa: E402
+from .models.ep_cnn import COSTS, SOLVERS  # noqa: E402
 from .models.loading import TORCH_MODELS  # noqa: E402
 from .models.registry import CIRCUIT_MODELS  # noqa: E402
 from .models.resistive import UNIT_POLARITIES  # noqa: E402
@@ -35,7 +35,7 @@ SHARED_OPTIONS = frozenset({
     "checkpoint_interval", "no_progress"})
 TORCH_OPTIONS = frozenset({
     "preset", "device", "channels", "paddings", "lrs", "weight_decay", "t1", "t2", "solver", "ep_tol",
-    "init_scale", "input_std_scale", "adv_norm", "adv_eps", "adv_steps", "adv_step_size", "embed_dim",
+    "init_scale", "init_gains", "cost", "input_std_scale", "adv_norm", "adv_eps", "adv_steps", "adv_step_size", "embed_dim",
     "depth", "heads", "no_augment", "time_limit", "stop_at_accuracy", "val_subset", "val_every"})
 TORCH_GROUP = "torch models (--model ep-cnn | bp-cnn | adv-cnn | vit, --backend torch)"
 _PRESET = " (default: from the preset)"
@@ -170,7 +170,9 @@ def _add_training_options(g, d: TrainConfig) -> None:
 def _add_torch_options(g) -> None:
     g.add_argument("--preset", default=None, choices=PRESET_NAMES,
                    help="cifar10-paper / cifar100-paper: the seed paper's settings; cifar10-small: "
-                        "an eighth of the width, sized for a 2-core CPU; digits, mnist: sized for their "
+                        "an eighth of the width, sized for a 2-core CPU; cifar10-dchn: the same widths "
+                        "with Scellier et al. 2023's DCHN recipe (output layer in the energy, odd/even "
+                        "sweeps 60/20, centred EP); digits, mnist: sized for their "
                         "images (default: the --dataset's, else cifar10-small)")
     add_device(g, "torch device of the torch models")
     add_list(g, "--channels", item=int, default=None, metavar="C", help="conv channels per layer" + _PRESET)
@@ -189,6 +191,13 @@ def _add_torch_options(g) -> None:
                         "in a step (0: never before T1/T2)" + _PRESET)
     g.add_argument("--init-scale", type=float, default=None,
                    help="ep-cnn: multiply the default initial weights and biases" + _PRESET)
+    add_list(g, "--init-gains", item=float, default=None, metavar="G",
+             help="ep-cnn: per synapse (conv layers, then the readout), initial weights drawn within "
+                  "2*G times PyTorch's default bounds" + _PRESET)
+    g.add_argument("--cost", default=None, choices=COSTS,
+                   help="ep-cnn: cross-entropy = linear readout outside the energy (Laborieux et al.); "
+                        "squared-error = a linear output layer inside the energy (Scellier et al.'s DCHN)"
+                        + _PRESET)
     g.add_argument("--input-std-scale", type=float, default=None,
                    help="ep-cnn: inputs are (x - mean) / (this * std); the paper uses 3" + _PRESET)
     g.add_argument("--adv-norm", default=None, choices=("l2", "linf"), help="adv-cnn: PGD norm" + _PRESET)
@@ -226,7 +235,7 @@ CIRCUIT_CONFIG_OPTIONS = ("dataset", "arch", "backend", "diode", "rail_offset", 
 TORCH_CONFIG_FIELDS = {"lr_schedule": "schedule", "ep_tol": "tol"}
 TORCH_CONFIG_OPTIONS = ("dataset", "epochs", "batch_size", "lr", "lrs", "momentum", "weight_decay", "lr_schedule",
                         "channels", "paddings", "t1", "t2", "beta", "solver", "ep_tol", "init_scale",
-                        "input_std_scale", "adv_norm", "adv_eps", "adv_steps", "adv_step_size", "embed_dim",
+                        "init_gains", "cost", "input_std_scale", "adv_norm", "adv_eps", "adv_steps", "adv_step_size", "embed_dim",
                         "depth", "heads", "stop_at_accuracy", "val_subset", "val_every")
 
 

@@ -117,6 +117,101 @@ def test_async_sweeps_decrease_the_energy_and_reach_a_fixed_point():
     assert float(_max_change(again, rel.state).max()) < 1e-10
 
 
+def output_model(seed=0, channels=(4, 6, 8), shape=(3, 8, 8), scale=2.0):
+    """``tiny_model`` with the squared-error cost: a linear output layer inside the energy."""
+    torch.manual_seed(seed)
+    m = EPCNN(shape, 5, channels, (1,) * len(channels), t1=400, solver="sync", tol=1e-12,
+              cost="squared-error").double()
+    with torch.no_grad():
+        for p in m.parameters():
+            if p.dim() > 1:
+                p.mul_(scale)
+    return m
+
+
+def test_output_layer_in_the_energy_drive_equals_autograd_of_phi():
+    m = output_model()
+    assert m.state_shapes[-1] == (5,) and len(m.state_shapes) == 4
+    x, y = batch()
+    xn = m.normalize(x)
+    state = [torch.rand((6,) + s, dtype=torch.float64, requires_grad=True) for s in m.state_shapes]
+    for beta in (0.0, 0.7, -0.3):
+        auto = torch.autograd.grad(m.phi(xn, state, beta, y).sum(), state)
+        closed = m.phi_grad(xn, [s.detach() for s in state], beta, y)
+        assert len(closed) == 4
+        for a, c in zip(auto, closed):
+            assert torch.allclose(a, c, atol=1e-12)
+
+
+@pytest.mark.parametrize("solver", SOLVERS)
+def test_output_layer_in_the_energy_fixed_points(solver):
+    """Both solvers reach a stationary point of E = Σ‖s‖² − Φ + βℓ: hidden layers s = σ(∂Φ/∂s),
+    the output o = (W s_L + b + β·onehot(y)) / (2 + β), logits = o, loss = ½‖o − onehot(y)‖²."""
+    m = output_model(scale=1.0)
+    x, y = batch(8)
+    xn = m.normalize(x)
+    onehot = torch.nn.functional.one_hot(y, 5).double()
+    with torch.no_grad():
+        free = m.relax(x, solver=solver, max_iter=400, tol=1e-13)
+        for beta, rel in ((0.0, free), (0.5, m.relax(x, y, 0.5, free.state, solver=solver, max_iter=400, tol=1e-13)),
+                          (-0.5, m.relax(x, y, -0.5, free.state, solver=solver, max_iter=400, tol=1e-13))):
+            assert bool(rel.converged.all())
+            again = [m.activation(l, u) for l, u in enumerate(m.phi_grad(xn, rel.state, beta, y))]
+            assert float(_max_change(again, rel.state).max()) < 1e-11
+            fc = m.synapses[-1](rel.state[-2].flatten(1))
+            assert torch.allclose(rel.state[-1], (fc + beta * onehot) / (2 + beta), atol=1e-12)
+        assert torch.equal(m.readout(free.state), free.state[-1])
+        assert torch.allclose(m.loss(free.state[-1], y), 0.5 * ((free.state[-1] - onehot) ** 2).sum(1))
+        if solver == m.solver:                      # forward runs the model's own solver
+            assert torch.allclose(m(x), free.state[-1], atol=1e-11)
+
+
+def test_output_layer_in_the_energy_async_sweeps_decrease_the_energy():
+    m = output_model()
+    x, _ = batch(4)
+    xn = m.normalize(x)
+    previous = None
+    with torch.no_grad():
+        for sweeps in (1, 2, 4, 8, 16, 400):
+            e = energy(m, xn, m.relax(x, solver="async", max_iter=sweeps, tol=0.0).state)
+            if previous is not None:
+                assert bool((e <= previous + 1e-9).all())
+            previous = e
+
+
+def test_output_layer_in_the_energy_gdu_ep_gradient_matches_bptt():
+    """EP's gradient of the squared-error cost equals BPTT's through the converged synchronous
+    dynamics, for every parameter, the output layer's synapse included."""
+    m = output_model(seed=1, channels=(6, 8), scale=2.0)
+    x, y = batch(8)
+    rows = gradient_check(m, x, y, beta=1e-3)
+    assert [r["layer"] for r in rows] == ["conv1", "conv2", "fc"]
+    for r in rows:
+        assert r["converged"] and r["cosine"] >= 0.999, r
+        assert 0.99 < r["norm_ratio"] < 1.01, r
+
+
+def test_dchn_preset_builds_the_published_recipe_in_this_models_units():
+    cfg = resolve_config("ep-cnn", "cifar10-dchn", dataset="cifar10")
+    assert (cfg.cost, cfg.solver, cfg.t1, cfg.t2, cfg.beta) == ("squared-error", "async", 60, 20, 0.2)
+    from dataclasses import asdict
+    from epsim.models.ep_cnn import build_ep_cnn
+
+    torch.manual_seed(0)
+    m = build_ep_cnn(asdict(cfg), (3, 32, 32), 10, "cifar10").requires_grad_(False)
+    assert m.cost == "squared-error" and [s[1] for s in m.state_shapes[:-1]] == [16, 8, 4, 2]
+    for synapse, gain in zip(m.synapses, cfg.init_gains):
+        fan_in = synapse.weight[0].numel()
+        bound = 2 * gain / fan_in ** 0.5           # the weights' uniform bound
+        assert float(synapse.weight.abs().max()) <= bound
+        assert float(synapse.weight.abs().max()) > 0.95 * bound
+        assert float(synapse.bias.abs().max()) <= 1 / fan_in ** 0.5
+    with pytest.raises(EpsimError, match="--init-gains needs 5 values"):
+        resolve_config("ep-cnn", "cifar10-dchn", init_gains=(1.0, 1.0))
+    with pytest.raises(EpsimError, match="unknown EP-CNN cost"):
+        EPCNN((3, 8, 8), 5, (4,), (1,), cost="hinge")
+
+
 def test_gdu_ep_gradient_matches_bptt():
     m = small_model((1, 8, 8), 10, (6, 8), seed=1, weight_scale=2.0)
     g = torch.Generator().manual_seed(3)

@@ -9,9 +9,19 @@ hidden convolutional layers ``s_1 … s_L`` and a linear readout outside the ene
 * activation: hard sigmoid ``σ(u) = clip(u/2, 0, 1)``, so a fixed point
   ``s_l = σ(∂Φ/∂s_l)`` is a stationary point of ``E = Σ_l ‖s_l‖² − Φ`` on the box
   ``[0, 1]``;
-* readout: ``logits = W_fc · flatten(s_L) + b_fc`` (not part of Φ); the cost is the
-  cross-entropy ``ℓ(logits, y)`` and nudging adds ``−β·ℓ`` to Φ
-  (Laborieux's "softmax" / cross-entropy readout);
+* readout, one of two costs:
+
+  - ``"cross-entropy"`` (Laborieux's "softmax" readout): ``logits = W_fc · flatten(s_L) + b_fc``
+    is not part of Φ; the cost is the cross-entropy ``ℓ(logits, y)`` and nudging adds
+    ``−β·ℓ`` to Φ;
+  - ``"squared-error"`` (the output layer inside the energy, as in Laborieux's "mse"
+    variant and Scellier et al. 2023's deep convolutional Hopfield network): a linear
+    output layer ``o`` (``(B, K)``) joins the state, Φ gains ``⟨W_fc · flatten(s_L) + b_fc, o⟩``
+    and E gains ``‖o‖²``, so in the free phase ``o = (W_fc · flatten(s_L) + b_fc) / 2``
+    (the logits) and the top hidden layer also receives ``W_fcᵀ o``; the cost is
+    ``ℓ = ½‖o − onehot(y)‖²`` and nudging adds ``−β·ℓ`` to Φ, whose stationary output is
+    ``o = (W_fc · flatten(s_L) + b_fc + β·onehot(y)) / (2 + β)`` (solved exactly at each
+    update);
 * symmetric (centred) EP: phases ``+β`` and ``−β`` both start at the free fixed point
   and the gradient estimate is
   ``∇θ ≈ −[∂Φ/∂θ(s^{+β}, +β) − ∂Φ/∂θ(s^{−β}, −β)] / (2β)``.
@@ -58,6 +68,7 @@ import torch.nn.functional as F
 from ..errors import EpsimError
 
 SOLVERS = ("async", "sync")
+COSTS = ("cross-entropy", "squared-error")
 
 # Per-channel pixel statistics; Laborieux et al. divide by 3× the standard deviation
 # so that normalised inputs stay inside the hard sigmoid's linear range.
@@ -88,6 +99,19 @@ EP_PRESETS = {
     "digits": dict(_PAPER, dataset="digits", channels=(32, 64), paddings=(1, 1), t1=60, t2=15, tol=1e-5,
                    input_std_scale=1.0, epochs=8, batch_size=16, lrs=(0.125, 0.05, 0.025), augment=False),
 }
+# Scellier et al. 2023's deep convolutional Hopfield network (DCHN) recipe at cifar10-small's
+# widths: the output layer inside the energy with a squared-error cost, odd/even sweeps
+# (60 free, 20 per nudged phase), centred EP, every layer padded (32 -> 16 -> 8 -> 4 -> 2).
+# Their network updates s <- clip(u, 0, 1) on E' = E / 2, so their numbers map onto this
+# model's clip(u/2, 0, 1): weights and biases x2 (init: PyTorch's default bounds x 2·gain on
+# the weights, biases unchanged, for their gains 0.4 0.7 0.6 0.3 0.4), beta x2 (their 0.1),
+# learning rates x4 (their 0.03 on every layer at batch 128; here batch 32, so x4 / 4 for the
+# same per-sample step), weight decay / 4 (their 2.5e-4), momentum 0.9, cosine to 2e-6.
+EP_PRESETS["cifar10-dchn"] = dict(_PAPER, channels=(16, 32, 64, 128), paddings=(1, 1, 1, 1),
+                                  cost="squared-error", solver="async", t1=60, t2=20, tol=1e-4,
+                                  beta=0.2, init_gains=(0.4, 0.7, 0.6, 0.3, 0.4), input_std_scale=1.0,
+                                  lrs=(0.03,) * 5, weight_decay=6.25e-5, lr_min=2e-6, epochs=12,
+                                  batch_size=32)
 # 28x28 MNIST: cifar10-small with a padded last layer (28 -> 14 -> 7 -> 3 -> 1 after pooling), no
 # crops or flips; not tuned.
 EP_PRESETS["mnist"] = dict(EP_PRESETS["cifar10-small"], dataset="mnist", paddings=(1, 1, 1, 1), augment=False)
@@ -140,11 +164,17 @@ class EPCNN(nn.Module):
         mean, std: per-channel pixel statistics for the internal normalisation
             ``(x − mean) / (std_scale · std)``.
         t1, solver, tol: inference settings used by :meth:`forward` (free phase).
+        cost: ``"cross-entropy"`` (readout outside the energy) or ``"squared-error"``
+            (a linear output layer inside it; see the module docstring).
+
+    Attributes:
+        state_shapes: per-sample shape of every free layer: the hidden layers
+            ``(c_l, h_l, w_l)``, then ``(K,)`` for the output layer when it is in the energy.
     """
 
     def __init__(self, image_shape=(3, 32, 32), num_classes=10, channels=(128, 256, 512, 512),
                  paddings=(1, 1, 1, 0), kernel_size=3, pool_size=2, mean=None, std=None,
-                 std_scale=EP_STD_SCALE, t1=250, solver="sync", tol=1e-4):
+                 std_scale=EP_STD_SCALE, t1=250, solver="sync", tol=1e-4, cost="cross-entropy"):
         super().__init__()
         channels, paddings = tuple(int(c) for c in channels), tuple(int(p) for p in paddings)
         if len(channels) == 0 or len(channels) != len(paddings):
@@ -152,6 +182,9 @@ class EPCNN(nn.Module):
                              f"and paddings {paddings}")
         if solver not in SOLVERS:
             raise EpsimError(f"unknown EP-CNN solver {solver!r}; choose from {', '.join(SOLVERS)}")
+        if cost not in COSTS:
+            raise EpsimError(f"unknown EP-CNN cost {cost!r}; choose from {', '.join(COSTS)}")
+        self.cost = cost
         c_in, h, w = (int(d) for d in image_shape)
         self.image_shape, self.num_classes = (c_in, h, w), int(num_classes)
         self.channels, self.paddings = channels, paddings
@@ -175,6 +208,8 @@ class EPCNN(nn.Module):
             self.state_shapes.append((c_out, h, w))
             c_in = c_out
         self.synapses.append(nn.Linear(c_in * h * w, self.num_classes))
+        if self.output_in_energy:
+            self.state_shapes.append((self.num_classes,))
         self.to(memory_format=torch.channels_last)   # NHWC convolutions are 2-3x faster on CPU
 
     # ----------------------------------------------------------------- basics
@@ -182,12 +217,18 @@ class EPCNN(nn.Module):
     def num_hidden(self) -> int:
         return len(self.channels)
 
+    @property
+    def output_in_energy(self) -> bool:
+        """True when the output layer is a free layer of the energy (squared-error cost)."""
+        return self.cost == "squared-error"
+
     def describe(self) -> dict:
         """Constructor arguments (JSON-friendly) that rebuild this architecture."""
         return {"image_shape": list(self.image_shape), "num_classes": self.num_classes,
                 "channels": list(self.channels), "paddings": list(self.paddings),
                 "kernel_size": self.kernel_size, "pool_size": self.pool_size,
-                "std_scale": self.std_scale, "t1": self.t1, "solver": self.solver, "tol": self.tol}
+                "std_scale": self.std_scale, "t1": self.t1, "solver": self.solver, "tol": self.tol,
+                "cost": self.cost}
 
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
         """``(B, C, H, W)`` pixels in [0, 1] → network input."""
@@ -197,12 +238,26 @@ class EPCNN(nn.Module):
         return (x - self.mean) / (self.std_scale * self.std)
 
     def init_state(self, batch: int, like: torch.Tensor) -> list:
-        """All-zero hidden state for ``batch`` samples (dtype/device of ``like``)."""
+        """All-zero state of every free layer for ``batch`` samples (dtype/device of ``like``)."""
         return [_cl(torch.zeros((batch,) + s, dtype=like.dtype, device=like.device)) for s in self.state_shapes]
 
     def readout(self, state: list) -> torch.Tensor:
-        """``(B, num_classes)`` logits of the linear readout from the last hidden layer."""
+        """``(B, num_classes)`` logits: the output layer when it is in the energy, else the
+        linear readout of the last hidden layer."""
+        if self.output_in_energy:
+            return state[-1]
         return self.synapses[-1](state[-1].flatten(1))
+
+    def loss(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """``(B,)`` cost of the logits: cross-entropy, or ``½‖logits − onehot(y)‖²``."""
+        if self.output_in_energy:
+            return 0.5 * (logits - F.one_hot(y, self.num_classes).to(logits.dtype)).pow(2).sum(1)
+        return F.cross_entropy(logits, y, reduction="none")
+
+    def activation(self, l: int, u: torch.Tensor) -> torch.Tensor:
+        """Free layer ``l``'s fixed-point map of its drive ``u = ∂(Φ − βℓ)/∂s_l``: the hard
+        sigmoid for hidden layers, ``u / 2`` for the linear output layer."""
+        return 0.5 * u if l == self.num_hidden else hard_sigmoid(u)
 
     # --------------------------------------------------------- energy pieces
     def _conv_pool(self, l: int, inp: torch.Tensor):
@@ -231,24 +286,46 @@ class EPCNN(nn.Module):
         for l in range(self.num_hidden):
             p, _, _ = self._conv_pool(l, layers[l])
             total = total + (p * layers[l + 1]).flatten(1).sum(1)
+        if self.output_in_energy:
+            total = total + (self.synapses[-1](state[-2].flatten(1)) * state[-1]).sum(1)
         if beta != 0.0:
-            total = total - beta * F.cross_entropy(self.readout(state), y, reduction="none")
+            total = total - beta * self.loss(self.readout(state), y)
         return total
 
     def phi_grad(self, xn: torch.Tensor, state: list, beta: float = 0.0, y=None) -> list:
-        """``∂(Φ − βℓ)/∂s_l`` for every hidden layer, in closed form (list of tensors)."""
+        """``∂(Φ − βℓ)/∂s_l`` for every free layer, in closed form (list of tensors)."""
         layers = [xn] + list(state)
         caches = [self._conv_pool(l, layers[l]) for l in range(self.num_hidden)]
-        return [self._drive(l, layers, caches, beta, y) for l in range(self.num_hidden)]
+        return [self._drive(l, layers, caches, beta, y) for l in range(len(state))]
 
     def _drive(self, l, layers, caches, beta, y):
-        """Pre-activation of hidden layer ``l`` (0-based) from its neighbours."""
+        """``∂(Φ − βℓ)/∂s_l`` of free layer ``l`` (0-based; ``layers[0]`` is the input) from
+        its neighbours; ``caches[k]`` is ``_conv_pool(k, layers[k])``."""
+        if l == self.num_hidden:          # the output layer (in the energy)
+            fc, o = self.synapses[-1], layers[l + 1]
+            u = fc(layers[l].flatten(1))
+            if beta != 0.0:
+                u = u - beta * (o - F.one_hot(y, self.num_classes).to(o.dtype))
+            return u
         u = caches[l][0]
         if l + 1 < self.num_hidden:
             u = u + self._top_down(l + 1, layers[l + 2], caches[l + 1])
+        elif self.output_in_energy:
+            u = u + (layers[l + 2] @ self.synapses[-1].weight).view_as(u)
         elif beta != 0.0:
             u = u + self._nudge(layers[l + 1], beta, y)
         return u
+
+    def _update(self, l, layers, caches, beta, y):
+        """New value of free layer ``l`` given its neighbours in ``layers``: the hard sigmoid
+        of its drive, or for the output layer the exact minimiser of the energy over it,
+        ``(W_fc s_L + b_fc + β onehot(y)) / (2 + β)``."""
+        if l == self.num_hidden:
+            u = self.synapses[-1](layers[l].flatten(1))
+            if beta != 0.0:
+                u = u + beta * F.one_hot(y, self.num_classes).to(u.dtype)
+            return u / (2.0 + beta)
+        return hard_sigmoid(self._drive(l, layers, caches, beta, y))
 
     # ------------------------------------------------------------ relaxation
     def relax(self, x: torch.Tensor, y=None, beta: float = 0.0, state=None, *, solver=None,
@@ -307,10 +384,10 @@ class EPCNN(nn.Module):
         return stops.finish(state, done_steps, tol)
 
     def _sync_step(self, xn, state, beta, y, c0):
-        """One synchronous update ``s ← σ(∂Φ/∂s)`` of every hidden layer from the old state."""
+        """One synchronous update ``s ← σ(∂Φ/∂s)`` of every free layer from the old state."""
         layers = [xn] + list(state)
         caches = [c0] + [self._conv_pool(l, layers[l]) for l in range(1, self.num_hidden)]
-        return [hard_sigmoid(self._drive(l, layers, caches, beta, y)) for l in range(self.num_hidden)]
+        return [self._update(l, layers, caches, beta, y) for l in range(len(state))]
 
     def _relax_async(self, xn, state, beta, y, max_sweeps, tol) -> Relaxation:
         """Odd/even sweeps; without autograd, each sample stops after the first sweep that moves
@@ -319,9 +396,10 @@ class EPCNN(nn.Module):
         one has converged or ``max_sweeps`` is reached."""
         n = self.num_hidden
         layers = [xn] + state
-        version = [0] * (n + 1)          # bumped whenever layers[i] changes
+        version = [0] * (len(layers))    # bumped whenever layers[i] changes
         caches, cache_version = [None] * n, [-1] * n   # conv_l(layers[l]) and the version it saw
-        parities = (range(0, n, 2), range(1, n, 2))    # hidden layers 1, 3, … then 2, 4, …
+        free = len(state)                # hidden layers, and the output layer if in the energy
+        parities = (range(0, free, 2), range(1, free, 2))    # free layers 1, 3, … then 2, 4, …
 
         def cache(l):
             if cache_version[l] != version[l]:
@@ -340,12 +418,8 @@ class EPCNN(nn.Module):
                 # drives first (they read the current state), then write.
                 drives = []
                 for l in group:
-                    u = cache(l)[0]
-                    if l + 1 < n:
-                        u = u + self._top_down(l + 1, layers[l + 2], cache(l + 1))
-                    elif beta != 0.0:
-                        u = u + self._nudge(layers[l + 1], beta, ya)
-                    drives.append((l, hard_sigmoid(u)))
+                    near = [cache(k) if k in (l, l + 1) and k < n else None for k in range(n)]
+                    drives.append((l, self._update(l, layers, near, beta, ya)))
                 for l, new in drives:
                     change = torch.maximum(change, (new - layers[l + 1]).detach().abs().flatten(1).amax(1))
                     layers[l + 1] = new
@@ -378,7 +452,10 @@ class EPCNN(nn.Module):
 
 
 def _cl(t: torch.Tensor) -> torch.Tensor:
-    """Channels-last copy of a 4-D tensor (2-3x faster convolutions on CPU)."""
+    """Channels-last copy of a 4-D tensor (2-3x faster convolutions on CPU); other
+    tensors (the ``(B, K)`` output layer) contiguous."""
+    if t.dim() != 4:
+        return t.contiguous()
     return t.contiguous(memory_format=torch.channels_last)
 
 
@@ -479,7 +556,7 @@ def ep_gradients(model: EPCNN, x, y, *, beta, t1, t2, solver=None, tol=None,
     with torch.no_grad():
         free = model.relax(xn, solver=solver, max_iter=t1, tol=tol, normalized=True)
         logits = model.readout(free.state)
-        loss = F.cross_entropy(logits, y, reduction="none")
+        loss = model.loss(logits, y)
         plus = model.relax(xn, y, beta, free.state, solver=solver, max_iter=t2, tol=tol, normalized=True)
         minus = model.relax(xn, y, -beta, free.state, solver=solver, max_iter=t2, tol=tol, normalized=True)
     used = free.converged & plus.converged & minus.converged if require_convergence \
@@ -494,18 +571,19 @@ def ep_gradients(model: EPCNN, x, y, *, beta, t1, t2, solver=None, tol=None,
     return EPStep(logits, loss, free, plus, minus, used)
 
 
-def bptt_gradients(model: EPCNN, x, y, *, steps) -> torch.Tensor:
-    """BPTT gradient of ``mean(ℓ)`` through ``steps`` synchronous free-phase steps, into ``p.grad``.
+def bptt_gradients(model: EPCNN, x, y, *, steps, solver="sync") -> torch.Tensor:
+    """BPTT gradient of ``mean(ℓ)`` through ``steps`` free-phase steps (``"sync"``) or
+    odd/even sweeps (``"async"``) from the zero state, into ``p.grad``.
 
     Returns the ``(B, classes)`` logits.  With enough steps for the dynamics to
-    converge this is the gradient of the loss at the free fixed point, which EP
-    estimates (the GDU property).
+    converge this is the gradient of the loss at the free fixed point that solver
+    reaches, which EP with the same solver estimates (the GDU property).
     """
     for p in model.parameters():
         p.grad = torch.zeros_like(p)
-    rel = model.relax(x, solver="sync", max_iter=steps)
+    rel = model.relax(x, solver=solver, max_iter=steps, tol=0.0)
     logits = model.readout(rel.state)
-    F.cross_entropy(logits, y).backward()
+    model.loss(logits, y).mean().backward()
     return logits.detach()
 
 
@@ -516,15 +594,26 @@ def build_ep_cnn(preset: dict, image_shape, num_classes, dataset_name=None) -> E
     synapse (Laborieux et al.'s ``--scale`` option; 1 = the paper's default init);
     ``input_std_scale`` is the factor on the pixel std in the input normalisation
     (the paper's 3 keeps inputs small; 1 is the usual normalisation).
+    ``init_gains`` (one per synapse) sets each synapse's initial weights to PyTorch's
+    default bounds times ``2·gain`` (Scellier et al.'s layer-wise weight gains in this
+    model's ``clip(u/2, 0, 1)`` convention); ``cost`` picks the readout (:data:`COSTS`).
     """
     mean = PIXEL_MEAN.get(dataset_name)
     std = PIXEL_STD.get(dataset_name)
     model = EPCNN(image_shape, num_classes, preset["channels"], preset["paddings"], mean=mean, std=std,
                   std_scale=preset.get("input_std_scale") or EP_STD_SCALE,
-                  t1=preset["t1"], solver=preset["solver"], tol=preset["tol"])
+                  t1=preset["t1"], solver=preset["solver"], tol=preset["tol"],
+                  cost=preset.get("cost") or "cross-entropy")
     scale = preset.get("init_scale")
-    if scale is not None and scale != 1.0:
-        with torch.no_grad():
+    gains = preset.get("init_gains")
+    if gains is not None and len(gains) != len(model.synapses):
+        raise EpsimError(f"init_gains needs one gain per synapse ({len(model.synapses)}: conv layers "
+                         f"and readout), got {len(gains)}")
+    with torch.no_grad():
+        if scale is not None and scale != 1.0:
             for p in model.parameters():
                 p.mul_(scale)
+        if gains is not None:
+            for synapse, gain in zip(model.synapses, gains):
+                synapse.weight.mul_(2.0 * float(gain))
     return model

@@ -33,13 +33,13 @@ import torch.nn.functional as F
 from ..distributed import DataParallel
 from ..errors import EpsimError
 from ..models.baselines import ADV_PRESETS, BP_PRESETS, VIT_PRESETS, build_baseline
-from ..models.ep_cnn import EP_PRESETS, SOLVERS, EPCNN, build_ep_cnn, ep_gradients
+from ..models.ep_cnn import COSTS, EP_PRESETS, SOLVERS, EPCNN, build_ep_cnn, ep_gradients
 from ..models.loading import (TORCH_MODELS, load_torch_model, model_from_arch,  # noqa: F401
                               pick_device, to_tensors as _to_tensors)
 from .run import Run, epoch_order, num_batches, progress_bar, show, summary_metrics
 
 PRESETS = {"ep-cnn": EP_PRESETS, "bp-cnn": BP_PRESETS, "adv-cnn": ADV_PRESETS, "vit": VIT_PRESETS}
-PRESET_NAMES = ("cifar10-paper", "cifar100-paper", "cifar10-small", "digits", "mnist")
+PRESET_NAMES = ("cifar10-paper", "cifar100-paper", "cifar10-small", "cifar10-dchn", "digits", "mnist")
 CROP_PADDING = 4
 # Random crops and flips keep the label of a natural 32x32 image; they do not keep an 8x8 or
 # 28x28 digit's (a 4-pixel crop cuts half of an 8x8 digit away; a flipped 2 is no 2).
@@ -77,6 +77,8 @@ class TorchTrainConfig:
     solver: str | None = None             # ep-cnn: "sync" | "async"
     tol: float | None = None              # ep-cnn: per-sample stop when no unit moves more
     init_scale: float | None = None       # ep-cnn: factor on the default initial weights
+    init_gains: tuple | None = None       # ep-cnn: per-synapse weight gains (× 2·gain on the default bounds)
+    cost: str | None = None               # ep-cnn: "cross-entropy" | "squared-error" (see COSTS)
     input_std_scale: float | None = None  # ep-cnn: input normalisation (x - mean) / (this * std)
     adv_norm: str | None = None           # adv-cnn: "l2" | "linf"
     adv_eps: float | None = None
@@ -117,6 +119,11 @@ class TorchTrainConfig:
                 (math.isfinite(self.beta) and self.beta > 0, "--beta must be a positive number"),
                 (self.solver in SOLVERS, f"--solver must be one of {', '.join(SOLVERS)}"),
                 (math.isfinite(self.tol) and self.tol >= 0, "--ep-tol must be a non-negative number"),
+                ((self.cost or "cross-entropy") in COSTS, f"--cost must be one of {', '.join(COSTS)}"),
+                (self.init_gains is None or len(self.init_gains) == n,
+                 f"--init-gains needs {n} values (one per conv layer and the readout)"),
+                (self.init_gains is None or all(math.isfinite(v) and v > 0 for v in self.init_gains),
+                 "--init-gains must be positive numbers"),
             ]
         else:
             checks.append((math.isfinite(self.lr) and self.lr > 0, "--lr must be a positive number"))
@@ -183,7 +190,7 @@ def resolve_config(model: str, preset: str | None = None, **overrides) -> TorchT
         values["augment"] = bool(values.get("augment")) and values.get("dataset") in AUGMENTED_DATASETS
     if model == "ep-cnn" and overrides.get("lr") is not None and overrides.get("lrs") is None:
         values["lrs"] = (overrides["lr"],) * (len(values["channels"]) + 1)
-    for key in ("channels", "paddings", "lrs"):
+    for key in ("channels", "paddings", "lrs", "init_gains"):
         if values.get(key) is not None:
             values[key] = tuple(values[key])
     if values.get("channels") is not None and values.get("paddings") is not None \
@@ -260,7 +267,7 @@ def augment_batch(x: torch.Tensor, gen: torch.Generator, padding: int = CROP_PAD
 @torch.no_grad()
 def evaluate(model, x: torch.Tensor, y: torch.Tensor, device, batch_size=256,
              dp: DataParallel | None = None) -> dict:
-    """Accuracy and mean cross-entropy with the model's inference settings.
+    """Accuracy and mean loss (cross-entropy; the EP-CNN's own cost) with the model's inference settings.
 
     For the EP-CNN also the number of test samples whose free phase missed the tolerance
     and the largest final residual. With a multi-process ``dp`` each rank evaluates a
@@ -280,7 +287,8 @@ def evaluate(model, x: torch.Tensor, y: torch.Tensor, device, batch_size=256,
         else:
             logits = model(xb)
         correct += int((logits.argmax(1) == yb).sum())
-        loss += float(F.cross_entropy(logits, yb, reduction="sum"))
+        cost = model.loss(logits, yb) if isinstance(model, EPCNN) else F.cross_entropy(logits, yb, reduction="none")
+        loss += float(cost.sum())
     if dp.active:
         correct, loss, unconverged, n = dp.sum([correct, loss, unconverged, n])
         correct, unconverged, n, worst = int(correct), int(unconverged), int(n), dp.max(worst)
@@ -354,7 +362,7 @@ def _average_gradients(model, n_local: int, dp: DataParallel) -> int:
 
 def _config_from_state(state: dict) -> TorchTrainConfig:
     values = dict(state["config"])
-    for key in ("channels", "paddings", "lrs"):
+    for key in ("channels", "paddings", "lrs", "init_gains"):
         if values.get(key) is not None:
             values[key] = tuple(values[key])
     return TorchTrainConfig(**values)
