@@ -7,7 +7,7 @@ import torch
 
 from epsim.data import Dataset
 from epsim.errors import EpsimError
-from epsim.gradcheck import gradient_check, small_model
+from epsim.gradcheck import gradient_check, per_image_check, pool_switches, small_model
 from epsim.models.ep_cnn import EP_PRESETS, EPCNN, SOLVERS, _max_change, ep_gradients, hard_sigmoid
 from epsim.training.software import (load_torch_model, resolve_config, train_step, train_torch,
                                   _generator)
@@ -191,9 +191,40 @@ def test_output_layer_in_the_energy_gdu_ep_gradient_matches_bptt():
         assert 0.99 < r["norm_ratio"] < 1.01, r
 
 
+def test_output_layer_in_the_energy_gdu_holds_for_the_odd_even_solver():
+    """The odd/even sweeps reach another stationary point than the synchronous loop; EP with
+    them estimates BPTT through the same sweeps."""
+    m = output_model(seed=2, channels=(6, 8), scale=2.0)
+    x, y = batch(8)
+    rows = gradient_check(m, x, y, beta=1e-3, solver="async")
+    for r in rows:
+        assert r["converged"] and r["cosine"] >= 0.999, r
+        assert 0.99 < r["norm_ratio"] < 1.01, r
+
+
+def test_per_image_check_reports_smooth_nudges_and_counts_pool_switches():
+    m = small_model((1, 8, 8), 10, (6, 8), seed=1, weight_scale=2.0)
+    g = torch.Generator().manual_seed(3)
+    x = torch.rand((3, 1, 8, 8), generator=g, dtype=torch.float64)
+    y = torch.randint(0, 10, (3,), generator=g)
+    rows = per_image_check(m, x, y, beta=1e-3)
+    assert [r["index"] for r in rows] == [0, 1, 2]
+    for r in rows:
+        assert r["converged"] and r["cosine"] >= 0.999 and 0.99 < r["norm_ratio"] < 1.01, r
+        assert 0 < r["shift_plus"] < 10 and 0 < r["shift_minus"] < 10, r    # |Δs| of order β
+    xn = m.normalize(x)
+    with torch.no_grad():
+        s = m.relax(x).state
+        other = [s[0], torch.rand(s[1].shape, generator=g, dtype=torch.float64)]
+        assert pool_switches(m, xn, s, s).tolist() == [0, 0, 0]
+        # the second conv pools conv(s_1): only a changed s_1 can move its windows' maxima
+        assert pool_switches(m, xn, s, [torch.rand(s[0].shape, generator=g, dtype=torch.float64), s[1]]).min() > 0
+        assert pool_switches(m, xn, s, other).tolist() == [0, 0, 0]
+
+
 def test_dchn_preset_builds_the_published_recipe_in_this_models_units():
     cfg = resolve_config("ep-cnn", "cifar10-dchn", dataset="cifar10")
-    assert (cfg.cost, cfg.solver, cfg.t1, cfg.t2, cfg.beta) == ("squared-error", "async", 60, 20, 0.2)
+    assert (cfg.cost, cfg.solver, cfg.t1, cfg.t2, cfg.beta, cfg.batch_size) == ("squared-error", "async", 60, 20, 0.2, 32)
     from dataclasses import asdict
     from epsim.models.ep_cnn import build_ep_cnn
 
