@@ -183,3 +183,18 @@ def test_max_iter_sets_an_ep_model_s_inference_budget_and_its_bptt_unroll(tmp_pa
         main(["--checkpoint", str(bp), "--attack", "pgd-l2", "--eps", "0.5", "--max-iter", "5",
               "--out", str(tmp_path / "r"), "--no-progress"])
     assert "\n" not in str(exc.value) and not (tmp_path / "r" / "robustness.json").exists()
+
+
+def test_the_unroll_follows_the_model_s_own_dynamics():
+    """An EP-CNN trained with odd/even sweeps (the DCHN preset's solver) is unrolled with them."""
+    torch.manual_seed(0)
+    m = EPCNN((1, 8, 8), 5, (4, 6), (1, 1), t1=60, solver="async", tol=1e-8, cost="squared-error").double()
+    adapter = TorchAdapter(m, (1, 8, 8), 5, name="ep-cnn-async")
+    x, y = own_labels(adapter, n=4)
+    got = adapter.unrolled_gradient(x, y, "ce", 3).grad
+    for solver, same in (("async", True), ("sync", False)):
+        xt = torch.as_tensor(x).requires_grad_(True)
+        with torch.enable_grad():
+            logits = m.readout(m.relax(xt, max_iter=3, tol=0.0, solver=solver).state)
+            torch.nn.functional.cross_entropy(logits, torch.as_tensor(y), reduction="sum").backward()
+        assert np.allclose(got, xt.grad.numpy(), atol=1e-12) == same

@@ -335,13 +335,14 @@ class TorchAdapter:
         return self._batched_gradient(x, y, loss, self.model, path)
 
     def unrolled_gradient(self, x, y, loss, n_steps) -> GradientResult:
-        """``dL/dx`` through ``n_steps`` synchronous steps of an EP model's dynamics from the zero
-        state (the seed's truncated unroll); a feed-forward model's ordinary gradient."""
+        """``dL/dx`` through ``n_steps`` steps of an EP model's own dynamics (synchronous steps,
+        or odd/even sweeps for a model whose solver is ``async``) from the zero state (the seed's
+        truncated unroll); a feed-forward model's ordinary gradient."""
         if not self.relaxes:
             return self.input_gradient(x, y, loss, "bptt")
 
         def unrolled(xb):
-            rel = self.model.relax(xb, solver="sync", max_iter=int(n_steps), tol=0.0)
+            rel = self.model.relax(xb, max_iter=int(n_steps), tol=0.0)
             return self.model.readout(rel.state)
 
         return self._batched_gradient(x, y, loss, unrolled, f"unroll-{int(n_steps)}")
