@@ -43,12 +43,12 @@ def _budget(text: str) -> tuple:
     return t1, t2
 
 
-def gradients(model, x, y, budget, beta, tol, solver="sync", as_trained=False) -> tuple:
+def gradients(model, x, y, budget, beta, tol, solver="sync", as_trained=False, nudge_tol=None) -> tuple:
     """(per-parameter EP gradients, fraction of free phases converged, of nudged phases, the
     ``(B,)`` bool mask of the samples the gradients average over: every sample, or with
     ``as_trained`` those the trainer keeps for ``solver``)."""
     step = ep_gradients(model, x, y, beta=beta, t1=budget[0], t2=budget[1], solver=solver, tol=tol,
-                        require_convergence=None if as_trained else False)
+                        nudge_tol=nudge_tol, require_convergence=None if as_trained else False)
     nudged = torch.cat([step.plus.converged, step.minus.converged]).float().mean()
     return ([p.grad.detach().clone() for p in model.parameters()], float(step.free.converged.float().mean()),
             float(nudged), step.used.bool())
@@ -68,6 +68,8 @@ def main(argv=None) -> int:
     p.add_argument("--beta", type=float, default=0.5, help="nudging strength of the ±beta phases (default: 0.5)")
     p.add_argument("--tol", type=float, default=1e-6,
                    help="per-sample stop of the budgets' relaxations, e.g. the preset's (default: 1e-6)")
+    p.add_argument("--nudge-tol", type=float, default=None,
+                   help="per-sample stop of the budgets' nudged phases, e.g. the preset's (default: --tol)")
     p.add_argument("--reference-tol", type=float, default=None,
                    help="per-sample stop of the reference's relaxations (default: --tol)")
     p.add_argument("--min-cosine", type=float, default=0.99,
@@ -85,8 +87,10 @@ def main(argv=None) -> int:
             raise EpsimError("--batch and --threads must be at least 1")
         if args.reference_tol is None:
             args.reference_tol = args.tol
-        if not args.beta > 0 or not args.tol >= 0 or not args.reference_tol >= 0:
-            raise EpsimError("--beta must be positive, --tol and --reference-tol non-negative")
+        if args.nudge_tol is None:
+            args.nudge_tol = args.tol
+        if not args.beta > 0 or not args.tol >= 0 or not args.reference_tol >= 0 or not args.nudge_tol >= 0:
+            raise EpsimError("--beta must be positive, --tol, --nudge-tol and --reference-tol non-negative")
         if not -1.0 <= args.min_cosine <= 1.0:
             raise EpsimError("--min-cosine must be between -1 and 1")
         if args.out is not None and (Path(args.out).is_dir() or not Path(args.out).parent.is_dir()):
@@ -106,18 +110,18 @@ def main(argv=None) -> int:
     ref, free_ok, nudged_ok, _ = gradients(model, x, y, args.reference, args.beta, args.reference_tol, args.solver)
     print(f"{args.checkpoint}: {args.batch} training images, reference T1:T2 = "
           f"{args.reference[0]}:{args.reference[1]} ({args.solver}; {free_ok:.0%} of free, {nudged_ok:.0%} of nudged phases "
-          f"converged to {args.reference_tol:g}); budgets stop at {args.tol:g}; cosine with the reference EP gradient"
+          f"converged to {args.reference_tol:g}); budgets stop at {args.tol:g} (nudged phases {args.nudge_tol:g}); cosine with the reference EP gradient"
           + (" on the samples each update uses" if args.as_trained else ""))
     print(f"{'T1:T2':<9}" + " ".join(f"{n:>18}" for n in names)
           + f"{'free conv.':>12}{'nudged conv.':>14}{'used':>6}  cos>={args.min_cosine:g}")
     report = {"checkpoint": str(args.checkpoint), "solver": args.solver, "batch": args.batch, "beta": args.beta,
-              "as_trained": args.as_trained, "min_cosine": args.min_cosine, "tol": args.tol,
+              "as_trained": args.as_trained, "min_cosine": args.min_cosine, "tol": args.tol, "nudge_tol": args.nudge_tol,
               "reference": {"t1": args.reference[0], "t2": args.reference[1], "tol": args.reference_tol,
                             "free_converged": free_ok, "nudged_converged": nudged_ok},
               "budgets": []}
     for budget in args.budgets:
         g, free_ok, nudged_ok, used = gradients(model, x, y, budget, args.beta, args.tol, args.solver,
-                                                args.as_trained)
+                                                args.as_trained, args.nudge_tol)
         if not bool(used.any()):
             cos = [float("nan")] * len(g)
         else:

@@ -34,7 +34,7 @@ SHARED_OPTIONS = frozenset({
     "batch_size", "lr", "momentum", "lr_schedule", "beta", "seed", "threads", "out", "resume",
     "checkpoint_interval", "no_progress"})
 TORCH_OPTIONS = frozenset({
-    "preset", "device", "channels", "paddings", "lrs", "weight_decay", "t1", "t2", "solver", "ep_tol",
+    "preset", "device", "channels", "paddings", "lrs", "weight_decay", "t1", "t2", "solver", "ep_tol", "ep_nudge_tol",
     "init_scale", "init_gains", "cost", "input_std_scale", "adv_norm", "adv_eps", "adv_steps", "adv_step_size", "embed_dim",
     "depth", "heads", "no_augment", "time_limit", "stop_at_accuracy", "val_subset", "val_every"})
 TORCH_GROUP = "torch models (--model ep-cnn | bp-cnn | adv-cnn | vit, --backend torch)"
@@ -189,6 +189,9 @@ def _add_torch_options(g) -> None:
     g.add_argument("--ep-tol", type=float, default=None,
                    help="ep-cnn: a sample's relaxation stops when no unit moves more than this "
                         "in a step (0: never before T1/T2)" + _PRESET)
+    g.add_argument("--ep-nudge-tol", type=float, default=None,
+                   help="ep-cnn: the same stop for the nudged phases (default: the preset's, else --ep-tol); "
+                        "smaller keeps the lower layers' small response to the nudge" + _PRESET)
     g.add_argument("--init-scale", type=float, default=None,
                    help="ep-cnn: multiply the default initial weights and biases" + _PRESET)
     add_list(g, "--init-gains", item=float, default=None, metavar="G",
@@ -232,9 +235,9 @@ CIRCUIT_CONFIG_OPTIONS = ("dataset", "arch", "backend", "diode", "rail_offset", 
                           "lr_decay", "init", "weight_gain", "beta", "seed", "train_subset",
                           "test_subset")
 # TorchTrainConfig field of each torch option whose name differs from the field's
-TORCH_CONFIG_FIELDS = {"lr_schedule": "schedule", "ep_tol": "tol"}
+TORCH_CONFIG_FIELDS = {"lr_schedule": "schedule", "ep_tol": "tol", "ep_nudge_tol": "nudge_tol"}
 TORCH_CONFIG_OPTIONS = ("dataset", "epochs", "batch_size", "lr", "lrs", "momentum", "weight_decay", "lr_schedule",
-                        "channels", "paddings", "t1", "t2", "beta", "solver", "ep_tol", "init_scale",
+                        "channels", "paddings", "t1", "t2", "beta", "solver", "ep_tol", "ep_nudge_tol", "init_scale",
                         "init_gains", "cost", "input_std_scale", "adv_norm", "adv_eps", "adv_steps", "adv_step_size", "embed_dim",
                         "depth", "heads", "stop_at_accuracy", "val_subset", "val_every")
 

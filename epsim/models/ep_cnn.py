@@ -110,8 +110,11 @@ EP_PRESETS = {
 # leave the top layer almost silent (mean activity 0.007) and their rates stayed at chance for
 # 3 epochs of 5,000 images; gains 0.6 0.8 0.8 0.8 0.6 with cifar10-paper's layer-rate profile
 # doubled learned (37 % after 2 such epochs; higher rates on the lower layers silenced them).
+# Nudged phases stop at 1e-5: stopped at the free phase's 1e-4 their lower layers' response to
+# the nudge is truncated (conv 1's update at cosine 0.955 with the converged EP gradient after
+# one epoch, analysis/ep_budget.py; 1.000 at 1e-5).
 EP_PRESETS["cifar10-dchn"] = dict(_PAPER, channels=(16, 32, 64, 128), paddings=(1, 1, 1, 1),
-                                  cost="squared-error", solver="async", t1=60, t2=20, tol=1e-4,
+                                  cost="squared-error", solver="async", t1=60, t2=20, tol=1e-4, nudge_tol=1e-5,
                                   beta=0.2, init_gains=(0.6, 0.8, 0.8, 0.8, 0.6), input_std_scale=1.0,
                                   lrs=(0.5, 0.3, 0.2, 0.16, 0.1), weight_decay=6.25e-5, lr_min=2e-6,
                                   epochs=6, batch_size=32)
@@ -539,7 +542,7 @@ class EPStep:
                    for r in (self.free, self.plus, self.minus))
 
 
-def ep_gradients(model: EPCNN, x, y, *, beta, t1, t2, solver=None, tol=None,
+def ep_gradients(model: EPCNN, x, y, *, beta, t1, t2, solver=None, tol=None, nudge_tol=None,
                  require_convergence=None) -> EPStep:
     """Symmetric-nudging EP estimate of ``∇θ mean(ℓ)``, written into ``p.grad``.
 
@@ -547,12 +550,17 @@ def ep_gradients(model: EPCNN, x, y, *, beta, t1, t2, solver=None, tol=None,
     (``t2`` each) from the free fixed point; ``p.grad = −[∂Φ/∂θ(s⁺,+β) − ∂Φ/∂θ(s⁻,−β)]/(2β)``
     averaged over the samples used.
 
+    ``tol`` stops each sample's free phase, ``nudge_tol`` (default: ``tol``) its nudged
+    phases: the nudge moves the lower layers by much less than the upper ones, and a nudged
+    phase stopped on the free phase's absolute tolerance leaves their response truncated.
+
     ``require_convergence`` (default: True for the async solver, whose stop is a
     convergence test; False for the published fixed-T sync loop) drops samples whose
     three phases did not all reach ``tol`` from the average.
     """
     solver = model.solver if solver is None else solver
     tol = model.tol if tol is None else float(tol)
+    nudge_tol = tol if nudge_tol is None else float(nudge_tol)
     if require_convergence is None:
         require_convergence = solver == "async"
     xn = model.normalize(x)
@@ -560,8 +568,8 @@ def ep_gradients(model: EPCNN, x, y, *, beta, t1, t2, solver=None, tol=None,
         free = model.relax(xn, solver=solver, max_iter=t1, tol=tol, normalized=True)
         logits = model.readout(free.state)
         loss = model.loss(logits, y)
-        plus = model.relax(xn, y, beta, free.state, solver=solver, max_iter=t2, tol=tol, normalized=True)
-        minus = model.relax(xn, y, -beta, free.state, solver=solver, max_iter=t2, tol=tol, normalized=True)
+        plus = model.relax(xn, y, beta, free.state, solver=solver, max_iter=t2, tol=nudge_tol, normalized=True)
+        minus = model.relax(xn, y, -beta, free.state, solver=solver, max_iter=t2, tol=nudge_tol, normalized=True)
     used = free.converged & plus.converged & minus.converged if require_convergence \
         else torch.ones_like(free.converged)
     for p in model.parameters():

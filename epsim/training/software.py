@@ -76,6 +76,7 @@ class TorchTrainConfig:
     beta: float | None = None
     solver: str | None = None             # ep-cnn: "sync" | "async"
     tol: float | None = None              # ep-cnn: per-sample stop when no unit moves more
+    nudge_tol: float | None = None        # ep-cnn: the same for the nudged phases (None: tol)
     init_scale: float | None = None       # ep-cnn: factor on the default initial weights
     init_gains: tuple | None = None       # ep-cnn: per-synapse weight gains (× 2·gain on the default bounds)
     cost: str | None = None               # ep-cnn: "cross-entropy" | "squared-error" (see COSTS)
@@ -119,6 +120,8 @@ class TorchTrainConfig:
                 (math.isfinite(self.beta) and self.beta > 0, "--beta must be a positive number"),
                 (self.solver in SOLVERS, f"--solver must be one of {', '.join(SOLVERS)}"),
                 (math.isfinite(self.tol) and self.tol >= 0, "--ep-tol must be a non-negative number"),
+                (self.nudge_tol is None or (math.isfinite(self.nudge_tol) and self.nudge_tol >= 0),
+                 "--ep-nudge-tol must be a non-negative number"),
                 ((self.cost or "cross-entropy") in COSTS, f"--cost must be one of {', '.join(COSTS)}"),
                 (self.init_gains is None or len(self.init_gains) == n,
                  f"--init-gains needs {n} values (one per conv layer and the readout)"),
@@ -322,7 +325,7 @@ def train_step(model, optimizer, config: TorchTrainConfig, xb, yb, gen, dp: Data
     if config.model == "ep-cnn":
         model.train()
         step = ep_gradients(model, xb, yb, beta=config.beta, t1=config.t1, t2=config.t2,
-                            solver=config.solver, tol=config.tol)
+                            solver=config.solver, tol=config.tol, nudge_tol=config.nudge_tol)
         if _average_gradients(model, int(step.used.sum()), dp) > 0:
             optimizer.step()
         logits, loss = step.logits, step.loss.sum()
