@@ -222,6 +222,29 @@ def test_per_image_check_reports_smooth_nudges_and_counts_pool_switches():
         assert pool_switches(m, xn, s, other).tolist() == [0, 0, 0]
 
 
+@pytest.mark.parametrize("solver", SOLVERS)
+def test_nudged_phases_stop_on_their_own_tolerance(solver):
+    """A loose free-phase stop with a tight nudged-phase stop: the nudged phases run on until
+    their own tolerance, and with it the EP update approaches the converged one."""
+    m = output_model(scale=1.0)
+    x, y = batch(8)
+    loose = ep_gradients(m, x, y, beta=0.2, t1=400, t2=400, solver=solver, tol=1e-3, require_convergence=False)
+    g_loose = [p.grad.clone() for p in m.parameters()]
+    tight = ep_gradients(m, x, y, beta=0.2, t1=400, t2=400, solver=solver, tol=1e-3, nudge_tol=1e-12,
+                         require_convergence=False)
+    g_tight = [p.grad.clone() for p in m.parameters()]
+    assert float(loose.plus.residual.max()) > 1e-12 and (loose.plus.residual <= 1e-3).all()
+    assert (tight.plus.residual <= 1e-12).all() and (tight.minus.residual <= 1e-12).all()
+    assert tight.plus.sample_steps.float().mean() > loose.plus.sample_steps.float().mean()
+    assert torch.equal(tight.free.residual, loose.free.residual)        # the free phase is unchanged
+    ep_gradients(m, x, y, beta=0.2, t1=400, t2=400, solver=solver, tol=1e-12, require_convergence=False)
+    ref = [p.grad.clone() for p in m.parameters()]
+    err = lambda g: sum(float((a - b).norm()) for a, b in zip(g, ref))   # noqa: E731
+    assert err(g_tight) < err(g_loose)
+    with pytest.raises(EpsimError, match="--ep-nudge-tol"):
+        resolve_config("ep-cnn", "cifar10-dchn", nudge_tol=-1.0)
+
+
 def test_dchn_preset_builds_the_published_recipe_in_this_models_units():
     cfg = resolve_config("ep-cnn", "cifar10-dchn", dataset="cifar10")
     assert (cfg.cost, cfg.solver, cfg.t1, cfg.t2, cfg.beta, cfg.batch_size) == ("squared-error", "async", 60, 20, 0.2, 32)
