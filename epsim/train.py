@@ -190,7 +190,7 @@ def _add_torch_options(g) -> None:
                    help="ep-cnn: a sample's relaxation stops when no unit moves more than this "
                         "in a step (0: never before T1/T2)" + _PRESET)
     g.add_argument("--ep-nudge-tol", type=float, default=None,
-                   help="ep-cnn: the same stop for the nudged phases (default: the preset's, else --ep-tol); "
+                   help="ep-cnn: the same stop for the nudged phases (a preset without one uses --ep-tol); "
                         "smaller keeps the lower layers' small response to the nudge" + _PRESET)
     g.add_argument("--init-scale", type=float, default=None,
                    help="ep-cnn: multiply the default initial weights and biases" + _PRESET)
