@@ -79,7 +79,8 @@ def test_the_reference_can_stop_tighter_than_the_budgets(checkpoint, capsys, tmp
     printed = next(line.split()[1:] for line in out.splitlines() if line.startswith("300:150 "))
     assert [f"{c:.3f}" for c in b["cosine"].values()] == printed[:6]
     assert b["passes"] == (printed[9] == "pass")
-    assert "converged to 1e-09); budgets stop at 0.5;" in out
+    assert "converged to 1e-09); budgets stop at 0.5 (nudged phases 0.5);" in out
+    assert report["nudge_tol"] == 0.5             # without --nudge-tol, the nudged phases stop at --tol
     row = next(line.split()[1:] for line in out.splitlines() if line.startswith("300:150 "))
     # a stop at 0.5 leaves the phases after a sweep or two: not the reference's gradient
     assert min(float(c) for c in row[:6]) < 0.999
