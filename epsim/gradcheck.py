@@ -33,6 +33,25 @@ def _flat_grads(model: EPCNN) -> list:
     return [torch.cat([p.grad.detach().flatten().clone() for p in group]) for group in model.param_groups()]
 
 
+def _ep_and_bptt(model: EPCNN, x, y, *, beta, max_iter, tol, solver, bptt_steps=None):
+    """The EP estimate (converged phases of ``max_iter`` at most) and the BPTT gradient through
+    ``bptt_steps`` steps (default: the free phase's, plus 50), per synapse:
+    ``(ep step, EP grads, BPTT grads, BPTT steps, every phase converged)``."""
+    step = ep_gradients(model, x, y, beta=beta, t1=max_iter, t2=max_iter, solver=solver, tol=tol,
+                        require_convergence=False)
+    converged = bool(step.free.converged.all() and step.plus.converged.all() and step.minus.converged.all())
+    g_ep = _flat_grads(model)
+    steps = bptt_steps if bptt_steps is not None else int(step.free.iterations) + 50
+    bptt_gradients(model, x, y, steps=steps, solver=solver)
+    return step, g_ep, _flat_grads(model), steps, converged
+
+
+def _agreement(a: torch.Tensor, b: torch.Tensor) -> dict:
+    """Cosine and norm ratio ``|a| / |b|`` of two flat gradients."""
+    return {"cosine": float(torch.dot(a, b) / (a.norm() * b.norm()).clamp_min(1e-300)),
+            "norm_ratio": float(a.norm() / b.norm().clamp_min(1e-300))}
+
+
 def gradient_check(model: EPCNN, x: torch.Tensor, y: torch.Tensor, *, beta=1e-3, max_iter=2000,
               tol=1e-13, bptt_steps=None, solver="sync") -> list:
     """Compare EP and BPTT gradients layer by layer.
@@ -50,22 +69,13 @@ def gradient_check(model: EPCNN, x: torch.Tensor, y: torch.Tensor, *, beta=1e-3,
     Raises:
         EpsimError: a phase did not converge within ``max_iter``.
     """
-    step = ep_gradients(model, x, y, beta=beta, t1=max_iter, t2=max_iter, solver=solver, tol=tol,
-                        require_convergence=False)
-    converged = bool(step.free.converged.all() and step.plus.converged.all() and step.minus.converged.all())
+    step, g_ep, g_bptt, steps, converged = _ep_and_bptt(model, x, y, beta=beta, max_iter=max_iter, tol=tol,
+                                                        solver=solver, bptt_steps=bptt_steps)
     if not converged:
         raise EpsimError(f"the EP phases did not converge to {tol:g} within {max_iter} steps; "
                          "raise --max-iter or loosen --tol")
-    g_ep = _flat_grads(model)
-    steps = bptt_steps if bptt_steps is not None else int(step.free.iterations) + 50
-    bptt_gradients(model, x, y, steps=steps, solver=solver)
-    g_bptt = _flat_grads(model)
-    rows = []
-    for name, a, b in zip(layer_names(model), g_ep, g_bptt):
-        cos = float(torch.dot(a, b) / (a.norm() * b.norm()).clamp_min(1e-300))
-        rows.append({"layer": name, "cosine": cos, "norm_ratio": float(a.norm() / b.norm().clamp_min(1e-300)),
-                     "free_steps": int(step.free.iterations), "bptt_steps": steps, "converged": converged})
-    return rows
+    return [{"layer": name, **_agreement(a, b), "free_steps": int(step.free.iterations), "bptt_steps": steps,
+             "converged": converged} for name, a, b in zip(layer_names(model), g_ep, g_bptt)]
 
 
 def pool_switches(model: EPCNN, xn: torch.Tensor, state_a: list, state_b: list) -> torch.Tensor:
@@ -94,21 +104,16 @@ def per_image_check(model: EPCNN, x: torch.Tensor, y: torch.Tensor, *, beta=1e-3
     rows = []
     for i in range(len(y)):
         xi, yi = x[i:i + 1], y[i:i + 1]
-        step = ep_gradients(model, xi, yi, beta=beta, t1=max_iter, t2=max_iter, solver=solver, tol=tol,
-                            require_convergence=False)
-        g_ep = torch.cat(_flat_grads(model))
-        converged = bool(step.free.converged.all() and step.plus.converged.all() and step.minus.converged.all())
-        bptt_gradients(model, xi, yi, steps=int(step.free.iterations) + 50, solver=solver)
-        g_bptt = torch.cat(_flat_grads(model))
+        step, g_ep, g_bptt, _, converged = _ep_and_bptt(model, xi, yi, beta=beta, max_iter=max_iter, tol=tol,
+                                                        solver=solver)
         xn = model.normalize(xi)
         with torch.no_grad():
             plus = int(pool_switches(model, xn, step.free.state, step.plus.state)[0])
             minus = int(pool_switches(model, xn, step.free.state, step.minus.state)[0])
             shifts = [float(_max_change(r.state, step.free.state)[0]) / beta for r in (step.plus, step.minus)]
-        cos = float(torch.dot(g_ep, g_bptt) / (g_ep.norm() * g_bptt.norm()).clamp_min(1e-300))
-        rows.append({"index": i, "cosine": cos, "norm_ratio": float(g_ep.norm() / g_bptt.norm().clamp_min(1e-300)),
-                     "switches_plus": plus, "switches_minus": minus, "shift_plus": shifts[0],
-                     "shift_minus": shifts[1], "converged": converged})
+        rows.append({"index": i, **_agreement(torch.cat(g_ep), torch.cat(g_bptt)), "switches_plus": plus,
+                     "switches_minus": minus, "shift_plus": shifts[0], "shift_minus": shifts[1],
+                     "converged": converged})
     return rows
 
 

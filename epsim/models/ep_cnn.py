@@ -412,6 +412,8 @@ class EPCNN(nn.Module):
                 caches[l], cache_version[l] = self._conv_pool(l, layers[l]), version[l]
             return caches[l]
 
+        lazy = _OnDemand(cache)          # a drive computes only the convolutions it reads
+
         per_sample = not torch.is_grad_enabled()
         stops = _SampleStops(state, max_sweeps) if per_sample else None
         res = torch.full((xn.shape[0],), float("inf"), dtype=xn.dtype, device=xn.device)
@@ -424,8 +426,7 @@ class EPCNN(nn.Module):
                 # drives first (they read the current state), then write.
                 drives = []
                 for l in group:
-                    near = [cache(k) if k in (l, l + 1) and k < n else None for k in range(n)]
-                    drives.append((l, self._update(l, layers, near, beta, ya)))
+                    drives.append((l, self._update(l, layers, lazy, beta, ya)))
                 for l, new in drives:
                     change = torch.maximum(change, (new - layers[l + 1]).detach().abs().flatten(1).amax(1))
                     layers[l + 1] = new
@@ -455,6 +456,16 @@ class EPCNN(nn.Module):
     def param_groups(self) -> list:
         """One list of parameters per synapse (conv 1…L, then the readout), for layer-wise lrs."""
         return [list(m.parameters()) for m in self.synapses]
+
+
+class _OnDemand:
+    """``self[k]`` is ``fn(k)``: a list whose items are computed when read."""
+
+    def __init__(self, fn):
+        self.fn = fn
+
+    def __getitem__(self, k):
+        return self.fn(k)
 
 
 def _cl(t: torch.Tensor) -> torch.Tensor:

@@ -285,12 +285,13 @@ def evaluate(model, x: torch.Tensor, y: torch.Tensor, device, batch_size=256,
         if isinstance(model, EPCNN):
             rel = model.relax(xb)
             logits = model.readout(rel.state)
+            cost = model.loss(logits, yb)
             unconverged += int((~rel.converged).sum())
             worst = max(worst, float(rel.residual.max()))
         else:
             logits = model(xb)
+            cost = F.cross_entropy(logits, yb, reduction="none")
         correct += int((logits.argmax(1) == yb).sum())
-        cost = model.loss(logits, yb) if isinstance(model, EPCNN) else F.cross_entropy(logits, yb, reduction="none")
         loss += float(cost.sum())
     if dp.active:
         correct, loss, unconverged, n = dp.sum([correct, loss, unconverged, n])
