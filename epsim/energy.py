@@ -9,7 +9,8 @@ deliver at equilibrium (``static_power``). Per training step: the same for the f
 and for the ``+beta`` and ``-beta`` nudged phases, each started from the free state, plus
 the conductance update: programming pulses ``|dG| / dG_pulse`` (``dG_pulse = (Gmax -
 Gmin) / --levels``, the expected count under stochastic rounding) times ``--pulse-energy``
-for one SGD step at the run's base learning rates on its first batch of test images,
+for the first step of the run's optimizer (SGD: ``lr * g``; Adam: about ``lr`` for each
+nonzero gradient entry) at its base learning rates on its first batch of test images,
 shared by the batch's images. A digital estimate beside it: the network's
 multiply-accumulates per feed-forward inference times a published energy per MAC
 (Horowitz, "Computing's energy problem", ISSCC 2014, 45 nm: 32-bit float multiply 3.7 pJ
@@ -167,23 +168,23 @@ def _recorded_config(state) -> SimpleNamespace:
     result serves :func:`~epsim.solvers.factory.make_solver` as it is)."""
     from .solvers.factory import SolverConfig
 
-    recorded = {**asdict(SolverConfig()), "target_high_V": 1.0, "lr_bias": None, "lr_layers": None,
+    recorded = {**asdict(SolverConfig()), "target_high_V": 1.0, "lr_bias": None, "lr_layers": None, "optimizer": "sgd",
                 **state["config"]}
     return SimpleNamespace(**recorded)
 
 
 def _update_energy_J(net, config, solver, x, labels, args) -> dict:
-    """Programming pulses and energy of one SGD step on the batch ``(x, labels)``."""
+    """Programming pulses and energy of the first update of the run's optimizer on the batch
+    ``(x, labels)``."""
     from .learning.ep import centered_ep
-    from .learning.optim import layer_learning_rates
+    from .learning.optim import make_optimizer
 
     res = centered_ep(net, solver, x, labels, config.beta, target_high_V=config.target_high_V)
-    lr_w, _ = layer_learning_rates(config, net)
-    lr_w = np.broadcast_to(np.asarray(lr_w, float), (net.num_layers,))
+    opt = make_optimizer(config, net)
     lo, hi = net.w_bounds
     step = (hi - lo) / args.levels
     # expected pulse count (stochastic rounding of |dG| / dG_pulse), at the run's base learning rates
-    pulses = float(sum(np.sum(np.abs(lr * np.asarray(g)) / step) for lr, g in zip(lr_w, res.grad_w)))
+    pulses = float(sum(np.sum(np.abs(opt.first_step(l, g)) / step) for l, g in enumerate(res.grad_w)))
     return {"pulses": pulses, "energy_J": pulses * args.pulse_energy, "batch": len(labels)}
 
 

@@ -23,6 +23,7 @@ from .models.loading import TORCH_MODELS  # noqa: E402
 from .models.registry import CIRCUIT_MODELS  # noqa: E402
 from .models.resistive import UNIT_POLARITIES  # noqa: E402
 from .solvers import BACKENDS  # noqa: E402
+from .learning.optim import OPTIMIZERS  # noqa: E402
 from .training import CHECKPOINT_NAME, LR_SCHEDULES, TrainConfig, preset_config, train  # noqa: E402
 from .training.software import PRESET_NAMES, resolve_config, train_torch  # noqa: E402
 
@@ -150,6 +151,10 @@ def _add_training_options(g, d: TrainConfig) -> None:
              help="per-layer multipliers of --lr and --lr-bias, one per layer of conductances "
                   "(input side first), e.g. 3 1 for the cnn on CIFAR-10 (default: all 1)")
     g.add_argument("--momentum", type=float, default=d.momentum, help="heavy-ball momentum (0: plain SGD)")
+    g.add_argument("--optimizer", default=d.optimizer, choices=OPTIMIZERS,
+                   help="circuit models: update rule of the conductances and biases: sgd (heavy-ball, "
+                        "--momentum) or adam (per-device running averages of the EP gradient and its "
+                        "square, 0.9 / 0.999; each parameter moves by about --lr per step)")
     g.add_argument("--lr-schedule", default=d.lr_schedule, choices=LR_SCHEDULES,
                    help="per-epoch learning-rate schedule: cosine decay to 0 over --epochs, "
                         "constant, or exponential (x --lr-decay per epoch)")
@@ -231,7 +236,7 @@ CONFIG_FIELDS = {"input_gain": "input_gain_V", "rail_offset": "rail_offset_V", "
 CIRCUIT_CONFIG_OPTIONS = ("dataset", "arch", "backend", "diode", "rail_offset", "input_gain", "input_center", "amp_gain",
                           "differential", "unit_polarity", "g_max", "g_min", "tol",
                           "nudge_rtol", "max_iter", "device_model", "wire_resistance", "epochs",
-                          "batch_size", "lr", "lr_bias", "lr_layers", "momentum", "lr_schedule",
+                          "batch_size", "lr", "lr_bias", "lr_layers", "momentum", "optimizer", "lr_schedule",
                           "lr_decay", "init", "weight_gain", "beta", "seed", "train_subset",
                           "test_subset")
 # TorchTrainConfig field of each torch option whose name differs from the field's
@@ -263,6 +268,8 @@ def train_circuit_model(args, given: set) -> dict:
     config = preset_config(args.model, **{CONFIG_FIELDS.get(k, k): getattr(args, k)
                                           for k in CIRCUIT_CONFIG_OPTIONS if k in given})
     config.validate()
+    if config.optimizer != "sgd" and "momentum" in given:
+        raise EpsimError(f"--momentum applies to --optimizer sgd, not {config.optimizer}")
     check_run_options(args)
     dataset = load_dataset(args.dataset, args.data_dir or default_data_dir(), download=args.download,
                            train_subset=args.train_subset, test_subset=args.test_subset, seed=args.seed)

@@ -108,13 +108,14 @@ def test_dead_units_are_counted_per_hidden_layer(digits):
     assert pinned == float(1.0 - active.any(axis=0).mean()) > dead[0]
 
 
-@pytest.mark.parametrize("stop_after", [3, 15, 20])
-def test_interrupted_run_resumes_to_identical_result(tmp_path, digits, stop_after):
-    full = train(config(), digits, tmp_path / "full", progress=False, log=lambda *_: None)
+@pytest.mark.parametrize("stop_after,optimizer", [(3, "sgd"), (15, "sgd"), (20, "sgd"), (15, "adam")])
+def test_interrupted_run_resumes_to_identical_result(tmp_path, digits, stop_after, optimizer):
+    cfg = config(optimizer=optimizer, lr=0.1 if optimizer == "sgd" else 0.005)
+    full = train(cfg, digits, tmp_path / "full", progress=False, log=lambda *_: None)
     part = tmp_path / "part"
-    assert train(config(), digits, part, progress=False, stop_after_batches=stop_after,
+    assert train(cfg, digits, part, progress=False, stop_after_batches=stop_after,
                  log=lambda *_: None) == {"interrupted": True}
-    resumed = train(config(), digits, part, resume=True, progress=False, log=lambda *_: None)
+    resumed = train(cfg, digits, part, resume=True, progress=False, log=lambda *_: None)
     net_full, _ = params_of(tmp_path / "full")
     net_part, _ = params_of(part)
     for a, b in zip(net_full.w + net_full.b, net_part.w + net_part.b):
@@ -210,6 +211,8 @@ def assert_one_line_error(result, pattern):
     (["--resume"], "--out"),
     (["--lr-layers", "1", "1", "1"], "--lr-layers needs 2 values"),
     (["--lr-layers", "1", "-1"], "--lr-layers"),
+    (["--optimizer", "adam", "--momentum", "0.5"], "--momentum applies to --optimizer sgd"),
+    (["--optimizer", "rmsprop"], "--optimizer"),
 ])
 def test_cli_user_errors_are_one_line(args, pattern, tmp_path):
     assert_one_line_error(run_cli(*args, cwd=tmp_path), pattern)
@@ -284,3 +287,40 @@ def test_sgd_step_moves_every_layer_by_lr_times_gradient(digits, factored):
         np.testing.assert_allclose(net.w[l], np.clip(w0[l] - lrs[l] * dense[l], lo, hi), rtol=0, atol=1e-12)
         np.testing.assert_allclose(net.b[l], b0[l] - 2 * lrs[l] * r.grad_b[l], rtol=0, atol=1e-15)
         assert np.any(net.b[l] != b0[l])
+
+
+def test_adam_step_matches_its_definition_and_stays_in_range(digits):
+    """ProjectedAdam against Adam written out for two steps (bias-corrected moments, per-layer
+    rates, conductances clipped to range, biases not); the first step moves every parameter
+    with a nonzero gradient by its rate (the sign of the gradient), whatever the layer's
+    gradient scale."""
+    from epsim.learning.optim import ProjectedAdam
+
+    net = build_circuit_model("mlp-deep", digits.image_shape, 10)
+    net.init_params(np.random.default_rng(0), 1.0)
+    solver = get_solver("numba", tol_A=1e-9, nudge_rtol=1e-3)
+    lrs, lo, hi = [0.01, 0.02, 0.04], *net.w_bounds
+    opt = ProjectedAdam(net, lrs, [2 * v for v in lrs])
+    ref_p = [p.copy() for p in net.w + net.b]
+    m = [np.zeros_like(p) for p in ref_p]
+    v = [np.zeros_like(p) for p in ref_p]
+    for t, sl in ((1, slice(0, 8)), (2, slice(8, 16))):
+        r = centered_ep(net, solver, digits.x_train[sl], digits.y_train[sl], 0.5)
+        before = [p.copy() for p in net.w + net.b]
+        opt.step(r.grad_w, r.grad_b)
+        for k, g in enumerate(r.grad_w + r.grad_b):
+            m[k] = 0.9 * m[k] + 0.1 * g
+            v[k] = 0.999 * v[k] + 0.001 * g * g
+            rate = lrs[k % 3] * (1 if k < 3 else 2)
+            ref_p[k] = ref_p[k] - rate * (m[k] / (1 - 0.9 ** t)) / (np.sqrt(v[k] / (1 - 0.999 ** t)) + 1e-8)
+            if k < 3:
+                ref_p[k] = np.clip(ref_p[k], lo, hi)
+            np.testing.assert_allclose((net.w + net.b)[k], ref_p[k], rtol=0, atol=1e-12)
+        if t == 1:
+            for l in range(3):
+                big = np.abs(r.grad_w[l]) > 1e-4
+                inside = (before[l] - lrs[l] > lo) & (before[l] + lrs[l] < hi)
+                moved = (before[l] - net.w[l])[big & inside]
+                assert moved.size > 0
+                np.testing.assert_allclose(moved, lrs[l] * np.sign(r.grad_w[l][big & inside]), rtol=1e-3)
+    assert all(np.all((w >= lo) & (w <= hi)) for w in net.w)

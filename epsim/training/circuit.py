@@ -23,7 +23,7 @@ from ..errors import EpsimError
 from ..learning.ep import centered_ep, free_phase_counts
 from ..learning.low_rank import grad_is_zero, grad_rms
 from ..learning.memristive import DeviceArray, get_device_model
-from ..learning.optim import ProjectedSGD, layer_learning_rates
+from ..learning.optim import OPTIMIZERS, layer_learning_rates, make_optimizer
 from ..models.arch import has_padded_conv, parse_arch
 from ..models.connections import INITS
 from ..models.loading import load_network, restore_network  # noqa: F401  (re-exported)
@@ -52,6 +52,7 @@ class TrainConfig:
     lr_bias: float | None = None
     lr_layers: list | None = None  # per-layer multipliers of lr and lr_bias (None: all 1)
     momentum: float = 0.9
+    optimizer: str = "sgd"  # epsim.learning.optim.OPTIMIZERS
     lr_schedule: str = "cosine"
     lr_decay: float = 0.99  # per-epoch factor of the exponential schedule
     beta: float = 0.5
@@ -94,6 +95,7 @@ class TrainConfig:
             (self.lr_layers is None or (len(self.lr_layers) > 0 and all(
                 np.isfinite(m) and m > 0 for m in self.lr_layers)), "--lr-layers must be positive numbers"),
             (0 <= self.momentum < 1, "--momentum must be in [0, 1)"),
+            (self.optimizer in OPTIMIZERS, f"--optimizer must be one of {', '.join(OPTIMIZERS)}"),
             (self.lr_schedule in LR_SCHEDULES, f"--lr-schedule must be one of {', '.join(LR_SCHEDULES)}"),
             (np.isfinite(self.lr_decay) and 0 < self.lr_decay <= 1, "--lr-decay must be in (0, 1]"),
             (self.init in INITS, f"--init must be one of {', '.join(INITS)}"),
@@ -281,7 +283,7 @@ def _train(config: TrainConfig, dataset, out_dir, dp, *, resume, progress, stop_
     devices = DeviceArray(get_device_model(config.device_model), net, config.seed, dp.rank)
     devices.program(net)
     solver = devices.wrap_solver(solver)
-    opt = ProjectedSGD(net, *layer_learning_rates(config, net), config.momentum, device=devices)
+    opt = make_optimizer(config, net, device=devices)
     run = Run(out_dir, resume=resume, writes=dp.is_main, checkpoint_interval_s=checkpoint_interval_s,
               stop_after_batches=stop_after_batches, log=log)
     state = run.saved_state()
