@@ -25,12 +25,14 @@ At the end (and with ``--collect-only``) the results are gathered into the compa
 notebook-ready folder ``OUT/summary/`` (CSV/JSON/NPZ, a few hundred kB): the notebooks in
 ``analysis/`` read only that folder. ``--publish DIR`` copies it to ``DIR`` (e.g.
 ``analysis/results/cpu``, which is committed) and rewrites the headline block of
-``analysis/README.md`` from it.
+``analysis/README.md`` from it. With ``--merge`` the steps run now replace theirs in ``DIR`` and
+the published results of every other step are kept (``driver/merge.py``): a scale can be
+completed in parts. A model retrained for a part must reproduce its published test accuracy.
 
 This file is the command line; the work is done by ``analysis/driver/``: the scales
 (``driver/scales.py``), their steps (``driver/plan.py``), running them (``driver/runner.py``,
 ``driver/manifest.py``), the summary (``driver/summary.py``, ``driver/parsers.py``) and
-publishing it (``driver/publish.py``).
+publishing it (``driver/publish.py``, ``driver/merge.py``).
 """
 from __future__ import annotations
 
@@ -43,9 +45,10 @@ HERE = Path(__file__).resolve().parent
 if str(HERE) not in sys.path:  # the driver package and common.py live beside this file
     sys.path.insert(0, str(HERE))
 
-from driver.manifest import UserError  # noqa: E402
+from driver.manifest import MANIFEST, UserError  # noqa: E402
 from driver.parsers import parse_bench_spice, parse_gdu  # noqa: E402
 from driver.plan import build_plan, certifiable, parse_eps  # noqa: E402
+from driver.merge import merged_summary  # noqa: E402
 from driver.publish import publish  # noqa: E402
 from driver.runner import display_command, execute, step_done  # noqa: E402
 from driver.scales import PLANS, SCALES  # noqa: E402
@@ -75,6 +78,9 @@ def build_parser():
     p.add_argument("--collect-only", action="store_true", help="only (re)build RESULTS_DIR/summary")
     p.add_argument("--publish", default=None, metavar="DIR",
                    help="copy RESULTS_DIR/summary to DIR and refresh the headline block of analysis/README.md")
+    p.add_argument("--merge", action="store_true",
+                   help="with --publish: keep DIR's results of the steps this run did not do, replace those it "
+                        "did, rebuild the claims (a retrained model must reproduce its published test accuracy)")
     return p
 
 
@@ -89,7 +95,7 @@ def driver_command(argv, out: Path) -> str:
         if a in ("--publish",):
             skip = True
             continue
-        if a.startswith("--publish="):
+        if a.startswith("--publish=") or a == "--merge":
             continue
         keep.append(a)
     shown = []
@@ -109,6 +115,8 @@ def main(argv=None) -> int:
     seeds = tuple(args.seeds) if args.seeds else PLANS[args.scale]["seeds"]
     if len(set(seeds)) != len(seeds) or any(s < 0 for s in seeds):
         raise UserError("--seeds must be distinct non-negative integers")
+    if args.merge and not args.publish:
+        raise UserError("--merge needs --publish DIR (the published summary to merge into)")
     if args.data_dir and not Path(args.data_dir).is_dir():
         raise UserError(f"--data-dir {args.data_dir} is not a folder")
     if out.exists() and not out.is_dir():
@@ -132,6 +140,8 @@ def main(argv=None) -> int:
                   and k in manifest["plan"]]
     summ = collect(out)
     if args.publish:
+        if args.merge and (Path(args.publish) / MANIFEST).is_file():
+            summ = merged_summary(Path(args.publish), summ)
         publish(summ, Path(args.publish), HERE / "README.md")
     if failed:
         print(f"{len(failed)} step(s) failed or blocked: {', '.join(failed)} (see {out}/logs; rerun to retry)",

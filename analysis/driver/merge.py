@@ -1,0 +1,105 @@
+"""Merging a summary of some of a scale's steps into a published summary of the same scale.
+
+A scale's steps can be run in parts, on different machines and days: the part run now brings
+its own summary (``OUT/summary``), and the published one (e.g. ``analysis/results/mnist``)
+holds the rest. The merge keeps every published row whose step the new summary did not run,
+takes the new summary's rows for the steps it ran, and rebuilds the claims from the union.
+
+A step that evaluates a model is only comparable with the published steps of that model if
+the model is the same: a model retrained for the new part (its checkpoint was not kept) must
+reproduce the published test accuracy on the same test images, or the merge is refused.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+import tempfile
+from pathlib import Path
+
+from claims import write_claims
+
+from .manifest import MANIFEST, UserError, read_json
+
+TABLES = ("models.csv", "curves.csv", "corruptions.csv", "runs.csv", "energy.csv")
+FILE_DIRS = ("adversarial", "energy")
+
+
+def _read_csv(path: Path) -> tuple:
+    """``(columns, rows)`` of a CSV file; ``((), [])`` when there is none."""
+    if not path.is_file():
+        return (), []
+    with open(path, newline="") as fh:
+        reader = csv.DictReader(fh)
+        return tuple(reader.fieldnames or ()), list(reader)
+
+
+def _done_steps(manifest: dict) -> set:
+    return {k for k, v in (manifest.get("steps") or {}).items() if v.get("status") == "done"}
+
+
+def check_same_models(published: Path, new: Path) -> None:
+    """Refuse to merge when a model trained in both summaries differs: test accuracy or number
+    of test images not equal (the retrained model is then not the published one)."""
+    _, old_rows = _read_csv(published / "models.csv")
+    _, new_rows = _read_csv(new / "models.csv")
+    old = {r["step"]: r for r in old_rows}
+    differ = [f"{r['step']} (test accuracy {old[r['step']]['test_accuracy']} on {old[r['step']]['n_test']} "
+              f"published, {r['test_accuracy']} on {r['n_test']} now)"
+              for r in new_rows if r["step"] in old
+              and (r["test_accuracy"], r["n_test"]) != (old[r["step"]]["test_accuracy"], old[r["step"]]["n_test"])]
+    if differ:
+        raise UserError("cannot merge: retrained model(s) differ from the published ones, so their new results "
+                        f"would not describe the published models: {'; '.join(differ)}")
+
+
+def merge_summaries(published: Path, new: Path, dest: Path) -> dict:
+    """Write into ``dest`` (created; must not exist) the union of the summaries ``published`` and
+    ``new`` (same scale): for every step the new summary ran, its rows and files; for every
+    other step, the published ones; claims rebuilt. Returns the merged manifest."""
+    old_m, new_m = read_json(published / MANIFEST) or {}, read_json(new / MANIFEST) or {}
+    if not old_m or not new_m:
+        raise UserError(f"cannot merge: {published if not old_m else new} has no {MANIFEST}")
+    if old_m.get("scale") != new_m.get("scale"):
+        raise UserError(f"cannot merge a {new_m.get('scale')} summary into a {old_m.get('scale')} one")
+    check_same_models(published, new)
+    replaced = _done_steps(new_m)
+    dest.mkdir(parents=True)
+    for name in TABLES:
+        old_cols, old_rows = _read_csv(published / name)
+        new_cols, new_rows = _read_csv(new / name)
+        if not old_cols and not new_cols:
+            continue
+        columns = list(old_cols) + [c for c in new_cols if c not in old_cols]
+        rows = [r for r in old_rows if r.get("step") not in replaced] + new_rows
+        with open(dest / name, "w", newline="") as fh:
+            w = csv.DictWriter(fh, fieldnames=columns, restval="")
+            w.writeheader()
+            w.writerows(rows)
+    for sub in FILE_DIRS:
+        for src in (published / sub, new / sub):
+            if src.is_dir():
+                shutil.copytree(src, dest / sub, dirs_exist_ok=True)
+    fidelity = {**(read_json(published / "fidelity.json") or {}), **(read_json(new / "fidelity.json") or {})}
+    (dest / "fidelity.json").write_text(json.dumps(fidelity, indent=2))
+    sweep = new / "device_sweep.json" if (new / "device_sweep.json").is_file() else published / "device_sweep.json"
+    if sweep.is_file():
+        shutil.copy2(sweep, dest / "device_sweep.json")
+    plan = list(old_m.get("plan", [])) + [s for s in new_m.get("plan", []) if s not in old_m.get("plan", [])]
+    steps = {**old_m.get("steps", {}), **{k: v for k, v in new_m.get("steps", {}).items() if k in replaced}}
+    parts = old_m.get("merged_parts") or [{k: old_m.get(k) for k in ("git_head", "created", "updated")}]
+    merged = {**old_m, "plan": plan, "steps": steps, "updated": new_m.get("updated"),
+              "merged_parts": parts + [{k: new_m.get(k) for k in ("git_head", "created", "updated")}
+                                       | {"steps": sorted(replaced)}]}
+    (dest / MANIFEST).write_text(json.dumps(merged, indent=2))
+    write_claims(dest)
+    return merged
+
+
+def merged_summary(published: Path, new: Path, log=print) -> Path:
+    """The merge of ``new`` into ``published`` in a temporary folder (the caller publishes it)."""
+    dest = Path(tempfile.mkdtemp(prefix="merged-summary-")) / "summary"
+    merged = merge_summaries(published, new, dest)
+    log(f"merged {len(_done_steps(read_json(new / MANIFEST)))} step(s) of {new} into {published}: "
+        f"{len(_done_steps(merged))} of {len(merged['plan'])} planned steps done")
+    return dest
