@@ -23,7 +23,7 @@ from ..errors import EpsimError
 from ..learning.ep import centered_ep, free_phase_counts
 from ..learning.low_rank import grad_is_zero, grad_rms
 from ..learning.memristive import DeviceArray, get_device_model
-from ..learning.optim import OPTIMIZERS, layer_learning_rates, make_optimizer
+from ..learning.optim import OPTIMIZERS, layer_learning_rates, make_optimizer  # noqa: F401  (re-exported)
 from ..models.arch import has_padded_conv, parse_arch
 from ..models.connections import INITS
 from ..models.loading import load_network, restore_network  # noqa: F401  (re-exported)
