@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import argparse
 import shlex
+import shutil
 import sys
 from pathlib import Path
 
@@ -141,8 +142,11 @@ def main(argv=None) -> int:
     summ = collect(out)
     if args.publish:
         if args.merge and (Path(args.publish) / MANIFEST).is_file():
-            summ = merged_summary(Path(args.publish), summ)
-        publish(summ, Path(args.publish), HERE / "README.md")
+            merged = merged_summary(Path(args.publish), summ)
+            publish(merged, Path(args.publish), HERE / "README.md")
+            shutil.rmtree(merged.parent)
+        else:
+            publish(summ, Path(args.publish), HERE / "README.md")
     if failed:
         print(f"{len(failed)} step(s) failed or blocked: {', '.join(failed)} (see {out}/logs; rerun to retry)",
               file=sys.stderr)
