@@ -100,6 +100,6 @@ def merged_summary(published: Path, new: Path, log=print) -> Path:
     """The merge of ``new`` into ``published`` in a temporary folder (the caller publishes it)."""
     dest = Path(tempfile.mkdtemp(prefix="merged-summary-")) / "summary"
     merged = merge_summaries(published, new, dest)
-    log(f"merged {len(_done_steps(read_json(new / MANIFEST)))} step(s) of {new} into {published}: "
+    log(f"merged {len(merged['merged_parts'][-1]['steps'])} step(s) of {new} into {published}: "
         f"{len(_done_steps(merged))} of {len(merged['plan'])} planned steps done")
     return dest

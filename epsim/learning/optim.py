@@ -60,12 +60,17 @@ class ProjectedSGD:
     def _dense_step(self, l, grad, lo, hi):
         self.m_w[l] *= self.momentum
         self.m_w[l] += grad
+        self._write(l, -self.scale * self.lr_w[l] * self.m_w[l], lo, hi)
+
+    def _write(self, l, change, lo, hi):
+        """Change layer ``l``'s conductances by ``change``: exactly, clipped to ``[lo, hi]``, or
+        through the device model."""
         w = self.net.w[l]
         if self.device is None or self.device.is_ideal:
-            w -= self.scale * self.lr_w[l] * self.m_w[l]
+            w += change
             np.clip(w, lo, hi, out=w)
         else:
-            self.device.update(l, w, -self.scale * self.lr_w[l] * self.m_w[l])
+            self.device.update(l, w, change)
 
     def state(self) -> dict:
         return {"m_w": [m.copy() for m in self.m_w], "m_b": [m.copy() for m in self.m_b]}
@@ -103,12 +108,7 @@ class ProjectedAdam(ProjectedSGD):
         c1, c2 = 1.0 - self.b1 ** self.t, 1.0 - self.b2 ** self.t
         for l in range(self.net.num_layers):
             dw = self._moments(as_dense(grad_w[l]), self.m_w[l], self.v_w[l], c1, c2)
-            w = self.net.w[l]
-            if self.device is None or self.device.is_ideal:
-                w -= self.scale * self.lr_w[l] * dw
-                np.clip(w, lo, hi, out=w)
-            else:
-                self.device.update(l, w, -self.scale * self.lr_w[l] * dw)
+            self._write(l, -self.scale * self.lr_w[l] * dw, lo, hi)
             self.net.b[l] -= self.scale * self.lr_b[l] * self._moments(grad_b[l], self.m_b[l], self.v_b[l], c1, c2)
 
     def _moments(self, g, m, v, c1, c2) -> np.ndarray:
