@@ -227,5 +227,6 @@ def build_plan(scale: str, seeds, data_dir: str | None, out: Path, frost_dir: st
         steps.append(Step("device/sweep", "device",
                           ["-m", "epsim.device_sweep", *dev, "--seed", str(seeds[0]), *data_opt, "--no-progress",
                            "--runs-dir", o("device/runs"), "--out", o("device/device_sweep.json")],
-                          ["device/device_sweep.json"], meta={"model": "circuit-cnn", "seed": seeds[0]}))
+                          ["device/device_sweep.json"],
+                          meta={"model": "circuit-" + dev[dev.index("--model") + 1], "seed": seeds[0]}))
     return steps + robust_steps

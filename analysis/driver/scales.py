@@ -104,6 +104,8 @@ PLANS = {
                 "monotone circuits; 18 corruptions x 5 "
                 "severities; SPICE fidelity on 1 DRN-1H sample x 3 phases; energy/latency of the circuits on "
                 "200 images (transients of the amplified cnn-deep: about 4 s per image on one core); "
+                "device sweep of DRN-XS (3 devices, 3 epochs each; wires 0-1000 ohm on 1,000 test images, no "
+                "attacks); "
                 "about a day of one core, resumable",
         "dataset": "mnist",
         "seeds": (0, 1, 2),
@@ -141,7 +143,11 @@ PLANS = {
         "fidelity": {"model": "circuit-drn1h", "samples": "1", "grad_n": "100", "grad_betas": "0.5,0.1,0.01,0.001",
                      "gdu": ["--dataset", "mnist", "--batch-size", "16"], "bench_spice": None,
                      "spice_timeout_s": "3600"},  # a DRN-1H netlist (1.6 million conductances) takes ngspice about 17 min on a shared core
-        "device": ["--model", "drn-xs", "--dataset", "mnist", "--epochs", "3", "--robustness", "--attack-subset", "200"],
+        # every wired crossbar is a sparse solve of about 330,000 nodes per image (0.2 s on a shared
+        # core): on 1,000 test images, two read-noise draws, no attack sweep (the digits scales attack
+        # the deployed chips)
+        "device": ["--model", "drn-xs", "--dataset", "mnist", "--epochs", "3", "--test-subset", "1000",
+                   "--read-repeats", "2", "--wire-resistances", "0", "10", "100", "1000"],
         "energy": {"n": "200", "attack_eps": ENERGY_ATTACK_EPS, "attack_n": "100", "attack_steps": "20", "traces": "4",
                    # a CNN circuit read early is a transient simulation per prediction and gradient: about
                    # 4.5 s (cnn-deep) and 0.6 s (the two-conv one) per image and PGD step on one core
