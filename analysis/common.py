@@ -463,6 +463,21 @@ def progress_lines(man) -> list:
             + ", ".join(names) + ".", ""]
 
 
+def retrained_lines(man) -> list:
+    """A line per model retrained for a later part of a merged run (``run_all.py --merge
+    --retrain-tolerance``): its two test accuracies and the steps that evaluated the retrained
+    instance (every other step of that model evaluated the published one)."""
+    out = []
+    for part in man.get("merged_parts") or []:
+        for r in part.get("retrained") or []:
+            steps = ", ".join(f"`{k}`" for k in r.get("evaluated_by", [])) or "none"
+            out.append(f"**Retrained**: `{r['step']}` was trained again for a later part and reached "
+                       f"{100 * r['retrained_test_accuracy']:.2f} % on {r['n_test']:,} test images (published: "
+                       f"{100 * r['published_test_accuracy']:.2f} %, the row in the table); its steps {steps} "
+                       "evaluated the retrained instance, its other steps the published one.")
+    return out + [""] if out else []
+
+
 def attacked_subset_text(rows) -> str:
     """How many test images the white-box runs attacked: one count, or the common count and the
     models attacked on fewer (the first images of the same seeded subset)."""
@@ -485,7 +500,7 @@ def headline_markdown(rdir=None, source: str | None = None) -> str:
     datasets = sorted({str(m.get("dataset")) for m in models})
     lines = [f"Scale **{man.get('scale')}** ({man.get('what', '')}); results: `{source or rdir}` "
              f"({code_version_text(man)}, run {man.get('created', '?')} – {man.get('updated', '?')}).",
-             "", *progress_lines(man),
+             "", *progress_lines(man), *retrained_lines(man),
              "",
              "Accuracy in %, mean ± 95 % t-interval over seeds where a model has several; "
              "✓ = every sanity check of every number behind the cell passed, ✗ = the failed checks are named.",

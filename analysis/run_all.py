@@ -27,7 +27,8 @@ notebook-ready folder ``OUT/summary/`` (CSV/JSON/NPZ, a few hundred kB): the not
 ``analysis/results/cpu``, which is committed) and rewrites the headline block of
 ``analysis/README.md`` from it. With ``--merge`` the steps run now replace theirs in ``DIR`` and
 the published results of every other step are kept (``driver/merge.py``): a scale can be
-completed in parts. A model retrained for a part must reproduce its published test accuracy.
+completed in parts. A model retrained for a part must reproduce its published test accuracy
+(``--retrain-tolerance POINTS``: within that many percentage points, both accuracies recorded).
 
 This file is the command line; the work is done by ``analysis/driver/``: the scales
 (``driver/scales.py``), their steps (``driver/plan.py``), running them (``driver/runner.py``,
@@ -82,6 +83,10 @@ def build_parser():
     p.add_argument("--merge", action="store_true",
                    help="with --publish: keep DIR's results of the steps this run did not do, replace those it "
                         "did, rebuild the claims (a retrained model must reproduce its published test accuracy)")
+    p.add_argument("--retrain-tolerance", type=float, default=0.0, metavar="POINTS",
+                   help="with --merge: accept a retrained model whose test accuracy is within POINTS percentage "
+                        "points of the published one (e.g. retrained on another CPU); the published training row "
+                        "is kept and the manifest records both accuracies (default: 0, exact)")
     return p
 
 
@@ -93,10 +98,10 @@ def driver_command(argv, out: Path) -> str:
         if skip:
             skip = False
             continue
-        if a in ("--publish",):
+        if a in ("--publish", "--retrain-tolerance"):
             skip = True
             continue
-        if a.startswith("--publish=") or a == "--merge":
+        if a.startswith(("--publish=", "--retrain-tolerance=")) or a == "--merge":
             continue
         keep.append(a)
     shown = []
@@ -118,6 +123,10 @@ def main(argv=None) -> int:
         raise UserError("--seeds must be distinct non-negative integers")
     if args.merge and not args.publish:
         raise UserError("--merge needs --publish DIR (the published summary to merge into)")
+    if args.retrain_tolerance != 0.0 and not args.merge:
+        raise UserError("--retrain-tolerance needs --merge")
+    if not args.retrain_tolerance >= 0:
+        raise UserError("--retrain-tolerance must be a number of percentage points >= 0")
     if args.data_dir and not Path(args.data_dir).is_dir():
         raise UserError(f"--data-dir {args.data_dir} is not a folder")
     if out.exists() and not out.is_dir():
@@ -142,7 +151,7 @@ def main(argv=None) -> int:
     summ = collect(out)
     if args.publish:
         if args.merge and (Path(args.publish) / MANIFEST).is_file():
-            merged = merged_summary(Path(args.publish), summ)
+            merged = merged_summary(Path(args.publish), summ, args.retrain_tolerance)
             publish(merged, Path(args.publish), HERE / "README.md")
             shutil.rmtree(merged.parent)
         else:

@@ -94,3 +94,44 @@ def test_a_part_that_repeats_published_results_changes_no_claim(tmp_path, part):
     write_rows(part / "curves.csv", [r for r in rows(PUBLISHED / "curves.csv") if r["step"] == STEP])
     merge_summaries(PUBLISHED, part, tmp_path / "merged")
     assert rows(tmp_path / "merged" / "claims.csv") == rows(PUBLISHED / "claims.csv")
+
+
+def test_a_retrained_model_within_the_tolerance_keeps_its_published_row_and_is_recorded(tmp_path, part):
+    published = {r["step"]: r for r in rows(PUBLISHED / "models.csv")}["train/vit-s0"]
+    models = rows(part / "models.csv")
+    retrained_acc = f"{float(published['test_accuracy']) + 0.0005:.4f}"  # five test images more
+    write_rows(part / "models.csv", [dict(r, test_accuracy=retrained_acc) for r in models])
+    with pytest.raises(UserError, match="--retrain-tolerance"):
+        merge_summaries(PUBLISHED, part, tmp_path / "refused", tolerance_points=0.04)
+    merged = merge_summaries(PUBLISHED, part, tmp_path / "merged", tolerance_points=0.06)
+    assert rows(tmp_path / "merged" / "models.csv") == rows(PUBLISHED / "models.csv")
+    assert merged["steps"]["train/vit-s0"] == json.loads((PUBLISHED / "manifest.json").read_text())[
+        "steps"]["train/vit-s0"]
+    last = merged["merged_parts"][-1]
+    assert last["steps"] == [STEP]
+    assert last["retrained"] == [{"step": "train/vit-s0", "n_test": int(published["n_test"]),
+                                  "published_test_accuracy": float(published["test_accuracy"]),
+                                  "retrained_test_accuracy": float(retrained_acc), "evaluated_by": [STEP]}]
+    assert {r["robust_accuracy"] for r in rows(tmp_path / "merged" / "curves.csv") if r["step"] == STEP} == {"0.123"}
+    import common
+    line, blank = common.retrained_lines(merged)
+    assert line.startswith("**Retrained**: `train/vit-s0`") and f"`{STEP}`" in line and blank == ""
+
+
+def test_the_tolerance_does_not_accept_another_test_set(tmp_path, part):
+    write_rows(part / "models.csv", [dict(r, n_test="1000") for r in rows(part / "models.csv")])
+    with pytest.raises(UserError, match="on 1000 now"):
+        merge_summaries(PUBLISHED, part, tmp_path / "merged", tolerance_points=100)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--retrain-tolerance", "0.1"], "error: --retrain-tolerance needs --merge"),
+    (["--publish", "P", "--merge", "--retrain-tolerance", "-1"],
+     "error: --retrain-tolerance must be a number of percentage points >= 0"),
+])
+def test_retrain_tolerance_user_errors(tmp_path, args, message):
+    import subprocess
+    r = subprocess.run([sys.executable, str(REPO / "analysis" / "run_all.py"), "--scale", "smoke", "--out",
+                        str(tmp_path / "o"), *args], capture_output=True, text=True, cwd=REPO)
+    assert r.returncode == 2 and r.stderr.strip().splitlines() == [message]
+    assert not (tmp_path / "o").exists()

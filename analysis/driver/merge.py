@@ -7,7 +7,11 @@ takes the new summary's rows for the steps it ran, and rebuilds the claims from 
 
 A step that evaluates a model is only comparable with the published steps of that model if
 the model is the same: a model retrained for the new part (its checkpoint was not kept) must
-reproduce the published test accuracy on the same test images, or the merge is refused.
+reproduce the published test accuracy on the same test images, or the merge is refused. The
+same command on another CPU can end a long run a few test images apart (its compiled kernels
+round differently); ``tolerance_points`` accepts such a retrained model when its accuracy is
+within that many percentage points: the published training row is kept, and the merged
+manifest records both accuracies and which steps evaluated the retrained instance.
 """
 from __future__ import annotations
 
@@ -38,32 +42,62 @@ def _done_steps(manifest: dict) -> set:
     return {k for k, v in (manifest.get("steps") or {}).items() if v.get("status") == "done"}
 
 
-def check_same_models(published: Path, new: Path) -> None:
-    """Refuse to merge when a model trained in both summaries differs: test accuracy or number
-    of test images not equal (the retrained model is then not the published one)."""
+def check_same_models(published: Path, new: Path, tolerance_points: float = 0.0) -> list:
+    """Refuse to merge when a model trained in both summaries differs: number of test images not
+    equal, or test accuracies more than ``tolerance_points`` percentage points apart. Returns the
+    retrained models accepted within the tolerance, ``[{"step", "n_test",
+    "published_test_accuracy", "retrained_test_accuracy"}]`` (empty when every retrained model
+    reproduced its published accuracy exactly)."""
     _, old_rows = _read_csv(published / "models.csv")
     _, new_rows = _read_csv(new / "models.csv")
     old = {r["step"]: r for r in old_rows}
-    differ = [f"{r['step']} (test accuracy {old[r['step']]['test_accuracy']} on {old[r['step']]['n_test']} "
-              f"published, {r['test_accuracy']} on {r['n_test']} now)"
-              for r in new_rows if r["step"] in old
-              and (r["test_accuracy"], r["n_test"]) != (old[r["step"]]["test_accuracy"], old[r["step"]]["n_test"])]
+    differ, retrained = [], []
+    for r in new_rows:
+        o = old.get(r["step"])
+        if o is None or (r["test_accuracy"], r["n_test"]) == (o["test_accuracy"], o["n_test"]):
+            continue
+        gap_points = 100 * abs(float(r["test_accuracy"]) - float(o["test_accuracy"]))
+        if r["n_test"] != o["n_test"] or gap_points > tolerance_points + 1e-9:
+            differ.append(f"{r['step']} (test accuracy {o['test_accuracy']} on {o['n_test']} published, "
+                          f"{r['test_accuracy']} on {r['n_test']} now)")
+        else:
+            retrained.append({"step": r["step"], "n_test": int(r["n_test"]),
+                              "published_test_accuracy": float(o["test_accuracy"]),
+                              "retrained_test_accuracy": float(r["test_accuracy"])})
     if differ:
         raise UserError("cannot merge: retrained model(s) differ from the published ones, so their new results "
-                        f"would not describe the published models: {'; '.join(differ)}")
+                        f"would not describe the published models: {'; '.join(differ)} (--retrain-tolerance "
+                        "POINTS accepts a retrained model within POINTS percentage points, e.g. one trained on "
+                        "another CPU, and records both accuracies)")
+    return retrained
 
 
-def merge_summaries(published: Path, new: Path, dest: Path) -> dict:
+def _evaluated_by(manifest: dict, train_step: str, steps) -> list:
+    """The steps among ``steps`` that evaluate the model trained by ``train_step``."""
+    rec = manifest.get("steps", {}).get(train_step, {})
+    key = (rec.get("model"), rec.get("seed"))
+    return sorted(k for k in steps if k != train_step
+                  and (manifest["steps"][k].get("model"), manifest["steps"][k].get("seed")) == key)
+
+
+def merge_summaries(published: Path, new: Path, dest: Path, tolerance_points: float = 0.0) -> dict:
     """Write into ``dest`` (created; must not exist) the union of the summaries ``published`` and
     ``new`` (same scale): for every step the new summary ran, its rows and files; for every
-    other step, the published ones; claims rebuilt. Returns the merged manifest."""
+    other step, the published ones; claims rebuilt. A model retrained within
+    ``tolerance_points`` (:func:`check_same_models`) keeps its published training row. Returns
+    the merged manifest."""
     old_m, new_m = read_json(published / MANIFEST) or {}, read_json(new / MANIFEST) or {}
     if not old_m or not new_m:
         raise UserError(f"cannot merge: {published if not old_m else new} has no {MANIFEST}")
     if old_m.get("scale") != new_m.get("scale"):
         raise UserError(f"cannot merge a {new_m.get('scale')} summary into a {old_m.get('scale')} one")
-    check_same_models(published, new)
-    replaced = _done_steps(new_m)
+    if not tolerance_points >= 0:
+        raise UserError("--retrain-tolerance must be a number of percentage points >= 0")
+    retrained = check_same_models(published, new, tolerance_points)
+    kept_training = {r["step"] for r in retrained}
+    replaced = _done_steps(new_m) - kept_training
+    for r in retrained:
+        r["evaluated_by"] = _evaluated_by(new_m, r["step"], replaced)
     dest.mkdir(parents=True)
     for name in TABLES:
         old_cols, old_rows = _read_csv(published / name)
@@ -71,7 +105,8 @@ def merge_summaries(published: Path, new: Path, dest: Path) -> dict:
         if not old_cols and not new_cols:
             continue
         columns = list(old_cols) + [c for c in new_cols if c not in old_cols]
-        rows = [r for r in old_rows if r.get("step") not in replaced] + new_rows
+        rows = [r for r in old_rows if r.get("step") not in replaced] + \
+            [r for r in new_rows if r.get("step") not in kept_training]
         with open(dest / name, "w", newline="") as fh:
             w = csv.DictWriter(fh, fieldnames=columns, restval="")
             w.writeheader()
@@ -90,16 +125,23 @@ def merge_summaries(published: Path, new: Path, dest: Path) -> dict:
     parts = old_m.get("merged_parts") or [{k: old_m.get(k) for k in ("git_head", "created", "updated")}]
     merged = {**old_m, "plan": plan, "steps": steps, "updated": new_m.get("updated"),
               "merged_parts": parts + [{k: new_m.get(k) for k in ("git_head", "created", "updated")}
-                                       | {"steps": sorted(replaced)}]}
+                                       | {"steps": sorted(replaced)} | ({"retrained": retrained} if retrained else {})]}
     (dest / MANIFEST).write_text(json.dumps(merged, indent=2))
     write_claims(dest)
     return merged
 
 
-def merged_summary(published: Path, new: Path, log=print) -> Path:
+def merged_summary(published: Path, new: Path, tolerance_points: float = 0.0, log=print) -> Path:
     """The merge of ``new`` into ``published`` in a temporary folder (the caller publishes it)."""
     dest = Path(tempfile.mkdtemp(prefix="merged-summary-")) / "summary"
-    merged = merge_summaries(published, new, dest)
+    try:
+        merged = merge_summaries(published, new, dest, tolerance_points)
+    except BaseException:
+        shutil.rmtree(dest.parent, ignore_errors=True)
+        raise
     log(f"merged {len(merged['merged_parts'][-1]['steps'])} step(s) of {new} into {published}: "
         f"{len(_done_steps(merged))} of {len(merged['plan'])} planned steps done")
+    for r in merged["merged_parts"][-1].get("retrained", []):
+        log(f"{r['step']}: retrained at {100 * r['retrained_test_accuracy']:.2f} % (published "
+            f"{100 * r['published_test_accuracy']:.2f} %); the published training row is kept")
     return dest
