@@ -9,7 +9,7 @@ A step that evaluates a model is only comparable with the published steps of tha
 the model is the same: a model retrained for the new part (its checkpoint was not kept) must
 reproduce the published test accuracy on the same test images, or the merge is refused. The
 same command on another CPU can end a long run a few test images apart (its compiled kernels
-round differently); ``tolerance_points`` accepts such a retrained model when its accuracy is
+round differently: compiled and BLAS kernels are chosen per machine); ``tolerance_points`` accepts such a retrained model when its accuracy is
 within that many percentage points: the published training row is kept, and the merged
 manifest records both accuracies and which steps evaluated the retrained instance.
 """
