@@ -8,10 +8,11 @@ takes the new summary's rows for the steps it ran, and rebuilds the claims from 
 A step that evaluates a model is only comparable with the published steps of that model if
 the model is the same: a model retrained for the new part (its checkpoint was not kept) must
 reproduce the published test accuracy on the same test images, or the merge is refused. The
-same command on another CPU can end a long run a few test images apart (its compiled kernels
-round differently: compiled and BLAS kernels are chosen per machine); ``tolerance_points`` accepts such a retrained model when its accuracy is
-within that many percentage points: the published training row is kept, and the merged
-manifest records both accuracies and which steps evaluated the retrained instance.
+same command on another CPU can end a long run a few test images apart (numba's and the
+BLAS's kernels are chosen for the machine and round differently); ``tolerance_points``
+accepts such a retrained model when its accuracy is within that many percentage points: the
+published training row is kept, and the merged manifest records both accuracies and which
+steps evaluated the retrained instance.
 """
 from __future__ import annotations
 
