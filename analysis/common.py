@@ -458,7 +458,7 @@ def progress_lines(man) -> list:
     groups = {}  # "robust/<model>" -> its missing steps
     for n in missing:
         groups.setdefault("/".join(n.split("/")[:2]), []).append(n)
-    names = [f"`{g}`" if len(v) == 1 and v[0] == g else f"`{g}/…` ({len(v)} steps)" for g, v in groups.items()]
+    names = [f"`{v[0]}`" if len(v) == 1 else f"`{g}/…` ({len(v)} steps)" for g, v in groups.items()]
     return [f"**Partial run**: {len(plan) - len(missing)} of {len(plan)} steps done; not run yet: "
             + ", ".join(names) + ".", ""]
 

@@ -177,6 +177,8 @@ def test_headline_columns_and_attacked_subset_per_scale(tmp_path):
            "steps": {"train/a": {"status": "done"}, "train/b": {"status": "skipped"}, "robust/a/l2": {"status": "failed"}}}
     assert common.progress_lines(man) == ["**Partial run**: 2 of 5 steps done; not run yet: `robust/a/…` (2 steps), "
                                           "`energy/a`.", ""]
+    one_left = {**man, "steps": {**man["steps"], "robust/a/linf": {"status": "done"}, "energy/a": {"status": "done"}}}
+    assert common.progress_lines(one_left) == ["**Partial run**: 4 of 5 steps done; not run yet: `robust/a/l2`.", ""]
     assert common.code_version_text(man) == "git commit not recorded"
     man["steps"]["train/a"]["git_head"] = "0123456789abcdef"
     assert common.code_version_text(man) == "git 0123456789"

@@ -124,7 +124,8 @@ def merge_summaries(published: Path, new: Path, dest: Path, tolerance_points: fl
     plan = list(old_m.get("plan", [])) + [s for s in new_m.get("plan", []) if s not in old_m.get("plan", [])]
     steps = {**old_m.get("steps", {}), **{k: v for k, v in new_m.get("steps", {}).items() if k in replaced}}
     parts = old_m.get("merged_parts") or [{k: old_m.get(k) for k in ("git_head", "created", "updated")}]
-    merged = {**old_m, "plan": plan, "steps": steps, "updated": new_m.get("updated"),
+    merged = {**old_m, "what": new_m.get("what", old_m.get("what")), "plan": plan, "steps": steps,
+              "updated": new_m.get("updated"),
               "merged_parts": parts + [{k: new_m.get(k) for k in ("git_head", "created", "updated")}
                                        | {"steps": sorted(replaced)} | ({"retrained": retrained} if retrained else {})]}
     (dest / MANIFEST).write_text(json.dumps(merged, indent=2))
