@@ -143,7 +143,7 @@ PLANS = {
         "fidelity": {"model": "circuit-drn1h", "samples": "1", "grad_n": "100", "grad_betas": "0.5,0.1,0.01,0.001",
                      "gdu": ["--dataset", "mnist", "--batch-size", "16"], "bench_spice": None,
                      "spice_timeout_s": "3600"},  # a DRN-1H netlist (1.6 million conductances) takes ngspice about 17 min on a shared core
-        # every wired crossbar is a sparse solve of about 330,000 nodes per image (0.2 s on a shared
+        # every wired crossbar is a sparse solve of about 316,000 wire nodes per image (0.1-0.2 s on a shared
         # core): on 1,000 test images, two read-noise draws, no attack sweep (the digits scales attack
         # the deployed chips)
         "device": ["--model", "drn-xs", "--dataset", "mnist", "--epochs", "3", "--test-subset", "1000",
