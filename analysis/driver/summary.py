@@ -272,6 +272,8 @@ def collect(out: Path, log=print) -> Path:
         if data is not None:
             for run in data.get("runs", []):
                 run.pop("history", None)
+                if str(run.get("run_dir", "")).startswith(str(out) + "/"):
+                    run["run_dir"] = "$RESULTS/" + str(run["run_dir"])[len(str(out)) + 1:]
             data["command"], data["step"] = rec.get("command"), "device/sweep"
             (summ / "device_sweep.json").write_text(json.dumps(data, indent=1))
     rec = steps.get("fidelity/gdu") or {}
