@@ -25,14 +25,16 @@ from .models.resistive import UNIT_POLARITIES  # noqa: E402
 from .solvers import BACKENDS  # noqa: E402
 from .learning.optim import OPTIMIZERS  # noqa: E402
 from .training import CHECKPOINT_NAME, LR_SCHEDULES, TrainConfig, preset_config, train  # noqa: E402
-from .training.software import PRESET_NAMES, resolve_config, train_torch  # noqa: E402
+from .training.software import PRESET_NAMES, TORCH_OPTIMIZERS, resolve_config, train_torch  # noqa: E402
+
+TORCH_ONLY_OPTIMIZERS = tuple(o for o in TORCH_OPTIMIZERS if o not in OPTIMIZERS)
 
 # Which models an option applies to (argparse destinations): SHARED_OPTIONS mean the same for
 # circuit and torch models, TORCH_OPTIONS apply to the torch models only, every other option
 # to the circuit models only.
 SHARED_OPTIONS = frozenset({
     "model", "backend", "dataset", "data_dir", "download", "train_subset", "test_subset", "epochs",
-    "batch_size", "lr", "momentum", "lr_schedule", "beta", "seed", "threads", "out", "resume",
+    "batch_size", "lr", "momentum", "optimizer", "lr_schedule", "beta", "seed", "threads", "out", "resume",
     "checkpoint_interval", "no_progress"})
 TORCH_OPTIONS = frozenset({
     "preset", "device", "channels", "paddings", "lrs", "weight_decay", "t1", "t2", "solver", "ep_tol", "ep_nudge_tol",
@@ -151,10 +153,12 @@ def _add_training_options(g, d: TrainConfig) -> None:
              help="per-layer multipliers of --lr and --lr-bias, one per layer of conductances "
                   "(input side first), e.g. 3 1 for the cnn on CIFAR-10 (default: all 1)")
     g.add_argument("--momentum", type=float, default=d.momentum, help="heavy-ball momentum (0: plain SGD)")
-    g.add_argument("--optimizer", default=d.optimizer, choices=OPTIMIZERS,
-                   help="circuit models: update rule of the conductances and biases: sgd (heavy-ball, "
-                        "--momentum) or adam (per-device running averages of the EP gradient and its "
-                        "square, 0.9 / 0.999; each parameter moves by about --lr per step)")
+    g.add_argument("--optimizer", default=d.optimizer, choices=OPTIMIZERS + TORCH_ONLY_OPTIMIZERS,
+                   help="update rule: sgd (heavy-ball, --momentum) or adam (running averages of the "
+                        "gradient and its square, 0.9 / 0.999; each parameter moves by about --lr per "
+                        "step); circuit models apply it per device to the EP gradient of the conductances "
+                        "and biases; torch models also take adamw (Adam with decoupled --weight-decay) "
+                        "(default: sgd for circuit models, the --preset's for torch models)")
     g.add_argument("--lr-schedule", default=d.lr_schedule, choices=LR_SCHEDULES,
                    help="per-epoch learning-rate schedule: cosine decay to 0 over --epochs, "
                         "constant, or exponential (x --lr-decay per epoch)")
@@ -241,7 +245,8 @@ CIRCUIT_CONFIG_OPTIONS = ("dataset", "arch", "backend", "diode", "rail_offset", 
                           "test_subset")
 # TorchTrainConfig field of each torch option whose name differs from the field's
 TORCH_CONFIG_FIELDS = {"lr_schedule": "schedule", "ep_tol": "tol", "ep_nudge_tol": "nudge_tol"}
-TORCH_CONFIG_OPTIONS = ("dataset", "epochs", "batch_size", "lr", "lrs", "momentum", "weight_decay", "lr_schedule",
+TORCH_CONFIG_OPTIONS = ("dataset", "epochs", "batch_size", "lr", "lrs", "momentum", "optimizer", "weight_decay",
+                        "lr_schedule",
                         "channels", "paddings", "t1", "t2", "beta", "solver", "ep_tol", "ep_nudge_tol", "init_scale",
                         "init_gains", "cost", "input_std_scale", "adv_norm", "adv_eps", "adv_steps", "adv_step_size", "embed_dim",
                         "depth", "heads", "stop_at_accuracy", "val_subset", "val_every")
@@ -263,6 +268,9 @@ def train_circuit_model(args, given: set) -> dict:
                          f"the torch models ({', '.join(TORCH_MODELS)}) only, not the circuit --model "
                          f"{args.model}" + ("; stop a circuit run with Ctrl-C and continue it with --resume"
                                             if "time_limit" in torch_only else ""))
+    if args.optimizer in TORCH_ONLY_OPTIMIZERS:
+        raise EpsimError(f"--optimizer {args.optimizer} applies to the torch models only; circuit models "
+                         f"take {' or '.join(OPTIMIZERS)}")
     if args.nudge_rtol == 0:
         args.nudge_rtol = None  # 0: the nudged phases stop on --tol
     config = preset_config(args.model, **{CONFIG_FIELDS.get(k, k): getattr(args, k)
@@ -299,6 +307,8 @@ def train_software_model(args, given: set) -> dict:
         args.model, args.preset, augment=False if args.no_augment else None, seed=args.seed,
         train_subset=args.train_subset, test_subset=args.test_subset,
         **{TORCH_CONFIG_FIELDS.get(k, k): getattr(args, k) for k in TORCH_CONFIG_OPTIONS if k in given})
+    if config.optimizer != "sgd" and "momentum" in given:
+        raise EpsimError(f"--momentum applies to --optimizer sgd, not {config.optimizer}")
     if args.model == "vit" and (config.embed_dim % config.heads):
         raise EpsimError(f"--embed-dim {config.embed_dim} must be a multiple of --heads {config.heads}")
     if args.time_limit is not None and not args.time_limit > 0:

@@ -160,6 +160,28 @@ def test_torch_model_on_digits_gets_the_digits_preset_without_augmentation(monke
     assert seen["config"].preset == "cifar10-small" and seen["config"].augment is True
 
 
+def test_optimizer_is_one_option_for_circuit_and_torch_models(monkeypatch):
+    """``--optimizer`` overrides a torch preset's update rule, and each name builds its torch
+    optimizer (adam: coupled weight decay, adamw: decoupled)."""
+    import torch
+    from epsim.data import load_dataset
+    from epsim.training.software import make_optimizer, resolve_config
+
+    seen = {}
+    monkeypatch.setattr(train, "train_torch", lambda config, *a, **k: seen.update(config=config) or
+                        {"test_accuracy": 0.5, "train_accuracy": 0.5, "n_test": 1, "wall_seconds": 0.0})
+    monkeypatch.setattr(train, "load_dataset", lambda *a, **k: load_dataset("digits", train_subset=8, test_subset=4))
+    train.main(["--model", "vit", "--dataset", "digits", "--no-progress"])
+    assert seen["config"].optimizer == "adamw"  # the preset's
+    train.main(["--model", "vit", "--dataset", "digits", "--optimizer", "sgd", "--momentum", "0.8", "--no-progress"])
+    assert seen["config"].optimizer == "sgd" and seen["config"].momentum == 0.8
+    expected = {"sgd": torch.optim.SGD, "adam": torch.optim.Adam, "adamw": torch.optim.AdamW}
+    model = torch.nn.Linear(3, 2)
+    for name, cls in expected.items():
+        config = resolve_config("bp-cnn", "digits", optimizer=name)
+        assert type(make_optimizer(model, config)) is cls
+
+
 def _env():
     env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "OPENBLAS_NUM_THREADS")}
     return dict(env, PYTHONPATH=str(REPO))

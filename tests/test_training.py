@@ -213,6 +213,8 @@ def assert_one_line_error(result, pattern):
     (["--lr-layers", "1", "-1"], "--lr-layers"),
     (["--optimizer", "adam", "--momentum", "0.5"], "--momentum applies to --optimizer sgd"),
     (["--optimizer", "rmsprop"], "--optimizer"),
+    (["--optimizer", "adamw"], "--optimizer adamw applies to the torch models only"),
+    (["--model", "bp-cnn", "--optimizer", "adamw", "--momentum", "0.5"], "--momentum applies to --optimizer sgd"),
 ])
 def test_cli_user_errors_are_one_line(args, pattern, tmp_path):
     assert_one_line_error(run_cli(*args, cwd=tmp_path), pattern)

@@ -44,6 +44,7 @@ CROP_PADDING = 4
 # Random crops and flips keep the label of a natural 32x32 image; they do not keep an 8x8 or
 # 28x28 digit's (a 4-pixel crop cuts half of an 8x8 digit away; a flipped 2 is no 2).
 AUGMENTED_DATASETS = ("cifar10", "cifar100")
+TORCH_OPTIMIZERS = ("sgd", "adam", "adamw")  # torch.optim.SGD (heavy-ball), Adam, AdamW
 
 
 @dataclass
@@ -55,7 +56,7 @@ class TorchTrainConfig:
     dataset: str | None = None
     epochs: int | None = None
     batch_size: int | None = None
-    optimizer: str | None = None          # "sgd" | "adamw"
+    optimizer: str | None = None          # TORCH_OPTIMIZERS
     lr: float | None = None               # baselines; for ep-cnn sets every layer's lr
     lrs: tuple | None = None              # ep-cnn: one lr per synapse (conv 1..L, readout)
     momentum: float | None = None
@@ -97,7 +98,8 @@ class TorchTrainConfig:
         checks = [
             (self.epochs >= 1, "--epochs must be at least 1"),
             (self.batch_size >= 1, "--batch-size must be at least 1"),
-            (self.optimizer in ("sgd", "adamw"), f"unknown optimizer {self.optimizer!r}"),
+            (self.optimizer in TORCH_OPTIMIZERS, f"unknown optimizer {self.optimizer!r}; choose from "
+                                                  f"{', '.join(TORCH_OPTIMIZERS)}"),
             (self.schedule in ("cosine", "constant"), f"unknown schedule {self.schedule!r}"),
             (0 <= self.momentum < 1, "--momentum must be in [0, 1)"),
             (self.weight_decay >= 0, "--weight-decay must be non-negative"),
@@ -228,6 +230,8 @@ def make_optimizer(model, config: TorchTrainConfig):
         g["base_lr"] = g["lr"]
     if config.optimizer == "sgd":
         return torch.optim.SGD(groups, momentum=config.momentum, weight_decay=config.weight_decay)
+    if config.optimizer == "adam":
+        return torch.optim.Adam(groups, weight_decay=config.weight_decay)
     return torch.optim.AdamW(groups, weight_decay=config.weight_decay)
 
 
