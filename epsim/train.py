@@ -169,6 +169,12 @@ def _add_training_options(g, d: TrainConfig) -> None:
                         "(-s, s) clamped at 0), s = --weight-gain / sqrt(fan-in)")
     g.add_argument("--weight-gain", type=float, default=d.weight_gain,
                    help="scale of the initial conductances (in units of g_unit)")
+    g.add_argument("--init-from", default=None, metavar="CKPT",
+                   help="circuit models: start from the conductances and biases of this circuit "
+                        "checkpoint (the same architecture; clipped to this run's --g-min/--g-max), "
+                        "e.g. to fine-tune a trained circuit under another --device-model, --diode or "
+                        "--optimizer; the update rule's state, device states and epochs start fresh, and "
+                        "--resume continues this run, not CKPT's (default: draw them per --init)")
     g.add_argument("--beta", type=float, default=d.beta,
                    help="nudging strength: nudge conductance beta*g_unit to the target, phases +beta and -beta")
     g.add_argument("--seed", type=int, default=d.seed,
@@ -241,7 +247,7 @@ CIRCUIT_CONFIG_OPTIONS = ("dataset", "arch", "backend", "diode", "rail_offset", 
                           "differential", "unit_polarity", "g_max", "g_min", "tol",
                           "nudge_rtol", "max_iter", "device_model", "wire_resistance", "epochs",
                           "batch_size", "lr", "lr_bias", "lr_layers", "momentum", "optimizer", "lr_schedule",
-                          "lr_decay", "init", "weight_gain", "beta", "seed", "train_subset",
+                          "lr_decay", "init", "init_from", "weight_gain", "beta", "seed", "train_subset",
                           "test_subset")
 # TorchTrainConfig field of each torch option whose name differs from the field's
 TORCH_CONFIG_FIELDS = {"lr_schedule": "schedule", "ep_tol": "tol", "ep_nudge_tol": "nudge_tol"}

@@ -180,6 +180,34 @@ def test_resume_with_a_different_model_is_refused(tmp_path, digits):
               log=lambda *_: None)
 
 
+def test_init_from_starts_at_a_checkpoints_parameters(tmp_path, digits):
+    """``init_from``: the run starts at the checkpoint's conductances and biases (at a vanishing
+    rate it ends there), with a fresh update rule; a resume continues the new run; another shape
+    is refused."""
+    train(config(epochs=1), digits, tmp_path / "a", progress=False, log=lambda *_: None)
+    source = str(tmp_path / "a" / CHECKPOINT_NAME)
+    train(config(epochs=1, lr=1e-30, init_from=source), digits, tmp_path / "b", progress=False,
+          log=lambda *_: None)
+    (net_a, _), (net_b, state_b) = params_of(tmp_path / "a"), params_of(tmp_path / "b")
+    for a, b in zip(net_a.w + net_a.b, net_b.w + net_b.b):
+        np.testing.assert_allclose(b, a, rtol=1e-14, atol=1e-20)
+        assert np.abs(a).max() > 1e-3
+    assert state_b["config"]["init_from"] == source
+    fresh = train(config(epochs=1), digits, tmp_path / "c", progress=False, log=lambda *_: None)
+    tuned = train(config(epochs=1, init_from=source), digits, tmp_path / "d", progress=False, log=lambda *_: None)
+    assert tuned["history"][0]["train_accuracy"] > fresh["history"][0]["train_accuracy"]
+    # an interrupted fine-tune resumes from its own checkpoint, not from the source's parameters
+    cfg = config(epochs=2, init_from=source)
+    whole = train(cfg, digits, tmp_path / "e", progress=False, log=lambda *_: None)
+    assert train(cfg, digits, tmp_path / "f", progress=False, stop_after_batches=17,
+                 log=lambda *_: None) == {"interrupted": True}
+    resumed = train(cfg, digits, tmp_path / "f", resume=True, progress=False, log=lambda *_: None)
+    assert [h["test_accuracy"] for h in whole["history"]] == [h["test_accuracy"] for h in resumed["history"]]
+    with pytest.raises(EpsimError, match="different model shape"):
+        train(config(epochs=1, model="mlp", init_from=source), digits, tmp_path / "g", progress=False,
+              log=lambda *_: None)
+
+
 def _doctor_checkpoint(path, edit):
     state = load_checkpoint(path)
     edit(state)
@@ -214,6 +242,8 @@ def assert_one_line_error(result, pattern):
     (["--optimizer", "adam", "--momentum", "0.5"], "--momentum applies to --optimizer sgd"),
     (["--optimizer", "rmsprop"], "--optimizer"),
     (["--optimizer", "adamw"], "--optimizer adamw applies to the torch models only"),
+    (["--init-from", "/nonexistent/checkpoint.pt"], "--init-from /nonexistent/checkpoint.pt: no such"),
+    (["--model", "bp-cnn", "--init-from", "x.pt"], "apply to circuit models only"),
     (["--model", "bp-cnn", "--optimizer", "adamw", "--momentum", "0.5"], "--momentum applies to --optimizer sgd"),
 ])
 def test_cli_user_errors_are_one_line(args, pattern, tmp_path):

@@ -14,9 +14,11 @@ holds ``g_unit_S``), ``w``/``b`` (normalised conductances ``G/g_unit`` and bias 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
+from pathlib import Path
 
 import numpy as np
 
+from ..checkpoint import load_checkpoint
 from ..circuit.diodes import DiodeModel
 from ..distributed import DataParallel
 from ..errors import EpsimError
@@ -73,6 +75,7 @@ class TrainConfig:
     tol_A: float = DEFAULT_TOL_A  # KCL tolerance of the free phase (A)
     nudge_rtol: float | None = 1e-3  # nudged phases: error per layer / its response; None: tol_A
     max_iter: int = 1000
+    init_from: str | None = None  # circuit checkpoint whose conductances and biases start the run
     train_subset: int | None = None
     test_subset: int | None = None
     eval_batch_size: int = 500
@@ -115,6 +118,8 @@ class TrainConfig:
             (self.nudge_rtol is None or (np.isfinite(self.nudge_rtol) and 0 < self.nudge_rtol < 1),
              "--nudge-rtol must be in [0, 1) (0: the nudged phases stop on --tol)"),
             (self.max_iter >= 1, "--max-iter must be at least 1"),
+            (self.init_from is None or Path(self.init_from).is_file(),
+             f"--init-from {self.init_from}: no such checkpoint file"),
             (self.seed >= 0, "--seed must be non-negative"),
             (np.isfinite(self.g_min_S) and np.isfinite(self.g_max_S) and 0 <= self.g_min_S < self.g_max_S,
              f"--g-min and --g-max must satisfy 0 <= --g-min < --g-max (siemens), "
@@ -280,13 +285,17 @@ def _train(config: TrainConfig, dataset, out_dir, dp, *, resume, progress, stop_
     net = build_network(config, dataset)
     rng = np.random.default_rng(config.seed)
     net.init_params(rng, config.weight_gain, config.init)
+    run = Run(out_dir, resume=resume, writes=dp.is_main, checkpoint_interval_s=checkpoint_interval_s,
+              stop_after_batches=stop_after_batches, log=log)
+    state = run.saved_state()
+    if state is None and config.init_from is not None:
+        restore_network(net, load_checkpoint(config.init_from), config.init_from)
+        lo, hi = net.w_bounds
+        net.w = [np.clip(w, lo, hi) for w in net.w]
     devices = DeviceArray(get_device_model(config.device_model), net, config.seed, dp.rank)
     devices.program(net)
     solver = devices.wrap_solver(solver)
     opt = make_optimizer(config, net, device=devices)
-    run = Run(out_dir, resume=resume, writes=dp.is_main, checkpoint_interval_s=checkpoint_interval_s,
-              stop_after_batches=stop_after_batches, log=log)
-    state = run.saved_state()
     if state is not None:
         restore_network(net, state, run.checkpoint_path)
         run.check_resumable(TrainConfig(**state["config"]), config, state)
