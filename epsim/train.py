@@ -171,9 +171,10 @@ def _add_training_options(g, d: TrainConfig) -> None:
                    help="scale of the initial conductances (in units of g_unit)")
     g.add_argument("--init-from", default=None, metavar="CKPT",
                    help="circuit models: start from the conductances and biases of this circuit "
-                        "checkpoint (the same architecture; clipped to this run's --g-min/--g-max), "
-                        "e.g. to fine-tune a trained circuit under another --device-model, --diode or "
-                        "--optimizer; the update rule's state, device states and epochs start fresh, and "
+                        "checkpoint (the same architecture; normalised values as saved, clipped to this "
+                        "run's conductance range, so a device window that excludes them resets them), "
+                        "e.g. to fine-tune a trained circuit with another --diode, --optimizer or "
+                        "schedule; the update rule's state, device states and epochs start fresh, and "
                         "--resume continues this run, not CKPT's (default: draw them per --init)")
     g.add_argument("--beta", type=float, default=d.beta,
                    help="nudging strength: nudge conductance beta*g_unit to the target, phases +beta and -beta")
