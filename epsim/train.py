@@ -283,8 +283,7 @@ def train_circuit_model(args, given: set) -> dict:
     config = preset_config(args.model, **{CONFIG_FIELDS.get(k, k): getattr(args, k)
                                           for k in CIRCUIT_CONFIG_OPTIONS if k in given})
     config.validate()
-    if config.optimizer != "sgd" and "momentum" in given:
-        raise EpsimError(f"--momentum applies to --optimizer sgd, not {config.optimizer}")
+    check_momentum(config.optimizer, given)
     check_run_options(args)
     dataset = load_dataset(args.dataset, args.data_dir or default_data_dir(), download=args.download,
                            train_subset=args.train_subset, test_subset=args.test_subset, seed=args.seed)
@@ -314,8 +313,7 @@ def train_software_model(args, given: set) -> dict:
         args.model, args.preset, augment=False if args.no_augment else None, seed=args.seed,
         train_subset=args.train_subset, test_subset=args.test_subset,
         **{TORCH_CONFIG_FIELDS.get(k, k): getattr(args, k) for k in TORCH_CONFIG_OPTIONS if k in given})
-    if config.optimizer != "sgd" and "momentum" in given:
-        raise EpsimError(f"--momentum applies to --optimizer sgd, not {config.optimizer}")
+    check_momentum(config.optimizer, given)
     if args.model == "vit" and (config.embed_dim % config.heads):
         raise EpsimError(f"--embed-dim {config.embed_dim} must be a multiple of --heads {config.heads}")
     if args.time_limit is not None and not args.time_limit > 0:
@@ -339,6 +337,12 @@ def train_software_model(args, given: set) -> dict:
         report(f"note: {metrics['test_unconverged']} test free phases stopped at T1 before reaching the tolerance")
     _print_written(args.out)
     return metrics
+
+
+def check_momentum(optimizer: str, given: set) -> None:
+    """``--momentum`` is the heavy-ball term of sgd: refuse it beside an adaptive rule."""
+    if optimizer != "sgd" and "momentum" in given:
+        raise EpsimError(f"--momentum applies to --optimizer sgd, not {optimizer}")
 
 
 def check_run_options(args) -> None:
