@@ -33,13 +33,12 @@ Shockley numbers, not of the ideal ones (SPICE has no ideal diode).
 """
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
 import numpy as np
 
-from epsim.cli import set_command_environment
+from epsim.cli import ArgumentParser, set_command_environment
 from epsim.errors import EpsimError
 
 set_command_environment()  # the commands' thread settings (OpenMP workers sleep when idle)
@@ -121,7 +120,7 @@ def spice_check(shockley, solver, x, y, tol_A: float, timeout_s: float = 3600.0)
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--checkpoint", required=True, help="checkpoint.pt of a circuit run of epsim.train")
     p.add_argument("--data-dir", default=None, help="folder with the checkpoint's dataset (digits needs none)")
     p.add_argument("--test-subset", type=int, default=1000, metavar="N",

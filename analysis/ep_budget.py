@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 from epsim.checkpoint import write_json
-from epsim.cli import set_command_environment
+from epsim.cli import ArgumentParser, set_command_environment
 from epsim.data import load_dataset
 from epsim.errors import EpsimError
 from epsim.models.ep_cnn import SOLVERS, ep_gradients
@@ -55,7 +55,7 @@ def gradients(model, x, y, budget, beta, tol, solver="sync", as_trained=False, n
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--checkpoint", required=True, help="checkpoint.pt of an ep-cnn run")
     p.add_argument("--data-dir", required=True, help="folder with the checkpoint's dataset")
     p.add_argument("--budgets", type=_budget, nargs="+", default=[(60, 15), (100, 30)], metavar="T1:T2",

@@ -37,22 +37,24 @@ publishing it (``driver/publish.py``, ``driver/merge.py``).
 """
 from __future__ import annotations
 
-import argparse
 import shlex
 import shutil
 import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-if str(HERE) not in sys.path:  # the driver package and common.py live beside this file
-    sys.path.insert(0, str(HERE))
+for _path in (HERE.parent, HERE):  # epsim, and the driver package and common.py beside this file
+    if str(_path) not in sys.path:
+        sys.path.insert(0, str(_path))
+
+from epsim.cli import ArgumentParser  # noqa: E402
 
 from driver.manifest import MANIFEST, UserError  # noqa: E402
 from driver.parsers import parse_bench_spice, parse_gdu  # noqa: E402
 from driver.plan import build_plan, certifiable, parse_eps  # noqa: E402
 from driver.merge import merged_summary  # noqa: E402
 from driver.publish import publish  # noqa: E402
-from driver.runner import display_command, execute, step_done  # noqa: E402
+from driver.runner import check_only, display_command, execute, step_done, step_selected  # noqa: E402
 from driver.scales import PLANS, SCALES  # noqa: E402
 from driver.summary import collect  # noqa: E402
 
@@ -63,9 +65,10 @@ __all__ = ["PLANS", "SCALES", "UserError", "build_parser", "build_plan", "certif
 
 def build_parser():
     """The driver's command line."""
-    p = argparse.ArgumentParser(prog="python analysis/run_all.py", description=__doc__.splitlines()[0],
+    p = ArgumentParser(prog="python analysis/run_all.py", description=__doc__.splitlines()[0],
                                 epilog="Scales: " + "; ".join(f"{k}: {v['what']}" for k, v in PLANS.items()))
-    p.add_argument("--scale", choices=SCALES, required=True)
+    p.add_argument("--scale", choices=SCALES, required=True,
+                   help="which plan to run (the models, attacks and sizes of each are listed below)")
     p.add_argument("--out", required=True, metavar="RESULTS_DIR", help="folder for every result file and the manifest")
     p.add_argument("--data-dir", default=None, help="dataset folder (CIFAR-10 for --scale gpu; digits needs none)")
     p.add_argument("--frost-dir", default=None,
@@ -74,7 +77,8 @@ def build_parser():
     p.add_argument("--seeds", type=int, nargs="+", default=None,
                    help="training seeds of the multi-seed models (default: smoke 0; cpu, gpu 0 1 2)")
     p.add_argument("--only", nargs="+", default=None, metavar="STEP",
-                   help="run only steps whose name starts with (or matches) one of these, e.g. train/ fidelity/")
+                   help="run only steps whose name starts with (or, as a regular expression, matches) one of these, "
+                        "e.g. train/ fidelity/ (with --dry-run: print only those)")
     p.add_argument("--force", action="store_true", help="rerun steps even if their outputs exist")
     p.add_argument("--dry-run", action="store_true", help="print the plan (commands) and exit")
     p.add_argument("--collect-only", action="store_true", help="only (re)build RESULTS_DIR/summary")
@@ -135,8 +139,11 @@ def main(argv=None) -> int:
         raise UserError(f"--frost-dir {args.frost_dir} is not a folder")
     steps = build_plan(args.scale, seeds, str(Path(args.data_dir).resolve()) if args.data_dir else None, out,
                        str(Path(args.frost_dir).resolve()) if args.frost_dir else None)
+    check_only(steps, args.only, args.scale)
     if args.dry_run:
         for s in steps:
+            if not step_selected(s.name, args.only):
+                continue
             print(f"{s.name}\n    {display_command(s.argv, out)}" + (f" > $RESULTS/{s.stdout_to}" if s.stdout_to else ""))
         return 0
     failed = []

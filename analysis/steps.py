@@ -27,7 +27,6 @@ them as subprocesses and records their command lines in its manifest.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import sys
@@ -38,7 +37,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from epsim.cli import run  # noqa: E402
+from epsim.cli import ArgumentParser, run  # noqa: E402
 from epsim.errors import EpsimError  # noqa: E402
 
 
@@ -275,7 +274,7 @@ def input_gradients(args):
 
 # --------------------------------------------------------------------------- CLI
 def build_parser():
-    p = argparse.ArgumentParser(prog="python analysis/steps.py", description=__doc__.splitlines()[0])
+    p = ArgumentParser(prog="python analysis/steps.py", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="step", required=True)
     a = sub.add_parser("adversarial", help="a few adversarial examples at one ε (npz + json)")
     a.add_argument("--checkpoint", required=True)

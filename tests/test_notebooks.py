@@ -505,6 +505,26 @@ def test_driver_user_errors_are_one_line(tmp_path):
     assert proc.returncode == 2 and "no manifest.json" in proc.stderr and proc.stderr.strip().count("\n") == 0
     proc = _driver("--scale", "smoke", "--out", str(tmp_path / "z"), "--seeds", "1", "1", "--dry-run", timeout=120)
     assert proc.returncode == 2 and "--seeds" in proc.stderr
+    proc = _driver("--scale", "nope", "--out", str(tmp_path / "s"), timeout=120)
+    assert proc.returncode == 2 and proc.stderr.startswith("error: argument --scale") and proc.stderr.count("\n") == 1
+    for pattern, message in (("robust/no-such-model", "selects none of the"), ("[", "not a step name")):
+        # a typo in --only would otherwise run nothing and exit 0
+        proc = _driver("--scale", "smoke", "--out", str(tmp_path / "o"), "--only", "train/", pattern, timeout=120)
+        assert proc.returncode == 2 and message in proc.stderr and proc.stderr.count("\n") == 1, proc.stderr
+        assert not (tmp_path / "o").exists()
+
+
+def test_driver_dry_run_prints_the_selected_steps(tmp_path):
+    proc = _driver("--scale", "smoke", "--out", str(tmp_path / "x"), "--dry-run", "--only", "train/", timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    names = [line for line in proc.stdout.splitlines() if not line.startswith(" ")]
+    assert names and all(n.startswith("train/") for n in names)
+    everything = _driver("--scale", "smoke", "--out", str(tmp_path / "x"), "--dry-run", timeout=120).stdout
+    assert set(names) == {n for n in everything.splitlines() if n.startswith("train/")}
+    regex = _driver("--scale", "smoke", "--out", str(tmp_path / "x"), "--dry-run", "--only", r"robust/.*/l2",
+                    timeout=120).stdout
+    assert regex and all(n.startswith("robust/") and n.endswith("/l2") for n in regex.splitlines()
+                         if not n.startswith(" "))
 
 
 def test_notebooks_on_disk_match_their_sources():

@@ -35,6 +35,26 @@ def display_command(argv, out: Path) -> str:
     return " ".join(shlex.quote(p) if not p.startswith("$RESULTS") else p for p in parts)
 
 
+def step_selected(name: str, only) -> bool:
+    """Whether step ``name`` is one of ``only`` (names, name prefixes or regular expressions
+    matching the whole name); every step when ``only`` is empty."""
+    return not only or any(name.startswith(pat) or re.fullmatch(pat, name) for pat in only)
+
+
+def check_only(steps, only, scale: str) -> None:
+    """A :class:`UserError` for an ``--only`` pattern that is not a valid expression or selects
+    none of ``steps`` (a typo would otherwise run nothing and exit 0)."""
+    names = [s.name for s in steps]
+    for pat in only or ():
+        try:
+            re.compile(pat)
+        except re.error as exc:
+            raise UserError(f"--only {pat!r} is not a step name, prefix or regular expression ({exc})") from None
+        if not any(step_selected(n, [pat]) for n in names):
+            raise UserError(f"--only {pat!r} selects none of the {len(names)} steps of the {scale} plan "
+                            f"(list them with --dry-run)")
+
+
 def git_state():
     """The checkout's commit (None outside git)."""
     try:
@@ -128,7 +148,7 @@ def execute(steps, out: Path, scale: str, *, only=None, force=False, driver_comm
     status = {}
     touched = set()  # the steps whose manifest records this process writes
     for step in steps:
-        if only and not any(re.fullmatch(pat, step.name) or step.name.startswith(pat) for pat in only):
+        if not step_selected(step.name, only):
             continue
         touched.add(step.name)
         prev = manifest["steps"].get(step.name)
