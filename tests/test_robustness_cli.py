@@ -64,6 +64,26 @@ def test_bad_input_gives_one_line_errors(trained, tmp_path, capsys):
         assert len(lines) == 1 and lines[0].startswith("error:") and words in lines[0], (argv, err)
 
 
+def test_value_errors_come_before_loading_or_writing(trained, tmp_path, capsys):
+    """Values wrong for any model are refused before the checkpoint or data load and before --out
+    is created: nothing on stdout, no output folder."""
+    ckpt, _ = trained
+    out = tmp_path / "never"
+    base = ["--checkpoint", str(ckpt), "--out", str(out), "--no-progress"]
+    cases = [
+        (base + ["--attack", "pgd-l2", "--eps", "-1"], "non-negative"),
+        (base + ["--attack", "pgd-l2", "--eps", "nan"], "non-negative"),
+        (base + ["--attack", "advep-l2", "--eps", "0.5", "--unroll", "0"], "--unroll"),
+        (base + ["--attack", "corruptions", "--severities", "6"], "severities are 1..5"),
+        (base + ["--attack", "corruptions", "--corruptions", "rain"], "unknown corruption"),
+    ]
+    for argv, words in cases:
+        status = cli(argv)
+        captured = capsys.readouterr()
+        assert status == 2 and words in captured.err and len(captured.err.strip().splitlines()) == 1, (argv, captured)
+        assert captured.out == "" and not out.exists(), (argv, captured.out)
+
+
 def test_checkpoint_dataset_shape_mismatch(tmp_path, capsys):
     """A circuit for 7x7 images claiming to be a digits model is refused before any attack."""
     net = build_mlp((1, 7, 7), (8,), 10)

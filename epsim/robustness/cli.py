@@ -208,6 +208,15 @@ def main(argv=None):
         raise EpsimError("--max-iter must be at least 1")
     if not (0 <= args.large_eps_threshold < 1):
         raise EpsimError("--large-eps-threshold must be in [0, 1)")
+    corruptions = tuple(args.corruptions) if args.corruptions else None
+    config = SweepConfig(attacks=tuple(attacks), eps=tuple(eps), paths=tuple(paths), losses=tuple(losses),
+                         restarts=args.restarts, steps=args.steps, queries=args.queries, seed=args.seed,
+                         severities=severities, corruptions=corruptions,
+                         frost_dir=args.frost_dir or (str(Path(args.data_dir) / "frost") if args.data_dir else None),
+                         large_eps_check=not args.no_large_eps_check,
+                         large_eps_threshold=args.large_eps_threshold, unroll=args.unroll,
+                         target_classes=args.target_classes)
+    config.check()
     if not Path(args.checkpoint).is_file():
         raise EpsimError(f"checkpoint {args.checkpoint} not found")
     prepare_out_dir(args.out)
@@ -252,14 +261,6 @@ def main(argv=None):
             raise EpsimError(f"--transfer-from model takes {surrogate.image_shape} images with "
                              f"{surrogate.num_classes} classes, the attacked model {adapter.image_shape} "
                              f"with {adapter.num_classes}")
-    corruptions = tuple(args.corruptions) if args.corruptions else None
-    config = SweepConfig(attacks=tuple(attacks), eps=tuple(eps), paths=tuple(paths), losses=tuple(losses),
-                         restarts=args.restarts, steps=args.steps, queries=args.queries, seed=args.seed,
-                         severities=severities, corruptions=corruptions,
-                         frost_dir=args.frost_dir or (str(Path(args.data_dir) / "frost") if args.data_dir else None),
-                         large_eps_check=not args.no_large_eps_check,
-                         large_eps_threshold=args.large_eps_threshold, unroll=args.unroll,
-                         target_classes=args.target_classes)
     digest = sweep_digest(Path(args.checkpoint), Path(args.transfer_from) if args.transfer_from else None,
                           x, np.asarray(y), asdict(config), adapter.settings())
     journal = SweepJournal(args.out, digest, resume=args.resume)

@@ -82,6 +82,33 @@ class SweepConfig:
     unroll: int = 29  # the seed protocol's truncated unroll (steps from the zero state)
     target_classes: int = 3  # runs of the targeted loss dlr-t: the top-k other classes
 
+    def check(self) -> None:
+        """An :class:`EpsimError` for a value that is wrong whatever the model (the ε range per
+        norm needs the image shape: :func:`validate_eps`)."""
+        for a in self.attacks:
+            split_attack(a)
+        for loss in self.losses:
+            if loss not in LOSSES:
+                raise EpsimError(f"unknown loss {loss!r}; choose from {', '.join(LOSSES)}")
+        if self.steps < 1 or self.restarts < 1 or self.queries < 1:
+            raise EpsimError("--steps, --restarts and --queries must be at least 1")
+        if int(self.unroll) < 1:
+            raise EpsimError("--unroll must be at least 1 step")
+        if int(self.target_classes) < 1:
+            raise EpsimError("--target-classes must be at least 1")
+        for e in self.eps:
+            if not math.isfinite(float(e)) or float(e) < 0:
+                raise EpsimError(f"ε must be a non-negative number, got {float(e):g}")
+        if "corruptions" in self.attacks:
+            from .corruptions import CORRUPTIONS
+
+            for sev in self.severities:
+                if not 1 <= int(sev) <= 5:
+                    raise EpsimError(f"corruption severities are 1..5, got {sev}")
+            for name in self.corruptions or ():
+                if name not in CORRUPTIONS:
+                    raise EpsimError(f"unknown corruption {name!r}; choose from {', '.join(CORRUPTIONS)}")
+
 
 def split_attack(name: str) -> tuple:
     """``"pgd-l2"`` -> ``("pgd", "l2")``; ``"corruptions"`` -> ``("corruptions", None)``."""
@@ -335,17 +362,9 @@ def run_sweep(adapter, x, y, config: SweepConfig, *, surrogate=None, recorded=No
     """
     t_start = time.perf_counter()
     cfg = config
+    cfg.check()
     attacks = sorted(dict.fromkeys(cfg.attacks), key=lambda a: (_FAMILY_ORDER[split_attack(a)[0]], a))
     eps_list = validate_eps(cfg.eps, attacks, adapter.image_shape) if any(a != "corruptions" for a in attacks) else ()
-    for loss in cfg.losses:
-        if loss not in LOSSES:
-            raise EpsimError(f"unknown loss {loss!r}; choose from {', '.join(LOSSES)}")
-    if cfg.steps < 1 or cfg.restarts < 1 or cfg.queries < 1:
-        raise EpsimError("--steps, --restarts and --queries must be at least 1")
-    if int(cfg.unroll) < 1:
-        raise EpsimError("--unroll must be at least 1 step")
-    if int(cfg.target_classes) < 1:
-        raise EpsimError("--target-classes must be at least 1")
     if any(split_attack(a)[0] == "certify" for a in attacks):
         if adapter.kind != "circuit":
             raise EpsimError(f"certify-l2/certify-linf need a circuit model; {adapter.name} is a "
@@ -614,9 +633,6 @@ def _corruption_rows(sw, correct, clean_acc, clean_check) -> list:
 
     cfg, a = sw.cfg, sw.a
     names = list(cfg.corruptions) if cfg.corruptions else list(CORRUPTIONS)
-    for name in names:
-        if name not in CORRUPTIONS:
-            raise EpsimError(f"unknown corruption {name!r}; choose from {', '.join(CORRUPTIONS)}")
     usable = [c for c in names if applicable(c, a.image_shape)]
     skipped = [c for c in names if c not in usable]
     if cfg.corruptions and skipped:  # asked for by name: say why it cannot run
@@ -633,9 +649,6 @@ def _corruption_rows(sw, correct, clean_acc, clean_check) -> list:
             missing.append("frost")
             sw.log(f"skipping frost: {exc}")
     sevs = [int(s) for s in cfg.severities]
-    for s in sevs:
-        if not 1 <= s <= 5:
-            raise EpsimError(f"corruption severities are 1..5, got {s}")
     bar = _bar(len(usable) * len(sevs), "corruptions", sw.progress)
     rows, per_sev = [], {s: [] for s in sevs}
     for name in usable:
