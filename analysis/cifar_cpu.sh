@@ -46,15 +46,16 @@ train bp-cnn-matched-61 --model bp-cnn --backend torch --preset cifar10-small --
 train adv-cnn-matched-61 --model adv-cnn --backend torch --preset cifar10-small --threads 1 --stop-at-accuracy 0.615 --val-every 5
 
 frost=(); [ -n "${FROST_DIR:-}" ] && frost=(--frost-dir "$FROST_DIR")
-common=(--test-subset 500 --steps 20 --restarts 1 --loss ce,dlr --queries 1000 --threads 1 --no-progress --data-dir "$DATA")
+common=(--test-subset 500 --threads 1 --no-progress --data-dir "$DATA")
+attack=(--steps 20 --restarts 1 --loss ce,dlr --queries 1000)
 for m in ep-cnn bp-cnn adv-cnn circuit-mlp circuit-cnn circuit-cnn-deep bp-cnn-matched adv-cnn-matched \
          bp-cnn-matched-30 adv-cnn-matched-30 ep-cnn-7 bp-cnn-matched-55 adv-cnn-matched-55 \
          ep-cnn-14dp bp-cnn-matched-61 adv-cnn-matched-61; do
     ck="$OUT/$m/checkpoint.pt"
     run "$OUT/rob/$m-linf/robustness.json" "$OUT/rob-$m-linf.log" python -m epsim.robustness --checkpoint "$ck" \
-        --attack pgd-linf,fgsm-linf,square-linf --eps 2/255,8/255 "${common[@]}" --out "$OUT/rob/$m-linf"
+        --attack pgd-linf,fgsm-linf,square-linf --eps 2/255,8/255 "${attack[@]}" "${common[@]}" --out "$OUT/rob/$m-linf"
     run "$OUT/rob/$m-l2/robustness.json" "$OUT/rob-$m-l2.log" python -m epsim.robustness --checkpoint "$ck" \
-        --attack pgd-l2,fgsm-l2,square-l2 --eps 0.25,0.5 "${common[@]}" --out "$OUT/rob/$m-l2"
+        --attack pgd-l2,fgsm-l2,square-l2 --eps 0.25,0.5 "${attack[@]}" "${common[@]}" --out "$OUT/rob/$m-l2"
     run "$OUT/rob/$m-corruptions/robustness.json" "$OUT/rob-$m-corruptions.log" python -m epsim.robustness \
         --checkpoint "$ck" --attack corruptions --severities 1,2,3,4,5 "${frost[@]}" "${common[@]}" \
         --out "$OUT/rob/$m-corruptions"

@@ -10,7 +10,7 @@ import pytest
 from epsim.checkpoint import save_checkpoint
 from epsim.data import load_dataset
 from epsim.models.resistive import build_mlp
-from epsim.robustness.cli import cli, parse_eps
+from epsim.robustness.cli import cli, parse_eps, warn_unused_options
 from epsim.errors import EpsimError
 from epsim.training import TrainConfig, train
 
@@ -82,6 +82,25 @@ def test_value_errors_come_before_loading_or_writing(trained, tmp_path, capsys):
         captured = capsys.readouterr()
         assert status == 2 and words in captured.err and len(captured.err.strip().splitlines()) == 1, (argv, captured)
         assert captured.out == "" and not out.exists(), (argv, captured.out)
+
+
+def test_options_no_chosen_attack_reads_are_named():
+    lines = warn_unused_options({"unroll", "queries", "steps", "eps"}, ["pgd-l2"])
+    assert len(lines) == 2 and lines[0].startswith("warning: --unroll applies to advep-* only")
+    assert "--queries applies to square-* only" in lines[1] and all(line.endswith("ignored") for line in lines)
+    assert warn_unused_options({"unroll", "queries", "steps"}, ["advep-l2", "square-l2", "pgd-l2"]) == []
+    (line,) = warn_unused_options({"eps", "severities"}, ["corruptions"])
+    assert line.startswith("warning: --eps applies to") and "corruptions" in line.split("not to")[1]
+    assert warn_unused_options(set(), ["pgd-l2"]) == []
+
+
+def test_an_ignored_option_is_warned_on_stderr(trained, tmp_path, capsys):
+    ckpt, _ = trained
+    status = cli(["--checkpoint", str(ckpt), "--out", str(tmp_path / "r"), "--test-subset", "4", "--no-progress",
+                  "--attack", "corruptions", "--corruptions", "gaussian_noise", "--severities", "1",
+                  "--unroll", "5"])
+    err = capsys.readouterr().err
+    assert status == 0 and "warning: --unroll applies to advep-* only, not to --attack corruptions; ignored" in err
 
 
 def test_checkpoint_dataset_shape_mismatch(tmp_path, capsys):

@@ -13,8 +13,8 @@ import sys
 from dataclasses import asdict
 from pathlib import Path
 
-from ..cli import (ArgumentParser, add_dataset, add_device, add_list, add_test_subset, add_threads, prepare_out_dir,
-                   run, set_command_environment, set_threads)
+from ..cli import (ArgumentParser, add_dataset, add_device, add_list, add_test_subset, add_threads, explicit_options,
+                   prepare_out_dir, run, set_command_environment, set_threads)
 
 set_command_environment()  # before numpy loads
 
@@ -179,11 +179,35 @@ def _write_csv(path: Path, rows):
     _atomic_write(path, lambda fh: fh.write(data))
 
 
+# Options that only some attack families read: (option, destination, the families that use it).
+_FAMILY_OPTIONS = (
+    ("--steps", "steps", {"pgd"}), ("--restarts", "restarts", {"pgd"}),
+    ("--target-classes", "target_classes", {"pgd", "fgsm"}), ("--transfer-from", "transfer_from", {"pgd", "fgsm"}),
+    ("--unroll", "unroll", {"advep"}), ("--queries", "queries", {"square"}),
+    ("--no-large-eps-check", "no_large_eps_check", {"pgd"}),
+    ("--large-eps-threshold", "large_eps_threshold", {"pgd"}),
+    ("--corruptions", "corruptions", {"corruptions"}), ("--severities", "severities", {"corruptions"}),
+    ("--frost-dir", "frost_dir", {"corruptions"}),
+    ("--eps", "eps", {"pgd", "fgsm", "square", "certify", "advep"}),
+)
+
+
+def warn_unused_options(given: set, attacks) -> list:
+    """One warning line for each option in ``given`` (destinations given on the command line) that
+    none of ``attacks`` reads, so a misplaced option is seen rather than silently ignored."""
+    families = {split_attack(a)[0] for a in attacks}
+    return [f"warning: {flag} applies to {', '.join(sorted(f + ('' if f == 'corruptions' else '-*') for f in used))} "
+            f"only, not to --attack {','.join(attacks)}; ignored"
+            for flag, dest, used in _FAMILY_OPTIONS if dest in given and not used & families]
+
+
 def main(argv=None):
     args = build_parser().parse_args(argv)
     attacks = _choices(args.attack, ATTACKS, "attack")
     for a in attacks:
         split_attack(a)
+    for line in warn_unused_options(explicit_options(build_parser, argv), attacks):
+        print(line, file=sys.stderr)
     eps = list(args.eps)
     paths = _choices(args.grad_path, PATHS, "grad-path", "all")
     losses = _choices(args.loss, LOSSES, "loss", "all")
