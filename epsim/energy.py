@@ -36,8 +36,8 @@ from dataclasses import asdict
 from pathlib import Path
 from types import SimpleNamespace
 
-from .cli import (ArgumentParser, add_attack_subset, add_list, add_test_subset, add_threads, prepare_out_dir, run,
-                  set_command_environment, set_threads)
+from .cli import (ArgumentParser, add_attack_subset, add_list, add_test_subset, add_threads, explicit_options,
+                  prepare_out_dir, run, set_command_environment, set_threads)
 
 set_command_environment()  # before numpy loads
 
@@ -95,8 +95,13 @@ def build_parser() -> ArgumentParser:
     return p
 
 
-def _validate(args):
+def _validate(args, given: set = frozenset()):
+    """One-line errors for bad values; ``given``: the options on the command line."""
+    attack_options = sorted(given & {"attack_norm", "attack_subset", "attack_steps"})
     checks = [
+        (args.attack_eps is not None or not attack_options,
+         f"{', '.join('--' + k.replace('_', '-') for k in attack_options)} "
+         f"{'apply' if len(attack_options) > 1 else 'applies'} to the early-readout attack only: add --attack-eps EPS"),
         (args.test_subset is None or args.test_subset >= 1, "--test-subset must be at least 1"),
         (np.isfinite(args.cell_capacitance) and args.cell_capacitance >= 0, "--cell-capacitance must be >= 0 farads"),
         (np.isfinite(args.node_capacitance) and args.node_capacitance >= 0, "--node-capacitance must be >= 0 farads"),
@@ -190,7 +195,7 @@ def _update_energy_J(net, config, solver, x, labels, args) -> dict:
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
-    readout = _validate(args)
+    readout = _validate(args, explicit_options(build_parser, argv))
     out = prepare_out_dir(args.out)
     set_threads(args.threads)
     from .checkpoint import write_json

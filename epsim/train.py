@@ -284,6 +284,9 @@ def train_circuit_model(args, given: set) -> dict:
                                           for k in CIRCUIT_CONFIG_OPTIONS if k in given})
     config.validate()
     check_momentum(config.optimizer, given)
+    if "lr_decay" in given and config.lr_schedule != "exponential":
+        raise EpsimError(f"--lr-decay is the per-epoch factor of --lr-schedule exponential; this run's schedule "
+                         f"is {config.lr_schedule}")
     check_run_options(args)
     dataset = load_dataset(args.dataset, args.data_dir or default_data_dir(), download=args.download,
                            train_subset=args.train_subset, test_subset=args.test_subset, seed=args.seed)

@@ -90,6 +90,7 @@ def test_cli_preset_with_overrides(tmp_path, capsys):
     (["--arch", "dense:64,dense:9"], "must end with the output layer"),
     (["--nudge-rtol", "1.5"], "--nudge-rtol must be in"),
     (["--lr-decay", "0"], "--lr-decay must be in"),
+    (["--model", "mlp", "--lr-decay", "0.9"], "--lr-decay is the per-epoch factor of --lr-schedule exponential"),
 ])
 def test_cli_rejects_bad_options_in_one_line(args, message):
     r = subprocess.run([sys.executable, "-m", "epsim.train", *args, "--train-subset", "8", "--test-subset", "8"],

@@ -42,7 +42,9 @@ def test_energy_table(checkpoint, tmp_path):
 @pytest.mark.parametrize("args,message", [
     (["--t-stop", "-1"], "--t-stop"), (["--lte-tol", "0"], "--lte-tol"),
     (["--readout-times", "-0.5"], "--readout-times"), (["--test-subset", "0"], "--test-subset"),
-    (["--cell-capacitance", "0", "--node-capacitance", "0"], "both be 0")])
+    (["--cell-capacitance", "0", "--node-capacitance", "0"], "both be 0"),
+    (["--attack-norm", "linf"], "--attack-norm applies to the early-readout attack only"),
+    (["--attack-subset", "3", "--attack-steps", "2"], "--attack-steps, --attack-subset apply to")])
 def test_bad_options_fail_before_any_work(checkpoint, tmp_path, args, message):
     with pytest.raises(EpsimError, match=message):
         main(["--checkpoint", str(checkpoint), "--out", str(tmp_path / "o"), *args])
