@@ -79,6 +79,10 @@ def build_parser():
     p.add_argument("--only", nargs="+", default=None, metavar="STEP",
                    help="run only steps whose name starts with (or, as a regular expression, matches) one of these, "
                         "e.g. train/ fidelity/ (with --dry-run: print only those)")
+    p.add_argument("--jobs", type=int, default=1, metavar="N",
+                   help="run up to N steps at a time, in plan order, each once the steps it needs are done; "
+                        "each step's numba/OpenMP threads default to cores / N (NUMBA_NUM_THREADS, "
+                        "OMP_NUM_THREADS already set win)")
     p.add_argument("--force", action="store_true", help="rerun steps even if their outputs exist")
     p.add_argument("--dry-run", action="store_true", help="print the plan (commands) and exit")
     p.add_argument("--collect-only", action="store_true", help="only (re)build RESULTS_DIR/summary")
@@ -125,6 +129,8 @@ def main(argv=None) -> int:
     seeds = tuple(args.seeds) if args.seeds else PLANS[args.scale]["seeds"]
     if len(set(seeds)) != len(seeds) or any(s < 0 for s in seeds):
         raise UserError("--seeds must be distinct non-negative integers")
+    if args.jobs < 1:
+        raise UserError("--jobs must be at least 1")
     if args.merge and not args.publish:
         raise UserError("--merge needs --publish DIR (the published summary to merge into)")
     if args.retrain_tolerance != 0.0 and not args.merge:
@@ -152,7 +158,7 @@ def main(argv=None) -> int:
             print("note: the gpu scale is the paper-scale configuration (CUDA, CIFAR-10); it takes days on a CPU",
                   file=sys.stderr)
         manifest = execute(steps, out, args.scale, only=args.only, force=args.force,
-                           driver_command=driver_command(argv, out))
+                           driver_command=driver_command(argv, out), jobs=args.jobs)
         failed = [k for k, v in manifest["steps"].items() if v.get("status") in ("failed", "blocked")
                   and k in manifest["plan"]]
     summ = collect(out)

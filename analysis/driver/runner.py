@@ -14,6 +14,7 @@ import shutil
 import subprocess
 import sys
 import time
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from pathlib import Path
 
 from . import REPO
@@ -108,7 +109,8 @@ def run_step(step: Step, out: Path, env: dict, log=print) -> dict:
         rec["status"] = "failed"
         tail = log_path.read_text().strip().splitlines()[-3:]
         rec["error"] = (f"missing outputs {missing}; " if proc.returncode == 0 else "") + " | ".join(tail)
-    log(f"    {rec['status']} in {rec['wall_s']:.1f} s" + (f": {rec.get('error', '')}" if rec["status"] != "done" else ""))
+    log(f"[{now()}] {step.name}: {rec['status']} in {rec['wall_s']:.1f} s"
+        + (f": {rec.get('error', '')}" if rec["status"] != "done" else ""))
     return rec
 
 
@@ -130,9 +132,26 @@ def step_done(step: Step, out: Path) -> bool:
     return True
 
 
-def execute(steps, out: Path, scale: str, *, only=None, force=False, driver_command=None, log=print) -> dict:
-    """Run the ``steps`` not done yet (those matching ``only``; every one with ``force``), saving the
-    manifest after each; returns the manifest."""
+def step_environment(jobs: int) -> dict:
+    """The steps' environment: the repository on ``PYTHONPATH``; with ``jobs`` > 1 concurrent steps,
+    the CPU threads of each (numba, OpenMP, MKL) default to an equal share of the cores (a value
+    already set in the environment wins)."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+    if jobs > 1:
+        share = str(max(1, (os.cpu_count() or 1) // jobs))
+        for var in ("NUMBA_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+            env.setdefault(var, share)
+    return env
+
+
+def execute(steps, out: Path, scale: str, *, only=None, force=False, driver_command=None, log=print,
+            jobs: int = 1) -> dict:
+    """Run the ``steps`` not done yet (those matching ``only``; every one with ``force``), up to
+    ``jobs`` at a time in plan order (a step starts once every step it depends on is done), saving
+    the manifest after each; returns the manifest."""
+    if jobs < 1:
+        raise UserError("--jobs must be at least 1")
     out.mkdir(parents=True, exist_ok=True)
     manifest = load_manifest(out)
     if manifest.get("scale") not in (None, scale):
@@ -143,17 +162,16 @@ def execute(steps, out: Path, scale: str, *, only=None, force=False, driver_comm
         manifest["driver_command"] = driver_command
     manifest.setdefault("created", now())
     manifest.setdefault("steps", {})
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+    env = step_environment(jobs)
     status = {}
     touched = set()  # the steps whose manifest records this process writes
+    queue = []  # the steps to run, in plan order
     for step in steps:
         if not step_selected(step.name, only):
             continue
         touched.add(step.name)
         prev = manifest["steps"].get(step.name)
-        done = step_done(step, out)
-        if done and not force:
+        if step_done(step, out) and not force:
             if prev is None or prev.get("status") != "done":
                 prev = {"kind": step.kind, "command": display_command(step.argv, out), "outputs": step.outputs,
                         "status": "done", "note": "outputs were already there", **step.meta}
@@ -161,25 +179,48 @@ def execute(steps, out: Path, scale: str, *, only=None, force=False, driver_comm
             status[step.name] = "done"
             log(f"[{now()}] {step.name}: done earlier, skipped")
             continue
-        def not_run(state, error, why):
-            manifest["steps"][step.name] = {"kind": step.kind, "command": display_command(step.argv, out),
-                                            "outputs": step.outputs, "status": state, "error": error, **step.meta}
-            status[step.name] = state
-            log(f"[{now()}] {step.name}: {state} {why}")
-            save_manifest(out, manifest, touched)
+        queue.append(step)
+    unfinished = {s.name for s in queue}  # queued or running in this process
 
-        if step.requires and shutil.which(step.requires) is None:
-            not_run("skipped", f"{step.requires} is not installed", f"({step.requires} is not installed)")
-            continue
-        blocked = [d for d in step.deps if status.get(d, manifest["steps"].get(d, {}).get("status")) != "done"]
-        if blocked:
-            not_run("blocked", f"needs {', '.join(blocked)}", f"by {', '.join(blocked)}")
-            continue
-        rec = run_step(step, out, env, log)
+    def record(step, rec, why=None):
         manifest["steps"][step.name] = rec
         status[step.name] = rec["status"]
+        unfinished.discard(step.name)
         manifest["updated"] = now()
+        if why:
+            log(f"[{now()}] {step.name}: {rec['status']} {why}")
         save_manifest(out, manifest, touched)
+
+    def not_run(step, state, error, why):
+        record(step, {"kind": step.kind, "command": display_command(step.argv, out), "outputs": step.outputs,
+                      "status": state, "error": error, **step.meta}, why)
+
+    running = {}  # future -> step
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        while queue or running:
+            for step in list(queue):
+                if len(running) >= jobs:
+                    break
+                if step.requires and shutil.which(step.requires) is None:
+                    queue.remove(step)
+                    not_run(step, "skipped", f"{step.requires} is not installed", f"({step.requires} is not installed)")
+                    continue
+                if any(d in unfinished for d in step.deps):
+                    continue  # waits for a step of this process
+                queue.remove(step)
+                blocked = [d for d in step.deps if status.get(d, manifest["steps"].get(d, {}).get("status")) != "done"]
+                if blocked:
+                    not_run(step, "blocked", f"needs {', '.join(blocked)}", f"by {', '.join(blocked)}")
+                    continue
+                running[pool.submit(run_step, step, out, env, log)] = step
+            if not running:
+                for step in list(queue):  # only possible with a dependency cycle in the plan
+                    queue.remove(step)
+                    not_run(step, "blocked", "dependency cycle", "by a dependency cycle")
+                continue
+            finished, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in finished:
+                record(running.pop(future), future.result())
     manifest["updated"] = now()
     save_manifest(out, manifest, touched)
     manifest["steps"] = load_manifest(out).get("steps", manifest["steps"])
