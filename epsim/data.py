@@ -50,6 +50,9 @@ __all__ = [
 ]
 
 DATASETS = ("digits", "mnist", "cifar10", "cifar100")
+# per dataset: the shape (C, H, W) of one image and the number of classes
+DATASET_GEOMETRY = {"digits": ((1, 8, 8), 10), "mnist": ((1, 28, 28), 10),
+                    "cifar10": ((3, 32, 32), 10), "cifar100": ((3, 32, 32), 100)}
 
 DATA_DIR_ENV = "EPSIM_DATA_DIR"
 _FALLBACK_DATA_DIR = Path("data")
@@ -137,6 +140,12 @@ def load_dataset(
     else:
         ds = _load_cifar(key, base, download)
     return _apply_subsets(ds, train_subset, test_subset, seed)
+
+
+def dataset_geometry(name: str) -> tuple:
+    """``(image_shape, num_classes)`` of dataset ``name`` without loading it: ``image_shape`` is
+    ``(C, H, W)``. Lets a command check a network against its data before any file is read."""
+    return DATASET_GEOMETRY[_normalise_name(name)]
 
 
 # --------------------------------------------------------------------------

@@ -250,6 +250,23 @@ def test_cli_user_errors_are_one_line(args, pattern, tmp_path):
     assert_one_line_error(run_cli(*args, cwd=tmp_path), pattern)
 
 
+@pytest.mark.parametrize("args,pattern", [
+    (["--arch", "conv:16:40:1,dense:10"], "kernel 40 is larger than its 28x28 input"),
+    (["--arch", "conv:16:5:2,dense:10", "--lr-layers", "1", "2", "3"],
+     "--lr-layers needs 2 values for the --arch conv:16:5:2,dense:10"),
+    (["--model", "drn-2h", "--lr-layers", "1", "1"], "--lr-layers needs 3 values for the drn-2h"),
+    (["--model", "cnn-deep", "--amp-gain", "1", "2"], "--amp-gain: 2 amplifier gains for 4 boundaries"),
+    (["--arch", "dense:32,dense:5"], "must end with the output layer dense:10"),
+])
+def test_cli_shape_errors_come_before_the_data_and_the_out_dir(args, pattern, tmp_path):
+    """Shape mistakes are found from the dataset's name: the empty --data-dir (which holds no
+    MNIST files) is never read, no --out folder is made and nothing goes to stdout."""
+    out = tmp_path / "run"
+    result = run_cli(*args, "--dataset", "mnist", "--data-dir", str(tmp_path), "--out", str(out), cwd=tmp_path)
+    assert_one_line_error(result, pattern)
+    assert result.stdout == "" and not out.exists()
+
+
 def test_cli_rejects_bad_checkpoints(tmp_path):
     out = tmp_path / "run"
     assert run_cli("--train-subset", "40", "--test-subset", "20", "--epochs", "1", "--out", str(out)).returncode == 0

@@ -26,11 +26,12 @@ from ..learning.ep import centered_ep, free_phase_counts
 from ..learning.low_rank import grad_is_zero, grad_rms
 from ..learning.memristive import DeviceArray, get_device_model
 from ..learning.optim import OPTIMIZERS, layer_learning_rates, make_optimizer  # noqa: F401  (re-exported)
-from ..models.arch import has_padded_conv, parse_arch
+from ..data import dataset_geometry
+from ..models.arch import connections_from_arch, has_padded_conv, parse_arch
 from ..models.connections import INITS
 from ..models.loading import load_network, restore_network  # noqa: F401  (re-exported)
-from ..models.registry import build_circuit_model, preset_settings
-from ..models.resistive import UNIT_POLARITIES, CircuitRanges, ResistiveNetwork
+from ..models.registry import build_circuit_model, model_arch, preset_settings
+from ..models.resistive import UNIT_POLARITIES, CircuitRanges, ResistiveNetwork, validate_amp_gains
 from ..solvers.factory import make_solver
 from .run import Run, epoch_order, num_batches, progress_bar, show, summary_metrics
 
@@ -131,6 +132,23 @@ class TrainConfig:
         if self.arch is not None:
             parse_arch(self.arch)
         self._validate_hardware()
+
+    def validate_shapes(self):
+        """The architecture fits the images and classes of ``self.dataset``, and ``--lr-layers``
+        and ``--amp-gain`` have one value per layer / boundary: checked from the dataset's name,
+        before its files are read (:func:`train` checks the same against the loaded data)."""
+        image_shape, num_classes = dataset_geometry(self.dataset)
+        spec = self.arch if self.arch is not None else model_arch(self.model, image_shape, num_classes)
+        num_layers = len(connections_from_arch(spec, image_shape, num_classes, self.differential))
+        if self.lr_layers is not None and len(self.lr_layers) != num_layers:
+            network = self.model if self.arch is None else f"--arch {self.arch}"
+            raise EpsimError(f"--lr-layers needs {num_layers} values for the {network} "
+                             f"({num_layers} layers of conductances), got {len(self.lr_layers)}")
+        if self.amp_gain is not None:
+            try:
+                validate_amp_gains(self.amp_gain, num_layers)
+            except EpsimError as err:
+                raise EpsimError(f"--amp-gain: {err}") from None
 
     def _validate_hardware(self):
         """Device model and wire resistance options (issue 8)."""
