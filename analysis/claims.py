@@ -10,11 +10,11 @@ quadrature. A comparison whose numbers failed a sanity check names the checks.
 """
 from __future__ import annotations
 
-import argparse
 import csv
 import math
 import sys
 
+from epsim.cli import ArgumentParser
 from common import MissingResults, eps_label, headline_keys, headline_rows, read_csv, results_dir
 
 # (claim, baseline model, measure): measure "white-box" = the PGD and seed-protocol columns,
@@ -135,7 +135,7 @@ def write_claims(rdir) -> int:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python analysis/claims.py",
+    p = ArgumentParser(prog="python analysis/claims.py",
                                 description="Write claims.csv and claims.md (the seed's claims, each EP model against "
                                             "its baseline) into a results summary folder.")
     p.add_argument("results", nargs="?", default=None,

@@ -11,11 +11,11 @@ Figures (PNG) and tables (CSV + Markdown) go to ``$EPSIM_FIGURES`` (default ``an
 """
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 from pathlib import Path
 
+from epsim.cli import ArgumentParser
 import nbformat
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
@@ -284,7 +284,7 @@ def execute(nb, timeout=600):
 
 def main(argv=None):
     """Write every notebook (and with ``--execute`` run it first)."""
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--execute", action="store_true", help="run each notebook and keep its outputs")
     args = p.parse_args(argv)
     for name in NOTEBOOKS:

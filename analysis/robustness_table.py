@@ -10,11 +10,12 @@ Columns are ``ATTACK@EPS`` (ε as on the command line, e.g. ``8/255``) or ``corr
 """
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from fractions import Fraction
 from pathlib import Path
+
+from epsim.cli import ArgumentParser
 
 DEFAULT_COLUMNS = ("pgd-l2@0.25", "pgd-l2@0.5", "square-l2@0.5", "pgd-linf@2/255", "pgd-linf@8/255",
                    "square-linf@8/255", "corruptions@1", "corruptions@5")
@@ -67,7 +68,7 @@ def table(models: dict, columns) -> str:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("models", nargs="+", metavar="LABEL=DIR[,DIR...]")
     p.add_argument("--columns", nargs="+", default=list(DEFAULT_COLUMNS), metavar="ATTACK@EPS")
     args = p.parse_args(argv)

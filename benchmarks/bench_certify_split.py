@@ -9,10 +9,9 @@ at ``--splits`` pixels (2 + 2·2^k solves per image the basic box leaves uncerti
 """
 from __future__ import annotations
 
-import argparse
 import time
 
-from epsim.cli import set_command_environment
+from epsim.cli import ArgumentParser, set_command_environment
 from epsim.data import load_dataset
 from epsim.models.loading import load_network
 from epsim.robustness.certify import certify_box, certify_split
@@ -24,7 +23,7 @@ set_command_environment()  # the commands' thread settings (OpenMP workers sleep
 
 
 def main():
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--checkpoint", default=None, help="a digits circuit checkpoint (default: train one)")
     p.add_argument("--eps", type=float, nargs="+", default=[0.0313725, 0.05], help="L-inf radii")
     p.add_argument("--splits", type=int, nargs="+", default=[2, 4, 6], help="pixels split per image")

@@ -31,7 +31,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository's epsim
 
-from epsim.cli import set_command_environment
+from epsim.cli import ArgumentParser, set_command_environment
 
 set_command_environment()  # the commands' thread settings (OpenMP workers sleep when idle)
 
@@ -221,7 +221,7 @@ def ep_table(args):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+    p = ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--batch", type=int, default=4, help="samples per kernel call")
     p.add_argument("--zero-fraction", type=float, default=0.5, help="share of the voltages at exactly 0 V")

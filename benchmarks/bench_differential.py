@@ -14,7 +14,6 @@ per step are printed, and the ratio is the figure to read on a shared machine.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
@@ -22,7 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository's epsim
 
-from epsim.cli import set_command_environment
+from epsim.cli import ArgumentParser, set_command_environment
 
 set_command_environment()
 
@@ -48,7 +47,7 @@ def build(model, arch, differential, dataset, seed, trained_like):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data-dir", required=True, help="folder with MNIST (mnist.npz)")
     p.add_argument("--model", default="cnn-deep", help="circuit model (default: cnn-deep)")
     p.add_argument("--arch", default=None, help="architecture spec instead of the model's (default: none)")

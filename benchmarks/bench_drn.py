@@ -15,7 +15,6 @@ dense products and the conductance update) and set against the machine's DGEMM r
 """
 from __future__ import annotations
 
-import argparse
 import os
 import platform
 import sys
@@ -23,7 +22,7 @@ import time
 
 import numpy as np
 
-from epsim.cli import add_deprecated_alias, set_command_environment
+from epsim.cli import ArgumentParser, add_deprecated_alias, set_command_environment
 from epsim.data import load_dataset
 from epsim.solvers import make_solver
 from epsim.training import build_network, layer_learning_rates, preset_config
@@ -148,7 +147,7 @@ def dgemm_rate():
 
 
 def main():
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--data-dir", required=True, help="folder with the MNIST files")
     p.add_argument("--models", nargs="+", default=["drn-xs", "drn-1h"])
     p.add_argument("--train-images", type=int, default=6000)

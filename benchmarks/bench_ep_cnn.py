@@ -21,7 +21,6 @@ Timings on a shared machine are noisy: the two paths alternate, repeated ``--rep
 """
 from __future__ import annotations
 
-import argparse
 import copy
 import json
 import time
@@ -29,7 +28,7 @@ import time
 import numpy as np
 import torch
 
-from epsim.cli import set_command_environment
+from epsim.cli import ArgumentParser, set_command_environment
 from epsim.models.ep_cnn import EPCNN, _max_change, ep_gradients, hard_sigmoid
 from epsim.models.ep_cnn import PIXEL_MEAN, PIXEL_STD
 
@@ -74,7 +73,7 @@ def load_batch(args):
 
 
 def main():
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--channels", type=int, nargs="+", default=[32, 64, 128, 256])
     p.add_argument("--batch", type=int, default=128)
     p.add_argument("--t1", type=int, default=250)

@@ -11,13 +11,12 @@ in an attack step), on one thread, best of ``--repeats``. Prints a Markdown tabl
 """
 from __future__ import annotations
 
-import argparse
 import time
 
 import numpy as np
 import torch
 
-from epsim.cli import set_command_environment, set_threads
+from epsim.cli import ArgumentParser, set_command_environment, set_threads
 from epsim.data import default_data_dir, load_dataset
 from epsim.robustness.adapters import load_model
 from epsim.robustness.attacks import make_loss
@@ -38,7 +37,7 @@ def best_of(repeats, fn):
 
 
 def main():
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--checkpoint", default=None, help="a circuit checkpoint (default: train the digits CNN)")
     p.add_argument("--data-dir", default=None, help="dataset folder (default: $EPSIM_DATA_DIR or ./data)")
     p.add_argument("--images", type=int, default=20, help="images per gradient call (the first N test images)")

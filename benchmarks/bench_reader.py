@@ -9,12 +9,12 @@ previous N's time (about 2 for linear time, about 4 for quadratic).
 """
 from __future__ import annotations
 
-import argparse
 import statistics
 import tempfile
 import time
 from pathlib import Path
 
+from epsim.cli import ArgumentParser
 from epsim.circuit.spice_reader import read_netlist
 
 
@@ -24,7 +24,7 @@ def continuation_netlist(path: Path, lines: int) -> Path:
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--min-lines", type=int, default=40_000, help="smallest number of continuation lines")
     p.add_argument("--max-lines", type=int, default=320_000, help="largest number of continuation lines")
     p.add_argument("--repeat", type=int, default=3, help="reads per size (median reported)")

@@ -11,7 +11,6 @@ JIT warmed up); MNA reads nothing and solves the compiled IR. Times are the medi
 """
 from __future__ import annotations
 
-import argparse
 import statistics
 import tempfile
 import time
@@ -23,7 +22,7 @@ import numpy as np
 from epsim.circuit.compile import compile_network, layer_node_names
 from epsim.circuit.diodes import DiodeModel
 from epsim.circuit.spice_writer import write_netlist
-from epsim.cli import set_command_environment
+from epsim.cli import ArgumentParser, set_command_environment
 from epsim.models.resistive import build_mlp
 from epsim.solvers.mna import solve_mna
 from epsim.solvers.ngspice import run_ngspice
@@ -68,7 +67,7 @@ def bench(label, image_shape, hidden, repeat, tol_A, tmp):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--repeat", type=int, default=3)
     p.add_argument("--tol", type=float, default=1e-15, help="numba KCL tolerance (A)")
     p.add_argument("--threads", type=int, default=1,

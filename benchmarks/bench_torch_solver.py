@@ -13,7 +13,6 @@ and -beta phases, the nudged ones warm-started from the free state) on one batch
 """
 from __future__ import annotations
 
-import argparse
 import time
 
 import numba
@@ -21,7 +20,7 @@ import numpy as np
 import torch
 
 from epsim.circuit.diodes import DiodeModel
-from epsim.cli import set_command_environment
+from epsim.cli import ArgumentParser, set_command_environment
 from epsim.data import load_dataset
 from epsim.errors import EpsimError
 from epsim.models.registry import build_circuit_model
@@ -71,7 +70,7 @@ def time_solver(solver, net, x, labels, beta, repeats):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--batch", type=int, default=1000)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--threads", type=int, default=None, help="torch and numba threads (default: theirs)")

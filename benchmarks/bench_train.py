@@ -9,7 +9,6 @@ Prints markdown tables (paste them into BENCHMARKS.md with the machine they ran 
 """
 from __future__ import annotations
 
-import argparse
 import os
 import platform
 import time
@@ -17,7 +16,7 @@ import time
 import numpy as np
 
 from epsim.circuit.diodes import DiodeModel
-from epsim.cli import set_command_environment
+from epsim.cli import ArgumentParser, set_command_environment
 from epsim.data import load_dataset
 from epsim.learning.ep import free_phase
 from epsim.models.registry import build_circuit_model
@@ -61,7 +60,7 @@ def bench_solver(repeats):
 
 
 def main():
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--models", nargs="+", default=["cnn", "mlp"])
     p.add_argument("--epochs", type=int, default=20)
     p.add_argument("--repeats", type=int, default=3)

@@ -10,13 +10,12 @@ block sweeps per step, and the median settling time (outputs within 1 mV of DC).
 """
 from __future__ import annotations
 
-import argparse
 import time
 
 import numpy as np
 
 from epsim.circuit.compile import with_diode
-from epsim.cli import set_command_environment
+from epsim.cli import ArgumentParser, set_command_environment
 from epsim.data import load_dataset
 from epsim.models.loading import load_network
 from epsim.solvers.numba_solver import NumbaSolver
@@ -28,7 +27,7 @@ set_command_environment()  # the commands' thread settings (OpenMP workers sleep
 
 
 def main():
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--checkpoint", default=None, help="a digits circuit checkpoint (default: train one)")
     p.add_argument("--t-stop", type=float, default=6e-8, help="window (s)")
     p.add_argument("--dt-max", type=float, default=1e-9, help="largest step (s)")

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from epsim.cli import set_command_environment
+from epsim.cli import ArgumentParser, set_command_environment
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 set_command_environment()  # the commands' thread settings (OpenMP workers sleep when idle)
@@ -96,7 +96,7 @@ def run_size(n, r_ohm, ngspice=True, mna=True):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+    p = ArgumentParser(description=__doc__.splitlines()[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--sizes", type=int, nargs="+", default=[64, 256])
     p.add_argument("--wire-resistance", type=float, default=100.0, metavar="OHMS")

@@ -13,7 +13,6 @@ Rows:
 """
 from __future__ import annotations
 
-import argparse
 import os
 import resource
 import shutil
@@ -26,7 +25,7 @@ import numpy as np
 from epsim.circuit.compile import compile_network, layer_node_names
 from epsim.circuit.diodes import DiodeModel
 from epsim.circuit.spice_writer import write_netlist
-from epsim.cli import set_command_environment
+from epsim.cli import ArgumentParser, set_command_environment
 from epsim.data import load_dataset
 from epsim.learning.ep import free_phase
 from epsim.models.registry import build_circuit_model
@@ -99,7 +98,7 @@ def epoch_row(data_dir, batch):
 
 
 def main():
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data-dir", default=os.environ.get("EPSIM_DATA_DIR", "../shared/data"))
     p.add_argument("--batch", type=int, default=1000)
     p.add_argument("--epoch-batch", type=int, default=8)
