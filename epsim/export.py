@@ -61,6 +61,8 @@ def main(argv=None):
         raise EpsimError("--max-iter must be at least 1")
     if args.rail_offset is not None and not (args.rail_offset >= 0 and args.rail_offset < float("inf")):
         raise EpsimError("--rail-offset must be a voltage >= 0")
+    if args.wire_resistance is not None and not (0 <= args.wire_resistance < float("inf")):
+        raise EpsimError("--wire-resistance must be a non-negative number of ohms")
     prepare_out_dir(args.out)
     set_threads(args.threads)
     from .circuit.compile import PHASES, with_diode_options
@@ -86,8 +88,6 @@ def main(argv=None):
     wire_resistance_ohm = args.wire_resistance
     if wire_resistance_ohm is None:
         wire_resistance_ohm = 0.0 if args.reference else float(config.get("wire_resistance_ohm", 0.0))
-    if not (wire_resistance_ohm >= 0 and wire_resistance_ohm < float("inf")):
-        raise EpsimError("--wire-resistance must be a non-negative number of ohms")
     n = min(args.test_subset, len(dataset.y_test))
     phases = PHASES if args.phase == "all" else (args.phase,)
     dialects = ("ngspice", "xyce") if args.dialect == "all" else (args.dialect,)

@@ -144,6 +144,14 @@ def test_export_infinite_tolerance(tmp_path, no_data):
     _one_line_error(main, ["--reference", "--out", str(tmp_path / "x"), "--tol", "inf"], "--tol")
 
 
+@pytest.mark.parametrize("value", ["-2", "inf", "nan"])
+def test_export_wire_resistance_checked_before_the_data(tmp_path, no_data, value):
+    from epsim.export import main
+
+    _one_line_error(main, ["--reference", "--out", str(tmp_path / "x"), "--wire-resistance", value],
+                    "--wire-resistance must be a non-negative number")
+
+
 @pytest.mark.parametrize("argv, pattern", [
     (["--model", "bp-cnn", "--stop-at-accuracy", "1.5"], "--stop-at-accuracy"),
     (["--model", "bp-cnn", "--stop-at-accuracy", "0"], "--stop-at-accuracy"),
