@@ -251,13 +251,7 @@ def _check_norm(norm):
 # ---- judging by the predictor ----------------------------------------------------------
 def _judge(predict_fn, x, y, stats):
     """(B,) bool: the predictor gets ``x`` right **and** its equilibrium converged (see ``usable``)."""
-    pred = predict_fn(x)
-    stats["predictions"] += len(y)
-    conv = np.asarray(pred.converged, bool)
-    stats["unconverged"] += int((~conv).sum())
-    if pred.residual is not None and len(pred.residual):
-        stats["max_residual"] = max(stats["max_residual"], float(np.max(pred.residual)))
-    return (np.argmax(pred.scores, axis=1) == y) & _usable(pred)
+    return _record(predict_fn(x), y, stats)
 
 
 def _usable(pred):
@@ -590,7 +584,8 @@ def square_attack(query_fn, x, y, eps, norm, n_queries, rng, *, p_init=None, pro
 
 
 def _record(pred, y, stats):
-    """Square-attack bookkeeping of one query batch; returns (B,) correct-and-converged."""
+    """Count one batch of predictions ``pred`` of labels ``y`` (B,) in ``stats`` (predictions,
+    unconverged equilibria, largest residual); returns (B,) bool: correct **and** converged."""
     stats["predictions"] += len(y)
     conv = np.asarray(pred.converged, bool)
     stats["unconverged"] += int((~conv).sum())
