@@ -193,6 +193,13 @@ def mean_ci(values) -> tuple:
     return m, t * sd / math.sqrt(len(v)), len(v)
 
 
+def companion_pgd(row) -> bool:
+    """Whether a ``curves.csv`` row is the PGD run beside a Square or seed-protocol attack (its
+    group ``square-*`` / ``advep-*``): it repeats the PGD sweep on a subset of its images for
+    that attack's comparison, so curves and headline cells count the sweep's row only."""
+    return str(row.get("attack", "")).startswith("pgd") and str(row.get("group") or "").startswith(("square-", "advep-"))
+
+
 def same_eps(a, b) -> bool:
     return a is not None and b is not None and abs(float(a) - float(b)) <= 1e-9 * max(1.0, abs(float(b)))
 
@@ -334,9 +341,8 @@ def headline_rows(rdir=None) -> list:
             row["clean_ok"] = all("pass" in str(r.get("check_clean_settings")) for r in rs)
             row["n"] = rs[0].get("n")
         for attack, eps in keys:
-            # a PGD run beside Square or the seed's protocol repeats the sweep's PGD: counted once
             pts = [r for r in curves if r["model"] == model and r["attack"] == attack and same_eps(r["eps"], eps)
-                   and not (attack.startswith("pgd") and str(r.get("group") or "").startswith(("square-", "advep-")))]
+                   and not companion_pgd(r)]
             if pts:
                 failed = sorted({f for r in pts for f in str(r.get("failed_checks") or "").split(";") if f})
                 row[(attack, eps)] = (mean_ci(r["robust_accuracy"] for r in pts), failed)

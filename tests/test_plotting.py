@@ -148,3 +148,21 @@ def test_energy_functions_without_energy_runs(tmp_path):
         assert fn(committed, tmp_path).stat().st_size > 2000
     for fn in (P.latency_table, P.early_readout_table):
         assert "not run" in fn(committed, tmp_path)
+
+
+def test_curves_count_each_seed_once_beside_square_and_seed_protocol_runs():
+    """On the MNIST results a Square run and a seed-protocol run each repeat PGD on a subset of the
+    sweep's images: the curves take the PGD sweep's rows only, one per seed and ε."""
+    import common as C
+
+    results = ANALYSIS / "results" / "mnist"
+    if not (results / "curves.csv").is_file():
+        pytest.skip("no MNIST-scale results")
+    curves = C.read_csv("curves.csv", results)
+    pgd, _, _ = P.curves.attack_rows(results)
+    companions = [r for r in curves if r["attack"] == "pgd-l2" and r["group"] in ("square-l2", "advep-l2")]
+    assert companions and not any(C.companion_pgd(r) for r in pgd)
+    seeds = {r["seed"] for r in curves if r["model"] == "circuit-drn1h" and r["group"] == "l2"}
+    points = C.curve(pgd, "circuit-drn1h", "pgd-l2")
+    assert len(seeds) == 3 and points and all(p["seeds"] == 3 for p in points)
+    assert {p["n"] for p in points} == {r["n"] for r in curves if r["model"] == "circuit-drn1h" and r["group"] == "l2"}

@@ -17,10 +17,11 @@ def attack_rows(results=None) -> tuple:
     """The rows of ``curves.csv`` as ``(pgd, square, certified)``.
 
     PGD curves come from the PGD sweeps; Square from wherever it ran (its own runs at a few ε,
-    or the PGD sweep itself); the PGD rows of a Square run only serve its black-box check.
+    or the PGD sweep itself); the PGD rows of a Square or seed-protocol run only serve that
+    attack's comparison (:func:`common.companion_pgd`).
     """
     curves = C.read_csv("curves.csv", C.results_dir(results))
-    pgd = [r for r in curves if r["family_attack"] == "pgd" and not str(r.get("group") or "").startswith("square-")]
+    pgd = [r for r in curves if r["family_attack"] == "pgd" and not C.companion_pgd(r)]
     square = [r for r in curves if r["family_attack"] == "square"]
     cert = [r for r in curves if r["family_attack"] == "certify"]
     return pgd, square, cert
