@@ -2,6 +2,8 @@
 
     python analysis/make_notebooks.py            # (re)write the notebooks, no outputs
     python analysis/make_notebooks.py --execute  # and run them against $EPSIM_RESULTS, keeping outputs
+    EPSIM_RESULTS=analysis/results/mnist EPSIM_FIGURES=analysis/figures/mnist \
+        python analysis/make_notebooks.py --execute --notebooks-dir runs/notebooks-mnist   # another scale
 
 This file only assembles cells: each notebook is its explanatory Markdown and short calls into
 ``analysis/plotting/`` (one function per figure or table, see its docstring), which reads the
@@ -15,9 +17,10 @@ import os
 import sys
 from pathlib import Path
 
-from epsim.cli import ArgumentParser
 import nbformat
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
+
+from epsim.cli import ArgumentParser, prepare_out_dir, run
 
 HERE = Path(__file__).resolve().parent
 
@@ -286,15 +289,20 @@ def main(argv=None):
     """Write every notebook (and with ``--execute`` run it first)."""
     p = ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--execute", action="store_true", help="run each notebook and keep its outputs")
+    p.add_argument("--notebooks-dir", default=None, metavar="DIR",
+                   help="write the notebooks here (default: analysis/, the committed ones); with --execute "
+                        "against another scale's results, a folder outside analysis/ keeps the committed "
+                        "notebooks as they are")
     args = p.parse_args(argv)
+    where = HERE if args.notebooks_dir is None else prepare_out_dir(args.notebooks_dir, flag="--notebooks-dir")
     for name in NOTEBOOKS:
         nb = build(name)
         if args.execute:
             print(f"executing {name} against {os.environ.get('EPSIM_RESULTS', 'analysis/results/cpu')}")
             execute(nb)
-        nbformat.write(nb, HERE / name)
-        print(f"wrote {HERE / name}")
+        nbformat.write(nb, where / name)
+        print(f"wrote {where / name}")
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run(main))

@@ -538,6 +538,24 @@ def test_notebooks_on_disk_match_their_sources():
         assert [c.source for c in disk.cells] == [c.source for c in want.cells], name
 
 
+def test_notebooks_dir_leaves_the_committed_notebooks(tmp_path):
+    """``--notebooks-dir`` writes every notebook there and none into analysis/; a file as the
+    folder is a one-line error."""
+    pytest.importorskip("nbformat")
+    import make_notebooks as mk
+
+    before = {name: (ANALYSIS / name).stat().st_mtime_ns for name in mk.NOTEBOOKS}
+    mk.main(["--notebooks-dir", str(tmp_path / "nb")])
+    assert sorted(p.name for p in (tmp_path / "nb").iterdir()) == sorted(mk.NOTEBOOKS)
+    assert before == {name: (ANALYSIS / name).stat().st_mtime_ns for name in mk.NOTEBOOKS}
+    a_file = tmp_path / "a_file"
+    a_file.write_text("x")
+    proc = subprocess.run([sys.executable, str(ANALYSIS / "make_notebooks.py"), "--notebooks-dir", str(a_file)],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [
+        f"error: --notebooks-dir {a_file} is an existing file, not a folder: choose another --notebooks-dir"]
+
+
 def test_output_parsers():
     import run_all
 
