@@ -35,11 +35,11 @@ TORCH_ONLY_OPTIMIZERS = tuple(o for o in TORCH_OPTIMIZERS if o not in OPTIMIZERS
 SHARED_OPTIONS = frozenset({
     "model", "backend", "dataset", "data_dir", "download", "train_subset", "test_subset", "epochs",
     "batch_size", "lr", "momentum", "optimizer", "lr_schedule", "beta", "seed", "threads", "out", "resume",
-    "checkpoint_interval", "no_progress"})
+    "checkpoint_interval", "time_limit", "no_progress"})
 TORCH_OPTIONS = frozenset({
     "preset", "device", "channels", "paddings", "lrs", "weight_decay", "t1", "t2", "solver", "ep_tol", "ep_nudge_tol",
     "init_scale", "init_gains", "cost", "input_std_scale", "adv_norm", "adv_eps", "adv_steps", "adv_step_size", "embed_dim",
-    "depth", "heads", "no_augment", "time_limit", "stop_at_accuracy", "val_subset", "val_every"})
+    "depth", "heads", "no_augment", "stop_at_accuracy", "val_subset", "val_every"})
 TORCH_GROUP = "torch models (--model ep-cnn | bp-cnn | adv-cnn | vit, --backend torch)"
 _PRESET = " (default: from the preset)"
 
@@ -69,6 +69,10 @@ def build_parser() -> ArgumentParser:
     g.add_argument("--resume", action="store_true", help="continue the run saved in --out")
     g.add_argument("--checkpoint-interval", type=float, default=60.0, metavar="S",
                    help="seconds between mid-epoch checkpoints (one is also written after every epoch)")
+    g.add_argument("--time-limit", type=float, default=None, metavar="MIN",
+                   help="stop training after the batch that reaches this many minutes of wall time (over "
+                        "every session of the run), evaluate, checkpoint and write metrics; --resume with a "
+                        "larger limit continues it")
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
     _add_torch_options(p.add_argument_group(
         TORCH_GROUP,
@@ -229,8 +233,6 @@ def _add_torch_options(g) -> None:
     g.add_argument("--heads", type=int, default=None, metavar="N", help="vit: attention heads" + _PRESET)
     g.add_argument("--no-augment", action="store_true",
                    help="no random crop + flip (applied by default on CIFAR images only)")
-    g.add_argument("--time-limit", type=float, default=None, metavar="MIN",
-                   help="stop training after this many minutes of wall time, evaluate and write metrics")
     g.add_argument("--stop-at-accuracy", type=float, default=None, metavar="FRACTION",
                    help="stop training once the accuracy on --val-subset held-out training images reaches "
                         "this fraction (e.g. 0.5), to compare models at matched clean accuracy; the test "
@@ -273,8 +275,7 @@ def train_circuit_model(args, given: set) -> dict:
     if torch_only:
         raise EpsimError(f"option(s) {', '.join('--' + k.replace('_', '-') for k in torch_only)} apply to "
                          f"the torch models ({', '.join(TORCH_MODELS)}) only, not the circuit --model "
-                         f"{args.model}" + ("; stop a circuit run with Ctrl-C and continue it with --resume"
-                                            if "time_limit" in torch_only else ""))
+                         f"{args.model}")
     if args.optimizer in TORCH_ONLY_OPTIMIZERS:
         raise EpsimError(f"--optimizer {args.optimizer} applies to the torch models only; circuit models "
                          f"take {' or '.join(OPTIMIZERS)}")
@@ -288,6 +289,7 @@ def train_circuit_model(args, given: set) -> dict:
     if "lr_decay" in given and config.lr_schedule != "exponential":
         raise EpsimError(f"--lr-decay is the per-epoch factor of --lr-schedule exponential; this run's schedule "
                          f"is {config.lr_schedule}")
+    check_time_limit(args.time_limit)
     check_run_options(args)
     dataset = load_dataset(args.dataset, args.data_dir or default_data_dir(), download=args.download,
                            train_subset=args.train_subset, test_subset=args.test_subset, seed=args.seed)
@@ -295,7 +297,8 @@ def train_circuit_model(args, given: set) -> dict:
     report(f"training circuit {net_name} on {dataset.name} ({len(dataset.y_train)} train / "
           f"{len(dataset.y_test)} test) with backend {config.backend}, {config.epochs} epochs")
     metrics = train(config, dataset, args.out, resume=args.resume, progress=not args.no_progress,
-                    checkpoint_interval_s=args.checkpoint_interval)
+                    checkpoint_interval_s=args.checkpoint_interval,
+                    time_limit_s=None if args.time_limit is None else 60.0 * args.time_limit)
     report(f"test accuracy: {metrics['test_accuracy']:.4f} ({metrics['n_test']} images), "
           f"train accuracy: {metrics['train_accuracy']:.4f}, wall time {metrics['wall_seconds']:.1f} s")
     if metrics.get("test_unconverged"):
@@ -320,8 +323,7 @@ def train_software_model(args, given: set) -> dict:
     check_momentum(config.optimizer, given)
     if args.model == "vit" and (config.embed_dim % config.heads):
         raise EpsimError(f"--embed-dim {config.embed_dim} must be a multiple of --heads {config.heads}")
-    if args.time_limit is not None and not args.time_limit > 0:
-        raise EpsimError("--time-limit must be a positive number of minutes")
+    check_time_limit(args.time_limit)
     if ({"val_subset", "val_every"} & given) and args.stop_at_accuracy is None:
         raise EpsimError("--val-subset and --val-every apply with --stop-at-accuracy only")
     check_run_options(args)
@@ -347,6 +349,12 @@ def check_momentum(optimizer: str, given: set) -> None:
     """``--momentum`` is the heavy-ball term of sgd: refuse it beside an adaptive rule."""
     if optimizer != "sgd" and "momentum" in given:
         raise EpsimError(f"--momentum applies to --optimizer sgd, not {optimizer}")
+
+
+def check_time_limit(minutes) -> None:
+    """``--time-limit`` is a positive, finite number of minutes (or not given)."""
+    if minutes is not None and not 0 < minutes < float("inf"):
+        raise EpsimError("--time-limit must be a positive number of minutes")
 
 
 def check_run_options(args) -> None:

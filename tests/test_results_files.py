@@ -70,12 +70,12 @@ def test_tiny_training_and_robustness_runs_write_strict_json(tmp_path, tiny_digi
     assert result["n"] == 4 and result["rows"]
 
 
-def test_time_limit_is_refused_for_circuit_models(monkeypatch):
+def test_torch_options_are_refused_for_circuit_models(monkeypatch):
     from epsim import train as train_cli
 
     monkeypatch.setattr(train_cli, "load_dataset", lambda *a, **k: pytest.fail("loaded data"))
-    with pytest.raises(EpsimError, match=r"--time-limit apply to the torch models \(.*\) only.*--resume"):
-        train_cli.main(["--time-limit", "1", "--no-progress"])
+    with pytest.raises(EpsimError, match=r"--stop-at-accuracy apply to the torch models \(.*\) only"):
+        train_cli.main(["--stop-at-accuracy", "0.5", "--no-progress"])
     with pytest.raises(EpsimError, match=r"--device, --preset apply to the torch models \(.*\) only"):
         train_cli.main(["--model", "mlp", "--device", "cpu", "--preset", "cifar10-paper"])
 

@@ -124,6 +124,41 @@ def test_interrupted_run_resumes_to_identical_result(tmp_path, digits, stop_afte
     assert strip(full["history"]) == strip(resumed["history"])
 
 
+def test_time_limit_stops_evaluates_and_resumes_to_identical_result(tmp_path, digits):
+    """A run stopped by its time limit writes its metrics (the cut epoch marked partial) and a
+    checkpoint at the next batch; resumed without a limit it ends with the parameters and the
+    per-epoch results of an uninterrupted run."""
+    cfg = config()
+    full = train(cfg, digits, tmp_path / "full", progress=False, log=lambda *_: None)
+    part = tmp_path / "part"
+    cut = train(cfg, digits, part, progress=False, time_limit_s=1e-9, log=lambda *_: None)
+    assert cut["stopped_early"] and cut["stop_reason"] == "time limit"
+    assert len(cut["history"]) == 1 and cut["history"][0]["partial"]
+    n_batches = -(-SMALL["train_subset"] // SMALL["batch_size"])
+    assert cut["history"][0]["epoch"] == pytest.approx(1 / n_batches)
+    assert 0 <= cut["test_accuracy"] <= 1 and (part / "metrics.json").is_file()
+    state = load_checkpoint(part / CHECKPOINT_NAME)
+    assert (int(state["epoch"]), int(state["batch"])) == (0, 1)
+    resumed = train(cfg, digits, part, resume=True, progress=False, log=lambda *_: None)
+    assert not resumed["stopped_early"] and resumed["stop_reason"] is None
+    net_full, _ = params_of(tmp_path / "full")
+    net_part, _ = params_of(part)
+    for a, b in zip(net_full.w + net_full.b, net_part.w + net_part.b):
+        np.testing.assert_array_equal(a, b)
+    strip = lambda h: [{k: v for k, v in e.items() if k != "wall_seconds"} for e in h]
+    assert strip(resumed["history"][1:]) == strip(full["history"])
+
+
+def test_time_limit_at_an_epoch_end_is_not_a_partial_epoch(tmp_path, digits):
+    """A limit reached on an epoch's last batch ends that epoch normally, then stops."""
+    cfg = config(batch_size=SMALL["train_subset"])  # one batch per epoch
+    cut = train(cfg, digits, tmp_path, progress=False, time_limit_s=1e-9, log=lambda *_: None)
+    assert cut["stop_reason"] == "time limit" and [h["epoch"] for h in cut["history"]] == [1]
+    assert "partial" not in cut["history"][0]
+    state = load_checkpoint(tmp_path / CHECKPOINT_NAME)
+    assert (int(state["epoch"]), int(state["batch"])) == (1, 0)
+
+
 def test_killed_process_resumes_to_identical_result(tmp_path):
     """SIGKILL a real training process at an arbitrary moment, then resume it."""
     args = [sys.executable, "-m", "epsim.train", "--train-subset", "150", "--test-subset", "50",
@@ -239,6 +274,8 @@ def assert_one_line_error(result, pattern):
     (["--resume"], "--out"),
     (["--lr-layers", "1", "1", "1"], "--lr-layers needs 2 values"),
     (["--lr-layers", "1", "-1"], "--lr-layers"),
+    (["--time-limit", "0"], "--time-limit must be a positive number of minutes"),
+    (["--time-limit", "inf"], "--time-limit must be a positive number of minutes"),
     (["--optimizer", "adam", "--momentum", "0.5"], "--momentum applies to --optimizer sgd"),
     (["--optimizer", "rmsprop"], "--optimizer"),
     (["--optimizer", "adamw"], "--optimizer adamw applies to the torch models only"),

@@ -273,7 +273,7 @@ class _EpochTally:
 
 
 def train(config: TrainConfig, dataset, out_dir=None, *, resume=False, progress=True,
-          stop_after_batches=None, checkpoint_interval_s=60.0, log=print) -> dict:
+          stop_after_batches=None, checkpoint_interval_s=60.0, time_limit_s=None, log=print) -> dict:
     """Train a circuit model with centered EP; return the metrics dict.
 
     Args:
@@ -283,20 +283,24 @@ def train(config: TrainConfig, dataset, out_dir=None, *, resume=False, progress=
         stop_after_batches: stop (as if killed) after this many batches of this call,
             leaving the last checkpoint behind; used to test resumption.
         checkpoint_interval_s: wall time between mid-epoch checkpoints.
+        time_limit_s: stop training after the batch that reaches this wall time (s, counted
+            over every session of the run), evaluate the test set, checkpoint and write the
+            metrics (``stop_reason`` "time limit"; the cut epoch's history entry is marked
+            ``partial``); resuming with a larger limit continues from that batch.
     """
     config.validate()
     dp = DataParallel()
     try:
         return _train(config, dataset, out_dir, dp, resume=resume, progress=progress,
                       stop_after_batches=stop_after_batches, checkpoint_interval_s=checkpoint_interval_s,
-                      log=log)
+                      time_limit_s=time_limit_s, log=log)
     finally:
         # a process group left alive aborts the rank at interpreter exit (gloo's threads)
         dp.close()
 
 
 def _train(config: TrainConfig, dataset, out_dir, dp, *, resume, progress, stop_after_batches,
-           checkpoint_interval_s, log) -> dict:
+           checkpoint_interval_s, time_limit_s, log) -> dict:
     if not dp.is_main:
         progress, log = False, (lambda *_: None)
     solver = make_solver(config)
@@ -304,7 +308,7 @@ def _train(config: TrainConfig, dataset, out_dir, dp, *, resume, progress, stop_
     rng = np.random.default_rng(config.seed)
     net.init_params(rng, config.weight_gain, config.init)
     run = Run(out_dir, resume=resume, writes=dp.is_main, checkpoint_interval_s=checkpoint_interval_s,
-              stop_after_batches=stop_after_batches, log=log)
+              time_limit_s=time_limit_s, stop_after_batches=stop_after_batches, log=log)
     state = run.saved_state()
     if state is None and config.init_from is not None:
         restore_network(net, load_checkpoint(config.init_from), config.init_from)
@@ -329,7 +333,9 @@ def _train(config: TrainConfig, dataset, out_dir, dp, *, resume, progress, stop_
 
     n_train = len(dataset.y_train)
     n_batches = num_batches(n_train, config.batch_size)
+    stop_reason = None
     for epoch in range(run.epoch, config.epochs):
+        stopped_at = None   # the next batch of an epoch the time limit cut short
         order = epoch_order(config.seed, epoch, n_train)
         opt.scale = lr_scale(config, epoch)
         bar = progress_bar(range(start_batch, n_batches), n_batches, start_batch,
@@ -357,11 +363,16 @@ def _train(config: TrainConfig, dataset, out_dir, dp, *, resume, progress, stop_
             if run.batch_done():
                 run.save(epoch, k + 1, tally, payload)
                 return {"interrupted": True}
+            if dp.max(float(run.out_of_time())) > 0:  # every rank stops after the same batch
+                stop_reason = "time limit"
+                if k + 1 < n_batches:
+                    stopped_at = k + 1
+                    break
             run.save_if_due(epoch, k + 1, tally, payload)
         start_batch = 0
         test = evaluate(net, solver, dataset.x_test, dataset.y_test, config.eval_batch_size, dp)
         history.append({
-            "epoch": epoch + 1, "train_loss": tally.loss_sum / max(tally.n, 1),
+            "epoch": epoch + 1 if stopped_at is None else epoch + stopped_at / n_batches, "train_loss": tally.loss_sum / max(tally.n, 1),
             "train_accuracy": tally.correct / max(tally.n, 1), "test_accuracy": test["accuracy"],
             "train_unconverged": tally.unconverged, "test_unconverged": test["unconverged"],
             "max_residual_A": max(tally.max_residual_A, test["max_residual_A"]),
@@ -369,8 +380,10 @@ def _train(config: TrainConfig, dataset, out_dir, dp, *, resume, progress, stop_
             **tally.signal_summary(),
             "dead_units_per_layer": test["dead_units_per_layer"],
             "wall_seconds": run.wall()})
+        if stopped_at is not None:
+            history[-1]["partial"] = True
         h = history[-1]
-        log(f"epoch {epoch + 1}/{config.epochs}: train loss {h['train_loss']:.4f} "
+        log(f"epoch {h['epoch']:.3g}/{config.epochs}: train loss {h['train_loss']:.4f} "
             f"acc {h['train_accuracy']:.4f}, test acc {h['test_accuracy']:.4f}, "
             f"max KCL residual {h['max_residual_A']:.2e} A"
             + (f", UNCONVERGED train {h['train_unconverged']} test {h['test_unconverged']}"
@@ -383,11 +396,19 @@ def _train(config: TrainConfig, dataset, out_dir, dp, *, resume, progress, stop_
                 f"phases did not move their nodes; see nudge_response_V_per_layer in metrics.json"
                 + (f" and lower --nudge-rtol (now {config.nudge_rtol:g})" if config.nudge_rtol
                    else f" and lower --tol (now {config.tol_A:g} A)"))
-        tally = _EpochTally()
-        run.save(epoch + 1, 0, tally, payload)
+        if stopped_at is not None:
+            run.save(epoch, stopped_at, tally, payload)
+        else:
+            tally = _EpochTally()
+            run.save(epoch + 1, 0, tally, payload)
+        if stop_reason is not None:
+            log(f"time limit of {time_limit_s:.0f} s reached; stopped "
+                + (f"in epoch {epoch + 1}" if stopped_at is not None else f"after epoch {epoch + 1}")
+                + " (continue with --resume and a larger --time-limit)")
+            break
     if hasattr(solver, "summary"):
         log(solver.summary())
-    metrics = final_metrics(config, net, history, run.wall(), len(dataset.y_test))
+    metrics = final_metrics(config, net, history, run.wall(), len(dataset.y_test), stop_reason)
     metrics["processes"] = dp.world
     run.write_metrics(metrics)
     dp.barrier()  # no rank leaves (and tears its connections down) while another still writes
@@ -404,12 +425,13 @@ def lr_scale(config: TrainConfig, epoch: int) -> float:
     return 0.5 * (1.0 + np.cos(np.pi * epoch / config.epochs))
 
 
-def final_metrics(config, net, history, wall_seconds, n_test) -> dict:
-    """metrics.json of a circuit run (:func:`.run.summary_metrics` plus the circuit's fields)."""
+def final_metrics(config, net, history, wall_seconds, n_test, stop_reason=None) -> dict:
+    """metrics.json of a circuit run (:func:`.run.summary_metrics` plus the circuit's fields);
+    ``stop_reason``: None (every epoch ran) or ``"time limit"``."""
     last = history[-1] if history else {}
     return summary_metrics(
         config, history, wall_seconds, backend=config.backend, dataset=config.dataset, model=config.model,
-        epochs=config.epochs, n_test=n_test, num_params=net.num_params(),
+        epochs=config.epochs, stopped_early=stop_reason is not None, stop_reason=stop_reason, n_test=n_test, num_params=net.num_params(),
         test_unconverged=last.get("test_unconverged"), unconverged_counted_as=UNCONVERGED_COUNTED_AS,
         max_residual_A=max((h["max_residual_A"] for h in history), default=None))
 
