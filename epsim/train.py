@@ -20,7 +20,7 @@ from .errors import EpsimError  # noqa: E402
 from .models.connections import INITS  # noqa: E402
 from .models.ep_cnn import COSTS, SOLVERS  # noqa: E402
 from .models.loading import TORCH_MODELS  # noqa: E402
-from .models.registry import CIRCUIT_MODELS  # noqa: E402
+from .models.registry import CIRCUIT_MODELS, preset_settings  # noqa: E402
 from .models.resistive import UNIT_POLARITIES  # noqa: E402
 from .solvers import BACKENDS  # noqa: E402
 from .learning.optim import OPTIMIZERS  # noqa: E402
@@ -284,7 +284,8 @@ def train_circuit_model(args, given: set) -> dict:
     config = preset_config(args.model, **{CONFIG_FIELDS.get(k, k): getattr(args, k)
                                           for k in CIRCUIT_CONFIG_OPTIONS if k in given})
     config.validate()
-    config.validate_shapes()
+    config.validate_shapes(from_preset={f for f in preset_settings(args.model)
+                                        if not any(CONFIG_FIELDS.get(k, k) == f for k in given)})
     check_momentum(config.optimizer, given)
     if "lr_decay" in given and config.lr_schedule != "exponential":
         raise EpsimError(f"--lr-decay is the per-epoch factor of --lr-schedule exponential; this run's schedule "

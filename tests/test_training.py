@@ -292,7 +292,13 @@ def test_cli_user_errors_are_one_line(args, pattern, tmp_path):
     (["--arch", "conv:16:5:2,dense:10", "--lr-layers", "1", "2", "3"],
      "--lr-layers needs 2 values for the --arch conv:16:5:2,dense:10"),
     (["--model", "drn-2h", "--lr-layers", "1", "1"], "--lr-layers needs 3 values for the drn-2h"),
-    (["--model", "cnn-deep", "--amp-gain", "1", "2"], "--amp-gain: 2 amplifier gains for 4 boundaries"),
+    (["--model", "cnn-deep", "--amp-gain", "1", "2"], "--amp-gain needs one gain or 4 (one per boundary between "
+                                                      "free layers) for the cnn-deep, got 2"),
+    (["--model", "drn-2h", "--arch", "dense:100,dense:10"],
+     "got 3 (the --model drn-2h preset's; give --lr-layers for this architecture)"),
+    (["--model", "cnn-deep", "--arch", "conv:16:3:1,dense:10", "--lr-layers", "1", "1"],
+     "--amp-gain needs one gain or 1 (one per boundary between free layers) for the --arch "
+     "conv:16:3:1,dense:10, got 4 (the --model cnn-deep preset's; give --amp-gain for this architecture)"),
     (["--arch", "dense:32,dense:5"], "must end with the output layer dense:10"),
 ])
 def test_cli_shape_errors_come_before_the_data_and_the_out_dir(args, pattern, tmp_path):

@@ -31,7 +31,7 @@ from ..models.arch import connections_from_arch, has_padded_conv, parse_arch
 from ..models.connections import INITS
 from ..models.loading import load_network, restore_network  # noqa: F401  (re-exported)
 from ..models.registry import build_circuit_model, model_arch, preset_settings
-from ..models.resistive import UNIT_POLARITIES, CircuitRanges, ResistiveNetwork, validate_amp_gains
+from ..models.resistive import UNIT_POLARITIES, CircuitRanges, ResistiveNetwork
 from ..solvers.factory import make_solver
 from .run import Run, epoch_order, num_batches, progress_bar, show, summary_metrics
 
@@ -133,22 +133,29 @@ class TrainConfig:
             parse_arch(self.arch)
         self._validate_hardware()
 
-    def validate_shapes(self):
+    def validate_shapes(self, from_preset=()):
         """The architecture fits the images and classes of ``self.dataset``, and ``--lr-layers``
         and ``--amp-gain`` have one value per layer / boundary: checked from the dataset's name,
-        before its files are read (:func:`train` checks the same against the loaded data)."""
+        before its files are read (:func:`train` checks the same against the loaded data).
+        ``from_preset``: the fields that hold the ``--model`` preset's values (not given on the
+        command line), named as such in the error."""
         image_shape, num_classes = dataset_geometry(self.dataset)
         spec = self.arch if self.arch is not None else model_arch(self.model, image_shape, num_classes)
         num_layers = len(connections_from_arch(spec, image_shape, num_classes, self.differential))
+        network = self.model if self.arch is None else f"--arch {self.arch}"
+
+        def origin(field, option):
+            return (f" (the --model {self.model} preset's; give {option} for this architecture)"
+                    if field in from_preset else "")
+
         if self.lr_layers is not None and len(self.lr_layers) != num_layers:
-            network = self.model if self.arch is None else f"--arch {self.arch}"
             raise EpsimError(f"--lr-layers needs {num_layers} values for the {network} "
-                             f"({num_layers} layers of conductances), got {len(self.lr_layers)}")
-        if self.amp_gain is not None:
-            try:
-                validate_amp_gains(self.amp_gain, num_layers)
-            except EpsimError as err:
-                raise EpsimError(f"--amp-gain: {err}") from None
+                             f"({num_layers} layers of conductances), got {len(self.lr_layers)}"
+                             + origin("lr_layers", "--lr-layers"))
+        boundaries = num_layers - 1
+        if self.amp_gain is not None and len(self.amp_gain) not in (1, boundaries):
+            raise EpsimError(f"--amp-gain needs one gain or {boundaries} (one per boundary between free "
+                             f"layers) for the {network}, got {len(self.amp_gain)}" + origin("amp_gain", "--amp-gain"))
 
     def _validate_hardware(self):
         """Device model and wire resistance options (issue 8)."""
