@@ -89,8 +89,8 @@ def build_parser() -> ArgumentParser:
                         "to traces.npz (0: none)")
     add_threads(p)
     p.add_argument("--resume", action="store_true",
-                   help="continue the run interrupted in --out: its transients (kept in OUT/energy-progress.npz "
-                        "once done) and its finished early-readout attack runs are not recomputed")
+                   help="continue the run interrupted in --out: its finished transient batches (kept in "
+                        "OUT/energy-progress.npz as each finishes) and early-readout attack runs are not recomputed")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
 
@@ -150,13 +150,14 @@ def macs_per_inference(net) -> int:
     return int(sum(len(conn.pairs()[0]) + len(conn.pad_pairs()[0]) for conn in net.connections))
 
 
-def readout_accuracy(tr, labels, times) -> list:
-    """Accuracy of ``argmax v_out`` read at each of ``times`` (s) (the last time point at or
-    before it)."""
+def readout_accuracy(t_s, predictions, labels, times) -> list:
+    """Accuracy of the class read at each of ``times`` (s): ``predictions`` (T, B) is
+    ``argmax v_out`` at each time point ``t_s`` (T,) of a transient, read at the last time
+    point at or before each time."""
     out = []
     for t in times:
-        k = max(int(np.searchsorted(tr.t_s, t, side="right")) - 1, 0)
-        out.append(float(np.mean(np.argmax(tr.v_out[k], axis=1) == labels)))
+        k = max(int(np.searchsorted(t_s, t, side="right")) - 1, 0)
+        out.append(float(np.mean(predictions[k] == labels)))
     return out
 
 
@@ -225,7 +226,10 @@ def main(argv=None):
         per, traces_npz, times, acc_at, upd = stage.load()
         print(f"resuming: the transients of the {n} images are recorded")
     else:
-        per, traces_npz, times, acc_at = _transients(net, config, dc, caps, x, y, readout, args)
+        recorded = stage.recorded_batches
+        if recorded:
+            print(f"resuming: {recorded} transient batch(es) of {args.batch_size} images are recorded")
+        per, traces_npz, times, acc_at = _transients(net, config, dc, caps, x, y, readout, args, stage)
         upd = None
         if not args.no_training_step:
             upd = _update_energy_J(net, config, make_solver(config), x[:config.batch_size], y[:config.batch_size],
@@ -287,72 +291,97 @@ def main(argv=None):
     print(f"wrote {out}/energy.json and {out}/energy.csv ({result['wall_s']:.1f} s)")
 
 
-def _transients(net, config, dc, caps, x, y, readout, args) -> tuple:
+def _transients(net, config, dc, caps, x, y, readout, args, stage=None) -> tuple:
     """The transient simulations of every image: ``(per, traces_npz, times, acc_at)`` — the
     per-image arrays of the summary, the free-phase traces of the first ``--traces`` images,
-    the early-readout times (s) and the test accuracy read at each."""
-    from .models.resistive import one_hot_targets
-    from .solvers.transient import circuit_powers_W, settling_times_s
-
+    the early-readout times (s) and the test accuracy read at each. Each batch's results are
+    kept in ``stage`` (a :class:`_TransientRecord`) as it finishes, and batches it already
+    holds are not simulated again."""
     n = len(y)
-    per = {k: [] for k in ("settle_time_s", "decision_time_s", "energy_per_inference_J", "static_power_W",
-                           "correct", "energy_plus_J", "energy_minus_J")}
-    traces, traces_npz = [], {}
+    batches = []
     bar = None
     if not args.no_progress:
         from tqdm import tqdm
 
         bar = tqdm(total=n, desc="transients", unit="img", dynamic_ncols=True)
-    for i in range(0, n, args.batch_size):
-        xb, yb = x[i:i + args.batch_size], y[i:i + args.batch_size]
-        v_in = net.input_voltages(xb)
-        prepared = dc.prepare(net, v_in)
-        free = dc.solve(prepared, 0.0)
-        tr = _phase(net, v_in, caps, args, probe_nodes=3 if i == 0 and args.traces else 0)
-        if i == 0 and args.traces:
-            k = min(args.traces, len(yb))
-            traces_npz = {"t_s": tr.t_s, "labels": yb[:k], "v_out": tr.v_out[:, :k],
-                          **{f"layer{l}": p[:, :k] for l, p in tr.probes.items()}}
-        settle, decide = settling_times_s(tr, free.v_output, args.settle_tol)
-        per["settle_time_s"].append(settle)
-        per["decision_time_s"].append(decide)
-        per["energy_per_inference_J"].append(energy_until(tr, settle))
-        per["static_power_W"].append(circuit_powers_W(net, v_in, free.v_free)["sources"])
-        per["correct"].append(np.argmax(free.v_output, axis=1) == yb)
-        traces.append((tr, yb))
-        if not args.no_training_step:
-            target = one_hot_targets(yb, net.num_outputs, config.target_high_V)
-            for sign, key in ((1.0, "energy_plus_J"), (-1.0, "energy_minus_J")):
-                b = sign * config.beta
-                ref = dc.solve(prepared, b, target, init=free.v_free)
-                trn = _phase(net, v_in, caps, args, init=free.v_free, beta=b, target_V=target)
-                s_n, _ = settling_times_s(trn, ref.v_output, args.settle_tol)
-                per[key].append(energy_until(trn, s_n))
+    for k, i in enumerate(range(0, n, args.batch_size)):
+        rec = stage.batch(k) if stage is not None else None
+        if rec is None:
+            rec = _transient_batch(net, config, dc, caps, x[i:i + args.batch_size], y[i:i + args.batch_size],
+                                   args, traces=args.traces if i == 0 else 0)
+            if stage is not None:
+                stage.save_batch(k, rec)
+        batches.append(rec)
         if bar is not None:
-            bar.update(len(yb))
+            bar.update(len(rec["correct"]))
     if bar is not None:
         bar.close()
-    per = {k: np.concatenate(v) if v else np.zeros(0) for k, v in per.items()}
+    per = {key: np.concatenate([b[key] for b in batches]) if batches and key in batches[0] else np.zeros(0)
+           for key in PER_IMAGE}
+    traces_npz = {key[len("trace_"):]: v for key, v in batches[0].items() if key.startswith("trace_")} \
+        if batches else {}
     settled = np.isfinite(per["settle_time_s"])
     med_settle = float(np.median(per["settle_time_s"][settled])) if settled.any() else float("nan")
     times = readout if readout is not None else [f * med_settle for f in (0.1, 0.25, 0.5, 1.0, 2.0)]
     acc_at = np.zeros(len(times))
-    for tr, yb in traces:
-        acc_at += np.asarray(readout_accuracy(tr, yb, times)) * len(yb)
+    for b, i in zip(batches, range(0, n, args.batch_size)):
+        yb = y[i:i + args.batch_size]
+        acc_at += np.asarray(readout_accuracy(b["t_s"], b["predictions"], yb, times)) * len(yb)
     acc_at /= max(n, 1)
     return per, traces_npz, list(times), acc_at
 
 
+# per-image results of the transients (each a (B,) array per batch)
+PER_IMAGE = ("settle_time_s", "decision_time_s", "energy_per_inference_J", "static_power_W", "correct",
+             "energy_plus_J", "energy_minus_J")
+
+
+def _transient_batch(net, config, dc, caps, xb, yb, args, traces: int = 0) -> dict:
+    """The transients of one batch of images ``xb`` (B, C, H, W): the :data:`PER_IMAGE` arrays
+    (the nudged phases' energies unless ``--no-training-step``), the free phase's time points
+    ``t_s`` (T,) and the class it reads at each, ``predictions`` (T, B), and with ``traces`` > 0
+    the ``trace_*`` arrays of the first ``traces`` images (3 nodes per layer)."""
+    from .models.resistive import one_hot_targets
+    from .solvers.transient import circuit_powers_W, settling_times_s
+
+    v_in = net.input_voltages(xb)
+    prepared = dc.prepare(net, v_in)
+    free = dc.solve(prepared, 0.0)
+    tr = _phase(net, v_in, caps, args, probe_nodes=3 if traces else 0)
+    settle, decide = settling_times_s(tr, free.v_output, args.settle_tol)
+    rec = {"settle_time_s": settle, "decision_time_s": decide,
+           "energy_per_inference_J": energy_until(tr, settle),
+           "static_power_W": circuit_powers_W(net, v_in, free.v_free)["sources"],
+           "correct": np.argmax(free.v_output, axis=1) == yb,
+           "t_s": np.asarray(tr.t_s), "predictions": np.argmax(tr.v_out, axis=2)}
+    if traces:
+        k = min(traces, len(yb))
+        rec.update({"trace_t_s": tr.t_s, "trace_labels": yb[:k], "trace_v_out": tr.v_out[:, :k],
+                    **{f"trace_layer{l}": p[:, :k] for l, p in tr.probes.items()}})
+    if not args.no_training_step:
+        target = one_hot_targets(yb, net.num_outputs, config.target_high_V)
+        for sign, key in ((1.0, "energy_plus_J"), (-1.0, "energy_minus_J")):
+            b = sign * config.beta
+            ref = dc.solve(prepared, b, target, init=free.v_free)
+            trn = _phase(net, v_in, caps, args, init=free.v_free, beta=b, target_V=target)
+            s_n, _ = settling_times_s(trn, ref.v_output, args.settle_tol)
+            rec[key] = energy_until(trn, s_n)
+    return rec
+
+
 class _TransientRecord:
-    """``OUT/energy-progress.npz``: the transients' results of a run, kept once they are done
-    so that ``--resume`` goes straight to the early-readout attack; tagged with the run's
-    digest (checkpoint, images, options). Without ``resume`` an existing record is an error."""
+    """``OUT/energy-progress.npz``: the transients' results of a run, tagged with the run's
+    digest (checkpoint, images, options): each batch's as it finishes, then the whole stage's
+    once done, so that ``--resume`` simulates only the batches not yet recorded and goes
+    straight to the early-readout attack once they all are. Without ``resume`` an existing
+    record is an error."""
 
     def __init__(self, out: Path, digest: str, resume: bool):
         self.path = Path(out) / "energy-progress.npz"
         self.progress_dir = Path(out) / "readout-progress"
         self.digest = digest
         self.done = False
+        self._batches = {}
         from .robustness.journal import check_record
 
         if not self.path.exists() and not self.progress_dir.exists():
@@ -365,15 +394,39 @@ class _TransientRecord:
                 return str(data["digest"])
 
         check_record(self.path, recorded_digest, digest, resume, "energy run")
-        self.done = self.path.exists()
+        if self.path.exists():
+            with np.load(self.path) as data:
+                self.done = bool(data["complete"]) if "complete" in data.files else True
+                if not self.done:
+                    for key in data.files:
+                        if key.startswith("batch"):
+                            k, name = key[len("batch"):].split("_", 1)
+                            self._batches.setdefault(int(k), {})[name] = data[key]
+
+    @property
+    def recorded_batches(self) -> int:
+        """How many transient batches the record holds (0 once the stage is complete)."""
+        return len(self._batches)
+
+    def batch(self, k: int) -> dict | None:
+        """The recorded results of transient batch ``k`` (0-based), or None."""
+        return self._batches.get(k)
+
+    def save_batch(self, k: int, rec: dict) -> None:
+        """Record batch ``k``'s results (written atomically with every batch recorded so far)."""
+        self._batches[k] = rec
+        _save_npz(self.path, {"digest": np.array(self.digest), "complete": np.array(False),
+                              **{f"batch{j}_{name}": v for j, r in self._batches.items() for name, v in r.items()}})
 
     def save(self, per, traces_npz, times, acc_at, upd):
-        arrays = {"digest": np.array(self.digest), "times": np.asarray(times, float), "acc_at": acc_at,
-                  **{f"per_{k}": v for k, v in per.items()}, **{f"trace_{k}": v for k, v in traces_npz.items()}}
+        arrays = {"digest": np.array(self.digest), "complete": np.array(True), "times": np.asarray(times, float),
+                  "acc_at": acc_at, **{f"per_{k}": v for k, v in per.items()},
+                  **{f"trace_{k}": v for k, v in traces_npz.items()}}
         if upd is not None:
             arrays.update({"upd_pulses": np.array(upd["pulses"]), "upd_energy_J": np.array(upd["energy_J"]),
                            "upd_batch": np.array(upd["batch"])})
         _save_npz(self.path, arrays)
+        self.done, self._batches = True, {}
 
     def load(self) -> tuple:
         with np.load(self.path) as data:

@@ -119,3 +119,40 @@ def test_interrupted_run_resumes_to_the_uninterrupted_results(checkpoint, tmp_pa
     assert resumed["summary"] == whole["summary"]
     assert resumed["per_image"] == whole["per_image"]
     assert not (part / "energy-progress.npz").exists() and not (part / "readout-progress").exists()
+
+
+def test_run_killed_during_the_transients_resumes_from_its_finished_batches(checkpoint, tmp_path, monkeypatch):
+    """Each transient batch is recorded as it finishes: a run killed in its second batch
+    simulates only that batch again on --resume, and ends with the uninterrupted run's results."""
+    import epsim.energy as energy
+
+    args = ["--checkpoint", str(checkpoint), "--test-subset", "8", "--batch-size", "4", "--no-progress",
+            "--t-stop", "2e-7", "--readout-times", "1e-9,1e-7"]
+    main([*args, "--out", str(tmp_path / "whole")])
+    whole = json.loads((tmp_path / "whole" / "energy.json").read_text())
+
+    real_phase, calls = energy._phase, []
+
+    def phase(*a, **k):
+        calls.append(1)
+        if len(calls) == 4:          # the free phase of the second batch (3 phases per batch)
+            raise KeyboardInterrupt
+        return real_phase(*a, **k)
+
+    monkeypatch.setattr(energy, "_phase", phase)
+    part = tmp_path / "part"
+    with pytest.raises(KeyboardInterrupt):
+        main([*args, "--out", str(part)])
+    assert (part / "energy-progress.npz").exists() and not (part / "energy.json").exists()
+    with pytest.raises(EpsimError, match="--resume"):
+        main([*args, "--out", str(part)])
+    calls.clear()
+    monkeypatch.setattr(energy, "_phase", lambda *a, **k: (calls.append(1), real_phase(*a, **k))[1])
+    main([*args, "--out", str(part), "--resume"])
+    assert len(calls) == 3           # the second batch's three phases, not the first's again
+    resumed = json.loads((part / "energy.json").read_text())
+    assert resumed["summary"] == whole["summary"]
+    assert resumed["per_image"] == whole["per_image"]
+    with np.load(part / "traces.npz") as a, np.load(tmp_path / "whole" / "traces.npz") as b:
+        assert sorted(a.files) == sorted(b.files) and all(np.array_equal(a[k], b[k]) for k in a.files)
+    assert not (part / "energy-progress.npz").exists()
