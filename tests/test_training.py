@@ -274,6 +274,8 @@ def assert_one_line_error(result, pattern):
     (["--resume"], "--out"),
     (["--lr-layers", "1", "1", "1"], "--lr-layers needs 2 values"),
     (["--lr-layers", "1", "-1"], "--lr-layers"),
+    (["--model", "cnn-deep"], "--model cnn-deep (conv:16:3:1,conv:32:3:2,conv:64:3:2,conv:64:3:2,dense:10) on "
+                              "1x8x8 images: kernel 3 is larger than its 2x2 input"),
     (["--time-limit", "0"], "--time-limit must be a positive number of minutes"),
     (["--time-limit", "inf"], "--time-limit must be a positive number of minutes"),
     (["--optimizer", "adam", "--momentum", "0.5"], "--momentum applies to --optimizer sgd"),

@@ -66,24 +66,28 @@ def format_arch(layers) -> str:
     return ",".join(out)
 
 
-def connections_from_arch(spec: str, image_shape, num_classes: int, differential: bool = False) -> list:
+def connections_from_arch(spec: str, image_shape, num_classes: int, differential: bool = False,
+                          model: str | None = None) -> list:
     """Connection objects for images of ``image_shape`` (C, H, W); checks every size.
     ``differential``: every hidden layer presented as ``+v`` and ``-v`` to the crossbar
-    above it, which then has twice its input channels (:mod:`.presentation`)."""
+    above it, which then has twice its input channels (:mod:`.presentation`). ``model``: the
+    circuit model whose architecture ``spec`` is (named in the errors instead of ``--arch``)."""
     layers = parse_arch(spec)
-    if layers[-1] != ("dense", num_classes):
-        raise EpsimError(f"--arch must end with the output layer dense:{num_classes} "
-                         f"(the dataset has {num_classes} classes), got {spec.split(',')[-1].strip()!r}")
     c, h, w = image_shape
+    what = f"--arch {spec!r}" if model is None else f"--model {model} ({spec}) on {c}x{h}x{w} images"
+    if layers[-1] != ("dense", num_classes):
+        raise EpsimError(f"{'--arch' if model is None else what} must end with the output layer "
+                         f"dense:{num_classes} (the dataset has {num_classes} classes), "
+                         f"got {spec.split(',')[-1].strip()!r}")
     shape = (2 * c, h, w)
     conns = []
     for layer in layers:
         if layer[0] == "conv":
             _, ch, k, s, p = layer
             if len(shape) != 3:
-                raise EpsimError(f"--arch {spec!r}: a conv layer cannot follow a dense layer")
+                raise EpsimError(f"{what}: a conv layer cannot follow a dense layer")
             if k > shape[1] + 2 * p or k > shape[2] + 2 * p:
-                raise EpsimError(f"--arch {spec!r}: kernel {k} is larger than its "
+                raise EpsimError(f"{what}: kernel {k} is larger than its "
                                  f"{shape[1]}x{shape[2]} input" + (f" padded by {p}" if p else ""))
             conv = Conv2d(shape, ch, k, s, p)
             conns.append(conv)

@@ -135,7 +135,7 @@ def build_circuit_model(name: str, image_shape, num_classes: int, *, arch: str |
     spec = arch if arch is not None else model_arch(name, image_shape, num_classes)
     if input_gain_V is None:
         input_gain_V = default_input_gain_V(name, image_shape, arch)
-    conns = connections_from_arch(spec, image_shape, num_classes, differential)
+    conns = connections_from_arch(spec, image_shape, num_classes, differential, model=name if arch is None else None)
     net = ResistiveNetwork(image_shape, conns, input_gain_V=input_gain_V, diode=diode, ranges=ranges,
                            name=name if arch is None else "arch", amp_gains=amp_gains,
                            input_center=input_center, differential=differential,

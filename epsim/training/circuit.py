@@ -141,7 +141,8 @@ class TrainConfig:
         command line), named as such in the error."""
         image_shape, num_classes = dataset_geometry(self.dataset)
         spec = self.arch if self.arch is not None else model_arch(self.model, image_shape, num_classes)
-        num_layers = len(connections_from_arch(spec, image_shape, num_classes, self.differential))
+        num_layers = len(connections_from_arch(spec, image_shape, num_classes, self.differential,
+                                               model=self.model if self.arch is None else None))
         network = self.model if self.arch is None else f"--arch {self.arch}"
 
         def origin(field, option):
