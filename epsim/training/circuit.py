@@ -371,7 +371,7 @@ def _train(config: TrainConfig, dataset, out_dir, dp, *, resume, progress, stop_
             if run.batch_done():
                 run.save(epoch, k + 1, tally, payload)
                 return {"interrupted": True}
-            if dp.max(float(run.out_of_time())) > 0:  # every rank stops after the same batch
+            if time_limit_s is not None and dp.max(float(run.out_of_time())) > 0:  # all ranks stop together
                 stop_reason = "time limit"
                 if k + 1 < n_batches:
                     stopped_at = k + 1
