@@ -87,3 +87,17 @@ def test_two_processes_match_one_for_software_models(model, tmp_path):
     for key in s1 if model == "ep-cnn" else ():
         np.testing.assert_allclose(s2[key].numpy(), s1[key].numpy(), rtol=1e-4, atol=1e-5, err_msg=key)
     assert abs(m1["test_accuracy"] - m2["test_accuracy"]) <= (1 if model == "ep-cnn" else 8) / 40
+
+
+def test_two_processes_stop_together_at_the_time_limit(tmp_path):
+    """Under torchrun every rank stops a circuit run after the same batch once the time limit
+    is reached on any of them (no rank waits for a collective the other never calls), and rank
+    0 writes the metrics and the checkpoint at that batch."""
+    pytest.importorskip("torch.distributed")
+    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1", NUMBA_NUM_THREADS="1")
+    two = _torchrun([*ARGS, "--time-limit", "1e-6"], tmp_path / "two", env)
+    metrics = json.loads((two.out / "metrics.json").read_text())
+    assert metrics["processes"] == 2 and metrics["stop_reason"] == "time limit"
+    assert [h.get("partial") for h in metrics["history"]] == [True]
+    _, state = load_network(two.out / CHECKPOINT_NAME)
+    assert (int(state["epoch"]), int(state["batch"])) == (0, 1)
