@@ -9,9 +9,10 @@ at ``--splits`` pixels (2 + 2·2^k solves per image the basic box leaves uncerti
 """
 from __future__ import annotations
 
+import sys
 import time
 
-from epsim.cli import ArgumentParser, set_command_environment
+from epsim.cli import ArgumentParser, run, set_command_environment
 from epsim.data import load_dataset
 from epsim.models.loading import load_network
 from epsim.robustness.certify import certify_box, certify_split
@@ -22,12 +23,12 @@ from _digits import digits_checkpoint
 set_command_environment()  # the commands' thread settings (OpenMP workers sleep when idle)
 
 
-def main():
+def main(argv=None):
     p = ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--checkpoint", default=None, help="a digits circuit checkpoint (default: train one)")
     p.add_argument("--eps", type=float, nargs="+", default=[0.0313725, 0.05], help="L-inf radii")
     p.add_argument("--splits", type=int, nargs="+", default=[2, 4, 6], help="pixels split per image")
-    args = p.parse_args()
+    args = p.parse_args(argv)
     ckpt = digits_checkpoint(args.checkpoint)
     net, _ = load_network(ckpt)
     ds = load_dataset("digits")
@@ -44,4 +45,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run(main))

@@ -22,7 +22,7 @@ import time
 
 import numpy as np
 
-from epsim.cli import ArgumentParser, add_deprecated_alias, set_command_environment
+from epsim.cli import ArgumentParser, add_deprecated_alias, run, set_command_environment
 from epsim.data import load_dataset
 from epsim.solvers import make_solver
 from epsim.training import build_network, layer_learning_rates, preset_config
@@ -146,7 +146,7 @@ def dgemm_rate():
     return 2 * 2048 ** 3 / (time.perf_counter() - t) / 1e9
 
 
-def main():
+def main(argv=None):
     p = ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--data-dir", required=True, help="folder with the MNIST files")
     p.add_argument("--models", nargs="+", default=["drn-xs", "drn-1h"])
@@ -155,7 +155,7 @@ def main():
     p.add_argument("--published-repo", default=None, help="checkout of rain-neuromorphics/energy-based-learning")
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads of the published code")
     add_deprecated_alias(p, "--torch-threads", "--threads")
-    args = p.parse_args()
+    args = p.parse_args(argv)
     ds = load_dataset("mnist", args.data_dir)
     rate = dgemm_rate()
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; "
@@ -176,4 +176,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run(main))

@@ -21,6 +21,7 @@ Timings on a shared machine are noisy: the two paths alternate, repeated ``--rep
 """
 from __future__ import annotations
 
+import sys
 import copy
 import json
 import time
@@ -28,7 +29,7 @@ import time
 import numpy as np
 import torch
 
-from epsim.cli import ArgumentParser, set_command_environment
+from epsim.cli import ArgumentParser, run, set_command_environment
 from epsim.models.ep_cnn import EPCNN, _max_change, ep_gradients, hard_sigmoid
 from epsim.models.ep_cnn import PIXEL_MEAN, PIXEL_STD
 
@@ -72,7 +73,7 @@ def load_batch(args):
     return torch.rand(args.batch, 3, 32, 32, generator=g), torch.randint(0, 10, (args.batch,), generator=g)
 
 
-def main():
+def main(argv=None):
     p = ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--channels", type=int, nargs="+", default=[32, 64, 128, 256])
     p.add_argument("--batch", type=int, default=128)
@@ -89,7 +90,7 @@ def main():
     p.add_argument("--data-dir", default=None, help="CIFAR-10 folder (default: random images)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", default=None, help="also write the results here")
-    args = p.parse_args()
+    args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     if args.checkpoint:
@@ -164,4 +165,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run(main))

@@ -11,12 +11,13 @@ in an attack step), on one thread, best of ``--repeats``. Prints a Markdown tabl
 """
 from __future__ import annotations
 
+import sys
 import time
 
 import numpy as np
 import torch
 
-from epsim.cli import ArgumentParser, set_command_environment, set_threads
+from epsim.cli import ArgumentParser, run, set_command_environment, set_threads
 from epsim.data import default_data_dir, load_dataset
 from epsim.robustness.adapters import load_model
 from epsim.robustness.attacks import make_loss
@@ -36,13 +37,13 @@ def best_of(repeats, fn):
     return min(times), out
 
 
-def main():
+def main(argv=None):
     p = ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--checkpoint", default=None, help="a circuit checkpoint (default: train the digits CNN)")
     p.add_argument("--data-dir", default=None, help="dataset folder (default: $EPSIM_DATA_DIR or ./data)")
     p.add_argument("--images", type=int, default=20, help="images per gradient call (the first N test images)")
     p.add_argument("--repeats", type=int, default=3, help="timed calls per row (the best is reported)")
-    args = p.parse_args()
+    args = p.parse_args(argv)
     set_threads(1)
     loaded = load_model(digits_checkpoint(args.checkpoint))
     a = loaded.adapter
@@ -86,4 +87,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run(main))

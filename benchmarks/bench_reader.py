@@ -9,12 +9,13 @@ previous N's time (about 2 for linear time, about 4 for quadratic).
 """
 from __future__ import annotations
 
+import sys
 import statistics
 import tempfile
 import time
 from pathlib import Path
 
-from epsim.cli import ArgumentParser
+from epsim.cli import ArgumentParser, run
 from epsim.circuit.spice_reader import read_netlist
 
 
@@ -50,4 +51,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run(main))

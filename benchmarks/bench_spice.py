@@ -11,6 +11,7 @@ JIT warmed up); MNA reads nothing and solves the compiled IR. Times are the medi
 """
 from __future__ import annotations
 
+import sys
 import statistics
 import tempfile
 import time
@@ -22,7 +23,7 @@ import numpy as np
 from epsim.circuit.compile import compile_network, layer_node_names
 from epsim.circuit.diodes import DiodeModel
 from epsim.circuit.spice_writer import write_netlist
-from epsim.cli import ArgumentParser, set_command_environment
+from epsim.cli import ArgumentParser, run, set_command_environment
 from epsim.models.resistive import build_mlp
 from epsim.solvers.mna import solve_mna
 from epsim.solvers.ngspice import run_ngspice
@@ -88,4 +89,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run(main))

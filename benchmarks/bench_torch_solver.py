@@ -13,6 +13,7 @@ and -beta phases, the nudged ones warm-started from the free state) on one batch
 """
 from __future__ import annotations
 
+import sys
 import time
 
 import numba
@@ -20,7 +21,7 @@ import numpy as np
 import torch
 
 from epsim.circuit.diodes import DiodeModel
-from epsim.cli import ArgumentParser, set_command_environment
+from epsim.cli import ArgumentParser, run, set_command_environment
 from epsim.data import load_dataset
 from epsim.errors import EpsimError
 from epsim.models.registry import build_circuit_model
@@ -108,4 +109,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run(main))

@@ -9,6 +9,7 @@ Prints markdown tables (paste them into BENCHMARKS.md with the machine they ran 
 """
 from __future__ import annotations
 
+import sys
 import os
 import platform
 import time
@@ -16,7 +17,7 @@ import time
 import numpy as np
 
 from epsim.circuit.diodes import DiodeModel
-from epsim.cli import ArgumentParser, set_command_environment
+from epsim.cli import ArgumentParser, run, set_command_environment
 from epsim.data import load_dataset
 from epsim.learning.ep import free_phase
 from epsim.models.registry import build_circuit_model
@@ -59,12 +60,12 @@ def bench_solver(repeats):
                   f"{eq.certificate.max_residual_A:.1e} |")
 
 
-def main():
+def main(argv=None):
     p = ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--models", nargs="+", default=["cnn", "mlp"])
     p.add_argument("--epochs", type=int, default=20)
     p.add_argument("--repeats", type=int, default=3)
-    args = p.parse_args()
+    args = p.parse_args(argv)
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
           f"load average {os.getloadavg()[0]:.1f}\n")
     bench_training(args.models, args.epochs)
@@ -72,4 +73,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run(main))

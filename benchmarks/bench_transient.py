@@ -10,12 +10,13 @@ block sweeps per step, and the median settling time (outputs within 1 mV of DC).
 """
 from __future__ import annotations
 
+import sys
 import time
 
 import numpy as np
 
 from epsim.circuit.compile import with_diode
-from epsim.cli import ArgumentParser, set_command_environment
+from epsim.cli import ArgumentParser, run, set_command_environment
 from epsim.data import load_dataset
 from epsim.models.loading import load_network
 from epsim.solvers.numba_solver import NumbaSolver
@@ -26,14 +27,14 @@ from _digits import digits_checkpoint
 set_command_environment()  # the commands' thread settings (OpenMP workers sleep when idle)
 
 
-def main():
+def main(argv=None):
     p = ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--checkpoint", default=None, help="a digits circuit checkpoint (default: train one)")
     p.add_argument("--t-stop", type=float, default=6e-8, help="window (s)")
     p.add_argument("--dt-max", type=float, default=1e-9, help="largest step (s)")
     p.add_argument("--lte-tol", type=float, default=1e-4, help="truncation error per step (V)")
     p.add_argument("--tol", type=float, default=1e-9, help="KCL tolerance per step (A)")
-    args = p.parse_args()
+    args = p.parse_args(argv)
     ckpt = digits_checkpoint(args.checkpoint)
     net0, _ = load_network(ckpt)
     ds = load_dataset("digits")
@@ -55,4 +56,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run(main))

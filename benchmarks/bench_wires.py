@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from epsim.cli import ArgumentParser, set_command_environment
+from epsim.cli import ArgumentParser, run, set_command_environment
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 set_command_environment()  # the commands' thread settings (OpenMP workers sleep when idle)
@@ -126,4 +126,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run(main))

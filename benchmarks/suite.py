@@ -13,6 +13,7 @@ Rows:
 """
 from __future__ import annotations
 
+import sys
 import os
 import resource
 import shutil
@@ -25,7 +26,7 @@ import numpy as np
 from epsim.circuit.compile import compile_network, layer_node_names
 from epsim.circuit.diodes import DiodeModel
 from epsim.circuit.spice_writer import write_netlist
-from epsim.cli import ArgumentParser, set_command_environment
+from epsim.cli import ArgumentParser, run, set_command_environment
 from epsim.data import load_dataset
 from epsim.learning.ep import free_phase
 from epsim.models.registry import build_circuit_model
@@ -97,13 +98,13 @@ def epoch_row(data_dir, batch):
             f"incl. test-set evaluation")
 
 
-def main():
+def main(argv=None):
     p = ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data-dir", default=os.environ.get("EPSIM_DATA_DIR", "../shared/data"))
     p.add_argument("--batch", type=int, default=1000)
     p.add_argument("--epoch-batch", type=int, default=8)
     p.add_argument("--skip-epoch", action="store_true")
-    args = p.parse_args()
+    args = p.parse_args(argv)
     rows = []
     if shutil.which("ngspice"):
         with tempfile.TemporaryDirectory() as tmp:
@@ -121,4 +122,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run(main))
