@@ -380,7 +380,8 @@ def _train(config: TrainConfig, dataset, out_dir, dp, *, resume, progress, stop_
         start_batch = 0
         test = evaluate(net, solver, dataset.x_test, dataset.y_test, config.eval_batch_size, dp)
         history.append({
-            "epoch": epoch + 1 if stopped_at is None else epoch + stopped_at / n_batches, "train_loss": tally.loss_sum / max(tally.n, 1),
+            "epoch": epoch + 1 if stopped_at is None else epoch + stopped_at / n_batches,
+            "train_loss": tally.loss_sum / max(tally.n, 1),
             "train_accuracy": tally.correct / max(tally.n, 1), "test_accuracy": test["accuracy"],
             "train_unconverged": tally.unconverged, "test_unconverged": test["unconverged"],
             "max_residual_A": max(tally.max_residual_A, test["max_residual_A"]),
