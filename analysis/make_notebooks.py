@@ -21,6 +21,7 @@ import nbformat
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
 from epsim.cli import ArgumentParser, prepare_out_dir, run
+from epsim.errors import EpsimError
 
 HERE = Path(__file__).resolve().parent
 
@@ -285,6 +286,18 @@ def execute(nb, timeout=600):
     return nb
 
 
+def results_from_caller() -> None:
+    """Make ``$EPSIM_RESULTS`` and ``$EPSIM_FIGURES`` absolute (relative to the caller's working
+    folder: the kernels run in ``analysis/``) and check that the results folder exists."""
+    for var in ("EPSIM_RESULTS", "EPSIM_FIGURES"):
+        if os.environ.get(var):
+            os.environ[var] = str(Path(os.environ[var]).expanduser().resolve())
+    results = os.environ.get("EPSIM_RESULTS")
+    if results and not Path(results).is_dir():
+        raise EpsimError(f"EPSIM_RESULTS={results} is not a folder: point it at a run_all --out folder or "
+                         "a published results folder (e.g. analysis/results/mnist)")
+
+
 def main(argv=None):
     """Write every notebook (and with ``--execute`` run it first)."""
     p = ArgumentParser(description=__doc__.splitlines()[0])
@@ -294,6 +307,8 @@ def main(argv=None):
                         "against another scale's results, a folder outside analysis/ keeps the committed "
                         "notebooks as they are")
     args = p.parse_args(argv)
+    if args.execute:
+        results_from_caller()
     where = HERE if args.notebooks_dir is None else prepare_out_dir(args.notebooks_dir, flag="--notebooks-dir")
     for name in NOTEBOOKS:
         nb = build(name)

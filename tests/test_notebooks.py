@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -18,6 +19,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
+from epsim.errors import EpsimError
 
 REPO = Path(__file__).resolve().parents[1]
 ANALYSIS = REPO / "analysis"
@@ -554,6 +557,23 @@ def test_notebooks_dir_leaves_the_committed_notebooks(tmp_path):
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [
         f"error: --notebooks-dir {a_file} is an existing file, not a folder: choose another --notebooks-dir"]
+
+
+def test_results_folder_is_taken_from_the_callers_folder(tmp_path, monkeypatch):
+    """The kernels run in analysis/: a relative EPSIM_RESULTS / EPSIM_FIGURES is made absolute
+    against the folder the command was started in, and a missing results folder is refused."""
+    import make_notebooks as mk
+
+    (tmp_path / "res").mkdir()
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("EPSIM_RESULTS", "res")
+    monkeypatch.setenv("EPSIM_FIGURES", "figs")
+    mk.results_from_caller()
+    assert os.environ["EPSIM_RESULTS"] == str(tmp_path / "res")
+    assert os.environ["EPSIM_FIGURES"] == str(tmp_path / "figs")
+    monkeypatch.setenv("EPSIM_RESULTS", "missing")
+    with pytest.raises(EpsimError, match="EPSIM_RESULTS=.*missing is not a folder"):
+        mk.results_from_caller()
 
 
 def test_output_parsers():
