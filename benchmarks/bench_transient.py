@@ -3,8 +3,9 @@
 Trains the default digits circuit CNN (``python -m epsim.train``, seed 0) unless
 ``--checkpoint`` is given, then simulates the free phase of all 360 test images in one batch
 from 0 V (the inputs switched on at t = 0), with ideal and with Shockley diodes, and prints
-per diode model: wall time (JIT warmed up on 2 images first), accepted/rejected steps, mean
-block sweeps per step, and the median settling time (outputs within 1 mV of DC).
+per diode model: wall time (JIT warmed up on 2 images first) with the powers recorded (what
+``epsim.energy`` simulates) and without them (what an early readout simulates), accepted/rejected
+steps, mean block sweeps per step, and the median settling time (outputs within 1 mV of DC).
 
     python benchmarks/bench_transient.py [--t-stop 6e-8] [--dt-max 1e-9] [--lte-tol 1e-4]
 """
@@ -38,20 +39,24 @@ def main(argv=None):
     ckpt = digits_checkpoint(args.checkpoint)
     net0, _ = load_network(ckpt)
     ds = load_dataset("digits")
-    print(f"| diodes | images | wall (s) | steps (rejected) | sweeps/step | median settling (ns) |")
-    print("|---|---|---|---|---|---|")
+    print("| diodes | images | wall (s) | wall without powers (s) | steps (rejected) | sweeps/step | "
+          "median settling (ns) |")
+    print("|---|---|---|---|---|---|---|")
     for kind in ("ideal", "shockley"):
         net = with_diode(net0, kind)
         v_in = net.input_voltages(ds.x_test)
         simulate(net, v_in[:2], t_stop_s=args.t_stop, dt_max_s=args.dt_max, lte_tol_V=args.lte_tol, tol_A=args.tol)
+        kw = dict(t_stop_s=args.t_stop, dt_max_s=args.dt_max, lte_tol_V=args.lte_tol, tol_A=args.tol, probe_nodes=0)
         t0 = time.perf_counter()
-        tr = simulate(net, v_in, t_stop_s=args.t_stop, dt_max_s=args.dt_max, lte_tol_V=args.lte_tol,
-                      tol_A=args.tol, probe_nodes=0)
+        tr = simulate(net, v_in, **kw)
         wall = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        simulate(net, v_in, powers=False, **kw)
+        wall_bare = time.perf_counter() - t0
         dc = NumbaSolver(tol_A=args.tol, max_iter=100000)
         eq = dc.solve(dc.prepare(net, v_in), 0.0)
         settle, _ = settling_times_s(tr, eq.v_output, 1e-3)
-        print(f"| {kind} | {len(v_in)} | {wall:.1f} | {len(tr.t_s) - 1} ({tr.extras['rejected_steps']}) | "
+        print(f"| {kind} | {len(v_in)} | {wall:.1f} | {wall_bare:.1f} | {len(tr.t_s) - 1} ({tr.extras['rejected_steps']}) | "
               f"{tr.sweeps.mean():.2f} | {np.median(settle) * 1e9:.1f} |")
 
 

@@ -64,6 +64,20 @@ def test_transient_settles_on_the_dc_equilibrium_and_conserves_energy(make, diod
     assert np.all(np.isfinite(settle)) and np.all(decide <= settle + 1e-18)
 
 
+@pytest.mark.parametrize("make", [digits_cnn, differential_mlp])
+def test_waveforms_do_not_depend_on_recording_the_powers(make):
+    """A readout's transient (powers=False) has the waveforms of the full one, bit for bit,
+    and records no powers."""
+    net, v_in = make("shockley")
+    kw = dict(t_stop_s=2e-7, dt_max_s=1e-8, tol_A=1e-12, lte_tol_V=1e-5)
+    full, bare = simulate(net, v_in, **kw), simulate(net, v_in, powers=False, **kw)
+    np.testing.assert_array_equal(full.t_s, bare.t_s)
+    np.testing.assert_array_equal(full.v_out, bare.v_out)
+    for l in full.probes:
+        np.testing.assert_array_equal(full.probes[l], bare.probes[l])
+    assert bare.power_W is None and bare.energy_J is None and bare.stored_J is None
+
+
 def test_nudged_phase_from_the_free_state_conserves_energy():
     net, v_in = amplified_mlp()
     free = DC.solve(DC.prepare(net, v_in), 0.0)

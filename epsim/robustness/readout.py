@@ -64,7 +64,7 @@ class EarlyReadoutAdapter:
         for i in range(0, len(x), self.batch_size):
             tr = simulate(self.net, self.net.input_voltages(x[i:i + self.batch_size]), caps=self.caps,
                           t_stop_s=self.readout_time_s, lte_tol_V=self.lte_tol_V, tol_A=self.tol_A,
-                          probe_nodes=0)
+                          probe_nodes=0, powers=False)
             out.append(tr.v_out[-1])
         return Prediction(np.concatenate(out), np.ones(len(x), bool), None, 0)
 

@@ -87,7 +87,8 @@ class Transient:
     v_final: list of (B, n_l) node voltages (V) at the last time point.
     energy_J: {"sources", "resistors", "diodes", "capacitors"} (B,) energies over the window
               (right-endpoint rule); ``stored_J`` (B,) the change of 1/2 C v^2.
-    power_W: {"sources", ...} (T, B) powers at t_s[1:].
+    power_W: {"sources", ...} (T, B) powers at t_s[1:] (these three None for a transient
+              simulated with ``powers=False``).
     sweeps: (T,) block sweeps per step; max_residual_A: KCL residual of the last step (every
              step stops once each sample's residual is within the tolerance).
     """
@@ -96,9 +97,9 @@ class Transient:
     v_out: np.ndarray
     probes: dict
     v_final: list
-    energy_J: dict
-    stored_J: np.ndarray
-    power_W: dict
+    energy_J: dict | None
+    stored_J: np.ndarray | None
+    power_W: dict | None
     sweeps: np.ndarray
     max_residual_A: float
     extras: dict = field(default_factory=dict)
@@ -110,12 +111,20 @@ def _step_sources(problem, hist) -> tuple:
     return tuple(np.ascontiguousarray(b + h) for b, h in zip(problem.bias_tuple, hist))
 
 
-def circuit_powers_W(net, v_input, v_free, beta=0.0, target_V=None) -> dict:
+def crossbar_degrees(net) -> list:
+    """Per crossbar ``k``: ``(degree_in, degree_out)``, the total normalised conductance on each
+    of its input terminals and on each node of layer ``k+1`` (fixed while the conductances are)."""
+    return [(conn.degree_in(w), conn.degree_out(w)) for conn, w in zip(net.connections, net.w)]
+
+
+def circuit_powers_W(net, v_input, v_free, beta=0.0, target_V=None, degrees=None) -> dict:
     """Instantaneous powers (W), each (B,), of the circuit at node voltages ``v_free`` (V):
     delivered by ``sources`` (inputs, bias currents, amplifiers, nudging targets) and
     dissipated in the ``resistors`` (crossbar conductances, the nudging conductance
-    ``beta g_unit``: negative for ``-beta``) and ``diodes`` (clamps)."""
+    ``beta g_unit``: negative for ``-beta``) and ``diodes`` (clamps). ``degrees``: the
+    network's :func:`crossbar_degrees` when the caller has them (a transient's steps)."""
     g = net.ranges.g_unit_S
+    degrees = crossbar_degrees(net) if degrees is None else degrees
     layers = [np.asarray(v_input, np.float64)] + [np.asarray(v, np.float64) for v in v_free]
     p_res = np.zeros(layers[0].shape[0])
     p_src = np.zeros_like(p_res)
@@ -123,7 +132,7 @@ def circuit_powers_W(net, v_input, v_free, beta=0.0, target_V=None) -> dict:
         w = net.w[k]
         gain = net.crossbar_input_gain(k)
         vi, vo = gain * net.presented(k, layers[k]), layers[k + 1]  # the crossbar's terminals
-        deg_in, deg_out = conn.degree_in(w), conn.degree_out(w)
+        deg_in, deg_out = degrees[k]
         drive_in = conn.drive_in(w, np.ascontiguousarray(vo))  # (B, n_k): sum_j w_ij v_j
         # current each input-side terminal supplies into the crossbar: deg_in v_i - sum_j w_ij v_j
         supplied = vi * deg_in[None, :] - drive_in
@@ -153,7 +162,7 @@ def circuit_powers_W(net, v_input, v_free, beta=0.0, target_V=None) -> dict:
 def simulate(net, v_input, *, caps: Capacitances = Capacitances(), t_stop_s: float,
              dt_max_s: float | None = None, dt_first_s: float | None = None, lte_tol_V: float = 1e-5,
              tol_A: float = 1e-12, max_iter: int = 10000, probe_nodes: int = 3, init=None,
-             beta: float = 0.0, target_V=None, max_steps: int = 200000) -> Transient:
+             beta: float = 0.0, target_V=None, max_steps: int = 200000, powers: bool = True) -> Transient:
     """Transient of ``net`` with inputs stepped at t = 0 to ``v_input`` (B, n_0) (V).
 
     Args:
@@ -170,6 +179,9 @@ def simulate(net, v_input, *, caps: Capacitances = Capacitances(), t_stop_s: flo
         init: list of (B, n_l) initial node voltages (V); default all 0 V.
         beta, target_V: a nudged phase (``target_V`` (B, K) in V), e.g. from the free state.
         max_steps: accepted steps at most (an error beyond it).
+        powers: record the powers and energies (False: only the waveforms, for a readout;
+            ``power_W``, ``energy_J`` and ``stored_J`` are then None). The waveforms do not
+            depend on it.
     """
     dt_max = t_stop_s / 200.0 if dt_max_s is None else float(dt_max_s)
     h = dt_max * 1e-4 if dt_first_s is None else float(dt_first_s)
@@ -196,7 +208,8 @@ def simulate(net, v_input, *, caps: Capacitances = Capacitances(), t_stop_s: flo
     n_probe = {l: min(probe_nodes, n) for l, n in enumerate(net.layer_sizes[1:], start=1)}
     probes = {l: [phys[l - 1][:, :m].copy()] for l, m in n_probe.items()}
     v_out = [phys[-1].copy()]
-    powers = {k: [] for k in ("sources", "resistors", "diodes", "capacitors")}
+    record = {k: [] for k in ("sources", "resistors", "diodes", "capacitors")} if powers else None
+    degrees = crossbar_degrees(net) if powers else None
     sweeps, rejected = [], 0
     h_prev = None
     with threads_for(problem.node_updates):
@@ -229,14 +242,15 @@ def simulate(net, v_input, *, caps: Capacitances = Capacitances(), t_stop_s: flo
                 rejected += 1
                 continue
             last_step = (a, sources, new)
-            phys_new, phys_old = problem.to_physical(new), problem.to_physical(u)
-            phys_prev = problem.to_physical(u_prev)
-            p = circuit_powers_W(net, problem.v_input, phys_new, beta, target_V)
-            for k in ("sources", "resistors", "diodes"):
-                powers[k].append(p[k])
-            i_c = [c * (k_new * x1 - k_old * x0 + k_prev * xp) / h
-                   for c, x1, x0, xp in zip(c_phys, phys_new, phys_old, phys_prev)]
-            powers["capacitors"].append(sum((x * i).sum(axis=1) for x, i in zip(phys_new, i_c)))
+            phys_new = problem.to_physical(new)
+            if record is not None:
+                phys_old, phys_prev = problem.to_physical(u), problem.to_physical(u_prev)
+                p = circuit_powers_W(net, problem.v_input, phys_new, beta, target_V, degrees)
+                for k in ("sources", "resistors", "diodes"):
+                    record[k].append(p[k])
+                i_c = [c * (k_new * x1 - k_old * x0 + k_prev * xp) / h
+                       for c, x1, x0, xp in zip(c_phys, phys_new, phys_old, phys_prev)]
+                record["capacitors"].append(sum((x * i).sum(axis=1) for x, i in zip(phys_new, i_c)))
             sweeps.append(n_sweeps)
             t.append(t[-1] + h)
             u_prev, u, h_prev = u, new, h
@@ -253,16 +267,18 @@ def simulate(net, v_input, *, caps: Capacitances = Capacitances(), t_stop_s: flo
               problem.parallel)
     worst = float(res.max()) * g
     t = np.array(t)
-    powers = {k: np.array(v) for k, v in powers.items()}
-    energy = {k: np.diff(t) @ p for k, p in powers.items()}
     v_final = problem.to_physical(u)
-    v0 = [np.zeros_like(x) for x in v_final] if init is None else [np.asarray(x) for x in init]
-    stored = sum((0.5 * c * (x * x - y * y)).sum(axis=1) for c, x, y in zip(c_phys, v_final, v0))
+    power_W = energy = stored = None
+    if record is not None:
+        power_W = {k: np.array(v) for k, v in record.items()}
+        energy = {k: np.diff(t) @ p for k, p in power_W.items()}
+        v0 = [np.zeros_like(x) for x in v_final] if init is None else [np.asarray(x) for x in init]
+        stored = sum((0.5 * c * (x * x - y * y)).sum(axis=1) for c, x, y in zip(c_phys, v_final, v0))
     if worst > tol_A:
         raise EpsimError(f"a transient step missed its KCL tolerance ({worst:.3g} A > {tol_A:.3g} A "
                          f"after {max_iter} sweeps): raise max_iter")
     return Transient(t, np.array(v_out), {l: np.array(v) for l, v in probes.items()}, v_final, energy,
-                     stored, powers, np.array(sweeps), worst, {"rejected_steps": rejected})
+                     stored, power_W, np.array(sweeps), worst, {"rejected_steps": rejected})
 
 
 def settling_times_s(tr: Transient, v_eq_out, tol_V: float) -> tuple:
