@@ -298,13 +298,14 @@ def _transients(net, config, dc, caps, x, y, readout, args, stage=None) -> tuple
     kept in ``stage`` (a :class:`_TransientRecord`) as it finishes, and batches it already
     holds are not simulated again."""
     n = len(y)
+    starts = range(0, n, args.batch_size)
     batches = []
     bar = None
     if not args.no_progress:
         from tqdm import tqdm
 
         bar = tqdm(total=n, desc="transients", unit="img", dynamic_ncols=True)
-    for k, i in enumerate(range(0, n, args.batch_size)):
+    for k, i in enumerate(starts):
         rec = stage.batch(k) if stage is not None else None
         if rec is None:
             rec = _transient_batch(net, config, dc, caps, x[i:i + args.batch_size], y[i:i + args.batch_size],
@@ -320,11 +321,13 @@ def _transients(net, config, dc, caps, x, y, readout, args, stage=None) -> tuple
            for key in PER_IMAGE}
     traces_npz = {key[len("trace_"):]: v for key, v in batches[0].items() if key.startswith("trace_")} \
         if batches else {}
+    if traces_npz:
+        traces_npz = {"t_s": batches[0]["t_s"], **traces_npz}
     settled = np.isfinite(per["settle_time_s"])
     med_settle = float(np.median(per["settle_time_s"][settled])) if settled.any() else float("nan")
     times = readout if readout is not None else [f * med_settle for f in (0.1, 0.25, 0.5, 1.0, 2.0)]
     acc_at = np.zeros(len(times))
-    for b, i in zip(batches, range(0, n, args.batch_size)):
+    for b, i in zip(batches, starts):
         yb = y[i:i + args.batch_size]
         acc_at += np.asarray(readout_accuracy(b["t_s"], b["predictions"], yb, times)) * len(yb)
     acc_at /= max(n, 1)
@@ -340,7 +343,8 @@ def _transient_batch(net, config, dc, caps, xb, yb, args, traces: int = 0) -> di
     """The transients of one batch of images ``xb`` (B, C, H, W): the :data:`PER_IMAGE` arrays
     (the nudged phases' energies unless ``--no-training-step``), the free phase's time points
     ``t_s`` (T,) and the class it reads at each, ``predictions`` (T, B), and with ``traces`` > 0
-    the ``trace_*`` arrays of the first ``traces`` images (3 nodes per layer)."""
+    the ``trace_*`` arrays of the first ``traces`` images (3 nodes per layer; their times are
+    ``t_s``)."""
     from .models.resistive import one_hot_targets
     from .solvers.transient import circuit_powers_W, settling_times_s
 
@@ -356,7 +360,7 @@ def _transient_batch(net, config, dc, caps, xb, yb, args, traces: int = 0) -> di
            "t_s": np.asarray(tr.t_s), "predictions": np.argmax(tr.v_out, axis=2)}
     if traces:
         k = min(traces, len(yb))
-        rec.update({"trace_t_s": tr.t_s, "trace_labels": yb[:k], "trace_v_out": tr.v_out[:, :k],
+        rec.update({"trace_labels": yb[:k], "trace_v_out": tr.v_out[:, :k],
                     **{f"trace_layer{l}": p[:, :k] for l, p in tr.probes.items()}})
     if not args.no_training_step:
         target = one_hot_targets(yb, net.num_outputs, config.target_high_V)

@@ -284,8 +284,7 @@ def train_circuit_model(args, given: set) -> dict:
     config = preset_config(args.model, **{CONFIG_FIELDS.get(k, k): getattr(args, k)
                                           for k in CIRCUIT_CONFIG_OPTIONS if k in given})
     config.validate()
-    config.validate_shapes(from_preset={f for f in preset_settings(args.model)
-                                        if not any(CONFIG_FIELDS.get(k, k) == f for k in given)})
+    config.validate_shapes(from_preset=set(preset_settings(args.model)) - {CONFIG_FIELDS.get(k, k) for k in given})
     check_momentum(config.optimizer, given)
     if "lr_decay" in given and config.lr_schedule != "exponential":
         raise EpsimError(f"--lr-decay is the per-epoch factor of --lr-schedule exponential; this run's schedule "

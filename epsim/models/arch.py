@@ -76,7 +76,7 @@ def connections_from_arch(spec: str, image_shape, num_classes: int, differential
     c, h, w = image_shape
     what = f"--arch {spec!r}" if model is None else f"--model {model} ({spec}) on {c}x{h}x{w} images"
     if layers[-1] != ("dense", num_classes):
-        raise EpsimError(f"{'--arch' if model is None else what} must end with the output layer "
+        raise EpsimError(f"{what} must end with the output layer "
                          f"dense:{num_classes} (the dataset has {num_classes} classes), "
                          f"got {spec.split(',')[-1].strip()!r}")
     shape = (2 * c, h, w)
