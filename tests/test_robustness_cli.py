@@ -84,6 +84,36 @@ def test_value_errors_come_before_loading_or_writing(trained, tmp_path, capsys):
         assert captured.out == "" and not out.exists(), (argv, captured.out)
 
 
+def test_model_errors_come_before_the_data_and_the_output_folder(tmp_path, capsys):
+    """What does not fit the model (a certificate of a software model, a gradient path it lacks,
+    images of another shape) is refused once the checkpoint is read: before the dataset is
+    loaded (its folder here does not exist) and before --out is created."""
+    from epsim.train import main as train_main
+
+    software = tmp_path / "bp"
+    train_main(["--model", "bp-cnn", "--dataset", "digits", "--train-subset", "64", "--test-subset", "16",
+                "--epochs", "1", "--out", str(software), "--no-progress"])
+    capsys.readouterr()
+    net = build_mlp((1, 7, 7), (8,), 10)
+    net.init_params(np.random.default_rng(0))
+    odd_shape = tmp_path / "odd.pt"
+    save_checkpoint(odd_shape, {"kind": "circuit", "model": net.describe(), "w": net.w, "b": net.b,
+                                "config": {"dataset": "digits", "backend": "numba", "tol_A": 1e-9, "max_iter": 100}})
+    out = tmp_path / "never"
+    base = ["--out", str(out), "--no-progress", "--data-dir", str(tmp_path / "no-such-folder")]
+    bp = ["--checkpoint", str(software / "checkpoint.pt")]
+    cases = [
+        (bp + ["--attack", "certify-l2", "--eps", "0.1"], "need a circuit model"),
+        (bp + ["--attack", "pgd-l2", "--eps", "0.5", "--grad-path", "ep"], "not available"),
+        (["--checkpoint", str(odd_shape), "--attack", "pgd-l2", "--eps", "0.5"], "expects (1, 7, 7) images"),
+    ]
+    for argv, words in cases:
+        status = cli(argv + base)
+        captured = capsys.readouterr()
+        assert status == 2 and words in captured.err and len(captured.err.strip().splitlines()) == 1, (argv, captured)
+        assert captured.out == "" and not out.exists(), (argv, captured.out)
+
+
 def test_options_no_chosen_attack_reads_are_named():
     lines = warn_unused_options({"unroll", "queries", "steps", "eps"}, ["pgd-l2"])
     assert len(lines) == 2 and lines[0].startswith("warning: --unroll applies to advep-* only")

@@ -21,12 +21,13 @@ set_command_environment()  # before numpy loads
 import numpy as np  # noqa: E402
 
 from ..checkpoint import _atomic_write, write_json  # noqa: E402
-from ..data import DATASETS  # noqa: E402
+from ..data import DATASETS, dataset_geometry  # noqa: E402
 from ..errors import EpsimError  # noqa: E402
 from ..solvers import BACKENDS  # noqa: E402
 from .adapters import PATHS, load_model  # noqa: E402
 from .attacks import LOSSES  # noqa: E402
-from .evaluate import ATTACKS, SweepConfig, csv_rows, format_table, run_sweep, split_attack  # noqa: E402
+from .evaluate import (ATTACKS, SweepConfig, check_sweep_fits, csv_rows, format_table, run_sweep,  # noqa: E402
+                       split_attack)
 from .journal import SweepJournal, sweep_digest  # noqa: E402
 
 EXAMPLES = """\
@@ -201,6 +202,40 @@ def warn_unused_options(given: set, attacks) -> list:
             for flag, dest, used in _FAMILY_OPTIONS if dest in given and not used & families]
 
 
+def _load_models(args, config) -> tuple:
+    """The attacked model (and the ``--transfer-from`` surrogate, or None), checked against the
+    sweep and the dataset's image shape before any image is read: ``(TrainedModel, adapter)``."""
+    set_threads(args.threads)
+    device = _torch_device(args.device)
+    circuit_opts = dict(grad_tol_A=args.grad_tol, ep_beta=args.ep_beta, ce_temperature_V=args.ce_temperature,
+                        batch_size=args.batch_size)
+    loaded = load_model(args.checkpoint, backend=args.backend, tol_A=args.tol, max_iter=args.max_iter,
+                        device=device, **circuit_opts)
+    adapter = loaded.adapter
+    if adapter.kind != "circuit" and (args.backend not in (None, "torch") or args.tol is not None):
+        raise EpsimError(f"{args.checkpoint} is a software model ({adapter.name}): --backend and --tol "
+                         "apply to circuit checkpoints only")
+    dataset_name = args.dataset or loaded.dataset
+    if dataset_name is None:
+        raise EpsimError(f"{args.checkpoint} does not record its dataset: pass --dataset")
+    if loaded.dataset is not None and dataset_name.lower().replace("-", "") != loaded.dataset.lower().replace("-", ""):
+        raise EpsimError(f"{args.checkpoint} was trained on {loaded.dataset}, not {dataset_name}: "
+                         "evaluate a model on its own dataset")
+    image_shape, num_classes = dataset_geometry(dataset_name)
+    if tuple(image_shape) != tuple(adapter.image_shape) or num_classes != adapter.num_classes:
+        raise EpsimError(f"{args.checkpoint} expects {tuple(adapter.image_shape)} images and "
+                         f"{adapter.num_classes} classes; {dataset_name} has {tuple(image_shape)} and {num_classes}")
+    surrogate = None
+    if args.transfer_from:
+        surrogate = load_model(args.transfer_from, device=device, **circuit_opts).adapter
+        if tuple(surrogate.image_shape) != tuple(adapter.image_shape) or surrogate.num_classes != adapter.num_classes:
+            raise EpsimError(f"--transfer-from model takes {surrogate.image_shape} images with "
+                             f"{surrogate.num_classes} classes, the attacked model {adapter.image_shape} "
+                             f"with {adapter.num_classes}")
+    check_sweep_fits(adapter, config, surrogate)
+    return loaded, surrogate
+
+
 def main(argv=None):
     args = build_parser().parse_args(argv)
     attacks = _choices(args.attack, ATTACKS, "attack")
@@ -243,24 +278,18 @@ def main(argv=None):
     config.check()
     if not Path(args.checkpoint).is_file():
         raise EpsimError(f"checkpoint {args.checkpoint} not found")
+    if args.transfer_from and not Path(args.transfer_from).is_file():
+        raise EpsimError(f"checkpoint {args.transfer_from} (--transfer-from) not found")
+    made_out = not Path(args.out).exists()
     prepare_out_dir(args.out)
-    set_threads(args.threads)
-    device = _torch_device(args.device)
-
-    circuit_opts = dict(grad_tol_A=args.grad_tol, ep_beta=args.ep_beta, ce_temperature_V=args.ce_temperature,
-                        batch_size=args.batch_size)
-    loaded = load_model(args.checkpoint, backend=args.backend, tol_A=args.tol, max_iter=args.max_iter,
-                        device=device, **circuit_opts)
+    try:
+        loaded, surrogate = _load_models(args, config)
+    except EpsimError:
+        if made_out and not any(Path(args.out).iterdir()):
+            Path(args.out).rmdir()  # a refused run leaves no folder behind
+        raise
     adapter = loaded.adapter
-    if adapter.kind != "circuit" and (args.backend not in (None, "torch") or args.tol is not None):
-        raise EpsimError(f"{args.checkpoint} is a software model ({adapter.name}): --backend and --tol "
-                         "apply to circuit checkpoints only")
     dataset_name = args.dataset or loaded.dataset
-    if dataset_name is None:
-        raise EpsimError(f"{args.checkpoint} does not record its dataset: pass --dataset")
-    if loaded.dataset is not None and dataset_name.lower().replace("-", "") != loaded.dataset.lower().replace("-", ""):
-        raise EpsimError(f"{args.checkpoint} was trained on {loaded.dataset}, not {dataset_name}: "
-                         "evaluate a model on its own dataset")
     from ..data import default_data_dir, load_dataset
 
     ds = load_dataset(dataset_name, args.data_dir or default_data_dir())
@@ -273,18 +302,6 @@ def main(argv=None):
     else:
         idx = np.random.default_rng([args.seed, 1]).permutation(n_test)[:n]
         x, y = ds.x_test[idx].astype(np.float64), ds.y_test[idx]
-    if tuple(ds.image_shape) != tuple(adapter.image_shape) or ds.num_classes != adapter.num_classes:
-        raise EpsimError(f"{args.checkpoint} expects {tuple(adapter.image_shape)} images and "
-                         f"{adapter.num_classes} classes; {ds.name} has {ds.image_shape} and {ds.num_classes}")
-    surrogate = None
-    if args.transfer_from:
-        if not Path(args.transfer_from).is_file():
-            raise EpsimError(f"checkpoint {args.transfer_from} (--transfer-from) not found")
-        surrogate = load_model(args.transfer_from, device=device, **circuit_opts).adapter
-        if tuple(surrogate.image_shape) != tuple(adapter.image_shape) or surrogate.num_classes != adapter.num_classes:
-            raise EpsimError(f"--transfer-from model takes {surrogate.image_shape} images with "
-                             f"{surrogate.num_classes} classes, the attacked model {adapter.image_shape} "
-                             f"with {adapter.num_classes}")
     digest = sweep_digest(Path(args.checkpoint), Path(args.transfer_from) if args.transfer_from else None,
                           x, np.asarray(y), asdict(config), adapter.settings())
     journal = SweepJournal(args.out, digest, resume=args.resume)

@@ -172,6 +172,30 @@ def resolve_paths(adapter, requested, surrogate) -> tuple:
     return tuple(dict.fromkeys(requested))
 
 
+def check_sweep_fits(adapter, config, surrogate=None) -> tuple:
+    """Check ``config`` against the model before any image is read or attacked.
+
+    Raises :class:`EpsimError` for a sweep the model cannot run: ε out of range for its
+    images, a certificate asked of a software model (or of a circuit that is not monotone),
+    a gradient path the model does not have. Returns ``(attacks, eps, paths)``: the attacks
+    in run order, the sorted ε values and the gradient paths of the white-box attacks.
+    """
+    config.check()
+    attacks = sorted(dict.fromkeys(config.attacks), key=lambda a: (_FAMILY_ORDER[split_attack(a)[0]], a))
+    eps_list = (validate_eps(config.eps, attacks, adapter.image_shape)
+                if any(a != "corruptions" for a in attacks) else ())
+    if any(split_attack(a)[0] == "certify" for a in attacks):
+        if adapter.kind != "circuit":
+            raise EpsimError(f"certify-l2/certify-linf need a circuit model; {adapter.name} is a "
+                             f"{adapter.kind} model (signed weights, max-pool: no monotonicity certificate)")
+        from .certify import check_monotone_circuit
+
+        check_monotone_circuit(adapter.net)
+    white = [a for a in attacks if split_attack(a)[0] in ("pgd", "fgsm")]
+    paths = resolve_paths(adapter, config.paths, surrogate) if white else ()
+    return attacks, eps_list, paths
+
+
 class _Sweep:
     def __init__(self, adapter, x, y, config, surrogate, progress, log, journal=None):
         self.a, self.x, self.y, self.cfg = adapter, np.asarray(x, np.float64), np.asarray(y), config
@@ -362,18 +386,8 @@ def run_sweep(adapter, x, y, config: SweepConfig, *, surrogate=None, recorded=No
     """
     t_start = time.perf_counter()
     cfg = config
-    cfg.check()
-    attacks = sorted(dict.fromkeys(cfg.attacks), key=lambda a: (_FAMILY_ORDER[split_attack(a)[0]], a))
-    eps_list = validate_eps(cfg.eps, attacks, adapter.image_shape) if any(a != "corruptions" for a in attacks) else ()
-    if any(split_attack(a)[0] == "certify" for a in attacks):
-        if adapter.kind != "circuit":
-            raise EpsimError(f"certify-l2/certify-linf need a circuit model; {adapter.name} is a "
-                             f"{adapter.kind} model (signed weights, max-pool: no monotonicity certificate)")
-        from .certify import check_monotone_circuit
-
-        check_monotone_circuit(adapter.net)
+    attacks, eps_list, paths = check_sweep_fits(adapter, cfg, surrogate)
     white = [a for a in attacks if split_attack(a)[0] in ("pgd", "fgsm")]
-    paths = resolve_paths(adapter, cfg.paths, surrogate) if white else ()
     sw = _Sweep(adapter, x, y, cfg, surrogate, progress, log, journal)
     if journal is not None and len(journal):
         log(f"resuming: {len(journal)} finished runs recorded (attack runs and the gradient probe)")
