@@ -203,8 +203,9 @@ def warn_unused_options(given: set, attacks) -> list:
 
 
 def _load_models(args, config) -> tuple:
-    """The attacked model (and the ``--transfer-from`` surrogate, or None), checked against the
-    sweep and the dataset's image shape before any image is read: ``(TrainedModel, adapter)``."""
+    """The attacked model and the ``--transfer-from`` surrogate, checked against the sweep and
+    the dataset's image shape before any image is read: ``(TrainedModel, surrogate adapter or
+    None)``."""
     set_threads(args.threads)
     device = _torch_device(args.device)
     circuit_opts = dict(grad_tol_A=args.grad_tol, ep_beta=args.ep_beta, ce_temperature_V=args.ce_temperature,
