@@ -205,7 +205,7 @@ def warn_unused_options(given: set, attacks) -> list:
 def _load_models(args, config) -> tuple:
     """The attacked model and the ``--transfer-from`` surrogate, checked against the sweep and
     the dataset's image shape before any image is read: ``(TrainedModel, surrogate adapter or
-    None)``."""
+    None, dataset name)``."""
     set_threads(args.threads)
     device = _torch_device(args.device)
     circuit_opts = dict(grad_tol_A=args.grad_tol, ep_beta=args.ep_beta, ce_temperature_V=args.ce_temperature,
@@ -234,7 +234,7 @@ def _load_models(args, config) -> tuple:
                              f"{surrogate.num_classes} classes, the attacked model {adapter.image_shape} "
                              f"with {adapter.num_classes}")
     check_sweep_fits(adapter, config, surrogate)
-    return loaded, surrogate
+    return loaded, surrogate, dataset_name
 
 
 def main(argv=None):
@@ -284,13 +284,12 @@ def main(argv=None):
     made_out = not Path(args.out).exists()
     prepare_out_dir(args.out)
     try:
-        loaded, surrogate = _load_models(args, config)
+        loaded, surrogate, dataset_name = _load_models(args, config)
     except EpsimError:
         if made_out and not any(Path(args.out).iterdir()):
             Path(args.out).rmdir()  # a refused run leaves no folder behind
         raise
     adapter = loaded.adapter
-    dataset_name = args.dataset or loaded.dataset
     from ..data import default_data_dir, load_dataset
 
     ds = load_dataset(dataset_name, args.data_dir or default_data_dir())

@@ -177,8 +177,9 @@ def check_sweep_fits(adapter, config, surrogate=None) -> tuple:
 
     Raises :class:`EpsimError` for a sweep the model cannot run: ε out of range for its
     images, a certificate asked of a software model (or of a circuit that is not monotone),
-    a gradient path the model does not have. Returns ``(attacks, eps, paths)``: the attacks
-    in run order, the sorted ε values and the gradient paths of the white-box attacks.
+    a gradient path the model does not have. Returns ``(attacks, eps, white, paths)``: the
+    attacks in run order, the sorted ε values, the white-box attacks among them and their
+    gradient paths.
     """
     config.check()
     attacks = sorted(dict.fromkeys(config.attacks), key=lambda a: (_FAMILY_ORDER[split_attack(a)[0]], a))
@@ -193,7 +194,7 @@ def check_sweep_fits(adapter, config, surrogate=None) -> tuple:
         check_monotone_circuit(adapter.net)
     white = [a for a in attacks if split_attack(a)[0] in ("pgd", "fgsm")]
     paths = resolve_paths(adapter, config.paths, surrogate) if white else ()
-    return attacks, eps_list, paths
+    return attacks, eps_list, white, paths
 
 
 class _Sweep:
@@ -386,8 +387,7 @@ def run_sweep(adapter, x, y, config: SweepConfig, *, surrogate=None, recorded=No
     """
     t_start = time.perf_counter()
     cfg = config
-    attacks, eps_list, paths = check_sweep_fits(adapter, cfg, surrogate)
-    white = [a for a in attacks if split_attack(a)[0] in ("pgd", "fgsm")]
+    attacks, eps_list, white, paths = check_sweep_fits(adapter, cfg, surrogate)
     sw = _Sweep(adapter, x, y, cfg, surrogate, progress, log, journal)
     if journal is not None and len(journal):
         log(f"resuming: {len(journal)} finished runs recorded (attack runs and the gradient probe)")
