@@ -37,7 +37,7 @@ SHARED_OPTIONS = frozenset({
     "batch_size", "lr", "momentum", "optimizer", "lr_schedule", "beta", "seed", "threads", "out", "resume",
     "checkpoint_interval", "time_limit", "no_progress"})
 TORCH_OPTIONS = frozenset({
-    "preset", "device", "channels", "paddings", "lrs", "weight_decay", "t1", "t2", "solver", "ep_tol", "ep_nudge_tol",
+    "preset", "device", "channels", "paddings", "lrs", "weight_decay", "t1", "t2", "solver", "ep_tol", "ep_nudge_tol", "ep_omega",
     "init_scale", "init_gains", "cost", "input_std_scale", "adv_norm", "adv_eps", "adv_steps", "adv_step_size", "embed_dim",
     "depth", "heads", "no_augment", "stop_at_accuracy", "val_subset", "val_every"})
 TORCH_GROUP = "torch models (--model ep-cnn | bp-cnn | adv-cnn | vit, --backend torch)"
@@ -212,6 +212,10 @@ def _add_torch_options(g) -> None:
     g.add_argument("--ep-nudge-tol", type=float, default=None,
                    help="ep-cnn: the same stop for the nudged phases (a preset without one uses --ep-tol); "
                         "smaller keeps the lower layers' small response to the nudge" + _PRESET)
+    g.add_argument("--ep-omega", type=float, default=None, metavar="OMEGA",
+                   help="ep-cnn, --solver async: relaxation factor in [1, 2); each sweep moves a layer "
+                        "OMEGA times the way to its update, clipped to [0, 1] (projected over-relaxation: "
+                        "the same fixed points, reached in fewer sweeps; 1 = plain odd/even)" + _PRESET)
     g.add_argument("--init-scale", type=float, default=None,
                    help="ep-cnn: multiply the default initial weights and biases" + _PRESET)
     add_list(g, "--init-gains", item=float, default=None, metavar="G",
@@ -253,11 +257,11 @@ CIRCUIT_CONFIG_OPTIONS = ("dataset", "arch", "backend", "diode", "rail_offset", 
                           "lr_decay", "init", "init_from", "weight_gain", "beta", "seed", "train_subset",
                           "test_subset")
 # TorchTrainConfig field of each torch option whose name differs from the field's
-TORCH_CONFIG_FIELDS = {"lr_schedule": "schedule", "ep_tol": "tol", "ep_nudge_tol": "nudge_tol"}
+TORCH_CONFIG_FIELDS = {"lr_schedule": "schedule", "ep_tol": "tol", "ep_nudge_tol": "nudge_tol", "ep_omega": "omega"}
 TORCH_CONFIG_OPTIONS = ("dataset", "epochs", "batch_size", "lr", "lrs", "momentum", "optimizer", "weight_decay",
                         "lr_schedule",
-                        "channels", "paddings", "t1", "t2", "beta", "solver", "ep_tol", "ep_nudge_tol", "init_scale",
-                        "init_gains", "cost", "input_std_scale", "adv_norm", "adv_eps", "adv_steps", "adv_step_size", "embed_dim",
+                        "channels", "paddings", "t1", "t2", "beta", "solver", "ep_tol", "ep_nudge_tol", "ep_omega",
+                        "init_scale", "init_gains", "cost", "input_std_scale", "adv_norm", "adv_eps", "adv_steps", "adv_step_size", "embed_dim",
                         "depth", "heads", "stop_at_accuracy", "val_subset", "val_every")
 
 

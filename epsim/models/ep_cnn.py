@@ -59,6 +59,7 @@ inside the model, so attacks work on pixels); hidden states ``(B, c_l, h_l, w_l)
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -123,6 +124,15 @@ EP_PRESETS["cifar10-dchn"] = dict(_PAPER, channels=(16, 32, 64, 128), paddings=(
 EP_PRESETS["mnist"] = dict(EP_PRESETS["cifar10-small"], dataset="mnist", paddings=(1, 1, 1, 1), augment=False)
 
 
+def check_omega(omega: float, solver: str) -> None:
+    """Raise :class:`EpsimError` unless ``omega`` is a relaxation factor ``solver`` accepts."""
+    if not (math.isfinite(omega) and 1.0 <= omega < 2.0):
+        raise EpsimError(f"the EP-CNN relaxation factor (--ep-omega) must be in [1, 2), got {omega}")
+    if omega != 1.0 and solver != "async":
+        raise EpsimError(f"--ep-omega {omega} needs the odd/even solver (--solver async); the synchronous "
+                         "loop is the published one, always at 1")
+
+
 def hard_sigmoid(u: torch.Tensor) -> torch.Tensor:
     """``clip(u/2, 0, 1)`` (Laborieux's ``my_hard_sig``: ``(1 + hardtanh(u − 1)) / 2``)."""
     return torch.clamp(0.5 * u, 0.0, 1.0)
@@ -170,6 +180,11 @@ class EPCNN(nn.Module):
         mean, std: per-channel pixel statistics for the internal normalisation
             ``(x − mean) / (std_scale · std)``.
         t1, solver, tol: inference settings used by :meth:`forward` (free phase).
+        omega: relaxation factor of the odd/even sweeps, in ``[1, 2)``: each layer moves to
+            ``clip(s + omega·(σ(u) − s), 0, 1)`` (projected over-relaxation) instead of
+            ``σ(u)``. A fixed point of either update is a fixed point of the other, so ``omega``
+            changes how fast a phase converges and, where the energy has several stationary
+            points, which one the free phase reaches from the zero state; 1 is plain odd/even.
         cost: ``"cross-entropy"`` (readout outside the energy) or ``"squared-error"``
             (a linear output layer inside it; see the module docstring).
 
@@ -180,7 +195,7 @@ class EPCNN(nn.Module):
 
     def __init__(self, image_shape=(3, 32, 32), num_classes=10, channels=(128, 256, 512, 512),
                  paddings=(1, 1, 1, 0), kernel_size=3, pool_size=2, mean=None, std=None,
-                 std_scale=EP_STD_SCALE, t1=250, solver="sync", tol=1e-4, cost="cross-entropy"):
+                 std_scale=EP_STD_SCALE, t1=250, solver="sync", tol=1e-4, cost="cross-entropy", omega=1.0):
         super().__init__()
         channels, paddings = tuple(int(c) for c in channels), tuple(int(p) for p in paddings)
         if len(channels) == 0 or len(channels) != len(paddings):
@@ -190,7 +205,8 @@ class EPCNN(nn.Module):
             raise EpsimError(f"unknown EP-CNN solver {solver!r}; choose from {', '.join(SOLVERS)}")
         if cost not in COSTS:
             raise EpsimError(f"unknown EP-CNN cost {cost!r}; choose from {', '.join(COSTS)}")
-        self.cost = cost
+        check_omega(omega, solver)
+        self.cost, self.omega = cost, float(omega)
         c_in, h, w = (int(d) for d in image_shape)
         self.image_shape, self.num_classes = (c_in, h, w), int(num_classes)
         self.channels, self.paddings = channels, paddings
@@ -234,7 +250,7 @@ class EPCNN(nn.Module):
                 "channels": list(self.channels), "paddings": list(self.paddings),
                 "kernel_size": self.kernel_size, "pool_size": self.pool_size,
                 "std_scale": self.std_scale, "t1": self.t1, "solver": self.solver, "tol": self.tol,
-                "cost": self.cost}
+                "cost": self.cost, "omega": self.omega}
 
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
         """``(B, C, H, W)`` pixels in [0, 1] → network input."""
@@ -333,6 +349,14 @@ class EPCNN(nn.Module):
             return u / (2.0 + beta)
         return hard_sigmoid(self._drive(l, layers, caches, beta, y))
 
+    def _over_relax(self, l: int, s: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """Layer ``l`` moved ``omega`` times the way from ``s`` to its update ``target``,
+        clipped to ``[0, 1]`` for a hidden layer. For ``omega ≥ 1`` this is projected
+        over-relaxation ``clip(s + omega·(u/2 − s), 0, 1)``: where ``u/2`` lies outside
+        ``[0, 1]``, both forms clip to the same bound."""
+        moved = s + self.omega * (target - s)
+        return moved if l == self.num_hidden else torch.clamp(moved, 0.0, 1.0)
+
     # ------------------------------------------------------------ relaxation
     def relax(self, x: torch.Tensor, y=None, beta: float = 0.0, state=None, *, solver=None,
               max_iter=None, tol=None, normalized=False) -> Relaxation:
@@ -355,6 +379,7 @@ class EPCNN(nn.Module):
         xn = _cl(x if normalized else self.normalize(x))
         state = self.init_state(xn.shape[0], xn) if state is None else [_cl(s) for s in state]
         if solver == "sync":
+            check_omega(self.omega, solver)
             return self._relax_sync(xn, state, beta, y, max_iter, tol)
         if solver == "async":
             return self._relax_async(xn, state, beta, y, max_iter, tol)
@@ -426,7 +451,10 @@ class EPCNN(nn.Module):
                 # drives first (they read the current state), then write.
                 drives = []
                 for l in group:
-                    drives.append((l, self._update(l, layers, lazy, beta, ya)))
+                    new = self._update(l, layers, lazy, beta, ya)
+                    if self.omega != 1.0:
+                        new = self._over_relax(l, layers[l + 1], new)
+                    drives.append((l, new))
                 for l, new in drives:
                     change = torch.maximum(change, (new - layers[l + 1]).detach().abs().flatten(1).amax(1))
                     layers[l + 1] = new
@@ -625,7 +653,7 @@ def build_ep_cnn(preset: dict, image_shape, num_classes, dataset_name=None) -> E
     model = EPCNN(image_shape, num_classes, preset["channels"], preset["paddings"], mean=mean, std=std,
                   std_scale=preset.get("input_std_scale") or EP_STD_SCALE,
                   t1=preset["t1"], solver=preset["solver"], tol=preset["tol"],
-                  cost=preset.get("cost") or "cross-entropy")
+                  cost=preset.get("cost") or "cross-entropy", omega=preset.get("omega") or 1.0)
     scale = preset.get("init_scale")
     gains = preset.get("init_gains")
     if gains is not None and len(gains) != len(model.synapses):

@@ -78,6 +78,7 @@ class TorchTrainConfig:
     solver: str | None = None             # ep-cnn: "sync" | "async"
     tol: float | None = None              # ep-cnn: per-sample stop when no unit moves more
     nudge_tol: float | None = None        # ep-cnn: the same for the nudged phases (None: tol)
+    omega: float | None = None            # ep-cnn: relaxation factor of the odd/even sweeps (1: plain)
     init_scale: float | None = None       # ep-cnn: factor on the default initial weights
     init_gains: tuple | None = None       # ep-cnn: per-synapse weight gains (× 2·gain on the default bounds)
     cost: str | None = None               # ep-cnn: "cross-entropy" | "squared-error" (see COSTS)
@@ -124,6 +125,10 @@ class TorchTrainConfig:
                 (math.isfinite(self.tol) and self.tol >= 0, "--ep-tol must be a non-negative number"),
                 (self.nudge_tol is None or (math.isfinite(self.nudge_tol) and self.nudge_tol >= 0),
                  "--ep-nudge-tol must be a non-negative number"),
+                (self.omega is None or (math.isfinite(self.omega) and 1 <= self.omega < 2),
+                 "--ep-omega must be in [1, 2)"),
+                (self.omega in (None, 1.0) or self.solver == "async",
+                 "--ep-omega needs the odd/even solver (--solver async)"),
                 ((self.cost or "cross-entropy") in COSTS, f"--cost must be one of {', '.join(COSTS)}"),
                 (self.init_gains is None or len(self.init_gains) == n,
                  f"--init-gains needs {n} values (one per conv layer and the readout)"),
