@@ -10,6 +10,9 @@ free / nudged phases whose last step moved no unit by more than ``--tol`` (conve
 cosine means the phases stop far from their fixed points and the update is not the EP
 gradient; a reference whose phases have not all converged is not a converged reference.
 A budget passes the gradient check when every parameter's cosine is at least ``--min-cosine``.
+The last two columns are the sweeps (or steps) a sample's free phase and each of its nudged
+phases ran on average: what the budget costs. ``--omega`` relaxes every phase, the
+reference's included, with another relaxation factor than the checkpoint's (odd/even only).
 
 By default every sample counts. ``--as-trained`` compares the update training applies: the
 odd/even solver leaves samples whose phases did not all converge out of it (the synchronous loop
@@ -27,7 +30,7 @@ from epsim.checkpoint import write_json
 from epsim.cli import ArgumentParser, set_command_environment
 from epsim.data import load_dataset
 from epsim.errors import EpsimError
-from epsim.models.ep_cnn import SOLVERS, ep_gradients
+from epsim.models.ep_cnn import SOLVERS, check_omega, ep_gradients
 from epsim.models.loading import load_torch_model
 
 set_command_environment()  # the commands' thread settings (OpenMP workers sleep when idle)
@@ -46,12 +49,15 @@ def _budget(text: str) -> tuple:
 def gradients(model, x, y, budget, beta, tol, solver="sync", as_trained=False, nudge_tol=None) -> tuple:
     """(per-parameter EP gradients, fraction of free phases converged, of nudged phases, the
     ``(B,)`` bool mask of the samples the gradients average over: every sample, or with
-    ``as_trained`` those the trainer keeps for ``solver``)."""
+    ``as_trained`` those the trainer keeps for ``solver``; mean steps per sample of the free
+    phase and of a nudged phase)."""
     step = ep_gradients(model, x, y, beta=beta, t1=budget[0], t2=budget[1], solver=solver, tol=tol,
                         nudge_tol=nudge_tol, require_convergence=None if as_trained else False)
     nudged = torch.cat([step.plus.converged, step.minus.converged]).float().mean()
+    free_steps = float(step.free.sample_steps.float().mean())
+    nudged_steps = float(torch.cat([step.plus.sample_steps, step.minus.sample_steps]).float().mean())
     return ([p.grad.detach().clone() for p in model.parameters()], float(step.free.converged.float().mean()),
-            float(nudged), step.used.bool())
+            float(nudged), step.used.bool(), (free_steps, nudged_steps))
 
 
 def main(argv=None) -> int:
@@ -64,6 +70,9 @@ def main(argv=None) -> int:
                    help="the long budget taken as converged (its converged fractions are printed; default: 400:200)")
     p.add_argument("--solver", choices=SOLVERS, default="sync",
                    help="relaxation of every phase: synchronous steps or odd/even sweeps (default: sync)")
+    p.add_argument("--omega", type=float, default=None,
+                   help="relaxation factor of the odd/even sweeps in [1, 2) for every phase (default: "
+                        "the checkpoint's)")
     p.add_argument("--batch", type=int, default=64, help="training images the gradients are taken on (default: 64)")
     p.add_argument("--beta", type=float, default=0.5, help="nudging strength of the ±beta phases (default: 0.5)")
     p.add_argument("--tol", type=float, default=1e-6,
@@ -93,12 +102,17 @@ def main(argv=None) -> int:
             raise EpsimError("--beta must be positive, --tol, --nudge-tol and --reference-tol non-negative")
         if not -1.0 <= args.min_cosine <= 1.0:
             raise EpsimError("--min-cosine must be between -1 and 1")
+        if args.omega is not None:
+            check_omega(args.omega, args.solver, "--omega")
         if args.out is not None and (Path(args.out).is_dir() or not Path(args.out).parent.is_dir()):
             raise EpsimError(f"--out {args.out}: need a file path in an existing folder")
         torch.set_num_threads(args.threads)
         model = load_torch_model(args.checkpoint)
         if getattr(model, "epsim_kind", None) != "ep-cnn":
             raise EpsimError(f"{args.checkpoint} is not an ep-cnn checkpoint")
+        if args.omega is not None:
+            model.omega = float(args.omega)
+        check_omega(model.omega, args.solver, "--omega")
         model.train()
         ds = load_dataset(model.epsim_dataset, args.data_dir, train_subset=args.batch, test_subset=1,
                           seed=args.seed)
@@ -107,20 +121,23 @@ def main(argv=None) -> int:
         return 2
     x, y = torch.from_numpy(ds.x_train).float(), torch.from_numpy(ds.y_train).long()
     names = [n for n, _ in model.named_parameters()]
-    ref, free_ok, nudged_ok, _ = gradients(model, x, y, args.reference, args.beta, args.reference_tol, args.solver)
+    ref, free_ok, nudged_ok, _, _ = gradients(model, x, y, args.reference, args.beta, args.reference_tol, args.solver)
     print(f"{args.checkpoint}: {args.batch} training images, reference T1:T2 = "
-          f"{args.reference[0]}:{args.reference[1]} ({args.solver}; {free_ok:.0%} of free, {nudged_ok:.0%} of nudged phases "
+          f"{args.reference[0]}:{args.reference[1]} ({args.solver}"
+          + (f", omega {model.omega:g}" if model.omega != 1.0 else "") + f"; {free_ok:.0%} of free, {nudged_ok:.0%} of nudged phases "
           f"converged to {args.reference_tol:g}); budgets stop at {args.tol:g} (nudged phases {args.nudge_tol:g}); cosine with the reference EP gradient"
           + (" on the samples each update uses" if args.as_trained else ""))
     print(f"{'T1:T2':<9}" + " ".join(f"{n:>18}" for n in names)
-          + f"{'free conv.':>12}{'nudged conv.':>14}{'used':>6}  cos>={args.min_cosine:g}")
-    report = {"checkpoint": str(args.checkpoint), "solver": args.solver, "batch": args.batch, "beta": args.beta,
+          + f"{'free conv.':>12}{'nudged conv.':>14}{'used':>6}  cos>={args.min_cosine:g}"
+          + f"{'free sweeps':>13}{'nudged sweeps':>15}")
+    report = {"checkpoint": str(args.checkpoint), "solver": args.solver, "omega": model.omega,
+              "batch": args.batch, "beta": args.beta,
               "as_trained": args.as_trained, "min_cosine": args.min_cosine, "tol": args.tol, "nudge_tol": args.nudge_tol,
               "reference": {"t1": args.reference[0], "t2": args.reference[1], "tol": args.reference_tol,
                             "free_converged": free_ok, "nudged_converged": nudged_ok},
               "budgets": []}
     for budget in args.budgets:
-        g, free_ok, nudged_ok, used = gradients(model, x, y, budget, args.beta, args.tol, args.solver,
+        g, free_ok, nudged_ok, used, (free_steps, nudged_steps) = gradients(model, x, y, budget, args.beta, args.tol, args.solver,
                                                 args.as_trained, args.nudge_tol)
         if not bool(used.any()):
             cos = [float("nan")] * len(g)
@@ -131,10 +148,12 @@ def main(argv=None) -> int:
                    for a, b in zip(g, ref_used)]
         verdict = "pass" if all(c >= args.min_cosine for c in cos) else "fail"
         print(f"{budget[0]}:{budget[1]}".ljust(9) + " ".join(f"{c:>18.3f}" for c in cos)
-              + f"{free_ok:>12.0%}{nudged_ok:>14.0%}{float(used.float().mean()):>6.0%}  {verdict}")
+              + f"{free_ok:>12.0%}{nudged_ok:>14.0%}{float(used.float().mean()):>6.0%}  {verdict:<{len(f'cos>={args.min_cosine:g}')}}"
+              + f"{free_steps:>13.1f}{nudged_steps:>15.1f}")
         report["budgets"].append({"t1": budget[0], "t2": budget[1], "cosine": dict(zip(names, cos)),
                                   "free_converged": free_ok, "nudged_converged": nudged_ok,
-                                  "used": float(used.float().mean()), "passes": verdict == "pass"})
+                                  "used": float(used.float().mean()), "passes": verdict == "pass",
+                                  "free_sweeps": free_steps, "nudged_sweeps": nudged_steps})
     if args.out is not None:
         write_json(args.out, report)
         print(f"wrote {args.out}")

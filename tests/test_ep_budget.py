@@ -32,11 +32,13 @@ def test_budget_rows_report_cosines_and_converged_fractions(checkpoint, solver, 
     assert header, out
     rows = {line.split()[0]: line.split()[1:] for line in out.splitlines() if re.match(r"\d+:\d+ ", line)}
     # 6 parameters (2 conv + readout, weights and biases), the two converged fractions, the
-    # samples used (all of them without --as-trained) and the verdict
-    assert len(rows["1:1"]) == 10 and len(rows["300:150"]) == 10
+    # samples used (all of them without --as-trained), the verdict and the mean sweeps
+    assert len(rows["1:1"]) == 12 and len(rows["300:150"]) == 12
+    assert rows["1:1"][10:] == ["1.0", "1.0"]
+    assert 1 < float(rows["300:150"][10]) < 300 and 1 < float(rows["300:150"][11]) < 150
     # the reference budget against itself: the same gradient, the header's fractions
     assert all(c == "1.000" for c in rows["300:150"][:6])
-    assert rows["300:150"][6:] == [f"{header.group(1)}%", f"{header.group(2)}%", "100%", "pass"]
+    assert rows["300:150"][6:10] == [f"{header.group(1)}%", f"{header.group(2)}%", "100%", "pass"]
     # one step from the zero state moves the units: no free phase has converged
     assert rows["1:1"][6] == "0%" and rows["1:1"][8] == "100%"
     assert min(float(c) for c in rows["1:1"][:6]) < 0.999 and rows["1:1"][9] == "fail"
@@ -58,13 +60,31 @@ def test_as_trained_compares_the_update_training_applies(checkpoint, capsys):
     assert row[6] == "0%" and row[8] == "100%"
 
 
+def test_omega_relaxes_every_phase_with_the_factor_given(checkpoint, capsys):
+    """--omega replaces the checkpoint's relaxation factor in every phase. On this weakly coupled
+    digits network plain sweeps converge fast and over-relaxation overshoots: it costs sweeps
+    here (it saves them on strongly coupled ones, tests/test_ep_cnn.py)."""
+    argv = ["--checkpoint", str(checkpoint), "--data-dir", str(checkpoint.parent), "--batch", "16", "--solver", "async",
+            "--budgets", "300:150", "--reference", "300:150", "--tol", "1e-9"]
+    sweeps = {}
+    for omega in ("1", "1.4"):
+        assert ep_budget.main(argv + ["--omega", omega]) == 0
+        out = capsys.readouterr().out
+        assert ("omega 1.4;" in out) == (omega == "1.4")
+        row = next(line.split()[1:] for line in out.splitlines() if line.startswith("300:150 "))
+        assert row[6:10] == ["100%", "100%", "100%", "pass"]
+        sweeps[omega] = float(row[10]) + 2 * float(row[11])
+    assert sweeps["1.4"] != sweeps["1"]
+
+
 def test_bad_options_are_one_line_errors(tmp_path, capsys):
-    for argv in (["--batch", "0"], ["--beta", "0"], ["--tol", "-1"], ["--min-cosine", "2"],
+    for argv in (["--batch", "0"], ["--beta", "0"], ["--tol", "-1"], ["--min-cosine", "2"], ["--omega", "2.5"],
+                 ["--omega", "1.4", "--solver", "sync"],
                  ["--out", str(tmp_path / "missing" / "b.json")], ["--out", str(tmp_path)]):
         assert ep_budget.main(["--checkpoint", str(tmp_path / "none.pt"), "--data-dir", str(tmp_path)] + argv) == 2
         err = capsys.readouterr().err.strip()
         # the option named, before the (missing) checkpoint is read
-        assert err.startswith("error: ") and "\n" not in err and argv[0] in err
+        assert err.startswith("error: ") and "\n" not in err and argv[0] in err, err
 
 
 def test_the_reference_can_stop_tighter_than_the_budgets(checkpoint, capsys, tmp_path):

@@ -124,12 +124,13 @@ EP_PRESETS["cifar10-dchn"] = dict(_PAPER, channels=(16, 32, 64, 128), paddings=(
 EP_PRESETS["mnist"] = dict(EP_PRESETS["cifar10-small"], dataset="mnist", paddings=(1, 1, 1, 1), augment=False)
 
 
-def check_omega(omega: float, solver: str) -> None:
-    """Raise :class:`EpsimError` unless ``omega`` is a relaxation factor ``solver`` accepts."""
+def check_omega(omega: float, solver: str, option: str = "--ep-omega") -> None:
+    """Raise :class:`EpsimError` unless ``omega`` is a relaxation factor ``solver`` accepts
+    (``option``: the command-line name the message gives it)."""
     if not (math.isfinite(omega) and 1.0 <= omega < 2.0):
-        raise EpsimError(f"the EP-CNN relaxation factor (--ep-omega) must be in [1, 2), got {omega}")
+        raise EpsimError(f"the EP-CNN relaxation factor ({option}) must be in [1, 2), got {omega}")
     if omega != 1.0 and solver != "async":
-        raise EpsimError(f"--ep-omega {omega} needs the odd/even solver (--solver async); the synchronous "
+        raise EpsimError(f"{option} {omega} needs the odd/even solver (--solver async); the synchronous "
                          "loop is the published one, always at 1")
 
 
