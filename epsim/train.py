@@ -192,7 +192,8 @@ def _add_torch_options(g) -> None:
                    help="cifar10-paper / cifar100-paper: the seed paper's settings; cifar10-small: "
                         "an eighth of the width, sized for a 2-core CPU; cifar10-dchn: the same widths "
                         "with Scellier et al. 2023's DCHN recipe (output layer in the energy, odd/even "
-                        "sweeps 60/20, centred EP); digits, mnist: sized for their "
+                        "sweeps 60/20, centred EP); cifar10-hour: cifar10-dchn over-relaxed (--ep-omega 1.4) "
+                        "with Adam, 8 epochs, sized for an hour of torchrun on two cores; digits, mnist: sized for their "
                         "images (default: the --dataset's, else cifar10-small)")
     add_device(g, "torch device of the torch models")
     add_list(g, "--channels", item=int, default=None, metavar="C", help="conv channels per layer" + _PRESET)

@@ -310,6 +310,17 @@ def test_dchn_preset_builds_the_published_recipe_in_this_models_units():
         EPCNN((3, 8, 8), 5, (4,), (1,), cost="hinge")
 
 
+def test_hour_preset_is_the_dchn_recipe_over_relaxed_with_adam():
+    """cifar10-hour is cifar10-dchn with --ep-omega 1.4 --optimizer adam --lrs 1e-3 (every synapse)
+    --epochs 8 and nothing else: the command its README result was measured with."""
+    from dataclasses import asdict
+
+    hour = asdict(resolve_config("ep-cnn", "cifar10-hour"))
+    dchn = asdict(resolve_config("ep-cnn", "cifar10-dchn", omega=1.4, optimizer="adam", lrs=(1e-3,) * 5, epochs=8))
+    assert {k for k in hour if hour[k] != dchn[k]} == {"preset"}
+    assert (hour["omega"], hour["optimizer"], hour["epochs"], hour["solver"]) == (1.4, "adam", 8, "async")
+
+
 def test_gdu_ep_gradient_matches_bptt():
     m, x, y, _ = gdu_setup(8)
     rows = gradient_check(m, x, y, beta=1e-3)

@@ -119,6 +119,13 @@ EP_PRESETS["cifar10-dchn"] = dict(_PAPER, channels=(16, 32, 64, 128), paddings=(
                                   beta=0.2, init_gains=(0.6, 0.8, 0.8, 0.8, 0.6), input_std_scale=1.0,
                                   lrs=(0.5, 0.3, 0.2, 0.16, 0.1), weight_decay=6.25e-5, lr_min=2e-6,
                                   epochs=6, batch_size=32)
+# cifar10-dchn sized for an hour on two cores (torchrun, two processes of one thread): its sweeps
+# over-relaxed (omega 1.4: the same fixed points, reached in fewer sweeps once training has
+# strengthened the coupling, so fewer samples are left out of the update) and Adam at 1e-3 on
+# every synapse for 8 epochs (on 20,000 training images for 2 epochs: 48.9 % against the SGD
+# recipe's 47.0 %, at 38 against 61 sweeps per sample in the second epoch).
+EP_PRESETS["cifar10-hour"] = dict(EP_PRESETS["cifar10-dchn"], omega=1.4, optimizer="adam", lrs=(1e-3,) * 5,
+                                  epochs=8)
 # 28x28 MNIST: cifar10-small with a padded last layer (28 -> 14 -> 7 -> 3 -> 1 after pooling), no
 # crops or flips; not tuned.
 EP_PRESETS["mnist"] = dict(EP_PRESETS["cifar10-small"], dataset="mnist", paddings=(1, 1, 1, 1), augment=False)

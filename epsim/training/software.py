@@ -39,7 +39,7 @@ from ..models.loading import (TORCH_MODELS, load_torch_model, model_from_arch,  
 from .run import Run, epoch_order, num_batches, progress_bar, show, summary_metrics
 
 PRESETS = {"ep-cnn": EP_PRESETS, "bp-cnn": BP_PRESETS, "adv-cnn": ADV_PRESETS, "vit": VIT_PRESETS}
-PRESET_NAMES = ("cifar10-paper", "cifar100-paper", "cifar10-small", "cifar10-dchn", "digits", "mnist")
+PRESET_NAMES = ("cifar10-paper", "cifar100-paper", "cifar10-small", "cifar10-dchn", "cifar10-hour", "digits", "mnist")
 CROP_PADDING = 4
 # Random crops and flips keep the label of a natural 32x32 image; they do not keep an 8x8 or
 # 28x28 digit's (a 4-pixel crop cuts half of an 8x8 digit away; a flipped 2 is no 2).
