@@ -285,8 +285,11 @@ def test_omega_is_checked_and_recorded():
     with pytest.raises(EpsimError, match="odd/even solver"):
         m.relax(torch.rand(1, 3, 8, 8), solver="sync")
     assert resolve_config("ep-cnn", "cifar10-dchn", omega=1.4).omega == 1.4
-    with pytest.raises(EpsimError, match="--ep-omega needs the odd/even solver"):
+    with pytest.raises(EpsimError, match=r"--ep-omega 1.4 \(given or the preset.s\) needs the odd/even solver"):
         resolve_config("ep-cnn", "cifar10-small", omega=1.4)
+    with pytest.raises(EpsimError, match="given or the preset"):
+        resolve_config("ep-cnn", "cifar10-hour", solver="sync")
+    assert resolve_config("ep-cnn", "cifar10-hour", solver="sync", omega=1.0).solver == "sync"
 
 
 def test_dchn_preset_builds_the_published_recipe_in_this_models_units():

@@ -128,7 +128,8 @@ class TorchTrainConfig:
                 (self.omega is None or (math.isfinite(self.omega) and 1 <= self.omega < 2),
                  "--ep-omega must be in [1, 2)"),
                 (self.omega in (None, 1.0) or self.solver == "async",
-                 "--ep-omega needs the odd/even solver (--solver async)"),
+                 f"--ep-omega {self.omega} (given or the preset's) needs the odd/even solver (--solver async); "
+                 "the synchronous loop runs at --ep-omega 1"),
                 ((self.cost or "cross-entropy") in COSTS, f"--cost must be one of {', '.join(COSTS)}"),
                 (self.init_gains is None or len(self.init_gains) == n,
                  f"--init-gains needs {n} values (one per conv layer and the readout)"),
