@@ -127,8 +127,9 @@ def main(argv=None) -> int:
           + (f", omega {model.omega:g}" if model.omega != 1.0 else "") + f"; {free_ok:.0%} of free, {nudged_ok:.0%} of nudged phases "
           f"converged to {args.reference_tol:g}); budgets stop at {args.tol:g} (nudged phases {args.nudge_tol:g}); cosine with the reference EP gradient"
           + (" on the samples each update uses" if args.as_trained else ""))
+    verdict_head = f"cos>={args.min_cosine:g}"
     print(f"{'T1:T2':<9}" + " ".join(f"{n:>18}" for n in names)
-          + f"{'free conv.':>12}{'nudged conv.':>14}{'used':>6}  cos>={args.min_cosine:g}"
+          + f"{'free conv.':>12}{'nudged conv.':>14}{'used':>6}  {verdict_head}"
           + f"{'free sweeps':>13}{'nudged sweeps':>15}")
     report = {"checkpoint": str(args.checkpoint), "solver": args.solver, "omega": model.omega,
               "batch": args.batch, "beta": args.beta,
@@ -148,7 +149,7 @@ def main(argv=None) -> int:
                    for a, b in zip(g, ref_used)]
         verdict = "pass" if all(c >= args.min_cosine for c in cos) else "fail"
         print(f"{budget[0]}:{budget[1]}".ljust(9) + " ".join(f"{c:>18.3f}" for c in cos)
-              + f"{free_ok:>12.0%}{nudged_ok:>14.0%}{float(used.float().mean()):>6.0%}  {verdict:<{len(f'cos>={args.min_cosine:g}')}}"
+              + f"{free_ok:>12.0%}{nudged_ok:>14.0%}{float(used.float().mean()):>6.0%}  {verdict:<{len(verdict_head)}}"
               + f"{free_steps:>13.1f}{nudged_steps:>15.1f}")
         report["budgets"].append({"t1": budget[0], "t2": budget[1], "cosine": dict(zip(names, cos)),
                                   "free_converged": free_ok, "nudged_converged": nudged_ok,
