@@ -51,11 +51,12 @@ class Surrogate:
     """
 
     def __init__(self, layers, image_shape, *, node="average", weights="conductance",
-                 input_gain_V=200.0, input_center=0.0, seed=0):
+                 input_gain_V=200.0, input_center=0.0, leak_ratio=0.0, seed=0):
         import torch
 
         self.layers, self.node, self.weights = layers, node, weights
         self.input_gain_V, self.input_center = float(input_gain_V), float(input_center)
+        self.leak_ratio = float(leak_ratio)
         gen = torch.Generator().manual_seed(seed)
         c, h, w = image_shape
         shape, self.g, self.b = (2 * c, h, w), [], []
@@ -78,8 +79,14 @@ class Surrogate:
                 self.b.append(torch.zeros(layer[1], dtype=torch.float64))
                 shape = (2 * layer[1],)
             self.g.append(g)
+        self.leak = [self.leak_ratio * self._node_total(layer, g) for layer, g in zip(layers, self.g)]
         for t in self.g + self.b:
             t.requires_grad_(True)
+
+    @staticmethod
+    def _node_total(layer, g):
+        """Total crossbar conductance of every node a connection drives: (C_out,) or (n_out,)."""
+        return g.sum(dim=(1, 2, 3)) if layer[0] == "conv" else g.sum(dim=0)
 
     def _draw(self, shape, fan_in, first, in_axis, gen):
         """Clamped-uniform conductances (uniform on (-s, s) clamped at 0, s = 1/sqrt(fan-in of
@@ -102,23 +109,25 @@ class Surrogate:
         import torch.nn.functional as F
 
         u = x - self.input_center
-        u = self.input_gain_V * torch.cat([u, -u], dim=1)
+        gain = 1.0 + self.leak_ratio
+        u = gain * self.input_gain_V * torch.cat([u, -u], dim=1)
         last = len(self.layers) - 1
-        for index, (layer, g, b) in enumerate(zip(self.layers, self.g, self.b)):
+        for index, (layer, g, b, leak) in enumerate(zip(self.layers, self.g, self.b, self.leak)):
+            total = leak + self._node_total(layer, g)
             if layer[0] == "conv":
                 _, _, _, s, p = layer
                 d = F.conv2d(u, g, stride=s, padding=p) + b[None, :, None, None]
                 if self.node == "average":
-                    d = d / g.sum(dim=(1, 2, 3))[None, :, None, None]
+                    d = d / total[None, :, None, None]
             else:
                 d = u.flatten(1) @ g + b
                 if self.node == "average":
-                    d = d / g.sum(dim=0)
+                    d = d / total
             if index == last:
                 return d.flatten(1)
             half = d.shape[1] // 2
             v = torch.cat([d[:, :half].clamp(min=0), d[:, half:].clamp(max=0)], dim=1)
-            u = torch.cat([v, -v], dim=1)
+            u = gain * torch.cat([v, -v], dim=1)
 
     def project(self):
         """Conductances back to ``g >= 0`` after an optimiser step (signed weights: no-op)."""
@@ -150,7 +159,7 @@ def accuracy(model, x, y, batch=1000) -> float:
 
 
 def train(model, ds, *, epochs, batch_size, lr, lr_layers, cost_kind, target_high_V, seed,
-          progress=print) -> list:
+          bias_lr_ratio=1.0, progress=print) -> list:
     """Train ``model`` on ``ds`` (an :class:`epsim.data.Dataset`); one history entry per epoch."""
     import torch
 
@@ -158,7 +167,8 @@ def train(model, ds, *, epochs, batch_size, lr, lr_layers, cost_kind, target_hig
     y_train = torch.as_tensor(ds.y_train, dtype=torch.long)
     x_test = torch.as_tensor(ds.x_test, dtype=torch.float64)
     y_test = torch.as_tensor(ds.y_test, dtype=torch.long)
-    groups = [{"params": [g, b], "lr": lr * m} for g, b, m in zip(model.g, model.b, lr_layers)]
+    groups = [group for g, b, m in zip(model.g, model.b, lr_layers)
+              for group in ({"params": [g], "lr": lr * m}, {"params": [b], "lr": lr * m * bias_lr_ratio})]
     opt = torch.optim.Adam(groups)
     base = [grp["lr"] for grp in groups]
     gen = torch.Generator().manual_seed(seed)
@@ -204,11 +214,18 @@ def main(argv=None) -> int:
     p.add_argument("--cost", choices=("mse", "ce"), default="mse",
                    help="squared error against one-hot targets (the circuit's) or cross-entropy (default: mse)")
     p.add_argument("--input-gain", type=float, default=200.0, metavar="V", help="input source voltage for a pixel of value 1 (default: 200)")
+    p.add_argument("--leak-ratio", type=float, default=0.0, metavar="R",
+                   help="every free node also has a fixed conductance to 0 V of R times its initial crossbar "
+                        "conductance, and every layer (the input sources included) reaches the next through "
+                        "amplifiers of gain 1 + R, so the network starts as with R = 0; large R makes the node "
+                        "nearly a weighted sum (default: 0)")
     p.add_argument("--input-center", type=float, default=0.0, metavar="PIXEL", help="pixel value driven at 0 V (default: 0)")
     p.add_argument("--target-high", type=float, default=1.0, metavar="V", help="target voltage of the correct output (default: 1)")
     p.add_argument("--lr", type=float, default=0.002, help="Adam rate at the start of the cosine schedule (default: 0.002)")
     p.add_argument("--lr-layers", type=float, nargs="+", default=None, metavar="M",
                    help="per-connection multipliers of --lr, input side first (default: halved per layer, 1 0.5 0.25 ...)")
+    p.add_argument("--bias-lr-ratio", type=float, default=1.0, metavar="K",
+                   help="biases' Adam rate over the conductances' (default: 1)")
     p.add_argument("--epochs", type=int, default=3, help="epochs (default: 3)")
     p.add_argument("--batch-size", type=int, default=4, help="images per step (default: 4)")
     p.add_argument("--seed", type=int, default=0, help="seed of the initial weights, subsets and order (default: 0)")
@@ -224,10 +241,12 @@ def main(argv=None) -> int:
         lr_layers = args.lr_layers or [0.5 ** i for i in range(len(layers))]
         if len(lr_layers) != len(layers):
             raise EpsimError(f"--lr-layers needs {len(layers)} values, one per connection of --arch")
-        for name in ("input_gain", "target_high", "lr", "epochs", "batch_size", "threads"):
+        for name in ("input_gain", "target_high", "lr", "bias_lr_ratio", "epochs", "batch_size", "threads"):
             value = getattr(args, name)
             if not (np.isfinite(value) and value > 0):
                 raise EpsimError(f"--{name.replace('_', '-')} must be positive")
+        if not (np.isfinite(args.leak_ratio) and args.leak_ratio >= 0):
+            raise EpsimError("--leak-ratio must be a number >= 0")
         if not all(np.isfinite(m) and m >= 0 for m in lr_layers):
             raise EpsimError("--lr-layers must be numbers >= 0")
         out = Path(args.out)
@@ -244,15 +263,22 @@ def main(argv=None) -> int:
         if layers[-1][1] != ds.num_classes:
             raise EpsimError(f"--arch ends with dense:{layers[-1][1]}, {args.dataset} has {ds.num_classes} classes")
         model = Surrogate(layers, ds.x_train.shape[1:], node=args.node, weights=args.weights,
-                          input_gain_V=args.input_gain, input_center=args.input_center, seed=args.seed)
+                          input_gain_V=args.input_gain, input_center=args.input_center,
+                          leak_ratio=args.leak_ratio, seed=args.seed)
     except EpsimError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     out.mkdir(parents=True, exist_ok=True)
     history = train(model, ds, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, lr_layers=lr_layers,
-                    cost_kind=args.cost, target_high_V=args.target_high, seed=args.seed)
+                    cost_kind=args.cost, target_high_V=args.target_high, seed=args.seed,
+                    bias_lr_ratio=args.bias_lr_ratio)
     config = {k: v for k, v in vars(args).items() if k != "out"}
     config["lr_layers"] = lr_layers
+    from epsim.checkpoint import save_checkpoint
+
+    save_checkpoint(out / "surrogate.pt", {"kind": "circuit-surrogate", "config": config,
+                                           "g": [g.detach().numpy() for g in model.g],
+                                           "b": [b.detach().numpy() for b in model.b]})
     write_json(out / "metrics.json", {"kind": "circuit-surrogate", "config": config, "history": history,
                                       "test_accuracy": history[-1]["test_accuracy"]})
     print(f"wrote {out / 'metrics.json'}")

@@ -90,3 +90,40 @@ def test_refuses_to_overwrite(tmp_path, capsys):
     (tmp_path / "metrics.json").write_text("{}")
     assert surrogate.main(["--arch", "dense:10", "--dataset", "digits", "--out", str(tmp_path)]) == 2
     assert "exists" in capsys.readouterr().err
+
+
+def test_leak_ratio_starts_as_the_circuit_and_changes_only_the_node_equation():
+    """With a leak of R times each node's initial conductance and amplifiers of 1 + R, the
+    network's initial outputs are those of R = 0; after the conductances change they differ."""
+    layers, shape = parse_arch("conv:4:3:2,dense:10"), (1, 8, 8)
+    plain = surrogate.Surrogate(layers, shape, input_gain_V=16.0, seed=1)
+    leaky = surrogate.Surrogate(layers, shape, input_gain_V=16.0, leak_ratio=9.0, seed=1)
+    x = torch.as_tensor(load_dataset("digits").x_test[:8], dtype=torch.float64)
+    with torch.no_grad():
+        assert torch.allclose(plain.forward(x), leaky.forward(x), rtol=1e-12, atol=1e-12)
+        for model in (plain, leaky):
+            model.g[1].mul_(2.0)
+        # average node: doubling the readout's conductances changes nothing; with a leak it does
+        assert torch.allclose(plain.forward(x) , surrogate.Surrogate(layers, shape, input_gain_V=16.0, seed=1).forward(x),
+                              rtol=1e-12, atol=1e-12)
+        assert not torch.allclose(leaky.forward(x), plain.forward(x), rtol=1e-3, atol=0)
+
+
+def test_saves_the_trained_parameters(tmp_path):
+    from epsim.checkpoint import load_checkpoint
+
+    assert surrogate.main(["--arch", "dense:10", "--dataset", "digits", "--epochs", "1", "--input-gain", "16",
+                           "--bias-lr-ratio", "10", "--out", str(tmp_path)]) == 0
+    state = load_checkpoint(tmp_path / "surrogate.pt")
+    assert state["config"]["arch"] == "dense:10" and state["config"]["bias_lr_ratio"] == 10
+    assert state["g"][0].shape == (128, 10) and state["b"][0].shape == (10,)
+    assert state["g"][0].min() >= 0
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--leak-ratio", "-1"], "--leak-ratio must be a number >= 0"),
+    (["--bias-lr-ratio", "0"], "--bias-lr-ratio must be positive"),
+])
+def test_bad_leak_and_bias_rate(argv, message, tmp_path, capsys):
+    assert surrogate.main(["--arch", "dense:10", "--dataset", "digits", "--out", str(tmp_path)] + argv) == 2
+    assert message in capsys.readouterr().err
