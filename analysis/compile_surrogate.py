@@ -6,7 +6,8 @@ Reads ``DIR/surrogate.pt`` (written by ``analysis/circuit_surrogate.py``), maps 
 the conductances and bias currents of a differential circuit of the same ``--arch``, solves that
 circuit's free phase (numba, every layer's currents in both directions) on the test images and
 writes ``OUT/checkpoint.pt`` (a circuit checkpoint that ``epsim.robustness``, ``epsim.export`` and
-``epsim.train --init-from`` read) and ``OUT/metrics.json``.
+``epsim.train --init-from`` read) and ``OUT/metrics.json`` (accuracies, the loading per boundary,
+input gain, amplifier gains and the largest node voltage per layer on 500 test images).
 
 The map. A surrogate with weighted-sum nodes (``--node sum``: an ordinary network) computes
 ``pre_i = sum_j W_ij u_j + b_i`` with ``u`` a layer presented as ``(v, -v)``; its signed weight on
@@ -29,7 +30,10 @@ feed-forward pass, at the price of conductances that shrink by about ``R`` per l
 ``--loading equal`` instead gives every crossbar the same largest conductance (half of
 ``g_max``; the first crossbar's is set so in either case). The input gain is set so that the outputs' RMS over
 512 training images is ``--output-rms`` volts (every bias scales with it: the feed-forward pass is
-homogeneous in the inputs and biases).
+homogeneous in the inputs and biases). A passive circuit needs a large input gain for that;
+``--hidden-rms V`` then brings every hidden layer to ``V`` volts RMS with amplifiers between the
+layers (:func:`epsim.circuit.compile.with_layer_scales`, as ``analysis/diode_gap.py``), which
+with ideal diodes is the same circuit function.
 """
 from __future__ import annotations
 
@@ -137,6 +141,10 @@ def main(argv=None) -> int:
                    help="largest conductance a crossbar puts on a node below, over that node's own; 'equal': "
                         "every crossbar's largest conductance at half of g_max instead (default: 0.01)")
     p.add_argument("--output-rms", type=float, default=1.0, metavar="V", help="RMS of the outputs over 512 training images (default: 1)")
+    p.add_argument("--hidden-rms", type=float, default=None, metavar="V",
+                   help="then move every hidden layer to this RMS (volts, over its active nodes on 200 training "
+                        "images) with amplifiers between the layers and a smaller input gain, the same function "
+                        "with ideal diodes (default: a passive circuit)")
     p.add_argument("--tol", type=float, default=1e-13, metavar="A", help="KCL tolerance of the free phase (default: 1e-13)")
     p.add_argument("--max-iter", type=int, default=100000, help="sweep cap of the free phase (default: 100000)")
     p.add_argument("--threads", type=int, default=1, help="numba threads (default: 1)")
@@ -154,6 +162,8 @@ def main(argv=None) -> int:
             loading = -1.0
         if loading is not None and not (np.isfinite(loading) and loading > 0):
             raise EpsimError(f"--loading must be a positive number or 'equal', got {args.loading!r}")
+        if args.hidden_rms is not None and not (np.isfinite(args.hidden_rms) and args.hidden_rms > 0):
+            raise EpsimError("--hidden-rms must be a positive number of volts")
         for name in ("output_rms", "tol", "max_iter", "threads"):
             value = getattr(args, name)
             if not (np.isfinite(value) and value > 0):
@@ -182,6 +192,7 @@ def main(argv=None) -> int:
     from epsim.training.circuit import TrainConfig, build_network
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     import circuit_surrogate as surrogate
+    import diode_gap
     torch.set_num_threads(args.threads)
     import numba
 
@@ -229,6 +240,9 @@ def main(argv=None) -> int:
     k = float(np.sum(ff * ref) / np.sum(ref * ref))  # the common factor of the map
     max_rel_error = float(np.max(np.abs(ff - k * ref)) / np.max(np.abs(k * ref)))
     solver = make_solver(SolverConfig(tol_A=args.tol, max_iter=args.max_iter))
+    operating_point = None
+    if args.hidden_rms is not None:
+        net, operating_point = diode_gap.rescaled(net, solver, ds.x_train, args.hidden_rms, cfg["seed"])
     t0 = time.perf_counter()
     correct, unconverged, worst = free_phase_counts(net, solver, ds.x_test, ds.y_test, batch_size=250)
     seconds = time.perf_counter() - t0
@@ -243,10 +257,13 @@ def main(argv=None) -> int:
         "circuit_test_accuracy": correct / len(y), "circuit_unconverged": int(unconverged),
         "circuit_max_residual_A": worst, "tol_A": args.tol, "circuit_seconds": seconds,
         "largest_conductance_per_layer": [float(w.max()) for w in net.w],
+        "amp_gains": [float(a) for a in net.amp_gains], "operating_point": operating_point,
+        "largest_node_voltage_per_layer_V": diode_gap.max_node_voltages(net, solver, ds.x_test[:500]),
     }
     out.mkdir(parents=True, exist_ok=True)
     save_checkpoint(out / "checkpoint.pt", {"kind": "circuit", "model": net.describe(),
-                                            "config": asdict(TrainConfig(**{**asdict(config), "input_gain_V": net.input_gain_V})),
+                                            "config": asdict(TrainConfig(**{**asdict(config), "input_gain_V": net.input_gain_V,
+                                                                            "amp_gain": [float(a) for a in net.amp_gains]})),
                                             "w": net.w, "b": net.b, "compiled_from": str(src)})
     write_json(out / "metrics.json", result)
     print(f"surrogate {result['surrogate_test_accuracy']:.4f}, compiled feed-forward "

@@ -102,3 +102,16 @@ def test_missing_surrogate_and_existing_output_are_refused(ordinary, tmp_path, c
     (tmp_path / "metrics.json").write_text("{}")
     assert compiler.main(["--surrogate", str(ordinary), "--out", str(tmp_path)]) == 2
     assert "exists" in capsys.readouterr().err
+
+
+def test_hidden_rms_moves_the_operating_point_with_amplifiers(ordinary, tmp_path):
+    passive, amplified = tmp_path / "p", tmp_path / "a"
+    assert compiler.main(["--surrogate", str(ordinary), "--loading", "0.01", "--out", str(passive)]) == 0
+    assert compiler.main(["--surrogate", str(ordinary), "--loading", "0.01", "--hidden-rms", "0.5",
+                          "--out", str(amplified)]) == 0
+    p, a = (json.loads((d / "metrics.json").read_text()) for d in (passive, amplified))
+    assert a["circuit_test_accuracy"] == p["circuit_test_accuracy"]
+    assert a["input_gain_V"] < p["input_gain_V"] and max(a["amp_gains"]) > 1
+    assert np.allclose(a["operating_point"]["hidden_rms_V"], 0.5)
+    net, _ = load_network(amplified / "checkpoint.pt")
+    assert np.allclose(net.amp_gains, a["amp_gains"])
