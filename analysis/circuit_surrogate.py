@@ -20,7 +20,13 @@ clamped-uniform`` (the ``-v`` halves start at 0); ``--cost mse`` is the circuit'
 against one-hot targets of ``--target-high`` volts, ``--cost ce`` a softmax cross-entropy.
 Trained with Adam (per-layer rates ``--lr`` times ``--lr-layers``, biases at the same rates) on
 a cosine schedule over ``--epochs``, batch ``--batch-size``; the test accuracy after every epoch
-goes to ``DIR/metrics.json``.
+goes to ``DIR/metrics.json``, the trained parameters to ``DIR/surrogate.pt`` (which
+``analysis/compile_surrogate.py`` maps onto a circuit).
+
+``--leak-ratio R`` gives every free node a fixed conductance to 0 V of ``R`` times its initial
+crossbar conductance and presents every layer (the input sources included) to the next through
+amplifiers of gain ``1 + R``: the network starts with the outputs of ``R = 0``, and as ``R`` grows
+its node moves from the average towards a weighted sum of the layer below.
 
 With ``--node average --weights conductance --cost mse`` and the circuit's input gain this is
 the circuit's function class without its top-down currents; the other settings remove one
