@@ -30,7 +30,9 @@ feed-forward pass, at the price of conductances that shrink by about ``R`` per l
 ``--loading equal`` instead gives every crossbar the same largest conductance (half of
 ``g_max``; the first crossbar's is set so in either case). The input gain is set so that the outputs' RMS over
 512 training images is ``--output-rms`` volts (every bias scales with it: the feed-forward pass is
-homogeneous in the inputs and biases). A passive circuit needs a large input gain for that;
+homogeneous in the inputs and biases); ``--output-rms fit`` instead scales them and shifts every
+output by one voltage (its bias) so the outputs fit one-hot targets of 1 V there best, in least
+squares: the start for EP training on the circuit's squared error. A passive circuit needs a large input gain for that;
 ``--hidden-rms V`` then brings every hidden layer to ``V`` volts RMS with amplifiers between the
 layers (:func:`epsim.circuit.compile.with_layer_scales`, as ``analysis/diode_gap.py``), which
 with ideal diodes is the same circuit function.
@@ -140,7 +142,9 @@ def main(argv=None) -> int:
     p.add_argument("--loading", default="0.01", metavar="R",
                    help="largest conductance a crossbar puts on a node below, over that node's own; 'equal': "
                         "every crossbar's largest conductance at half of g_max instead (default: 0.01)")
-    p.add_argument("--output-rms", type=float, default=1.0, metavar="V", help="RMS of the outputs over 512 training images (default: 1)")
+    p.add_argument("--output-rms", default="1", metavar="V",
+                   help="RMS of the outputs over 512 training images, volts, or 'fit': the scale and output shift that "
+                        "fit one-hot targets of 1 V there best (least squares), a start for EP training (default: 1)")
     p.add_argument("--hidden-rms", type=float, default=None, metavar="V",
                    help="then move every hidden layer to this RMS (volts, over its active nodes on 200 training "
                         "images) with amplifiers between the layers and a smaller input gain, the same function "
@@ -164,7 +168,14 @@ def main(argv=None) -> int:
             raise EpsimError(f"--loading must be a positive number or 'equal', got {args.loading!r}")
         if args.hidden_rms is not None and not (np.isfinite(args.hidden_rms) and args.hidden_rms > 0):
             raise EpsimError("--hidden-rms must be a positive number of volts")
-        for name in ("output_rms", "tol", "max_iter", "threads"):
+        if args.output_rms != "fit":
+            try:
+                rms_V = float(args.output_rms)
+            except ValueError:
+                rms_V = -1.0
+            if not (np.isfinite(rms_V) and rms_V > 0):
+                raise EpsimError(f"--output-rms must be a positive number of volts or 'fit', got {args.output_rms!r}")
+        for name in ("tol", "max_iter", "threads"):
             value = getattr(args, name)
             if not (np.isfinite(value) and value > 0):
                 raise EpsimError(f"--{name.replace('_', '-')} must be positive")
@@ -227,18 +238,30 @@ def main(argv=None) -> int:
 
     load(compiled, gain)
     with torch.no_grad():
-        probe = torch.as_tensor(ds.x_train[:512], dtype=torch.float64)
-        rms = float(compiled.forward(probe).pow(2).mean().sqrt())
-    factor = args.output_rms / rms
-    net.input_gain_V = gain * factor
-    net.set_params(net.w, [x * factor for x in net.b])
+        probe = compiled.forward(torch.as_tensor(ds.x_train[:512], dtype=torch.float64)).numpy()
+    shift_V = 0.0
+    if args.output_rms == "fit":  # outputs k o + shift, least squares against one-hot targets of 1 V
+        target = np.eye(probe.shape[1])[ds.y_train[:512]]
+        design = np.stack([probe.ravel(), np.ones(probe.size)], axis=1)
+        (factor, shift_V), *_ = np.linalg.lstsq(design, target.ravel(), rcond=None)
+        if not factor > 0:
+            print(f"error: {src}: its outputs do not grow with the targets; use --output-rms V", file=sys.stderr)
+            return 2
+    else:
+        factor = float(args.output_rms) / float(np.sqrt(np.mean(probe ** 2)))
+    net.input_gain_V = gain * float(factor)
+    b_scaled = [x * float(factor) for x in net.b]
+    b_scaled[-1] = b_scaled[-1] + float(shift_V) * net.crossbar_views()[-1].degree_out  # outputs + shift_V
+    net.set_params(net.w, b_scaled)
     load(compiled, net.input_gain_V)
+    ref_shift = float(shift_V)
     with torch.no_grad():
         x_test = torch.as_tensor(ds.x_test, dtype=torch.float64)
         ref = torch.cat([source.forward(x_test[i:i + 1000]) for i in range(0, len(x_test), 1000)]).numpy()
         ff = torch.cat([compiled.forward(x_test[i:i + 1000]) for i in range(0, len(x_test), 1000)]).numpy()
-    k = float(np.sum(ff * ref) / np.sum(ref * ref))  # the common factor of the map
-    max_rel_error = float(np.max(np.abs(ff - k * ref)) / np.max(np.abs(k * ref)))
+    ff_centred = ff - ref_shift
+    k = float(np.sum(ff_centred * ref) / np.sum(ref * ref))  # the common factor of the map
+    max_rel_error = float(np.max(np.abs(ff_centred - k * ref)) / np.max(np.abs(k * ref)))
     solver = make_solver(SolverConfig(tol_A=args.tol, max_iter=args.max_iter))
     operating_point = None
     if args.hidden_rms is not None:

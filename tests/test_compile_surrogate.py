@@ -88,6 +88,7 @@ def test_a_circuit_class_surrogate_maps_as_it_is(tmp_path):
     (["--loading", "0"], "--loading must be a positive number or 'equal'"),
     (["--loading", "abc"], "--loading must be a positive number or 'equal'"),
     (["--tol", "-1"], "--tol must be positive"),
+    (["--output-rms", "volts"], "--output-rms must be a positive number of volts or 'fit'"),
 ])
 def test_bad_input_is_one_line_error(argv, message, ordinary, tmp_path, capsys):
     assert compiler.main(["--surrogate", str(ordinary), "--out", str(tmp_path)] + argv) == 2
@@ -115,3 +116,18 @@ def test_hidden_rms_moves_the_operating_point_with_amplifiers(ordinary, tmp_path
     assert np.allclose(a["operating_point"]["hidden_rms_V"], 0.5)
     net, _ = load_network(amplified / "checkpoint.pt")
     assert np.allclose(net.amp_gains, a["amp_gains"])
+
+
+def test_output_fit_gives_the_least_squares_scale(ordinary, tmp_path):
+    assert compiler.main(["--surrogate", str(ordinary), "--loading", "0.01", "--output-rms", "fit",
+                          "--out", str(tmp_path)]) == 0
+    net, _ = load_network(tmp_path / "checkpoint.pt")
+    ds = load_dataset("digits")
+    eq = free_phase(net, make_solver(SolverConfig(tol_A=1e-14, max_iter=100000)), ds.x_train[:512])
+    target = np.eye(10)[ds.y_train[:512]]
+    design = np.stack([eq.v_output.ravel(), np.ones(eq.v_output.size)], axis=1)
+    (scale, shift), *_ = np.linalg.lstsq(design, target.ravel(), rcond=None)
+    assert abs(scale - 1.0) < 0.05 and abs(shift) < 0.05  # already at the least-squares fit
+    m = json.loads((tmp_path / "metrics.json").read_text())
+    assert m["feedforward_max_rel_error"] < 1e-10
+    assert m["compiled_feedforward_test_accuracy"] == m["surrogate_test_accuracy"]
