@@ -6,7 +6,8 @@ Reads ``DIR/surrogate.pt`` (written by ``analysis/circuit_surrogate.py``), maps 
 the conductances and bias currents of a differential circuit of the same ``--arch``, solves that
 circuit's free phase (numba, every layer's currents in both directions) on the test images and
 writes ``OUT/checkpoint.pt`` (a circuit checkpoint that ``epsim.robustness``, ``epsim.export`` and
-``epsim.train --init-from`` read) and ``OUT/metrics.json`` (accuracies, the loading per boundary,
+``epsim.train --init-from`` read; its ``--tol`` and ``--max-iter`` are recorded as the circuit's
+solver settings, which those commands default to) and ``OUT/metrics.json`` (accuracies, the loading per boundary,
 input gain, amplifier gains and the largest node voltage per layer on 500 test images).
 
 The map. A surrogate with weighted-sum nodes (``--node sum``: an ordinary network) computes
@@ -221,7 +222,8 @@ def main(argv=None) -> int:
         g, b, _ = average_node_parameters(layers, ds.x_train.shape[1:], g, b)
     gain = cfg["input_gain"]
     config = TrainConfig(dataset=cfg["dataset"], arch=cfg["arch"], differential=True,
-                         input_gain_V=gain, input_center=cfg["input_center"], init="clamped-uniform")
+                         input_gain_V=gain, input_center=cfg["input_center"], init="clamped-uniform",
+                         tol_A=args.tol, max_iter=args.max_iter)
     net = build_network(config, ds)
     net.set_params(g, b)
     lo, hi = net.w_bounds

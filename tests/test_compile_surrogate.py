@@ -52,8 +52,9 @@ def test_the_map_keeps_every_prediction_and_the_circuit_follows_at_low_loading(o
 
     # the checkpoint is an ordinary circuit checkpoint: its free phase (KCL, both directions)
     # gives outputs proportional to the ordinary network's, to the loading's order
-    net, _ = load_network(out / "checkpoint.pt")
+    net, state = load_network(out / "checkpoint.pt")
     assert min(w.min() for w in net.w) >= 0
+    assert state["config"]["tol_A"] == 1e-13 and state["config"]["max_iter"] == 100000
     x = load_dataset("digits").x_test[:32]
     eq = free_phase(net, make_solver(SolverConfig(tol_A=1e-14, max_iter=100000)), x)
     assert eq.certificate.converged.all()
