@@ -42,7 +42,6 @@ from __future__ import annotations
 
 import sys
 import time
-from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -201,7 +200,7 @@ def main(argv=None) -> int:
     from epsim.learning.ep import free_phase_counts
     from epsim.models.arch import parse_arch
     from epsim.solvers.factory import SolverConfig, make_solver
-    from epsim.training.circuit import TrainConfig, build_network
+    from epsim.models.registry import build_circuit_model
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     import circuit_surrogate as surrogate
     import diode_gap
@@ -221,10 +220,8 @@ def main(argv=None) -> int:
     if cfg["node"] == "sum":
         g, b, _ = average_node_parameters(layers, ds.x_train.shape[1:], g, b)
     gain = cfg["input_gain"]
-    config = TrainConfig(dataset=cfg["dataset"], arch=cfg["arch"], differential=True,
-                         input_gain_V=gain, input_center=cfg["input_center"], init="clamped-uniform",
-                         tol_A=args.tol, max_iter=args.max_iter)
-    net = build_network(config, ds)
+    net = build_circuit_model("arch", ds.image_shape, ds.num_classes, arch=cfg["arch"], input_gain_V=gain,
+                              input_center=cfg["input_center"], differential=True)
     net.set_params(g, b)
     lo, hi = net.w_bounds
     ratios = scale_layers(net, loading, 0.5 * hi)
@@ -286,9 +283,13 @@ def main(argv=None) -> int:
         "largest_node_voltage_per_layer_V": diode_gap.max_node_voltages(net, solver, ds.x_test[:500]),
     }
     out.mkdir(parents=True, exist_ok=True)
-    save_checkpoint(out / "checkpoint.pt", {"kind": "circuit", "model": net.describe(),
-                                            "config": asdict(TrainConfig(**{**asdict(config), "input_gain_V": net.input_gain_V,
-                                                                            "amp_gain": [float(a) for a in net.amp_gains]})),
+    r = net.ranges
+    config = {"dataset": cfg["dataset"], "model": "arch", "arch": cfg["arch"], "backend": "numba",
+              "differential": True, "input_gain_V": net.input_gain_V, "input_center": net.input_center,
+              "amp_gain": [float(a) for a in net.amp_gains], "diode": "ideal", "device_model": "ideal",
+              "g_unit_S": r.g_unit_S, "g_min_S": r.g_min_S, "g_max_S": r.g_max_S, "target_high_V": 1.0,
+              "tol_A": args.tol, "max_iter": args.max_iter}
+    save_checkpoint(out / "checkpoint.pt", {"kind": "circuit", "model": net.describe(), "config": config,
                                             "w": net.w, "b": net.b, "compiled_from": str(src)})
     write_json(out / "metrics.json", result)
     print(f"surrogate {result['surrogate_test_accuracy']:.4f}, compiled feed-forward "
