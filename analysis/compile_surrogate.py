@@ -199,14 +199,15 @@ def main(argv=None) -> int:
     from epsim.data import default_data_dir, load_dataset
     from epsim.learning.ep import free_phase_counts
     from epsim.models.arch import parse_arch
-    from epsim.solvers.factory import SolverConfig, make_solver
     from epsim.models.registry import build_circuit_model
+    from epsim.solvers.factory import SolverConfig, make_solver
+
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     import circuit_surrogate as surrogate
     import diode_gap
-    torch.set_num_threads(args.threads)
     import numba
 
+    torch.set_num_threads(args.threads)
     numba.set_num_threads(min(args.threads, numba.config.NUMBA_NUM_THREADS))
     ds = load_dataset(cfg["dataset"], args.data_dir or cfg.get("data_dir") or default_data_dir(),
                       test_subset=args.test_subset, seed=cfg["seed"])
@@ -223,8 +224,7 @@ def main(argv=None) -> int:
     net = build_circuit_model("arch", ds.image_shape, ds.num_classes, arch=cfg["arch"], input_gain_V=gain,
                               input_center=cfg["input_center"], differential=True)
     net.set_params(g, b)
-    lo, hi = net.w_bounds
-    ratios = scale_layers(net, loading, 0.5 * hi)
+    ratios = scale_layers(net, loading, 0.5 * net.w_bounds[1])
 
     compiled = surrogate.Surrogate(layers, ds.x_train.shape[1:], input_gain_V=gain,
                                    input_center=cfg["input_center"], seed=cfg["seed"])
