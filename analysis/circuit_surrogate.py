@@ -135,6 +135,14 @@ class Surrogate:
             v = torch.cat([d[:, :half].clamp(min=0), d[:, half:].clamp(max=0)], dim=1)
             u = gain * torch.cat([v, -v], dim=1)
 
+    def load(self, g, b):
+        """Set the conductances/weights ``g`` and biases ``b`` (lists of arrays, shapes as built)."""
+        import torch
+
+        with torch.no_grad():
+            for t, x in zip(self.g + self.b, list(g) + list(b)):
+                t.copy_(torch.as_tensor(x))
+
     def project(self):
         """Conductances back to ``g >= 0`` after an optimiser step (signed weights: no-op)."""
         if self.weights == "conductance":
@@ -155,13 +163,18 @@ def cost(out_V, labels, kind: str, target_high_V: float):
     return 0.5 * ((out_V - target) ** 2).sum(dim=1).mean()
 
 
-def accuracy(model, x, y, batch=1000) -> float:
-    """Fraction of images ``x`` (N, C, H, W) whose largest output is label ``y``."""
+def outputs(model, x, batch=1000):
+    """Output voltages (N, K) of images ``x`` (N, C, H, W) (tensor or array), without gradients."""
     import torch
 
+    x = torch.as_tensor(x, dtype=torch.float64)
     with torch.no_grad():
-        pred = torch.cat([model.forward(x[i:i + batch]).argmax(1) for i in range(0, len(x), batch)])
-    return float((pred == y).double().mean())
+        return torch.cat([model.forward(x[i:i + batch]) for i in range(0, len(x), batch)])
+
+
+def accuracy(model, x, y, batch=1000) -> float:
+    """Fraction of images ``x`` (N, C, H, W) whose largest output is label ``y``."""
+    return float((outputs(model, x, batch).argmax(1) == y).double().mean())
 
 
 def train(model, ds, *, epochs, batch_size, lr, lr_layers, cost_kind, target_high_V, seed,

@@ -86,8 +86,8 @@ def split(layer, w):
 
 def average_node_parameters(layers, image_shape, g, b):
     """Weighted-sum surrogate -> conductances and biases of average nodes computing the same
-    predictions (module docstring). Returns ``(g, b, out_scale)``: the average network's outputs
-    are the sum network's divided by ``out_scale``."""
+    predictions (module docstring). Returns ``(g, b)``: the average network's outputs are the sum
+    network's divided by one common factor."""
     shapes, c_h_w = [], tuple(image_shape)
     for layer in layers:
         shapes.append(c_h_w)
@@ -111,7 +111,7 @@ def average_node_parameters(layers, image_shape, g, b):
         g_out.append(cond)
         b_out.append(np.asarray(bl, dtype=np.float64).copy())
         unit_scale = total
-    return g_out, b_out, float(unit_scale[0])
+    return g_out, b_out
 
 
 def scale_layers(net, loading, g_layer_max):
@@ -215,11 +215,9 @@ def main(argv=None) -> int:
     g, b = [np.asarray(x, dtype=np.float64) for x in state["g"]], [np.asarray(x, dtype=np.float64) for x in state["b"]]
     source = surrogate.Surrogate(layers, ds.x_train.shape[1:], node=cfg["node"], weights=cfg["weights"],
                                  input_gain_V=cfg["input_gain"], input_center=cfg["input_center"], seed=cfg["seed"])
-    with torch.no_grad():
-        for t, x in zip(source.g + source.b, g + b):
-            t.copy_(torch.as_tensor(x))
+    source.load(g, b)
     if cfg["node"] == "sum":
-        g, b, _ = average_node_parameters(layers, ds.x_train.shape[1:], g, b)
+        g, b = average_node_parameters(layers, ds.x_train.shape[1:], g, b)
     gain = cfg["input_gain"]
     net = build_circuit_model("arch", ds.image_shape, ds.num_classes, arch=cfg["arch"], input_gain_V=gain,
                               input_center=cfg["input_center"], differential=True)
@@ -229,15 +227,8 @@ def main(argv=None) -> int:
     compiled = surrogate.Surrogate(layers, ds.x_train.shape[1:], input_gain_V=gain,
                                    input_center=cfg["input_center"], seed=cfg["seed"])
 
-    def load(model, gain_V):
-        model.input_gain_V = gain_V
-        with torch.no_grad():
-            for t, x in zip(model.g + model.b, net.w + net.b):
-                t.copy_(torch.as_tensor(x))
-
-    load(compiled, gain)
-    with torch.no_grad():
-        probe = compiled.forward(torch.as_tensor(ds.x_train[:512], dtype=torch.float64)).numpy()
+    compiled.load(net.w, net.b)
+    probe = surrogate.outputs(compiled, ds.x_train[:512]).numpy()
     shift_V = 0.0
     if args.output_rms == "fit":  # outputs k o + shift, least squares against one-hot targets of 1 V
         target = np.eye(probe.shape[1])[ds.y_train[:512]]
@@ -252,13 +243,11 @@ def main(argv=None) -> int:
     b_scaled = [x * float(factor) for x in net.b]
     b_scaled[-1] = b_scaled[-1] + float(shift_V) * net.crossbar_views()[-1].degree_out  # outputs + shift_V
     net.set_params(net.w, b_scaled)
-    load(compiled, net.input_gain_V)
-    ref_shift = float(shift_V)
-    with torch.no_grad():
-        x_test = torch.as_tensor(ds.x_test, dtype=torch.float64)
-        ref = torch.cat([source.forward(x_test[i:i + 1000]) for i in range(0, len(x_test), 1000)]).numpy()
-        ff = torch.cat([compiled.forward(x_test[i:i + 1000]) for i in range(0, len(x_test), 1000)]).numpy()
-    ff_centred = ff - ref_shift
+    compiled.input_gain_V = net.input_gain_V
+    compiled.load(net.w, net.b)
+    ref = surrogate.outputs(source, ds.x_test).numpy()
+    ff = surrogate.outputs(compiled, ds.x_test).numpy()
+    ff_centred = ff - float(shift_V)
     k = float(np.sum(ff_centred * ref) / np.sum(ref * ref))  # the common factor of the map
     max_rel_error = float(np.max(np.abs(ff_centred - k * ref)) / np.max(np.abs(k * ref)))
     solver = make_solver(SolverConfig(tol_A=args.tol, max_iter=args.max_iter))
