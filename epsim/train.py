@@ -117,6 +117,12 @@ def _add_circuit_model_options(g, d: TrainConfig) -> None:
              help="bidirectional amplifier gain between consecutive free layers: one "
                   "value for every boundary or one per boundary (input side first); 1 = "
                   "no amplifier (default: none)")
+    g.add_argument("--leak-ratio", type=float, default=d.leak_ratio, metavar="R",
+                   help="give every free node a fixed conductance to 0 V of R times its initial "
+                        "conductance to the crossbar below (not trained): nodes settle nearer a weighted "
+                        "sum of the layer below than its average. With --amp-gain 1+R and the input "
+                        "gain times 1+R the circuit starts close to what R = 0 computes "
+                        f"(default: {d.leak_ratio:g}, no leak)")
     g.add_argument("--differential", action="store_true", default=d.differential,
                    help="present every hidden layer to the crossbar above it as +v and -v (an "
                         "inverting and a non-inverting amplifier per node, as the input sources), "
@@ -252,7 +258,7 @@ def _add_torch_options(g) -> None:
 CONFIG_FIELDS = {"input_gain": "input_gain_V", "rail_offset": "rail_offset_V", "amp_gain": "amp_gain", "g_max": "g_max_S", "g_min": "g_min_S", "tol": "tol_A",
                  "device_model": "device_model", "wire_resistance": "wire_resistance_ohm"}
 CIRCUIT_CONFIG_OPTIONS = ("dataset", "arch", "backend", "diode", "rail_offset", "input_gain", "input_center", "amp_gain",
-                          "differential", "unit_polarity", "g_max", "g_min", "tol",
+                          "leak_ratio", "differential", "unit_polarity", "g_max", "g_min", "tol",
                           "nudge_rtol", "max_iter", "device_model", "wire_resistance", "epochs",
                           "batch_size", "lr", "lr_bias", "lr_layers", "momentum", "optimizer", "lr_schedule",
                           "lr_decay", "init", "init_from", "weight_gain", "beta", "seed", "train_subset",

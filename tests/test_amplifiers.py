@@ -58,7 +58,7 @@ def physical_kcl_A(net, v_input, v_free, beta=0.0, target_V=None):
     element laws (dense connections only): crossbar currents from the amplifier outputs
     (``+A v``, and ``-A v`` on the inverting copies of a differential layer), the current
     each amplifier draws back (``/A``, sign flipped on an inverting copy), biases, Shockley
-    diodes, the nudge."""
+    diodes, the leak to 0 V, the nudge."""
     g = net.ranges.g_unit_S
     d = net.diode
     layers = [v_input] + list(v_free)
@@ -82,6 +82,7 @@ def physical_kcl_A(net, v_input, v_free, beta=0.0, target_V=None):
                 supplied = sign * gain_out * v * rows.sum(axis=1) - layers[l + 1] @ rows.T
                 i_node -= sign * supplied / gain_out
         i_node += net.bias_per_node(l)
+        i_node -= net.leak_per_node(l) * v  # the leak to 0 V (zero unless the network has one)
         lo, hi = net.rail_lo_V[l - 1], net.rail_hi_V[l - 1]
         has_lo, has_hi = np.isfinite(lo), np.isfinite(hi)
         is_n, nvt = d.is_A / g, d.n_vt_V

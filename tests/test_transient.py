@@ -9,7 +9,7 @@ from epsim.circuit.compile import layer_node_names
 from epsim.circuit.diodes import DiodeModel
 from epsim.errors import EpsimError
 from epsim.models.registry import build_circuit_model
-from epsim.models.resistive import build_mlp, one_hot_targets
+from epsim.models.resistive import build_mlp, leak_from_ratio, one_hot_targets
 from epsim.solvers.numba_solver import NumbaSolver
 from epsim.solvers.transient import Capacitances, node_capacitance_F, settling_times_s, simulate
 
@@ -47,7 +47,14 @@ def differential_mlp(diode="shockley", seed=2):
     return net, net.input_voltages(rng.uniform(0, 1, (4, 1, 4, 4)))
 
 
-@pytest.mark.parametrize("make", [digits_cnn, amplified_mlp, differential_mlp])
+def leaky_mlp(diode="shockley", seed=3):
+    """An amplified MLP with a leak to 0 V on every free node."""
+    net, v_in = amplified_mlp(diode, seed)
+    net.leak = leak_from_ratio(net, 2.0)
+    return net, v_in
+
+
+@pytest.mark.parametrize("make", [digits_cnn, amplified_mlp, differential_mlp, leaky_mlp])
 @pytest.mark.parametrize("diode", ["ideal", "shockley"])
 def test_transient_settles_on_the_dc_equilibrium_and_conserves_energy(make, diode):
     net, v_in = make(diode)

@@ -28,6 +28,7 @@ Elements::
                             cathode = node: excitatory units) / below its high rail (anode =
                             node, cathode = rail: inhibitory units)
     ib_{node}               bias current source injecting I_bias into the node (left out if 0)
+    rleak_{node}            leak: the node's fixed conductance to the 0 V rail (left out if 0)
     rnudge_{k}, vtgt_{k}    nudge: a resistor 1/(beta g_unit) from out_k to tgt_k, a source at
                             the target voltage. The -beta phase needs a negative conductance: it
                             is written as a negative resistor, which ngspice and the MNA solver
@@ -213,9 +214,9 @@ def compile_network(net, v_input, *, beta: float = 0.0, target_V=None, netlist: 
         target_V = np.asarray(target_V, dtype=np.float64).reshape(-1)
         if target_V.size != net.num_outputs:
             raise EpsimError(f"target has {target_V.size} voltages, the network {net.num_outputs} outputs")
-    if wire_resistance_ohm and (net.has_amplifiers or net.is_differential):
-        raise EpsimError("wire resistance with amplifiers or differential layers is not supported: "
-                         "set every amplifier gain to 1 or the wire resistance to 0")
+    if wire_resistance_ohm and (net.has_amplifiers or net.is_differential or net.has_leak):
+        raise EpsimError("wire resistance with amplifiers, differential layers or a leak is not "
+                         "supported: set every amplifier gain to 1, no leak, or the wire resistance to 0")
     card = diode_card(net.diode)
     nl = netlist if netlist is not None else Netlist(title=f"epsim {net.name}", temp_K=net.diode.temp_K)
     if nl.temp_K != net.diode.temp_K:
@@ -242,6 +243,11 @@ def compile_network(net, v_input, *, beta: float = 0.0, target_V=None, netlist: 
                    1.0 / g_S[keep])
             _add_pad_conductances(nl, net, l, node_out, prefix)
         _add_clamps(nl, net, l, names[l], card.name)
+        if net.has_leak:
+            leak_S = net.leak_per_node(l) * g_unit
+            nz = np.nonzero(leak_S)[0]
+            nl.add("R", [f"rleak_{names[l][k]}" for k in nz], [names[l][k] for k in nz],
+                   [GROUND] * nz.size, 1.0 / leak_S[nz])
         bias_A = net.bias_per_node(l) * g_unit
         nz = np.nonzero(bias_A)[0]
         nl.add("I", [f"ib_{names[l][k]}" for k in nz], [GROUND] * nz.size,
@@ -336,6 +342,8 @@ def _notes(net, beta) -> list:
         f"clamp diodes: {diode}",
         f"phase: {phase}, signed beta = {beta!r} (nudge conductance beta*g_unit to tgt_k)",
     ]
+    if net.has_leak:
+        lines.append("leak: rleak_N joins node N to ground (a fixed conductance, not trained)")
     if net.has_amplifiers:
         lines.append("bidirectional amplifiers, gains A_l (layer l -> l+1): "
                      + ", ".join(repr(float(a)) for a in net.amp_gains))

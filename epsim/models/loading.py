@@ -103,13 +103,15 @@ def load_trained(path, *, device="cpu", expect: str | None = None) -> TrainedMod
 
 # ---- circuits ----------------------------------------------------------------------------
 def restore_network(net: ResistiveNetwork, state: dict, path) -> None:
-    """Load a checkpoint's parameters into ``net`` after checking it is the same circuit."""
+    """Load a checkpoint's parameters (conductances, biases, and the leak it was built with)
+    into ``net`` after checking it is the same circuit."""
     checkpoint_kind(state, path, CIRCUIT_KIND)
     if state["model"]["connections"] != net.describe()["connections"]:
         raise EpsimError(f"{path} is a checkpoint of a different model shape "
                          f"({state['model']['name']}, {len(state['model']['connections'])} layers)")
     try:
         net.set_params(state["w"], state["b"])
+        net.leak = state["model"].get("leak")
     except EpsimError as exc:
         raise EpsimError(f"{path}: {exc}") from None
 

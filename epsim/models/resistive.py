@@ -17,6 +17,10 @@ Circuit
   (dense or tied-convolutional, see :mod:`epsim.models.connections`).
 - Every non-input node has a bias current source ``I_bias`` (A) injecting into it
   (tied per channel in conv layers).
+- Leak (optional): a fixed conductance ``G_leak`` from every free node to the 0 V rail (tied
+  per channel in conv layers, like the biases). It is not trained. With the leak a node no
+  longer settles at the conductance-weighted average of its neighbours but closer to 0 V;
+  :func:`leak_from_ratio` sizes it as a multiple of each node's crossbar conductance.
 - Nudging: the ``+beta`` phase adds a conductance ``beta * g_unit`` from each output node
   to a voltage source at the target voltage; ``-beta`` uses the negative conductance.
 - Bidirectional amplifiers (optional, gain ``A_l`` between free layers ``l`` and ``l+1``,
@@ -38,7 +42,8 @@ exact. :attr:`ResistiveNetwork.g_S` and :attr:`ResistiveNetwork.i_bias_A` give S
 
 Energy (co-content, normalised by ``g_unit``, units V^2)::
 
-    E(v) = sum_connections 1/2 sum w_ij (v_i - v_j)^2 - sum_k b_k v_k + diode terms
+    E(v) = sum_connections 1/2 sum w_ij (v_i - v_j)^2 + 1/2 sum_k leak_k v_k^2
+           - sum_k b_k v_k + diode terms
     F(v) = E(v) + beta/2 * sum_o (v_o - y_o)^2
 
 KCL at every free node is dF/dv = 0 (with the diodes as constraints / co-contents).
@@ -47,7 +52,8 @@ Amplified circuits (derivation in the README, "Amplifiers between layers"): with
 ``P_l = A_1 ... A_{l-1}`` (``P_1 = 1``) the normalised voltages ``u_l = v_l / P_l`` obey the
 KCL of a *passive* network whose layer-l biases are ``b_l / P_l``, targets ``y / P_L``, and
 clamp diodes ``I_l(u) = I(P_l u) / P_l``; the energy above, written in ``u``, is the
-layer-weighted co-content every solver minimises.
+layer-weighted co-content every solver minimises. A leak keeps its conductance in ``u``
+(its current ``leak P_l u`` divided by ``P_l``).
 """
 from __future__ import annotations
 
@@ -88,12 +94,14 @@ class ResistiveNetwork:
         w: ``L`` arrays of normalised conductances, ``connections[l].param_shape``.
         b: ``L`` arrays of normalised bias currents (V) for layers ``1..L``: shape ``(C,)``
            for a ``(C, H, W)`` layer (tied per channel), else the layer's node count.
+        leak: ``L`` arrays of normalised leak conductances ``G_leak / g_unit`` (>= 0), the
+           shapes of ``b``; all zero unless set (:attr:`has_leak`).
         rail_lo_V / rail_hi_V: ``L`` flat arrays per free layer; ``-inf``/``+inf`` = no diode.
     """
 
     def __init__(self, image_shape, connections, *, input_gain_V=1.0, diode=None,
                  ranges=None, name="custom", amp_gains=None, input_center=0.0, differential=False,
-                 unit_polarity="split"):
+                 unit_polarity="split", leak=None):
         self.image_shape = tuple(int(s) for s in image_shape)
         self.connections = list(connections)
         self.input_gain_V = float(input_gain_V)
@@ -126,6 +134,7 @@ class ResistiveNetwork:
             self.rail_hi_V.append(hi)
         self.w = [np.zeros(conn.param_shape) for conn in self.connections]
         self.b = [np.zeros(self.bias_shape(l)) for l in range(1, len(shapes))]
+        self.leak = leak
         self.amp_gains = amp_gains
 
     # ---- structure -------------------------------------------------------------------
@@ -149,6 +158,46 @@ class ResistiveNetwork:
         if len(shape) == 3:
             return np.repeat(bias, shape[1] * shape[2])
         return bias
+
+    def leak_per_node(self, l: int) -> np.ndarray:
+        """Normalised leak conductance of every node of layer ``l`` (>=1), flat."""
+        shape = self.layer_shapes[l]
+        leak = self.leak[l - 1]
+        if len(shape) == 3:
+            return np.repeat(leak, shape[1] * shape[2])
+        return leak
+
+    @property
+    def leak(self) -> list:
+        """``L`` read-only arrays (the shapes of :attr:`b`) of normalised leak conductances to
+        0 V; set as a whole (None: no leak)."""
+        return self._leak
+
+    @leak.setter
+    def leak(self, leak):
+        shapes = [self.bias_shape(l) for l in range(1, self.num_layers + 1)]
+        if leak is None:
+            leak = [np.zeros(s) for s in shapes]
+        if len(leak) != len(shapes):
+            raise EpsimError(f"{len(leak)} leak arrays for {len(shapes)} free layers")
+        out = []
+        for l, (g, shape) in enumerate(zip(leak, shapes), start=1):
+            g = np.array(g, dtype=np.float64)
+            if g.ndim == 0:
+                g = np.full(shape, float(g))
+            if g.shape != shape:
+                raise EpsimError(f"leak of layer {l} has shape {g.shape}, the layer's biases {shape}")
+            if not np.all(np.isfinite(g)) or np.any(g < 0):
+                raise EpsimError(f"leak conductances of layer {l} must be finite and >= 0")
+            g.setflags(write=False)
+            out.append(g)
+        self._leak = out
+        self._has_leak = any(bool(np.any(g > 0)) for g in out)
+
+    @property
+    def has_leak(self) -> bool:
+        """Whether any free node has a leak conductance to 0 V."""
+        return self._has_leak
 
     @property
     def amp_gains(self) -> np.ndarray:
@@ -245,6 +294,7 @@ class ResistiveNetwork:
             "amp_gains": [float(a) for a in self.amp_gains],
             **({"differential": [bool(f) for f in self.differential]} if self.is_differential else {}),
             **({"unit_polarity": self.unit_polarity} if self.unit_polarity != "split" else {}),
+            **({"leak": [g.tolist() for g in self.leak]} if self.has_leak else {}),
             "ranges": {"g_unit_S": self.ranges.g_unit_S, "g_min_S": self.ranges.g_min_S,
                        "g_max_S": self.ranges.g_max_S},
         }
@@ -255,7 +305,8 @@ class ResistiveNetwork:
                   input_gain_V=d["input_gain_V"], diode=DiodeModel.from_dict(d["diode"]),
                   ranges=CircuitRanges(**d["ranges"]), name=d["name"],
                   amp_gains=d.get("amp_gains"), input_center=d.get("input_center", 0.0),
-                  differential=d.get("differential", False), unit_polarity=d.get("unit_polarity", "split"))
+                  differential=d.get("differential", False), unit_polarity=d.get("unit_polarity", "split"),
+                  leak=d.get("leak"))
         net.arch = d.get("arch")
         return net
 
@@ -358,9 +409,34 @@ class ResistiveNetwork:
                         + np.einsum("bj,j->b", vo * vo, conn.degree_out(w))
                         - 2.0 * np.einsum("bj,bj->b", conn.drive_out(w, vi), vo))
             e -= vo @ (self.bias_per_node(l + 1) / p[l])
+            if self.has_leak:
+                e += 0.5 * np.einsum("bj,j->b", vo * vo, self.leak_per_node(l + 1))
         if beta != 0.0:
             e += 0.5 * beta * np.sum((layers[-1] - target_V) ** 2, axis=1)
         return e
+
+
+def leak_from_ratio(net: ResistiveNetwork, ratio: float) -> list:
+    """Leak conductances (normalised, the shapes of ``net.b``) of ``ratio`` times each node's
+    conductance to the crossbar below it at ``net``'s present conductances (tied per channel:
+    a conv node's kernel total, padding included, is the same at every position).
+
+    With amplifiers of ``1 + ratio`` on every boundary and the input gain times ``1 + ratio``,
+    a network whose every layer has this leak computes, with no top-down current, what the
+    network without leak and amplifiers computes: each node's average is scaled by
+    ``1 / (1 + ratio)`` and the amplifier restores it.
+    """
+    ratio = float(ratio)
+    if not (np.isfinite(ratio) and ratio >= 0):
+        raise EpsimError(f"leak ratio must be a number >= 0, got {ratio!r}")
+    out = []
+    for l, view in enumerate(net.crossbar_views(), start=1):
+        d = view.degree_out
+        shape = net.layer_shapes[l]
+        if len(shape) == 3:
+            d = d.reshape(shape[0], -1).mean(axis=1)
+        out.append(ratio * d)
+    return out
 
 
 def validate_amp_gains(gains, num_layers: int) -> np.ndarray:

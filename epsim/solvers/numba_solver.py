@@ -406,6 +406,8 @@ class LayeredProblem:
             d = views[l - 1].degree_out
             if l < L:
                 d = d + views[l].degree_in
+            if net.has_leak:
+                d = d + net.leak_per_node(l)
             self.degree.append(np.ascontiguousarray(d))
         check_no_floating_nodes(self.degree)
         with threads_for(self.node_updates):

@@ -219,7 +219,7 @@ class TorchCircuit:
         lo, hi: L tensors (n_l,), clamp rails (V) / P_l, ``-inf``/``+inf`` = no diode.
         is_n, nvt: L floats, ``Is / (g_unit P_l)`` and ``n Vt / P_l`` (V).
         degree: L tensors (n_l,), total normalised conductance of each free node
-            (both adjacent crossbars, nudging excluded).
+            (both adjacent crossbars and the leak to 0 V, nudging excluded).
     """
 
     def __init__(self, net, device="auto", dtype="float64"):
@@ -249,6 +249,8 @@ class TorchCircuit:
             d = views[l - 1].degree_out
             if l < self.L:
                 d = d + views[l].degree_in
+            if net.has_leak:
+                d = d + net.leak_per_node(l)
             self.degree.append(t(d))
         check_no_floating_nodes(self.degree)
 

@@ -120,7 +120,7 @@ def crossbar_degrees(net) -> list:
 def circuit_powers_W(net, v_input, v_free, beta=0.0, target_V=None, degrees=None) -> dict:
     """Instantaneous powers (W), each (B,), of the circuit at node voltages ``v_free`` (V):
     delivered by ``sources`` (inputs, bias currents, amplifiers, nudging targets) and
-    dissipated in the ``resistors`` (crossbar conductances, the nudging conductance
+    dissipated in the ``resistors`` (crossbar conductances, leaks to 0 V, the nudging conductance
     ``beta g_unit``: negative for ``-beta``) and ``diodes`` (clamps). ``degrees``: the
     network's :func:`crossbar_degrees` when the caller has them (a transient's steps)."""
     g = net.ranges.g_unit_S
@@ -145,6 +145,8 @@ def circuit_powers_W(net, v_input, v_free, beta=0.0, target_V=None, degrees=None
             # copy of a differential layer)
             p_src += np.einsum("bi,bi->b", net.presented(k, layers[k]), supplied) * (gain - 1.0 / gain)
         p_src += vo @ net.bias_per_node(k + 1)
+        if net.has_leak:
+            p_res += np.einsum("bj,j->b", vo * vo, net.leak_per_node(k + 1))
     if beta != 0.0:
         y, v_out = np.asarray(target_V, np.float64), layers[-1]
         p_src += beta * np.einsum("bk,bk->b", y, y - v_out)

@@ -216,9 +216,9 @@ class WiredNetwork:
     """
 
     def __init__(self, net, wire_resistance_ohm: float):
-        if net.has_amplifiers or net.is_differential:
-            raise EpsimError("wire resistance with amplifiers or differential layers is not supported: "
-                             "set every amplifier gain to 1 or the wire resistance to 0")
+        if net.has_amplifiers or net.is_differential or net.has_leak:
+            raise EpsimError("wire resistance with amplifiers, differential layers or a leak is not "
+                             "supported: set every amplifier gain to 1, no leak, or the wire resistance to 0")
         self.net = net
         self.wire_resistance_ohm = float(wire_resistance_ohm)
         self.g = wire_conductance_units(wire_resistance_ohm, net.ranges.g_unit_S)

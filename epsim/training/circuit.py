@@ -31,7 +31,7 @@ from ..models.arch import connections_from_arch, has_padded_conv, parse_arch
 from ..models.connections import INITS
 from ..models.loading import load_network, restore_network  # noqa: F401  (re-exported)
 from ..models.registry import build_circuit_model, model_arch, preset_settings
-from ..models.resistive import UNIT_POLARITIES, CircuitRanges, ResistiveNetwork
+from ..models.resistive import UNIT_POLARITIES, CircuitRanges, ResistiveNetwork, leak_from_ratio
 from ..solvers.factory import make_solver
 from .run import Run, epoch_order, num_batches, progress_bar, show, summary_metrics
 
@@ -65,6 +65,7 @@ class TrainConfig:
     amp_gain: list | None = None  # amplifier gains between free layers (one, or one per boundary)
     differential: bool = False  # hidden layers presented as +v and -v to the next crossbar
     unit_polarity: str = "split"  # hidden units: half excitatory / half inhibitory, or "excitatory"
+    leak_ratio: float = 0.0  # leak to 0 V of every free node, times its initial crossbar conductance
     target_high_V: float = 1.0
     weight_gain: float = 1.0
     init: str = "uniform"  # conductance init, epsim.models.connections.INITS
@@ -112,6 +113,7 @@ class TrainConfig:
              "--input-center must be a pixel value in [0, 1]"),
             (self.amp_gain is None or (len(self.amp_gain) > 0 and all(
                 np.isfinite(a) and a > 0 for a in self.amp_gain)), "--amp-gain must be positive numbers"),
+            (np.isfinite(self.leak_ratio) and self.leak_ratio >= 0, "--leak-ratio must be a number >= 0"),
             (np.isfinite(self.rail_offset_V) and self.rail_offset_V >= 0, "--rail-offset must be a voltage >= 0"),
             (self.rail_offset_V == 0 or self.diode == "shockley",
              "--rail-offset offsets Shockley clamp rails: add --diode shockley"),
@@ -176,6 +178,8 @@ class TrainConfig:
                              "not supported: use padding 0 or wire resistance 0")
         if r > 0 and self.differential:
             raise EpsimError("--wire-resistance > 0 with --differential is not supported")
+        if r > 0 and self.leak_ratio > 0:
+            raise EpsimError("--wire-resistance > 0 with --leak-ratio > 0 is not supported")
         if r > 0 and self.backend != "numba":
             raise EpsimError("--wire-resistance > 0 is solved by the CPU nodal solver: use --backend numba")
 
@@ -322,6 +326,8 @@ def _train(config: TrainConfig, dataset, out_dir, dp, *, resume, progress, stop_
         restore_network(net, load_checkpoint(config.init_from), config.init_from)
         lo, hi = net.w_bounds
         net.w = [np.clip(w, lo, hi) for w in net.w]
+    if state is None and config.leak_ratio > 0 and not net.has_leak:
+        net.leak = leak_from_ratio(net, config.leak_ratio)
     devices = DeviceArray(get_device_model(config.device_model), net, config.seed, dp.rank)
     devices.program(net)
     solver = devices.wrap_solver(solver)
