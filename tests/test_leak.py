@@ -1,6 +1,7 @@
 """The leak: a fixed conductance from every free node to the 0 V rail. The physics against
 the element laws, the exported netlist (MNA and ngspice) and the energy; EP exactness at the
 training settings; the solvers' agreement; the trainer's option, checkpoint and refusals."""
+import json
 import subprocess
 import sys
 
@@ -21,6 +22,7 @@ from epsim.solvers.numba_solver import LayeredProblem, NumbaSolver, solve
 from test_amplifier_spice import needs_ngspice, ngspice_voltages
 from test_amplifiers import (assert_element_laws_hold, assert_energy_minimal, assert_ep_matches_finite_differences,
                              assert_torch_matches_numba)
+from scripts import load_script
 from test_differential import max_phase_difference_V
 
 ARCHS = {"mlp": "dense:7,dense:6,dense:3", "cnn": "conv:4:3:1:1,conv:4:2:2,dense:5,dense:3"}
@@ -169,6 +171,22 @@ def test_a_leak_pulls_nodes_towards_0_V():
     assert np.abs(a.v_free[0]).mean() < np.abs(b.v_free[0]).mean()
 
 
+def test_the_certificate_holds_with_a_leak():
+    """A leak is a conductance to a fixed rail: the circuit stays monotone in its sources, so
+    no point of the certified box leaves the bounds."""
+    from epsim.robustness.certify import certify_box
+
+    net = leaky_net("cnn", "shockley", seed=31)
+    solver = NumbaSolver(tol_A=1e-13, max_iter=200000)
+    rng = np.random.default_rng(32)
+    x, y = data(net, batch=4, seed=33)
+    res = certify_box(net, solver, x, y, 0.1)
+    for _ in range(4):
+        xq = np.clip(x + rng.uniform(-0.1, 0.1, x.shape), 0.0, 1.0)
+        v = solver.solve(solver.prepare(net, net.input_voltages(xq)), 0.0).v_output
+        assert np.all(v >= res.lower_V - 1e-9) and np.all(v <= res.upper_V + 1e-9)
+
+
 def test_wire_resistance_with_a_leak_is_refused():
     from epsim.solvers.wire_network import WiredNetwork
 
@@ -180,7 +198,7 @@ def test_wire_resistance_with_a_leak_is_refused():
     assert run.stderr.strip().splitlines()[-1] == "error: --wire-resistance > 0 with --leak-ratio > 0 is not supported"
 
 
-def test_training_with_a_leak_records_it_and_resumes_with_it(tmp_path):
+def test_training_with_a_leak_records_it_and_resumes_with_it(tmp_path, capsys):
     """``leak_ratio`` sizes the leak from the initial conductances; the checkpoint keeps it;
     an interrupted run resumes with the same leak (not one re-derived from its weights) and
     ends where an uninterrupted one does."""
@@ -204,3 +222,12 @@ def test_training_with_a_leak_records_it_and_resumes_with_it(tmp_path):
     for a, b in zip(whole.leak + whole.w + whole.b, parts.leak + parts.w + parts.b):
         np.testing.assert_array_equal(a, b)
     assert full["history"][-1]["test_accuracy"] > 0.5
+    # the trained leaky circuit's EP gradient at its training settings is the converged one
+    fidelity = load_script("analysis/ep_fidelity.py")
+    capsys.readouterr()
+    assert fidelity.main(["--checkpoint", str(tmp_path / "whole" / "checkpoint.pt"), "--batch", "4",
+                          "--reference-tol", "1e-17"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["converged"] == {"training": True, "reference": True}
+    assert len(report["per_array"]) == 2 * whole.num_layers
+    assert report["min_cosine"] >= 0.999 and report["max_norm_error"] <= 0.01

@@ -1,6 +1,6 @@
 """The nudged phases' relative stop rule: EP gradients at the training settings match the
 converged ones in every layer, for deep MLPs, a DRN-3H-shaped circuit and two-conv CNNs (plain
-and differential)."""
+and differential, with and without a leak to 0 V)."""
 import numpy as np
 import pytest
 
@@ -9,6 +9,7 @@ from epsim.learning.ep import centered_ep
 from epsim.learning.optim import ProjectedSGD
 from epsim.models.presentation import halves
 from epsim.models.registry import build_circuit_model
+from epsim.models.resistive import leak_from_ratio
 from epsim.solvers import get_solver, make_solver
 from epsim.solvers.stop_rule import rule_step
 from epsim.training import TrainConfig, preset_config
@@ -29,7 +30,11 @@ CIRCUITS = [
      [0.005, 0.02, 0.08, 0.005]),
     ("two-conv cnn", "cnn", "conv:8:3,conv:16:3,dense:10", 16.0, 0.5, "uniform", 0.05),
     ("differential two-conv cnn", "cnn-differential", "conv:8:3,conv:16:3,dense:10", 16.0, 0.5, "uniform", 0.05),
+    # a leak of 10x each node's crossbar conductance, amplifiers and input gain x11 to match
+    ("leaky differential two-conv cnn", "cnn-differential-leak", "conv:8:3,conv:16:3,dense:10", 176.0, 0.5,
+     "clamped-uniform", 0.05),
 ]
+LEAK_RATIO = 10.0
 
 
 def layer_agreement(net, x, labels, beta, solver):
@@ -51,14 +56,20 @@ def test_training_settings_give_the_converged_ep_gradient(digits, name, model, a
     """Acceptance: with the solver settings training uses (TrainConfig defaults), every layer's
     EP gradient has cosine >= 0.999 and norm within 1 % of the converged (1e-15 A) one, at
     initialisation and after some training."""
+    leak = model.endswith("-leak")
+    model = model.removesuffix("-leak")
     differential = model.endswith("-differential")
     model = model.removesuffix("-differential")
-    cfg = preset_config(model, arch=arch, input_gain_V=gain, beta=beta, init=init, differential=differential)
+    gains = [1.0 + LEAK_RATIO] if leak else None
+    cfg = preset_config(model, arch=arch, input_gain_V=gain, beta=beta, init=init, differential=differential,
+                        amp_gain=gains, leak_ratio=LEAK_RATIO if leak else 0.0)
     assert cfg.tol_A == TrainConfig().tol_A and cfg.nudge_rtol == TrainConfig().nudge_rtol
     solver = make_solver(cfg)
     net = build_circuit_model(model, digits.image_shape, 10, arch=arch, input_gain_V=gain,
-                              differential=differential)
+                              differential=differential, amp_gains=gains)
     net.init_params(np.random.default_rng(0), 1.0, init)
+    if leak:
+        net.leak = leak_from_ratio(net, LEAK_RATIO)
     lrs = lr if isinstance(lr, list) else [lr] * net.num_layers
     opt = ProjectedSGD(net, lrs, lrs, 0.0)
     x, y = digits.x_train, digits.y_train

@@ -1,7 +1,8 @@
 """Certified robustness of a resistive circuit from its monotonicity: two solves per image.
 
-The property. In a network of positive conductances, clamp diodes to fixed rails (ideal or
-Shockley: monotone two-terminal laws), fixed bias sources and amplifiers of positive gain,
+The property. In a network of positive conductances (the leaks to 0 V among them), clamp diodes to
+fixed rails (ideal or Shockley: monotone two-terminal laws), fixed bias sources and amplifiers
+of positive gain,
 every free node voltage at equilibrium is a non-decreasing function of every input source
 voltage. Proof sketch: given its neighbours, a node's KCL ``a v - c + i_d(v) = 0`` has a
 root that is non-decreasing in its drive ``c = sum_i w_i v_i + b`` (``i_d`` is increasing),
