@@ -48,13 +48,12 @@ def main(argv=None) -> int:
         from epsim.data import default_data_dir, load_dataset
         from epsim.models.loading import load_network
         from epsim.solvers import get_solver
-        from epsim.solvers.factory import make_solver
-        from epsim.training import TrainConfig
+        from epsim.solvers.factory import SolverConfig, make_solver
 
         numba.set_num_threads(args.threads)
         net, state = load_network(args.checkpoint)
-        config = TrainConfig(**state["config"])
-        ds = load_dataset(config.dataset, args.data_dir or default_data_dir())
+        config = state["config"]
+        ds = load_dataset(config["dataset"], args.data_dir or default_data_dir())
     except EpsimError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -62,16 +61,18 @@ def main(argv=None) -> int:
 
     idx = np.sort(np.random.default_rng(args.seed).choice(len(ds.y_train), args.batch, replace=False))
     x, y = ds.x_train[idx], ds.y_train[idx]
-    training = make_solver(config)
+    settings = SolverConfig(**{f: config[f] for f in SolverConfig.__dataclass_fields__ if f in config})
+    training = make_solver(settings)
     reference = get_solver("numba", tol_A=args.reference_tol, max_iter=10**6)
-    got = centered_ep(net, training, x, y, config.beta, target_high_V=config.target_high_V)
-    ref = centered_ep(net, reference, x, y, config.beta, target_high_V=config.target_high_V)
+    beta, high_V = config["beta"], config.get("target_high_V", 1.0)
+    got = centered_ep(net, training, x, y, beta, target_high_V=high_V)
+    ref = centered_ep(net, reference, x, y, beta, target_high_V=high_V)
     rows = [{"array": f"{kind}{l + 1}", **agreement(g, g0)}
             for kind, grads, grads0 in (("w", got.grad_w, ref.grad_w), ("b", got.grad_b, ref.grad_b))
             for l, (g, g0) in enumerate(zip(grads, grads0))]
     result = {"checkpoint": str(args.checkpoint), "images": int(args.batch), "seed": args.seed,
-              "training_solver": {"tol_A": config.tol_A, "nudge_rtol": config.nudge_rtol,
-                                  "max_iter": config.max_iter},
+              "training_solver": {"backend": settings.backend, "tol_A": settings.tol_A,
+                                  "nudge_rtol": settings.nudge_rtol, "max_iter": settings.max_iter},
               "reference_tol_A": args.reference_tol,
               "converged": {"training": bool(got.converged.all()), "reference": bool(ref.converged.all())},
               "per_array": rows,
