@@ -113,7 +113,12 @@ def test_torch_solver_matches_numba(beta):
 
 def test_input_gradient_against_finite_differences():
     net = diff_net("mlp", "shockley", seed=17)
-    x, labels = data(net, batch=2, seed=18)
+    assert_input_gradient_matches_finite_differences(net, *data(net, batch=2, seed=18))
+
+
+def assert_input_gradient_matches_finite_differences(net, x, labels):
+    """The implicit input gradient of the squared error against central differences of the
+    converged free phase, on 5 random pixels of each of the 2 images ``x``."""
     target = one_hot_targets(labels, net.num_outputs)
     imp = implicit_input_gradient(net, x, squared_error_loss(target), tol_A=1e-14, max_iter=200000)
 

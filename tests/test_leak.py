@@ -14,16 +14,14 @@ from epsim.circuit.spice_reader import read_netlist
 from epsim.circuit.spice_writer import write_netlist
 from epsim.errors import EpsimError
 from epsim.models.registry import build_circuit_model
-from epsim.models.resistive import ResistiveNetwork, leak_from_ratio, one_hot_targets
-from epsim.robustness.input_gradients import implicit_input_gradient, squared_error_loss
-from epsim.learning.ep import centered_ep, squared_error
+from epsim.models.resistive import ResistiveNetwork, leak_from_ratio
 from epsim.solvers.mna import solve_mna
-from epsim.solvers.numba_solver import LayeredProblem, NumbaSolver, solve
+from epsim.solvers.numba_solver import LayeredProblem, NumbaSolver
 from test_amplifier_spice import needs_ngspice, ngspice_voltages
 from test_amplifiers import (assert_element_laws_hold, assert_energy_minimal, assert_ep_matches_finite_differences,
                              assert_torch_matches_numba)
 from scripts import load_script
-from test_differential import max_phase_difference_V
+from test_differential import assert_input_gradient_matches_finite_differences, max_phase_difference_V
 
 ARCHS = {"mlp": "dense:7,dense:6,dense:3", "cnn": "conv:4:3:1:1,conv:4:2:2,dense:5,dense:3"}
 RATIO = 3.0
@@ -107,20 +105,7 @@ def test_torch_solver_matches_numba(beta):
 
 def test_input_gradient_against_finite_differences():
     net = leaky_net("mlp", "shockley", seed=17)
-    x, labels = data(net, batch=2, seed=18)
-    target = one_hot_targets(labels, net.num_outputs)
-    imp = implicit_input_gradient(net, x, squared_error_loss(target), tol_A=1e-14, max_iter=200000)
-
-    def out(xx):
-        return solve(LayeredProblem(net, net.input_voltages(xx)), 0.0, tol_A=1e-15, max_iter=200000).v_output
-
-    h = 1e-6
-    for i in np.random.default_rng(19).choice(x[0].size, size=5, replace=False):
-        xp, xm = x.copy(), x.copy()
-        xp.reshape(2, -1)[:, i] += h
-        xm.reshape(2, -1)[:, i] -= h
-        fd = (squared_error(out(xp), target) - squared_error(out(xm), target)) / (2 * h)
-        assert np.allclose(np.asarray(imp.grad_x).reshape(2, -1)[:, i], fd, rtol=1e-4, atol=1e-9)
+    assert_input_gradient_matches_finite_differences(net, *data(net, batch=2, seed=18))
 
 
 def test_export_writes_one_resistor_to_ground_per_node():

@@ -153,19 +153,19 @@ class ResistiveNetwork:
 
     def bias_per_node(self, l: int) -> np.ndarray:
         """Normalised bias current (V) of every node of layer ``l`` (>=1), flat."""
-        shape = self.layer_shapes[l]
-        bias = self.b[l - 1]
-        if len(shape) == 3:
-            return np.repeat(bias, shape[1] * shape[2])
-        return bias
+        return self._untied(l, self.b[l - 1])
 
     def leak_per_node(self, l: int) -> np.ndarray:
         """Normalised leak conductance of every node of layer ``l`` (>=1), flat."""
+        return self._untied(l, self.leak[l - 1])
+
+    def _untied(self, l: int, values: np.ndarray) -> np.ndarray:
+        """Per-channel ``values`` of a ``(C, H, W)`` layer ``l`` repeated over its positions
+        (flat, node order); a flat layer's values as they are."""
         shape = self.layer_shapes[l]
-        leak = self.leak[l - 1]
         if len(shape) == 3:
-            return np.repeat(leak, shape[1] * shape[2])
-        return leak
+            return np.repeat(values, shape[1] * shape[2])
+        return values
 
     @property
     def leak(self) -> list:
