@@ -249,6 +249,21 @@ class ResistiveNetwork:
         (:func:`~epsim.models.presentation.crossbar_views`)."""
         return crossbar_views(self)
 
+    def self_conductances(self, views=None) -> list:
+        """Per free layer ``1..L``, ``(n_l,)`` total normalised conductance of every node: the
+        crossbars below and above it (as :meth:`crossbar_views` presents them; ``views``: those
+        views, when already built) and its leak to 0 V, nudging excluded."""
+        views = views if views is not None else self.crossbar_views()
+        out = []
+        for l in range(1, self.num_layers + 1):
+            d = views[l - 1].degree_out
+            if l < self.num_layers:
+                d = d + views[l].degree_in
+            if self.has_leak:
+                d = d + self.leak_per_node(l)
+            out.append(d)
+        return out
+
     def crossbar_input_gain(self, k: int) -> float:
         """Gain between layer ``k``'s nodes and connection ``k``'s input terminals (the
         amplifier of layer ``k``; 1 for the input layer, whose sources drive it directly)."""

@@ -401,14 +401,7 @@ class LayeredProblem:
         L = net.num_layers
         self.node_updates = self.v_input.shape[0] * sum(net.layer_sizes[1:])
         views = net.crossbar_views()
-        self.degree = []
-        for l in range(1, L + 1):
-            d = views[l - 1].degree_out
-            if l < L:
-                d = d + views[l].degree_in
-            if net.has_leak:
-                d = d + net.leak_per_node(l)
-            self.degree.append(np.ascontiguousarray(d))
+        self.degree = [np.ascontiguousarray(d) for d in net.self_conductances(views)]
         check_no_floating_nodes(self.degree)
         with threads_for(self.node_updates):
             self.input_drive = net.connections[0].drive_out(net.w[0], self.v_input)

@@ -244,14 +244,7 @@ class TorchCircuit:
         self.shockley = net.diode.kind == "shockley"
         self.is_n = [float(net.diode.is_A / net.ranges.g_unit_S) / pl for pl in p]
         self.nvt = [float(net.diode.n_vt_V) / pl for pl in p]
-        self.degree = []
-        for l in range(1, self.L + 1):
-            d = views[l - 1].degree_out
-            if l < self.L:
-                d = d + views[l].degree_in
-            if net.has_leak:
-                d = d + net.leak_per_node(l)
-            self.degree.append(t(d))
+        self.degree = [t(d) for d in net.self_conductances(views)]
         check_no_floating_nodes(self.degree)
 
     def tensor(self, x):
