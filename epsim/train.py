@@ -35,10 +35,10 @@ TORCH_ONLY_OPTIMIZERS = tuple(o for o in TORCH_OPTIMIZERS if o not in OPTIMIZERS
 SHARED_OPTIONS = frozenset({
     "model", "backend", "dataset", "data_dir", "download", "train_subset", "test_subset", "epochs",
     "batch_size", "lr", "momentum", "optimizer", "lr_schedule", "beta", "seed", "threads", "out", "resume",
-    "checkpoint_interval", "time_limit", "no_progress"})
+    "checkpoint_interval", "time_limit", "no_progress", "cost"})
 TORCH_OPTIONS = frozenset({
     "preset", "device", "channels", "paddings", "lrs", "weight_decay", "t1", "t2", "solver", "ep_tol", "ep_nudge_tol", "ep_omega",
-    "init_scale", "init_gains", "cost", "input_std_scale", "adv_norm", "adv_eps", "adv_steps", "adv_step_size", "embed_dim",
+    "init_scale", "init_gains", "input_std_scale", "adv_norm", "adv_eps", "adv_steps", "adv_step_size", "embed_dim",
     "depth", "heads", "no_augment", "stop_at_accuracy", "val_subset", "val_every"})
 TORCH_GROUP = "torch models (--model ep-cnn | bp-cnn | adv-cnn | vit, --backend torch)"
 _PRESET = " (default: from the preset)"
@@ -123,6 +123,13 @@ def _add_circuit_model_options(g, d: TrainConfig) -> None:
                         "sum of the layer below than its average. With --amp-gain 1+R and the input "
                         "gain times 1+R the circuit starts close to what R = 0 computes "
                         f"(default: {d.leak_ratio:g}, no leak)")
+    g.add_argument("--cost", default=None, choices=COSTS,
+                   help="the cost EP descends. Circuit models: squared-error = a conductance from each "
+                        "output to a source at its target voltage; cross-entropy = a controlled "
+                        "current source per output, beta*(y - softmax(v / 1 V)). ep-cnn: cross-entropy = "
+                        "linear readout outside the energy (Laborieux et al.); squared-error = a linear "
+                        "output layer inside the energy (Scellier et al.'s DCHN)"
+                        + " (default: squared-error; ep-cnn: from the preset)")
     g.add_argument("--differential", action="store_true", default=d.differential,
                    help="present every hidden layer to the crossbar above it as +v and -v (an "
                         "inverting and a non-inverting amplifier per node, as the input sources), "
@@ -228,10 +235,6 @@ def _add_torch_options(g) -> None:
     add_list(g, "--init-gains", item=float, default=None, metavar="G",
              help="ep-cnn: per synapse (conv layers, then the readout), initial weights drawn within "
                   "2*G times PyTorch's default bounds" + _PRESET)
-    g.add_argument("--cost", default=None, choices=COSTS,
-                   help="ep-cnn: cross-entropy = linear readout outside the energy (Laborieux et al.); "
-                        "squared-error = a linear output layer inside the energy (Scellier et al.'s DCHN)"
-                        + _PRESET)
     g.add_argument("--input-std-scale", type=float, default=None,
                    help="ep-cnn: inputs are (x - mean) / (this * std); the paper uses 3" + _PRESET)
     g.add_argument("--adv-norm", default=None, choices=("l2", "linf"), help="adv-cnn: PGD norm" + _PRESET)
@@ -258,7 +261,7 @@ def _add_torch_options(g) -> None:
 CONFIG_FIELDS = {"input_gain": "input_gain_V", "rail_offset": "rail_offset_V", "amp_gain": "amp_gain", "g_max": "g_max_S", "g_min": "g_min_S", "tol": "tol_A",
                  "device_model": "device_model", "wire_resistance": "wire_resistance_ohm"}
 CIRCUIT_CONFIG_OPTIONS = ("dataset", "arch", "backend", "diode", "rail_offset", "input_gain", "input_center", "amp_gain",
-                          "leak_ratio", "differential", "unit_polarity", "g_max", "g_min", "tol",
+                          "leak_ratio", "cost", "differential", "unit_polarity", "g_max", "g_min", "tol",
                           "nudge_rtol", "max_iter", "device_model", "wire_resistance", "epochs",
                           "batch_size", "lr", "lr_bias", "lr_layers", "momentum", "optimizer", "lr_schedule",
                           "lr_decay", "init", "init_from", "weight_gain", "beta", "seed", "train_subset",

@@ -2,6 +2,7 @@
 passive network, EP exactness, and agreement of the numba and torch solvers."""
 import numpy as np
 import pytest
+from scipy.special import softmax
 
 from epsim.circuit.diodes import DiodeModel
 from epsim.errors import EpsimError
@@ -58,7 +59,8 @@ def physical_kcl_A(net, v_input, v_free, beta=0.0, target_V=None):
     element laws (dense connections only): crossbar currents from the amplifier outputs
     (``+A v``, and ``-A v`` on the inverting copies of a differential layer), the current
     each amplifier draws back (``/A``, sign flipped on an inverting copy), biases, Shockley
-    diodes, the leak to 0 V, the nudge."""
+    diodes, the leak to 0 V, the nudge (a conductance to the targets, or with the
+    cross-entropy cost the current ``beta g (y - softmax(v / 1 V))``)."""
     g = net.ranges.g_unit_S
     d = net.diode
     layers = [v_input] + list(v_free)
@@ -86,9 +88,12 @@ def physical_kcl_A(net, v_input, v_free, beta=0.0, target_V=None):
         lo, hi = net.rail_lo_V[l - 1], net.rail_hi_V[l - 1]
         has_lo, has_hi = np.isfinite(lo), np.isfinite(hi)
         is_n, nvt = d.is_A / g, d.n_vt_V
-        i_node += np.where(has_lo, is_n * (np.exp((np.where(has_lo, lo, 0) - v) / nvt) - 1), 0.0)
-        i_node -= np.where(has_hi, is_n * (np.exp((v - np.where(has_hi, hi, 0)) / nvt) - 1), 0.0)
-        if l == net.num_layers and beta != 0.0:
+        with np.errstate(over="ignore"):  # the branch np.where discards, at nodes without that diode
+            i_node += np.where(has_lo, is_n * (np.exp((np.where(has_lo, lo, 0) - v) / nvt) - 1), 0.0)
+            i_node -= np.where(has_hi, is_n * (np.exp((v - np.where(has_hi, hi, 0)) / nvt) - 1), 0.0)
+        if l == net.num_layers and beta != 0.0 and net.cost == "cross-entropy":
+            i_node += beta * (target_V - softmax(v, axis=1))
+        elif l == net.num_layers and beta != 0.0:
             i_node += beta * (target_V - v)
         worst = np.maximum(worst, np.abs(i_node).max(axis=1) * g)
     return worst

@@ -1,6 +1,7 @@
 """Centered EP estimates the true loss gradient (gradient-descending updates property)."""
 import numpy as np
 import pytest
+from scipy.special import log_softmax
 
 from epsim.learning.ep import centered_ep, squared_error
 from epsim.learning.optim import ProjectedSGD
@@ -14,6 +15,8 @@ TIGHT = dict(tol_A=1e-16, max_iter=50000)
 def loss_at_equilibrium(net, x, labels):
     eq = solve(LayeredProblem(net, net.input_voltages(x)), 0.0, **TIGHT)
     assert eq.certificate.all_converged
+    if net.cost == "cross-entropy":  # softmax of the output voltages in volts
+        return -log_softmax(eq.v_output, axis=1)[np.arange(len(labels)), labels].mean()
     return squared_error(eq.v_output, one_hot_targets(labels, net.num_outputs)).mean()
 
 

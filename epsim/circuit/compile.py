@@ -211,6 +211,9 @@ def compile_network(net, v_input, *, beta: float = 0.0, target_V=None, netlist: 
     if beta != 0.0:
         if target_V is None:
             raise EpsimError("a nudged phase needs target voltages")
+        if net.cost != "squared-error":
+            raise EpsimError(f"the {net.cost} nudge (a softmax current source) has no SPICE netlist: "
+                             "export the free phase, or a circuit nudged with the squared error")
         target_V = np.asarray(target_V, dtype=np.float64).reshape(-1)
         if target_V.size != net.num_outputs:
             raise EpsimError(f"target has {target_V.size} voltages, the network {net.num_outputs} outputs")

@@ -2,7 +2,8 @@
 
 Three phases per batch share one prepared problem (``solver.prepare``): free (beta = 0),
 nudged +beta and nudged -beta (both warm-started from the free state).
-The gradient of the loss ``L = 1/2 sum_o (v_o - y_o)^2`` (V^2, mean over the batch) with
+The gradient of the loss ``L = 1/2 sum_o (v_o - y_o)^2`` (V^2, mean over the batch), or with
+the cross-entropy nudge (``net.cost``) ``L = CE(softmax(v_out / 1 V), y)``, with
 respect to each parameter is estimated from local quantities only::
 
     dL/dw_t = [ 1/2 sum_(i,j in t) (dv_ij^+)^2 - 1/2 sum_(i,j in t) (dv_ij^-)^2 ] / (2 beta)
@@ -35,7 +36,7 @@ class PhaseResult:
 
     grad_w / grad_b: gradient estimates (normalised units), same shapes as ``net.w`` / ``net.b``,
                      averaged over the samples that converged in all three phases.
-    loss: ``(B,)`` free-phase squared error (V^2); predictions: ``(B,)`` argmax of v_out.
+    loss: ``(B,)`` free-phase cost (:func:`output_cost`); predictions: ``(B,)`` argmax of v_out.
     converged: ``(B,)`` all three phases met the tolerance; residual_A: worst residual.
     free_converged: ``(B,)`` the free phase (behind ``predictions`` and ``loss``) met it.
     nudge_response_V: per free layer, the RMS over nodes of ``(v^+ - v^-) / 2`` (V), averaged
@@ -57,6 +58,29 @@ class PhaseResult:
 
 def squared_error(v_out, target_V):
     return 0.5 * np.sum((v_out - target_V) ** 2, axis=1)
+
+
+def cross_entropy(v_out, target):
+    """``(B,)`` cross-entropy of ``softmax(v_out / 1 V)`` against target probabilities (B, K)."""
+    m = v_out.max(axis=1, keepdims=True)
+    log_p = v_out - m - np.log(np.exp(v_out - m).sum(axis=1, keepdims=True))
+    return -np.sum(target * log_p, axis=1)
+
+
+def output_cost(net, v_out, target):
+    """``(B,)`` the cost ``net`` is nudged with (``net.cost``) of outputs ``v_out`` (B, K, V):
+    the squared error to target voltages (V^2) or the cross-entropy against target
+    probabilities."""
+    if net.cost == "cross-entropy":
+        return cross_entropy(v_out, target)
+    return squared_error(v_out, target)
+
+
+def nudge_targets(net, labels, target_high_V=1.0):
+    """``(B, K)`` targets of the nudged phases for ``labels`` (B,): one-hot voltages of
+    ``target_high_V`` on the label (squared error), or one-hot probabilities (cross-entropy)."""
+    high = 1.0 if net.cost == "cross-entropy" else target_high_V
+    return one_hot_targets(labels, net.num_outputs, high)
 
 
 def free_phase(net, solver, x):
@@ -149,7 +173,7 @@ def centered_ep(net, solver, x, labels, beta, *, target_high_V=1.0, factored=Fal
     """
     with threads_for(len(labels) * sum(net.layer_sizes[1:])):
         prepared = solver.prepare(net, net.input_voltages(x))
-        target = one_hot_targets(labels, net.num_outputs, target_high_V)
+        target = nudge_targets(net, labels, target_high_V)
         if hasattr(solver, "solve_centered"):
             free, plus, minus = solver.solve_centered(prepared, beta, target)
         else:
@@ -163,7 +187,7 @@ def centered_ep(net, solver, x, labels, beta, *, target_high_V=1.0, factored=Fal
     signal = [_layer_signal(f, p, m, weights) for f, p, m in zip(free.v_free, plus.v_free, minus.v_free)]
     return PhaseResult(
         grad_w=grad_w, grad_b=grad_b,
-        loss=squared_error(free.v_output, target),
+        loss=output_cost(net, free.v_output, target),
         predictions=np.argmax(free.v_output, axis=1),
         converged=converged,
         residual_A=max(free.certificate.max_residual_A, plus.certificate.max_residual_A,

@@ -21,8 +21,13 @@ Circuit
   per channel in conv layers, like the biases). It is not trained. With the leak a node no
   longer settles at the conductance-weighted average of its neighbours but closer to 0 V;
   :func:`leak_from_ratio` sizes it as a multiple of each node's crossbar conductance.
-- Nudging: the ``+beta`` phase adds a conductance ``beta * g_unit`` from each output node
-  to a voltage source at the target voltage; ``-beta`` uses the negative conductance.
+- Nudging (``cost``): with the squared error (default) the ``+beta`` phase adds a
+  conductance ``beta * g_unit`` from each output node to a voltage source at the target
+  voltage; ``-beta`` uses the negative conductance. With the cross-entropy, each output
+  node k receives a controlled current ``beta * g_unit * V_CE * (y_k - softmax(v / V_CE)_k)``
+  (``y`` the one-hot label, ``V_CE = 1 V`` the logit scale), the negative of the gradient of
+  ``beta * g_unit * V_CE^2 * CE(softmax(v / V_CE), y)``: a nonlinear source, but the
+  equilibrium is again the minimum of a total energy, so EP is unchanged.
 - Bidirectional amplifiers (optional, gain ``A_l`` between free layers ``l`` and ``l+1``,
   ``l = 1..L-1``): forward, a voltage-controlled voltage source presents ``A_l * v`` of
   every layer-l node to the next crossbar; backward, a current-controlled current source
@@ -44,19 +49,22 @@ Energy (co-content, normalised by ``g_unit``, units V^2)::
 
     E(v) = sum_connections 1/2 sum w_ij (v_i - v_j)^2 + 1/2 sum_k leak_k v_k^2
            - sum_k b_k v_k + diode terms
-    F(v) = E(v) + beta/2 * sum_o (v_o - y_o)^2
+    F(v) = E(v) + beta/2 * sum_o (v_o - y_o)^2                     (squared error)
+    F(v) = E(v) + beta * (logsumexp(v_out) - sum_o y_o v_o)          (cross-entropy, V_CE = 1 V)
 
 KCL at every free node is dF/dv = 0 (with the diodes as constraints / co-contents).
 
 Amplified circuits (derivation in the README, "Amplifiers between layers"): with
 ``P_l = A_1 ... A_{l-1}`` (``P_1 = 1``) the normalised voltages ``u_l = v_l / P_l`` obey the
 KCL of a *passive* network whose layer-l biases are ``b_l / P_l``, targets ``y / P_L``, and
-clamp diodes ``I_l(u) = I(P_l u) / P_l``; the energy above, written in ``u``, is the
+clamp diodes ``I_l(u) = I(P_l u) / P_l``, and the cross-entropy term ``beta / P_L^2 *
+CE(P_L u_L)``; the energy above, written in ``u``, is the
 layer-weighted co-content every solver minimises. A leak keeps its conductance in ``u``
 (its current ``leak P_l u`` divided by ``P_l``).
 """
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 
 import numpy as np
@@ -68,7 +76,8 @@ from .presentation import (crossbar_views, initial_conductances, present, presen
                            validate_differential)
 
 
-UNIT_POLARITIES = ("split", "excitatory")  # hidden units: half v >= 0 / half v <= 0, or all v >= 0
+UNIT_POLARITIES = ("split", "excitatory")
+COSTS = ("squared-error", "cross-entropy")  # the output nudge: conductance to a target, softmax current  # hidden units: half v >= 0 / half v <= 0, or all v >= 0
 
 
 @dataclass
@@ -97,11 +106,13 @@ class ResistiveNetwork:
         leak: ``L`` arrays of normalised leak conductances ``G_leak / g_unit`` (>= 0), the
            shapes of ``b``; all zero unless set (:attr:`has_leak`).
         rail_lo_V / rail_hi_V: ``L`` flat arrays per free layer; ``-inf``/``+inf`` = no diode.
+        cost: the nudge at the outputs, one of :data:`COSTS` (``"squared-error"``: a
+           conductance to the target voltage; ``"cross-entropy"``: a softmax current source).
     """
 
     def __init__(self, image_shape, connections, *, input_gain_V=1.0, diode=None,
                  ranges=None, name="custom", amp_gains=None, input_center=0.0, differential=False,
-                 unit_polarity="split", leak=None):
+                 unit_polarity="split", leak=None, cost="squared-error"):
         self.image_shape = tuple(int(s) for s in image_shape)
         self.connections = list(connections)
         self.input_gain_V = float(input_gain_V)
@@ -136,6 +147,9 @@ class ResistiveNetwork:
         self.b = [np.zeros(self.bias_shape(l)) for l in range(1, len(shapes))]
         self.leak = leak
         self.amp_gains = amp_gains
+        if cost not in COSTS:
+            raise EpsimError(f"unknown cost {cost!r}; choose from {', '.join(COSTS)}")
+        self.cost = cost
 
     # ---- structure -------------------------------------------------------------------
     @property
@@ -310,9 +324,21 @@ class ResistiveNetwork:
             **({"differential": [bool(f) for f in self.differential]} if self.is_differential else {}),
             **({"unit_polarity": self.unit_polarity} if self.unit_polarity != "split" else {}),
             **({"leak": [g.tolist() for g in self.leak]} if self.has_leak else {}),
+            **({"cost": self.cost} if self.cost != "squared-error" else {}),
             "ranges": {"g_unit_S": self.ranges.g_unit_S, "g_min_S": self.ranges.g_min_S,
                        "g_max_S": self.ranges.g_max_S},
         }
+
+    def with_cost(self, cost: str) -> "ResistiveNetwork":
+        """This network with another output nudge (:data:`COSTS`); itself when unchanged, else a
+        shallow copy sharing the parameter arrays."""
+        if cost not in COSTS:
+            raise EpsimError(f"unknown cost {cost!r}; choose from {', '.join(COSTS)}")
+        if cost == self.cost:
+            return self
+        out = copy.copy(self)
+        out.cost = cost
+        return out
 
     @classmethod
     def from_description(cls, d: dict) -> "ResistiveNetwork":
@@ -321,7 +347,7 @@ class ResistiveNetwork:
                   ranges=CircuitRanges(**d["ranges"]), name=d["name"],
                   amp_gains=d.get("amp_gains"), input_center=d.get("input_center", 0.0),
                   differential=d.get("differential", False), unit_polarity=d.get("unit_polarity", "split"),
-                  leak=d.get("leak"))
+                  leak=d.get("leak"), cost=d.get("cost", "squared-error"))
         net.arch = d.get("arch")
         return net
 
@@ -410,11 +436,13 @@ class ResistiveNetwork:
         resistive co-content minus the bias-source work, plus the nudging term. ``v_free``
         and ``target_V`` in volts; with amplifiers, the layer-weighted co-content (the
         energy of the normalised voltages ``v_l / P_l``, biases ``b_l / P_l``, targets
-        ``y / P_L``), whose stationary points are the amplified circuit's equilibria.
+        ``y / P_L``), whose stationary points are the amplified circuit's equilibria. With
+        the cross-entropy nudge (:attr:`cost`) ``target_V`` holds the target probabilities.
         """
         p = self.layer_scale
         layers = [v_input] + self.to_normalised(v_free)
-        if beta != 0.0:
+        ce = self.cost == "cross-entropy"
+        if beta != 0.0 and not ce:
             target_V = np.asarray(target_V) / p[-1]
         e = np.zeros(v_input.shape[0])
         for l, conn in enumerate(self.connections):
@@ -426,7 +454,12 @@ class ResistiveNetwork:
             e -= vo @ (self.bias_per_node(l + 1) / p[l])
             if self.has_leak:
                 e += 0.5 * np.einsum("bj,j->b", vo * vo, self.leak_per_node(l + 1))
-        if beta != 0.0:
+        if beta != 0.0 and ce:
+            z = layers[-1] * p[-1]  # the physical outputs (V) are the logits, V_CE = 1 V
+            m = z.max(axis=1, keepdims=True)
+            lse = m[:, 0] + np.log(np.exp(z - m).sum(axis=1))
+            e += beta / p[-1] ** 2 * (lse - np.sum(np.asarray(target_V) * z, axis=1))
+        elif beta != 0.0:
             e += 0.5 * beta * np.sum((layers[-1] - target_V) ** 2, axis=1)
         return e
 

@@ -275,6 +275,9 @@ def implicit_input_gradient(net, x, loss_fn, *, beta=0.0, target_V=None, tol_A=1
     circuit = _as_circuit(net, x, device, dtype)
     if beta != 0.0 and target_V is None:
         raise EpsimError("a nudged phase needs target voltages")
+    if beta != 0.0 and circuit.ce_p:
+        raise EpsimError("implicit input gradients at a cross-entropy-nudged equilibrium are not "
+                         "supported: differentiate at the free phase (beta 0)")
     if lin_tol is None:
         lin_tol = 1e-10 if circuit.dtype == torch.float64 else 1e-5
     with torch.no_grad():
@@ -348,6 +351,9 @@ def ep_input_gradient(net, solver, x, labels_or_target, beta, *, target_high_V=1
     state) with any backend's ``solver`` and returns
     ``dL/dv_in = (I^{+beta} - I^{-beta}) / (2 beta g_unit)`` chained to the images.
 
+    The nudge is always the squared-error one (a conductance to the targets), also on a
+    circuit trained with the cross-entropy nudge: here it is a measuring instrument.
+
     Args:
         net: :class:`ResistiveNetwork`; solver: a backend (``get_solver(...)``).
         x: (B, C, H, W) images in [0, 1] (tensor or array; the gradient comes back alike).
@@ -375,6 +381,7 @@ def ep_input_gradient(net, solver, x, labels_or_target, beta, *, target_high_V=1
     else:
         raise EpsimError(f"labels_or_target must be ({x_np.shape[0]},) labels or "
                          f"({x_np.shape[0]}, {net.num_outputs}) target voltages, got shape {y.shape}")
+    net = net.with_cost("squared-error")
     prepared = solver.prepare(net, net.input_voltages(x_np))
     if free is None:
         free = solver.solve(prepared, 0.0)

@@ -201,13 +201,16 @@ KIND_DENSE, KIND_CONV = 0, 1
 
 
 @nb.njit(cache=True)
-def _residual(kinds, shapes, weights, a, bias, lo, hi, input_drive, v, beta, target, shockley, is_n,
-              nvt, layer_p, res, parallel):
+def _residual(kinds, shapes, weights, a, bias, lo, hi, input_drive, v, beta, target, ce_p, shockley,
+              is_n, nvt, layer_p, res, parallel):
     """Fold each sample's max KCL residual (normalised, in physical units: each layer's
-    times its ``layer_p``) over all layers into ``res`` (B,)."""
+    times its ``layer_p``) over all layers into ``res`` (B,). ``ce_p``: 0 for the
+    squared-error nudge, else the output layer's ``P_L`` for the cross-entropy nudge."""
     for l in range(len(v)):
         c = np.empty_like(v[l])
-        _layer_drive(l, kinds, shapes, weights, bias, input_drive, v, beta, target, c)
+        _layer_drive(l, kinds, shapes, weights, bias, input_drive, v, beta, target, ce_p, c)
+        if l == len(v) - 1 and ce_p > 0.0 and beta != 0.0:
+            _add_ce_nudge(c, v[l], beta, target, ce_p)
         layer_residual(a[l], c, lo[l], hi[l], shockley, is_n[l], nvt[l], v[l], layer_p[l], res, parallel)
 
 
@@ -272,9 +275,12 @@ def _add_drive(kind, shape, w_flat, v, out, into_inputs):
 
 
 @nb.njit(cache=True)
-def _layer_drive(l, kinds, shapes, weights, bias, input_drive, v, beta, target, out):
+def _layer_drive(l, kinds, shapes, weights, bias, input_drive, v, beta, target, ce_p, out):
     """Normalised current (B, n) driven into free layer ``l`` (0-based) by its neighbours,
-    bias sources and, on the output layer, the nudge; written to ``out``."""
+    bias sources and, on the output layer, the squared-error nudge's source ``beta * target``
+    (its conductance ``beta`` is in the self-conductance); written to ``out``. With the
+    cross-entropy nudge (``ce_p > 0``) the nudge depends on the outputs themselves and is
+    left to :func:`_relax_output_ce` / :func:`_add_ce_nudge`."""
     n_layers = len(v)
     if l == 0:
         out[:, :] = input_drive
@@ -284,19 +290,154 @@ def _layer_drive(l, kinds, shapes, weights, bias, input_drive, v, beta, target, 
     out += bias[l]
     if l < n_layers - 1:
         _add_drive(kinds[l + 1], shapes[l + 1], weights[l + 1], v[l + 1], out, True)
-    elif beta != 0.0:
+    elif beta != 0.0 and ce_p == 0.0:
         out += beta * target
 
 
 @nb.njit(cache=True)
-def _run_phase(kinds, shapes, weights, a, bias, lo, hi, input_drive, v, v_ref, beta, target,
+def _add_ce_nudge(c, u, beta, y, ce_p):
+    """``c += (beta / P) (y - softmax(P u))``, in place: the cross-entropy nudge current of
+    the normalised output nodes ``u`` (B, K), ``P = ce_p`` the output layer's ``P_L``, ``y``
+    (B, K) the target probabilities (one-hot)."""
+    batch, k_out = u.shape
+    p = np.empty(k_out)
+    for b in range(batch):
+        _softmax(u[b], ce_p, p)
+        for k in range(k_out):
+            c[b, k] += beta / ce_p * (y[b, k] - p[k])
+
+
+@nb.njit(cache=True, inline="always")
+def _softmax(u, scale, p):
+    """``p = softmax(scale * u)`` of one sample (K,), in place; returns log-sum-exp."""
+    m = -np.inf
+    for k in range(u.shape[0]):
+        m = max(m, scale * u[k])
+    total = 0.0
+    for k in range(u.shape[0]):
+        p[k] = np.exp(scale * u[k] - m)
+        total += p[k]
+    for k in range(u.shape[0]):
+        p[k] /= total
+    return m + np.log(total)
+
+
+@nb.njit(cache=True)
+def _ce_potential(a, c, beta, y, ce_p, u, p):
+    """The output block's potential ``1/2 sum a u^2 - c.u + beta/P^2 (lse(P u) - y.(P u))``
+    whose gradient is the output nodes' KCL residual (``p`` scratch (K,))."""
+    lse = _softmax(u, ce_p, p)
+    f = 0.0
+    for k in range(u.shape[0]):
+        f += 0.5 * a[k] * u[k] * u[k] - c[k] * u[k] - beta / ce_p * y[k] * u[k]
+    return f + beta / (ce_p * ce_p) * lse
+
+
+@nb.njit(cache=True)
+def _relax_output_ce(a, c, beta, y, ce_p, active, v, v_ref, track, change, response, scale):
+    """Solve the output nodes' KCL ``a u - c - (beta/P)(y - softmax(P u)) = 0`` per active
+    sample, in place (``v`` (B, K) normalised, warm start): Newton's method on the strictly
+    convex output potential (:func:`_ce_potential`; convex for ``-beta`` too while
+    ``a > |beta|``), Sherman-Morrison for the Jacobian ``diag(a + beta p) - beta p p^T``.
+    A step is taken when it lowers the potential or the largest KCL residual (near the root
+    the potential's decrease is below its rounding), else halved. Tracking as
+    :func:`_relax_sample`."""
+    batch, k_out = v.shape
+    p = np.empty(k_out)
+    u = np.empty(k_out)
+    trial = np.empty(k_out)
+    step = np.empty(k_out)
+    g = np.empty(k_out)
+    for b in range(batch):
+        if not active[b]:
+            continue
+        for k in range(k_out):
+            u[k] = v[b, k]
+        f = _ce_potential(a, c[b], beta, y[b], ce_p, u, p)
+        for _ in range(100):
+            # residual and Newton step at u (p = softmax(P u) from its potential evaluation)
+            dg = 0.0
+            dp = 0.0
+            g_max = 0.0
+            for k in range(k_out):
+                g[k] = a[k] * u[k] - c[b, k] - beta / ce_p * (y[b, k] - p[k])
+                g_max = max(g_max, abs(g[k]))
+                d = a[k] + beta * p[k]
+                dg += p[k] * g[k] / d
+                dp += p[k] * p[k] / d
+            if g_max == 0.0:
+                break
+            coef = beta * dg / (1.0 - beta * dp)
+            step_max = 0.0
+            u_max = 0.0
+            for k in range(k_out):
+                step[k] = (g[k] + coef * p[k]) / (a[k] + beta * p[k])
+                step_max = max(step_max, abs(step[k]))
+                u_max = max(u_max, abs(u[k]))
+            if step_max <= 1e-16 * (1.0 + u_max):
+                break
+            t = 1.0
+            accepted = False
+            for _ls in range(60):
+                for k in range(k_out):
+                    trial[k] = u[k] - t * step[k]
+                f_new = _ce_potential(a, c[b], beta, y[b], ce_p, trial, p)
+                if f_new < f:
+                    accepted = True
+                else:
+                    g_new = 0.0
+                    for k in range(k_out):
+                        g_new = max(g_new, abs(a[k] * trial[k] - c[b, k] - beta / ce_p * (y[b, k] - p[k])))
+                    accepted = g_new < g_max
+                if accepted:
+                    break
+                t *= 0.5
+            if not accepted:
+                _softmax(u, ce_p, p)
+                break
+            f = f_new
+            for k in range(k_out):
+                u[k] = trial[k]
+        dmax = 0.0
+        rmax = 0.0
+        smax = 0.0
+        for k in range(k_out):
+            if track:
+                dmax = max(dmax, abs(u[k] - v[b, k]))
+                rmax = max(rmax, abs(u[k] - v_ref[b, k]))
+                smax = max(smax, abs(u[k]))
+            v[b, k] = u[k]
+        if track:
+            change[b] = dmax
+            response[b] = rmax
+            scale[b] = smax
+
+
+@nb.njit(cache=True)
+def _relax_any(l, n_layers, a, c, lo, hi, shockley, is_n, nvt, active, v, v_ref, beta, target, ce_p,
+               relative, change, response, scale, parallel):
+    """Solve free layer ``l`` (0-based) given its drive ``c``, in place; the output layer of a
+    cross-entropy-nudged phase by :func:`_relax_output_ce`, every other by :func:`relax_layer`
+    (tracked for the relative rule when ``relative``)."""
+    if l == n_layers - 1 and ce_p > 0.0 and beta != 0.0:
+        _relax_output_ce(a, c, beta, target, ce_p, active, v, v_ref, relative, change, response, scale)
+    elif relative:
+        relax_layer_tracked(a, c, lo, hi, shockley, is_n, nvt, active, v, v_ref, change, response, scale,
+                            parallel)
+    else:
+        relax_layer(a, c, lo, hi, shockley, is_n, nvt, active, v, parallel)
+
+
+@nb.njit(cache=True)
+def _run_phase(kinds, shapes, weights, a, bias, lo, hi, input_drive, v, v_ref, beta, target, ce_p,
                tol_n, rtol, max_iter, shockley, is_n, nvt, layer_p, met, parallel):
     """Odd/even block coordinate descent of one phase on the state ``v`` (tuple of (B, n_l),
     updated in place). ``rtol > 0``: stop each sample on the relative nudge rule against
     ``v_ref`` (:func:`~epsim.solvers.stop_rule.rule_step`), writing ``met``; otherwise on the
     KCL residual ``tol_n`` (normalised, physical: each layer's times its ``layer_p``).
     ``is_n``, ``nvt``, ``layer_p``: (L,) per-layer diode constants and ``P_l`` (see
-    :class:`LayeredProblem`). Returns the number of sweeps."""
+    :class:`LayeredProblem`); ``ce_p``: 0 for the squared-error nudge, else the output
+    layer's ``P_L`` for the cross-entropy nudge. Returns the number of sweeps."""
     n_layers = len(v)
     batch = v[0].shape[0]
     active = np.ones(batch, dtype=np.bool_)
@@ -314,12 +455,18 @@ def _run_phase(kinds, shapes, weights, a, bias, lo, hi, input_drive, v, v_ref, b
     for sweeps in range(1, max_iter + 1):
         # odd layers only touch even layers: all their drives come from the current state
         for l in odd:
-            _layer_drive(l, kinds, shapes, weights, bias, input_drive, v, beta, target, drives[l])
+            _layer_drive(l, kinds, shapes, weights, bias, input_drive, v, beta, target, ce_p, drives[l])
         if not relative and sweeps > 1:
             # the even layers were solved against the current odd layers in the last sweep,
             # so the odd layers' residual is the whole state's: stop the converged samples
             res[:] = 0.0
             for l in odd:
+                if l == n_layers - 1 and ce_p > 0.0 and beta != 0.0:
+                    nudged = drives[l].copy()
+                    _add_ce_nudge(nudged, v[l], beta, target, ce_p)
+                    layer_residual(a[l], nudged, lo[l], hi[l], shockley, is_n[l], nvt[l], v[l], layer_p[l],
+                                   res, parallel)
+                    continue
                 layer_residual(a[l], drives[l], lo[l], hi[l], shockley, is_n[l], nvt[l], v[l], layer_p[l],
                                res, parallel)
             n_active = 0
@@ -329,18 +476,12 @@ def _run_phase(kinds, shapes, weights, a, bias, lo, hi, input_drive, v, v_ref, b
             if n_active == 0:
                 break
         for l in odd:
-            if relative:
-                relax_layer_tracked(a[l], drives[l], lo[l], hi[l], shockley, is_n[l], nvt[l], active, v[l],
-                                    v_ref[l], change[l], response[l], scale[l], parallel)
-            else:
-                relax_layer(a[l], drives[l], lo[l], hi[l], shockley, is_n[l], nvt[l], active, v[l], parallel)
+            _relax_any(l, n_layers, a[l], drives[l], lo[l], hi[l], shockley, is_n[l], nvt[l], active, v[l],
+                       v_ref[l], beta, target, ce_p, relative, change[l], response[l], scale[l], parallel)
         for l in even:
-            _layer_drive(l, kinds, shapes, weights, bias, input_drive, v, beta, target, drives[l])
-            if relative:
-                relax_layer_tracked(a[l], drives[l], lo[l], hi[l], shockley, is_n[l], nvt[l], active, v[l],
-                                    v_ref[l], change[l], response[l], scale[l], parallel)
-            else:
-                relax_layer(a[l], drives[l], lo[l], hi[l], shockley, is_n[l], nvt[l], active, v[l], parallel)
+            _layer_drive(l, kinds, shapes, weights, bias, input_drive, v, beta, target, ce_p, drives[l])
+            _relax_any(l, n_layers, a[l], drives[l], lo[l], hi[l], shockley, is_n[l], nvt[l], active, v[l],
+                       v_ref[l], beta, target, ce_p, relative, change[l], response[l], scale[l], parallel)
         if relative:
             rule_step(change, response, scale, change_prev, error, rtol, active, met)
             n_active = 0
@@ -354,7 +495,7 @@ def _run_phase(kinds, shapes, weights, a, bias, lo, hi, input_drive, v, v_ref, b
 
 @nb.njit(cache=True)
 def _centered_phases(kinds, shapes, weights, a_free, a_plus, a_minus, bias, lo, hi, input_drive,
-                     v_free, v_plus, v_minus, beta, target, tol_n, rtol, max_iter, shockley, is_n,
+                     v_free, v_plus, v_minus, beta, target, ce_p, tol_n, rtol, max_iter, shockley, is_n,
                      nvt, layer_p, met_plus, met_minus, residuals, parallel):
     """Free, +beta and -beta phases of one batch in a single call (see :func:`_run_phase`):
     ``v_free`` is solved from its given state, then copied into ``v_plus``/``v_minus`` and
@@ -363,22 +504,32 @@ def _centered_phases(kinds, shapes, weights, a_free, a_plus, a_minus, bias, lo, 
     no_target = np.zeros_like(target)
     unused = np.zeros(v_free[0].shape[0], dtype=np.bool_)
     s_free = _run_phase(kinds, shapes, weights, a_free, bias, lo, hi, input_drive, v_free, v_free,
-                        0.0, no_target, tol_n, 0.0, max_iter, shockley, is_n, nvt, layer_p, unused, parallel)
+                        0.0, no_target, ce_p, tol_n, 0.0, max_iter, shockley, is_n, nvt, layer_p, unused, parallel)
     for l in range(len(v_free)):
         v_plus[l][:, :] = v_free[l]
         v_minus[l][:, :] = v_free[l]
     s_plus = _run_phase(kinds, shapes, weights, a_plus, bias, lo, hi, input_drive, v_plus, v_free,
-                        beta, target, tol_n, rtol, max_iter, shockley, is_n, nvt, layer_p, met_plus, parallel)
+                        beta, target, ce_p, tol_n, rtol, max_iter, shockley, is_n, nvt, layer_p, met_plus, parallel)
     s_minus = _run_phase(kinds, shapes, weights, a_minus, bias, lo, hi, input_drive, v_minus, v_free,
-                         -beta, target, tol_n, rtol, max_iter, shockley, is_n, nvt, layer_p, met_minus, parallel)
+                         -beta, target, ce_p, tol_n, rtol, max_iter, shockley, is_n, nvt, layer_p, met_minus, parallel)
     residuals[:, :] = 0.0
-    _residual(kinds, shapes, weights, a_free, bias, lo, hi, input_drive, v_free, 0.0, no_target,
+    _residual(kinds, shapes, weights, a_free, bias, lo, hi, input_drive, v_free, 0.0, no_target, ce_p,
               shockley, is_n, nvt, layer_p, residuals[0], parallel)
-    _residual(kinds, shapes, weights, a_plus, bias, lo, hi, input_drive, v_plus, beta, target,
+    _residual(kinds, shapes, weights, a_plus, bias, lo, hi, input_drive, v_plus, beta, target, ce_p,
               shockley, is_n, nvt, layer_p, residuals[1], parallel)
-    _residual(kinds, shapes, weights, a_minus, bias, lo, hi, input_drive, v_minus, -beta, target,
+    _residual(kinds, shapes, weights, a_minus, bias, lo, hi, input_drive, v_minus, -beta, target, ce_p,
               shockley, is_n, nvt, layer_p, residuals[2], parallel)
     return s_free, s_plus, s_minus
+
+
+def check_nudge(degree_out, beta):
+    """Refuse a ``-beta`` nudge that would make an output node's conductance non-positive
+    (squared error) or its node equations non-monotone (cross-entropy): ``|beta|`` must stay
+    below every output node's self-conductance ``degree_out`` (normalised)."""
+    if beta < 0.0 and np.any(degree_out + beta <= 0):
+        raise ConvergenceError(
+            f"nudging beta={beta} makes an output node's conductance non-positive "
+            f"(min output self-conductance {np.min(degree_out):.3g} g_unit): lower --beta")
 
 
 class LayeredProblem:
@@ -391,7 +542,7 @@ class LayeredProblem:
     product of the amplifier gains below layer l; all 1 without amplifiers), in which an
     amplified circuit is a passive one: biases ``b_l / P_l``, rails ``/ P_l``, Shockley
     diodes with ``Is / P_l`` and ``n Vt / P_l`` (``I(P u) / P`` is again a Shockley law),
-    targets ``/ P_L``. States go in and out in volts (:meth:`to_normalised` /
+    targets ``/ P_L`` (the cross-entropy nudge: :attr:`ce_p`). States go in and out in volts (:meth:`to_normalised` /
     :meth:`to_physical`); residuals are reported in physical amperes.
     """
 
@@ -417,17 +568,16 @@ class LayeredProblem:
         self.shockley = d.kind == "shockley"
         self.is_n = d.is_A / net.ranges.g_unit_S / self.layer_p
         self.nvt = d.n_vt_V / self.layer_p
+        # the cross-entropy nudge's current is a function of the physical outputs P_L u
+        self.ce_p = float(self.layer_p[-1]) if net.cost == "cross-entropy" else 0.0
 
     def self_conductance(self, l, beta):
-        """(n_l,) total normalised conductance of layer l's nodes, nudging included."""
+        """(n_l,) total normalised conductance of layer l's nodes, the squared-error nudge's
+        conductance included (the cross-entropy nudge is a current source)."""
         if l < self.net.num_layers or beta == 0.0:
             return self.degree[l - 1]
-        a = self.degree[l - 1] + beta
-        if beta < 0.0 and np.any(a <= 0):
-            raise ConvergenceError(
-                f"nudging beta={beta} makes an output node's conductance non-positive "
-                f"(min output self-conductance {self.degree[-1].min():.3g} g_unit): lower --beta")
-        return a
+        check_nudge(self.degree[-1], beta)
+        return self.degree[l - 1] if self.ce_p else self.degree[l - 1] + beta
 
     def conductances(self, beta) -> tuple:
         """The L self-conductances of one phase (:meth:`self_conductance` of layers 1..L)."""
@@ -438,8 +588,12 @@ class LayeredProblem:
         node voltages ``v_free`` (V), in the normalised circuit (physical current / ``P_l``)."""
         out = np.empty((self.v_input.shape[0], self.net.layer_sizes[l]))
         kinds, shapes, weights = self.layout
+        u = self.to_normalised(v_free)
+        target = self._target(beta, target_V)
         _layer_drive(l - 1, kinds, shapes, weights, self.bias_tuple, self.input_drive,
-                     self.to_normalised(v_free), float(beta), self._target(beta, target_V), out)
+                     u, float(beta), target, self.ce_p, out)
+        if l == self.net.num_layers and self.ce_p and beta != 0.0:
+            _add_ce_nudge(out, u[-1], float(beta), target, self.ce_p)
         return out
 
     def to_normalised(self, v_free) -> tuple:
@@ -453,9 +607,11 @@ class LayeredProblem:
         return [u * p for u, p in zip(u_free, self.layer_p)]
 
     def _target(self, beta, target_V):
-        """Targets of the normalised circuit, ``target_V / P_L`` (zeros in the free phase)."""
+        """Targets of the normalised circuit, ``target_V / P_L`` (zeros in the free phase);
+        with the cross-entropy nudge the target probabilities as given."""
         if beta != 0.0:
-            return np.ascontiguousarray(target_V, dtype=np.float64) / self.layer_p[-1]
+            target = np.ascontiguousarray(target_V, dtype=np.float64)
+            return target if self.ce_p else target / self.layer_p[-1]
         return np.zeros((self.v_input.shape[0], self.net.num_outputs))
 
     def initial_state(self):
@@ -471,7 +627,7 @@ class LayeredProblem:
         a = self.conductances(beta)
         _residual(kinds, shapes, weights, a, self.bias_tuple, self.rails_lo, self.rails_hi,
                   self.input_drive, self.to_normalised(v_free), float(beta),
-                  self._target(beta, target_V), self.shockley, self.is_n, self.nvt, self.layer_p, res,
+                  self._target(beta, target_V), self.ce_p, self.shockley, self.is_n, self.nvt, self.layer_p, res,
                   self.parallel)
         return res * net.ranges.g_unit_S
 
@@ -488,7 +644,8 @@ def solve(problem: LayeredProblem, beta=0.0, target_V=None, init=None, tol_A=1e-
     Args:
         problem: :class:`LayeredProblem` (network + input batch).
         beta: nudging (0: free phase, +beta / -beta: nudged phases).
-        target_V: ``(B, K)`` target output voltages (V), needed when ``beta != 0``.
+        target_V: ``(B, K)`` target output voltages (V), needed when ``beta != 0`` (with the
+            cross-entropy nudge, ``net.cost``, the target probabilities: one-hot labels).
         init: list of ``(B, n_l)`` voltages to start from (e.g. the free state); copied.
         tol_A: KCL residual tolerance in amperes.
         max_iter: maximum number of odd/even sweeps.
@@ -512,7 +669,7 @@ def solve(problem: LayeredProblem, beta=0.0, target_V=None, init=None, tol_A=1e-
     met = np.zeros(batch, dtype=np.bool_)
     kinds, shapes, weights = problem.layout
     sweeps = _run_phase(kinds, shapes, weights, a, problem.bias_tuple, problem.rails_lo, problem.rails_hi,
-                        problem.input_drive, v, v_ref, float(beta), target,
+                        problem.input_drive, v, v_ref, float(beta), target, problem.ce_p,
                         tol_A / net.ranges.g_unit_S, float(nudge_rtol) if relative else 0.0,
                         int(max_iter), problem.shockley, problem.is_n, problem.nvt, problem.layer_p, met,
                         problem.parallel)
@@ -555,7 +712,7 @@ class NumbaSolver:
         with threads_for(prepared.node_updates):
             sweeps = _centered_phases(
                 kinds, shapes, weights, *a, prepared.bias_tuple, prepared.rails_lo, prepared.rails_hi,
-                prepared.input_drive, *states, float(beta), target, self.tol_A / net.ranges.g_unit_S,
+                prepared.input_drive, *states, float(beta), target, prepared.ce_p, self.tol_A / net.ranges.g_unit_S,
                 self.nudge_rtol if relative else 0.0, self.max_iter, prepared.shockley, prepared.is_n,
                 prepared.nvt, prepared.layer_p, *met, residuals, prepared.parallel)
         out = []

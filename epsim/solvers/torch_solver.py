@@ -246,6 +246,8 @@ class TorchCircuit:
         self.nvt = [float(net.diode.n_vt_V) / pl for pl in p]
         self.degree = [t(d) for d in net.self_conductances(views)]
         check_no_floating_nodes(self.degree)
+        # the cross-entropy nudge's current is a function of the physical outputs P_L u
+        self.ce_p = self.layer_p[-1] if net.cost == "cross-entropy" else 0.0
 
     def tensor(self, x):
         """``x`` (array or tensor) as a tensor of this circuit's dtype and device."""
@@ -315,14 +317,16 @@ class TorchCircuit:
         return (self.input_gain_V * torch.cat([x, -x], dim=1)).reshape(x.shape[0], -1)
 
     def self_conductance(self, l, beta=0.0):
-        """(n_l,) total normalised conductance of layer l's nodes, nudging included."""
+        """(n_l,) total normalised conductance of layer l's nodes, the squared-error nudge's
+        conductance included (the cross-entropy nudge is a current source)."""
         a = self.degree[l - 1]
         if l == self.L and beta != 0.0:
-            a = a + beta
-            if bool((a <= 0).any()):
+            if bool((a + beta <= 0).any()):
                 raise ConvergenceError(
                     f"nudging beta={beta} makes an output node's conductance non-positive "
                     f"(min output self-conductance {float(self.degree[-1].min()):.3g} g_unit): lower --beta")
+            if not self.ce_p:
+                a = a + beta
         return a
 
     def drive(self, l, input_drive, v_free, beta=0.0, target_V=None):
@@ -330,15 +334,68 @@ class TorchCircuit:
 
         input_drive: (B, n_1) ``drive_out(0, v_input)`` (constant across sweeps and phases);
         v_free: list of the L free layers' (B, n_l) states; target_V: (B, K) target output
-        voltages (V) when nudged.
+        voltages (V) when nudged (the cross-entropy nudge: target probabilities, and its
+        current is not part of the drive: :meth:`solve_layer`, :meth:`nudged_drive`).
         """
         c = input_drive if l == 1 else self.drive_out(l - 1, v_free[l - 2])
         c = c + self.bias[l - 1]
         if l < self.L:
             c = c + self.drive_in(l, v_free[l])
-        if l == self.L and beta != 0.0:
+        if l == self.L and beta != 0.0 and not self.ce_p:
             c = c + beta * (target_V / self.layer_p[-1] if self.amplified else target_V)
         return c
+
+    def nudged_drive(self, l, c, v, beta=0.0, target=None):
+        """``c`` (B, n_l) plus, on the output layer of a cross-entropy-nudged phase, the nudge
+        current ``(beta / P_L)(y - softmax(P_L v))`` at the state ``v`` (B, K): the whole
+        current into the nodes, for residuals."""
+        if l != self.L or beta == 0.0 or not self.ce_p:
+            return c
+        return c + beta / self.ce_p * (target - torch.softmax(self.ce_p * v, dim=1))
+
+    def solve_layer(self, l, a, c, v_prev, beta=0.0, target=None):
+        """Layer l's nodes given their drive ``c``: :meth:`relax`, or on the output layer of a
+        cross-entropy-nudged phase the root of ``a u - c - (beta/P)(y - softmax(P u))``
+        (:meth:`_ce_outputs`)."""
+        if l == self.L and beta != 0.0 and self.ce_p:
+            return self._ce_outputs(a, c, beta, target, v_prev)
+        return self.relax(l, a, c, v_prev)
+
+    def _ce_outputs(self, a, c, beta, y, u):
+        """Newton's method with step halving on the output block's strictly convex potential
+        ``1/2 sum a u^2 - c.u + beta/P^2 (lse(P u) - y.(P u))`` (B samples at once), from
+        ``u`` (B, K); the Jacobian ``diag(a + beta p) - beta p p^T`` by Sherman-Morrison."""
+        p_l = self.ce_p
+
+        def potential(x):
+            z = p_l * x
+            return (0.5 * a * x * x - c * x).sum(1) + beta / p_l ** 2 * (
+                torch.logsumexp(z, dim=1) - (y * z).sum(1))
+
+        f = potential(u)
+        eps = float(torch.finfo(self.dtype).eps)
+        for _ in range(100):
+            p = torch.softmax(p_l * u, dim=1)
+            g = a * u - c - beta / p_l * (y - p)
+            d = a + beta * p
+            dg, dp = (p * g / d).sum(1, keepdim=True), (p * p / d).sum(1, keepdim=True)
+            step = (g + beta * dg / (1.0 - beta * dp) * p) / d
+            if bool((step.abs().amax(1) <= 4 * eps * (1.0 + u.abs().amax(1))).all()):
+                break
+            t = torch.ones_like(f)
+            for _ls in range(60):
+                trial = u - t[:, None] * step
+                f_new = potential(trial)
+                worse = f_new > f
+                if not bool(worse.any()):
+                    break
+                t = torch.where(worse, 0.5 * t, t)
+            better = f_new <= f
+            if not bool(better.any()):
+                break
+            u = torch.where(better[:, None], trial, u)
+            f = torch.where(better, f_new, f)
+        return u
 
     def diode_current(self, l, v):
         """Layer l's clamp-diode currents (B, n_l) leaving the nodes at ``v``, and d/dv."""
@@ -378,18 +435,18 @@ class TorchCircuit:
         a: list of the L self-conductances (:meth:`self_conductance`).
         """
         v = list(v_free)
-        for l in range(1, self.L + 1, 2):
-            v[l - 1] = self.relax(l, a[l - 1], self.drive(l, input_drive, v, beta, target_V), v[l - 1])
-        for l in range(2, self.L + 1, 2):
-            v[l - 1] = self.relax(l, a[l - 1], self.drive(l, input_drive, v, beta, target_V), v[l - 1])
+        for l in list(range(1, self.L + 1, 2)) + list(range(2, self.L + 1, 2)):
+            v[l - 1] = self.solve_layer(l, a[l - 1], self.drive(l, input_drive, v, beta, target_V), v[l - 1],
+                                        beta, target_V)
         return v
 
     def residual(self, v_free, input_drive, beta=0.0, target_V=None):
         """(B,) max KCL residual of a state over all free layers (normalised current)."""
         res = None
         for l in range(1, self.L + 1):
-            r = self.layer_residual(l, self.self_conductance(l, beta),
-                                    self.drive(l, input_drive, v_free, beta, target_V), v_free[l - 1])
+            c = self.nudged_drive(l, self.drive(l, input_drive, v_free, beta, target_V), v_free[l - 1], beta,
+                                  target_V)
+            r = self.layer_residual(l, self.self_conductance(l, beta), c, v_free[l - 1])
             res = r if res is None else torch.maximum(res, r)
         return res
 
@@ -555,7 +612,8 @@ def sweep_to_tolerance(c: TorchCircuit, a, full, input_drive, beta, target_V, to
             res = None
             with torch.no_grad():  # the stopping test: no part of what autograd differentiates
                 for l in odd:
-                    r = c.layer_residual(l, a[l - 1], drives[l], work[l - 1])
+                    r = c.layer_residual(l, a[l - 1], c.nudged_drive(l, drives[l], work[l - 1], beta, tgt),
+                                         work[l - 1])
                     res = r if res is None else torch.maximum(res, r)
             keep = res > tol_n
             n_keep = int(keep.sum())
@@ -571,9 +629,9 @@ def sweep_to_tolerance(c: TorchCircuit, a, full, input_drive, beta, target_V, to
                 drive0 = drive0[keep]
                 tgt = tgt[keep] if tgt is not None else None
         for l in odd:
-            work[l - 1] = c.relax(l, a[l - 1], drives[l], work[l - 1])
+            work[l - 1] = c.solve_layer(l, a[l - 1], drives[l], work[l - 1], beta, tgt)
         for l in even:
-            work[l - 1] = c.relax(l, a[l - 1], c.drive(l, drive0, work, beta, tgt), work[l - 1])
+            work[l - 1] = c.solve_layer(l, a[l - 1], c.drive(l, drive0, work, beta, tgt), work[l - 1], beta, tgt)
     if idx.shape[0]:
         for l in range(L):
             full[l][idx] = work[l]
@@ -595,7 +653,7 @@ def _relative_sweeps(c, a, full, work, idx, drive0, tgt, beta, rtol, max_iter, m
     for sweeps in range(1, max_iter + 1):
         change, response, scale = (np.zeros((L, idx.shape[0])) for _ in range(3))
         for l in order:
-            new = c.relax(l, a[l - 1], c.drive(l, drive0, work, beta, tgt), work[l - 1])
+            new = c.solve_layer(l, a[l - 1], c.drive(l, drive0, work, beta, tgt), work[l - 1], beta, tgt)
             stats = torch.stack([(new - work[l - 1]).abs().amax(1), (new - ref[l - 1]).abs().amax(1),
                                  new.abs().amax(1)]).to(torch.float64).cpu().numpy()
             change[l - 1], response[l - 1], scale[l - 1] = stats[0], stats[1], precision * stats[2]

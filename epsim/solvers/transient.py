@@ -202,6 +202,9 @@ def simulate(net, v_input, *, caps: Capacitances = Capacitances(), t_stop_s: flo
     tol_n = tol_A / g
     if beta != 0.0 and target_V is None:
         raise EpsimError("a nudged phase needs target voltages")
+    if beta != 0.0 and problem.ce_p:
+        raise EpsimError("the transient of a cross-entropy-nudged phase is not supported: "
+                         "simulate the free phase, or a circuit nudged with the squared error")
     target = problem._target(beta, target_V)
     degree = [problem.self_conductance(l, beta) for l in range(1, net.num_layers + 1)]
     unused = np.zeros(batch, dtype=np.bool_)
@@ -231,7 +234,7 @@ def simulate(net, v_input, *, caps: Capacitances = Capacitances(), t_stop_s: flo
             sources = _step_sources(problem, hist)
             # one implicit step is the DC problem of the companion circuit: the equilibrium sweeps
             n_sweeps = _run_phase(kinds, shapes, weights, a, sources, problem.rails_lo, problem.rails_hi,
-                                  problem.input_drive, new, new, float(beta), target, tol_n, 0.0, int(max_iter),
+                                  problem.input_drive, new, new, float(beta), target, 0.0, tol_n, 0.0, int(max_iter),
                                   problem.shockley, problem.is_n, problem.nvt, problem.layer_p, unused,
                                   problem.parallel)
             # local truncation error of BDF2 from the predictor-corrector distance (physical V);
@@ -265,7 +268,7 @@ def simulate(net, v_input, *, caps: Capacitances = Capacitances(), t_stop_s: flo
     a, sources, new = last_step
     res = np.zeros(batch)
     _residual(kinds, shapes, weights, a, sources, problem.rails_lo, problem.rails_hi, problem.input_drive, new,
-              float(beta), target, problem.shockley, problem.is_n, problem.nvt, problem.layer_p, res,
+              float(beta), target, 0.0, problem.shockley, problem.is_n, problem.nvt, problem.layer_p, res,
               problem.parallel)
     worst = float(res.max()) * g
     t = np.array(t)

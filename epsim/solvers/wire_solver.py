@@ -31,6 +31,7 @@ import numpy as np
 import scipy.linalg as sla
 
 from ..circuit.diodes import clamp_cocontent_array, clamp_current_array, ideal_violation_array
+from ..errors import EpsimError
 from .base import Certificate, Equilibrium
 from .numba_solver import LayeredProblem
 from .numba_solver import solve as layered_solve
@@ -83,6 +84,9 @@ class WireSolver:
         beta = float(beta)
         if beta != 0.0 and target_V is None:
             raise ValueError("a nudged phase needs target voltages")
+        if beta != 0.0 and net.cost != "squared-error":
+            raise EpsimError("the wire-aware solver nudges with the squared error only, "
+                             f"this circuit with the {net.cost}")
         B = prepared.v_input.shape[0]
         K = wired.K.copy()
         q = prepared.q_in.copy()

@@ -31,7 +31,7 @@ from ..models.arch import connections_from_arch, has_padded_conv, parse_arch
 from ..models.connections import INITS
 from ..models.loading import load_network, restore_network  # noqa: F401  (re-exported)
 from ..models.registry import build_circuit_model, model_arch, preset_settings
-from ..models.resistive import UNIT_POLARITIES, CircuitRanges, ResistiveNetwork, leak_from_ratio
+from ..models.resistive import COSTS, UNIT_POLARITIES, CircuitRanges, ResistiveNetwork, leak_from_ratio
 from ..solvers.factory import make_solver
 from .run import Run, epoch_order, num_batches, progress_bar, show, summary_metrics
 
@@ -67,6 +67,7 @@ class TrainConfig:
     unit_polarity: str = "split"  # hidden units: half excitatory / half inhibitory, or "excitatory"
     leak_ratio: float = 0.0  # leak to 0 V of every free node, times its initial crossbar conductance
     target_high_V: float = 1.0
+    cost: str = "squared-error"  # the output nudge, epsim.models.resistive.COSTS
     weight_gain: float = 1.0
     init: str = "uniform"  # conductance init, epsim.models.connections.INITS
     diode: str = "ideal"
@@ -114,6 +115,7 @@ class TrainConfig:
             (self.amp_gain is None or (len(self.amp_gain) > 0 and all(
                 np.isfinite(a) and a > 0 for a in self.amp_gain)), "--amp-gain must be positive numbers"),
             (np.isfinite(self.leak_ratio) and self.leak_ratio >= 0, "--leak-ratio must be a number >= 0"),
+            (self.cost in COSTS, f"--cost must be one of {', '.join(COSTS)} for a circuit model"),
             (np.isfinite(self.rail_offset_V) and self.rail_offset_V >= 0, "--rail-offset must be a voltage >= 0"),
             (self.rail_offset_V == 0 or self.diode == "shockley",
              "--rail-offset offsets Shockley clamp rails: add --diode shockley"),
@@ -180,6 +182,8 @@ class TrainConfig:
             raise EpsimError("--wire-resistance > 0 with --differential is not supported")
         if r > 0 and self.leak_ratio > 0:
             raise EpsimError("--wire-resistance > 0 with --leak-ratio > 0 is not supported")
+        if r > 0 and self.cost != "squared-error":
+            raise EpsimError("--wire-resistance > 0 with --cost cross-entropy is not supported")
         if r > 0 and self.backend != "numba":
             raise EpsimError("--wire-resistance > 0 is solved by the CPU nodal solver: use --backend numba")
 
@@ -203,11 +207,13 @@ def build_network(config: TrainConfig, dataset) -> ResistiveNetwork:
     diode = DiodeModel(kind=config.diode, rail_offset_V=config.rail_offset_V)
     ranges = CircuitRanges(config.g_unit_S, config.g_min_S, config.g_max_S)
     ranges = get_device_model(config.device_model).circuit_ranges(ranges)
-    return build_circuit_model(config.model, dataset.image_shape, dataset.num_classes, arch=config.arch,
-                               input_gain_V=config.input_gain_V, input_center=config.input_center,
-                               diode=diode, ranges=ranges,
-                               amp_gains=config.amp_gain, differential=config.differential,
-                               unit_polarity=config.unit_polarity)
+    net = build_circuit_model(config.model, dataset.image_shape, dataset.num_classes, arch=config.arch,
+                              input_gain_V=config.input_gain_V, input_center=config.input_center,
+                              diode=diode, ranges=ranges,
+                              amp_gains=config.amp_gain, differential=config.differential,
+                              unit_polarity=config.unit_polarity)
+    net.cost = config.cost
+    return net
 
 
 def evaluate(net, solver, x, y, batch_size=500, dp: DataParallel | None = None) -> dict:

@@ -1,0 +1,177 @@
+"""The cross-entropy nudge: a current ``beta g_unit (y - softmax(v / 1 V))`` into each output
+node instead of a conductance to a target voltage. The solvers' states against the element
+laws and the energy, EP at the training settings against finite differences of the
+cross-entropy, torch against numba, the trainer's option and checkpoint, and the refusals
+where the nudge has no model (SPICE, transient, wires)."""
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from scipy.optimize import minimize
+from scipy.special import logsumexp
+
+from epsim.circuit.compile import compile_network
+from epsim.errors import ConvergenceError, EpsimError
+from epsim.learning.ep import centered_ep, cross_entropy
+from epsim.models.resistive import ResistiveNetwork, one_hot_targets
+from epsim.solvers.numba_solver import LayeredProblem, NumbaSolver, solve
+from test_amplifiers import (assert_element_laws_hold, assert_energy_minimal, assert_ep_matches_finite_differences,
+                             assert_torch_matches_numba)
+from test_leak import data, leaky_net
+
+CE = "cross-entropy"
+
+
+def ce_net(kind="mlp", diode="ideal", seed=11, **kw):
+    """A small amplified, leaky circuit (tests/test_leak.py) nudged with the cross-entropy."""
+    net = leaky_net(kind, diode, seed=seed, **kw)
+    net.cost = CE
+    return net
+
+
+@pytest.mark.parametrize("beta", [0.5, -0.5, 3.0])
+def test_numba_state_satisfies_the_element_laws(beta):
+    """Shockley diodes, amplifiers and a leak: every node's KCL written out from the element
+    laws, the output nodes with the softmax current source, within 1e-12 A."""
+    assert_element_laws_hold(ce_net("mlp", "shockley", seed=5), beta)
+
+
+def test_the_output_block_is_the_minimum_of_its_potential():
+    """The output nodes of a nudged phase, given the hidden layer, against scipy's minimiser
+    of ``1/2 a u^2 - c.u + beta (lse(u) - y.u)`` (no amplifier at the outputs)."""
+    net = ce_net("mlp", gains=None, seed=3)
+    x, labels = data(net, seed=4)
+    target = one_hot_targets(labels, net.num_outputs)
+    problem = LayeredProblem(net, net.input_voltages(x))
+    for beta in (0.7, -0.7):
+        eq = solve(problem, beta, target, tol_A=1e-15, max_iter=100000)
+        a = problem.self_conductance(net.num_layers, beta)
+        c = problem.drive(net.num_layers, eq.v_free, 0.0, None)  # neighbours and biases only
+        for b in range(len(labels)):
+            def potential(u, b=b):
+                return 0.5 * a @ (u * u) - c[b] @ u + beta * (logsumexp(u) - target[b] @ u)
+
+            ref = minimize(potential, np.zeros(net.num_outputs), method="BFGS", options={"gtol": 1e-13})
+            assert np.abs(eq.v_output[b] - ref.x).max() <= 1e-7
+
+
+def test_the_energy_is_minimal_at_the_nudged_equilibrium():
+    net = ce_net("cnn", seed=25)
+    assert_energy_minimal(net, *data(net, batch=2, seed=26), seed=27)
+
+
+@pytest.mark.parametrize("kind,diode", [("mlp", "ideal"), ("mlp", "shockley"), ("cnn", "ideal")])
+def test_ep_is_the_cross_entropy_gradient_at_the_training_settings(kind, diode):
+    """Centered EP with the trainer's solver (free phase 1e-9 A, relative nudge rule 1e-3)
+    against finite differences of the cross-entropy of the free equilibrium, every array,
+    with amplifiers and a leak."""
+    net = ce_net(kind, diode)
+    assert_ep_matches_finite_differences(net, *data(net, seed=12))
+
+
+def test_the_trainer_settings_give_the_converged_ep_gradient():
+    """The relative stop rule resolves the cross-entropy nudge in every layer: EP at the
+    training settings against every phase solved to 1e-15 A, cosine >= 0.999, norm within 1 %."""
+    net = ce_net("cnn", seed=41)
+    x, labels = data(net, batch=6, seed=42)
+    train = centered_ep(net, NumbaSolver(tol_A=1e-9, nudge_rtol=1e-3), x, labels, beta=1.0)
+    ref = centered_ep(net, NumbaSolver(tol_A=1e-15, max_iter=200000), x, labels, beta=1.0)
+    assert train.converged.all() and ref.converged.all()
+    for g, r in zip(train.grad_w + train.grad_b, ref.grad_w + ref.grad_b):
+        g, r = g.reshape(-1), r.reshape(-1)
+        assert g @ r / (np.linalg.norm(g) * np.linalg.norm(r)) >= 0.999
+        assert abs(np.linalg.norm(g) / np.linalg.norm(r) - 1.0) <= 0.01
+
+
+@pytest.mark.parametrize("beta", [0.0, 0.5, -0.5])
+def test_torch_solver_matches_numba(beta):
+    net = ce_net("cnn", "shockley", seed=15)
+    assert_torch_matches_numba(net, *data(net, seed=16), beta)
+
+
+def test_large_outputs_and_a_strong_nudge_converge():
+    """Outputs of tens of volts (softmax saturated, set by the output biases) and beta near
+    the output conductance: the output solve stays convergent, KCL to 1e-12 A."""
+    net = ce_net("mlp", "shockley", seed=7)
+    x, labels = data(net, seed=8)
+    degree_out = LayeredProblem(net, net.input_voltages(x)).degree[-1]
+    net.b = net.b[:-1] + [np.array([25.0, -10.0, 40.0]) * degree_out * net.layer_scale[-1]]
+    v = NumbaSolver(tol_A=1e-12, max_iter=100000).solve(
+        LayeredProblem(net, net.input_voltages(x)), 0.0).v_output
+    assert np.abs(v).max() > 20.0
+    for b in (0.9 * degree_out.min(), -0.9 * degree_out.min(), 20.0):
+        assert_element_laws_hold(net, b)
+
+
+def test_a_nudge_beyond_the_output_conductance_is_refused():
+    net = ce_net()
+    x, labels = data(net)
+    problem = LayeredProblem(net, net.input_voltages(x))
+    beta = 1.1 * problem.degree[-1].min()
+    with pytest.raises(ConvergenceError, match="lower --beta"):
+        solve(problem, -beta, one_hot_targets(labels, net.num_outputs))
+
+
+def test_the_cost_is_recorded_and_the_loss_is_the_cross_entropy():
+    net = ce_net()
+    back = ResistiveNetwork.from_description(net.describe())
+    assert back.cost == CE and net.with_cost("squared-error").cost == "squared-error"
+    assert "cost" not in net.with_cost("squared-error").describe()
+    x, labels = data(net)
+    r = centered_ep(net, NumbaSolver(), x, labels, beta=0.5)
+    v = solve(LayeredProblem(net, net.input_voltages(x)), 0.0, tol_A=1e-9).v_output
+    expected = logsumexp(v, axis=1) - v[np.arange(len(labels)), labels]
+    np.testing.assert_allclose(r.loss, expected, rtol=1e-6)
+    np.testing.assert_allclose(cross_entropy(v, one_hot_targets(labels, 3)), expected, rtol=1e-12)
+
+
+def test_no_model_of_the_nudge_is_refused_clearly():
+    from epsim.solvers.transient import simulate
+    from epsim.solvers.wire_solver import WireSolver
+
+    net = ce_net(gains=None)
+    x, labels = data(net, batch=1)
+    v_in = net.input_voltages(x)
+    target = one_hot_targets(labels, net.num_outputs)
+    compile_network(net, v_in[0])  # the free phase exports
+    with pytest.raises(EpsimError, match="no SPICE netlist"):
+        compile_network(net, v_in[0], beta=0.5, target_V=target[0])
+    with pytest.raises(EpsimError, match="cross-entropy-nudged"):
+        simulate(net, v_in, t_stop_s=1e-6, beta=0.5, target_V=target)
+    plain = ce_net(gains=None, ratio=0.0)
+    wire = WireSolver(wire_resistance_ohm=1.0)
+    prepared = wire.prepare(plain, v_in)
+    wire.solve(prepared, 0.0)  # the free phase solves
+    with pytest.raises(EpsimError, match="squared error only"):
+        wire.solve(prepared, 0.5, target)
+
+
+def test_training_with_the_cross_entropy_records_it_and_resumes(tmp_path):
+    """``--cost cross-entropy`` trains the digits circuit, records the cost in the checkpoint
+    and metrics, and an interrupted run resumes to the same parameters."""
+    from epsim.data import load_dataset
+    from epsim.training import TrainConfig, load_network, train
+
+    digits = load_dataset("digits", train_subset=120, test_subset=60)
+    cfg = TrainConfig(cost=CE, epochs=2, train_subset=120, test_subset=60)
+    quiet = dict(progress=False, log=lambda *_: None)
+    full = train(cfg, digits, tmp_path / "whole", **quiet)
+    assert train(cfg, digits, tmp_path / "parts", stop_after_batches=15, **quiet) == {"interrupted": True}
+    train(cfg, digits, tmp_path / "parts", resume=True, **quiet)
+    whole, state = load_network(tmp_path / "whole" / "checkpoint.pt")
+    parts, _ = load_network(tmp_path / "parts" / "checkpoint.pt")
+    assert whole.cost == CE and state["config"]["cost"] == CE
+    for a, b in zip(whole.w + whole.b, parts.w + parts.b):
+        np.testing.assert_array_equal(a, b)
+    # it learns: three times chance on 60 test digits, and the cross-entropy falls
+    history = full["history"]
+    assert history[-1]["test_accuracy"] > 0.3 and history[-1]["train_loss"] < history[0]["train_loss"]
+
+
+def test_cli_refuses_the_cross_entropy_with_wire_resistance():
+    run = subprocess.run([sys.executable, "-m", "epsim.train", "--dataset", "digits", "--cost", "cross-entropy",
+                          "--wire-resistance", "1"], capture_output=True, text=True)
+    assert run.returncode != 0
+    assert run.stderr.strip().splitlines()[-1] == \
+        "error: --wire-resistance > 0 with --cost cross-entropy is not supported"
