@@ -208,6 +208,9 @@ def main(argv=None):
     from .solvers.factory import SolverConfig
 
     net, state = load_network(args.checkpoint)
+    if net.cost != "squared-error" and not args.no_training_step:
+        raise EpsimError(f"{args.checkpoint} is nudged with the {net.cost}, whose source the transient "
+                         "simulator does not model: add --no-training-step (inference energy only)")
     net = with_diode_options(net, args.diode, args.rail_offset)
     config = _recorded_config(state)
     dataset = load_dataset(config.dataset, args.data_dir or default_data_dir())

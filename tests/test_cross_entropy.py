@@ -175,3 +175,27 @@ def test_cli_refuses_the_cross_entropy_with_wire_resistance():
     assert run.returncode != 0
     assert run.stderr.strip().splitlines()[-1] == \
         "error: --wire-resistance > 0 with --cost cross-entropy is not supported"
+
+
+def test_export_and_energy_refuse_the_nudged_phases_before_any_work(tmp_path):
+    """A cross-entropy checkpoint: ``epsim.export`` writes the free phase and refuses the
+    nudged ones, ``epsim.energy`` asks for ``--no-training-step``, one line each."""
+    from epsim.data import load_dataset
+    from epsim.training import TrainConfig, train
+
+    digits = load_dataset("digits", train_subset=40, test_subset=20)
+    train(TrainConfig(cost=CE, epochs=1, train_subset=40, test_subset=20), digits, tmp_path / "run",
+          progress=False, log=lambda *_: None)
+    ck = str(tmp_path / "run" / "checkpoint.pt")
+    for argv, message in (
+            (["epsim.export", "--checkpoint", ck, "--phase", "all", "--out", str(tmp_path / "nl")],
+             "export --phase free"),
+            (["epsim.energy", "--checkpoint", ck, "--test-subset", "2", "--out", str(tmp_path / "en")],
+             "add --no-training-step")):
+        run = subprocess.run([sys.executable, "-m", *argv], capture_output=True, text=True)
+        assert run.returncode != 0
+        assert run.stderr.strip().splitlines()[-1].startswith("error:") and message in run.stderr
+    run = subprocess.run([sys.executable, "-m", "epsim.export", "--checkpoint", ck, "--phase", "free",
+                          "--out", str(tmp_path / "free")], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    assert list((tmp_path / "free").glob("*.cir"))
