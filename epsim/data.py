@@ -97,6 +97,18 @@ class Dataset:
         )
 
 
+def random_shifts(x: np.ndarray, max_shift: int, rng: np.random.Generator) -> np.ndarray:
+    """Each image of ``x`` (B, C, H, W) translated by its own random whole-pixel offset in
+    ``[-max_shift, max_shift]`` along each axis, the edge pixels repeated into the uncovered
+    border (a random ``H x W`` crop of the edge-padded image). Returns a new array."""
+    if max_shift <= 0:
+        return x
+    b, _, h, w = x.shape
+    padded = np.pad(x, ((0, 0), (0, 0), (max_shift, max_shift), (max_shift, max_shift)), mode="edge")
+    offsets = rng.integers(0, 2 * max_shift + 1, size=(b, 2))
+    return np.stack([padded[i, :, dy:dy + h, dx:dx + w] for i, (dy, dx) in enumerate(offsets)])
+
+
 def default_data_dir() -> Path | None:
     """Data directory from the ``EPSIM_DATA_DIR`` environment variable, else None."""
     value = os.environ.get(DATA_DIR_ENV, "").strip()

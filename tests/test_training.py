@@ -418,3 +418,41 @@ def test_adam_step_matches_its_definition_and_stays_in_range(digits):
                 assert moved.size > 0
                 np.testing.assert_allclose(moved, lrs[l] * np.sign(r.grad_w[l][big & inside]), rtol=1e-3)
     assert all(np.all((w >= lo) & (w <= hi)) for w in net.w)
+
+
+def test_random_shifts_translate_each_image_by_its_own_offset():
+    from epsim.data import random_shifts
+
+    x = np.zeros((5, 1, 7, 7))
+    x[:, 0, 3, 3] = 1.0  # one bright pixel in the middle
+    out = random_shifts(x, 2, np.random.default_rng(0))
+    assert out.shape == x.shape
+    positions = [tuple(np.argwhere(o[0] == 1.0)[0]) for o in out]
+    assert all(abs(r - 3) <= 2 and abs(c - 3) <= 2 for r, c in positions)
+    assert len(set(positions)) > 1 and np.all(out.sum(axis=(1, 2, 3)) == 1.0)
+    edge = np.arange(49, dtype=float).reshape(1, 1, 7, 7)
+    shifted = random_shifts(edge, 3, np.random.default_rng(1))
+    assert set(np.unique(shifted)) <= set(np.unique(edge))  # edge pixels repeated, nothing new
+    assert random_shifts(x, 0, np.random.default_rng(0)) is x
+
+
+def test_augmented_training_resumes_to_the_uninterrupted_run(tmp_path):
+    """The shifts of a batch come from (seed, epoch, batch): an interrupted run resumes to the
+    same parameters, and the images the run sees differ from the unshifted run's."""
+    from epsim.data import load_dataset
+    from epsim.training import TrainConfig, load_network, train
+
+    digits = load_dataset("digits", train_subset=80, test_subset=40)
+    cfg = TrainConfig(augment_shift=1, epochs=2, train_subset=80, test_subset=40)
+    quiet = dict(progress=False, log=lambda *_: None)
+    train(cfg, digits, tmp_path / "whole", **quiet)
+    assert train(cfg, digits, tmp_path / "parts", stop_after_batches=7, **quiet) == {"interrupted": True}
+    train(cfg, digits, tmp_path / "parts", resume=True, **quiet)
+    train(TrainConfig(epochs=2, train_subset=80, test_subset=40), digits, tmp_path / "plain", **quiet)
+    whole, state = load_network(tmp_path / "whole" / "checkpoint.pt")
+    parts, _ = load_network(tmp_path / "parts" / "checkpoint.pt")
+    plain, _ = load_network(tmp_path / "plain" / "checkpoint.pt")
+    assert state["config"]["augment_shift"] == 1
+    for a, b in zip(whole.w + whole.b, parts.w + parts.b):
+        np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(whole.w[0], plain.w[0])

@@ -26,7 +26,7 @@ from ..learning.ep import centered_ep, free_phase_counts
 from ..learning.low_rank import grad_is_zero, grad_rms
 from ..learning.memristive import DeviceArray, get_device_model
 from ..learning.optim import OPTIMIZERS, layer_learning_rates, make_optimizer  # noqa: F401  (re-exported)
-from ..data import dataset_geometry
+from ..data import dataset_geometry, random_shifts
 from ..models.arch import connections_from_arch, has_padded_conv, parse_arch
 from ..models.connections import INITS
 from ..models.loading import load_network, restore_network  # noqa: F401  (re-exported)
@@ -39,6 +39,7 @@ LR_SCHEDULES = ("cosine", "constant", "exponential")
 DEFAULT_TOL_A = 1e-9
 # accuracies count the prediction of an equilibrium that missed its tolerance as a mistake
 UNCONVERGED_COUNTED_AS = "wrong"
+AUGMENT_STREAM = 1  # the random-shift generator's key beside (seed, epoch, batch)
 
 
 @dataclass
@@ -81,6 +82,7 @@ class TrainConfig:
     init_from: str | None = None  # circuit checkpoint whose conductances and biases start the run
     train_subset: int | None = None
     test_subset: int | None = None
+    augment_shift: int = 0  # training images translated by up to this many pixels (0: as given)
     eval_batch_size: int = 500
     device_model: str = "ideal"  # epsim.learning.memristive preset, NAME[:field=value,...]
     wire_resistance_ohm: float = 0.0  # per crossbar wire segment; > 0: the wire-aware solver
@@ -126,6 +128,8 @@ class TrainConfig:
             (self.init_from is None or Path(self.init_from).is_file(),
              f"--init-from {self.init_from}: no such checkpoint file"),
             (self.seed >= 0, "--seed must be non-negative"),
+            (isinstance(self.augment_shift, int) and self.augment_shift >= 0,
+             "--augment-shift must be a whole number of pixels >= 0"),
             (np.isfinite(self.g_min_S) and np.isfinite(self.g_max_S) and 0 <= self.g_min_S < self.g_max_S,
              f"--g-min and --g-max must satisfy 0 <= --g-min < --g-max (siemens), "
              f"got --g-min {self.g_min_S:g} --g-max {self.g_max_S:g}"),
@@ -361,9 +365,16 @@ def _train(config: TrainConfig, dataset, out_dir, dp, *, resume, progress, stop_
         bar = progress_bar(range(start_batch, n_batches), n_batches, start_batch,
                            f"epoch {epoch + 1}/{config.epochs}", progress)
         for k in bar:
-            idx = dp.shard(order[k * config.batch_size:(k + 1) * config.batch_size])
+            batch = order[k * config.batch_size:(k + 1) * config.batch_size]
+            idx = dp.shard(batch)
             labels = dataset.y_train[idx]
-            result = centered_ep(net, solver, dataset.x_train[idx], labels, config.beta,
+            images = dataset.x_train[idx]
+            if config.augment_shift:
+                # drawn for the whole global batch from (seed, epoch, batch): resumes and ranks agree
+                shifted = random_shifts(dataset.x_train[batch], config.augment_shift,
+                                        np.random.default_rng([config.seed, epoch, k, AUGMENT_STREAM]))
+                images = dp.shard(shifted)
+            result = centered_ep(net, solver, images, labels, config.beta,
                                  target_high_V=config.target_high_V, factored=not dp.active)
             n_used = int(result.converged.sum())
             grad_w, grad_b = result.grad_w, result.grad_b
