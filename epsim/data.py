@@ -97,16 +97,23 @@ class Dataset:
         )
 
 
-def random_shifts(x: np.ndarray, max_shift: int, rng: np.random.Generator) -> np.ndarray:
+def random_shifts(x: np.ndarray, max_shift: int, rng: np.random.Generator, flip: bool = False) -> np.ndarray:
     """Each image of ``x`` (B, C, H, W) translated by its own random whole-pixel offset in
     ``[-max_shift, max_shift]`` along each axis, the edge pixels repeated into the uncovered
-    border (a random ``H x W`` crop of the edge-padded image). Returns a new array."""
-    if max_shift <= 0:
+    border (a random ``H x W`` crop of the edge-padded image), and with ``flip`` mirrored
+    left-right with probability 1/2 (for natural images, not digits). Returns a new array
+    (``x`` itself when there is nothing to do)."""
+    if max_shift <= 0 and not flip:
         return x
     b, _, h, w = x.shape
-    padded = np.pad(x, ((0, 0), (0, 0), (max_shift, max_shift), (max_shift, max_shift)), mode="edge")
-    offsets = rng.integers(0, 2 * max_shift + 1, size=(b, 2))
-    return np.stack([padded[i, :, dy:dy + h, dx:dx + w] for i, (dy, dx) in enumerate(offsets)])
+    s = max(int(max_shift), 0)
+    padded = np.pad(x, ((0, 0), (0, 0), (s, s), (s, s)), mode="edge")
+    offsets = rng.integers(0, 2 * s + 1, size=(b, 2))
+    out = np.stack([padded[i, :, dy:dy + h, dx:dx + w] for i, (dy, dx) in enumerate(offsets)])
+    if flip:
+        mirrored = rng.random(b) < 0.5
+        out[mirrored] = out[mirrored, :, :, ::-1]
+    return out
 
 
 def default_data_dir() -> Path | None:

@@ -66,6 +66,9 @@ def build_parser() -> ArgumentParser:
                    help="circuit models: translate every training image by a random whole-pixel offset of "
                         "up to PIXELS along each axis, edge pixels repeated, drawn anew each epoch from "
                         "--seed (default: 0, the images as given)")
+    g.add_argument("--augment-flip", action="store_true", default=d.augment_flip,
+                   help="circuit models: mirror every training image left-right with probability 1/2, drawn "
+                        "anew each epoch from --seed (natural images such as CIFAR-10; not digits)")
     _add_circuit_model_options(p.add_argument_group("model and solver"), d)
     _add_training_options(p.add_argument_group("training"), d)
     g = p.add_argument_group("output")
@@ -269,7 +272,7 @@ CIRCUIT_CONFIG_OPTIONS = ("dataset", "arch", "backend", "diode", "rail_offset", 
                           "nudge_rtol", "max_iter", "device_model", "wire_resistance", "epochs",
                           "batch_size", "lr", "lr_bias", "lr_layers", "momentum", "optimizer", "lr_schedule",
                           "lr_decay", "init", "init_from", "weight_gain", "beta", "seed", "train_subset",
-                          "test_subset", "augment_shift")
+                          "test_subset", "augment_shift", "augment_flip")
 # TorchTrainConfig field of each torch option whose name differs from the field's
 TORCH_CONFIG_FIELDS = {"lr_schedule": "schedule", "ep_tol": "tol", "ep_nudge_tol": "nudge_tol", "ep_omega": "omega"}
 TORCH_CONFIG_OPTIONS = ("dataset", "epochs", "batch_size", "lr", "lrs", "momentum", "optimizer", "weight_decay",

@@ -434,6 +434,9 @@ def test_random_shifts_translate_each_image_by_its_own_offset():
     shifted = random_shifts(edge, 3, np.random.default_rng(1))
     assert set(np.unique(shifted)) <= set(np.unique(edge))  # edge pixels repeated, nothing new
     assert random_shifts(x, 0, np.random.default_rng(0)) is x
+    flipped = random_shifts(edge.repeat(64, axis=0), 0, np.random.default_rng(2), flip=True)
+    mirrored = np.all(flipped == edge[..., ::-1], axis=(1, 2, 3))
+    assert np.all(mirrored | np.all(flipped == edge, axis=(1, 2, 3))) and 10 < mirrored.sum() < 54
 
 
 def test_augmented_training_resumes_to_the_uninterrupted_run(tmp_path):

@@ -83,6 +83,7 @@ class TrainConfig:
     train_subset: int | None = None
     test_subset: int | None = None
     augment_shift: int = 0  # training images translated by up to this many pixels (0: as given)
+    augment_flip: bool = False  # training images mirrored left-right with probability 1/2
     eval_batch_size: int = 500
     device_model: str = "ideal"  # epsim.learning.memristive preset, NAME[:field=value,...]
     wire_resistance_ohm: float = 0.0  # per crossbar wire segment; > 0: the wire-aware solver
@@ -369,10 +370,11 @@ def _train(config: TrainConfig, dataset, out_dir, dp, *, resume, progress, stop_
             idx = dp.shard(batch)
             labels = dataset.y_train[idx]
             images = dataset.x_train[idx]
-            if config.augment_shift:
+            if config.augment_shift or config.augment_flip:
                 # drawn for the whole global batch from (seed, epoch, batch): resumes and ranks agree
                 shifted = random_shifts(dataset.x_train[batch], config.augment_shift,
-                                        np.random.default_rng([config.seed, epoch, k, AUGMENT_STREAM]))
+                                        np.random.default_rng([config.seed, epoch, k, AUGMENT_STREAM]),
+                                        flip=config.augment_flip)
                 images = dp.shard(shifted)
             result = centered_ep(net, solver, images, labels, config.beta,
                                  target_high_V=config.target_high_V, factored=not dp.active)
