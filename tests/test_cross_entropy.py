@@ -19,6 +19,7 @@ from epsim.solvers.numba_solver import LayeredProblem, NumbaSolver, solve
 from test_amplifiers import (assert_element_laws_hold, assert_energy_minimal, assert_ep_matches_finite_differences,
                              assert_torch_matches_numba)
 from test_leak import data, leaky_net
+from test_training import assert_resumes_to_the_uninterrupted_run
 
 CE = "cross-entropy"
 
@@ -151,19 +152,12 @@ def test_training_with_the_cross_entropy_records_it_and_resumes(tmp_path):
     """``--cost cross-entropy`` trains the digits circuit, records the cost in the checkpoint
     and metrics, and an interrupted run resumes to the same parameters."""
     from epsim.data import load_dataset
-    from epsim.training import TrainConfig, load_network, train
+    from epsim.training import TrainConfig
 
     digits = load_dataset("digits", train_subset=120, test_subset=60)
     cfg = TrainConfig(cost=CE, epochs=2, train_subset=120, test_subset=60)
-    quiet = dict(progress=False, log=lambda *_: None)
-    full = train(cfg, digits, tmp_path / "whole", **quiet)
-    assert train(cfg, digits, tmp_path / "parts", stop_after_batches=15, **quiet) == {"interrupted": True}
-    train(cfg, digits, tmp_path / "parts", resume=True, **quiet)
-    whole, state = load_network(tmp_path / "whole" / "checkpoint.pt")
-    parts, _ = load_network(tmp_path / "parts" / "checkpoint.pt")
+    full, whole, state = assert_resumes_to_the_uninterrupted_run(cfg, digits, tmp_path, 15)
     assert whole.cost == CE and state["config"]["cost"] == CE
-    for a, b in zip(whole.w + whole.b, parts.w + parts.b):
-        np.testing.assert_array_equal(a, b)
     # it learns: three times chance on 60 test digits, and the cross-entropy falls
     history = full["history"]
     assert history[-1]["test_accuracy"] > 0.3 and history[-1]["train_loss"] < history[0]["train_loss"]

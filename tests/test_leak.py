@@ -188,24 +188,18 @@ def test_training_with_a_leak_records_it_and_resumes_with_it(tmp_path, capsys):
     an interrupted run resumes with the same leak (not one re-derived from its weights) and
     ends where an uninterrupted one does."""
     from epsim.data import load_dataset
-    from epsim.training import TrainConfig, load_network, train
+    from epsim.training import TrainConfig
+    from test_training import assert_resumes_to_the_uninterrupted_run
 
     digits = load_dataset("digits", train_subset=120, test_subset=60)
     cfg = TrainConfig(leak_ratio=3.0, amp_gain=[4.0], input_gain_V=64.0, epochs=2, train_subset=120,
                       test_subset=60)
-    quiet = dict(progress=False, log=lambda *_: None)
-    full = train(cfg, digits, tmp_path / "whole", **quiet)
-    assert train(cfg, digits, tmp_path / "parts", stop_after_batches=15, **quiet) == {"interrupted": True}
-    train(cfg, digits, tmp_path / "parts", resume=True, **quiet)
-    whole, _ = load_network(tmp_path / "whole" / "checkpoint.pt")
-    parts, _ = load_network(tmp_path / "parts" / "checkpoint.pt")
+    full, whole, _ = assert_resumes_to_the_uninterrupted_run(cfg, digits, tmp_path, 15)
     start = build_circuit_model("cnn", (1, 8, 8), 10, amp_gains=[4.0])
     start.init_params(np.random.default_rng(0), 1.0)
     for got, expected in zip(whole.leak, leak_from_ratio(start, 3.0)):
         assert np.all(expected > 0)
         np.testing.assert_allclose(got, expected, rtol=1e-12)
-    for a, b in zip(whole.leak + whole.w + whole.b, parts.leak + parts.w + parts.b):
-        np.testing.assert_array_equal(a, b)
     assert full["history"][-1]["test_accuracy"] > 0.5
     # the trained leaky circuit's EP gradient at its training settings is the converged one
     fidelity = load_script("analysis/ep_fidelity.py")

@@ -108,6 +108,22 @@ def test_dead_units_are_counted_per_hidden_layer(digits):
     assert pinned == float(1.0 - active.any(axis=0).mean()) > dead[0]
 
 
+def assert_resumes_to_the_uninterrupted_run(cfg, dataset, tmp_path, stop_after_batches) -> tuple:
+    """Train ``cfg`` whole (``tmp_path/whole``) and interrupted after ``stop_after_batches``
+    then resumed (``tmp_path/parts``): the same parameters and leak. Returns the whole run's
+    ``(metrics, network, checkpoint state)``."""
+    quiet = dict(progress=False, log=lambda *_: None)
+    full = train(cfg, dataset, tmp_path / "whole", **quiet)
+    assert train(cfg, dataset, tmp_path / "parts", stop_after_batches=stop_after_batches,
+                 **quiet) == {"interrupted": True}
+    train(cfg, dataset, tmp_path / "parts", resume=True, **quiet)
+    whole, state = load_network(tmp_path / "whole" / CHECKPOINT_NAME)
+    parts, _ = load_network(tmp_path / "parts" / CHECKPOINT_NAME)
+    for a, b in zip(whole.leak + whole.w + whole.b, parts.leak + parts.w + parts.b):
+        np.testing.assert_array_equal(a, b)
+    return full, whole, state
+
+
 @pytest.mark.parametrize("stop_after,optimizer", [(3, "sgd"), (15, "sgd"), (20, "sgd"), (15, "adam")])
 def test_interrupted_run_resumes_to_identical_result(tmp_path, digits, stop_after, optimizer):
     cfg = config(optimizer=optimizer, lr=0.1 if optimizer == "sgd" else 0.005)
@@ -446,16 +462,10 @@ def test_augmented_training_resumes_to_the_uninterrupted_run(tmp_path):
     from epsim.training import TrainConfig, load_network, train
 
     digits = load_dataset("digits", train_subset=80, test_subset=40)
-    cfg = TrainConfig(augment_shift=1, epochs=2, train_subset=80, test_subset=40)
-    quiet = dict(progress=False, log=lambda *_: None)
-    train(cfg, digits, tmp_path / "whole", **quiet)
-    assert train(cfg, digits, tmp_path / "parts", stop_after_batches=7, **quiet) == {"interrupted": True}
-    train(cfg, digits, tmp_path / "parts", resume=True, **quiet)
-    train(TrainConfig(epochs=2, train_subset=80, test_subset=40), digits, tmp_path / "plain", **quiet)
-    whole, state = load_network(tmp_path / "whole" / "checkpoint.pt")
-    parts, _ = load_network(tmp_path / "parts" / "checkpoint.pt")
-    plain, _ = load_network(tmp_path / "plain" / "checkpoint.pt")
-    assert state["config"]["augment_shift"] == 1
-    for a, b in zip(whole.w + whole.b, parts.w + parts.b):
-        np.testing.assert_array_equal(a, b)
+    cfg = TrainConfig(augment_shift=1, augment_flip=True, epochs=2, train_subset=80, test_subset=40)
+    _, whole, state = assert_resumes_to_the_uninterrupted_run(cfg, digits, tmp_path, 7)
+    train(TrainConfig(epochs=2, train_subset=80, test_subset=40), digits, tmp_path / "plain",
+          progress=False, log=lambda *_: None)
+    plain, _ = load_network(tmp_path / "plain" / CHECKPOINT_NAME)
+    assert state["config"]["augment_shift"] == 1 and state["config"]["augment_flip"]
     assert not np.array_equal(whole.w[0], plain.w[0])
