@@ -83,9 +83,6 @@ def main(argv=None):
         dataset_name = config.get("dataset", "digits")
         beta, high_V = float(config.get("beta", 0.5)), float(config.get("target_high_V", 1.0))
         source = f"checkpoint {args.checkpoint}"
-    if net.cost != "squared-error" and args.phase != "free":
-        raise EpsimError(f"{args.checkpoint} is nudged with the {net.cost} (a softmax current source), "
-                         "which has no SPICE netlist: export --phase free")
     net = with_diode_options(net, args.diode, args.rail_offset)
     dataset = load_dataset(dataset_name, args.data_dir or default_data_dir())
     wire_resistance_ohm = args.wire_resistance

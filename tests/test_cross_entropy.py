@@ -1,8 +1,9 @@
 """The cross-entropy nudge: a current ``beta g_unit (y - softmax(v / 1 V))`` into each output
 node instead of a conductance to a target voltage. The solvers' states against the element
 laws and the energy, EP at the training settings against finite differences of the
-cross-entropy, torch against numba, the trainer's option and checkpoint, and the refusals
-where the nudge has no model (SPICE, transient, wires)."""
+cross-entropy, torch against numba, the SPICE softmax sources (MNA, ngspice, the reader), the
+trainer's option and checkpoint, and the refusals where the nudge has no model (transient,
+wires)."""
 import subprocess
 import sys
 
@@ -11,13 +12,18 @@ import pytest
 from scipy.optimize import minimize
 from scipy.special import logsumexp
 
-from epsim.circuit.compile import compile_network
+from epsim.circuit.netlist import Netlist
+from epsim.circuit.spice_reader import read_netlist
+from epsim.circuit.spice_writer import format_netlist, write_netlist
 from epsim.errors import ConvergenceError, EpsimError
 from epsim.learning.ep import centered_ep, cross_entropy
 from epsim.models.resistive import ResistiveNetwork, one_hot_targets
+from epsim.solvers.mna import solve_mna
 from epsim.solvers.numba_solver import LayeredProblem, NumbaSolver, solve
+from test_amplifier_spice import needs_ngspice, ngspice_voltages
 from test_amplifiers import (assert_element_laws_hold, assert_energy_minimal, assert_ep_matches_finite_differences,
                              assert_torch_matches_numba)
+from test_differential import max_phase_difference_V
 from test_leak import data, leaky_net
 from test_training import assert_resumes_to_the_uninterrupted_run
 
@@ -127,7 +133,7 @@ def test_the_cost_is_recorded_and_the_loss_is_the_cross_entropy():
     np.testing.assert_allclose(cross_entropy(v, one_hot_targets(labels, 3)), expected, rtol=1e-12)
 
 
-def test_no_model_of_the_nudge_is_refused_clearly():
+def test_transient_and_wire_solver_refuse_the_nudged_phases():
     from epsim.solvers.transient import simulate
     from epsim.solvers.wire_solver import WireSolver
 
@@ -135,9 +141,6 @@ def test_no_model_of_the_nudge_is_refused_clearly():
     x, labels = data(net, batch=1)
     v_in = net.input_voltages(x)
     target = one_hot_targets(labels, net.num_outputs)
-    compile_network(net, v_in[0])  # the free phase exports
-    with pytest.raises(EpsimError, match="no SPICE netlist"):
-        compile_network(net, v_in[0], beta=0.5, target_V=target[0])
     with pytest.raises(EpsimError, match="cross-entropy-nudged"):
         simulate(net, v_in, t_stop_s=1e-6, beta=0.5, target_V=target)
     plain = ce_net(gains=None, ratio=0.0)
@@ -146,6 +149,81 @@ def test_no_model_of_the_nudge_is_refused_clearly():
     wire.solve(prepared, 0.0)  # the free phase solves
     with pytest.raises(EpsimError, match="squared error only"):
         wire.solve(prepared, 0.5, target)
+
+
+def softmax_circuit(scale_A=2e-3) -> Netlist:
+    """Three 1 kOhm nodes, two driven by 1 and 2 mA, and a softmax group on all three."""
+    nl = Netlist(title="softmax sources")
+    nl.add("R", ["r0", "r1", "r2"], ["o0", "o1", "o2"], ["0"] * 3, 1e3)
+    nl.add("I", ["i0", "i1"], ["0", "0"], ["o0", "o1"], [1e-3, 2e-3])
+    nl.add("B", ["b0", "b1", "b2"], ["0"] * 3, ["o0", "o1", "o2"], scale_A, target=[1.0, 0.0, 0.0],
+           group=["g"] * 3)
+    return nl
+
+
+def test_mna_solves_the_softmax_source_against_scipy():
+    from scipy.optimize import fsolve
+    from scipy.special import softmax
+
+    nl = softmax_circuit()
+    sol = solve_mna(nl, tol_A=1e-16)
+    v = np.array([sol.voltages_V[nl.node_index(n)] for n in ("o0", "o1", "o2")])
+
+    def kcl(u):
+        return -1e-3 * u + np.array([1e-3, 2e-3, 0.0]) + 2e-3 * (np.array([1.0, 0.0, 0.0]) - softmax(u))
+
+    np.testing.assert_allclose(v, fsolve(kcl, np.zeros(3), xtol=1e-15), atol=1e-12)
+    assert np.abs(kcl(v)).max() <= 1e-16
+
+
+@pytest.mark.parametrize("dialect", ["ngspice", "xyce"])
+def test_softmax_sources_round_trip_through_spice_text(dialect, tmp_path):
+    nl = softmax_circuit()
+    text = format_netlist(nl, dialect)
+    assert ("b0 0 o0 I = 0.002 * (1.0 - exp(v(o0)) / (exp(v(o0)) + exp(v(o1)) + exp(v(o2))))" in text
+            if dialect == "ngspice" else
+            "b0 0 o0 I={0.002 * (1.0 - exp(v(o0)) / (exp(v(o0)) + exp(v(o1)) + exp(v(o2))))}" in text)
+    back = read_netlist(write_netlist(nl, tmp_path / "c.cir", dialect))
+    b = back.softmax_sources
+    assert b.names == ["b0", "b1", "b2"] and b.value.tolist() == [2e-3] * 3
+    assert b.target.tolist() == [1.0, 0.0, 0.0] and len(set(b.group.tolist())) == 1
+    a = solve_mna(nl, tol_A=1e-16).voltages_V
+    np.testing.assert_array_equal(solve_mna(back, tol_A=1e-16).voltages_V[:a.size], a)
+
+
+@pytest.mark.parametrize("body,message", [
+    ("b0 0 o0 I = 2e-3 * (1 - exp(2*v(o0)) / (exp(v(o0))))", "only the softmax current source"),
+    ("b0 o1 o0 I = 2e-3 * (1 - exp(v(o0)) / (exp(v(o0))))", "from ground"),
+    ("b0 0 o0 I = 2e-3 * (1 - exp(v(o0)) / (exp(v(o0)) + exp(v(o1))))", "one source driving each"),
+    ("b0 0 o0 V = 2e-3", "only the softmax current source"),
+])
+def test_reader_refuses_other_behavioural_sources(body, message, tmp_path):
+    path = tmp_path / "bad.cir"
+    path.write_text(f"bad\nr0 o0 0 1k\nr1 o1 0 1k\n{body}\n.op\n.end\n")
+    with pytest.raises(EpsimError, match=message) as err:
+        read_netlist(path)
+    assert "bad.cir:4" in str(err.value)
+
+
+@pytest.mark.parametrize("kind", ["mlp", "cnn"])
+def test_export_read_mna_matches_numba(kind, tmp_path):
+    """compile -> write -> read -> MNA against the layered solver, free and +-beta, every node
+    (amplifiers, a leak, Shockley diodes, the softmax sources of the nudged phases)."""
+    def mna(nl, phase):
+        back = read_netlist(write_netlist(nl, tmp_path / f"{phase}.cir"))
+        volts = solve_mna(back, tol_A=1e-16).voltages_V
+        return [volts[back.node_index(n)] for n in nl.nodes]
+
+    for phase, diff in max_phase_difference_V(ce_net(kind, "shockley", seed=21), 22, mna).items():
+        assert diff <= 1e-9, f"{phase}: max |V_numba - V_mna| = {diff:.3g} V"
+
+
+@needs_ngspice
+def test_numba_matches_ngspice(tmp_path):
+    net = ce_net("cnn", "shockley", seed=23, is_A=1e-15)
+    spice = max_phase_difference_V(net, 24, lambda nl, phase: ngspice_voltages(nl, tmp_path, f"{phase}.cir"))
+    for phase, diff in spice.items():
+        assert diff <= 1e-9, f"{phase}: max |V_numba - V_ngspice| = {diff:.3g} V"
 
 
 def test_training_with_the_cross_entropy_records_it_and_resumes(tmp_path):
@@ -171,9 +249,10 @@ def test_cli_refuses_the_cross_entropy_with_wire_resistance():
         "error: --wire-resistance > 0 with --cost cross-entropy is not supported"
 
 
-def test_export_and_energy_refuse_the_nudged_phases_before_any_work(tmp_path):
-    """A cross-entropy checkpoint: ``epsim.export`` writes the free phase and refuses the
-    nudged ones, ``epsim.energy`` asks for ``--no-training-step``, one line each."""
+def test_export_writes_and_energy_refuses_the_nudged_phases(tmp_path):
+    """A cross-entropy checkpoint: ``epsim.export`` writes every phase (the nudged ones with
+    softmax sources, their voltages in ``.op.json``); ``epsim.energy`` asks for
+    ``--no-training-step`` with one line, before any work."""
     from epsim.data import load_dataset
     from epsim.training import TrainConfig, train
 
@@ -181,15 +260,12 @@ def test_export_and_energy_refuse_the_nudged_phases_before_any_work(tmp_path):
     train(TrainConfig(cost=CE, epochs=1, train_subset=40, test_subset=20), digits, tmp_path / "run",
           progress=False, log=lambda *_: None)
     ck = str(tmp_path / "run" / "checkpoint.pt")
-    for argv, message in (
-            (["epsim.export", "--checkpoint", ck, "--phase", "all", "--out", str(tmp_path / "nl")],
-             "export --phase free"),
-            (["epsim.energy", "--checkpoint", ck, "--test-subset", "2", "--out", str(tmp_path / "en")],
-             "add --no-training-step")):
-        run = subprocess.run([sys.executable, "-m", *argv], capture_output=True, text=True)
-        assert run.returncode != 0
-        assert run.stderr.strip().splitlines()[-1].startswith("error:") and message in run.stderr
-    run = subprocess.run([sys.executable, "-m", "epsim.export", "--checkpoint", ck, "--phase", "free",
-                          "--out", str(tmp_path / "free")], capture_output=True, text=True)
+    run = subprocess.run([sys.executable, "-m", "epsim.energy", "--checkpoint", ck, "--test-subset", "2",
+                          "--out", str(tmp_path / "en")], capture_output=True, text=True)
+    assert run.returncode != 0
+    assert run.stderr.strip().splitlines()[-1].startswith("error:") and "add --no-training-step" in run.stderr
+    run = subprocess.run([sys.executable, "-m", "epsim.export", "--checkpoint", ck, "--phase", "all",
+                          "--out", str(tmp_path / "nl")], capture_output=True, text=True)
     assert run.returncode == 0, run.stderr
-    assert list((tmp_path / "free").glob("*.cir"))
+    plus = [p for p in (tmp_path / "nl").glob("*.cir") if "plus" in p.name]
+    assert plus and "bnudge_0 0 " in plus[0].read_text()

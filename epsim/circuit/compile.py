@@ -33,6 +33,9 @@ Elements::
                             the target voltage. The -beta phase needs a negative conductance: it
                             is written as a negative resistor, which ngspice and the MNA solver
                             accept in DC analysis (reciprocal, so the circuit keeps its energy).
+    bnudge_{k}              the cross-entropy nudge (``net.cost``) instead: a softmax current
+                            source (B) driving beta g_unit 1 V (y_k - softmax(v(out) / 1 V)_k)
+                            from ground into out_k, y the one-hot target probabilities.
     e_{node}, vs_{node},    bidirectional amplifier of a node of hidden layer l whose gain A_l
     f_{node}                (``net.amp_gains[l-1]``, layer l -> l+1) is not 1: ``e_{node}`` (E)
                             sets a_{node} to A_l * v({node}); ``vs_{node}`` (0 V source from
@@ -197,7 +200,8 @@ def compile_network(net, v_input, *, beta: float = 0.0, target_V=None, netlist: 
         net: the layered network (its diode model decides the clamp diode card).
         v_input: ``(n_0,)`` input source voltages (V), a row of ``net.input_voltages(x)``.
         beta: signed nudging strength (0: free phase).
-        target_V: ``(K,)`` target output voltages (V), needed when ``beta != 0``.
+        target_V: ``(K,)`` target output voltages (V), needed when ``beta != 0`` (with the
+            cross-entropy nudge the target probabilities).
         netlist: append to this circuit instead of a new one (several samples in one file).
         prefix: prepended to every node and element name of this sample.
         notes: add header notes (model, shapes, phase, node mapping) to the circuit.
@@ -211,9 +215,6 @@ def compile_network(net, v_input, *, beta: float = 0.0, target_V=None, netlist: 
     if beta != 0.0:
         if target_V is None:
             raise EpsimError("a nudged phase needs target voltages")
-        if net.cost != "squared-error":
-            raise EpsimError(f"the {net.cost} nudge (a softmax current source) has no SPICE netlist: "
-                             "export the free phase, or a circuit nudged with the squared error")
         target_V = np.asarray(target_V, dtype=np.float64).reshape(-1)
         if target_V.size != net.num_outputs:
             raise EpsimError(f"target has {target_V.size} voltages, the network {net.num_outputs} outputs")
@@ -255,7 +256,11 @@ def compile_network(net, v_input, *, beta: float = 0.0, target_V=None, netlist: 
         nz = np.nonzero(bias_A)[0]
         nl.add("I", [f"ib_{names[l][k]}" for k in nz], [GROUND] * nz.size,
                [names[l][k] for k in nz], bias_A[nz])
-    if beta != 0.0:
+    if beta != 0.0 and net.cost == "cross-entropy":
+        out = names[-1]
+        nl.add("B", [f"bnudge_{prefix}{k}" for k in range(len(out))], [GROUND] * len(out), out,
+               np.full(len(out), beta * g_unit * 1.0), target=target_V, group=["nudge"] * len(out))
+    elif beta != 0.0:
         out = names[-1]
         tgt = [f"{prefix}tgt_{k}" for k in range(len(out))]
         nl.add("V", [f"v{t}" for t in tgt], tgt, [GROUND] * len(tgt), target_V)
@@ -343,7 +348,9 @@ def _notes(net, beta) -> list:
         + f"; g_unit {net.ranges.g_unit_S!r} S; input gain {net.input_gain_V!r} V"
         + (f" around pixel value {net.input_center!r}" if net.input_center else ""),
         f"clamp diodes: {diode}",
-        f"phase: {phase}, signed beta = {beta!r} (nudge conductance beta*g_unit to tgt_k)",
+        f"phase: {phase}, signed beta = {beta!r} "
+        + ("(nudge: softmax current sources bnudge_k, beta*g_unit*1V*(y_k - softmax_k(v(out)/1V)))"
+           if net.cost == "cross-entropy" else "(nudge conductance beta*g_unit to tgt_k)"),
     ]
     if net.has_leak:
         lines.append("leak: rleak_N joins node N to ground (a fixed conductance, not trained)")

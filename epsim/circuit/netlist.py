@@ -1,4 +1,4 @@
-"""Circuit IR: named nodes and R, D, V, I, E, F elements with plain-float values, plus diode models.
+"""Circuit IR: named nodes and R, D, V, I, E, F, B elements with plain-float values, plus diode models.
 
 Conventions (SPICE):
 
@@ -16,6 +16,11 @@ Conventions (SPICE):
   ``p`` through the source to ``m``, where ``I(vctl)`` is the branch current of the voltage
   source named ``vctl`` (from its ``+`` node through it to its ``-`` node; positive when
   current enters its ``+`` terminal from the circuit).
+- ``B name 0 m amps`` (softmax current source, the cross-entropy nudge): of a group of them,
+  element k drives ``amps_k * (y_k - softmax_k)`` from ground through the source into its
+  node ``m_k``, ``softmax`` over the group of ``exp(v_m / 1 V)``; ``y_k`` is its ``target``
+  (a probability). Written as SPICE behavioural sources ``B name 0 m I=...``; the group is
+  the set of nodes in the expression's denominator. Its ``p`` node must be ground.
 
 Elements are stored kind by kind as arrays (names, node indices, values), so circuits of
 1e5 elements are built, written and solved without per-element Python objects.
@@ -32,9 +37,10 @@ from ..errors import EpsimError
 from .diodes import BOLTZMANN_J_PER_K, ELEMENTARY_CHARGE_C
 
 GROUND = "0"
-KINDS = ("R", "D", "V", "I", "E", "F")
+KINDS = ("R", "D", "V", "I", "E", "F", "B")
 KIND_NAMES = {"R": "resistor", "D": "diode", "V": "voltage source", "I": "current source",
-              "E": "voltage-controlled voltage source", "F": "current-controlled current source"}
+              "E": "voltage-controlled voltage source", "F": "current-controlled current source",
+              "B": "softmax current source"}
 
 
 @dataclass(frozen=True)
@@ -64,7 +70,9 @@ class Elements:
     R: the two ends, D: anode/cathode, V/I/E/F: plus/minus) and ``value`` (float array: ohms,
     volts, amperes, or the dimensionless gain of E and F). Diodes carry ``model`` (int array
     indexing ``Netlist.models``); E sources their controlling nodes ``c``/``d`` (int arrays,
-    plus/minus); F sources ``control``, the names of their controlling V sources (list of str)."""
+    plus/minus); F sources ``control``, the names of their controlling V sources (list of str);
+    B sources ``target`` (float array, y) and ``group`` (int array: elements with the same
+    number share one softmax)."""
 
     names: list
     a: np.ndarray
@@ -74,6 +82,8 @@ class Elements:
     c: np.ndarray | None = None
     d: np.ndarray | None = None
     control: list | None = None
+    target: np.ndarray | None = None
+    group: np.ndarray | None = None
 
     def __len__(self):
         return len(self.names)
@@ -146,13 +156,17 @@ class Netlist:
             return nodes.astype(np.int64)
         return self.node_ids(list(nodes))
 
-    def add(self, kind: str, names, a, b, value, model=None, *, c=None, d=None, control=None):
-        """Append elements of ``kind`` (R, D, V, I, E, F); ``a``/``b`` are node names or indices.
+    def add(self, kind: str, names, a, b, value, model=None, *, c=None, d=None, control=None,
+            target=None, group=None):
+        """Append elements of ``kind`` (R, D, V, I, E, F, B); ``a``/``b`` are node names or indices.
 
         ``model`` (diodes only): one model name for all, or one per element.
         ``c``/``d`` (E only): controlling nodes (names or indices), plus and minus.
         ``control`` (F only): controlling V source names, one for all or one per element.
-        ``value`` is the gain for E and F.
+        ``target``/``group`` (B only): each element's target probability, and a label (any
+        hashable) per element naming its softmax group (elements added together with the same
+        label share one softmax; labels of different calls never do).
+        ``value`` is the gain for E and F, the current scale (A) for B.
         """
         if kind not in KINDS:
             raise EpsimError(f"unsupported element kind {kind!r}; the IR holds {', '.join(KINDS)}")
@@ -170,14 +184,38 @@ class Netlist:
             if value.size == 1 and len(names) != 1:
                 value = np.full(len(names), float(value[0]))
         ctrl_c, ctrl_d, control = self._controls(kind, len(names), c, d, control)
+        targets, groups = self._softmax_groups(kind, len(names), a, target, group)
         if not (len(names) == a.size == b.size == value.size):
             raise EpsimError(f"{KIND_NAMES[kind]} arrays of different lengths")
         if not np.all(np.isfinite(value)):
             raise EpsimError(f"{KIND_NAMES[kind]} with a NaN or infinite value")
         if kind == "R" and np.any(value == 0):
             raise EpsimError("a resistor of 0 ohm (use a voltage source of 0 V for a short)")
-        self._parts[kind].append(Elements(names, a, b, value, model_ids, ctrl_c, ctrl_d, control))
+        self._parts[kind].append(Elements(names, a, b, value, model_ids, ctrl_c, ctrl_d, control,
+                                          targets, groups))
         self._cache.pop(kind, None)
+
+    def _softmax_groups(self, kind, count, p_nodes, target, group):
+        """Targets and global group numbers of ``count`` new B elements, validated."""
+        if kind != "B":
+            if target is not None or group is not None:
+                raise EpsimError(f"a {KIND_NAMES[kind]} has no target or softmax group")
+            return None, None
+        if target is None or group is None:
+            raise EpsimError("a softmax current source needs its target and softmax group")
+        target = np.asarray(target, dtype=np.float64).reshape(-1)
+        labels = list(group)
+        if not (target.size == len(labels) == count):
+            raise EpsimError(f"{KIND_NAMES[kind]} arrays of different lengths")
+        if not np.all(np.isfinite(target)):
+            raise EpsimError("a softmax current source with a NaN or infinite target")
+        if np.any(p_nodes != 0):
+            raise EpsimError("a softmax current source drives a node from ground: its first node must be 0")
+        first = sum(len(set(p.group.tolist())) for p in self._parts["B"])
+        numbering = {}
+        for label in labels:
+            numbering.setdefault(label, first + len(numbering))
+        return target, np.array([numbering[label] for label in labels], dtype=np.int64)
 
     def _controls(self, kind, count, c, d, control):
         """Controlling nodes (E) or source names (F) of ``count`` new elements, validated."""
@@ -214,7 +252,9 @@ class Netlist:
                 model=cat("model", np.int64) if kind == "D" else None,
                 c=cat("c", np.int64) if kind == "E" else None,
                 d=cat("d", np.int64) if kind == "E" else None,
-                control=[v for p in parts for v in p.control] if kind == "F" else None)
+                control=[v for p in parts for v in p.control] if kind == "F" else None,
+                target=cat("target", np.float64) if kind == "B" else None,
+                group=cat("group", np.int64) if kind == "B" else None)
         return self._cache[kind]
 
     @property
@@ -242,6 +282,11 @@ class Netlist:
     def cccs(self) -> Elements:
         """Current-controlled current sources (F)."""
         return self.elements("F")
+
+    @property
+    def softmax_sources(self) -> Elements:
+        """Softmax current sources (B)."""
+        return self.elements("B")
 
     def control_indices(self) -> np.ndarray:
         """``(num F,)`` index into :attr:`vsources` of each F source's controlling V source

@@ -41,15 +41,20 @@ NUMBER = re.compile(r"^([+-]?(?:\d+\.?\d*|\.\d+)(?:e[+-]?\d+)?)([a-z]*)$")
 UNSUPPORTED_ELEMENTS = {
     "c": "capacitor", "l": "inductor", "k": "coupled inductors", "x": "subcircuit instance",
     "m": "MOSFET", "q": "bipolar transistor", "j": "JFET", "z": "MESFET", "g": "VCCS",
-    "h": "CCVS", "b": "behavioural source", "s": "voltage switch",
+    "h": "CCVS", "s": "voltage switch",
     "w": "current switch", "t": "transmission line", "o": "lossy line", "u": "RC line",
     "y": "transmission line", "a": "XSPICE code model", "n": "OSDI device", "p": "coupled line",
 }
 IGNORED_CARDS = {".op", ".dc", ".print", ".save", ".probe", ".nodeset", ".ic", ".title", ".width",
                  ".meas", ".measure", ".global", ".plot"}
 DIODE_PARAMS = {"is", "n", "level"}
-ELEMENT_KINDS = "rdvief"
-READ_KINDS = "R, D, V, I, E and F"
+ELEMENT_KINDS = "rdviefb"
+READ_KINDS = "R, D, V, I, E, F and B (softmax current sources only)"
+_NUM = r"[+-]?(?:\d+\.?\d*|\.\d+)(?:e[+-]?\d+)?"
+_EXP_V = r"exp\(v\(([^()\s]+)\)\)"
+SOFTMAX_SOURCE = re.compile(  # I = A * (y - exp(v(m)) / (exp(v(m1)) + ...)), blanks removed
+    rf"^i=(?P<brace>\{{)?(?P<a>{_NUM})\*\((?P<y>{_NUM})-{_EXP_V}/\((?P<den>{_EXP_V}(?:\+{_EXP_V})*)\)\)(?(brace)\}})$",
+    flags=re.I)
 MAX_QUOTE = 80           # characters of netlist text quoted in an error message
 MAX_NUMBER_CHARS = 100   # a longer token is not read as a number (bounds the regex's work)
 MAX_EXPR_DEPTH = 64      # nesting (parentheses, unary signs, powers) of a {expression}
@@ -441,12 +446,15 @@ class _Reader:
                 self._vcvs(tokens, loc, group)
             elif kind == "f":
                 self._cccs(tokens, loc, group)
+            elif kind == "b":
+                self._softmax_source(tokens, loc, group)
             else:
                 group.value.append(self._element_value(kind, tokens, loc))
             group.names.append(name)
             group.a.append(tokens[1].lower())
             group.b.append(tokens[2].lower())
         _check_controls(groups, seen)
+        _check_softmax_groups(groups["B"])
         for kind, g in groups.items():
             if g.names:
                 nl.add(kind, g.names, g.a, g.b, np.array(g.value),
@@ -483,6 +491,26 @@ class _Reader:
         group.control.append(tokens[3].lower())
         group.cards.append((loc, tokens[0], tokens[3]))
         group.value.append(parse_number(tokens[4], self.params, loc))
+
+    def _softmax_source(self, tokens, loc, group):
+        """``Bname 0 m I = A * (y - exp(v(m)) / (exp(v(m1)) + ...))`` (``I={...}`` too): the
+        softmax current source epsim writes; other behavioural sources are refused."""
+        form = "'B name 0 m I = A * (y - exp(v(m)) / (exp(v(m1)) + exp(v(m2)) + ...))'"
+        if len(tokens) < 4:
+            raise loc.error(f"behavioural source {tokens[0]}: expected {form}")
+        m = SOFTMAX_SOURCE.match("".join(tokens[3:]))
+        if m is None:
+            raise loc.error(f"behavioural source {tokens[0]}: epsim reads only the softmax current "
+                            f"source {form}, got {quote(' '.join(tokens[3:]))}")
+        node = tokens[2].lower()
+        members = tuple(n.lower() for n in re.findall(_EXP_V, m.group("den"), flags=re.I))
+        if tokens[1] != "0" or m.group(4).lower() != node or node not in members:
+            raise loc.error(f"behavioural source {tokens[0]}: the softmax source drives its own node "
+                            f"from ground (B name 0 m) and its numerator and denominator name that node")
+        group.value.append(parse_number(m.group("a"), self.params, loc))
+        group.target.append(parse_number(m.group("y"), self.params, loc))
+        group.group.append(members)
+        group.cards.append((loc, tokens[0], node))
 
     def _element_value(self, kind, tokens, loc):
         label = {"r": "resistor", "v": "voltage source", "i": "current source"}[kind]
@@ -522,13 +550,16 @@ class _Group:
     def __init__(self):
         self.names, self.a, self.b, self.value = [], [], [], []
         self.model, self.c, self.d, self.control = [], [], [], []
-        self.cards = []  # F only: (loc, name, controlling source) as written
+        self.target, self.group = [], []  # B only
+        self.cards = []  # F: (loc, name, controlling source); B: (loc, name, node), as written
 
     def controls(self, kind) -> dict:
         if kind == "E":
             return {"c": self.c, "d": self.d}
         if kind == "F":
             return {"control": self.control}
+        if kind == "B":
+            return {"target": self.target, "group": self.group}
         return {}
 
 
@@ -549,6 +580,19 @@ def _check_controls(groups, seen):
             raise loc.error(f"CCCS {name}: controlling voltage source {ctl} not found")
         if ctl[0].lower() != "v":
             raise loc.error(f"CCCS {name}: controlling element {ctl} is not a voltage source (V)")
+
+
+def _check_softmax_groups(group):
+    """Each softmax group's denominator names exactly the nodes its sources drive, once each."""
+    driven = {}
+    for (loc, name, node), members in zip(group.cards, group.group):
+        driven.setdefault(members, []).append((loc, name, node))
+    for members, cards in driven.items():
+        nodes = [node for _, _, node in cards]
+        if sorted(nodes) != sorted(members) or len(set(members)) != len(members):
+            loc, name, _ = cards[0]
+            raise loc.error(f"behavioural source {name}: its softmax over {', '.join(members)} needs one "
+                            f"source driving each of those nodes, found sources on {', '.join(nodes)}")
 
 
 def read_netlist(path) -> Netlist:

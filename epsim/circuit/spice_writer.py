@@ -17,7 +17,10 @@ Dialects:
   through ``.PRINT``; no ``.control``). Not run here: Xyce is not installed.
 
 Amplifier elements are written in SPICE's linear forms, the same in both dialects:
-``Ename p m cp cm gain`` and ``Fname p m vctl gain``.
+``Ename p m cp cm gain`` and ``Fname p m vctl gain``. A softmax current source (the
+cross-entropy nudge) is a behavioural source, ``Bname 0 m I = A * (y - exp(v(m)) / (exp(v(m1))
++ exp(v(m2)) + ...))`` (Xyce: ``I={...}``), its softmax group the nodes of the denominator;
+``exp`` of a node voltage above ~700 V overflows in either simulator.
 
 Temperature: a simulator computes ``Vt = k T / q`` with its own constants (ngspice 39:
 CODATA 2014; Xyce: the SPICE3 values). The netlist's ``TEMP`` and ``TNOM`` (equal, so ``IS``
@@ -50,9 +53,10 @@ SECTION_TITLES = {"V": "voltage sources (inputs, nudging targets, rails)",
                   "R": "resistors (crossbar conductances, nudging)",
                   "D": "clamp diodes", "I": "bias current sources",
                   "E": "voltage-controlled voltage sources (amplifiers, forward: a_N = A * v(N))",
-                  "F": "current-controlled current sources (amplifiers, backward: I(vs_N) / A out of N)"}
+                  "F": "current-controlled current sources (amplifiers, backward: I(vs_N) / A out of N)",
+                  "B": "softmax current sources (cross-entropy nudge)"}
 SENSE_TITLE = "voltage sources (inputs, nudging targets, rails, amplifier current sensors vs_N)"
-WRITE_ORDER = ("V", "R", "D", "I", "E", "F")
+WRITE_ORDER = ("V", "R", "D", "I", "E", "F", "B")
 
 
 def library_dir() -> Path:
@@ -109,10 +113,20 @@ def _include_line(path, netlist_dir):
     return f".include {path.as_posix()}"
 
 
-def element_lines(netlist: Netlist, kind: str) -> list:
-    """SPICE lines of every element of ``kind``."""
+def element_lines(netlist: Netlist, kind: str, dialect: str = "ngspice") -> list:
+    """SPICE lines of every element of ``kind`` (``dialect`` matters for B sources only)."""
     e = netlist.elements(kind)
     nodes = netlist.nodes
+    if kind == "B":
+        members = {}
+        for m, g in zip(e.b.tolist(), e.group.tolist()):
+            members.setdefault(g, []).append(nodes[m])
+        lines = []
+        for n, m, v, y, g in zip(e.names, e.b.tolist(), e.value.tolist(), e.target.tolist(), e.group.tolist()):
+            total = " + ".join(f"exp(v({k}))" for k in members[g])
+            expr = f"{v!r} * ({y!r} - exp(v({nodes[m]})) / ({total}))"
+            lines.append(f"{n} 0 {nodes[m]} " + (f"I = {expr}" if dialect == "ngspice" else f"I={{{expr}}}"))
+        return lines
     if kind == "D":
         models = [m.name for m in netlist.models]
         return [f"{n} {nodes[a]} {nodes[b]} {models[m]}"
@@ -175,7 +189,7 @@ def format_netlist(netlist: Netlist, dialect: str = "ngspice", *, netlist_dir=No
         out.append(".OPTIONS NONLIN " + " ".join(f"{k}={v!r}" for k, v in XYCE_OPTIONS["NONLIN"].items()))
     netlist.control_indices()  # an F source must name an existing V source
     for kind in WRITE_ORDER:
-        lines = element_lines(netlist, kind)
+        lines = element_lines(netlist, kind, dialect)
         if lines:
             out.append(f"* {_section_title(netlist, kind)}")
             out += lines

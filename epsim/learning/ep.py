@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import numba as nb
 import numpy as np
 
-from ..models.resistive import one_hot_targets
+from ..models.resistive import nudge_targets
 from ..solvers.threads import threads_for
 from .low_rank import dense_drop_diff
 
@@ -74,13 +74,6 @@ def output_cost(net, v_out, target):
     if net.cost == "cross-entropy":
         return cross_entropy(v_out, target)
     return squared_error(v_out, target)
-
-
-def nudge_targets(net, labels, target_high_V=1.0):
-    """``(B, K)`` targets of the nudged phases for ``labels`` (B,): one-hot voltages of
-    ``target_high_V`` on the label (squared error), or one-hot probabilities (cross-entropy)."""
-    high = 1.0 if net.cost == "cross-entropy" else target_high_V
-    return one_hot_targets(labels, net.num_outputs, high)
 
 
 def free_phase(net, solver, x):

@@ -531,6 +531,13 @@ def build_cnn(image_shape, convs=((16, 3, 1),), hidden=(), num_classes=10, **kw)
     return ResistiveNetwork(image_shape, conns, **kw)
 
 
+def nudge_targets(net: ResistiveNetwork, labels: np.ndarray, target_high_V: float = 1.0) -> np.ndarray:
+    """``(B, K)`` targets of ``net``'s nudged phases for ``labels`` (B,): one-hot voltages of
+    ``target_high_V`` on the label (squared error), or one-hot probabilities (cross-entropy)."""
+    high = 1.0 if net.cost == "cross-entropy" else target_high_V
+    return one_hot_targets(labels, net.num_outputs, high)
+
+
 def one_hot_targets(labels: np.ndarray, num_classes: int, high_V: float = 1.0) -> np.ndarray:
     """Target output voltages (V), shape ``(B, K)``: ``high_V`` on the label, 0 elsewhere."""
     y = np.zeros((len(labels), num_classes))

@@ -1,18 +1,20 @@
 """General DC solver for any circuit of the IR: Newton on modified nodal analysis (MNA).
 
 Supported elements: resistors (any sign), Shockley diodes, independent DC voltage and
-current sources, voltage-controlled voltage sources (E) and current-controlled current
-sources (F, controlled by the branch current of a V source); conventions in
-:mod:`epsim.circuit.netlist`.
+current sources, voltage-controlled voltage sources (E), current-controlled current
+sources (F, controlled by the branch current of a V source) and softmax current sources (B,
+the cross-entropy nudge); conventions in :mod:`epsim.circuit.netlist`.
 
 Unknowns: the voltages of all nodes but ground, then one branch current per voltage
 source, then one per E source. Equations: KCL at every node (sum of currents leaving = 0),
 ``v_p - v_m = volts`` for every voltage source and ``v_p - v_m = gain (v_cp - v_cm)`` for
 every E source; an F source adds ``+gain * I(vctl)`` to the KCL row of its ``p`` node and
 ``-gain * I(vctl)`` to its ``m`` node, ``I(vctl)`` being the controlling source's
-branch-current unknown. Everything but the diodes is linear; diodes follow Shockley's law
-``I = Is (exp(V / nVt) - 1)``. Each Newton step linearises the diodes
-SPICE-style (companion model at the junction voltage) with ``pnjlim`` junction limiting,
+branch-current unknown. Everything but the diodes and the softmax sources is linear; diodes
+follow Shockley's law ``I = Is (exp(V / nVt) - 1)``, a softmax group drives
+``A_k (y_k - softmax_k(v / 1 V))`` into its nodes. Each Newton step linearises the diodes
+SPICE-style (companion model at the junction voltage) with ``pnjlim`` junction limiting and
+each softmax group at the present voltages (its dense Jacobian ``A_k (s_k d_kj - s_k s_j)``),
 and solves the sparse system with SuperLU (``scipy.sparse.linalg.splu``); the sparsity
 pattern and the map from element stamps to matrix entries are built once.
 
@@ -84,8 +86,13 @@ class _System:
         d_rows = np.concatenate([d.a, d.b, d.a, d.b])
         d_cols = np.concatenate([d.a, d.b, d.b, d.a])
         diag = np.arange(1, n_nodes + 1)
-        all_rows = np.concatenate([lin_rows, d_rows, diag]) - 1
-        all_cols = np.concatenate([lin_cols, d_cols, diag]) - 1
+        sm = nl.softmax_sources
+        self.sm_groups = [np.flatnonzero(sm.group == g) for g in np.unique(sm.group)]
+        self.sm_node, self.sm_amps, self.sm_target = sm.b, sm.value, sm.target
+        sm_rows = np.concatenate([np.repeat(sm.b[k], k.size) for k in self.sm_groups] or [np.zeros(0, np.int64)])
+        sm_cols = np.concatenate([np.tile(sm.b[k], k.size) for k in self.sm_groups] or [np.zeros(0, np.int64)])
+        all_rows = np.concatenate([lin_rows, d_rows, diag, sm_rows]) - 1
+        all_cols = np.concatenate([lin_cols, d_cols, diag, sm_cols]) - 1
         keep = (all_rows >= 0) & (all_cols >= 0)  # ground rows/columns drop out
         key = all_cols.astype(np.int64) * n + all_rows
         uniq, pos = np.unique(key[keep], return_inverse=True)
@@ -99,7 +106,8 @@ class _System:
         self.lin_data = np.bincount(full_pos[:n_lin][lin_keep], weights=lin_vals[lin_keep],
                                     minlength=self.nnz).astype(np.float64)
         self.diode_pos = full_pos[n_lin:n_lin + n_d]
-        self.diag_pos = full_pos[n_lin + n_d:]
+        self.diag_pos = full_pos[n_lin + n_d:n_lin + n_d + n_nodes]
+        self.sm_pos = full_pos[n_lin + n_d + n_nodes:]
         self.lin_matrix = sp.csc_matrix((self.lin_data, self.indices, self.indptr), shape=(n, n))
         # constant right-hand side: current sources and source voltages
         rhs = np.zeros(n + 1)
@@ -124,6 +132,27 @@ class _System:
         """Shockley current (A) and conductance (S) at junction voltages ``vd``."""
         return shockley_array(vd, self.d_is, self.d_nvt)
 
+    def softmax_sources(self, v):
+        """At node voltages ``v`` (ground first): the current each softmax source's node loses
+        to it (A, ``-A_k (y_k - s_k)``) and the Jacobian entries ``A_k (s_k d_kj - s_k s_j)``
+        (S), group by group in the order of :attr:`sm_pos`."""
+        leaving = np.zeros(self.sm_node.size)
+        jac = []
+        for k in self.sm_groups:
+            z = v[self.sm_node[k]]
+            s = np.exp(z - z.max())
+            s /= s.sum()
+            a = self.sm_amps[k]
+            leaving[k] = -a * (self.sm_target[k] - s)
+            jac.append((a * s)[:, None] * (np.eye(k.size) - s[None, :]))
+        return leaving, (np.concatenate([j.reshape(-1) for j in jac]) if jac else np.zeros(0))
+
+    def stamp_softmax(self, vector, leaving):
+        """Add each softmax source's ``leaving`` current at its node's row of a length-n vector."""
+        full = np.zeros(self.n + 1)
+        np.add.at(full, self.sm_node, leaving)
+        vector += full[1:]
+
     def stamp_diodes(self, vector, value):
         """Add ``+value`` at anode rows and ``-value`` at cathode rows of a length-n vector."""
         full = np.zeros(self.n + 1)
@@ -137,6 +166,8 @@ class _System:
         v = self.node_v(x)
         i_d, _ = self.diode(v[self.d_a] - v[self.d_c])
         self.stamp_diodes(f, i_d)
+        if self.sm_node.size:
+            self.stamp_softmax(f, self.softmax_sources(v)[0])
         if gmin:
             f[:self.n_nodes] += gmin * x[:self.n_nodes]
         return f
@@ -147,16 +178,20 @@ class _System:
         with warnings.catch_warnings():
             warnings.simplefilter("error", MatrixRankWarning)
             try:
-                splu(self.matrix(np.ones(self.d_a.size), 0.0))
+                splu(self.matrix(np.ones(self.d_a.size), 0.0, np.zeros(self.sm_pos.size)))
             except (RuntimeError, MatrixRankWarning):
                 raise EpsimError("singular circuit matrix: a node has no DC path to ground "
                                  "(floating), or voltage sources (V, E) form a loop") from None
 
-    def matrix(self, gd, gmin):
+    def matrix(self, gd, gmin, sm_jac):
+        """The Jacobian: linear stamps, diode conductances ``gd``, ``gmin`` at every node, the
+        softmax groups' entries ``sm_jac`` (:meth:`softmax_sources`)."""
         data = self.lin_data.copy()
         g4 = np.concatenate([gd, gd, -gd, -gd])
         ok = self.diode_pos >= 0
         data += np.bincount(self.diode_pos[ok], weights=g4[ok], minlength=self.nnz).astype(np.float64)
+        ok = self.sm_pos >= 0
+        data += np.bincount(self.sm_pos[ok], weights=sm_jac[ok], minlength=self.nnz).astype(np.float64)
         if gmin:
             data[self.diag_pos] += gmin
         return sp.csc_matrix((data, self.indices, self.indptr), shape=(self.n, self.n))
@@ -218,10 +253,20 @@ def _newton(sysm: _System, x, gmin, tol_A, vtol_V, max_iter):
         # companion model: i = i_d + g_d (v - vd) -> conductance g_d, source i_d - g_d vd
         rhs = sysm.rhs.copy()
         sysm.stamp_diodes(rhs, -(i_d - g_d * vd))
+        leaving, sm_jac = sysm.softmax_sources(v)
+        if leaving.size:
+            # the same for each softmax group: i = i0 + J (v - v0) -> matrix J, source i0 - J v0
+            companion = leaving.copy()
+            start = 0
+            for k in sysm.sm_groups:
+                jac = sm_jac[start:start + k.size ** 2].reshape(k.size, k.size)
+                companion[k] -= jac @ v[sysm.sm_node[k]]
+                start += k.size ** 2
+            sysm.stamp_softmax(rhs, -companion)
         with warnings.catch_warnings():
             warnings.simplefilter("error", MatrixRankWarning)
             try:
-                lu = splu(sysm.matrix(g_d, gmin))
+                lu = splu(sysm.matrix(g_d, gmin, sm_jac))
             except (RuntimeError, MatrixRankWarning):
                 return x, False, it, np.inf  # e.g. every diode at a node cut off to 0 S
         x_new = lu.solve(rhs)

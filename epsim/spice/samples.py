@@ -22,7 +22,7 @@ from ..circuit.crossbar import named_internal_voltages
 from ..circuit.spice_dialects import DIALECTS
 from ..circuit.spice_writer import write_netlist
 from ..errors import ConvergenceError
-from ..models.resistive import one_hot_targets
+from ..models.resistive import nudge_targets
 from ..solvers.factory import SolverConfig, make_solver
 
 DIALECT_SUFFIX = {"ngspice": ".cir", "xyce": ".xyce.cir"}
@@ -54,7 +54,7 @@ def export_samples(net, x, labels, out_dir, *, beta: float, target_high_V: float
         if d not in DIALECTS:
             raise ValueError(f"unknown dialect {d}")
     v_input = net.input_voltages(x)
-    target = one_hot_targets(labels, net.num_outputs, target_high_V)
+    target = nudge_targets(net, labels, target_high_V)
     # the wire solver counts active-set / Newton iterations, not sweeps
     iterations = max(200, min(max_iter, 10000)) if wire_resistance_ohm else max_iter
     solver = make_solver(SolverConfig("numba", tol_A, iterations, wire_resistance_ohm))
