@@ -125,7 +125,7 @@ def spice_compare(args):
 
     from epsim.circuit.compile import with_diode
     from epsim.data import default_data_dir, load_dataset
-    from epsim.models.resistive import one_hot_targets
+    from epsim.models.resistive import nudge_targets
     from epsim.solvers.ngspice import run_ngspice
     from epsim.solvers.numba_solver import LayeredProblem, solve
     from epsim.models.loading import load_network
@@ -163,7 +163,7 @@ def spice_compare(args):
         out_diff = max((d for k, d in diff.items() if k.startswith("out_")), default=float("nan"))
         x = ds.x_test[op["dataset_index"]:op["dataset_index"] + 1].astype(np.float64)
         problem = LayeredProblem(shock, shock.input_voltages(x))
-        target = one_hot_targets(np.array([op["label"]]), shock.num_outputs, high_V)
+        target = nudge_targets(shock, np.array([op["label"]]), high_V)
         solve(problem, op["beta"], target, tol_A=args.tol, max_iter=args.max_iter)  # JIT warm-up
         times = []
         for _ in range(args.repeat):
