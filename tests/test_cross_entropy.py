@@ -20,10 +20,10 @@ from epsim.learning.ep import centered_ep, cross_entropy
 from epsim.models.resistive import ResistiveNetwork, one_hot_targets
 from epsim.solvers.mna import solve_mna
 from epsim.solvers.numba_solver import LayeredProblem, NumbaSolver, solve
-from test_amplifier_spice import needs_ngspice, ngspice_voltages
+from test_amplifier_spice import needs_ngspice
 from test_amplifiers import (assert_element_laws_hold, assert_energy_minimal, assert_ep_matches_finite_differences,
                              assert_torch_matches_numba)
-from test_differential import max_phase_difference_V
+from test_differential import assert_numba_matches_exported_netlists
 from test_leak import data, leaky_net
 from test_training import assert_resumes_to_the_uninterrupted_run
 
@@ -207,23 +207,13 @@ def test_reader_refuses_other_behavioural_sources(body, message, tmp_path):
 
 @pytest.mark.parametrize("kind", ["mlp", "cnn"])
 def test_export_read_mna_matches_numba(kind, tmp_path):
-    """compile -> write -> read -> MNA against the layered solver, free and +-beta, every node
-    (amplifiers, a leak, Shockley diodes, the softmax sources of the nudged phases)."""
-    def mna(nl, phase):
-        back = read_netlist(write_netlist(nl, tmp_path / f"{phase}.cir"))
-        volts = solve_mna(back, tol_A=1e-16).voltages_V
-        return [volts[back.node_index(n)] for n in nl.nodes]
-
-    for phase, diff in max_phase_difference_V(ce_net(kind, "shockley", seed=21), 22, mna).items():
-        assert diff <= 1e-9, f"{phase}: max |V_numba - V_mna| = {diff:.3g} V"
+    """Amplifiers, a leak, Shockley diodes, the softmax sources of the nudged phases."""
+    assert_numba_matches_exported_netlists(ce_net(kind, "shockley", seed=21), 22, tmp_path)
 
 
 @needs_ngspice
 def test_numba_matches_ngspice(tmp_path):
-    net = ce_net("cnn", "shockley", seed=23, is_A=1e-15)
-    spice = max_phase_difference_V(net, 24, lambda nl, phase: ngspice_voltages(nl, tmp_path, f"{phase}.cir"))
-    for phase, diff in spice.items():
-        assert diff <= 1e-9, f"{phase}: max |V_numba - V_ngspice| = {diff:.3g} V"
+    assert_numba_matches_exported_netlists(ce_net("cnn", "shockley", seed=23, is_A=1e-15), 24, tmp_path, "ngspice")
 
 
 def test_training_with_the_cross_entropy_records_it_and_resumes(tmp_path):

@@ -161,25 +161,33 @@ def max_phase_difference_V(net, seed, reference) -> dict:
     return out
 
 
-@pytest.mark.parametrize("kind", ["mlp", "cnn"])
-def test_export_read_mna_matches_numba(kind, tmp_path):
-    """compile -> write -> read -> MNA against the layered solver, free and +-beta, every
-    node (the inverting amplifiers are E and F elements with negative gains)."""
+def assert_numba_matches_exported_netlists(net, seed, tmp_path, simulator="mna"):
+    """compile -> write -> read -> MNA (``simulator="mna"``) or ngspice on the written file,
+    against the layered solver: every free node of one random input, free and +-beta, within
+    1e-9 V."""
     def mna(nl, phase):
         back = read_netlist(write_netlist(nl, tmp_path / f"{phase}.cir"))
         volts = solve_mna(back, tol_A=1e-16).voltages_V
         return [volts[back.node_index(n)] for n in nl.nodes]
 
-    for phase, diff in max_phase_difference_V(diff_net(kind, "shockley", seed=21), 22, mna).items():
-        assert diff <= 1e-9, f"{phase}: max |V_numba - V_mna| = {diff:.3g} V"
+    def ngspice(nl, phase):
+        return ngspice_voltages(nl, tmp_path, f"{phase}.cir")
+
+    for phase, diff in max_phase_difference_V(net, seed, mna if simulator == "mna" else ngspice).items():
+        assert diff <= 1e-9, f"{phase}: max |V_numba - V_{simulator}| = {diff:.3g} V"
+
+
+@pytest.mark.parametrize("kind", ["mlp", "cnn"])
+def test_export_read_mna_matches_numba(kind, tmp_path):
+    """compile -> write -> read -> MNA against the layered solver, free and +-beta, every
+    node (the inverting amplifiers are E and F elements with negative gains)."""
+    assert_numba_matches_exported_netlists(diff_net(kind, "shockley", seed=21), 22, tmp_path)
 
 
 @needs_ngspice
 def test_numba_matches_ngspice(tmp_path):
     net = diff_net("cnn", "shockley", seed=23, is_A=1e-15)  # ngspice's reverse knee: see README
-    spice = max_phase_difference_V(net, 24, lambda nl, phase: ngspice_voltages(nl, tmp_path, f"{phase}.cir"))
-    for phase, diff in spice.items():
-        assert diff <= 1e-9, f"{phase}: max |V_numba - V_ngspice| = {diff:.3g} V"
+    assert_numba_matches_exported_netlists(net, 24, tmp_path, "ngspice")
 
 
 def test_the_energy_is_minimal_at_the_equilibrium():

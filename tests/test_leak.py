@@ -10,18 +10,15 @@ import pytest
 
 from epsim.circuit.compile import compile_network
 from epsim.circuit.diodes import DiodeModel
-from epsim.circuit.spice_reader import read_netlist
-from epsim.circuit.spice_writer import write_netlist
 from epsim.errors import EpsimError
 from epsim.models.registry import build_circuit_model
 from epsim.models.resistive import ResistiveNetwork, leak_from_ratio
-from epsim.solvers.mna import solve_mna
 from epsim.solvers.numba_solver import LayeredProblem, NumbaSolver
-from test_amplifier_spice import needs_ngspice, ngspice_voltages
+from test_amplifier_spice import needs_ngspice
 from test_amplifiers import (assert_element_laws_hold, assert_energy_minimal, assert_ep_matches_finite_differences,
                              assert_torch_matches_numba)
 from scripts import load_script
-from test_differential import assert_input_gradient_matches_finite_differences, max_phase_difference_V
+from test_differential import assert_input_gradient_matches_finite_differences, assert_numba_matches_exported_netlists
 
 ARCHS = {"mlp": "dense:7,dense:6,dense:3", "cnn": "conv:4:3:1:1,conv:4:2:2,dense:5,dense:3"}
 RATIO = 3.0
@@ -122,22 +119,13 @@ def test_export_writes_one_resistor_to_ground_per_node():
 
 @pytest.mark.parametrize("kind", ["mlp", "cnn"])
 def test_export_read_mna_matches_numba(kind, tmp_path):
-    """compile -> write -> read -> MNA against the layered solver, free and +-beta, every node."""
-    def mna(nl, phase):
-        back = read_netlist(write_netlist(nl, tmp_path / f"{phase}.cir"))
-        volts = solve_mna(back, tol_A=1e-16).voltages_V
-        return [volts[back.node_index(n)] for n in nl.nodes]
-
-    for phase, diff in max_phase_difference_V(leaky_net(kind, "shockley", seed=21), 22, mna).items():
-        assert diff <= 1e-9, f"{phase}: max |V_numba - V_mna| = {diff:.3g} V"
+    assert_numba_matches_exported_netlists(leaky_net(kind, "shockley", seed=21), 22, tmp_path)
 
 
 @needs_ngspice
 def test_numba_matches_ngspice(tmp_path):
-    net = leaky_net("cnn", "shockley", seed=23, is_A=1e-15)
-    spice = max_phase_difference_V(net, 24, lambda nl, phase: ngspice_voltages(nl, tmp_path, f"{phase}.cir"))
-    for phase, diff in spice.items():
-        assert diff <= 1e-9, f"{phase}: max |V_numba - V_ngspice| = {diff:.3g} V"
+    assert_numba_matches_exported_netlists(leaky_net("cnn", "shockley", seed=23, is_A=1e-15), 24, tmp_path,
+                                           "ngspice")
 
 
 def test_the_energy_is_minimal_at_the_equilibrium():
