@@ -147,8 +147,6 @@ class ResistiveNetwork:
         self.b = [np.zeros(self.bias_shape(l)) for l in range(1, len(shapes))]
         self.leak = leak
         self.amp_gains = amp_gains
-        if cost not in COSTS:
-            raise EpsimError(f"unknown cost {cost!r}; choose from {', '.join(COSTS)}")
         self.cost = cost
 
     # ---- structure -------------------------------------------------------------------
@@ -329,11 +327,20 @@ class ResistiveNetwork:
                        "g_max_S": self.ranges.g_max_S},
         }
 
+    @property
+    def cost(self) -> str:
+        """The nudge at the outputs, one of :data:`COSTS`."""
+        return self._cost
+
+    @cost.setter
+    def cost(self, cost: str):
+        if cost not in COSTS:
+            raise EpsimError(f"unknown cost {cost!r}; choose from {', '.join(COSTS)}")
+        self._cost = cost
+
     def with_cost(self, cost: str) -> "ResistiveNetwork":
         """This network with another output nudge (:data:`COSTS`); itself when unchanged, else a
         shallow copy sharing the parameter arrays."""
-        if cost not in COSTS:
-            raise EpsimError(f"unknown cost {cost!r}; choose from {', '.join(COSTS)}")
         if cost == self.cost:
             return self
         out = copy.copy(self)

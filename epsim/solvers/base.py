@@ -77,6 +77,17 @@ class Equilibrium:
         return self.v_free[-1]
 
 
+def check_nudge(degree_out, beta) -> None:
+    """Refuse a ``-beta`` nudge that would make an output node's conductance non-positive
+    (squared error) or its node equations non-monotone (cross-entropy): ``|beta|`` must stay
+    below every output node's self-conductance ``degree_out`` ((K,) normalised; numpy array
+    or torch tensor)."""
+    if beta < 0.0 and bool((degree_out + beta <= 0).any()):
+        raise ConvergenceError(
+            f"nudging beta={beta} makes an output node's conductance non-positive "
+            f"(min output self-conductance {float(degree_out.min()):.3g} g_unit): lower --beta")
+
+
 def check_no_floating_nodes(degrees) -> None:
     """Refuse a circuit with a free node that no conductance connects (total conductance 0):
     its KCL has no solution (a bias current into it) or no unique one.

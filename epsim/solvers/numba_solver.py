@@ -14,10 +14,9 @@ import numba as nb
 import numpy as np
 
 from ..circuit.diodes import clamp_current, ideal_violation
-from ..errors import ConvergenceError
 from ..models.connections import (SMALL_BATCH, _conv_forward, _conv_forward_padded, _conv_transpose,
                                   _conv_transpose_padded, _dense_drive_in, _dense_drive_out)
-from .base import Certificate, Equilibrium, check_no_floating_nodes
+from .base import Certificate, Equilibrium, check_no_floating_nodes, check_nudge
 from .stop_rule import rule_step
 from .threads import PARALLEL_MIN_NODE_UPDATES, numba_threads, threads_for
 
@@ -209,8 +208,7 @@ def _residual(kinds, shapes, weights, a, bias, lo, hi, input_drive, v, beta, tar
     for l in range(len(v)):
         c = np.empty_like(v[l])
         _layer_drive(l, kinds, shapes, weights, bias, input_drive, v, beta, target, ce_p, c)
-        if l == len(v) - 1 and ce_p > 0.0 and beta != 0.0:
-            _add_ce_nudge(c, v[l], beta, target, ce_p)
+        c = _nudged_drive(l, len(v), c, v[l], beta, target, ce_p)
         layer_residual(a[l], c, lo[l], hi[l], shockley, is_n[l], nvt[l], v[l], layer_p[l], res, parallel)
 
 
@@ -305,6 +303,17 @@ def _add_ce_nudge(c, u, beta, y, ce_p):
         _softmax(u[b], ce_p, p)
         for k in range(k_out):
             c[b, k] += beta / ce_p * (y[b, k] - p[k])
+
+
+@nb.njit(cache=True)
+def _nudged_drive(l, n_layers, c, u, beta, y, ce_p):
+    """The whole current into free layer ``l``'s nodes for a residual: ``c`` itself, or on the
+    output layer of a cross-entropy-nudged phase a copy with the nudge current at ``u`` added."""
+    if l != n_layers - 1 or ce_p == 0.0 or beta == 0.0:
+        return c
+    out = c.copy()
+    _add_ce_nudge(out, u, beta, y, ce_p)
+    return out
 
 
 @nb.njit(cache=True, inline="always")
@@ -461,13 +470,7 @@ def _run_phase(kinds, shapes, weights, a, bias, lo, hi, input_drive, v, v_ref, b
             # so the odd layers' residual is the whole state's: stop the converged samples
             res[:] = 0.0
             for l in odd:
-                if l == n_layers - 1 and ce_p > 0.0 and beta != 0.0:
-                    nudged = drives[l].copy()
-                    _add_ce_nudge(nudged, v[l], beta, target, ce_p)
-                    layer_residual(a[l], nudged, lo[l], hi[l], shockley, is_n[l], nvt[l], v[l], layer_p[l],
-                                   res, parallel)
-                    continue
-                layer_residual(a[l], drives[l], lo[l], hi[l], shockley, is_n[l], nvt[l], v[l], layer_p[l],
+                layer_residual(a[l], _nudged_drive(l, n_layers, drives[l], v[l], beta, target, ce_p), lo[l], hi[l], shockley, is_n[l], nvt[l], v[l], layer_p[l],
                                res, parallel)
             n_active = 0
             for b in range(batch):
@@ -520,16 +523,6 @@ def _centered_phases(kinds, shapes, weights, a_free, a_plus, a_minus, bias, lo, 
     _residual(kinds, shapes, weights, a_minus, bias, lo, hi, input_drive, v_minus, -beta, target, ce_p,
               shockley, is_n, nvt, layer_p, residuals[2], parallel)
     return s_free, s_plus, s_minus
-
-
-def check_nudge(degree_out, beta):
-    """Refuse a ``-beta`` nudge that would make an output node's conductance non-positive
-    (squared error) or its node equations non-monotone (cross-entropy): ``|beta|`` must stay
-    below every output node's self-conductance ``degree_out`` (normalised)."""
-    if beta < 0.0 and np.any(degree_out + beta <= 0):
-        raise ConvergenceError(
-            f"nudging beta={beta} makes an output node's conductance non-positive "
-            f"(min output self-conductance {np.min(degree_out):.3g} g_unit): lower --beta")
 
 
 class LayeredProblem:
@@ -592,9 +585,7 @@ class LayeredProblem:
         target = self._target(beta, target_V)
         _layer_drive(l - 1, kinds, shapes, weights, self.bias_tuple, self.input_drive,
                      u, float(beta), target, self.ce_p, out)
-        if l == self.net.num_layers and self.ce_p and beta != 0.0:
-            _add_ce_nudge(out, u[-1], float(beta), target, self.ce_p)
-        return out
+        return _nudged_drive(l - 1, len(u), out, u[l - 1], float(beta), target, self.ce_p)
 
     def to_normalised(self, v_free) -> tuple:
         """Node voltages (list of (B, n_l), V) -> the sweeps' state ``v_l / P_l`` (fresh arrays)."""

@@ -38,8 +38,8 @@ import torch
 import torch.nn.functional as F
 
 from ..circuit.diodes import TorchRails, clamp_current_torch, ideal_violation_torch
-from ..errors import ConvergenceError, EpsimError
-from .base import Certificate, Equilibrium, check_no_floating_nodes
+from ..errors import EpsimError
+from .base import Certificate, Equilibrium, check_no_floating_nodes, check_nudge
 from .stop_rule import rule_step
 
 NEWTON_MAX_ITER = 200
@@ -321,10 +321,7 @@ class TorchCircuit:
         conductance included (the cross-entropy nudge is a current source)."""
         a = self.degree[l - 1]
         if l == self.L and beta != 0.0:
-            if bool((a + beta <= 0).any()):
-                raise ConvergenceError(
-                    f"nudging beta={beta} makes an output node's conductance non-positive "
-                    f"(min output self-conductance {float(self.degree[-1].min()):.3g} g_unit): lower --beta")
+            check_nudge(a, beta)
             if not self.ce_p:
                 a = a + beta
         return a

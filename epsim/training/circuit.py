@@ -369,13 +369,13 @@ def _train(config: TrainConfig, dataset, out_dir, dp, *, resume, progress, stop_
             batch = order[k * config.batch_size:(k + 1) * config.batch_size]
             idx = dp.shard(batch)
             labels = dataset.y_train[idx]
-            images = dataset.x_train[idx]
             if config.augment_shift or config.augment_flip:
                 # drawn for the whole global batch from (seed, epoch, batch): resumes and ranks agree
-                shifted = random_shifts(dataset.x_train[batch], config.augment_shift,
-                                        np.random.default_rng([config.seed, epoch, k, AUGMENT_STREAM]),
-                                        flip=config.augment_flip)
-                images = dp.shard(shifted)
+                images = dp.shard(random_shifts(dataset.x_train[batch], config.augment_shift,
+                                                np.random.default_rng([config.seed, epoch, k, AUGMENT_STREAM]),
+                                                flip=config.augment_flip))
+            else:
+                images = dataset.x_train[idx]
             result = centered_ep(net, solver, images, labels, config.beta,
                                  target_high_V=config.target_high_V, factored=not dp.active)
             n_used = int(result.converged.sum())
