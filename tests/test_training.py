@@ -82,6 +82,30 @@ def test_layers_without_ep_signal_are_reported(tmp_path, digits):
     h = relative["history"][-1]
     assert h["silent_updates_per_layer"] == [0, 0]
     assert all(r > 0 for r in h["nudge_response_V_per_layer"]) and all(g > 0 for g in h["grad_rms_per_layer"])
+    assert all(u > 1e3 for u in h["nudge_rounding_units_per_layer"])   # resolved: no rounding warning
+
+
+def test_a_nudge_within_float64_rounding_is_measured_and_warned():
+    """The nudge response in float64 spacings of the layer's largest node voltage; a layer
+    under 100 spacings (a three-conv circuit's first stage: 1.4e-13 V at up to 297 V) is named
+    in a warning, resolved layers are not."""
+    from epsim.training.circuit import _EpochTally, nudge_rounding_units, unresolved_nudge_warning
+
+    assert nudge_rounding_units([np.spacing(297.0) * 3, 1e-6], [297.0, 1.0]) == pytest.approx(
+        [3.0, 1e-6 / np.spacing(1.0)])
+    assert nudge_rounding_units([0.0], [0.0]) == [0.0]
+    tally = _EpochTally()
+    for response in ([1.2e-13, 1.2e-11, 6e-9, 3e-5], [1.6e-13, 1.6e-11, 6e-9, 4e-5]):
+        tally.add_signal([np.ones(2)] * 4, response, [297.3, 328.2, 223.8, 52.6])
+    summary = tally.signal_summary()
+    units = summary["nudge_rounding_units_per_layer"]
+    assert units[0] == pytest.approx(1.4e-13 / np.spacing(297.3)) and units[0] < 3
+    assert min(units[1:]) > 100
+    line = unresolved_nudge_warning(summary)
+    assert line.startswith("warning:") and "layer 0 1.4e-13 V at up to 297 V" in line
+    assert "layer 1" not in line and "--leak-ratio" in line
+    summary["nudge_rounding_units_per_layer"] = [500.0] * 4
+    assert unresolved_nudge_warning(summary) is None
 
 
 def test_dead_units_are_counted_per_hidden_layer(digits):

@@ -240,6 +240,32 @@ def evaluate(net, solver, x, y, batch_size=500, dp: DataParallel | None = None) 
             "n": len(y), "dead_units_per_layer": [float(1.0 - a.mean()) for a in ever_active]}
 
 
+RESOLVED_ROUNDING_UNITS = 100  # a nudge response of fewer float64 spacings is reported as unresolved
+
+
+def nudge_rounding_units(nudge_response_V, max_node_V) -> list:
+    """Per layer, the mean nudge response (V) in float64 spacings at the layer's largest node
+    voltage (V): how many representable steps of its node voltages the nudge moves them. EP's
+    drop terms are differences of squares of those voltages, so at a few spacings the layer's
+    gradient is rounding, whatever the solver tolerance."""
+    return [float(r) / float(np.spacing(max(abs(float(v)), np.finfo(float).tiny)))
+            for r, v in zip(nudge_response_V, max_node_V)]
+
+
+def unresolved_nudge_warning(summary: dict) -> str | None:
+    """A warning line when some layer's nudge response is under ``RESOLVED_ROUNDING_UNITS``
+    float64 spacings of its node voltages (``summary``: :meth:`_EpochTally.signal_summary`)."""
+    units = summary["nudge_rounding_units_per_layer"]
+    low = [l for l, u in enumerate(units) if u < RESOLVED_ROUNDING_UNITS]
+    if not low:
+        return None
+    parts = [f"layer {l} {summary['nudge_response_V_per_layer'][l]:.1e} V at up to "
+             f"{summary['max_node_V_per_layer'][l]:.3g} V ({units[l]:.1f} spacings)" for l in low]
+    return ("warning: nudge responses within float64 rounding of the node voltages: " + "; ".join(parts)
+            + ". No tolerance resolves these layers' EP gradients; amplifier and leak settings that "
+              "attenuate the returning signal less (a smaller --leak-ratio and --amp-gain) do")
+
+
 class _EpochTally:
     """Running sums over the batches of one epoch (checkpointed with the run)."""
 
@@ -276,10 +302,12 @@ class _EpochTally:
     def signal_summary(self) -> dict:
         """Per-layer means over the epoch's updates (input side first)."""
         n = max(self.updates, 1)
+        response = [s / n for s in self.response]
         return {"silent_updates_per_layer": list(self.silent),
                 "grad_rms_per_layer": [s / n for s in self.grad_rms],
-                "nudge_response_V_per_layer": [s / n for s in self.response],
-                "max_node_V_per_layer": list(self.max_node_V)}
+                "nudge_response_V_per_layer": response,
+                "max_node_V_per_layer": list(self.max_node_V),
+                "nudge_rounding_units_per_layer": nudge_rounding_units(response, self.max_node_V)}
 
     def add(self, n, correct, loss_sum, unconverged, max_residual_A, iterations):
         """Fold in one (global) batch's totals."""
@@ -430,6 +458,9 @@ def _train(config: TrainConfig, dataset, out_dir, dp, *, resume, progress, stop_
                 f"phases did not move their nodes; see nudge_response_V_per_layer in metrics.json"
                 + (f" and lower --nudge-rtol (now {config.nudge_rtol:g})" if config.nudge_rtol
                    else f" and lower --tol (now {config.tol_A:g} A)"))
+        unresolved = unresolved_nudge_warning(h) if h.get("max_node_V_per_layer") else None
+        if unresolved:
+            log(unresolved)
         if stopped_at is not None:
             run.save(epoch, stopped_at, tally, payload)
         else:
