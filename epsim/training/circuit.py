@@ -458,7 +458,7 @@ def _train(config: TrainConfig, dataset, out_dir, dp, *, resume, progress, stop_
                 f"phases did not move their nodes; see nudge_response_V_per_layer in metrics.json"
                 + (f" and lower --nudge-rtol (now {config.nudge_rtol:g})" if config.nudge_rtol
                    else f" and lower --tol (now {config.tol_A:g} A)"))
-        unresolved = unresolved_nudge_warning(h) if h.get("max_node_V_per_layer") else None
+        unresolved = unresolved_nudge_warning(h)
         if unresolved:
             log(unresolved)
         if stopped_at is not None:
