@@ -33,7 +33,10 @@ feed-forward pass, at the price of conductances that shrink by about ``R`` per l
 512 training images is ``--output-rms`` volts (every bias scales with it: the feed-forward pass is
 homogeneous in the inputs and biases); ``--output-rms fit`` instead scales them and shifts every
 output by one voltage (its bias) so the outputs fit one-hot targets of 1 V there best, in least
-squares: the start for EP training on the circuit's squared error. A passive circuit needs a large input gain for that;
+squares: the start for EP training on the circuit's squared error; ``--output-rms logits`` makes
+every output, in volts, the surrogate's logit (the common factor of the map taken back on 512
+training images): the start for EP training with the cross-entropy nudge, whose softmax reads the
+outputs in volts, on the surrogate's own cross-entropy. A passive circuit needs a large input gain for that;
 ``--hidden-rms V`` then brings every hidden layer to ``V`` volts RMS with amplifiers between the
 layers (:func:`epsim.circuit.compile.with_layer_scales`, as ``analysis/diode_gap.py``), which
 with ideal diodes is the same circuit function.
@@ -143,8 +146,10 @@ def main(argv=None) -> int:
                    help="largest conductance a crossbar puts on a node below, over that node's own; 'equal': "
                         "every crossbar's largest conductance at half of g_max instead (default: 0.01)")
     p.add_argument("--output-rms", default="1", metavar="V",
-                   help="RMS of the outputs over 512 training images, volts, or 'fit': the scale and output shift that "
-                        "fit one-hot targets of 1 V there best (least squares), a start for EP training (default: 1)")
+                   help="RMS of the outputs over 512 training images, volts; 'fit': the scale and output shift that "
+                        "fit one-hot targets of 1 V there best (least squares), a start for EP training with the "
+                        "squared error; 'logits': outputs equal to the surrogate's logits in volts, a start for EP "
+                        "training with the cross-entropy nudge (default: 1)")
     p.add_argument("--hidden-rms", type=float, default=None, metavar="V",
                    help="then move every hidden layer to this RMS (volts, over its active nodes on 200 training "
                         "images) with amplifiers between the layers and a smaller input gain, the same function "
@@ -168,13 +173,14 @@ def main(argv=None) -> int:
             raise EpsimError(f"--loading must be a positive number or 'equal', got {args.loading!r}")
         if args.hidden_rms is not None and not (np.isfinite(args.hidden_rms) and args.hidden_rms > 0):
             raise EpsimError("--hidden-rms must be a positive number of volts")
-        if args.output_rms != "fit":
+        if args.output_rms not in ("fit", "logits"):
             try:
                 rms_V = float(args.output_rms)
             except ValueError:
                 rms_V = -1.0
             if not (np.isfinite(rms_V) and rms_V > 0):
-                raise EpsimError(f"--output-rms must be a positive number of volts or 'fit', got {args.output_rms!r}")
+                raise EpsimError(f"--output-rms must be a positive number of volts, 'fit' or 'logits', "
+                                 f"got {args.output_rms!r}")
         for name in ("tol", "max_iter", "threads"):
             value = getattr(args, name)
             if not (np.isfinite(value) and value > 0):
@@ -237,6 +243,9 @@ def main(argv=None) -> int:
         if not factor > 0:
             print(f"error: {src}: its outputs do not grow with the targets; use --output-rms V", file=sys.stderr)
             return 2
+    elif args.output_rms == "logits":  # undo the map's common factor: outputs = logits, in volts
+        logits = surrogate.outputs(source, ds.x_train[:512]).numpy()
+        factor = float(np.sum(probe * logits) / np.sum(probe * probe))
     else:
         factor = float(args.output_rms) / float(np.sqrt(np.mean(probe ** 2)))
     net.input_gain_V = gain * float(factor)
@@ -259,7 +268,7 @@ def main(argv=None) -> int:
     seconds = time.perf_counter() - t0
     y = ds.y_test
     result = {
-        "kind": "compiled-surrogate", "surrogate": str(src), "loading": loading,
+        "kind": "compiled-surrogate", "surrogate": str(src), "loading": loading, "output_rms": args.output_rms,
         "loading_measured_per_boundary": ratios, "input_gain_V": net.input_gain_V,
         "n_test": int(len(y)),
         "surrogate_test_accuracy": float(np.mean(ref.argmax(1) == y)),

@@ -86,7 +86,7 @@ def test_a_circuit_class_surrogate_maps_as_it_is(tmp_path):
     (["--loading", "0"], "--loading must be a positive number or 'equal'"),
     (["--loading", "abc"], "--loading must be a positive number or 'equal'"),
     (["--tol", "-1"], "--tol must be positive"),
-    (["--output-rms", "volts"], "--output-rms must be a positive number of volts or 'fit'"),
+    (["--output-rms", "volts"], "--output-rms must be a positive number of volts, 'fit' or 'logits'"),
 ])
 def test_bad_input_is_one_line_error(argv, message, ordinary, tmp_path, capsys):
     assert compiler.main(["--surrogate", str(ordinary), "--out", str(tmp_path)] + argv) == 2
@@ -129,3 +129,15 @@ def test_output_fit_gives_the_least_squares_scale(ordinary, tmp_path):
     m = json.loads((tmp_path / "metrics.json").read_text())
     assert m["feedforward_max_rel_error"] < 1e-10
     assert m["compiled_feedforward_test_accuracy"] == m["surrogate_test_accuracy"]
+
+
+def test_output_logits_makes_the_circuit_outputs_the_surrogate_logits_in_volts(ordinary, tmp_path):
+    assert compiler.main(["--surrogate", str(ordinary), "--loading", "0.001", "--output-rms", "logits",
+                          "--hidden-rms", "0.5", "--out", str(tmp_path)]) == 0
+    assert json.loads((tmp_path / "metrics.json").read_text())["output_rms"] == "logits"
+    net, _ = load_network(tmp_path / "checkpoint.pt")
+    x = load_dataset("digits").x_test[:32]
+    eq = free_phase(net, make_solver(SolverConfig(tol_A=1e-14, max_iter=100000)), x)
+    logits = source_outputs(ordinary, x)
+    # the circuit's outputs (V) are the logits, to the loading's order (0.1 %)
+    assert np.max(np.abs(eq.v_output - logits)) < 0.01 * np.max(np.abs(logits))
