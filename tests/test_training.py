@@ -281,6 +281,11 @@ def test_init_from_starts_at_a_checkpoints_parameters(tmp_path, digits):
     with pytest.raises(EpsimError, match="different model shape"):
         train(config(epochs=1, model="mlp", init_from=source), digits, tmp_path / "g", progress=False,
               log=lambda *_: None)
+    # the same conductances in a circuit of another input gain would compute another function
+    with pytest.raises(EpsimError, match=r"built with --input-gain .* give the same"):
+        train(config(epochs=1, input_gain_V=7.0, init_from=source), digits, tmp_path / "h", progress=False,
+              log=lambda *_: None)
+    assert not (tmp_path / "h" / CHECKPOINT_NAME).exists()
 
 
 def _doctor_checkpoint(path, edit):

@@ -116,6 +116,20 @@ def restore_network(net: ResistiveNetwork, state: dict, path) -> None:
         raise EpsimError(f"{path}: {exc}") from None
 
 
+def check_same_operating_point(net: ResistiveNetwork, state: dict, path) -> None:
+    """Refuse to start ``net`` from a circuit checkpoint built with another input gain, input
+    center or amplifier gains: its conductances would then compute another function."""
+    saved = state["model"]
+    gains = np.asarray(saved.get("amp_gains", np.ones(len(net.connections) - 1)), dtype=np.float64)
+    same = (np.isclose(saved["input_gain_V"], net.input_gain_V, rtol=1e-9, atol=0.0)
+            and np.isclose(saved.get("input_center", 0.0), net.input_center, rtol=0.0, atol=1e-12)
+            and gains.shape == net.amp_gains.shape and np.allclose(gains, net.amp_gains, rtol=1e-9, atol=0.0))
+    if not same:
+        amps = " ".join(f"{a:.17g}" for a in gains)
+        raise EpsimError(f"{path} was built with --input-gain {saved['input_gain_V']:.17g} --input-center "
+                         f"{saved.get('input_center', 0.0):g} --amp-gain {amps}: give the same to start from it")
+
+
 def load_network(path) -> tuple:
     """``(network, checkpoint dict)`` from a circuit checkpoint file."""
     loaded = load_trained(path, expect=CIRCUIT_KIND)

@@ -29,7 +29,7 @@ from ..learning.optim import OPTIMIZERS, layer_learning_rates, make_optimizer  #
 from ..data import dataset_geometry, random_shifts
 from ..models.arch import connections_from_arch, has_padded_conv, parse_arch
 from ..models.connections import INITS
-from ..models.loading import load_network, restore_network  # noqa: F401  (re-exported)
+from ..models.loading import check_same_operating_point, load_network, restore_network  # noqa: F401  (re-exported)
 from ..models.registry import build_circuit_model, model_arch, preset_settings
 from ..models.resistive import COSTS, UNIT_POLARITIES, CircuitRanges, ResistiveNetwork, leak_from_ratio
 from ..solvers.factory import make_solver
@@ -362,7 +362,9 @@ def _train(config: TrainConfig, dataset, out_dir, dp, *, resume, progress, stop_
               time_limit_s=time_limit_s, stop_after_batches=stop_after_batches, log=log)
     state = run.saved_state()
     if state is None and config.init_from is not None:
-        restore_network(net, load_checkpoint(config.init_from), config.init_from)
+        source = load_checkpoint(config.init_from)
+        restore_network(net, source, config.init_from)
+        check_same_operating_point(net, source, config.init_from)
         lo, hi = net.w_bounds
         net.w = [np.clip(w, lo, hi) for w in net.w]
     if state is None and config.leak_ratio > 0 and not net.has_leak:
