@@ -175,7 +175,8 @@ def _add_training_options(g, d: TrainConfig) -> None:
     g.add_argument("--lr-bias", type=float, default=None, help="learning rate of bias currents (default: --lr)")
     add_list(g, "--lr-layers", item=float, default=None, metavar="M",
              help="per-layer multipliers of --lr and --lr-bias, one per layer of conductances "
-                  "(input side first), e.g. 3 1 for the cnn on CIFAR-10 (default: all 1)")
+                  "(input side first), e.g. 3 1 for the cnn on CIFAR-10; 0 keeps a layer as it is "
+                  "(default: all 1)")
     g.add_argument("--momentum", type=float, default=d.momentum, help="heavy-ball momentum (0: plain SGD)")
     g.add_argument("--optimizer", default=d.optimizer, choices=OPTIMIZERS + TORCH_ONLY_OPTIMIZERS,
                    help="update rule: sgd (heavy-ball, --momentum) or adam (running averages of the "

@@ -58,12 +58,13 @@ def test_layer_learning_rates_scale_each_layer(tmp_path, digits):
     net_b, _ = params_of(tmp_path / "b")
     for wa, wb in zip(net_a.w, net_b.w):
         np.testing.assert_array_equal(wa, wb)
-    train(config(epochs=1, lr_layers=[1e-9, 1]), digits, tmp_path / "c", progress=False, log=lambda *_: None)
+    train(config(epochs=1, lr_layers=[0, 1]), digits, tmp_path / "c", progress=False, log=lambda *_: None)
     net_c, _ = params_of(tmp_path / "c")
     init = load_network(tmp_path / "a" / CHECKPOINT_NAME)[0]
     init.init_params(np.random.default_rng(SMALL.get("seed", 0)), 1.0)
-    # a vanishing multiplier freezes layer 0 at its initial conductances; layer 1 still learns
-    np.testing.assert_allclose(net_c.w[0], init.w[0], atol=1e-6)
+    # a zero multiplier keeps layer 0 at its initial conductances and biases; layer 1 still learns
+    np.testing.assert_array_equal(net_c.w[0], init.w[0])
+    np.testing.assert_array_equal(net_c.b[0], init.b[0])
     assert np.abs(net_c.w[1] - init.w[1]).max() > 1e-3
 
 
@@ -319,6 +320,7 @@ def assert_one_line_error(result, pattern):
     (["--resume"], "--out"),
     (["--lr-layers", "1", "1", "1"], "--lr-layers needs 2 values"),
     (["--lr-layers", "1", "-1"], "--lr-layers"),
+    (["--lr-layers", "0", "0"], "--lr-layers must be numbers >= 0, at least one positive"),
     (["--model", "cnn-deep"], "--model cnn-deep (conv:16:3:1,conv:32:3:2,conv:64:3:2,conv:64:3:2,dense:10) on "
                               "1x8x8 images: kernel 3 is larger than its 2x2 input"),
     (["--time-limit", "0"], "--time-limit must be a positive number of minutes"),

@@ -102,7 +102,8 @@ class TrainConfig:
             (self.lr_bias is None or (np.isfinite(self.lr_bias) and self.lr_bias >= 0),
              "--lr-bias must be a non-negative number"),
             (self.lr_layers is None or (len(self.lr_layers) > 0 and all(
-                np.isfinite(m) and m > 0 for m in self.lr_layers)), "--lr-layers must be positive numbers"),
+                np.isfinite(m) and m >= 0 for m in self.lr_layers) and max(self.lr_layers) > 0),
+             "--lr-layers must be numbers >= 0, at least one positive"),
             (0 <= self.momentum < 1, "--momentum must be in [0, 1)"),
             (self.optimizer in OPTIMIZERS, f"--optimizer must be one of {', '.join(OPTIMIZERS)}"),
             (self.lr_schedule in LR_SCHEDULES, f"--lr-schedule must be one of {', '.join(LR_SCHEDULES)}"),
