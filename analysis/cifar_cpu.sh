@@ -67,6 +67,39 @@ for m in ep-cnn bp-cnn adv-cnn circuit-mlp circuit-cnn circuit-cnn-deep bp-cnn-m
         --checkpoint "$ck" --attack corruptions --severities 1,2,3,4,5 "${frost[@]}" "${common[@]}" \
         --out "$OUT/rob/$m-corruptions"
 done
+# the deep circuit CNN (cnn-deep's layout) with conductances compiled from a backprop-trained
+# network, and the same compiled at equal loading then EP-trained one epoch on its own cost (the
+# cross-entropy nudge); attacked along the BPTT and implicit paths at 1e-13 A, no Square
+here=$(dirname "$0")
+deep_arch=conv:16:3:1,conv:32:3:2,conv:64:3:2,conv:64:3:2,dense:10
+run "$OUT/surrogate-deep/metrics.json" "$OUT/surrogate-deep.log" python "$here/circuit_surrogate.py" \
+    --arch $deep_arch --dataset cifar10 --data-dir "$DATA" --node sum --weights signed --input-gain 1 \
+    --cost ce --input-center 0.5 --epochs 8 --out "$OUT/surrogate-deep"
+run "$OUT/circuit-cnn-deep-compiled/metrics.json" "$OUT/circuit-cnn-deep-compiled.log" \
+    python "$here/compile_surrogate.py" --surrogate "$OUT/surrogate-deep" --data-dir "$DATA" --loading 0.1 \
+    --hidden-rms 1 --out "$OUT/circuit-cnn-deep-compiled"
+run "$OUT/compiled-deep-equal/metrics.json" "$OUT/compiled-deep-equal.log" \
+    python "$here/compile_surrogate.py" --surrogate "$OUT/surrogate-deep" --data-dir "$DATA" --loading equal \
+    --hidden-rms 1 --output-rms logits --out "$OUT/compiled-deep-equal"
+compiled_gain() {  # compiled_gain KEY: input_gain_V or amp_gains of the equal-loading compile
+    python -c "import json, sys; v = json.load(open(sys.argv[1]))[sys.argv[2]]; print(*(v if isinstance(v, list) else [v]))" \
+        "$OUT/compiled-deep-equal/metrics.json" "$1"
+}
+train circuit-cnn-deep-ep --arch $deep_arch --differential --input-center 0.5 \
+    --input-gain $(compiled_gain input_gain_V) --amp-gain $(compiled_gain amp_gains) \
+    --init-from "$OUT/compiled-deep-equal/checkpoint.pt" --optimizer adam --lr 1e-3 --lr-bias 1e-2 --beta 1 \
+    --batch-size 4 --cost cross-entropy --epochs 1
+deep=(--tol 1e-13 --grad-tol 1e-16 --grad-path bptt implicit --steps 20 --restarts 1 --loss ce,dlr)
+for m in circuit-cnn-deep-compiled circuit-cnn-deep-ep; do
+    ck="$OUT/$m/checkpoint.pt"
+    run "$OUT/rob/$m-l2/robustness.json" "$OUT/rob-$m-l2.log" python -m epsim.robustness --checkpoint "$ck" \
+        --attack pgd-l2,fgsm-l2 --eps 0.25,0.5 "${deep[@]}" "${common[@]}" --out "$OUT/rob/$m-l2"
+    run "$OUT/rob/$m-linf/robustness.json" "$OUT/rob-$m-linf.log" python -m epsim.robustness --checkpoint "$ck" \
+        --attack pgd-linf,fgsm-linf --eps 2/255,8/255 "${deep[@]}" "${common[@]}" --out "$OUT/rob/$m-linf"
+    run "$OUT/rob/$m-corruptions/robustness.json" "$OUT/rob-$m-corruptions.log" python -m epsim.robustness \
+        --checkpoint "$ck" --attack corruptions --severities 1,2,3,4,5 --tol 1e-13 "${frost[@]}" "${common[@]}" \
+        --out "$OUT/rob/$m-corruptions"
+done
 cols() { echo "$OUT/rob/$1-l2,$OUT/rob/$1-linf,$OUT/rob/$1-corruptions"; }
 python "$(dirname "$0")/robustness_table.py" "EP-CNN (torch)=$(cols ep-cnn)" "circuit CNN (numba)=$(cols circuit-cnn)" \
     "circuit MLP (numba)=$(cols circuit-mlp)" "BP-CNN=$(cols bp-cnn)" "AdvCNN (PGD-L2 0.5)=$(cols adv-cnn)" \
@@ -79,4 +112,6 @@ python "$(dirname "$0")/robustness_table.py" "EP-CNN (torch)=$(cols ep-cnn)" "ci
     "BP-CNN, stopped at 61.5 %=$(cols bp-cnn-matched-61)" "AdvCNN (PGD-L2 0.5), stopped at 61.5 %=$(cols adv-cnn-matched-61)" \
     "EP-CNN, cifar10-hour on 2 processes (torch)=$(cols ep-cnn-hour)" \
     "BP-CNN, stopped at 69 %=$(cols bp-cnn-matched-69)" "AdvCNN (PGD-L2 0.5), stopped at 69 %=$(cols adv-cnn-matched-69)" \
+    "compiled deep circuit CNN (numba)=$(cols circuit-cnn-deep-compiled)" \
+    "EP-fine-tuned deep circuit CNN (numba)=$(cols circuit-cnn-deep-ep)" \
     | tee "$OUT/table.md"
