@@ -196,7 +196,8 @@ def _add_training_options(g, d: TrainConfig) -> None:
                    help="scale of the initial conductances (in units of g_unit)")
     g.add_argument("--init-from", default=None, metavar="CKPT",
                    help="circuit models: start from the conductances and biases of this circuit "
-                        "checkpoint (the same architecture; normalised values as saved, clipped to this "
+                        "checkpoint (the same architecture, input gain, input center and amplifier gains; "
+                        "normalised values as saved, clipped to this "
                         "run's conductance range, so a device window that excludes them resets them), "
                         "e.g. to fine-tune a trained circuit with another --diode, --optimizer or "
                         "schedule; the update rule's state, device states and epochs start fresh, and "
