@@ -263,8 +263,8 @@ def unresolved_nudge_warning(summary: dict) -> str | None:
     parts = [f"layer {l} {summary['nudge_response_V_per_layer'][l]:.1e} V at up to "
              f"{summary['max_node_V_per_layer'][l]:.3g} V ({units[l]:.1f} spacings)" for l in low]
     return ("warning: nudge responses within float64 rounding of the node voltages: " + "; ".join(parts)
-            + ". No tolerance resolves these layers' EP gradients; amplifier and leak settings that "
-              "attenuate the returning signal less (a smaller --leak-ratio and --amp-gain) do")
+            + ". No tolerance resolves these layers' EP gradients; a circuit that attenuates the returning "
+              "signal less does (a smaller --leak-ratio, crossbars that load the layers below more)")
 
 
 class _EpochTally:
