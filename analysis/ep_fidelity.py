@@ -4,12 +4,17 @@
 
 Takes ``--batch`` seeded training images of the checkpoint's dataset and computes the centered
 EP gradient (the checkpoint's beta and target voltage) twice: with the solver the run trained
-with (its free-phase ``--tol``, ``--nudge-rtol`` and ``--max-iter``) and with every phase solved
-to ``--reference-tol`` (default 1e-15 A). Prints, per array of conductances and of biases
-(input side first), the cosine between the two and the norm ratio (training / converged), as
-JSON. Float64 resolves a KCL residual of about 1e-16 of a node's drive: on circuits driven by
-kilovolt inputs a reference below ~1e-17 A may not be reachable (``converged.reference`` false). What the stop rule costs on the trained circuit itself, at its own voltages: the tests
-check the same on small circuits.
+with (its free-phase ``--tol``, ``--nudge-rtol`` and ``--max-iter``) and converged: the free
+phase to ``--reference-tol`` (default 1e-15 A), the nudged phases, solved as their changes
+from it, to ``--reference-rtol`` of their responses (default 1e-10). Prints, per array of
+conductances and of biases (input side first), the cosine between the two and the norm ratio
+(training / converged), and the cosine of the gradient the training phases give when their
+responses are taken from the voltages, ``v+ - v-`` (``from_voltages_cosine``: what a solver
+that does not carry the responses gets; 0 where they are all rounding), as JSON. Float64
+resolves a KCL residual of about 1e-16 of a node's drive: on circuits driven by kilovolt
+inputs a reference below ~1e-17 A may not be reachable (``converged.reference`` false). What
+the stop rule costs on the trained circuit itself, at its own voltages: the tests check the
+same on small circuits.
 """
 from __future__ import annotations
 
@@ -39,6 +44,8 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=0, help="seed of the image choice (default: 0)")
     p.add_argument("--reference-tol", type=float, default=1e-15, metavar="A",
                    help="KCL tolerance of every phase of the converged reference (default: 1e-15)")
+    p.add_argument("--reference-rtol", type=float, default=1e-10, metavar="R",
+                   help="relative nudge rule of the reference's nudged phases (default: 1e-10)")
     p.add_argument("--max-iter", type=int, default=100000, metavar="N",
                    help="sweep limit of each phase of the reference; a reference that misses its "
                         "tolerance is reported as not converged (default: 100000)")
@@ -47,6 +54,8 @@ def main(argv=None) -> int:
     try:
         if args.batch < 1 or args.max_iter < 1 or not args.reference_tol > 0:
             raise EpsimError("--batch, --max-iter and --reference-tol must be positive")
+        if not 0 < args.reference_rtol < 1:
+            raise EpsimError(f"--reference-rtol must be in (0, 1), got {args.reference_rtol:g}")
         import numba
 
         from epsim.data import default_data_dir, load_dataset
@@ -67,23 +76,46 @@ def main(argv=None) -> int:
     x, y = ds.x_train[idx], ds.y_train[idx]
     settings = SolverConfig(**{f: config[f] for f in SolverConfig.__dataclass_fields__ if f in config})
     training = make_solver(settings)
-    reference = get_solver("numba", tol_A=args.reference_tol, max_iter=args.max_iter)
+    reference = get_solver("numba", tol_A=args.reference_tol, max_iter=args.max_iter,
+                           nudge_rtol=args.reference_rtol)
     beta, high_V = config["beta"], config.get("target_high_V", 1.0)
     got = centered_ep(net, training, x, y, beta, target_high_V=high_V)
     ref = centered_ep(net, reference, x, y, beta, target_high_V=high_V)
-    rows = [{"array": f"{kind}{l + 1}", **agreement(g, g0)}
-            for kind, grads, grads0 in (("w", got.grad_w, ref.grad_w), ("b", got.grad_b, ref.grad_b))
-            for l, (g, g0) in enumerate(zip(grads, grads0))]
+    rounded = _from_voltages(net, training, x, y, beta, high_V)
+    rows = [{"array": f"{kind}{l + 1}", **agreement(g, g0),
+             "from_voltages_cosine": agreement(g1, g0)["cosine"]}
+            for kind, grads, grads0, grads1 in (("w", got.grad_w, ref.grad_w, rounded[0]),
+                                                ("b", got.grad_b, ref.grad_b, rounded[1]))
+            for l, (g, g0, g1) in enumerate(zip(grads, grads0, grads1))]
     result = {"checkpoint": str(args.checkpoint), "images": int(args.batch), "seed": args.seed,
               "training_solver": {"backend": settings.backend, "tol_A": settings.tol_A,
                                   "nudge_rtol": settings.nudge_rtol, "max_iter": settings.max_iter},
-              "reference_tol_A": args.reference_tol,
+              "reference_tol_A": args.reference_tol, "reference_nudge_rtol": args.reference_rtol,
               "converged": {"training": bool(got.converged.all()), "reference": bool(ref.converged.all())},
               "per_array": rows,
               "min_cosine": min(r["cosine"] for r in rows),
               "max_norm_error": max(abs(r["norm_ratio"] - 1) for r in rows)}
     print(json.dumps(result, indent=1))
     return 0
+
+
+def _from_voltages(net, solver, x, y, beta, high_V):
+    """``(grad_w, grad_b)`` of the training solver's phases with the nudge responses taken as
+    ``v+ - v-`` of their voltages (dense arrays)."""
+    from epsim.learning.ep import param_grads
+    from epsim.models.resistive import nudge_targets
+
+    prepared = solver.prepare(net, net.input_voltages(x))
+    target = nudge_targets(net, y, high_V)
+    if hasattr(solver, "solve_centered"):
+        free, plus, minus = solver.solve_centered(prepared, beta, target)
+    else:
+        free = solver.solve(prepared, 0.0)
+        plus = solver.solve(prepared, beta, target, init=free.v_free)
+        minus = solver.solve(prepared, -beta, target, init=free.v_free)
+    ok = free.certificate.converged & plus.certificate.converged & minus.certificate.converged
+    plus.response_V = minus.response_V = None
+    return param_grads(net, plus, minus, beta, ok / max(int(ok.sum()), 1))
 
 
 if __name__ == "__main__":

@@ -155,13 +155,15 @@ def test_amplified_ideal_network_is_a_rescaled_passive_network(kind):
         ep = solve(LayeredProblem(pas, pas.input_voltages(x)), beta, target, **fixed)
         for l, (va, vp) in enumerate(zip(ea.v_free, ep.v_free)):
             assert np.abs(va * p[-1] / p[l] - vp).max() <= 1e-12 * max(1.0, np.abs(vp).max())
-    solver = NumbaSolver(tol_A=1e-13, max_iter=100000, nudge_rtol=1e-10)
+    # the nudged phases are solved as changes from the free state, whose own error stays in
+    # the drops' sums: a free phase at 1e-16 A keeps it below the 1e-8 (of each layer's
+    # largest entry) compared here
+    solver = NumbaSolver(tol_A=1e-16, max_iter=100000, nudge_rtol=1e-10)
     ra, rp = centered_ep(amp, solver, x, labels, 0.5), centered_ep(pas, solver, x, labels, 0.5)
     assert ra.converged.all() and rp.converged.all()
     for l in range(amp.num_layers):
-        assert np.allclose(ra.grad_w[l], rp.grad_w[l], rtol=1e-8, atol=1e-10 * np.abs(rp.grad_w[l]).max())
-        assert np.allclose(ra.grad_b[l] * p[l] / p[-1], rp.grad_b[l], rtol=1e-8,
-                           atol=1e-10 * np.abs(rp.grad_b[l]).max())
+        assert np.abs(ra.grad_w[l] - rp.grad_w[l]).max() <= 1e-8 * np.abs(rp.grad_w[l]).max()
+        assert np.abs(ra.grad_b[l] * p[l] / p[-1] - rp.grad_b[l]).max() <= 1e-8 * np.abs(rp.grad_b[l]).max()
 
 
 @pytest.mark.parametrize("kind,diode", [("mlp", "ideal"), ("mlp", "shockley"), ("cnn", "ideal")])

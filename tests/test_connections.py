@@ -50,6 +50,22 @@ def test_sq_drop_diff_equals_difference_of_sums(conn, shared_input):
     np.testing.assert_allclose(conn.sq_drop_diff(in_p, out_p, in_m, out_m), expected, atol=1e-10)
 
 
+@pytest.mark.parametrize("conn", CONNS, ids=lambda c: f"{c.kind}{c.param_shape}")
+def test_drop_product_keeps_the_precision_of_a_tiny_response(conn):
+    """The factored drop difference is linear in the phases' difference, with no floor at
+    the voltages' rounding: a response 1e-20 of the voltages gives 1e-20 of the result of a
+    unit one (the difference of the two squared sums would give rounding noise or 0)."""
+    rng = np.random.default_rng(2)
+    v_in, v_out = rng.normal(size=(3, conn.n_in)), rng.normal(size=(3, conn.n_out))
+    d_in, d_out = rng.normal(size=(3, conn.n_in)), rng.normal(size=(3, conn.n_out))
+    unit = conn.drop_product_sum(d_in, d_out, 2 * v_in, 2 * v_out)
+    tiny = conn.drop_product_sum(1e-20 * d_in, 1e-20 * d_out, 2 * v_in, 2 * v_out)
+    np.testing.assert_allclose(tiny, 1e-20 * unit, rtol=1e-12, atol=0)
+    assert np.abs(unit).min() > 0
+    lost = conn.sq_drop_sum(v_in + 1e-20 * d_in, v_out + 1e-20 * d_out) - conn.sq_drop_sum(v_in, v_out)
+    assert not np.allclose(lost, 1e-20 * unit, rtol=1e-3, atol=0)
+
+
 @pytest.mark.parametrize("shared_input", [True, False])
 def test_low_rank_drop_difference_equals_the_dense_one(shared_input):
     """The factored EP drop difference of a dense crossbar equals Dense.sq_drop_diff, its RMS
@@ -62,7 +78,8 @@ def test_low_rank_drop_difference_equals_the_dense_one(shared_input):
     in_p = rng.normal(size=(4, 30))
     in_m = in_p if shared_input else rng.normal(size=(4, 30))
     out_p, out_m = rng.normal(size=(4, 20)), rng.normal(size=(4, 20))
-    g = dense_drop_diff(in_p, out_p, in_m, out_m).scaled(0.3)
+    diff_in = None if shared_input else in_p - in_m
+    g = dense_drop_diff(diff_in, out_p - out_m, in_p + in_m, out_p + out_m).scaled(0.3)
     dense = 0.3 * d.sq_drop_diff(in_p, out_p, in_m, out_m)
     np.testing.assert_allclose(g.dense(), dense, rtol=0, atol=1e-12)
     assert g.rms() == pytest.approx(np.sqrt(np.mean(dense ** 2)), rel=1e-12)

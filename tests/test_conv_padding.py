@@ -26,7 +26,7 @@ from epsim.circuit.spice_writer import write_netlist
 from epsim.errors import EpsimError
 from epsim.learning.ep import centered_ep, squared_error
 from epsim.models.arch import connections_from_arch, format_arch, parse_arch
-from epsim.models.connections import (Conv2d, _conv_forward, _conv_sq_drop, _conv_transpose,
+from epsim.models.connections import (Conv2d, _conv_forward, _conv_drop_product, _conv_transpose,
                                       connection_from_description)
 from epsim.models.resistive import ResistiveNetwork, build_cnn, one_hot_targets
 from epsim.robustness.certify import certify_box
@@ -96,7 +96,8 @@ def test_padding_zero_is_the_valid_conv_bit_for_bit(shape, co, k, s):
     assert np.array_equal(conn.degree_out(w), conn.drive_out(w, np.ones((1, conn.n_in)))[0])
     assert np.array_equal(conn.degree_in(w), conn.drive_in(w, np.ones((1, conn.n_out)))[0])
     sq = np.zeros(b + conn.param_shape)
-    _conv_sq_drop(v_in.reshape(b + conn.in_shape), v_out.reshape(b + conn.out_shape), s, sq)
+    x_in, x_out = v_in.reshape(b + conn.in_shape), v_out.reshape(b + conn.out_shape)
+    _conv_drop_product(x_in, x_out, x_in, x_out, s, sq)
     assert np.array_equal(conn.sq_drop_sum(v_in, v_out), sq.sum(axis=0))
     for got, ref in zip(conn.pairs(), old_pairs(conn)):
         assert np.array_equal(got, ref)

@@ -104,7 +104,11 @@ def test_a_nudge_within_float64_rounding_is_measured_and_warned():
     assert min(units[1:]) > 100
     line = unresolved_nudge_warning(summary)
     assert line.startswith("warning:") and "layer 0 1.4e-13 V at up to 297 V" in line
-    assert "layer 1" not in line and "--leak-ratio" in line
+    assert "layer 1" not in line and "--nudge-rtol" in line
+    kept = _EpochTally()  # the same responses, carried by the solver itself: resolved
+    kept.add_signal([np.ones(2)] * 4, [1.2e-13, 1.2e-11, 6e-9, 3e-5], [297.3, 328.2, 223.8, 52.6], True)
+    assert kept.signal_summary()["updates_from_voltages"] == 0
+    assert unresolved_nudge_warning(kept.signal_summary()) is None
     summary["nudge_rounding_units_per_layer"] = [500.0] * 4
     assert unresolved_nudge_warning(summary) is None
 

@@ -138,6 +138,35 @@ def clamp_current(v, lo, hi, is_n, nvt):
 
 
 @nb.njit(cache=True, inline="always")
+def _exp_step(arg0, step):
+    """``exp(arg0 + step) - exp(arg0)`` to the precision of the difference itself, even when
+    ``|step|`` is far below rounding of ``arg0`` (arguments capped as :func:`clamp_current`)."""
+    arg1 = arg0 + step
+    if abs(step) < 1.0 and arg0 <= EXP_ARG_MAX and arg1 <= EXP_ARG_MAX:
+        return np.exp(arg0) * np.expm1(step)
+    return np.exp(min(arg1, EXP_ARG_MAX)) - np.exp(min(arg0, EXP_ARG_MAX))
+
+
+@nb.njit(cache=True)
+def clamp_current_delta(v0, dv, lo, hi, is_n, nvt):
+    """Change of the clamp diodes' current from ``v0`` to ``v0 + dv``, and d/dv at ``v0 + dv``.
+
+    ``clamp_current(v0 + dv)[0] - clamp_current(v0)[0]`` computed through ``expm1`` so that
+    it keeps its own relative precision when ``|dv|`` is many orders below ``|v0|``, which the
+    plain difference loses. Scalars as :func:`clamp_current`.
+    """
+    di_dv = 0.0
+    i = 0.0
+    if hi < np.inf:
+        i += is_n * _exp_step((v0 - hi) / nvt, dv / nvt)
+        di_dv += is_n * np.exp(min((v0 + dv - hi) / nvt, EXP_ARG_MAX)) / nvt
+    if lo > -np.inf:
+        i -= is_n * _exp_step((lo - v0) / nvt, -dv / nvt)
+        di_dv += is_n * np.exp(min((lo - v0 - dv) / nvt, EXP_ARG_MAX)) / nvt
+    return i, di_dv
+
+
+@nb.njit(cache=True, inline="always")
 def ideal_violation(r, v, lo, hi, a):
     """KCL violation at a node with ideal clamp diodes (scalars).
 

@@ -42,6 +42,9 @@ class PhaseResult:
     nudge_response_V: per free layer, the RMS over nodes of ``(v^+ - v^-) / 2`` (V), averaged
                       over the converged samples: how far the nudge reached into each layer.
     max_node_V: per free layer, the largest |node voltage| (V) in any of the three phases.
+    response_kept: the nudged phases carried their responses to the nudge
+                   (:func:`phase_differences`), so the gradient keeps their precision however
+                   far below the voltages they are; False: taken from the voltages.
     """
 
     grad_w: list
@@ -54,6 +57,7 @@ class PhaseResult:
     nudge_response_V: list
     max_node_V: list
     free_converged: np.ndarray
+    response_kept: bool = False
 
 
 def squared_error(v_out, target_V):
@@ -109,6 +113,16 @@ def active_nodes(net, v_hidden) -> list:
     return [(v > lo) & (v < hi) for v, lo, hi in zip(v_hidden, net.rail_lo_V, net.rail_hi_V)]
 
 
+def phase_differences(eq_plus, eq_minus) -> list:
+    """Per free layer, ``(B, n_l)`` voltages of the +beta phase minus the -beta phase (V):
+    from the phases' own responses to the nudge when the solver kept them
+    (:attr:`~epsim.solvers.base.Equilibrium.response_V`), which holds their precision where
+    the response is far below the voltages, else from the voltages."""
+    if eq_plus.response_V is not None and eq_minus.response_V is not None:
+        return [p - m for p, m in zip(eq_plus.response_V, eq_minus.response_V)]
+    return [p - m for p, m in zip(eq_plus.v_free, eq_minus.v_free)]
+
+
 def param_grads(net, eq_plus, eq_minus, beta, weights, factored=False):
     """Centered-EP parameter gradients from two nudged states (per-sample ``weights`` (B,)).
 
@@ -119,36 +133,33 @@ def param_grads(net, eq_plus, eq_minus, beta, weights, factored=False):
         from .wire_gradients import device_param_grads
 
         return device_param_grads(net, eq_plus, eq_minus, beta, weights)
-    # the input layer is one array shared by both phases (its sources do not move)
+    deltas = phase_differences(eq_plus, eq_minus)
     if np.all(weights == weights[0]):
         # equal weights (every sample converged) factor out of the sums
         scale = 0.5 * weights[0] / (2.0 * beta)
-        layers_p = [eq_plus.v_input] + list(eq_plus.v_free)
-        layers_m = [eq_plus.v_input] + list(eq_minus.v_free)
+        sums = [2.0 * eq_plus.v_input] + [p + m for p, m in zip(eq_plus.v_free, eq_minus.v_free)]
+        diffs = [None] + deltas
     else:
-        # weighting both ends of every drop by sqrt(weight) weights each squared drop by weight
+        # weighting both factors of every drop product by sqrt(weight) weights it by weight
         scale = 0.5 / (2.0 * beta)
         sw = np.sqrt(weights)[:, None]
-        v_in = eq_plus.v_input * sw
-        layers_p = [v_in] + [v * sw for v in eq_plus.v_free]
-        layers_m = [v_in] + [v * sw for v in eq_minus.v_free]
+        sums = [2.0 * eq_plus.v_input * sw] + [(p + m) * sw for p, m in zip(eq_plus.v_free, eq_minus.v_free)]
+        diffs = [None] + [d * sw for d in deltas]
     layer_p = net.layer_scale
     grad_w, grad_b = [], []
     for l, conn in enumerate(net.connections):
         gain = net.crossbar_input_gain(l)
         weight = (layer_p[-1] / layer_p[l]) ** 2  # layer l + 1's weight in the co-content
         # the crossbar's input terminals: the layer's nodes, its amplifier outputs, or
-        # both polarities of them (a differentially presented layer)
-        in_p, in_m = net.presented(l, layers_p[l]), net.presented(l, layers_m[l])
-        if gain == 1.0:
-            args = (in_p, layers_p[l + 1], in_m, layers_m[l + 1])
-        else:
-            args = (gain * in_p, layers_p[l + 1], gain * in_m, layers_m[l + 1])
+        # both polarities of them (a differentially presented layer); the input sources
+        # (l = 0) are the same in both phases
+        d_in = None if diffs[l] is None else gain * net.presented(l, diffs[l])
+        args = (d_in, diffs[l + 1], gain * net.presented(l, sums[l]), sums[l + 1])
         if factored and conn.kind == "dense":
             grad_w.append(dense_drop_diff(*args).scaled(scale * weight))
         else:
-            grad_w.append((scale * weight) * conn.sq_drop_diff(*args))
-        dv = (eq_plus.v_free[l] - eq_minus.v_free[l]) * weights[:, None]
+            grad_w.append((scale * weight) * conn.drop_product_sum(*args))
+        dv = deltas[l] * weights[:, None]
         shape = net.layer_shapes[l + 1]
         if len(shape) == 3:
             dv = dv.reshape(dv.shape[0], shape[0], -1).sum(axis=2)
@@ -177,7 +188,8 @@ def centered_ep(net, solver, x, labels, beta, *, target_high_V=1.0, factored=Fal
         n_ok = int(converged.sum())
         weights = converged / max(n_ok, 1)
         grad_w, grad_b = param_grads(net, plus, minus, beta, weights, factored)
-    signal = [_layer_signal(f, p, m, weights) for f, p, m in zip(free.v_free, plus.v_free, minus.v_free)]
+    signal = [_layer_signal(f, p, m, d, weights)
+              for f, p, m, d in zip(free.v_free, plus.v_free, minus.v_free, phase_differences(plus, minus))]
     return PhaseResult(
         grad_w=grad_w, grad_b=grad_b,
         loss=output_cost(net, free.v_output, target),
@@ -189,21 +201,23 @@ def centered_ep(net, solver, x, labels, beta, *, target_high_V=1.0, factored=Fal
         nudge_response_V=[response for response, _ in signal],
         max_node_V=[peak for _, peak in signal],
         free_converged=free.certificate.converged,
+        response_kept=plus.response_V is not None and minus.response_V is not None,
     )
 
 
 @nb.njit(cache=True)
-def _layer_signal(v_free, v_plus, v_minus, weights):
+def _layer_signal(v_free, v_plus, v_minus, delta, weights):
     """One layer's ``(nudge response, peak)`` in V from its ``(B, n)`` free, +beta and -beta
-    voltages: the per-sample RMS over nodes of ``(v^+ - v^-) / 2`` weighted by ``weights``
-    (B,), and the largest |voltage| of the three phases."""
+    voltages and ``delta = v^+ - v^-`` (:func:`phase_differences`): the per-sample RMS over
+    nodes of ``delta / 2`` weighted by ``weights`` (B,), and the largest |voltage| of the
+    three phases."""
     batch, n = v_plus.shape
     response = 0.0
     peak = 0.0
     for b in range(batch):
         sq = 0.0
         for j in range(n):
-            d = 0.5 * (v_plus[b, j] - v_minus[b, j])
+            d = 0.5 * delta[b, j]
             sq += d * d
             peak = max(peak, abs(v_free[b, j]), abs(v_plus[b, j]), abs(v_minus[b, j]))
         if n:

@@ -63,17 +63,17 @@ class LowRankGrad:
         self.sq_sum = float(partial.sum())
 
 
-def dense_drop_diff(in_p, out_p, in_m, out_m) -> LowRankGrad:
-    """``Dense.sq_drop_diff`` of a dense crossbar as factors (scale 1): the difference of the
-    two phases' summed squared drops, from their ``(B, n_in)`` and ``(B, n_out)`` voltages.
-    ``in_p is in_m`` (the input sources, shared by both phases) cancels the input squares."""
-    sq_out = np.einsum("bj,bj->j", out_p, out_p) - np.einsum("bj,bj->j", out_m, out_m)
-    if in_p is in_m:
-        d_out = out_p - out_m
-        return LowRankGrad(np.zeros(in_p.shape[1]), sq_out, in_p, d_out, 1.0, not np.any(d_out))
-    sq_in = np.einsum("bi,bi->i", in_p, in_p) - np.einsum("bi,bi->i", in_m, in_m)
-    zero = np.array_equal(in_p, in_m) and np.array_equal(out_p, out_m)
-    return LowRankGrad(sq_in, sq_out, np.concatenate([in_p, in_m]), np.concatenate([out_p, -out_m]),
+def dense_drop_diff(diff_in, diff_out, sum_in, sum_out) -> LowRankGrad:
+    """``Dense.drop_product_sum`` of a dense crossbar as factors (scale 1): the difference of
+    the two phases' summed squared drops, from the ``(B, n_in)`` / ``(B, n_out)`` differences
+    ``v^+ - v^-`` and sums ``v^+ + v^-`` of their voltages (``diff_in`` None: the input
+    side, the sources, does not move)."""
+    u_out = np.einsum("bj,bj->j", diff_out, sum_out)
+    if diff_in is None:
+        return LowRankGrad(np.zeros(sum_in.shape[1]), u_out, sum_in, 0.5 * diff_out, 1.0, not np.any(diff_out))
+    u_in = np.einsum("bi,bi->i", diff_in, sum_in)
+    zero = not (np.any(diff_in) or np.any(diff_out))
+    return LowRankGrad(u_in, u_out, np.concatenate([diff_in, sum_in]), 0.5 * np.concatenate([sum_out, diff_out]),
                        1.0, zero)
 
 

@@ -9,7 +9,11 @@ units (conductance / g_unit) a connection provides the linear maps the solver ne
 - ``degree_out(w)[j] = sum_i w_ij`` and ``degree_in(w)[i] = sum_j w_ij`` (self-conductances)
 - ``sq_drop_sum(v_in, v_out)[t] = sum_b sum_{(i,j) in t} (v_in[b,i] - v_out[b,j])**2``,
   the local quantity of the EP learning rule (V^2), summed over the batch, and
-  ``sq_drop_diff`` the difference of two such sums (the two nudged phases).
+  ``sq_drop_diff`` the difference of two such sums (the two nudged phases), computed as
+  ``drop_product_sum``: with ``D = v^+ - v^-`` and ``S = v^+ + v^-`` per node,
+  ``(d^+)^2 - (d^-)^2 = (D_i - D_j)(S_i - S_j)`` for the drop ``d = v_i - v_j``, which keeps
+  the precision of ``D`` (a nudge response can be many orders below the voltages, where
+  the difference of the two squares is rounding).
 
 A padded conv layer also has conductances ``g[t]`` from an output node ``j`` to the 0 V
 rail (``pad_pairs()``): they add to ``degree_out`` and, with ``v_in = 0`` at the rail, to
@@ -129,17 +133,20 @@ class Dense:
         return sq_in[:, None] + sq_out[None, :] - 2.0 * (v_in.T @ v_out)
 
     def sq_drop_diff(self, in_p, out_p, in_m, out_m):
-        """``sq_drop_sum(in_p, out_p) - sq_drop_sum(in_m, out_m)`` with one matrix product.
+        """``sq_drop_sum(in_p, out_p) - sq_drop_sum(in_m, out_m)`` (see :meth:`drop_product_sum`)."""
+        return _sq_drop_diff(self, in_p, out_p, in_m, out_m)
 
-        When both phases share the input layer (``in_p is in_m``: the input sources), the
-        squared input terms cancel and the product is ``in^T (out_p - out_m)``.
+    def drop_product_sum(self, diff_in, diff_out, sum_in, sum_out):
+        """``[t] = sum_b sum_{(i,j) in t} (diff_in[b,i] - diff_out[b,j]) (sum_in[b,i] - sum_out[b,j])``.
+
+        With ``diff = v^+ - v^-`` and ``sum = v^+ + v^-`` of two phases this is the difference
+        of their summed squared drops, to the precision of ``diff``. ``diff_in`` None: the
+        input side does not move (the input sources).
         """
-        sq_out = np.einsum("bj,bj->j", out_p, out_p) - np.einsum("bj,bj->j", out_m, out_m)
-        if in_p is in_m:
-            return sq_out[None, :] - 2.0 * (in_p.T @ (out_p - out_m))
-        sq_in = np.einsum("bi,bi->i", in_p, in_p) - np.einsum("bi,bi->i", in_m, in_m)
-        cross = np.concatenate([in_p, in_m]).T @ np.concatenate([out_p, -out_m])
-        return sq_in[:, None] + sq_out[None, :] - 2.0 * cross
+        out = np.einsum("bj,bj->j", diff_out, sum_out)[None, :] - sum_in.T @ diff_out
+        if diff_in is None:
+            return out
+        return out + np.einsum("bi,bi->i", diff_in, sum_in)[:, None] - diff_in.T @ sum_out
 
     def pairs(self):
         """(param_index, in_node, out_node) for every conductance; for export and tests."""
@@ -239,14 +246,23 @@ class Conv2d:
 
     def sq_drop_sum(self, v_in, v_out):
         """(c_out, c_in, k, k) summed squared drops (V^2), the pad's ``(0 - v_j)^2`` included."""
-        per_sample = np.zeros((v_in.shape[0],) + self.param_shape)
-        _conv_sq_drop(self._padded_input(v_in), self._4d(v_out, self.out_shape),
-                      self.stride, per_sample)
-        return per_sample.sum(axis=0)
+        return self.drop_product_sum(v_in, v_out, v_in, v_out)
 
     def sq_drop_diff(self, in_p, out_p, in_m, out_m):
-        """``sq_drop_sum(in_p, out_p) - sq_drop_sum(in_m, out_m)``."""
-        return self.sq_drop_sum(in_p, out_p) - self.sq_drop_sum(in_m, out_m)
+        """``sq_drop_sum(in_p, out_p) - sq_drop_sum(in_m, out_m)`` (see :meth:`drop_product_sum`)."""
+        return _sq_drop_diff(self, in_p, out_p, in_m, out_m)
+
+    def drop_product_sum(self, diff_in, diff_out, sum_in, sum_out):
+        """(c_out, c_in, k, k) ``sum_b sum_{(i,j) in t} (diff_in_i - diff_out_j)(sum_in_i - sum_out_j)``,
+        the pad's positions (0 V in both) included; see :meth:`Dense.drop_product_sum`
+        (``diff_in`` None: zeros)."""
+        if diff_in is None:
+            diff_in = np.zeros_like(sum_in)
+        per_sample = np.zeros((sum_in.shape[0],) + self.param_shape)
+        _conv_drop_product(self._padded_input(diff_in), self._4d(diff_out, self.out_shape),
+                           self._padded_input(sum_in), self._4d(sum_out, self.out_shape),
+                           self.stride, per_sample)
+        return per_sample.sum(axis=0)
 
     def _all_pairs(self):
         """(param index, padded input position, output node) of every kernel position, and
@@ -411,20 +427,30 @@ def _conv_transpose(w, v_out, stride, out):
     _conv_transpose_core(np.ascontiguousarray(w), v_out, stride, 0, out)
 
 
+def _sq_drop_diff(conn, in_p, out_p, in_m, out_m):
+    """``conn.sq_drop_sum(in_p, out_p) - conn.sq_drop_sum(in_m, out_m)`` through the factored
+    :meth:`drop_product_sum` (``in_p is in_m``: the input side does not move)."""
+    diff_in = None if in_p is in_m else in_p - in_m
+    return conn.drop_product_sum(diff_in, out_p - out_m, in_p + in_m, out_p + out_m)
+
+
 @nb.njit(parallel=True, cache=True)
-def _conv_sq_drop(v_in, v_out, stride, out):
+def _conv_drop_product(d_in, d_out, s_in, s_out, stride, out):
+    """``out[b, co, ci, dy, dx] += (d_in - d_out)(s_in - s_out)`` over every kernel position;
+    inputs (B, C, H, W) padded, outputs (B, C_out, H_out, W_out)."""
     co_n, ci_n, k = out.shape[1], out.shape[2], out.shape[3]
-    h_out, w_out = v_out.shape[2], v_out.shape[3]
-    for b in nb.prange(v_in.shape[0]):
+    h_out, w_out = d_out.shape[2], d_out.shape[3]
+    for b in nb.prange(d_in.shape[0]):
         for co in range(co_n):
             for y in range(h_out):
                 for x in range(w_out):
-                    vo = v_out[b, co, y, x]
+                    do = d_out[b, co, y, x]
+                    so = s_out[b, co, y, x]
                     for ci in range(ci_n):
                         for dy in range(k):
                             for dx in range(k):
-                                d = v_in[b, ci, y * stride + dy, x * stride + dx] - vo
-                                out[b, co, ci, dy, dx] += d * d
+                                py, px = y * stride + dy, x * stride + dx
+                                out[b, co, ci, dy, dx] += (d_in[b, ci, py, px] - do) * (s_in[b, ci, py, px] - so)
 
 
 INITS = ("uniform", "clamped-uniform")

@@ -399,8 +399,14 @@ def ep_input_gradient(net, solver, x, labels_or_target, beta, *, target_high_V=1
             f"phases (max KCL residual {residual.max():.3g} A); raise max_iter or loosen tol")
     i_plus = input_source_currents_A(net, plus.v_input, plus.v_free[0])
     i_minus = input_source_currents_A(net, minus.v_input, minus.v_free[0])
+    if plus.response_V is not None and minus.response_V is not None:
+        # the currents' difference from the first layer's own responses: linear in them, and
+        # exact where the responses are far below the voltages
+        di = -net.connections[0].drive_in(net.w[0], plus.response_V[0] - minus.response_V[0]) * net.ranges.g_unit_S
+    else:
+        di = i_plus - i_minus
     # with amplifiers the output cost carries 1 / P_L^2 in the co-content the circuit minimises
-    g_vin = (i_plus - i_minus) * net.layer_scale[-1] ** 2 / (2.0 * beta * net.ranges.g_unit_S)
+    g_vin = di * net.layer_scale[-1] ** 2 / (2.0 * beta * net.ranges.g_unit_S)
     c, h, w = net.image_shape
     g = g_vin.reshape(-1, 2 * c, h, w)
     gx = net.input_gain_V * (g[:, :c] - g[:, c:])

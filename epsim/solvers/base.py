@@ -64,6 +64,10 @@ class Equilibrium:
     v_input: ``(B, n_0)`` input source voltages (V).
     v_free:  list of ``(B, n_l)`` node voltages (V) of the free layers ``1..L``.
     beta:    nudging strength the state was solved for (dimensionless, see the model).
+    response_V: for a nudged phase solved as its change from the free state it started
+             from, that change, list of ``(B, n_l)`` (V), to its own precision (``v_free``
+             minus the free state rounds it to the precision of the voltages themselves);
+             None otherwise.
     """
 
     v_input: np.ndarray
@@ -71,6 +75,7 @@ class Equilibrium:
     beta: float
     certificate: Certificate
     extras: dict = field(default_factory=dict)
+    response_V: list | None = None
 
     @property
     def v_output(self) -> np.ndarray:

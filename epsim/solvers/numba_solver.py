@@ -13,7 +13,7 @@ from __future__ import annotations
 import numba as nb
 import numpy as np
 
-from ..circuit.diodes import clamp_current, ideal_violation
+from ..circuit.diodes import clamp_current, clamp_current_delta, ideal_violation
 from ..models.connections import (SMALL_BATCH, _conv_forward, _conv_forward_padded, _conv_transpose,
                                   _conv_transpose_padded, _dense_drive_in, _dense_drive_out)
 from .base import Certificate, Equilibrium, check_no_floating_nodes, check_nudge
@@ -21,18 +21,35 @@ from .stop_rule import rule_step
 from .threads import PARALLEL_MIN_NODE_UPDATES, numba_threads, threads_for
 
 
+@nb.njit(cache=True, inline="always")
+def _diode_current(v0, x, lo, hi, is_n, nvt, delta):
+    """The clamp diodes' current at ``x`` and d/dx (``delta``: their change from ``v0`` to
+    ``v0 + x``, :func:`~epsim.circuit.diodes.clamp_current_delta`)."""
+    if delta:
+        return clamp_current_delta(v0, x, lo, hi, is_n, nvt)
+    return clamp_current(x, lo, hi, is_n, nvt)
+
+
 @nb.njit(cache=True)
-def _shockley_node(a, c, lo, hi, is_n, nvt, v_warm):
+def _shockley_node(a, c, lo, hi, is_n, nvt, v_warm, v0=0.0, delta=False):
     """Root of the strictly increasing ``f(v) = a v - c + i_diode(v)``, bracketed Newton,
     started from ``clip(c/a, lo, hi)`` or from ``v_warm`` (the node's present voltage),
-    whichever has the smaller ``|f|``."""
-    v = c / a
-    if v < lo:
-        v = lo
-    if v > hi:
-        v = hi
-    i, di = clamp_current(v, lo, hi, is_n, nvt)
-    iw, _ = clamp_current(v_warm, lo, hi, is_n, nvt)
+    whichever has the smaller ``|f|``.
+
+    ``delta``: solve instead for the change ``x`` from ``v0`` of a node whose equation at
+    ``v0`` balances: ``a x - c + [i_diode(v0 + x) - i_diode(v0)] = 0`` (``c``: the change of
+    its driving current), to the precision of ``x`` itself."""
+    g0 = 0.0
+    if delta:
+        _, g0 = clamp_current(v0, lo, hi, is_n, nvt)
+    unit = 0.0 if delta else 1.0  # steps are judged against |v| + unit: relative for a change
+    v = c / (a + g0)
+    if v < lo - v0:
+        v = lo - v0
+    if v > hi - v0:
+        v = hi - v0
+    i, di = _diode_current(v0, v, lo, hi, is_n, nvt, delta)
+    iw, _ = _diode_current(v0, v_warm, lo, hi, is_n, nvt, delta)
     if abs(a * v_warm - c + iw) < abs(a * v - c + i):
         v = v_warm
         i = iw
@@ -44,7 +61,7 @@ def _shockley_node(a, c, lo, hi, is_n, nvt, v_warm):
         right = v
         left = v - step
         while True:
-            il, _ = clamp_current(left, lo, hi, is_n, nvt)
+            il, _ = _diode_current(v0, left, lo, hi, is_n, nvt, delta)
             if a * left - c + il <= 0.0:
                 break
             step *= 2.0
@@ -53,13 +70,13 @@ def _shockley_node(a, c, lo, hi, is_n, nvt, v_warm):
         left = v
         right = v + step
         while True:
-            ir, _ = clamp_current(right, lo, hi, is_n, nvt)
+            ir, _ = _diode_current(v0, right, lo, hi, is_n, nvt, delta)
             if a * right - c + ir >= 0.0:
                 break
             step *= 2.0
             right = v + step
     for _ in range(200):
-        i, di = clamp_current(v, lo, hi, is_n, nvt)
+        i, di = _diode_current(v0, v, lo, hi, is_n, nvt, delta)
         f = a * v - c + i
         if f > 0.0:
             right = v
@@ -70,7 +87,7 @@ def _shockley_node(a, c, lo, hi, is_n, nvt, v_warm):
         v_new = v - f / (a + di)
         if not (left < v_new < right):
             v_new = 0.5 * (left + right)
-        if abs(v_new - v) <= 1e-15 * (1.0 + abs(v)) or right - left <= 1e-15 * (1.0 + abs(v)):
+        if abs(v_new - v) <= 1e-15 * (unit + abs(v)) or right - left <= 1e-15 * (unit + abs(v)):
             return v_new
         v = v_new
     return v
@@ -87,9 +104,22 @@ def _node_residual(a, c, v, lo, hi, shockley, is_n, nvt):
 
 
 @nb.njit(cache=True, inline="always")
-def _relax_node(a, c, lo, hi, shockley, is_n, nvt, v_warm):
+def _relax_node(a, c, lo, hi, shockley, is_n, nvt, v_warm, delta, v0, s):
     """Voltage (V) that satisfies one node's KCL given its neighbours (``v_warm``: its
-    present voltage, a start for the Shockley root)."""
+    present voltage, a start for the Shockley root).
+
+    ``delta``: the node's change from its balanced voltage ``v0`` instead, ``c`` being the
+    change of its driving current and ``s`` the current its clamp diode carried at ``v0``
+    (ideal diodes; 0 off the rails): ``x = clip((s + c) / a, lo - v0, hi - v0)``."""
+    if delta:
+        if shockley:
+            return _shockley_node(a, c, lo, hi, is_n, nvt, v_warm, v0, True)
+        x = (s + c) / a
+        if x < lo - v0:
+            x = lo - v0
+        elif x > hi - v0:
+            x = hi - v0
+        return x
     if shockley:
         return _shockley_node(a, c, lo, hi, is_n, nvt, v_warm)
     x = c / a
@@ -101,14 +131,20 @@ def _relax_node(a, c, lo, hi, shockley, is_n, nvt, v_warm):
 
 
 @nb.njit(cache=True, inline="always")
-def _relax_sample(b, a, c, lo, hi, shockley, is_n, nvt, v, v_ref, track, change, response, scale):
+def _relax_sample(b, a, c, lo, hi, shockley, is_n, nvt, v, v_ref, track, change, response, scale,
+                  delta, v0, s):
     """Relax sample ``b`` of one layer in place; with ``track``, record its largest change,
-    its largest distance from ``v_ref`` and its largest |voltage| (V) at index ``b``."""
+    its largest distance from ``v_ref`` and its largest |voltage| (V) at index ``b``.
+    ``delta``: ``v`` holds changes from the balanced state ``v0`` (B, n), ``s`` (B, n) its
+    clamp currents (see :func:`_relax_node`; both unused otherwise)."""
     dmax = 0.0
     rmax = 0.0
     smax = 0.0
     for k in range(c.shape[1]):
-        x = _relax_node(a[k], c[b, k], lo[k], hi[k], shockley, is_n, nvt, v[b, k])
+        if delta:
+            x = _relax_node(a[k], c[b, k], lo[k], hi[k], shockley, is_n, nvt, v[b, k], True, v0[b, k], s[b, k])
+        else:
+            x = _relax_node(a[k], c[b, k], lo[k], hi[k], shockley, is_n, nvt, v[b, k], False, 0.0, 0.0)
         if track:
             dmax = max(dmax, abs(x - v[b, k]))
             rmax = max(rmax, abs(x - v_ref[b, k]))
@@ -121,17 +157,21 @@ def _relax_sample(b, a, c, lo, hi, shockley, is_n, nvt, v, v_ref, track, change,
 
 
 @nb.njit(parallel=True, cache=True)
-def _relax_parallel(a, c, lo, hi, shockley, is_n, nvt, active, v, v_ref, track, change, response, scale):
+def _relax_parallel(a, c, lo, hi, shockley, is_n, nvt, active, v, v_ref, track, change, response, scale,
+                    delta, v0, s):
     for b in nb.prange(c.shape[0]):
         if active[b]:
-            _relax_sample(b, a, c, lo, hi, shockley, is_n, nvt, v, v_ref, track, change, response, scale)
+            _relax_sample(b, a, c, lo, hi, shockley, is_n, nvt, v, v_ref, track, change, response, scale,
+                          delta, v0, s)
 
 
 @nb.njit(cache=True)
-def _relax_serial(a, c, lo, hi, shockley, is_n, nvt, active, v, v_ref, track, change, response, scale):
+def _relax_serial(a, c, lo, hi, shockley, is_n, nvt, active, v, v_ref, track, change, response, scale,
+                  delta, v0, s):
     for b in range(c.shape[0]):
         if active[b]:
-            _relax_sample(b, a, c, lo, hi, shockley, is_n, nvt, v, v_ref, track, change, response, scale)
+            _relax_sample(b, a, c, lo, hi, shockley, is_n, nvt, v, v_ref, track, change, response, scale,
+                          delta, v0, s)
 
 
 @nb.njit(cache=True)
@@ -145,21 +185,26 @@ def relax_layer(a, c, lo, hi, shockley, is_n, nvt, active, v, parallel):
     """
     unused = np.empty(0)
     if parallel:
-        _relax_parallel(a, c, lo, hi, shockley, is_n, nvt, active, v, v, False, unused, unused, unused)
+        _relax_parallel(a, c, lo, hi, shockley, is_n, nvt, active, v, v, False, unused, unused, unused,
+                        False, v, v)
     else:
-        _relax_serial(a, c, lo, hi, shockley, is_n, nvt, active, v, v, False, unused, unused, unused)
+        _relax_serial(a, c, lo, hi, shockley, is_n, nvt, active, v, v, False, unused, unused, unused,
+                      False, v, v)
 
 
 @nb.njit(cache=True)
 def relax_layer_tracked(a, c, lo, hi, shockley, is_n, nvt, active, v, v_ref, change, response,
-                        scale, parallel):
+                        scale, parallel, delta, v0, s):
     """:func:`relax_layer`, also writing per sample (``(B,)`` arrays, V) the largest change
     of a node (``change``), its largest distance from ``v_ref`` (B, n) after the update
-    (``response``) and the largest |voltage| of the layer (``scale``)."""
+    (``response``) and the largest |voltage| of the layer (``scale``); ``delta``, ``v0``,
+    ``s``: :func:`_relax_sample`'s change form."""
     if parallel:
-        _relax_parallel(a, c, lo, hi, shockley, is_n, nvt, active, v, v_ref, True, change, response, scale)
+        _relax_parallel(a, c, lo, hi, shockley, is_n, nvt, active, v, v_ref, True, change, response, scale,
+                        delta, v0, s)
     else:
-        _relax_serial(a, c, lo, hi, shockley, is_n, nvt, active, v, v_ref, True, change, response, scale)
+        _relax_serial(a, c, lo, hi, shockley, is_n, nvt, active, v, v_ref, True, change, response, scale,
+                      delta, v0, s)
 
 
 @nb.njit(cache=True, inline="always")
@@ -332,10 +377,14 @@ def _softmax(u, scale, p):
 
 
 @nb.njit(cache=True)
-def _ce_potential(a, c, beta, y, ce_p, u, p):
-    """The output block's potential ``1/2 sum a u^2 - c.u + beta/P^2 (lse(P u) - y.(P u))``
-    whose gradient is the output nodes' KCL residual (``p`` scratch (K,))."""
-    lse = _softmax(u, ce_p, p)
+def _ce_potential(a, c, beta, y, ce_p, u, p, u0, w):
+    """The output block's potential ``1/2 sum a u^2 - c.u + beta/P^2 (lse(P (u0 + u)) - y.(P u))``
+    whose gradient is the output nodes' KCL residual (``u0`` (K,) the outputs' balanced
+    state when ``u`` is a change from it, else zeros; ``p``, ``w``: scratch (K,); ``p``
+    receives ``softmax(P (u0 + u))``)."""
+    for k in range(u.shape[0]):
+        w[k] = u0[k] + u[k]
+    lse = _softmax(w, ce_p, p)
     f = 0.0
     for k in range(u.shape[0]):
         f += 0.5 * a[k] * u[k] * u[k] - c[k] * u[k] - beta / ce_p * y[k] * u[k]
@@ -343,15 +392,20 @@ def _ce_potential(a, c, beta, y, ce_p, u, p):
 
 
 @nb.njit(cache=True)
-def _relax_output_ce(a, c, beta, y, ce_p, active, v, v_ref, track, change, response, scale):
+def _relax_output_ce(a, c, beta, y, ce_p, active, v, v_ref, track, change, response, scale, delta, u0):
     """Solve the output nodes' KCL ``a u - c - (beta/P)(y - softmax(P u)) = 0`` per active
     sample, in place (``v`` (B, K) normalised, warm start): Newton's method on the strictly
     convex output potential (:func:`_ce_potential`; convex for ``-beta`` too while
     ``a > |beta|``), Sherman-Morrison for the Jacobian ``diag(a + beta p) - beta p p^T``.
     A step is taken when it lowers the potential or the largest KCL residual (near the root
     the potential's decrease is below its rounding), else halved. Tracking as
-    :func:`_relax_sample`."""
+    :func:`_relax_sample`. ``delta``: ``v`` holds the outputs' changes from the balanced free
+    state ``u0`` (B, K), ``c`` the change of their drive, and the softmax is taken at
+    ``u0 + v``."""
     batch, k_out = v.shape
+    unit = 0.0 if delta else 1.0  # steps are judged against |u| + unit: relative for a change
+    base = np.zeros(k_out)
+    w = np.empty(k_out)
     p = np.empty(k_out)
     u = np.empty(k_out)
     trial = np.empty(k_out)
@@ -362,7 +416,8 @@ def _relax_output_ce(a, c, beta, y, ce_p, active, v, v_ref, track, change, respo
             continue
         for k in range(k_out):
             u[k] = v[b, k]
-        f = _ce_potential(a, c[b], beta, y[b], ce_p, u, p)
+            base[k] = u0[b, k] if delta else 0.0
+        f = _ce_potential(a, c[b], beta, y[b], ce_p, u, p, base, w)
         for _ in range(100):
             # residual and Newton step at u (p = softmax(P u) from its potential evaluation)
             dg = 0.0
@@ -383,14 +438,14 @@ def _relax_output_ce(a, c, beta, y, ce_p, active, v, v_ref, track, change, respo
                 step[k] = (g[k] + coef * p[k]) / (a[k] + beta * p[k])
                 step_max = max(step_max, abs(step[k]))
                 u_max = max(u_max, abs(u[k]))
-            if step_max <= 1e-16 * (1.0 + u_max):
+            if step_max <= 1e-16 * (unit + u_max):
                 break
             t = 1.0
             accepted = False
             for _ls in range(60):
                 for k in range(k_out):
                     trial[k] = u[k] - t * step[k]
-                f_new = _ce_potential(a, c[b], beta, y[b], ce_p, trial, p)
+                f_new = _ce_potential(a, c[b], beta, y[b], ce_p, trial, p, base, w)
                 if f_new < f:
                     accepted = True
                 else:
@@ -402,7 +457,9 @@ def _relax_output_ce(a, c, beta, y, ce_p, active, v, v_ref, track, change, respo
                     break
                 t *= 0.5
             if not accepted:
-                _softmax(u, ce_p, p)
+                for k in range(k_out):
+                    w[k] = base[k] + u[k]
+                _softmax(w, ce_p, p)
                 break
             f = f_new
             for k in range(k_out):
@@ -424,29 +481,78 @@ def _relax_output_ce(a, c, beta, y, ce_p, active, v, v_ref, track, change, respo
 
 @nb.njit(cache=True)
 def _relax_any(l, n_layers, a, c, lo, hi, shockley, is_n, nvt, active, v, v_ref, beta, target, ce_p,
-               relative, change, response, scale, parallel):
+               relative, change, response, scale, parallel, delta, v0, s):
     """Solve free layer ``l`` (0-based) given its drive ``c``, in place; the output layer of a
     cross-entropy-nudged phase by :func:`_relax_output_ce`, every other by :func:`relax_layer`
-    (tracked for the relative rule when ``relative``)."""
+    (tracked for the relative rule when ``relative``; ``delta``, ``v0``, ``s``: the change
+    form, :func:`_relax_sample`)."""
     if l == n_layers - 1 and ce_p > 0.0 and beta != 0.0:
-        _relax_output_ce(a, c, beta, target, ce_p, active, v, v_ref, relative, change, response, scale)
+        _relax_output_ce(a, c, beta, target, ce_p, active, v, v_ref, relative, change, response, scale,
+                         delta, v0)
     elif relative:
         relax_layer_tracked(a, c, lo, hi, shockley, is_n, nvt, active, v, v_ref, change, response, scale,
-                            parallel)
+                            parallel, delta, v0, s)
     else:
         relax_layer(a, c, lo, hi, shockley, is_n, nvt, active, v, parallel)
 
 
 @nb.njit(cache=True)
+def _delta_drive(l, kinds, shapes, weights, d, beta, target, ce_p, u_free, out):
+    """Change (B, n) of the normalised current driven into free layer ``l`` (0-based) when
+    the free layers move by ``d`` from the free state ``u_free`` (tuples of (B, n_l)),
+    written to ``out``: the crossbars carry the neighbours' changes (the input sources and
+    biases do not move); on the output layer of a squared-error-nudged phase the nudge's
+    source adds ``beta (target - u_free)`` (its conductance ``beta`` is in the
+    self-conductance). Cross-entropy nudge: :func:`_relax_output_ce`."""
+    n_layers = len(d)
+    out[:, :] = 0.0
+    if l > 0:
+        _add_drive(kinds[l], shapes[l], weights[l], d[l - 1], out, False)
+    if l < n_layers - 1:
+        _add_drive(kinds[l + 1], shapes[l + 1], weights[l + 1], d[l + 1], out, True)
+    elif beta != 0.0 and ce_p == 0.0:
+        out += beta * (target - u_free[l])
+
+
+@nb.njit(cache=True)
+def _clamp_currents(kinds, shapes, weights, a, bias, lo, hi, input_drive, u, ce_p, shockley, out):
+    """Per free layer, the current ``c - a u`` (B, n_l) each ideal clamp diode carries in the
+    free state ``u`` (a tuple of (B, n_l)), written to ``out``: kept with the sign a diode
+    can carry (into a node held at its lower rail, out of one at its upper rail) and 0 off
+    the rails. All zeros for Shockley diodes, whose current is a function of the voltage."""
+    no_target = np.zeros((u[0].shape[0], u[-1].shape[1]))
+    for l in range(len(u)):
+        out[l][:, :] = 0.0
+        if shockley:
+            continue
+        c = np.empty_like(u[l])
+        _layer_drive(l, kinds, shapes, weights, bias, input_drive, u, 0.0, no_target, ce_p, c)
+        for b in range(c.shape[0]):
+            for k in range(c.shape[1]):
+                x = u[l][b, k]
+                if x <= lo[l][k]:
+                    out[l][b, k] = min(c[b, k] - a[l][k] * x, 0.0)
+                elif x >= hi[l][k]:
+                    out[l][b, k] = max(c[b, k] - a[l][k] * x, 0.0)
+
+
+@nb.njit(cache=True)
 def _run_phase(kinds, shapes, weights, a, bias, lo, hi, input_drive, v, v_ref, beta, target, ce_p,
-               tol_n, rtol, max_iter, shockley, is_n, nvt, layer_p, met, parallel):
+               tol_n, rtol, max_iter, shockley, is_n, nvt, layer_p, met, parallel, delta, u_free, clamp):
     """Odd/even block coordinate descent of one phase on the state ``v`` (tuple of (B, n_l),
     updated in place). ``rtol > 0``: stop each sample on the relative nudge rule against
     ``v_ref`` (:func:`~epsim.solvers.stop_rule.rule_step`), writing ``met``; otherwise on the
     KCL residual ``tol_n`` (normalised, physical: each layer's times its ``layer_p``).
     ``is_n``, ``nvt``, ``layer_p``: (L,) per-layer diode constants and ``P_l`` (see
     :class:`LayeredProblem`); ``ce_p``: 0 for the squared-error nudge, else the output
-    layer's ``P_L`` for the cross-entropy nudge. Returns the number of sweeps."""
+    layer's ``P_L`` for the cross-entropy nudge. Returns the number of sweeps.
+
+    ``delta`` (a nudged phase, with ``rtol > 0`` and ``v_ref`` zeros; else pass ``v`` for
+    ``u_free`` and ``clamp``): ``v`` holds the
+    change of every node from the free state ``u_free`` and is solved as such
+    (:func:`_delta_drive`, :func:`_relax_node`; ``clamp``: :func:`_clamp_currents` of the
+    free state), so that a response many orders below the nodes' voltages keeps its own
+    precision instead of the rounding of ``u_free + v``."""
     n_layers = len(v)
     batch = v[0].shape[0]
     active = np.ones(batch, dtype=np.bool_)
@@ -464,7 +570,10 @@ def _run_phase(kinds, shapes, weights, a, bias, lo, hi, input_drive, v, v_ref, b
     for sweeps in range(1, max_iter + 1):
         # odd layers only touch even layers: all their drives come from the current state
         for l in odd:
-            _layer_drive(l, kinds, shapes, weights, bias, input_drive, v, beta, target, ce_p, drives[l])
+            if delta:
+                _delta_drive(l, kinds, shapes, weights, v, beta, target, ce_p, u_free, drives[l])
+            else:
+                _layer_drive(l, kinds, shapes, weights, bias, input_drive, v, beta, target, ce_p, drives[l])
         if not relative and sweeps > 1:
             # the even layers were solved against the current odd layers in the last sweep,
             # so the odd layers' residual is the whole state's: stop the converged samples
@@ -480,11 +589,16 @@ def _run_phase(kinds, shapes, weights, a, bias, lo, hi, input_drive, v, v_ref, b
                 break
         for l in odd:
             _relax_any(l, n_layers, a[l], drives[l], lo[l], hi[l], shockley, is_n[l], nvt[l], active, v[l],
-                       v_ref[l], beta, target, ce_p, relative, change[l], response[l], scale[l], parallel)
+                       v_ref[l], beta, target, ce_p, relative, change[l], response[l], scale[l], parallel,
+                       delta, u_free[l] if delta else v[l], clamp[l] if delta else v[l])
         for l in even:
-            _layer_drive(l, kinds, shapes, weights, bias, input_drive, v, beta, target, ce_p, drives[l])
+            if delta:
+                _delta_drive(l, kinds, shapes, weights, v, beta, target, ce_p, u_free, drives[l])
+            else:
+                _layer_drive(l, kinds, shapes, weights, bias, input_drive, v, beta, target, ce_p, drives[l])
             _relax_any(l, n_layers, a[l], drives[l], lo[l], hi[l], shockley, is_n[l], nvt[l], active, v[l],
-                       v_ref[l], beta, target, ce_p, relative, change[l], response[l], scale[l], parallel)
+                       v_ref[l], beta, target, ce_p, relative, change[l], response[l], scale[l], parallel,
+                       delta, u_free[l] if delta else v[l], clamp[l] if delta else v[l])
         if relative:
             rule_step(change, response, scale, change_prev, error, rtol, active, met)
             n_active = 0
@@ -498,23 +612,42 @@ def _run_phase(kinds, shapes, weights, a, bias, lo, hi, input_drive, v, v_ref, b
 
 @nb.njit(cache=True)
 def _centered_phases(kinds, shapes, weights, a_free, a_plus, a_minus, bias, lo, hi, input_drive,
-                     v_free, v_plus, v_minus, beta, target, ce_p, tol_n, rtol, max_iter, shockley, is_n,
-                     nvt, layer_p, met_plus, met_minus, residuals, parallel):
+                     v_free, v_plus, v_minus, d_plus, d_minus, clamp, zero, beta, target, ce_p, tol_n, rtol,
+                     max_iter, shockley, is_n, nvt, layer_p, met_plus, met_minus, residuals, parallel):
     """Free, +beta and -beta phases of one batch in a single call (see :func:`_run_phase`):
-    ``v_free`` is solved from its given state, then copied into ``v_plus``/``v_minus`` and
-    the nudged phases solved from it (against it, with ``rtol > 0``). ``residuals`` (3, B)
-    receives each phase's max KCL residual (normalised). Returns the three sweep counts."""
+    ``v_free`` is solved from its given state, then the nudged phases from it. With
+    ``rtol > 0`` they are solved for their changes from it, written to ``d_plus``/``d_minus``,
+    and ``v_plus``/``v_minus`` receive ``v_free`` plus those changes; otherwise ``v_free`` is
+    copied into ``v_plus``/``v_minus`` and the phases solved on the voltages themselves.
+    ``clamp``: scratch for the free state's clamp currents; ``zero``: zeros; all tuples of
+    (B, n_l). ``residuals`` (3, B) receives each phase's max KCL residual (normalised).
+    Returns the three sweep counts."""
     no_target = np.zeros_like(target)
     unused = np.zeros(v_free[0].shape[0], dtype=np.bool_)
     s_free = _run_phase(kinds, shapes, weights, a_free, bias, lo, hi, input_drive, v_free, v_free,
-                        0.0, no_target, ce_p, tol_n, 0.0, max_iter, shockley, is_n, nvt, layer_p, unused, parallel)
-    for l in range(len(v_free)):
-        v_plus[l][:, :] = v_free[l]
-        v_minus[l][:, :] = v_free[l]
-    s_plus = _run_phase(kinds, shapes, weights, a_plus, bias, lo, hi, input_drive, v_plus, v_free,
-                        beta, target, ce_p, tol_n, rtol, max_iter, shockley, is_n, nvt, layer_p, met_plus, parallel)
-    s_minus = _run_phase(kinds, shapes, weights, a_minus, bias, lo, hi, input_drive, v_minus, v_free,
-                         -beta, target, ce_p, tol_n, rtol, max_iter, shockley, is_n, nvt, layer_p, met_minus, parallel)
+                        0.0, no_target, ce_p, tol_n, 0.0, max_iter, shockley, is_n, nvt, layer_p, unused, parallel,
+                        False, v_free, v_free)
+    if rtol > 0.0:
+        _clamp_currents(kinds, shapes, weights, a_free, bias, lo, hi, input_drive, v_free, ce_p, shockley, clamp)
+        s_plus = _run_phase(kinds, shapes, weights, a_plus, bias, lo, hi, input_drive, d_plus, zero,
+                            beta, target, ce_p, tol_n, rtol, max_iter, shockley, is_n, nvt, layer_p, met_plus,
+                            parallel, True, v_free, clamp)
+        s_minus = _run_phase(kinds, shapes, weights, a_minus, bias, lo, hi, input_drive, d_minus, zero,
+                             -beta, target, ce_p, tol_n, rtol, max_iter, shockley, is_n, nvt, layer_p, met_minus,
+                             parallel, True, v_free, clamp)
+        for l in range(len(v_free)):
+            v_plus[l][:, :] = v_free[l] + d_plus[l]
+            v_minus[l][:, :] = v_free[l] + d_minus[l]
+    else:
+        for l in range(len(v_free)):
+            v_plus[l][:, :] = v_free[l]
+            v_minus[l][:, :] = v_free[l]
+        s_plus = _run_phase(kinds, shapes, weights, a_plus, bias, lo, hi, input_drive, v_plus, v_free,
+                            beta, target, ce_p, tol_n, rtol, max_iter, shockley, is_n, nvt, layer_p, met_plus,
+                            parallel, False, v_plus, v_plus)
+        s_minus = _run_phase(kinds, shapes, weights, a_minus, bias, lo, hi, input_drive, v_minus, v_free,
+                             -beta, target, ce_p, tol_n, rtol, max_iter, shockley, is_n, nvt, layer_p, met_minus,
+                             parallel, False, v_minus, v_minus)
     residuals[:, :] = 0.0
     _residual(kinds, shapes, weights, a_free, bias, lo, hi, input_drive, v_free, 0.0, no_target, ce_p,
               shockley, is_n, nvt, layer_p, residuals[0], parallel)
@@ -656,18 +789,31 @@ def solve(problem: LayeredProblem, beta=0.0, target_V=None, init=None, tol_A=1e-
     target = problem._target(beta, target_V)
     a = problem.conductances(beta)
     v = problem.to_normalised(v)
-    v_ref = tuple(x.copy() for x in v) if relative else v
     met = np.zeros(batch, dtype=np.bool_)
     kinds, shapes, weights = problem.layout
+    if relative:  # solved for the change from the free state, to its own precision
+        u_free = v
+        v = tuple(np.zeros_like(x) for x in u_free)
+        zero = tuple(np.zeros_like(x) for x in u_free)
+        clamp = tuple(np.zeros_like(x) for x in u_free)
+        _clamp_currents(kinds, shapes, weights, problem.conductances(0.0), problem.bias_tuple, problem.rails_lo,
+                        problem.rails_hi, problem.input_drive, u_free, problem.ce_p, problem.shockley, clamp)
+        v_ref = zero
+    else:
+        u_free, clamp, v_ref = v, v, v
     sweeps = _run_phase(kinds, shapes, weights, a, problem.bias_tuple, problem.rails_lo, problem.rails_hi,
                         problem.input_drive, v, v_ref, float(beta), target, problem.ce_p,
                         tol_A / net.ranges.g_unit_S, float(nudge_rtol) if relative else 0.0,
                         int(max_iter), problem.shockley, problem.is_n, problem.nvt, problem.layer_p, met,
-                        problem.parallel)
+                        problem.parallel, relative, u_free, clamp)
+    response = None
+    if relative:
+        response = problem.to_physical(v)
+        v = tuple(f + d for f, d in zip(u_free, v))
     v = problem.to_physical(v)
     cert = Certificate(problem.residual_A(v, beta, target_V), sweeps, tol_A, backend="numba",
                        stop_met=met if relative else None)
-    return Equilibrium(problem.v_input, v, beta, cert)
+    return Equilibrium(problem.v_input, v, beta, cert, response_V=response)
 
 
 class NumbaSolver:
@@ -690,12 +836,14 @@ class NumbaSolver:
 
     def solve_centered(self, prepared, beta, target_V) -> tuple:
         """``(free, plus, minus)`` equilibria of centered EP in one jitted call: the same
-        states as :meth:`solve` at 0, then +beta and -beta from the free state."""
+        states as :meth:`solve` at 0, then +beta and -beta from the free state (with the
+        relative rule, each with its ``response_V``)."""
         net = prepared.net
         batch = prepared.v_input.shape[0]
         target = prepared._target(beta, target_V)
         a = [prepared.conductances(b) for b in (0.0, beta, -beta)]
-        states = [tuple(np.zeros((batch, n)) for n in net.layer_sizes[1:]) for _ in range(3)]
+        states = [tuple(np.zeros((batch, n)) for n in net.layer_sizes[1:]) for _ in range(6)]
+        zero = tuple(np.zeros((batch, n)) for n in net.layer_sizes[1:])
         met = [np.zeros(batch, dtype=np.bool_) for _ in range(2)]
         residuals = np.zeros((3, batch))
         relative = self.nudge_rtol is not None
@@ -703,13 +851,14 @@ class NumbaSolver:
         with threads_for(prepared.node_updates):
             sweeps = _centered_phases(
                 kinds, shapes, weights, *a, prepared.bias_tuple, prepared.rails_lo, prepared.rails_hi,
-                prepared.input_drive, *states, float(beta), target, prepared.ce_p, self.tol_A / net.ranges.g_unit_S,
-                self.nudge_rtol if relative else 0.0, self.max_iter, prepared.shockley, prepared.is_n,
-                prepared.nvt, prepared.layer_p, *met, residuals, prepared.parallel)
+                prepared.input_drive, *states, zero, float(beta), target, prepared.ce_p,
+                self.tol_A / net.ranges.g_unit_S, self.nudge_rtol if relative else 0.0, self.max_iter,
+                prepared.shockley, prepared.is_n, prepared.nvt, prepared.layer_p, *met, residuals, prepared.parallel)
         out = []
         for k, (b, state) in enumerate(zip((0.0, beta, -beta), states)):
             stop_met = met[k - 1] if (relative and k > 0) else None
+            response = prepared.to_physical(states[2 + k]) if (relative and k > 0) else None
             cert = Certificate(residuals[k] * net.ranges.g_unit_S, sweeps[k], self.tol_A, backend="numba",
                                stop_met=stop_met)
-            out.append(Equilibrium(prepared.v_input, prepared.to_physical(state), b, cert))
+            out.append(Equilibrium(prepared.v_input, prepared.to_physical(state), b, cert, response_V=response))
         return tuple(out)

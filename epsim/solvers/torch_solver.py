@@ -342,6 +342,40 @@ class TorchCircuit:
             c = c + beta * (target_V / self.layer_p[-1] if self.amplified else target_V)
         return c
 
+    def delta_drive(self, l, d, u_free, beta=0.0, target_V=None):
+        """(B, n_l) change of the normalised current into layer l when the free layers move by
+        ``d`` from the free state ``u_free`` (lists of (B, n_l)): the neighbours' changes
+        through the crossbars (sources and biases do not move) and, on the output layer of a
+        squared-error-nudged phase, the nudge's source ``beta (target - u_free)``."""
+        c = None
+        if l > 1:
+            c = self.drive_out(l - 1, d[l - 2])
+        if l < self.L:
+            up = self.drive_in(l, d[l])
+            c = up if c is None else c + up
+        if l == self.L and beta != 0.0 and not self.ce_p:
+            t = target_V / self.layer_p[-1] if self.amplified else target_V
+            nudge = beta * (t - u_free[l - 1])
+            c = nudge if c is None else c + nudge
+        return c if c is not None else torch.zeros_like(d[l - 1])
+
+    def clamp_currents(self, l, input_drive, u_free):
+        """(B, n_l) current ``c - a u`` each ideal clamp diode of layer l carries in the free
+        state ``u_free``, with the sign it can carry, 0 off the rails (numba's ``_clamp_currents``)."""
+        u = u_free[l - 1]
+        r = self.drive(l, input_drive, u_free) - self.self_conductance(l) * u
+        zero = torch.zeros_like(r)
+        return torch.where(u <= self.lo[l - 1], torch.minimum(r, zero),
+                           torch.where(u >= self.hi[l - 1], torch.maximum(r, zero), zero))
+
+    def solve_layer_delta(self, l, a, c, d_prev, u0, s, beta=0.0, target=None):
+        """Layer l's change from the free state ``u0`` given the change ``c`` of its drive and
+        its free clamp currents ``s`` (ideal diodes): ``clip((s + c) / a, lo - u0, hi - u0)``,
+        or the cross-entropy outputs' change (:meth:`_ce_outputs` about ``u0``)."""
+        if l == self.L and beta != 0.0 and self.ce_p:
+            return self._ce_outputs(a, c, beta, target, d_prev, base=u0)
+        return torch.minimum(torch.maximum((s + c) / a, self.lo[l - 1] - u0), self.hi[l - 1] - u0)
+
     def nudged_drive(self, l, c, v, beta=0.0, target=None):
         """``c`` (B, n_l) plus, on the output layer of a cross-entropy-nudged phase, the nudge
         current ``(beta / P_L)(y - softmax(P_L v))`` at the state ``v`` (B, K): the whole
@@ -358,31 +392,34 @@ class TorchCircuit:
             return self._ce_outputs(a, c, beta, target, v_prev)
         return self.relax(l, a, c, v_prev)
 
-    def _ce_outputs(self, a, c, beta, y, u):
+    def _ce_outputs(self, a, c, beta, y, u, base=None):
         """Newton's method on the output block's strictly convex potential
-        ``1/2 sum a u^2 - c.u + beta/P^2 (lse(P u) - y.(P u))`` (B samples at once), from
-        ``u`` (B, K); the Jacobian ``diag(a + beta p) - beta p p^T`` by Sherman-Morrison, a
-        step halved until it lowers the potential or the largest residual (as numba's)."""
+        ``1/2 sum a u^2 - c.u + beta/P^2 (lse(P (base + u)) - y.(P u))`` (B samples at once),
+        from ``u`` (B, K); the Jacobian ``diag(a + beta p) - beta p p^T`` by Sherman-Morrison, a
+        step halved until it lowers the potential or the largest residual (as numba's).
+        ``base``: the free outputs when ``u`` is a change from them (steps then judged
+        relative to ``|u|``), else None."""
         p_l = self.ce_p
+        unit = 1.0 if base is None else 0.0
+        base = torch.zeros_like(u) if base is None else base
 
         def potential(x):
-            z = p_l * x
             return (0.5 * a * x * x - c * x).sum(1) + beta / p_l ** 2 * (
-                torch.logsumexp(z, dim=1) - (y * z).sum(1))
+                torch.logsumexp(p_l * (base + x), dim=1) - (y * p_l * x).sum(1))
 
         def residual(x):
-            return a * x - c - beta / p_l * (y - torch.softmax(p_l * x, dim=1))
+            return a * x - c - beta / p_l * (y - torch.softmax(p_l * (base + x), dim=1))
 
         f = potential(u)
         eps = float(torch.finfo(self.dtype).eps)
         for _ in range(100):
-            p = torch.softmax(p_l * u, dim=1)
+            p = torch.softmax(p_l * (base + u), dim=1)
             g = residual(u)
             g_max = g.abs().amax(1)
             d = a + beta * p
             dg, dp = (p * g / d).sum(1, keepdim=True), (p * p / d).sum(1, keepdim=True)
             step = (g + beta * dg / (1.0 - beta * dp) * p) / d
-            if bool((step.abs().amax(1) <= eps * (1.0 + u.abs().amax(1))).all()):
+            if bool((step.abs().amax(1) <= eps * (unit + u.abs().amax(1))).all()):
                 break
             t = torch.ones_like(f)
             for _ls in range(60):
@@ -541,15 +578,21 @@ class TorchCircuitSolver:
         relative = self.nudge_rtol is not None and beta != 0.0 and init is not None
         met = np.zeros(prepared.input_drive.shape[0], dtype=np.bool_) if relative else None
         circuit = prepared.circuit
-        v, sweeps = solve_tensors(circuit, prepared.input_drive, beta,
-                                  None if target_V is None else circuit.tensor(target_V),
-                                  None if init is None else circuit.to_normalised(init),
-                                  self.tol_A, self.max_iter,
-                                  nudge_rtol=self.nudge_rtol if relative else None, met=met)
+        target = None if target_V is None else circuit.tensor(target_V)
+        start = None if init is None else circuit.to_normalised(init)
+        response = None
+        if relative and not circuit.shockley:  # solved as the change from the free state
+            d, sweeps = solve_change(circuit, prepared.input_drive, beta, target, start, self.max_iter,
+                                     self.nudge_rtol, met)
+            response = [x.to(torch.float64).cpu().numpy() for x in circuit.to_physical(d)]
+            v = [u + x for u, x in zip(start, d)]
+        else:
+            v, sweeps = solve_tensors(circuit, prepared.input_drive, beta, target, start, self.tol_A,
+                                      self.max_iter, nudge_rtol=self.nudge_rtol if relative else None, met=met)
         v_np = [x.to(torch.float64).cpu().numpy() for x in circuit.to_physical(v)]
         cert = Certificate(prepared.residual_A(v_np, beta, target_V), sweeps, self.tol_A, backend="torch",
                            stop_met=met)
-        return Equilibrium(prepared.v_input, v_np, beta, cert)
+        return Equilibrium(prepared.v_input, v_np, beta, cert, response_V=response)
 
 
 def solve_tensors(circuit: TorchCircuit, input_drive, beta=0.0, target_V=None, init=None,
@@ -639,12 +682,31 @@ def sweep_to_tolerance(c: TorchCircuit, a, full, input_drive, beta, target_V, to
     return full, sweeps
 
 
-def _relative_sweeps(c, a, full, work, idx, drive0, tgt, beta, rtol, max_iter, met):
+def solve_change(circuit: TorchCircuit, input_drive, beta, target_V, u_free, max_iter, rtol, met):
+    """A nudged phase of an ideal-diode circuit solved as its change from the free state
+    ``u_free`` (list of (B, n_l), normalised), under the relative nudge rule: numba's change
+    form, which keeps a response many orders below the voltages to its own precision.
+    Returns ``(d, sweeps)``, the changes (list of (B, n_l) tensors) and the sweep count."""
+    c = circuit
+    with torch.no_grad():
+        u_free = [c.tensor(x) for x in u_free]
+        a = [c.self_conductance(l, beta) for l in range(1, c.L + 1)]
+        clamp = [c.clamp_currents(l, input_drive, u_free) for l in range(1, c.L + 1)]
+        full = [torch.zeros_like(x) for x in u_free]
+        idx = torch.arange(input_drive.shape[0], device=c.device)
+        return _relative_sweeps(c, a, full, [x.clone() for x in full], idx, input_drive, target_V, beta, rtol,
+                                max_iter, met, change_form=(u_free, clamp))
+
+
+def _relative_sweeps(c, a, full, work, idx, drive0, tgt, beta, rtol, max_iter, met, change_form=None):
     """The odd/even sweeps of :func:`solve_tensors` under the relative nudge rule; the
-    per-layer changes and responses go through :func:`~epsim.solvers.stop_rule.rule_step`."""
+    per-layer changes and responses go through :func:`~epsim.solvers.stop_rule.rule_step`.
+    ``change_form``: ``(u_free, clamp)``, the states are changes from the free state
+    (:func:`solve_change`)."""
     L = c.L
     order = list(range(1, L + 1, 2)) + list(range(2, L + 1, 2))
     ref = [x.clone() for x in work]
+    base, clamp = change_form if change_form is not None else (None, None)
     n = idx.shape[0]
     # the rule's rounding floor is float64's: scale it to the working precision
     precision = float(torch.finfo(c.dtype).eps / np.finfo(np.float64).eps)
@@ -654,7 +716,11 @@ def _relative_sweeps(c, a, full, work, idx, drive0, tgt, beta, rtol, max_iter, m
     for sweeps in range(1, max_iter + 1):
         change, response, scale = (np.zeros((L, idx.shape[0])) for _ in range(3))
         for l in order:
-            new = c.solve_layer(l, a[l - 1], c.drive(l, drive0, work, beta, tgt), work[l - 1], beta, tgt)
+            if base is not None:
+                new = c.solve_layer_delta(l, a[l - 1], c.delta_drive(l, work, base, beta, tgt), work[l - 1],
+                                          base[l - 1], clamp[l - 1], beta, tgt)
+            else:
+                new = c.solve_layer(l, a[l - 1], c.drive(l, drive0, work, beta, tgt), work[l - 1], beta, tgt)
             stats = torch.stack([(new - work[l - 1]).abs().amax(1), (new - ref[l - 1]).abs().amax(1),
                                  new.abs().amax(1)]).to(torch.float64).cpu().numpy()
             change[l - 1], response[l - 1], scale[l - 1] = stats[0], stats[1], precision * stats[2]
@@ -672,6 +738,8 @@ def _relative_sweeps(c, a, full, work, idx, drive0, tgt, beta, rtol, max_iter, m
             keep = torch.from_numpy(keep_np).to(idx.device)
             idx, drive0 = idx[keep], drive0[keep]
             work, ref = [x[keep] for x in work], [x[keep] for x in ref]
+            if base is not None:
+                base, clamp = [x[keep] for x in base], [x[keep] for x in clamp]
             tgt = tgt[keep] if tgt is not None else None
             change_prev, error = change_prev[:, keep_np], error[:, keep_np]
     for l in range(L):

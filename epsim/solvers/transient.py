@@ -236,7 +236,7 @@ def simulate(net, v_input, *, caps: Capacitances = Capacitances(), t_stop_s: flo
             n_sweeps = _run_phase(kinds, shapes, weights, a, sources, problem.rails_lo, problem.rails_hi,
                                   problem.input_drive, new, new, float(beta), target, 0.0, tol_n, 0.0, int(max_iter),
                                   problem.shockley, problem.is_n, problem.nvt, problem.layer_p, unused,
-                                  problem.parallel)
+                                  problem.parallel, False, new, new)
             # local truncation error of BDF2 from the predictor-corrector distance (physical V);
             # the Euler start is judged by its first-order estimate against the state it left
             diff = max(float(np.abs((x - y) * p).max(initial=0.0))

@@ -255,16 +255,18 @@ def nudge_rounding_units(nudge_response_V, max_node_V) -> list:
 
 def unresolved_nudge_warning(summary: dict) -> str | None:
     """A warning line when some layer's nudge response is under ``RESOLVED_ROUNDING_UNITS``
-    float64 spacings of its node voltages (``summary``: :meth:`_EpochTally.signal_summary`)."""
+    float64 spacings of its node voltages and some update took it from the voltages
+    (``summary``: :meth:`_EpochTally.signal_summary`); a solver that carries the responses
+    themselves (numba with the relative nudge rule) resolves any size."""
     units = summary["nudge_rounding_units_per_layer"]
     low = [l for l, u in enumerate(units) if u < RESOLVED_ROUNDING_UNITS]
-    if not low:
+    if not low or not summary.get("updates_from_voltages", 1):
         return None
     parts = [f"layer {l} {summary['nudge_response_V_per_layer'][l]:.1e} V at up to "
              f"{summary['max_node_V_per_layer'][l]:.3g} V ({units[l]:.1f} spacings)" for l in low]
     return ("warning: nudge responses within float64 rounding of the node voltages: " + "; ".join(parts)
-            + ". No tolerance resolves these layers' EP gradients; a circuit that attenuates the returning "
-              "signal less does (a smaller --leak-ratio, crossbars that load the layers below more)")
+            + ". Their EP gradients are rounding: the numba backend with --nudge-rtol solves the nudged "
+              "phases as changes from the free state and resolves them")
 
 
 class _EpochTally:
@@ -284,11 +286,13 @@ class _EpochTally:
         self.response = [float(v) for v in d.get("response", [])]
         self.max_node_V = [float(v) for v in d.get("max_node_V", [])]  # per layer, all phases
         self.updates = int(d.get("updates", 0))
+        self.from_voltages = int(d.get("from_voltages", 0))  # updates whose responses were v+ - v-
 
-    def add_signal(self, grad_w, nudge_response_V, max_node_V):
+    def add_signal(self, grad_w, nudge_response_V, max_node_V, response_kept=False):
         """Fold in one update's per-layer EP signal: whether its conductance gradient is exactly
         zero, its RMS (V^2), the nudge response of the layer's nodes (V) and their largest
-        |voltage| (V)."""
+        |voltage| (V); ``response_kept``: the solver carried the responses themselves."""
+        self.from_voltages += int(not response_kept)
         L = len(grad_w)
         counts = self.silent or [0] * L
         self.silent = [c + int(grad_is_zero(g)) for c, g in zip(counts, grad_w)]
@@ -308,7 +312,8 @@ class _EpochTally:
                 "grad_rms_per_layer": [s / n for s in self.grad_rms],
                 "nudge_response_V_per_layer": response,
                 "max_node_V_per_layer": list(self.max_node_V),
-                "nudge_rounding_units_per_layer": nudge_rounding_units(response, self.max_node_V)}
+                "nudge_rounding_units_per_layer": nudge_rounding_units(response, self.max_node_V),
+                "updates_from_voltages": self.from_voltages}
 
     def add(self, n, correct, loss_sum, unconverged, max_residual_A, iterations):
         """Fold in one (global) batch's totals."""
@@ -420,7 +425,7 @@ def _train(config: TrainConfig, dataset, out_dir, dp, *, resume, progress, stop_
                 totals = dp.sum(totals)
             if n_used:
                 opt.step(grad_w, grad_b)
-                tally.add_signal(grad_w, result.nudge_response_V, result.max_node_V)
+                tally.add_signal(grad_w, result.nudge_response_V, result.max_node_V, result.response_kept)
             tally.add(totals[0], totals[1], totals[2], totals[3], dp.max(result.residual_A), totals[4])
             show(bar, loss=f"{tally.loss_sum / tally.n:.4f}", acc=f"{tally.correct / tally.n:.3f}",
                  res=f"{tally.max_residual_A:.1e}A")
