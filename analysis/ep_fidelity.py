@@ -81,11 +81,11 @@ def main(argv=None) -> int:
     beta, high_V = config["beta"], config.get("target_high_V", 1.0)
     got = centered_ep(net, training, x, y, beta, target_high_V=high_V)
     ref = centered_ep(net, reference, x, y, beta, target_high_V=high_V)
-    rounded = _from_voltages(net, training, x, y, beta, high_V)
+    rounded = centered_ep(net, training, x, y, beta, target_high_V=high_V, keep_responses=False)
     rows = [{"array": f"{kind}{l + 1}", **agreement(g, g0),
              "from_voltages_cosine": agreement(g1, g0)["cosine"]}
-            for kind, grads, grads0, grads1 in (("w", got.grad_w, ref.grad_w, rounded[0]),
-                                                ("b", got.grad_b, ref.grad_b, rounded[1]))
+            for kind, grads, grads0, grads1 in (("w", got.grad_w, ref.grad_w, rounded.grad_w),
+                                                ("b", got.grad_b, ref.grad_b, rounded.grad_b))
             for l, (g, g0, g1) in enumerate(zip(grads, grads0, grads1))]
     result = {"checkpoint": str(args.checkpoint), "images": int(args.batch), "seed": args.seed,
               "training_solver": {"backend": settings.backend, "tol_A": settings.tol_A,
@@ -97,25 +97,6 @@ def main(argv=None) -> int:
               "max_norm_error": max(abs(r["norm_ratio"] - 1) for r in rows)}
     print(json.dumps(result, indent=1))
     return 0
-
-
-def _from_voltages(net, solver, x, y, beta, high_V):
-    """``(grad_w, grad_b)`` of the training solver's phases with the nudge responses taken as
-    ``v+ - v-`` of their voltages (dense arrays)."""
-    from epsim.learning.ep import param_grads
-    from epsim.models.resistive import nudge_targets
-
-    prepared = solver.prepare(net, net.input_voltages(x))
-    target = nudge_targets(net, y, high_V)
-    if hasattr(solver, "solve_centered"):
-        free, plus, minus = solver.solve_centered(prepared, beta, target)
-    else:
-        free = solver.solve(prepared, 0.0)
-        plus = solver.solve(prepared, beta, target, init=free.v_free)
-        minus = solver.solve(prepared, -beta, target, init=free.v_free)
-    ok = free.certificate.converged & plus.certificate.converged & minus.certificate.converged
-    plus.response_V = minus.response_V = None
-    return param_grads(net, plus, minus, beta, ok / max(int(ok.sum()), 1))
 
 
 if __name__ == "__main__":

@@ -167,10 +167,13 @@ def param_grads(net, eq_plus, eq_minus, beta, weights, factored=False):
     return grad_w, grad_b
 
 
-def centered_ep(net, solver, x, labels, beta, *, target_high_V=1.0, factored=False) -> PhaseResult:
+def centered_ep(net, solver, x, labels, beta, *, target_high_V=1.0, factored=False,
+                keep_responses=True) -> PhaseResult:
     """Run free, +beta and -beta phases on a batch and return the EP gradient estimate.
 
     factored: dense crossbars' gradients as low-rank factors (see :func:`param_grads`).
+    keep_responses: use the nudge responses the solver carried (:func:`phase_differences`);
+    False takes them from the voltages, ``v+ - v-``, as a solver that does not carry them would.
 
     Samples whose any phase missed the tolerance are excluded from the gradient (and
     reported through ``converged``), so an unconverged state is never learned from.
@@ -184,6 +187,8 @@ def centered_ep(net, solver, x, labels, beta, *, target_high_V=1.0, factored=Fal
             free = solver.solve(prepared, 0.0)
             plus = solver.solve(prepared, beta, target, init=free.v_free)
             minus = solver.solve(prepared, -beta, target, init=free.v_free)
+        if not keep_responses:
+            plus.response_V = minus.response_V = None
         converged = free.certificate.converged & plus.certificate.converged & minus.certificate.converged
         n_ok = int(converged.sum())
         weights = converged / max(n_ok, 1)

@@ -627,27 +627,24 @@ def _centered_phases(kinds, shapes, weights, a_free, a_plus, a_minus, bias, lo, 
     s_free = _run_phase(kinds, shapes, weights, a_free, bias, lo, hi, input_drive, v_free, v_free,
                         0.0, no_target, ce_p, tol_n, 0.0, max_iter, shockley, is_n, nvt, layer_p, unused, parallel,
                         False, v_free, v_free)
-    if rtol > 0.0:
+    delta = rtol > 0.0
+    if delta:
         _clamp_currents(kinds, shapes, weights, a_free, bias, lo, hi, input_drive, v_free, ce_p, shockley, clamp)
-        s_plus = _run_phase(kinds, shapes, weights, a_plus, bias, lo, hi, input_drive, d_plus, zero,
-                            beta, target, ce_p, tol_n, rtol, max_iter, shockley, is_n, nvt, layer_p, met_plus,
-                            parallel, True, v_free, clamp)
-        s_minus = _run_phase(kinds, shapes, weights, a_minus, bias, lo, hi, input_drive, d_minus, zero,
-                             -beta, target, ce_p, tol_n, rtol, max_iter, shockley, is_n, nvt, layer_p, met_minus,
-                             parallel, True, v_free, clamp)
-        for l in range(len(v_free)):
-            v_plus[l][:, :] = v_free[l] + d_plus[l]
-            v_minus[l][:, :] = v_free[l] + d_minus[l]
     else:
         for l in range(len(v_free)):
             v_plus[l][:, :] = v_free[l]
             v_minus[l][:, :] = v_free[l]
-        s_plus = _run_phase(kinds, shapes, weights, a_plus, bias, lo, hi, input_drive, v_plus, v_free,
-                            beta, target, ce_p, tol_n, rtol, max_iter, shockley, is_n, nvt, layer_p, met_plus,
-                            parallel, False, v_plus, v_plus)
-        s_minus = _run_phase(kinds, shapes, weights, a_minus, bias, lo, hi, input_drive, v_minus, v_free,
-                             -beta, target, ce_p, tol_n, rtol, max_iter, shockley, is_n, nvt, layer_p, met_minus,
-                             parallel, False, v_minus, v_minus)
+    ref = zero if delta else v_free
+    s_plus = _run_phase(kinds, shapes, weights, a_plus, bias, lo, hi, input_drive, d_plus if delta else v_plus,
+                        ref, beta, target, ce_p, tol_n, rtol, max_iter, shockley, is_n, nvt, layer_p, met_plus,
+                        parallel, delta, v_free, clamp)
+    s_minus = _run_phase(kinds, shapes, weights, a_minus, bias, lo, hi, input_drive, d_minus if delta else v_minus,
+                         ref, -beta, target, ce_p, tol_n, rtol, max_iter, shockley, is_n, nvt, layer_p, met_minus,
+                         parallel, delta, v_free, clamp)
+    if delta:
+        for l in range(len(v_free)):
+            v_plus[l][:, :] = v_free[l] + d_plus[l]
+            v_minus[l][:, :] = v_free[l] + d_minus[l]
     residuals[:, :] = 0.0
     _residual(kinds, shapes, weights, a_free, bias, lo, hi, input_drive, v_free, 0.0, no_target, ce_p,
               shockley, is_n, nvt, layer_p, residuals[0], parallel)
