@@ -152,3 +152,25 @@ def test_torch_backend_keeps_the_same_responses():
     assert torch_.converged.all() and torch_.response_kept
     for a, b in zip(torch_.grad_w, numba.grad_w):
         assert np.linalg.norm(a - b) <= 1e-6 * np.linalg.norm(b)
+
+
+def test_ep_input_gradient_through_a_fading_circuit_matches_implicit_differentiation():
+    """The EP input gradient is the first crossbar's source currents' response to the nudge,
+    here about 1e-22 of the voltages: from the first layer's carried response it equals the
+    implicit-differentiation gradient to centered EP's O(beta^2)."""
+    import torch
+
+    from epsim.robustness.input_gradients import (ep_input_gradient, implicit_input_gradient,
+                                                  squared_error_loss)
+
+    net = fading_net()
+    rng = np.random.default_rng(1)
+    x = rng.uniform(0, 1, (2,) + net.image_shape)
+    labels = np.array([0, 2])
+    beta = 1e-2 * float(net.self_conductances()[-1].min())
+    ep = ep_input_gradient(net, NumbaSolver(tol_A=1e-16, max_iter=100000, nudge_rtol=1e-3), x, labels, beta)
+    target = torch.as_tensor(one_hot_targets(labels, net.num_outputs))
+    ref = implicit_input_gradient(net, torch.as_tensor(x), squared_error_loss(target), tol_A=1e-16,
+                                  max_iter=100000)
+    got, want = np.asarray(ep.grad_x).ravel(), ref.grad_x.detach().numpy().ravel()
+    assert np.linalg.norm(got - want) <= 1e-3 * np.linalg.norm(want)  # measured: 7e-5
