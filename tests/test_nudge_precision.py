@@ -10,6 +10,7 @@ clamped nodes are known, so each phase is a linear system solved with fractions.
 from fractions import Fraction
 
 import numpy as np
+import pytest
 
 from epsim.learning.ep import centered_ep, param_grads
 from epsim.models.resistive import build_mlp, one_hot_targets
@@ -174,3 +175,33 @@ def test_ep_input_gradient_through_a_fading_circuit_matches_implicit_differentia
                                   max_iter=100000)
     got, want = np.asarray(ep.grad_x).ravel(), ref.grad_x.detach().numpy().ravel()
     assert np.linalg.norm(got - want) <= 1e-3 * np.linalg.norm(want)  # measured: 7e-5
+
+
+
+@pytest.mark.parametrize("kind,diode,cost", [("mlp", "ideal", "squared-error"), ("cnn", "shockley", "squared-error"),
+                                             ("mlp", "shockley", "cross-entropy"), ("cnn", "ideal", "cross-entropy")])
+def test_change_form_reaches_the_nudged_equilibrium(kind, diode, cost):
+    """A nudged phase solved as its change from a tight free state ends at the equilibrium the
+    voltages' own sweeps reach at 1e-19 A (both nudges, Shockley and ideal diodes, both
+    costs), its certificate meets the tolerance, and ``response_V`` is ``v - v_free``. (The
+    change leaves the free state's own error in, about ``tol / (a g_unit)`` volts: hence a free
+    phase at 1e-19 A.)"""
+    from test_numba_solver import random_net
+
+    from epsim.solvers.numba_solver import LayeredProblem, solve
+
+    net = random_net(kind, diode, seed=2).with_cost(cost)
+    rng = np.random.default_rng(3)
+    x = rng.uniform(0, 1, (3,) + net.image_shape)
+    target = one_hot_targets(rng.integers(0, net.num_outputs, 3), net.num_outputs)
+    problem = LayeredProblem(net, net.input_voltages(x))
+    free = solve(problem, 0.0, tol_A=1e-19, max_iter=100000)
+    for beta in (0.3, -0.3):
+        change = solve(problem, beta, target, init=free.v_free, tol_A=1e-15, max_iter=100000, nudge_rtol=1e-12)
+        direct = solve(problem, beta, target, init=free.v_free, tol_A=1e-19, max_iter=100000)
+        assert change.certificate.all_converged and direct.certificate.all_converged
+        assert change.certificate.max_residual_A <= 1e-13
+        for vc, vd, d, vf in zip(change.v_free, direct.v_free, change.response_V, free.v_free):
+            scale = max(1.0, float(np.abs(vd).max()))
+            assert np.abs(vc - vd).max() <= 1e-11 * scale
+            assert np.abs(d - (vc - vf)).max() <= 1e-14 * scale
