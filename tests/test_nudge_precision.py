@@ -205,3 +205,21 @@ def test_change_form_reaches_the_nudged_equilibrium(kind, diode, cost):
             scale = max(1.0, float(np.abs(vd).max()))
             assert np.abs(vc - vd).max() <= 1e-11 * scale
             assert np.abs(d - (vc - vf)).max() <= 1e-14 * scale
+
+
+@pytest.mark.parametrize("backend", ["numba", "torch"])
+def test_attack_ep_path_through_a_fading_circuit(backend):
+    """The robustness harness's EP path solves its nudged phases as changes: through the
+    fading circuit its cross-entropy input gradient is the implicit one."""
+    from epsim.robustness.adapters import CircuitAdapter
+
+    net = fading_net()
+    adapter = CircuitAdapter(net, backend=backend, tol_A=1e-16, max_iter=100000, grad_tol_A=1e-16,
+                             ep_beta=1e-2 * float(net.self_conductances()[-1].min()))
+    rng = np.random.default_rng(1)
+    x = rng.uniform(0, 1, (2,) + net.image_shape)
+    y = np.array([0, 2])
+    ep = adapter.input_gradient(x, y, "ce", "ep")
+    imp = adapter.input_gradient(x, y, "ce", "implicit")
+    assert ep.converged.all() and imp.converged.all()
+    assert np.linalg.norm(ep.grad - imp.grad) <= 1e-3 * np.linalg.norm(imp.grad)

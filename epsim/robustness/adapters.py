@@ -26,7 +26,9 @@ voltages (V). Gradient paths:
   phases (:func:`epsim.robustness.input_gradients.ep_input_gradient`), solved by the
   predictor's backend with a tight tolerance (``grad_tol_A``: with the prediction
   tolerance a small nudge can leave the warm-started state within tolerance, i.e. zero
-  gradient). That estimator measures the gradient of the squared error to a target; for
+  gradient); on numba and torch the nudged phases are solved as their changes from the free
+  state to ``EP_NUDGE_RTOL`` of their responses, which keeps the first layer's response
+  exact where it is far below its voltages (deep amplified circuits). That estimator measures the gradient of the squared error to a target; for
   an arbitrary loss ``L(v_out)`` the target is set to ``v_free − ∂L/∂v_out / s`` (``s`` the
   per-sample max-norm of ``∂L/∂v_out``, which keeps the nudge small), so that the
   nudging cost's gradient at the free state is ``∂L/∂v_out / s`` and the estimate,
@@ -55,6 +57,7 @@ from ..errors import EpsimError
 from .attacks import make_loss
 
 PATHS = ("bptt", "implicit", "ep", "transfer")
+EP_NUDGE_RTOL = 1e-6  # the EP path's nudged phases: error per layer / its response
 
 
 @dataclass
@@ -149,6 +152,8 @@ class CircuitAdapter:
         self.batch_size = int(batch_size)
         opts = {"device": device} if backend == "torch" else {}
         self.solver = get_solver(backend, tol_A=self.tol_A, max_iter=self.max_iter, **opts)
+        if backend in ("numba", "torch"):  # nudged phases solved as changes: exact however deep
+            opts["nudge_rtol"] = EP_NUDGE_RTOL
         self.grad_solver = get_solver(backend, tol_A=self.grad_tol_A,
                                       max_iter=max(self.max_iter, 5000), **opts)
         self.circuit = TorchCircuit(net, device, "float64")
