@@ -89,7 +89,7 @@ train circuit-cnn-deep-ep --arch $deep_arch --differential --input-center 0.5 \
     --input-gain $(compiled_gain input_gain_V) --amp-gain $(compiled_gain amp_gains) \
     --init-from "$OUT/compiled-deep-equal/checkpoint.pt" --optimizer adam --lr 1e-3 --lr-bias 1e-2 --beta 1 \
     --batch-size 4 --cost cross-entropy --epochs 1
-deep=(--tol 1e-13 --grad-tol 1e-16 --grad-path bptt implicit --steps 20 --restarts 1 --loss ce,dlr)
+deep=(--tol 1e-13 --grad-tol 1e-16 --grad-path bptt implicit ep --steps 20 --restarts 1 --loss ce,dlr)
 for m in circuit-cnn-deep-compiled circuit-cnn-deep-ep; do
     ck="$OUT/$m/checkpoint.pt"
     run "$OUT/rob/$m-l2/robustness.json" "$OUT/rob-$m-l2.log" python -m epsim.robustness --checkpoint "$ck" \
