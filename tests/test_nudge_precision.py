@@ -30,6 +30,13 @@ def fading_net(seed=0):
     return net
 
 
+def fading_case():
+    """The fading circuit, two images, their labels and a nudge 1e-2 of the outputs' conductance."""
+    net = fading_net()
+    x = np.random.default_rng(1).uniform(0, 1, (2,) + net.image_shape)
+    return net, x, np.array([0, 2]), 1e-2 * float(net.self_conductances()[-1].min())
+
+
 def exact_state(net, v_in, u_float, beta, target):
     """One sample's equilibrium in fractions, with the clamped nodes of the float state
     ``u_float`` (list of (n_l,)) held at their rails; checks that the clamps are consistent."""
@@ -104,11 +111,7 @@ def cosine(a, b):
 
 
 def test_ep_gradient_of_layers_below_rounding_matches_exact_arithmetic():
-    net = fading_net()
-    rng = np.random.default_rng(1)
-    x = rng.uniform(0, 1, (2,) + net.image_shape)
-    labels = np.array([0, 2])
-    beta = 1e-2 * float(net.self_conductances()[-1].min())
+    net, x, labels, beta = fading_case()
     # the nudged phases at the trainer's rule; this circuit's upper crossbars carry currents
     # 1e-6 to 1e-18 of a usual one's, so its free phase needs 1e-16 A to be as converged
     solver = NumbaSolver(tol_A=1e-16, max_iter=100000, nudge_rtol=1e-3)
@@ -142,11 +145,7 @@ def test_torch_backend_keeps_the_same_responses():
     gradient on the fading circuit equals numba's, the lowest crossbar included."""
     from epsim.solvers.torch_solver import TorchCircuitSolver
 
-    net = fading_net()
-    rng = np.random.default_rng(1)
-    x = rng.uniform(0, 1, (2,) + net.image_shape)
-    labels = np.array([0, 2])
-    beta = 1e-2 * float(net.self_conductances()[-1].min())
+    net, x, labels, beta = fading_case()
     numba = centered_ep(net, NumbaSolver(tol_A=1e-16, max_iter=100000, nudge_rtol=1e-3), x, labels, beta)
     torch_ = centered_ep(net, TorchCircuitSolver(tol_A=1e-16, max_iter=100000, device="cpu", nudge_rtol=1e-3),
                          x, labels, beta)
@@ -164,11 +163,7 @@ def test_ep_input_gradient_through_a_fading_circuit_matches_implicit_differentia
     from epsim.robustness.input_gradients import (ep_input_gradient, implicit_input_gradient,
                                                   squared_error_loss)
 
-    net = fading_net()
-    rng = np.random.default_rng(1)
-    x = rng.uniform(0, 1, (2,) + net.image_shape)
-    labels = np.array([0, 2])
-    beta = 1e-2 * float(net.self_conductances()[-1].min())
+    net, x, labels, beta = fading_case()
     ep = ep_input_gradient(net, NumbaSolver(tol_A=1e-16, max_iter=100000, nudge_rtol=1e-3), x, labels, beta)
     target = torch.as_tensor(one_hot_targets(labels, net.num_outputs))
     ref = implicit_input_gradient(net, torch.as_tensor(x), squared_error_loss(target), tol_A=1e-16,
@@ -213,12 +208,8 @@ def test_attack_ep_path_through_a_fading_circuit(backend):
     fading circuit its cross-entropy input gradient is the implicit one."""
     from epsim.robustness.adapters import CircuitAdapter
 
-    net = fading_net()
-    adapter = CircuitAdapter(net, backend=backend, tol_A=1e-16, max_iter=100000, grad_tol_A=1e-16,
-                             ep_beta=1e-2 * float(net.self_conductances()[-1].min()))
-    rng = np.random.default_rng(1)
-    x = rng.uniform(0, 1, (2,) + net.image_shape)
-    y = np.array([0, 2])
+    net, x, y, beta = fading_case()
+    adapter = CircuitAdapter(net, backend=backend, tol_A=1e-16, max_iter=100000, grad_tol_A=1e-16, ep_beta=beta)
     ep = adapter.input_gradient(x, y, "ce", "ep")
     imp = adapter.input_gradient(x, y, "ce", "implicit")
     assert ep.converged.all() and imp.converged.all()
