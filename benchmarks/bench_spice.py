@@ -1,16 +1,21 @@
 """ngspice ``.op`` versus the numba solver (and the general MNA solver) on the same netlists.
 
 Resistive MLPs with Shockley clamp diodes of about 1e3, 1e4 and 1e5 elements, one random
-input each. Per size: the netlist is written once; ngspice runs it (``ngspice -b -r``,
+input each (``--sizes``; ``1e6`` is a 28x28 -> 640 MLP). Per size: the netlist is written once; ngspice runs it (``ngspice -b -r``,
 process start and parsing included: what a SPICE-in-the-loop simulation pays per
 equilibrium); numba solves the same circuit from the network (``LayeredProblem`` + ``solve``,
 JIT warmed up); MNA reads nothing and solves the compiled IR. Times are the median of
 ``--repeat`` runs, in seconds; ``agree`` is max |V_ngspice - V_numba| over all nodes.
 
-    python benchmarks/bench_spice.py [--repeat 3] [--tol 1e-15] [--threads 1]
+    python benchmarks/bench_spice.py [--repeat 3] [--tol 1e-15] [--threads 1] [--sizes 1e3 1e4 1e5]
+
+The ngspice program is ``$EPSIM_NGSPICE`` when set, else ``ngspice`` on PATH; the first line
+of the output names it and its version. The netlists ask for KLU (``.options klu``), which
+ngspice builds without it ignore.
 """
 from __future__ import annotations
 
+import subprocess
 import sys
 import statistics
 import tempfile
@@ -26,12 +31,21 @@ from epsim.circuit.spice_writer import write_netlist
 from epsim.cli import ArgumentParser, run, set_command_environment
 from epsim.models.resistive import build_mlp
 from epsim.solvers.mna import solve_mna
-from epsim.solvers.ngspice import run_ngspice
+from epsim.solvers.ngspice import find_ngspice, run_ngspice
 from epsim.solvers.numba_solver import LayeredProblem, solve
 
 set_command_environment()  # the commands' thread settings (OpenMP workers sleep when idle)
 
-SIZES = {"1e3": ((1, 8, 8), 7), "1e4": ((1, 8, 8), 75), "1e5": ((1, 28, 28), 64)}
+SIZES = {"1e3": ((1, 8, 8), 7), "1e4": ((1, 8, 8), 75), "1e5": ((1, 28, 28), 64),
+         "1e6": ((1, 28, 28), 640)}
+DEFAULT_SIZES = ("1e3", "1e4", "1e5")
+
+
+def ngspice_version(exe: str) -> str:
+    """The version line ngspice prints (``** ngspice-44.2 : ...``), or '?'."""
+    out = subprocess.run([exe, "-v"], capture_output=True, text=True, timeout=60).stdout
+    lines = [ln.strip("* ").strip() for ln in out.splitlines() if "ngspice-" in ln]
+    return lines[0] if lines else "?"
 
 
 def median_time(fn, repeat):
@@ -75,11 +89,16 @@ def main(argv=None):
                    help="numba threads (one circuit per solve: its prange over samples has one "
                         "item, and idle OpenMP workers spinning on a busy machine cost ~10 ms per "
                         "parallel region)")
+    p.add_argument("--sizes", nargs="+", choices=tuple(SIZES), default=list(DEFAULT_SIZES),
+                   help="circuit sizes in elements (default: %(default)s)")
     args = p.parse_args(argv)
+    exe = find_ngspice()
     numba.set_num_threads(args.threads)
+    print(f"ngspice program: {exe} ({ngspice_version(exe)})")
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        for label, (shape, hidden) in SIZES.items():
+        for label in args.sizes:
+            shape, hidden = SIZES[label]
             rows.append(bench(label, shape, hidden, args.repeat, args.tol, tmp))
     print(f"{'size':>5} {'elements':>9} {'nodes':>6} {'ngspice s':>10} {'numba s':>10} "
           f"{'MNA s':>8} {'ngspice/numba':>14} {'agree V':>9}")

@@ -31,7 +31,7 @@ from epsim.data import load_dataset
 from epsim.learning.ep import free_phase
 from epsim.models.registry import build_circuit_model
 from epsim.models.resistive import build_mlp
-from epsim.solvers.ngspice import run_ngspice
+from epsim.solvers.ngspice import default_program, run_ngspice
 from epsim.solvers.numba_solver import NumbaSolver
 from epsim.training import TrainConfig, train
 
@@ -95,7 +95,7 @@ def epoch_row(data_dir, batch):
     m = train(cfg, ds, progress=False, log=lambda *_: None)
     return (f"MNIST epoch, DRN-XS-size circuit MLP, batch {batch}", f"{m['wall_seconds']:.1f} s",
             f"test accuracy {m['test_accuracy']:.4f} after 1 epoch",
-            f"incl. test-set evaluation")
+            "incl. test-set evaluation")
 
 
 def main(argv=None):
@@ -106,7 +106,7 @@ def main(argv=None):
     p.add_argument("--skip-epoch", action="store_true")
     args = p.parse_args(argv)
     rows = []
-    if shutil.which("ngspice"):
+    if shutil.which(default_program()):
         with tempfile.TemporaryDirectory() as tmp:
             rows.append(spice_row(min(args.batch, 200), tmp))
     rows += torch_rows(args.batch)

@@ -4,7 +4,6 @@ and the KCL of the amplified circuit checked independently of the netlist. Tests
 ngspice skip when it is not installed."""
 from __future__ import annotations
 
-import shutil
 
 import numpy as np
 import pytest
@@ -17,9 +16,8 @@ from epsim.circuit.spice_writer import format_netlist, write_netlist
 from epsim.errors import EpsimError
 from epsim.models.resistive import build_mlp, one_hot_targets
 from epsim.solvers.mna import solve_mna
+from spice_marks import needs_ngspice
 
-HINT = "install ngspice: apt-get install -y ngspice libngspice0-dev"
-needs_ngspice = pytest.mark.skipif(shutil.which("ngspice") is None, reason=HINT)
 GAINS = [3.0, 0.5]
 BETA = 0.5
 

@@ -12,7 +12,6 @@ checkpoints and refusals.
 from __future__ import annotations
 
 import json
-import shutil
 
 import numpy as np
 import pytest
@@ -36,6 +35,7 @@ from epsim.solvers.mna import solve_mna
 from epsim.solvers.numba_solver import LayeredProblem, NumbaSolver, connection_layout, solve
 from epsim.solvers.torch_solver import TorchCircuit, TorchCircuitSolver
 from epsim.training import TrainConfig, preset_config
+from spice_marks import needs_ngspice
 
 TIGHT = NumbaSolver(tol_A=1e-16, max_iter=100000)
 PADDED = [Conv2d((2, 6, 5), 3, 3, 1, 1), Conv2d((2, 7, 7), 2, 3, 2, 2), Conv2d((2, 5, 5), 2, 2, 2, 1),
@@ -313,7 +313,7 @@ def test_no_point_of_the_box_leaves_the_certified_bounds(diode, amplified):
 
 
 # ---- (g) ngspice --------------------------------------------------------------------------------
-@pytest.mark.skipif(shutil.which("ngspice") is None, reason="install ngspice: apt-get install -y ngspice")
+@needs_ngspice
 def test_ngspice_on_an_exported_padded_circuit_agrees_with_numba(tmp_path):
     from epsim.solvers.ngspice import run_ngspice
     from epsim.spice.samples import export_samples

@@ -1,12 +1,12 @@
 """analysis/diode_gap.py: a trained circuit's accuracy with ideal and with Shockley diodes."""
 import json
-import shutil
 
 import numpy as np
 import pytest
 
 from epsim.data import load_dataset
 from scripts import load_script
+from spice_marks import needs_ngspice
 
 diode_gap = load_script("analysis/diode_gap.py")
 
@@ -43,7 +43,7 @@ def test_ideal_accuracy_is_the_trainers_and_a_steep_junction_closes_the_gap(chec
     assert steep["shockley"]["accuracy"] == steep["ideal"]["accuracy"] and steep["gap_points"] == 0
 
 
-@pytest.mark.skipif(shutil.which("ngspice") is None, reason="install ngspice: apt-get install -y ngspice")
+@needs_ngspice
 def test_ngspice_solves_the_same_shockley_circuit(checkpoint, capsys):
     out = _gap(capsys, "--checkpoint", str(checkpoint), "--test-subset", "40", "--spice-images", "6",
                "--rail-offset", "0.3")
@@ -53,7 +53,7 @@ def test_ngspice_solves_the_same_shockley_circuit(checkpoint, capsys):
     assert spice["accuracy_ngspice"] == spice["accuracy_numba"]
 
 
-@pytest.mark.skipif(shutil.which("ngspice") is None, reason="install ngspice: apt-get install -y ngspice")
+@needs_ngspice
 def test_an_ngspice_timeout_is_reported_beside_the_numba_results(checkpoint, capsys):
     assert diode_gap.main(["--checkpoint", str(checkpoint), "--test-subset", "20", "--spice-images", "2",
                            "--spice-timeout", "0.001"]) == 0

@@ -8,15 +8,13 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 
 import numpy as np
 import pytest
 
 from epsim.data import load_dataset
+from spice_marks import needs_ngspice
 
-needs_ngspice = pytest.mark.skipif(shutil.which("ngspice") is None,
-                                   reason="install ngspice: apt-get install -y ngspice libngspice0-dev")
 MODEL_CARD = re.compile(r"\.model dideal D\(IS=(?P<is>[^ )]+) N=(?P<n>[^ )]+)\)")
 
 

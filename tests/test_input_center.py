@@ -1,7 +1,6 @@
 """Input sources centred on a pixel value (``input_center``): the voltages, every solver
 and path that turns pixels into voltages, certificates, checkpoints and the command line;
 and the refusal of circuits with floating nodes."""
-import shutil
 
 import numpy as np
 import pytest
@@ -13,6 +12,7 @@ from epsim.models.resistive import ResistiveNetwork, build_cnn, build_mlp, one_h
 from epsim.robustness.certify import certify_box
 from epsim.solvers.numba_solver import NumbaSolver
 from epsim.solvers.torch_solver import TorchCircuit
+from spice_marks import needs_ngspice
 
 SOLVER = NumbaSolver(tol_A=1e-13, max_iter=200000)
 
@@ -113,7 +113,7 @@ def test_implicit_input_gradient_matches_finite_differences_with_a_center():
         assert (loss(xp) - loss(xm)) / (2 * h) == pytest.approx(g[k], rel=1e-4, abs=1e-9)
 
 
-@pytest.mark.skipif(shutil.which("ngspice") is None, reason="install ngspice: apt-get install -y ngspice")
+@needs_ngspice
 def test_exported_centred_circuit_matches_ngspice(tmp_path):
     from epsim.solvers.spice_backend import SpiceSolver
 

@@ -1,7 +1,6 @@
 """Clamp rails offset against the Shockley forward drop (``DiodeModel.rail_offset_V``): where
 the rails sit, what is refused, checkpoints, numba against torch and ngspice, and the
 point of it (the soft clamp moves back toward the ideal diode's 0 V)."""
-import shutil
 
 import numpy as np
 import pytest
@@ -12,6 +11,7 @@ from epsim.errors import EpsimError
 from epsim.models.resistive import ResistiveNetwork, build_cnn, one_hot_targets
 from epsim.solvers.factory import SolverConfig, make_solver
 from epsim.solvers.numba_solver import NumbaSolver
+from spice_marks import needs_ngspice
 
 SOLVER = NumbaSolver(tol_A=1e-13, max_iter=200000)
 OFFSET_V = 0.3
@@ -85,7 +85,7 @@ def test_torch_solver_matches_numba_with_offset_rails():
         assert np.max(np.abs(a - b)) < 1e-9
 
 
-@pytest.mark.skipif(shutil.which("ngspice") is None, reason="install ngspice: apt-get install -y ngspice")
+@needs_ngspice
 def test_exported_offset_circuit_matches_ngspice():
     from epsim.solvers.spice_backend import SpiceSolver
 
@@ -122,7 +122,7 @@ def test_export_read_mna_matches_numba_with_offset_rails(tmp_path):
             assert np.max(np.abs(got - ref.v_free[l - 1][b])) <= 1e-9
 
 
-@pytest.mark.skipif(shutil.which("ngspice") is None, reason="install ngspice: apt-get install -y ngspice")
+@needs_ngspice
 def test_export_command_writes_offset_rails_that_ngspice_agrees_with(tmp_path):
     import json
 

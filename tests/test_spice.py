@@ -21,9 +21,9 @@ from epsim.solvers.ngspice import SpiceError, read_raw, run_ngspice
 from epsim.solvers.numba_solver import LayeredProblem, solve
 from epsim.solvers.spice_backend import SpiceSolver
 from epsim.spice.samples import export_samples
+from spice_marks import needs_ngspice
 
 HINT = "install ngspice: apt-get install -y ngspice libngspice0-dev"
-needs_ngspice = pytest.mark.skipif(shutil.which("ngspice") is None, reason=HINT)
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -133,6 +133,24 @@ def test_missing_ngspice_gives_install_hint(tmp_path, monkeypatch, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and HINT in err[0]
 
+
+
+def test_program_named_by_environment_is_the_one_run(tmp_path, monkeypatch):
+    """$EPSIM_NGSPICE picks the program (a stand-in that records its arguments and writes
+    no results); naming one that does not exist is a one-line error naming the variable."""
+    log = tmp_path / "args.txt"
+    fake = tmp_path / "my-ngspice"
+    fake.write_text(f"#!/bin/sh\necho \"$@\" > {log}\n")
+    fake.chmod(0o755)
+    netlist = tmp_path / "x.cir"
+    netlist.write_text("x\n.op\n.end\n")
+    monkeypatch.setenv("EPSIM_NGSPICE", str(fake))
+    with pytest.raises(SpiceError, match="wrote no results"):
+        run_ngspice(netlist)
+    assert log.read_text().split()[0] == "-b" and str(netlist) in log.read_text()
+    monkeypatch.setenv("EPSIM_NGSPICE", str(tmp_path / "absent"))
+    with pytest.raises(SpiceError, match=r"absent.*EPSIM_NGSPICE"):
+        SpiceSolver()
 
 @needs_ngspice
 def test_ngspice_convergence_failure_is_reported(tmp_path):

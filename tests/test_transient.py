@@ -1,6 +1,5 @@
 """Transient simulation with node capacitances: the final state is the DC equilibrium,
 energy is conserved, and the waveforms match ngspice's .tran on the exported netlist."""
-import shutil
 
 import numpy as np
 import pytest
@@ -12,8 +11,8 @@ from epsim.models.registry import build_circuit_model
 from epsim.models.resistive import build_mlp, leak_from_ratio, one_hot_targets
 from epsim.solvers.numba_solver import NumbaSolver
 from epsim.solvers.transient import Capacitances, node_capacitance_F, settling_times_s, simulate
+from spice_marks import needs_ngspice
 
-needs_ngspice = pytest.mark.skipif(shutil.which("ngspice") is None, reason="needs ngspice")
 DC = NumbaSolver(tol_A=1e-14, max_iter=200000)
 
 

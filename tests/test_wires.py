@@ -3,7 +3,6 @@ solver against the general sparse MNA solver and ngspice, EP gradients through t
 drops, and training with wires."""
 from __future__ import annotations
 
-import shutil
 
 import numpy as np
 import pytest
@@ -22,9 +21,7 @@ from epsim.solvers.numba_solver import NumbaSolver
 from epsim.solvers.wire_network import tile_eliminate, tile_internal
 from epsim.solvers.wire_solver import WireSolver
 from epsim.training import TrainConfig, train
-
-needs_ngspice = pytest.mark.skipif(shutil.which("ngspice") is None,
-                                   reason="install ngspice: apt-get install -y ngspice libngspice0-dev")
+from spice_marks import needs_ngspice
 
 
 def tile_matrix(G, g):

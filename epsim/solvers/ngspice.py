@@ -9,6 +9,7 @@ not find is a :class:`~epsim.errors.ConvergenceError` (never read as zeros). Use
 """
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -31,11 +32,24 @@ class SpiceError(EpsimError):
     """ngspice could not run a netlist (missing program, bad input, unreadable output)."""
 
 
-def find_ngspice(executable: str = "ngspice") -> str:
-    """Full path of the ngspice program, or SpiceError with the install hint."""
+PROGRAM_ENV = "EPSIM_NGSPICE"
+
+
+def default_program() -> str:
+    """The ngspice program to run: ``$EPSIM_NGSPICE`` when set (a name on PATH or a path,
+    e.g. a newer ngspice built with KLU beside the system's), else ``ngspice``."""
+    return os.environ.get(PROGRAM_ENV) or "ngspice"
+
+
+def find_ngspice(executable: str | None = None) -> str:
+    """Full path of the ngspice program (``executable``, default :func:`default_program`),
+    or SpiceError with the install hint."""
+    executable = default_program() if executable is None else executable
     path = shutil.which(executable)
     if path is None:
-        raise SpiceError(f"ngspice not found on PATH ({executable!r}); {INSTALL_HINT}")
+        hint = f" (from ${PROGRAM_ENV})" if executable == os.environ.get(PROGRAM_ENV) else ""
+        raise SpiceError(f"ngspice not found: {executable!r}{hint} is not an executable on PATH; "
+                         f"{INSTALL_HINT}")
     return path
 
 
@@ -89,7 +103,7 @@ def read_raw(path) -> dict:
             "variables": {name: table[:, i].copy() for i, name in enumerate(names)}}
 
 
-def run_ngspice(netlist_path, *, executable: str = "ngspice", timeout_s: float = 600.0) -> dict:
+def run_ngspice(netlist_path, *, executable: str | None = None, timeout_s: float = 600.0) -> dict:
     """Run ``ngspice -b -r`` on a netlist with one ``.op``; return ``{node name: volts}``.
 
     Raises:

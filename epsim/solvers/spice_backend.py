@@ -79,7 +79,7 @@ class SpiceSolver:
         max_iter: unused by ngspice (kept for the common interface).
         compare_numba: also time the numba solver on every circuit (same tolerance) and
             track the largest voltage difference, for :attr:`stats`.
-        executable: the ngspice program.
+        executable: the ngspice program (default: ``$EPSIM_NGSPICE``, else ``ngspice``).
         engine: ``subprocess`` (``ngspice -b`` per netlist, the default) or ``pyspice``
             (the shared ngspice library in this process, :mod:`epsim.solvers.pyspice_engine`).
         max_elements_per_run: samples are packed into one netlist up to about this many
@@ -89,7 +89,7 @@ class SpiceSolver:
 
     name = "spice"
 
-    def __init__(self, tol_A=1e-9, max_iter=1000, compare_numba=True, executable="ngspice",
+    def __init__(self, tol_A=1e-9, max_iter=1000, compare_numba=True, executable=None,
                  max_elements_per_run=300_000, engine="subprocess", timeout_s=600.0):
         self.tol_A = float(tol_A)
         self.timeout_s = float(timeout_s)
