@@ -26,9 +26,11 @@ voltage per layer on the test images.
 (two bias sources in the circuit).
 
 ``--spice-images K`` also solves the first ``K`` of the images with ngspice (``.op`` on the
-exported Shockley circuit, written afresh for each batch): the JSON's ``spice`` entry holds
-ngspice's accuracy on them beside numba's Shockley accuracy on the same images, the largest
-node-voltage difference between the two, and ngspice's wall time. A physical check of the
+exported Shockley circuit, one image per run, a progress line per image on stderr): the JSON's
+``spice`` entry holds ngspice's accuracy on them beside numba's Shockley accuracy on the same
+images, the largest node-voltage difference between the two, ngspice's wall time, and each
+image's two predicted classes (``per_image``). Circuits of millions of elements want an
+ngspice with KLU (``EPSIM_NGSPICE``, README *SPICE*). A physical check of the
 Shockley numbers, not of the ideal ones (SPICE has no ideal diode).
 """
 from __future__ import annotations
@@ -91,32 +93,47 @@ def max_node_voltages(net, solver, x) -> list:
 
 def spice_check(shockley, solver, x, y, tol_A: float, timeout_s: float = 3600.0) -> dict:
     """The Shockley circuit's free phase of ``x`` (K, C, H, W) by ngspice and by ``solver``
-    (numba): both accuracies on labels ``y`` (K,), ngspice's wall time, and the largest
-    |V_ngspice − V_numba| (V) against a numba solve at ``SPICE_REFERENCE_TOL_A`` (at the
-    accuracy's ``tol_A`` the numba voltages are only good to about ``tol_A`` over a node's
-    conductance). A sample ngspice cannot solve, or whose answer misses ``tol_A``, counts as
+    (numba), one image per ngspice run: both accuracies on labels ``y`` (K,), ngspice's wall
+    time, and the largest |V_ngspice − V_numba| (V) against a numba solve at
+    ``SPICE_REFERENCE_TOL_A`` (at the accuracy's ``tol_A`` the numba voltages are only good to
+    about ``tol_A`` over a node's conductance); ``per_image`` holds each image's label, both
+    predicted classes, that difference and ngspice's seconds. A progress line per image goes
+    to stderr. A sample ngspice cannot solve, or whose answer misses ``tol_A``, counts as
     wrong, as in the numba count."""
     from epsim.learning.ep import free_phase
     from epsim.solvers.factory import SolverConfig, make_solver
     from epsim.solvers.spice_backend import SpiceSolver
 
     spice = SpiceSolver(tol_A=tol_A, compare_numba=False, timeout_s=timeout_s)
-    t0 = time.perf_counter()
-    by_spice = free_phase(shockley, spice, x)
-    wall_s = time.perf_counter() - t0
-    by_numba = free_phase(shockley, solver, x)
-    tight = free_phase(shockley, make_solver(SolverConfig(tol_A=SPICE_REFERENCE_TOL_A, max_iter=10**6)), x)
-    both = by_spice.certificate.converged & tight.certificate.converged
-    diff = max((float(np.abs(a[both] - b[both]).max()) if both.any() else float("nan"))
-               for a, b in zip(by_spice.v_free, tight.v_free))
+    tight_solver = make_solver(SolverConfig(tol_A=SPICE_REFERENCE_TOL_A, max_iter=10**6))
+    rows = []
+    for k in range(len(y)):
+        xk = x[k:k + 1]
+        t0 = time.perf_counter()
+        by_spice = free_phase(shockley, spice, xk)
+        wall_s = time.perf_counter() - t0
+        by_numba = free_phase(shockley, solver, xk)
+        tight = free_phase(shockley, tight_solver, xk)
+        solved = bool(by_spice.certificate.converged[0])
+        diff = max(float(np.abs(a - b).max()) for a, b in zip(by_spice.v_free, tight.v_free)) \
+            if solved and tight.certificate.converged[0] else float("nan")
+        rows.append({"label": int(y[k]),
+                     "class_ngspice": int(np.argmax(by_spice.v_output[0])) if solved else None,
+                     "class_numba": int(np.argmax(by_numba.v_output[0]))
+                     if by_numba.certificate.converged[0] else None,
+                     "max_abs_diff_V": diff, "ngspice_s": round(wall_s, 1)})
+        print(f"ngspice image {k + 1}/{len(y)}: {wall_s:.0f} s, max |V_ngspice - V_numba| {diff:.1e} V",
+              file=sys.stderr, flush=True)
 
-    def acc(eq):
-        return float(np.mean((np.argmax(eq.v_output, axis=1) == y) & eq.certificate.converged))
+    def acc(key):
+        return float(np.mean([r[key] == r["label"] for r in rows]))
 
-    return {"n": int(len(y)), "accuracy_ngspice": acc(by_spice), "accuracy_numba": acc(by_numba),
-            "unconverged_ngspice": int(np.sum(~by_spice.certificate.converged)),
-            "max_abs_diff_V": diff, "reference_tol_A": SPICE_REFERENCE_TOL_A,
-            "ngspice_wall_s": round(wall_s, 1)}
+    diffs = [r["max_abs_diff_V"] for r in rows if not np.isnan(r["max_abs_diff_V"])]
+    return {"n": int(len(y)), "accuracy_ngspice": acc("class_ngspice"), "accuracy_numba": acc("class_numba"),
+            "unconverged_ngspice": sum(r["class_ngspice"] is None for r in rows),
+            "max_abs_diff_V": max(diffs) if diffs else float("nan"),
+            "reference_tol_A": SPICE_REFERENCE_TOL_A,
+            "ngspice_wall_s": round(sum(r["ngspice_s"] for r in rows), 1), "per_image": rows}
 
 
 def main(argv=None) -> int:

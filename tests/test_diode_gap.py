@@ -45,12 +45,17 @@ def test_ideal_accuracy_is_the_trainers_and_a_steep_junction_closes_the_gap(chec
 
 @needs_ngspice
 def test_ngspice_solves_the_same_shockley_circuit(checkpoint, capsys):
-    out = _gap(capsys, "--checkpoint", str(checkpoint), "--test-subset", "40", "--spice-images", "6",
-               "--rail-offset", "0.3")
-    spice = out["spice"]
+    assert diode_gap.main(["--checkpoint", str(checkpoint), "--test-subset", "40", "--spice-images", "6",
+                           "--rail-offset", "0.3"]) == 0
+    captured = capsys.readouterr()
+    spice = json.loads(captured.out)["spice"]
     assert spice["n"] == 6 and spice["unconverged_ngspice"] == 0
     assert spice["max_abs_diff_V"] <= 1e-6
     assert spice["accuracy_ngspice"] == spice["accuracy_numba"]
+    rows = spice["per_image"]
+    assert len(rows) == 6 and all(r["class_ngspice"] == r["class_numba"] for r in rows)
+    assert max(r["max_abs_diff_V"] for r in rows) == spice["max_abs_diff_V"]
+    assert "ngspice image 6/6" in captured.err
 
 
 @needs_ngspice
