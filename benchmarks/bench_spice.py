@@ -2,10 +2,11 @@
 
 Resistive MLPs with Shockley clamp diodes of about 1e3, 1e4 and 1e5 elements, one random
 input each (``--sizes``; ``1e6`` is a 28x28 -> 640 MLP). Per size: the netlist is written
-once; ngspice runs it (``ngspice -b -r``, process start and parsing included: what a
-SPICE-in-the-loop simulation pays per equilibrium); numba solves the same circuit from the
-network (``LayeredProblem`` + ``solve``, JIT warmed up); MNA reads nothing and solves the compiled IR. Times are the median of
-``--repeat`` runs, in seconds; ``agree`` is max |V_ngspice - V_numba| over all nodes.
+once; ngspice runs it (``ngspice -b -r``, process start and parsing included: what a SPICE-
+in-the-loop simulation pays per equilibrium); numba solves the same circuit from the network
+(``LayeredProblem`` + ``solve``, JIT warmed up); MNA reads nothing and solves the compiled
+IR. Times are the median of ``--repeat`` runs, in seconds; ``agree`` is max |V_ngspice -
+V_numba| over all nodes.
 
     python benchmarks/bench_spice.py [--repeat 3] [--tol 1e-15] [--threads 1] [--sizes 1e3 1e4 1e5]
 
