@@ -17,13 +17,13 @@ from epsim.data import load_dataset
 from epsim.errors import ConvergenceError, EpsimError
 from epsim.models.resistive import build_mlp, one_hot_targets
 from epsim.solvers import spice_backend
+from epsim.solvers.ngspice import INSTALL_HINT as HINT
 from epsim.solvers.ngspice import SpiceError, read_raw, run_ngspice
 from epsim.solvers.numba_solver import LayeredProblem, solve
 from epsim.solvers.spice_backend import SpiceSolver
 from epsim.spice.samples import export_samples
 from spice_marks import needs_ngspice
 
-HINT = "install ngspice: apt-get install -y ngspice libngspice0-dev"
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -132,7 +132,6 @@ def test_missing_ngspice_gives_install_hint(tmp_path, monkeypatch, capsys):
                       "--train-subset", "8", "--test-subset", "8", "--no-progress"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and HINT in err[0]
-
 
 
 def test_program_named_by_environment_is_the_one_run(tmp_path, monkeypatch):
