@@ -202,6 +202,7 @@ def main(argv=None) -> int:
     import torch
 
     from epsim.checkpoint import save_checkpoint, write_json
+    from epsim.circuit.operating_point import max_node_voltages, rescaled
     from epsim.data import default_data_dir, load_dataset
     from epsim.learning.ep import free_phase_counts
     from epsim.models.arch import parse_arch
@@ -210,7 +211,6 @@ def main(argv=None) -> int:
 
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     import circuit_surrogate as surrogate
-    import diode_gap
     import numba
 
     torch.set_num_threads(args.threads)
@@ -262,7 +262,7 @@ def main(argv=None) -> int:
     solver = make_solver(SolverConfig(tol_A=args.tol, max_iter=args.max_iter))
     operating_point = None
     if args.hidden_rms is not None:
-        net, operating_point = diode_gap.rescaled(net, solver, ds.x_train, args.hidden_rms, cfg["seed"])
+        net, operating_point = rescaled(net, solver, ds.x_train, args.hidden_rms, cfg["seed"])
     t0 = time.perf_counter()
     correct, unconverged, worst = free_phase_counts(net, solver, ds.x_test, ds.y_test, batch_size=250)
     seconds = time.perf_counter() - t0
@@ -278,7 +278,7 @@ def main(argv=None) -> int:
         "circuit_max_residual_A": worst, "tol_A": args.tol, "circuit_seconds": seconds,
         "largest_conductance_per_layer": [float(w.max()) for w in net.w],
         "amp_gains": [float(a) for a in net.amp_gains], "operating_point": operating_point,
-        "largest_node_voltage_per_layer_V": diode_gap.max_node_voltages(net, solver, ds.x_test[:500]),
+        "largest_node_voltage_per_layer_V": max_node_voltages(net, solver, ds.x_test[:500]),
     }
     out.mkdir(parents=True, exist_ok=True)
     r = net.ranges

@@ -10,10 +10,12 @@ ideal diodes and once with Shockley diodes ``I = Is (exp(V / (n Vt)) - 1)`` at `
 ``--n``, and prints the two accuracies and their difference as JSON. A sample whose free phase
 misses the KCL tolerance counts as wrong.
 
-``--hidden-rms V`` first moves the trained circuit to another operating point: every hidden
-layer's voltages are scaled to an RMS of ``V`` volts over its active nodes (measured on 200
-seeded *training* images with ideal diodes) by rescaling the input gain, the amplifier gains
-and the biases (:func:`epsim.circuit.compile.with_layer_scales`). With ideal diodes this is the
+``--hidden-rms V [V ...]`` first moves the trained circuit to another operating point: every
+hidden layer's voltages (one ``V``) or each layer's (one ``V`` per hidden layer) are scaled to
+that RMS over the layer's active nodes (measured on 200 seeded *training* images with ideal
+diodes) by rescaling the input gain, the amplifier gains and the biases
+(:mod:`epsim.circuit.operating_point`; ``analysis/operating_point.py`` saves such a circuit as
+a checkpoint to train from). With ideal diodes this is the
 same function (the JSON's ``ideal`` accuracy is that of the rescaled circuit, and
 ``ideal_before_rescaling`` that of the checkpoint's); a Shockley diode's knee (a few tenths of
 a volt) stays where it is, so a larger ``V`` leaves it smaller beside the signals. The JSON
@@ -40,7 +42,7 @@ import sys
 import time
 import numpy as np
 
-from epsim.cli import ArgumentParser, set_command_environment
+from epsim.cli import ArgumentParser, add_list, set_command_environment
 from epsim.errors import EpsimError
 
 set_command_environment()  # the commands' thread settings (OpenMP workers sleep when idle)
@@ -54,41 +56,6 @@ def accuracy(net, solver, x, y) -> dict:
 
     correct, unconverged, worst = free_phase_counts(net, solver, x, y)
     return {"accuracy": correct / len(y), "unconverged": unconverged, "max_residual_A": worst}
-
-
-def active_rms(net, solver, x) -> list:
-    """Per hidden layer, the RMS voltage (V) over nodes off their clamp, free phase of ``x``."""
-    from epsim.learning.ep import active_nodes, free_phase
-
-    eq = free_phase(net, solver, x)
-    return [float(np.sqrt(np.mean(v[a] ** 2))) if a.any() else 0.0
-            for v, a in zip(eq.v_free[:-1], active_nodes(net, eq.v_free[:-1]))]
-
-
-def rescaled(net, solver, x_train, hidden_rms_V: float, seed: int) -> tuple:
-    """``(circuit, report)``: ``net`` with every hidden layer's active-node RMS moved to
-    ``hidden_rms_V`` on 200 seeded training images (ideal diodes), and what changed."""
-    from epsim.circuit.compile import with_layer_scales
-
-    idx = np.random.default_rng([seed, 2]).choice(len(x_train), min(200, len(x_train)), replace=False)
-    rms = active_rms(net, solver, x_train[np.sort(idx)])
-    if min(rms) <= 0:
-        raise EpsimError("a hidden layer has no active node on the calibration images: cannot rescale it")
-    factors = [hidden_rms_V / r for r in rms]
-    out = with_layer_scales(net, factors)
-    return out, {"hidden_rms_V": hidden_rms_V, "rms_before_V": rms, "factors": factors,
-                 "input_gain_V": out.input_gain_V, "amp_gains": [float(a) for a in out.amp_gains]}
-
-
-def max_node_voltages(net, solver, x) -> list:
-    """Per free layer, the largest |node voltage| (V) over the free phases of ``x``."""
-    from epsim.learning.ep import free_phase
-
-    peak = np.zeros(net.num_layers)
-    for i in range(0, len(x), 500):
-        eq = free_phase(net, solver, x[i:i + 500])
-        peak = np.maximum(peak, [float(np.abs(v).max()) for v in eq.v_free])
-    return peak.tolist()
 
 
 def spice_check(shockley, solver, x, y, tol_A: float, timeout_s: float = 3600.0) -> dict:
@@ -147,9 +114,10 @@ def main(argv=None) -> int:
     p.add_argument("--n", type=float, default=1.0, help="Shockley emission coefficient (default: 1)")
     p.add_argument("--tol", type=float, default=1e-9, help="free-phase KCL tolerance, A (default: 1e-9)")
     p.add_argument("--threads", type=int, default=1, help="numba threads (default: 1)")
-    p.add_argument("--hidden-rms", type=float, default=None, metavar="V",
-                   help="scale every hidden layer to this RMS voltage over its active nodes before "
-                        "comparing (default: the checkpoint's operating point)")
+    add_list(p, "--hidden-rms", item=float, default=None, metavar="V",
+             help="scale every hidden layer (one voltage) or each (one per hidden layer) to this RMS "
+                  "voltage over its active nodes before comparing (default: the checkpoint's "
+                  "operating point)")
     p.add_argument("--rail-offset", type=float, default=0.0, metavar="V",
                    help="Shockley clamp rails at +V (excitatory) and -V (inhibitory) instead of 0 V, "
                         "to cancel the diodes' forward drop, about n Vt ln(I/Is) at the nodes' "
@@ -164,8 +132,8 @@ def main(argv=None) -> int:
     try:
         if args.test_subset < 1 or args.is_a <= 0 or args.n <= 0 or args.tol <= 0:
             raise EpsimError("--test-subset, --is-a, --n and --tol must be positive")
-        if args.hidden_rms is not None and not (np.isfinite(args.hidden_rms) and args.hidden_rms > 0):
-            raise EpsimError("--hidden-rms must be a positive number of volts")
+        if args.hidden_rms is not None and not all(np.isfinite(v) and v > 0 for v in args.hidden_rms):
+            raise EpsimError("--hidden-rms must be positive numbers of volts")
         if not (np.isfinite(args.rail_offset) and args.rail_offset >= 0):
             raise EpsimError("--rail-offset must be a voltage >= 0")
         if args.spice_images < 0:
@@ -179,12 +147,15 @@ def main(argv=None) -> int:
         import numba
 
         from epsim.circuit.compile import with_diode
+        from epsim.circuit.operating_point import hidden_rms_targets
         from epsim.data import default_data_dir, load_dataset
         from epsim.models.loading import load_network
         from epsim.solvers.factory import SolverConfig, make_solver
 
         numba.set_num_threads(args.threads)
         net, state = load_network(args.checkpoint)
+        if args.hidden_rms is not None:
+            hidden_rms_targets(args.hidden_rms, net.num_layers - 1)
         dataset = state.get("config", {}).get("dataset", "digits")
         ds = load_dataset(dataset, args.data_dir or default_data_dir())
     except EpsimError as exc:
@@ -195,6 +166,8 @@ def main(argv=None) -> int:
     x, y = ds.x_test[idx], ds.y_test[idx]
     solver = make_solver(SolverConfig(tol_A=args.tol, max_iter=100000))
     ideal = with_diode(net, "ideal")
+    from epsim.circuit.operating_point import max_node_voltages, rescaled
+
     result = {"checkpoint": str(args.checkpoint), "dataset": dataset, "n": n, "seed": args.seed,
               "tol_A": args.tol, "shockley_diode": {"is_A": args.is_a, "n": args.n,
                                                     "rail_offset_V": args.rail_offset}}

@@ -71,7 +71,7 @@ def test_an_ngspice_timeout_is_reported_beside_the_numba_results(checkpoint, cap
 
 @pytest.mark.parametrize("bad", [["--n", "0"], ["--is-a", "-1"], ["--test-subset", "0"],
                                  ["--spice-images", "-1"], ["--rail-offset", "-0.2"],
-                                 ["--spice-timeout", "0"]])
+                                 ["--spice-timeout", "0"], ["--hidden-rms", "0"], ["--hidden-rms", "1", "2"]])
 def test_bad_values_are_one_line_errors(checkpoint, capsys, bad):
     assert diode_gap.main(["--checkpoint", str(checkpoint), *bad]) == 2
     err = capsys.readouterr().err.strip().splitlines()
