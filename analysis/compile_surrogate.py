@@ -202,7 +202,7 @@ def main(argv=None) -> int:
     import torch
 
     from epsim.checkpoint import save_checkpoint, write_json
-    from epsim.circuit.operating_point import max_node_voltages, rescaled
+    from epsim.operating_point import max_node_voltages, rescaled
     from epsim.data import default_data_dir, load_dataset
     from epsim.learning.ep import free_phase_counts
     from epsim.models.arch import parse_arch

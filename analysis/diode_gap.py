@@ -14,7 +14,7 @@ misses the KCL tolerance counts as wrong.
 hidden layer's voltages (one ``V``) or each layer's (one ``V`` per hidden layer) are scaled to
 that RMS over the layer's active nodes (measured on 200 seeded *training* images with ideal
 diodes) by rescaling the input gain, the amplifier gains and the biases
-(:mod:`epsim.circuit.operating_point`; ``analysis/operating_point.py`` saves such a circuit as
+(:mod:`epsim.operating_point`; ``analysis/operating_point.py`` saves such a circuit as
 a checkpoint to train from). With ideal diodes this is the
 same function (the JSON's ``ideal`` accuracy is that of the rescaled circuit, and
 ``ideal_before_rescaling`` that of the checkpoint's); a Shockley diode's knee (a few tenths of
@@ -147,7 +147,7 @@ def main(argv=None) -> int:
         import numba
 
         from epsim.circuit.compile import with_diode
-        from epsim.circuit.operating_point import hidden_rms_targets
+        from epsim.operating_point import hidden_rms_targets
         from epsim.data import default_data_dir, load_dataset
         from epsim.models.loading import load_network
         from epsim.solvers.factory import SolverConfig, make_solver
@@ -166,7 +166,7 @@ def main(argv=None) -> int:
     x, y = ds.x_test[idx], ds.y_test[idx]
     solver = make_solver(SolverConfig(tol_A=args.tol, max_iter=100000))
     ideal = with_diode(net, "ideal")
-    from epsim.circuit.operating_point import max_node_voltages, rescaled
+    from epsim.operating_point import max_node_voltages, rescaled
 
     result = {"checkpoint": str(args.checkpoint), "dataset": dataset, "n": n, "seed": args.seed,
               "tol_A": args.tol, "shockley_diode": {"is_A": args.is_a, "n": args.n,

@@ -6,7 +6,7 @@
 Scales hidden layer ``l``'s voltages to an RMS of ``--hidden-rms`` volts over its active nodes
 (one voltage for every hidden layer, or one per layer; measured on 200 seeded training images
 with ideal diodes) by rescaling the input gain, the amplifier gains and the biases
-(:mod:`epsim.circuit.operating_point`); conductances and outputs are unchanged. A small first
+(:mod:`epsim.operating_point`); conductances and outputs are unchanged. A small first
 value gives a small input swing; the amplifiers bring the layers above it back up.
 
 Writes ``OUT/checkpoint.pt`` (a circuit checkpoint with the new input gain and amplifier
@@ -54,7 +54,7 @@ def main(argv=None) -> int:
                 raise EpsimError(f"{out / name} exists: choose another --out")
         import numba
 
-        from epsim.circuit.operating_point import hidden_rms_targets
+        from epsim.operating_point import hidden_rms_targets
         from epsim.data import default_data_dir, load_dataset
         from epsim.models.loading import load_network
 
@@ -68,7 +68,7 @@ def main(argv=None) -> int:
         return 2
     from epsim.checkpoint import save_checkpoint, write_json
     from epsim.circuit.compile import with_diode
-    from epsim.circuit.operating_point import max_node_voltages, rescaled
+    from epsim.operating_point import max_node_voltages, rescaled
     from epsim.learning.ep import free_phase_counts
     from epsim.solvers.factory import SolverConfig, make_solver
 

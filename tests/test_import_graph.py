@@ -23,6 +23,7 @@ LAYERS = {
     "epsim.spice": 4,
     "epsim.learning": 5,
     "epsim.robustness": 6,
+    "epsim.operating_point": 6,         # measures free phases of trained circuits
     "epsim.training": 7,
     # commands
     "epsim.train": 8, "epsim.export": 8, "epsim.energy": 8, "epsim.device_sweep": 8,

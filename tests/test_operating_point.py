@@ -1,4 +1,4 @@
-"""analysis/operating_point.py and epsim.circuit.operating_point: a trained circuit moved to other
+"""analysis/operating_point.py and epsim.operating_point: a trained circuit moved to other
 layer voltages, saved, read back and trained from."""
 import json
 
@@ -33,7 +33,7 @@ def _move(tmp_path, checkpoint, *rms, capsys=None):
 
 
 def test_each_hidden_layer_lands_on_its_rms_and_the_function_is_kept(checkpoint, tmp_path, capsys):
-    from epsim.circuit.operating_point import CALIBRATION_IMAGES, active_rms
+    from epsim.operating_point import CALIBRATION_IMAGES, active_rms
     from epsim.learning.ep import free_phase
     from epsim.models.loading import load_network
     from epsim.solvers.factory import SolverConfig, make_solver

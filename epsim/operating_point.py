@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..errors import EpsimError
+from .errors import EpsimError
 
 CALIBRATION_IMAGES = 200   # seeded training images the RMS is measured on
 
@@ -19,7 +19,7 @@ CALIBRATION_IMAGES = 200   # seeded training images the RMS is measured on
 def active_rms(net, solver, x) -> list:
     """Per hidden layer, the RMS voltage (V) over nodes off their clamp, free phase of ``x``
     (``(B, C, H, W)`` or ``(B, n)`` pixels); 0 for a layer with no active node."""
-    from ..learning.ep import active_nodes, free_phase
+    from .learning.ep import active_nodes, free_phase
 
     eq = free_phase(net, solver, x)
     return [float(np.sqrt(np.mean(v[a] ** 2))) if a.any() else 0.0
@@ -44,7 +44,7 @@ def rescaled(net, solver, x_train, hidden_rms_V, seed: int) -> tuple:
     ``hidden_rms_V`` (one voltage for every hidden layer, or one per layer) on
     :data:`CALIBRATION_IMAGES` seeded training images (``x_train``, ideal diodes), and a dict of
     what changed (RMS before, factors, input gain in V, amplifier gains)."""
-    from .compile import with_layer_scales
+    from .circuit.compile import with_layer_scales
 
     targets = hidden_rms_targets(hidden_rms_V, net.num_layers - 1)
     idx = np.random.default_rng([seed, 2]).choice(len(x_train), min(CALIBRATION_IMAGES, len(x_train)),
@@ -62,7 +62,7 @@ def rescaled(net, solver, x_train, hidden_rms_V, seed: int) -> tuple:
 
 def max_node_voltages(net, solver, x, batch: int = 500) -> list:
     """Per free layer, the largest |node voltage| (V) over the free phases of ``x``."""
-    from ..learning.ep import free_phase
+    from .learning.ep import free_phase
 
     peak = np.zeros(net.num_layers)
     for i in range(0, len(x), batch):
