@@ -202,11 +202,11 @@ def main(argv=None) -> int:
     import torch
 
     from epsim.checkpoint import save_checkpoint, write_json
-    from epsim.operating_point import max_node_voltages, rescaled
     from epsim.data import default_data_dir, load_dataset
     from epsim.learning.ep import free_phase_counts
     from epsim.models.arch import parse_arch
     from epsim.models.registry import build_circuit_model
+    from epsim.operating_point import max_node_voltages, rescaled
     from epsim.solvers.factory import SolverConfig, make_solver
 
     sys.path.insert(0, str(Path(__file__).resolve().parent))
