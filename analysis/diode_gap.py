@@ -132,8 +132,6 @@ def main(argv=None) -> int:
     try:
         if args.test_subset < 1 or args.is_a <= 0 or args.n <= 0 or args.tol <= 0:
             raise EpsimError("--test-subset, --is-a, --n and --tol must be positive")
-        if args.hidden_rms is not None and not all(np.isfinite(v) and v > 0 for v in args.hidden_rms):
-            raise EpsimError("--hidden-rms must be positive numbers of volts")
         if not (np.isfinite(args.rail_offset) and args.rail_offset >= 0):
             raise EpsimError("--rail-offset must be a voltage >= 0")
         if args.spice_images < 0:
@@ -147,9 +145,9 @@ def main(argv=None) -> int:
         import numba
 
         from epsim.circuit.compile import with_diode
-        from epsim.operating_point import hidden_rms_targets
         from epsim.data import default_data_dir, load_dataset
         from epsim.models.loading import load_network
+        from epsim.operating_point import hidden_rms_targets, max_node_voltages, rescaled
         from epsim.solvers.factory import SolverConfig, make_solver
 
         numba.set_num_threads(args.threads)
@@ -166,8 +164,6 @@ def main(argv=None) -> int:
     x, y = ds.x_test[idx], ds.y_test[idx]
     solver = make_solver(SolverConfig(tol_A=args.tol, max_iter=100000))
     ideal = with_diode(net, "ideal")
-    from epsim.operating_point import max_node_voltages, rescaled
-
     result = {"checkpoint": str(args.checkpoint), "dataset": dataset, "n": n, "seed": args.seed,
               "tol_A": args.tol, "shockley_diode": {"is_A": args.is_a, "n": args.n,
                                                     "rail_offset_V": args.rail_offset}}
